@@ -1,0 +1,43 @@
+"""gso_analytics: exact, process-safe game analytics for Python game backends.
+
+from gso_analytics import Analytics, open_store
+
+with Analytics(open_store("sqlite:///gso_analytics.db")) as analytics:
+    analytics.on_login("u1", "alice")
+    analytics.track("credits.earn", "u1", {"amount": 50})
+    print(analytics.get_metrics().to_dict())
+"""
+
+from .analytics import Analytics
+from .counters import DAILY_FIELDS, DEFAULT_COUNTERS, CounterRule
+from .errors import (
+    ConfigurationError,
+    GsoAnalyticsError,
+    InvalidTypeError,
+    StoreError,
+    ValidationError,
+)
+from .model import DailyStats, FlushBatch, Metrics, MonthStats, SessionRecord
+from .store import Store, Transaction, open_store
+from .validation import Limits
+
+__all__ = [
+    "DAILY_FIELDS",
+    "DEFAULT_COUNTERS",
+    "Analytics",
+    "ConfigurationError",
+    "CounterRule",
+    "DailyStats",
+    "FlushBatch",
+    "GsoAnalyticsError",
+    "InvalidTypeError",
+    "Limits",
+    "Metrics",
+    "MonthStats",
+    "SessionRecord",
+    "Store",
+    "StoreError",
+    "Transaction",
+    "ValidationError",
+    "open_store",
+]

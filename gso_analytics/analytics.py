@@ -1,0 +1,273 @@
+"""``Analytics``: the facade a game backend talks to (the seed's ``AnalyticsSystem``).
+
+Caller threads only validate and buffer (see :mod:`.aggregator`); the flush thread
+(:mod:`.flusher`) does every store write. Lenient by default, as a library on a
+request path must be: bad input is counted and logged, never raised, unless
+``strict=True``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from datetime import datetime, timedelta, tzinfo
+from typing import Any
+
+from .aggregator import Aggregator, BufferFull
+from .clock import Clock, DayKeys, resolve_tz, round_half_up, to_utc_ms, utc_now
+from .counters import CounterSpec, build_counter_map
+from .errors import ConfigurationError, StoreError, ValidationError
+from .flusher import Flusher
+from .model import DailyStats, Metrics, Number, PruneResult
+from .store import Store, open_store
+from .validation import Limits, check_amount, check_name, encode_data
+
+log = logging.getLogger("gso_analytics")
+
+_instances: weakref.WeakSet[Analytics] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for instance in list(_instances):
+        instance._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Analytics:
+    """Counts players, sessions and the economy; flushes to a :class:`Store`.
+
+    ``store`` is a :class:`Store` or a URL for :func:`open_store` (then closed by
+    :meth:`stop`). ``clock`` returns aware datetimes and drives every timestamp.
+    """
+
+    def __init__(
+        self,
+        store: Store | str,
+        *,
+        flush_interval: float = 60.0,
+        counters: Mapping[str, CounterSpec] | None = None,
+        tz: str | tzinfo = "UTC",
+        event_ttl: timedelta = timedelta(days=7),
+        session_timeout: timedelta = timedelta(hours=12),
+        clock: Clock | None = None,
+        strict: bool = False,
+        max_buffered_events: int = 100_000,
+        stop_timeout: float = 10.0,
+        prune_interval: float = 600.0,
+        limits: Limits | None = None,
+    ) -> None:
+        if flush_interval <= 0:
+            raise ConfigurationError(f"flush_interval must be positive, got {flush_interval!r}")
+        if max_buffered_events < 1:
+            raise ConfigurationError("max_buffered_events must be at least 1")
+        self._owns_store = isinstance(store, str)
+        self.store: Store = open_store(store) if isinstance(store, str) else store
+        self.counters = build_counter_map(counters)
+        self.tz = resolve_tz(tz)
+        self.event_ttl = event_ttl
+        self.session_timeout = session_timeout
+        self.clock: Clock = clock or utc_now
+        self.strict = strict
+        self.stop_timeout = stop_timeout
+        self.prune_interval = prune_interval
+        self.limits = limits or Limits()
+        self._day_keys = DayKeys(self.tz)
+        self._aggregator = Aggregator(self.clock, self._day_keys, max_buffered_events)
+        self._flusher = Flusher(
+            self.store, self._aggregator, interval=flush_interval, housekeeping=self._housekeeping
+        )
+        self._started = False
+        self._reset_counts()
+        _instances.add(self)
+
+    def _reset_counts(self) -> None:
+        self._count_lock = threading.Lock()
+        self._rejected = 0
+        self._dropped = 0
+        self._logged_kinds: set[str] = set()
+        self._last_prune = float("-inf")
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> Analytics:
+        """Start the flush thread (every ``flush_interval`` seconds) and the exit hook."""
+        if not self._started:
+            self._started = True
+            self._flusher.start()
+            atexit.register(self.stop)
+        return self
+
+    def stop(self) -> bool:
+        """Final flush, bounded by ``stop_timeout``; safe to call twice.
+
+        Returns True when everything buffered reached the store.
+        """
+        if self._started:
+            self._started = False
+            atexit.unregister(self.stop)
+        stored = self._flusher.stop(self.stop_timeout)
+        if self._owns_store:
+            self.store.close()
+        return stored
+
+    def __enter__(self) -> Analytics:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent flushes what it buffered; the child starts empty, with new locks.
+        self._reset_counts()
+        self._aggregator.reset()
+        self._aggregator.backlog = 0
+        self._flusher.after_fork_in_child(restart=self._started)
+
+    # -- recording (caller threads: validation and dict updates only) ------------------
+
+    def on_login(self, user_id: str, username: str | None = None) -> None:
+        """A player logged in: one session, counted once toward today's dau and the mau."""
+        try:
+            user_id = check_name(user_id, "user_id", self.limits.max_id_length)
+            if username is not None:
+                username = check_name(username, "username", self.limits.max_id_length)
+            self._aggregator.login(user_id, username)
+        except ValidationError as exc:
+            self._reject(exc)
+        except BufferFull:
+            self._drop()
+
+    def on_logout(self, user_id: str) -> None:
+        """A player logged out: closes their session, here or in another process."""
+        try:
+            user_id = check_name(user_id, "user_id", self.limits.max_id_length)
+            self._aggregator.logout(user_id)
+        except ValidationError as exc:
+            self._reject(exc)
+        except BufferFull:
+            self._drop()
+
+    def track(self, event: str, user_id: str, data: dict[str, Any] | None = None) -> None:
+        """Record an event in the stream and add to its daily counter, if it has one."""
+        try:
+            event = check_name(event, "event", self.limits.max_event_length)
+            user_id = check_name(user_id, "user_id", self.limits.max_id_length)
+            text = encode_data(data, self.limits)
+            rule = self.counters.get(event)
+            field: str | None = None
+            amount: Number = 1
+            if rule is not None:
+                field = rule.field
+                if rule.amount_key is not None:
+                    amount = self._amount(event, rule.amount_key, data)
+            self._aggregator.event(event, user_id, text, field, amount)
+        except ValidationError as exc:
+            self._reject(exc)
+        except BufferFull:
+            self._drop()
+
+    @staticmethod
+    def _amount(event: str, key: str, data: dict[str, Any] | None) -> Number:
+        if data is None or key not in data:
+            raise ValidationError(f"data.{key}", f"is required by {event!r}")
+        return check_amount(data[key], f"data.{key}")
+
+    def _reject(self, exc: ValidationError) -> None:
+        if self.strict:
+            raise exc
+        with self._count_lock:
+            self._rejected += 1
+            first = exc.field not in self._logged_kinds
+            self._logged_kinds.add(exc.field)
+        if first:
+            log.warning("gso_analytics: rejected a call (%s); further ones are only counted", exc)
+
+    def _drop(self) -> None:
+        with self._count_lock:
+            self._dropped += 1
+            dropped = self._dropped
+        if dropped & (dropped - 1) == 0:  # 1, 2, 4, 8...: loud, never a flood
+            log.error(
+                "gso_analytics: buffer full (max_buffered_events=%d, store failing?);"
+                " %d calls dropped so far",
+                self._aggregator.max_buffered,
+                dropped,
+            )
+
+    # -- flushing and reading -------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Store everything buffered now. Raises :class:`StoreError`; nothing is lost then."""
+        self._flusher.flush()
+
+    def _housekeeping(self) -> None:
+        if time.monotonic() - self._last_prune < self.prune_interval:
+            return
+        self._last_prune = time.monotonic()
+        try:
+            result = self.prune()
+        except StoreError as exc:
+            log.warning("gso_analytics: prune failed: %s", exc)
+            return
+        if result.events_deleted or result.sessions_timed_out:
+            log.info(
+                "gso_analytics: pruned %d expired events, timed out %d sessions",
+                result.events_deleted,
+                result.sessions_timed_out,
+            )
+
+    def prune(self) -> PruneResult:
+        """Delete events older than ``event_ttl``; close sessions open past ``session_timeout``."""
+        return self.store.prune(self._now(), self.event_ttl, self.session_timeout)
+
+    def _now(self) -> datetime:
+        return to_utc_ms(self.clock())
+
+    def get_metrics(self) -> Metrics:
+        """The seed's ``getMetrics()``: flushes this process's buffer, then reads."""
+        self.flush()
+        day, month = self._day_keys(self._now())
+        today = self.store.get_day(day)
+        figures = self.store.get_month(month)
+        avg_min = (
+            round_half_up(figures.timed_session_s / figures.timed_sessions / 60)
+            if figures.timed_sessions
+            else 0
+        )
+        return Metrics(
+            today=today,
+            dau=int(today["dau"]) if today else 0,
+            mau=figures.mau,
+            avg_session_min=avg_min,
+            active_sessions=self.store.count_open_sessions(),
+        )
+
+    def get_last_30_days(self) -> list[DailyStats]:
+        """The newest 30 daily documents, newest first (flushes first)."""
+        self.flush()
+        return self.store.recent_days(30)
+
+    def stats(self) -> dict[str, Any]:
+        """This process's health: what is buffered, stored, retried, dropped, rejected."""
+        flusher = self._flusher
+        return {
+            "buffered": self._aggregator.size + flusher.pending,
+            "flushed": flusher.flushed,
+            "batches": flusher.batches,
+            "retried": flusher.retried,
+            "flush_failures": flusher.failures,
+            "dropped": self._dropped,
+            "rejected": self._rejected,
+            "last_error": flusher.last_error,
+            "last_flush_age_s": None
+            if flusher.last_flush is None
+            else max(0.0, time.time() - flusher.last_flush),
+            "open_sessions_here": self._aggregator.open_sessions_here(),
+        }

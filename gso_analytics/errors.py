@@ -1,0 +1,40 @@
+"""The library's exceptions.
+
+Every backend translates its driver's errors into :class:`StoreError` (``raise
+StoreError(...) from exc``), so callers handle one family of errors whatever store
+they configured.
+"""
+
+from __future__ import annotations
+
+
+class GsoAnalyticsError(Exception):
+    """Base class of every error raised by gso_analytics."""
+
+
+class ConfigurationError(GsoAnalyticsError):
+    """A setting is missing or invalid (bad store URL, unknown scheme, bad option)."""
+
+
+class StoreError(GsoAnalyticsError):
+    """The store could not be reached or refused an operation.
+
+    The flush thread keeps the batch and retries; callers of ``flush()`` and the read
+    methods see this error.
+    """
+
+
+class ValidationError(GsoAnalyticsError, ValueError):
+    """A tracked call was rejected (bad user id, event name, amount or data).
+
+    Raised only with ``strict=True``; in lenient mode the call is counted in
+    ``stats()["rejected"]`` and logged once per kind.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class InvalidTypeError(ValidationError, TypeError):
+    """A tracked call passed a value of the wrong type (a dict as user id, a bool amount)."""

@@ -1,0 +1,184 @@
+"""The flush thread: hands batches to the store, keeps and retries failed ones.
+
+Batches are applied in order, one at a time (``flush()`` from a caller and the thread
+share one lock). A failed batch keeps its id, so a retry after an unknown outcome is
+recognised by the store and never counted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from .aggregator import Aggregator
+from .errors import StoreError
+from .model import FlushBatch
+from .store import Store
+
+log = logging.getLogger("gso_analytics")
+
+
+class Flusher:
+    """Owns the pending batches and the background thread."""
+
+    def __init__(
+        self,
+        store: Store,
+        aggregator: Aggregator,
+        *,
+        interval: float,
+        max_backoff: float = 30.0,
+        housekeeping: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.aggregator = aggregator
+        self.interval = interval
+        self.max_backoff = max_backoff
+        self.housekeeping = housekeeping
+        self._reset()
+
+    def _reset(self) -> None:
+        self.flushed = 0  # calls persisted
+        self.batches = 0
+        self.retried = 0  # apply attempts of a batch that failed before
+        self.failures = 0
+        self.last_error: str | None = None
+        self.last_flush: float | None = None  # time.time() of the last success
+        self._apply_lock = threading.Lock()
+        self._pending: deque[FlushBatch] = deque()
+        self._failed_ids: set[str] = set()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._deadline = 0.0
+
+    @property
+    def pending(self) -> int:
+        return sum(batch.size for batch in self._pending)
+
+    # -- flushing ---------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Swap the buffer into a batch and apply every pending batch, oldest first.
+
+        Raises :class:`StoreError` when the store fails; the batch stays pending.
+        """
+        with self._apply_lock:
+            batch = self.aggregator.swap()
+            if not batch.is_empty():
+                self._pending.append(batch)
+            try:
+                while self._pending:
+                    self._apply(self._pending[0])
+                    self._pending.popleft()
+            finally:
+                self.aggregator.backlog = self.pending
+
+    def _apply(self, batch: FlushBatch) -> None:
+        if batch.id in self._failed_ids:
+            self.retried += 1
+        try:
+            self.store.apply(batch)
+        except Exception as exc:
+            self.failures += 1
+            self._failed_ids.add(batch.id)
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"store.apply failed: {exc}") from exc
+        self._failed_ids.discard(batch.id)
+        self.flushed += batch.size
+        self.batches += 1
+        self.last_flush = time.time()
+
+    # -- the thread ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="gso-analytics-flush", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        """Wake the thread for an early flush."""
+        self._wake.set()
+
+    def _backoff(self, failures_in_row: int) -> float:
+        ceiling = min(self.max_backoff, self.interval, 0.25 * 2**failures_in_row)
+        return ceiling * random.uniform(0.5, 1.0)
+
+    def _run(self) -> None:
+        delay = self.interval
+        failures_in_row = 0
+        while True:
+            self._wake.wait(delay)
+            self._wake.clear()
+            if self._stopping.is_set():
+                break
+            try:
+                self.flush()
+                if self.housekeeping is not None:
+                    self.housekeeping()
+            except StoreError as exc:
+                failures_in_row += 1
+                delay = self._backoff(failures_in_row)
+                log.warning(
+                    "gso_analytics: flush failed (%s); %d buffered calls kept, retry in %.1fs",
+                    exc,
+                    self.pending + self.aggregator.size,
+                    delay,
+                )
+            else:
+                failures_in_row = 0
+                delay = self.interval
+        self._drain()
+
+    def _drain(self) -> None:
+        """Final flush on stop: retry until everything is stored or the deadline passes."""
+        failures_in_row = 0
+        while True:
+            try:
+                self.flush()
+                return
+            except StoreError as exc:
+                failures_in_row += 1
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    log.error(
+                        "gso_analytics: stopping with %d calls not stored: %s",
+                        self.pending + self.aggregator.size,
+                        exc,
+                    )
+                    return
+                time.sleep(min(remaining, self._backoff(failures_in_row)))
+
+    def stop(self, timeout: float) -> bool:
+        """Stop the thread after a final flush; True when everything was stored in time."""
+        self._deadline = time.monotonic() + timeout
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            thread = threading.Thread(target=self._drain, name="gso-analytics-stop", daemon=True)
+            thread.start()
+        else:
+            self._stopping.set()
+            self._wake.set()
+        thread.join(timeout)
+        if thread.is_alive():
+            log.error(
+                "gso_analytics: store did not answer within %.1fs at stop; %d calls not stored",
+                timeout,
+                self.pending + self.aggregator.size,
+            )
+        self._thread = None
+        return not thread.is_alive() and self.pending + self.aggregator.size == 0
+
+    def after_fork_in_child(self, restart: bool) -> None:
+        """The parent keeps and flushes its own batches; the child starts empty."""
+        self._reset()
+        if restart:
+            self.start()

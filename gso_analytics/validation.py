@@ -1,0 +1,106 @@
+"""Checks applied to every tracked call before it touches the buffer.
+
+Why here and not in the stores: a user id or event name must be a plain string long
+before it can reach a query, so an operator-looking dict (``{"$ne": None}``) or an
+SQL-looking string is either stored as inert data or rejected, never interpreted.
+``data`` is encoded to JSON once, at the call, so the buffer holds an immutable
+snapshot and a later mutation by the caller changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import attrs
+
+from .errors import InvalidTypeError, ValidationError
+
+MAX_AMOUNT = 2**53  # exact in IEEE doubles, JavaScript and BSON alike
+
+
+@attrs.frozen
+class Limits:
+    """Bounds on what one call may carry."""
+
+    max_id_length: int = 128
+    max_event_length: int = 128
+    max_data_bytes: int = 16 * 1024
+    max_data_depth: int = 8
+
+
+def check_name(value: object, field: str, max_length: int) -> str:
+    """Return ``value`` if it is a non-empty printable string of at most ``max_length``."""
+    if type(value) is not str:
+        if isinstance(value, str):  # str subclass: keep only its plain value
+            value = str.__str__(value)
+        else:
+            raise InvalidTypeError(field, f"must be a string, not {type(value).__name__}")
+    if not value:
+        raise ValidationError(field, "must not be empty")
+    if len(value) > max_length:
+        raise ValidationError(field, f"is {len(value)} characters long, the limit is {max_length}")
+    if not value.isprintable():
+        raise ValidationError(field, "contains control or unprintable characters")
+    return value
+
+
+def check_amount(value: object, field: str) -> int | float:
+    """Return ``value`` if it is a finite, non-negative int or float of sane size."""
+    if type(value) is bool or not isinstance(value, int | float):
+        raise InvalidTypeError(field, f"must be a number, not {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValidationError(field, f"must be finite, not {value!r}")
+    if value < 0:
+        raise ValidationError(field, f"must not be negative, got {value!r}")
+    if value > MAX_AMOUNT:
+        raise ValidationError(field, f"is {value!r}, above the limit of 2**53")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _check_tree(value: Any, path: str, depth: int, limits: Limits) -> None:
+    """Walk ``data`` and reject what JSON or a document store would misread."""
+    if depth > limits.max_data_depth:
+        raise ValidationError(path, f"is nested deeper than {limits.max_data_depth} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if type(key) is not str:
+                raise InvalidTypeError(f"{path} key {key!r}", "must be a string")
+            if not key or key[0] == "$" or "." in key or "\x00" in key:
+                raise ValidationError(
+                    f"{path} key {key!r}", "must be non-empty, not start with '$', contain no '.'"
+                )
+            _check_tree(item, f"{path}.{key}", depth + 1, limits)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_tree(item, f"{path}[{index}]", depth + 1, limits)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(path, f"must be finite, not {value!r}")
+    elif isinstance(value, int):  # bool included: JSON has it
+        if abs(value) > 2**63 - 1:
+            raise ValidationError(path, "is an integer too large for a 64-bit store")
+    elif value is not None and not isinstance(value, str):
+        raise InvalidTypeError(path, f"is a {type(value).__name__}, which is not JSON")
+
+
+def encode_data(data: object, limits: Limits) -> str:
+    """Validate ``data`` and return its compact JSON text."""
+    if data is None:
+        return "{}"
+    if not isinstance(data, dict):
+        raise InvalidTypeError("data", f"must be a dict or None, not {type(data).__name__}")
+    _check_tree(data, "data", 1, limits)
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ValidationError("data", "contains a lone surrogate, which is not UTF-8") from exc
+    if size > limits.max_data_bytes:
+        raise ValidationError(
+            "data", f"is {size} bytes as JSON, the limit is {limits.max_data_bytes}"
+        )
+    return text
