@@ -234,7 +234,13 @@ class SQLiteStore(Store):
     def from_url(cls, url: str, **options: Any) -> SQLiteStore:
         query = dict(parse_qsl(urlsplit(url).query))
         if "busy_timeout" in query:
-            options.setdefault("busy_timeout", float(query.pop("busy_timeout")))
+            text = query.pop("busy_timeout")
+            try:
+                options.setdefault("busy_timeout", float(text))
+            except ValueError:
+                raise ConfigurationError(
+                    f"SQLite URL option busy_timeout must be seconds, got {text!r}"
+                ) from None
         if "prefix" in query:
             options.setdefault("prefix", query.pop("prefix"))
         if query:

@@ -80,7 +80,9 @@ class Aggregator:
             self._admit(2 if previous else 1)
             if previous is not None:
                 # A second login without a logout ends the first session here.
-                batch.session_ops.append(SessionClose(user_id, now, previous[0], self.origin))
+                batch.session_ops.append(
+                    SessionClose(user_id, now, previous[0], self.origin, relogin=True)
+                )
             batch.session_ops.append(
                 SessionOpen(session_id, user_id, username, now, day, month, self.origin)
             )

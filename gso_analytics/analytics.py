@@ -184,8 +184,8 @@ class Analytics:
             raise exc
         with self._count_lock:
             self._rejected += 1
-            first = exc.field not in self._logged_kinds
-            self._logged_kinds.add(exc.field)
+            first = exc.kind not in self._logged_kinds
+            self._logged_kinds.add(exc.kind)
         if first:
             log.warning("gso_analytics: rejected a call (%s); further ones are only counted", exc)
 

@@ -31,9 +31,12 @@ class ValidationError(GsoAnalyticsError, ValueError):
     ``stats()["rejected"]`` and logged once per kind.
     """
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, kind: str | None = None) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        #: What lenient mode logs once: ``field`` without the parts a caller chooses
+        #: (key names inside ``data``), so varying them cannot flood the log.
+        self.kind = kind or field
 
 
 class InvalidTypeError(ValidationError, TypeError):

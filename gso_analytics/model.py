@@ -44,12 +44,19 @@ class SessionClose:
     ``logout_at``, or remembers the logout until that login arrives from another
     process. ``origin`` names the recording process: a login it records later is
     never the session of its own earlier logout.
+
+    A process's ``session_id`` goes stale when another process handled the user's
+    logout (and maybe a new login) since: the store then falls back to the user's
+    newest open session, as without an id. ``relogin`` marks the close that a second
+    login in the same process implies: it ends that very session if still open,
+    nothing else.
     """
 
     user_id: str
     logout_at: datetime
     session_id: str | None = None
     origin: str = ""
+    relogin: bool = False
 
 
 @attrs.frozen

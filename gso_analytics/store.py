@@ -221,9 +221,13 @@ def apply_batch(tx: Transaction, batch: FlushBatch) -> ApplyResult:
                 close(OpenSession(op.session_id, op.login_at, op.day, op.month), logout_at)
         elif isinstance(op, SessionClose):
             session = tx.find_open_session(op.user_id, op.session_id, op.logout_at)
+            if session is None and op.session_id is not None and not op.relogin:
+                # A stale id: another process closed that session since, so this
+                # logout ends the user's current session, wherever it was opened.
+                session = tx.find_open_session(op.user_id, None, op.logout_at)
             if session is not None:
                 close(session, op.logout_at)
-            elif op.session_id is None:
+            elif not op.relogin:
                 # The login may sit in another process's unflushed batch.
                 tx.add_pending_logout(op.user_id, op.logout_at, op.origin)
                 unmatched += 1

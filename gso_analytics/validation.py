@@ -18,6 +18,7 @@ import attrs
 from .errors import InvalidTypeError, ValidationError
 
 MAX_AMOUNT = 2**53  # exact in IEEE doubles, JavaScript and BSON alike
+_DATA = "data"  # the kind of every error inside data: its paths are the caller's
 
 
 @attrs.frozen
@@ -64,14 +65,18 @@ def check_amount(value: object, field: str) -> int | float:
 def _check_tree(value: Any, path: str, depth: int, limits: Limits) -> None:
     """Walk ``data`` and reject what JSON or a document store would misread."""
     if depth > limits.max_data_depth:
-        raise ValidationError(path, f"is nested deeper than {limits.max_data_depth} levels")
+        raise ValidationError(
+            path, f"is nested deeper than {limits.max_data_depth} levels", kind=_DATA
+        )
     if isinstance(value, dict):
         for key, item in value.items():
             if type(key) is not str:
-                raise InvalidTypeError(f"{path} key {key!r}", "must be a string")
+                raise InvalidTypeError(f"{path} key {key!r}", "must be a string", kind=_DATA)
             if not key or key[0] == "$" or "." in key or "\x00" in key:
                 raise ValidationError(
-                    f"{path} key {key!r}", "must be non-empty, not start with '$', contain no '.'"
+                    f"{path} key {key!r}",
+                    "must be non-empty, not start with '$', contain no '.'",
+                    kind=_DATA,
                 )
             _check_tree(item, f"{path}.{key}", depth + 1, limits)
     elif isinstance(value, list | tuple):
@@ -79,12 +84,12 @@ def _check_tree(value: Any, path: str, depth: int, limits: Limits) -> None:
             _check_tree(item, f"{path}[{index}]", depth + 1, limits)
     elif isinstance(value, float):
         if not math.isfinite(value):
-            raise ValidationError(path, f"must be finite, not {value!r}")
+            raise ValidationError(path, f"must be finite, not {value!r}", kind=_DATA)
     elif isinstance(value, int):  # bool included: JSON has it
         if abs(value) > 2**63 - 1:
-            raise ValidationError(path, "is an integer too large for a 64-bit store")
+            raise ValidationError(path, "is an integer too large for a 64-bit store", kind=_DATA)
     elif value is not None and not isinstance(value, str):
-        raise InvalidTypeError(path, f"is a {type(value).__name__}, which is not JSON")
+        raise InvalidTypeError(path, f"is a {type(value).__name__}, which is not JSON", kind=_DATA)
 
 
 def encode_data(data: object, limits: Limits) -> str:

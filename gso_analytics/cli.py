@@ -1,0 +1,357 @@
+"""``gso-analytics``: the command line (``demo``, ``report``, ``prune``).
+
+Why a CLI: a game team should see the library's numbers before writing any code
+(``demo``), read a store without a web app (``report``), and run the prune job from
+cron when no process runs it (``prune``). Every command goes through the public API,
+so what it prints is what the game backend would see. Errors a user can fix (a bad
+URL, a missing database) are one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import closing
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TextIO
+
+from .analytics import Analytics
+from .clock import Clock, utc_now
+from .demo import DemoPlan, SimClock, plan_demo, replay
+from .errors import ConfigurationError, GsoAnalyticsError
+from .model import DailyStats, Metrics
+from .report import fmt_int, render_report
+from .store import Store, open_store
+
+log = logging.getLogger("gso_analytics.cli")
+
+PROG = "gso-analytics"
+DEFAULT_STORE = "sqlite:///gso_analytics.db"
+MAX_REPORT_DAYS = 30
+EXIT_ERROR = 2
+
+
+# -- argument types ---------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _report_days(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_REPORT_DAYS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_REPORT_DAYS}, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {text!r}") from None
+
+
+# -- the parser -------------------------------------------------------------------------
+
+
+def _add_store(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        default=DEFAULT_STORE,
+        metavar="URL",
+        help=f"store URL: sqlite:///file.db, sqlite:////abs/file.db, memory:// ..."
+        f" (default: {DEFAULT_STORE}, in the current directory)",
+    )
+
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="simulate players through the API, then print the report",
+        description="Simulate a small game's players over several days through the public"
+        " API (logins, sessions, economy, gameplay), store them, then print today's metrics"
+        " and the last days, read back from the store. Seeded: the same options give the"
+        " same numbers.",
+    )
+    _add_store(demo)
+    demo.add_argument("--players", type=_positive_int, default=300, help="default: 300")
+    demo.add_argument("--days", type=_positive_int, default=7, help="default: 7")
+    demo.add_argument("--seed", type=int, default=7, help="random seed (default: 7)")
+    demo.add_argument(
+        "--today",
+        type=_iso_date,
+        metavar="YYYY-MM-DD",
+        help="the last simulated day (default: today, UTC)",
+    )
+    demo.add_argument(
+        "--reset",
+        action="store_true",
+        help="start from an empty store: deletes the SQLite file first (sqlite:// only)",
+    )
+    demo.set_defaults(func=cmd_demo)
+
+
+def _add_report(commands: argparse._SubParsersAction) -> None:
+    report = commands.add_parser(
+        "report",
+        help="print today's metrics and the last days",
+        description="Print today's metrics (DAU, MAU, sessions, economy) and the newest"
+        " days recorded in the store.",
+    )
+    _add_store(report)
+    report.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    report.add_argument(
+        "--days",
+        type=_report_days,
+        default=MAX_REPORT_DAYS,
+        help=f"how many of the newest days to show (1-{MAX_REPORT_DAYS}, default:"
+        f" {MAX_REPORT_DAYS})",
+    )
+    report.add_argument(
+        "--today",
+        type=_iso_date,
+        metavar="YYYY-MM-DD",
+        help="report as of this UTC day, e.g. a demo's last day (default: today, UTC)",
+    )
+    report.set_defaults(func=cmd_report)
+
+
+def _add_prune(commands: argparse._SubParsersAction) -> None:
+    prune = commands.add_parser(
+        "prune",
+        help="delete expired events, time out stale sessions",
+        description="Run the prune job once (e.g. from cron): delete events older than the"
+        " event TTL and close sessions open longer than the session timeout, flagged"
+        " timedOut and not counted as play time.",
+    )
+    _add_store(prune)
+    prune.add_argument(
+        "--event-ttl-days", type=_positive_float, default=7.0, metavar="N", help="default: 7"
+    )
+    prune.add_argument(
+        "--session-timeout-hours",
+        type=_positive_float,
+        default=12.0,
+        metavar="H",
+        help="default: 12",
+    )
+    prune.set_defaults(func=cmd_prune)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Game analytics from the command line: try the library on simulated"
+        " players, read a store's metrics, run the prune job.",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_demo(commands)
+    _add_report(commands)
+    _add_prune(commands)
+    return parser
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def _sqlite_path(url: str) -> Path:
+    from .backends.sqlite import path_from_url  # sqlite is stdlib; import only when used
+
+    return Path(path_from_url(url))
+
+
+def open_cli_store(url: str, *, must_exist: bool) -> Store:
+    """Open ``url``; with ``must_exist`` a missing SQLite file is an error, not a new file
+    (a typo in ``report --store`` must not print an empty report)."""
+    if must_exist and _scheme(url) == "sqlite" and not _sqlite_path(url).exists():
+        raise ConfigurationError(
+            f"no database at {_sqlite_path(url)} ({url}); run `{PROG} demo` first or pass --store"
+        )
+    try:
+        return open_store(url)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot open {url}: {exc}") from exc
+    except ValueError as exc:  # e.g. a malformed option in the URL's query string
+        raise ConfigurationError(f"invalid store URL {url!r}: {exc}") from exc
+
+
+def reset_store(url: str) -> None:
+    """Delete a demo's previous data: only a SQLite file, the one case that is simple."""
+    scheme = _scheme(url)
+    if scheme == "memory":
+        return
+    if scheme != "sqlite":
+        raise ConfigurationError(
+            f"--reset only deletes SQLite files; empty the {scheme or url!r} store yourself"
+        )
+    path = _sqlite_path(url)
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if file.exists():
+            file.unlink()
+            log.info("removed %s", file)
+
+
+def fixed_clock(day: date) -> Clock:
+    """A clock standing at the end of ``day`` (UTC): "today" for a report of that day."""
+    moment = datetime.combine(day, datetime.max.time(), UTC)
+    return lambda: moment
+
+
+def utc_today() -> date:
+    return utc_now().date()
+
+
+class Progress:
+    """A tiny progress bar on stderr: redrawn with ``\\r`` on a terminal, otherwise a
+    few plain lines (25%, 50%, ...) so logs and CI output stay readable."""
+
+    WIDTH = 30
+
+    def __init__(self, label: str, stream: TextIO | None = None) -> None:
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
+        self._next_quarter = 25
+        self._last_draw = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = 100 * done // total if total else 100
+        if self.tty:
+            now = time.monotonic()
+            if now - self._last_draw >= 0.1 or done >= total:
+                self._last_draw = now
+                filled = self.WIDTH * percent // 100
+                bar = "#" * filled + "." * (self.WIDTH - filled)
+                self.stream.write(f"\r{self.label} [{bar}] {percent:3d}% {done:,}/{total:,}")
+                self.stream.flush()
+        elif percent >= self._next_quarter:
+            self.stream.write(f"{self.label}: {percent}% ({done:,}/{total:,} calls)\n")
+            self._next_quarter = (percent // 25 + 1) * 25
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def _simulate(analytics: Analytics, clock: SimClock, plan: DemoPlan) -> int:
+    """Replay ``plan`` behind a progress bar; return the number of API calls made."""
+    progress = Progress(f"Simulating {plan.players} players x {len(plan.days)} days")
+    try:
+        calls = replay(plan, analytics, clock, progress)
+    finally:
+        progress.close()
+    stats = analytics.stats()
+    if stats["rejected"] or stats["dropped"]:  # the simulator's bug, but never hidden
+        log.warning("%d calls rejected, %d dropped", stats["rejected"], stats["dropped"])
+    return calls
+
+
+def _read(analytics: Analytics, days: int) -> tuple[Metrics, list[DailyStats]]:
+    """Today's metrics and the newest ``days`` days, read from the store."""
+    return analytics.get_metrics(), analytics.get_last_30_days()[:days]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    today = args.today or utc_today()
+    if args.reset:
+        reset_store(args.store)
+    plan = plan_demo(args.players, args.days, args.seed, today)
+    with closing(open_cli_store(args.store, must_exist=False)) as store:
+        if store.recent_days(1):
+            log.warning(
+                "%s already holds data; the demo adds to it (--reset starts over)", args.store
+            )
+        clock = SimClock(datetime.combine(plan.first_day, datetime.min.time(), UTC))
+        analytics = Analytics(store, clock=clock)
+        started = time.monotonic()
+        calls = _simulate(analytics, clock, plan)
+        elapsed = time.monotonic() - started
+        metrics, days = _read(analytics, min(args.days, MAX_REPORT_DAYS))  # not the plan's
+        analytics.stop()
+    print(
+        f"Simulated {args.players} players over {args.days} days"
+        f" ({plan.first_day} to {plan.last_day}, seed {args.seed}):"
+        f" {fmt_int(calls)} API calls in {elapsed:.1f}s into {args.store}\n"
+    )
+    print(render_report(metrics, today.isoformat(), days))
+    if _scheme(args.store) != "memory":  # a memory store is gone when the demo exits
+        print(f"Show it again: {PROG} report --store {args.store} --today {today}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    today = args.today or utc_today()
+    clock = fixed_clock(args.today) if args.today else utc_now
+    with closing(open_cli_store(args.store, must_exist=True)) as store:
+        analytics = Analytics(store, clock=clock)
+        metrics, days = _read(analytics, args.days)
+        analytics.stop()
+    if args.json:
+        doc = {"metrics": metrics.to_dict(), "days": [day.to_dict() for day in days]}
+        print(json.dumps(doc, indent=2))
+    else:
+        print(render_report(metrics, today.isoformat(), days), end="")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    ttl = timedelta(days=args.event_ttl_days)
+    timeout = timedelta(hours=args.session_timeout_hours)
+    with closing(open_cli_store(args.store, must_exist=True)) as store:
+        analytics = Analytics(store, event_ttl=ttl, session_timeout=timeout)
+        result = analytics.prune()
+        analytics.stop()
+    print(
+        f"Deleted {fmt_int(result.events_deleted)} events older than"
+        f" {args.event_ttl_days:g} days; timed out {fmt_int(result.sessions_timed_out)}"
+        f" sessions open longer than {args.session_timeout_hours:g} hours."
+    )
+    return 0
+
+
+# -- entry point ------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (the console script exits with it)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=max(logging.DEBUG, logging.WARNING - 10 * args.verbose),
+        format="%(levelname)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except GsoAnalyticsError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130

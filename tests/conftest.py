@@ -1,0 +1,164 @@
+"""Shared fixtures: a fake clock, the backend parameter of the store-contract suite, and
+a factory of ``Analytics`` instances that are always stopped at teardown.
+
+Adding a backend to every contract test is one more entry in :data:`BACKENDS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gso_analytics import Analytics, Store, open_store
+
+#: A Friday afternoon, far from midnight and month end unless a test moves there.
+START = datetime(2025, 3, 14, 12, 0, 0, tzinfo=UTC)
+
+
+class FakeClock:
+    """An injectable ``clock=``: a zero-argument callable returning aware UTC datetimes.
+
+    Time only moves when a test says so, so day keys and durations are exact.
+    """
+
+    def __init__(self, start: datetime = START) -> None:
+        if start.tzinfo is None:
+            raise ValueError("FakeClock needs an aware datetime")
+        self.now = start.astimezone(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float = 0.0, **delta: float) -> datetime:
+        """Move forward (or backward, with a negative value); returns the new time."""
+        self.now += timedelta(seconds=seconds, **delta)
+        return self.now
+
+    def set(self, moment: datetime) -> datetime:
+        self.now = moment.astimezone(UTC)
+        return self.now
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One parameter of the store-contract suite.
+
+    ``shared_by_url``: opening the URL twice gives two handles on the same data (two
+    "processes"); otherwise the second handle is the same object. ``rolls_back``: a
+    transaction that raises part-way leaves nothing behind.
+    """
+
+    name: str
+    make_url: Callable[[Path], str]
+    shared_by_url: bool
+    rolls_back: bool
+
+
+BACKENDS = [
+    Backend("memory", lambda tmp: "memory://", shared_by_url=False, rolls_back=False),
+    Backend(
+        "sqlite", lambda tmp: f"sqlite:///{tmp}/contract.db", shared_by_url=True, rolls_back=True
+    ),
+    # A Mongo backend adds: Backend("mongo", lambda tmp: f"mongodb://.../t_{uuid}", True, True)
+]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=BACKENDS, ids=[b.name for b in BACKENDS])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return request.param
+
+
+@pytest.fixture
+def store_url(backend: Backend, tmp_path: Path) -> str:
+    return backend.make_url(tmp_path)
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    with open_store(store_url) as opened:
+        yield opened
+
+
+@pytest.fixture
+def other_store(backend: Backend, store_url: str, store: Store) -> Iterator[Store]:
+    """A second handle on ``store``'s data, as another process would open it."""
+    if not backend.shared_by_url:
+        yield store
+        return
+    with open_store(store_url) as opened:
+        assert opened is not store
+        yield opened
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/analytics.db"
+
+
+AnalyticsFactory = Callable[..., Analytics]
+
+
+@pytest.fixture
+def make_analytics(clock: FakeClock) -> Iterator[AnalyticsFactory]:
+    """Build ``Analytics`` on the fake clock (not started); every one is stopped at teardown."""
+    made: list[Analytics] = []
+
+    def make(store: Store | str, **options: Any) -> Analytics:
+        options.setdefault("clock", clock)
+        options.setdefault("stop_timeout", 5.0)
+        analytics = Analytics(store, **options)
+        made.append(analytics)
+        return analytics
+
+    yield make
+    for analytics in reversed(made):
+        analytics.stop_timeout = min(analytics.stop_timeout, 1.0)  # a failing store must not stall
+        with contextlib.suppress(Exception):
+            analytics.stop()
+
+
+def snapshot(store: Store, users: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Everything a reader can see in ``store`` (sessions of ``users``), ids left out."""
+    days = [day.to_dict() for day in store.recent_days(10_000)]
+    months = sorted({day["month"] for day in days})
+    return {
+        "days": days,
+        "months": {month: store.get_month(month) for month in months},
+        "open_sessions": store.count_open_sessions(),
+        "sessions": {
+            user: [
+                (
+                    s.user_id,
+                    s.username,
+                    s.login_at,
+                    s.logout_at,
+                    s.duration_s,
+                    s.day,
+                    s.month,
+                    s.timed_out,
+                )
+                for s in store.get_sessions(user)
+            ]
+            for user in users
+        },
+        "events": [
+            (e.ts, e.user_id, e.event, e.data, e.day) for e in store.get_events(limit=10_000)
+        ],
+    }
+
+
+@pytest.fixture
+def take_snapshot() -> Callable[..., dict[str, Any]]:
+    """:func:`snapshot` as a fixture, so test modules need not import conftest."""
+    return snapshot

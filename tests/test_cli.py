@@ -1,0 +1,383 @@
+"""The ``gso-analytics`` CLI: demo, report, prune, errors, and the console script.
+
+Most tests call ``main([...])`` in-process on a ``tmp_path`` SQLite file and check
+the output against what the store says when read through the public API; a few run
+the installed console script and ``python -m gso_analytics`` as a user would.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from gso_analytics import Analytics, open_store
+from gso_analytics.cli import Progress, main
+from gso_analytics.demo import plan_demo
+from gso_analytics.report import fmt_cents, fmt_duration, render_days
+
+TODAY = "2026-03-12"  # three demo days, all in March: every player is in the MAU
+END_OF_TODAY = datetime(2026, 3, 12, 23, 0, tzinfo=UTC)
+SMALL_DEMO = ["demo", "--players", "40", "--days", "3", "--today", TODAY]
+
+RunCli = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> RunCli:
+    """``run("report", ...)`` → (exit code, stdout, stderr) of an in-process ``main``."""
+
+    def run_cli(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run_cli
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'demo.db'}"
+
+
+def read_store(url: str, days: int = 30) -> dict[str, object]:
+    """What the store says, read through the public API at the demo's "today"."""
+    with open_store(url) as store:
+        analytics = Analytics(store, clock=lambda: END_OF_TODAY)
+        doc = {
+            "metrics": analytics.get_metrics().to_dict(),
+            "days": [day.to_dict() for day in analytics.get_last_30_days()[:days]],
+        }
+        analytics.stop()
+    return doc
+
+
+def today_figures(output: str) -> dict[str, str]:
+    """The ``label  value`` pairs of the "Today" block of a text report."""
+    block = output.split("Today ", 1)[1].split("\n", 1)[1].split("\n\n", 1)[0]
+    pairs = re.findall(r"(\S(?:\S| (?=\S))*) {2,}(\S+(?: \S+)?)", block)
+    return dict(pairs)
+
+
+def number(text: str) -> float:
+    return float(text.replace(",", "").replace("$", "").replace(" min", ""))
+
+
+def assert_lively(figures: dict[str, str]) -> None:
+    """The demo's promise: every headline figure of "today" is non-zero."""
+    for label in (
+        "DAU",
+        "MAU",
+        "Avg session",
+        "Active sessions",
+        "Sessions today",
+        "New players",
+        "Revenue",
+        "Credits earned",
+        "Credits spent",
+        "Gems earned",
+        "Gems spent",
+        "Gems bought",
+        "Dungeons",
+        "Crafts",
+        "PvP battles",
+        "Raids",
+        "Market sales",
+    ):
+        assert number(figures[label]) > 0, (label, figures)
+    assert re.fullmatch(r"\d+m \d\ds", figures["Avg session today"]), figures
+
+
+# -- demo ---------------------------------------------------------------------------------
+
+
+def test_demo_prints_lively_metrics_read_from_the_store(run: RunCli, store_url: str) -> None:
+    code, out, err = run(*SMALL_DEMO, "--store", store_url)
+    assert code == 0, err
+    figures = today_figures(out)
+    assert_lively(figures)
+    stored = read_store(store_url)["metrics"]
+    assert number(figures["DAU"]) == stored["dau"]
+    assert number(figures["MAU"]) == stored["mau"] == 40  # all registered this month
+    assert number(figures["Active sessions"]) == stored["activeSessions"]
+    assert f"Today {TODAY}" in out
+    assert "Last 3 days" in out
+    assert "Simulating 40 players" in err  # the progress bar, on stderr
+
+
+def test_demo_report_equals_a_later_report_of_the_store(run: RunCli, store_url: str) -> None:
+    _, demo_out, _ = run(*SMALL_DEMO, "--store", store_url)
+    code, report_out, _ = run("report", "--store", store_url, "--today", TODAY, "--days", "3")
+    assert code == 0
+    assert report_out in demo_out  # the demo printed the store's numbers, not its own
+
+
+def test_demo_events_fall_on_the_simulated_days(run: RunCli, store_url: str) -> None:
+    run(*SMALL_DEMO, "--store", store_url)
+    days = {"2026-03-10", "2026-03-11", "2026-03-12"}
+    with open_store(store_url) as store:
+        events = store.get_events(limit=1_000_000)
+        assert {event.day for event in events} == days
+        assert all(event.ts.strftime("%Y-%m-%d") == event.day for event in events)
+        assert max(event.ts for event in events) < END_OF_TODAY
+        stored = store.recent_days(30)
+    assert [day.day for day in stored] == sorted(days, reverse=True)
+    assert sum(day["newUsers"] for day in stored) == 40  # each player registers once
+    assert stored[0]["dau"] < stored[-1]["dau"]  # retention: fewer players later
+
+
+def test_demo_is_reproducible_with_a_seed(run: RunCli, tmp_path: Path) -> None:
+    first, second, other = (f"sqlite:///{tmp_path / name}" for name in ("a.db", "b.db", "c.db"))
+    run(*SMALL_DEMO, "--store", first)
+    run(*SMALL_DEMO, "--store", second)
+    run(*SMALL_DEMO, "--store", other, "--seed", "8")
+    assert read_store(first) == read_store(second)
+    assert read_store(first) != read_store(other)
+
+
+def test_demo_reset_starts_over(
+    run: RunCli, store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    run(*SMALL_DEMO, "--store", store_url)
+    once = read_store(store_url)
+    code, _, _ = run(*SMALL_DEMO, "--store", store_url)
+    assert code == 0
+    assert "already holds data" in caplog.text
+    assert read_store(store_url)["days"] != once["days"]  # counters added up
+    code, _, _ = run(*SMALL_DEMO, "--store", store_url, "--reset")
+    assert code == 0
+    assert read_store(store_url) == once
+
+
+def test_demo_reset_refuses_other_stores(run: RunCli) -> None:
+    code, out, err = run(*SMALL_DEMO, "--store", "mongodb://localhost/game", "--reset")
+    assert code == 2
+    assert "--reset only deletes SQLite files" in err
+    assert out == ""
+
+
+def test_demo_on_a_memory_store(run: RunCli) -> None:
+    code, out, _ = run(*SMALL_DEMO, "--store", "memory://")
+    assert code == 0
+    assert_lively(today_figures(out))
+    assert "Show it again" not in out  # nothing left to show once the process exits
+
+
+def test_demo_plan_keeps_sessions_open_at_the_end() -> None:
+    plan = plan_demo(players=50, days=3, seed=7, today=datetime(2026, 3, 12).date())
+    last_day = plan.days[-1]
+    logins = sum(action.kind == "login" for action in last_day)
+    logouts = sum(action.kind == "logout" for action in last_day)
+    assert logins > logouts  # a few players are still online at the end
+    assert all(action.at < plan.end for day in plan.days for action in day)
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def test_report_json_equals_what_the_store_says(run: RunCli, store_url: str) -> None:
+    run(*SMALL_DEMO, "--store", store_url)
+    code, out, _ = run("report", "--json", "--store", store_url, "--today", TODAY)
+    assert code == 0
+    assert json.loads(out) == read_store(store_url)
+
+
+def test_report_days_limits_the_table(run: RunCli, store_url: str) -> None:
+    run(*SMALL_DEMO, "--store", store_url)
+    _, out, _ = run("report", "--json", "--days", "2", "--store", store_url, "--today", TODAY)
+    assert [day["day"] for day in json.loads(out)["days"]] == ["2026-03-12", "2026-03-11"]
+    _, text, _ = run("report", "--days", "1", "--store", store_url, "--today", TODAY)
+    assert "Last day\n" in text
+    assert "2026-03-12" in text and "2026-03-11" not in text
+
+
+def test_report_of_another_day_shows_that_day(run: RunCli, store_url: str) -> None:
+    run(*SMALL_DEMO, "--store", store_url)
+    _, out, _ = run("report", "--json", "--store", store_url, "--today", "2026-03-20")
+    metrics = json.loads(out)["metrics"]
+    assert metrics["today"] == {} and metrics["dau"] == 0
+    assert metrics["mau"] == 40  # same month
+
+
+def test_report_of_an_empty_store(run: RunCli) -> None:
+    code, out, _ = run("report", "--store", "memory://", "--today", TODAY)
+    assert code == 0
+    assert "No days recorded" in out
+    assert today_figures(out)["DAU"] == "0"
+
+
+@pytest.mark.parametrize("days", ["0", "31", "x"])
+def test_report_rejects_bad_days(days: str, store_url: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "--days", days, "--store", store_url])
+    assert exc.value.code == 2
+
+
+# -- prune --------------------------------------------------------------------------------
+
+
+def test_prune_deletes_old_events_and_times_out_stale_sessions(run: RunCli, store_url: str) -> None:
+    long_ago = datetime(2020, 1, 1, 12, tzinfo=UTC)
+    with Analytics(store_url, clock=lambda: long_ago) as analytics:
+        analytics.on_login("u1", "alice")
+        analytics.track("credits.earn", "u1", {"amount": 5})
+        analytics.track("dungeon.complete", "u1")
+    code, out, _ = run("prune", "--store", store_url)
+    assert code == 0
+    assert out == (
+        "Deleted 2 events older than 7 days; timed out 1 sessions open longer than 12 hours.\n"
+    )
+    with open_store(store_url) as store:
+        assert store.get_events() == []
+        assert store.count_open_sessions() == 0
+        assert store.get_sessions("u1")[0].timed_out
+    _, again, _ = run("prune", "--store", store_url, "--event-ttl-days", "1.5")
+    assert again.startswith("Deleted 0 events older than 1.5 days; timed out 0 sessions")
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+def test_unknown_scheme_is_one_line_and_exit_2(run: RunCli) -> None:
+    code, out, err = run("report", "--store", "redis://localhost:6379/0")
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1
+    assert "unknown store scheme 'redis'" in err and "sqlite" in err
+
+
+def test_missing_database_is_an_error_not_a_new_file(run: RunCli, tmp_path: Path) -> None:
+    code, _, err = run("report", "--store", f"sqlite:///{tmp_path / 'typo.db'}")
+    assert code == 2
+    assert "no database at" in err
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_unreachable_store_is_exit_2(run: RunCli, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}"
+    code, _, err = run(*SMALL_DEMO, "--store", url)
+    assert code == 2
+    assert err.startswith("gso-analytics: error: cannot open SQLite database")
+
+
+def test_bad_store_option_is_exit_2(run: RunCli, store_url: str) -> None:
+    run(*SMALL_DEMO, "--store", store_url)
+    code, _, err = run("report", "--store", f"{store_url}?busy_timeout=soon")
+    assert code == 2
+    assert "busy_timeout" in err and "Traceback" not in err
+
+
+def test_help_works(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["demo", "--help"], ["report", "--help"], ["prune", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+    assert "--players" in capsys.readouterr().out
+
+
+# -- rendering ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0, "0s"), (45, "45s"), (725, "12m 05s"), (3720, "1h 02m")]
+)
+def test_fmt_duration(seconds: int, text: str) -> None:
+    assert fmt_duration(seconds) == text
+
+
+def test_fmt_cents() -> None:
+    assert fmt_cents(0) == "$0.00"
+    assert fmt_cents(123456) == "$1,234.56"
+
+
+def test_days_table_fits_a_terminal(store_url: str, run: RunCli) -> None:
+    run(*SMALL_DEMO, "--store", store_url)
+    with open_store(store_url) as store:
+        table = render_days(store.recent_days(30))
+    lines = table.splitlines()
+    assert max(len(line) for line in lines) <= 124
+    assert lines[1].split()[:3] == ["Day", "DAU", "New"]
+    assert len({line.index("2026") for line in lines[2:]}) == 1  # rows line up
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_redraws_on_a_terminal_and_prints_few_lines_otherwise() -> None:
+    plain, tty = io.StringIO(), _Terminal()
+    for stream in (plain, tty):
+        bar = Progress("Simulating", stream)
+        for done in range(0, 10_001, 100):
+            bar(done, 10_000)
+        bar.close()
+    assert plain.getvalue().count("\n") == 4  # 25, 50, 75, 100 %
+    assert "\r" not in plain.getvalue()
+    assert tty.getvalue().startswith("\rSimulating [")
+    assert tty.getvalue().endswith("100% 10,000/10,000\n")
+
+
+# -- as a user runs it ----------------------------------------------------------------------
+
+
+def _console_script() -> list[str]:
+    """The installed ``gso-analytics`` beside this interpreter, else ``python -m``."""
+    script = Path(sys.executable).parent / "gso-analytics"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "gso_analytics"]
+
+
+def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONWARNINGS": "error::ResourceWarning"}
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_console_script_demo_then_python_m_report(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    demo = _run(
+        [*_console_script(), "demo", "--players", "50", "--days", "3", "--store", url], tmp_path
+    )
+    assert demo.returncode == 0, demo.stderr
+    assert "Traceback" not in demo.stderr
+    assert_lively(today_figures(demo.stdout))
+    today = re.search(r"Today (\d{4}-\d\d-\d\d)", demo.stdout)
+    assert today is not None
+
+    report = _run(
+        [
+            sys.executable,
+            "-m",
+            "gso_analytics",
+            "report",
+            "--json",
+            "--store",
+            url,
+            "--today",
+            today[1],
+        ],
+        tmp_path,
+    )
+    assert report.returncode == 0, report.stderr
+    doc = json.loads(report.stdout)
+    assert doc["metrics"]["dau"] == number(today_figures(demo.stdout)["DAU"])
+    assert len(doc["days"]) == 3
+
+
+@pytest.mark.slow
+def test_console_script_default_store_and_bad_scheme(tmp_path: Path) -> None:
+    demo = _run([*_console_script(), "demo", "--players", "20", "--days", "2"], tmp_path)
+    assert demo.returncode == 0, demo.stderr
+    assert (tmp_path / "gso_analytics.db").exists()  # the embedded default, in the cwd
+    bad = _run([sys.executable, "-m", "gso_analytics", "report", "--store", "nosql://x"], tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("gso-analytics: error: unknown store scheme 'nosql'")
+    assert "Traceback" not in bad.stderr

@@ -1,0 +1,150 @@
+"""``pip install .``, ``pip install -e .`` and a built wheel all ship the backends.
+
+Why: ``backends/`` sits at the top of the repository and is installed as the
+subpackage ``gso_analytics.backends`` through ``package_dir`` in setup.cfg. That
+mapping is easy to break in one install mode only (an editable install that finds
+``gso_analytics`` but not its remapped subpackage, a wheel without ``backends``),
+and an in-repo test run would not notice, because the tree itself is importable.
+So each mode installs a copy of the project into a fresh virtualenv (no system
+site-packages, so a missing dependency fails too) and a script run from outside
+the repository imports ``gso_analytics.backends.sqlite``, opens and uses a store,
+and the ``gso-analytics`` console script answers ``--help``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+#: pip talks to the package index for attrs, requests and the build backend.
+PIP_TIMEOUT_S = 600
+RUN_TIMEOUT_S = 120
+
+#: Run by the venv's interpreter with ``-I`` (no cwd, no PYTHONPATH on sys.path).
+PROBE = """
+import json, sys
+import gso_analytics
+import gso_analytics.backends
+import gso_analytics.backends.sqlite as sqlite_backend
+from gso_analytics import Analytics, open_store
+
+store = open_store("sqlite:///probe.db")
+assert isinstance(store, sqlite_backend.SQLiteStore), type(store)
+with Analytics(store, flush_interval=60) as analytics:
+    analytics.on_login("u1", "alice")
+    analytics.track("credits.earn", "u1", {"amount": 50})
+    metrics = analytics.get_metrics().to_dict()
+store.close()
+print(json.dumps({
+    "package": gso_analytics.__file__,
+    "backends": gso_analytics.backends.__file__,
+    "sqlite": sqlite_backend.__file__,
+    "metrics": {k: metrics[k] for k in ("dau", "mau", "activeSessions")},
+    "credits": metrics["today"]["creditsEarned"],
+}))
+"""
+
+IGNORED = shutil.ignore_patterns(
+    ".git",
+    "build",
+    "dist",
+    "*.egg-info",
+    ".venv",
+    ".tox",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".hypothesis",
+    "*.db",
+    "*.db-wal",
+    "*.db-shm",
+)
+
+
+def _env() -> dict[str, str]:
+    """The caller's environment without what would leak the outer install in."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.pop("VIRTUAL_ENV", None)
+    env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
+    return env
+
+
+def _run(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+    command = " ".join(args if "-c" not in args else [*args[: args.index("-c")], "-c PROBE"])
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clean copy of the project, so builds leave nothing in the working tree."""
+    copy = tmp_path_factory.mktemp("src") / "gso_analytics_src"
+    shutil.copytree(ROOT, copy, ignore=IGNORED)
+    return copy
+
+
+def _build_wheel(src: Path, outdir: Path) -> Path:
+    if importlib.util.find_spec("build") is not None:
+        args = [sys.executable, "-m", "build", "--wheel", "--outdir", str(outdir), str(src)]
+    else:
+        args = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
+        args += ["--wheel-dir", str(outdir), str(src)]
+    _run(args, cwd=outdir, timeout=PIP_TIMEOUT_S)
+    (wheel,) = outdir.glob("gso_analytics-*.whl")
+    return wheel
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["regular", "editable", "wheel"])
+def test_install_mode_imports_the_sqlite_backend(mode: str, source: Path, tmp_path: Path) -> None:
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True, system_site_packages=False, clear=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
+    if mode == "regular":
+        _run([*pip, str(source)], cwd=tmp_path, timeout=PIP_TIMEOUT_S)
+    elif mode == "editable":
+        _run([*pip, "-e", str(source)], cwd=tmp_path, timeout=PIP_TIMEOUT_S)
+    else:
+        outdir = tmp_path / "dist"
+        outdir.mkdir()
+        wheel = _build_wheel(source, outdir)
+        names = zipfile.ZipFile(wheel).namelist()
+        assert "gso_analytics/backends/sqlite.py" in names, names
+        assert not any(n.startswith("backends/") for n in names), "backends/ at top level"
+        _run([*pip, str(wheel)], cwd=tmp_path, timeout=PIP_TIMEOUT_S)
+
+    workdir = tmp_path / "elsewhere"  # outside the repository and its copy
+    workdir.mkdir()
+    probe = _run([str(python), "-I", "-c", PROBE], cwd=workdir, timeout=RUN_TIMEOUT_S)
+    found = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert found["metrics"] == {"dau": 1, "mau": 1, "activeSessions": 1}
+    assert found["credits"] == 50
+    package = Path(found["package"]).parent
+    backends = Path(found["backends"]).parent
+    if mode == "editable":  # the copy's own files, backends/ through the mapping
+        assert package == source / "gso_analytics"
+        assert backends == source / "backends"
+    else:  # installed files, backends/ inside the package
+        assert package.is_relative_to(env_dir), package
+        assert backends == package / "backends"
+    assert Path(found["sqlite"]).parent == backends
+    assert not package.is_relative_to(ROOT) and not backends.is_relative_to(ROOT)
+
+    script = env_dir / "bin" / "gso-analytics"
+    assert script.is_file(), "the console script is not installed"
+    usage = _run([str(script), "--help"], cwd=workdir, timeout=RUN_TIMEOUT_S)
+    assert "usage: gso-analytics" in usage.stdout

@@ -1,0 +1,625 @@
+"""The store contract: every rule that makes the numbers right, run against every backend.
+
+Each test takes the ``store`` fixture (parametrized in conftest over every backend) and,
+where two processes matter, ``other_store``: a second handle on the same data (a second
+``SQLiteStore`` on the same file; the same object for ``memory://``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from gso_analytics import DAILY_FIELDS, FlushBatch, Store, StoreError
+from gso_analytics.model import EventRecord, SessionClose, SessionOpen
+
+if TYPE_CHECKING:
+    from conftest import AnalyticsFactory, Backend, FakeClock
+
+Snapshot = Callable[..., dict[str, Any]]
+
+
+def at(text: str) -> datetime:
+    """An aware UTC moment from ``YYYY-MM-DD HH:MM:SS[.ffffff]``."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def day_dict(store: Store, day: str) -> dict[str, Any]:
+    stats = store.get_day(day)
+    return stats.to_dict() if stats is not None else {}
+
+
+# -- counters ---------------------------------------------------------------------------
+
+
+def test_counters_are_increments_across_instances_and_restarts(
+    store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """Two processes (and a restarted one) add to the stored totals, never overwrite them:
+    the seed wrote process-local totals with ``$set``."""
+    a = make_analytics(store)
+    b = make_analytics(other_store)
+    a.track("credits.earn", "u1", {"amount": 50})
+    b.track("credits.earn", "u2", {"amount": 7})
+    a.flush()
+    b.flush()
+    a.track("credits.earn", "u1", {"amount": 3})
+    b.track("credits.earn", "u2", {"amount": 1000})
+    b.track("dungeon.complete", "u2")
+    b.flush()
+    a.flush()
+    assert store.get_day("2025-03-14")["creditsEarned"] == 50 + 7 + 3 + 1000
+    assert other_store.get_day("2025-03-14")["dungeonsRun"] == 1
+
+    a.stop()  # a "restart": a new instance continues the day's totals
+    restarted = make_analytics(store)
+    restarted.track("credits.earn", "u1", {"amount": 2})
+    restarted.track("dungeon.complete", "u1")
+    restarted.flush()
+    today = day_dict(other_store, "2025-03-14")
+    assert today["creditsEarned"] == 1062
+    assert today["dungeonsRun"] == 2
+
+
+def test_dau_and_mau_count_each_user_once(
+    store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """(day,user) and (month,user) records make dau/mau exact, also across instances."""
+    a = make_analytics(store)
+    b = make_analytics(other_store)
+    for _ in range(3):
+        a.on_login("u1", "alice")
+        clock.advance(60)
+        a.on_logout("u1")
+        a.flush()
+    b.on_login("u1", "alice")
+    b.on_login("u2", "bob")
+    a.on_login("u1", "alice")
+    b.flush()
+    a.flush()
+    today = day_dict(store, "2025-03-14")
+    assert today["dau"] == 2
+    assert today["sessionCount"] == 6
+    assert store.get_month("2025-03").mau == 2
+
+    clock.advance(days=1)
+    b.on_login("u1")
+    a.on_login("u3")
+    a.on_login("u3")
+    b.flush()
+    metrics = a.get_metrics()  # flushes a
+    assert metrics.dau == 2
+    assert metrics.mau == 3
+    assert day_dict(other_store, "2025-03-15")["sessionCount"] == 3
+    assert day_dict(other_store, "2025-03-14")["dau"] == 2  # yesterday untouched
+
+
+# -- exactly once, atomically -----------------------------------------------------------
+
+
+def make_batch(clock_at: datetime) -> FlushBatch:
+    """A batch touching every kind of record: counters, users, a session, an event."""
+    day, month = clock_at.strftime("%Y-%m-%d"), clock_at.strftime("%Y-%m")
+    return FlushBatch(
+        created_at=clock_at + timedelta(minutes=1),
+        counters={day: {"creditsEarned": 50, "sessionCount": 1}},
+        months={day: month},
+        day_users={day: {"u1"}},
+        month_users={month: {"u1"}},
+        session_ops=[
+            SessionOpen("s-1", "u1", "alice", clock_at, day, month, "origin-a"),
+            SessionClose("u1", clock_at + timedelta(seconds=90), "s-1", "origin-a"),
+        ],
+        events=[EventRecord(clock_at, "u1", "credits.earn", '{"amount":50}', day)],
+    )
+
+
+def test_same_batch_applied_twice_is_a_duplicate(
+    store: Store, other_store: Store, clock: FakeClock, take_snapshot: Snapshot
+) -> None:
+    """A retried batch (unknown outcome of the first try) is recognised by its id and
+    changes nothing, even when the retry reaches the store through another handle."""
+    batch = make_batch(clock.now)
+    first = store.apply(batch)
+    assert not first.duplicate
+    assert first.new_day_users == 1
+    after_first = take_snapshot(store, ("u1",))
+    assert after_first["days"][0]["creditsEarned"] == 50
+    assert after_first["days"][0]["totalSessionS"] == 90
+
+    assert store.apply(batch).duplicate
+    assert other_store.apply(batch).duplicate
+    assert take_snapshot(store, ("u1",)) == after_first
+
+    # The guard is the id, not the content: a new batch with the same counters adds.
+    again = FlushBatch(
+        created_at=batch.created_at,
+        counters=batch.counters,
+        months=batch.months,
+        events=batch.events,
+    )
+    assert not other_store.apply(again).duplicate
+    assert day_dict(store, clock.now.strftime("%Y-%m-%d"))["creditsEarned"] == 100
+    assert len(store.get_events()) == 2
+
+
+class _FailingTransaction:
+    """Delegates to a real transaction; ``fail_at`` raises after doing its real write."""
+
+    def __init__(self, tx: Any, fail_at: str) -> None:
+        self._tx = tx
+        self._fail_at = fail_at
+        self.called: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._tx, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.called.append(name)
+            result = real(*args, **kwargs)
+            if name == self._fail_at:
+                raise RuntimeError(f"injected crash after {name}")
+            return result
+
+        return call
+
+
+@pytest.mark.parametrize(
+    "fail_at",
+    ["add_day_users", "increment_daily", "insert_session", "end_session", "insert_events"],
+)
+def test_apply_is_atomic(
+    backend: Backend,
+    store: Store,
+    make_analytics: AnalyticsFactory,
+    clock: FakeClock,
+    take_snapshot: Snapshot,
+    monkeypatch: pytest.MonkeyPatch,
+    fail_at: str,
+) -> None:
+    """A crash between the statements of a batch leaves nothing applied (batch id
+    included, so the retry applies the whole batch once)."""
+    if not backend.rolls_back:
+        pytest.skip(f"{backend.name}: its writes are dict updates that cannot fail part-way")
+    analytics = make_analytics(store)
+    analytics.on_login("u1", "alice")
+    analytics.track("credits.earn", "u1", {"amount": 40})
+    clock.advance(75)
+    analytics.on_logout("u1")
+    empty = take_snapshot(store, ("u1",))
+
+    real_transaction = store.transaction
+    reached: list[list[str]] = []
+
+    @contextlib.contextmanager
+    def crashing() -> Iterator[Any]:
+        with real_transaction() as tx:
+            failing = _FailingTransaction(tx, fail_at)
+            reached.append(failing.called)
+            yield failing
+
+    monkeypatch.setattr(store, "transaction", crashing)
+    with pytest.raises(StoreError, match="injected crash"):
+        analytics.flush()
+    assert fail_at in reached[0], "the injected failure point was never reached"
+    assert take_snapshot(store, ("u1",)) == empty
+
+    monkeypatch.undo()
+    analytics.flush()
+    today = day_dict(store, "2025-03-14")
+    assert (today["creditsEarned"], today["dau"], today["sessionCount"]) == (40, 1, 1)
+    assert today["totalSessionS"] == 75
+    assert [s.duration_s for s in store.get_sessions("u1")] == [75]
+    assert len(store.get_events()) == 1
+    assert analytics.stats()["retried"] == 1
+
+
+# -- events -----------------------------------------------------------------------------
+
+
+def test_event_stream_keeps_data_and_prune_drops_expired(
+    store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """Every tracked event is stored with its data; ``prune`` deletes what is older than
+    ``event_ttl`` and nothing else (counters stay)."""
+    analytics = make_analytics(store, event_ttl=timedelta(hours=2))
+    first_at = clock.now
+    data = {"step": 1, "nested": {"list": [1, "x", None, True, 2.5]}, "name": "Grüße 🎮"}
+    analytics.track("tutorial.step", "u1", data)
+    analytics.track("credits.earn", "u2", {"amount": 5})
+    late_at = clock.advance(hours=3)
+    analytics.track("tutorial.step", "u1", {"step": 2})
+    analytics.flush()
+
+    events = store.get_events()
+    assert [(e.user_id, e.event) for e in events] == [
+        ("u1", "tutorial.step"),
+        ("u2", "credits.earn"),
+        ("u1", "tutorial.step"),
+    ]
+    assert json.loads(events[0].data) == data
+    assert [e.ts for e in events] == [first_at, first_at, late_at]
+    assert {e.day for e in events} == {"2025-03-14"}
+    assert [json.loads(e.data)["step"] for e in store.get_events("u1")] == [1, 2]
+
+    result = analytics.prune()
+    assert result.events_deleted == 2
+    assert [(e.user_id, e.ts) for e in store.get_events()] == [("u1", late_at)]
+    assert store.get_day("2025-03-14")["creditsEarned"] == 5
+    assert analytics.prune().events_deleted == 0
+
+
+# -- sessions ---------------------------------------------------------------------------
+
+
+def test_prune_times_out_stale_sessions(
+    store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """A session open past ``session_timeout`` is closed, flagged ``timedOut`` and not
+    counted as play time (duration 0, not in totalSessionS nor avgSessionMin)."""
+    analytics = make_analytics(store, session_timeout=timedelta(hours=1))
+    analytics.on_login("stale", "s")
+    analytics.on_login("timed", "t")
+    clock.advance(180)
+    analytics.on_logout("timed")
+    prune_at = clock.advance(hours=1)
+    analytics.on_login("fresh", "f")
+    analytics.flush()
+
+    assert analytics.prune().sessions_timed_out == 1
+    (stale,) = store.get_sessions("stale")
+    assert stale.timed_out
+    assert stale.duration_s == 0
+    assert stale.logout_at == prune_at
+    assert not store.get_sessions("timed")[0].timed_out
+    assert store.get_sessions("fresh")[0].logout_at is None
+
+    metrics = analytics.get_metrics()
+    assert metrics.active_sessions == 1
+    assert metrics.avg_session_min == 3  # 180 s only; the stale session is not play time
+    assert metrics.today is not None
+    assert metrics.today["totalSessionS"] == 180
+    assert store.get_month("2025-03").timed_sessions == 1
+
+    # A late logout of the timed-out session changes nothing.
+    clock.advance(60)
+    analytics.on_logout("stale")
+    analytics.flush()
+    assert store.get_sessions("stale")[0].duration_s == 0
+    assert store.get_day("2025-03-14")["totalSessionS"] == 180
+    assert analytics.prune().sessions_timed_out == 0
+
+
+@pytest.mark.parametrize("flush_order", ["login_first", "logout_first"])
+def test_logout_in_another_instance_closes_session(
+    store: Store,
+    other_store: Store,
+    make_analytics: AnalyticsFactory,
+    clock: FakeClock,
+    flush_order: str,
+) -> None:
+    """A logout handled by a process that did not see the login closes the session,
+    whichever process flushes first (the seed dropped such a logout)."""
+    a = make_analytics(store)
+    b = make_analytics(other_store)
+    login_at = clock.now
+    a.on_login("u1", "alice")
+    logout_at = clock.advance(90)
+    b.on_logout("u1")
+    if flush_order == "login_first":
+        a.flush()
+        assert store.count_open_sessions() == 1
+        b.flush()
+    else:
+        b.flush()
+        assert store.get_sessions("u1") == []
+        a.flush()
+
+    (session,) = other_store.get_sessions("u1")
+    assert (session.login_at, session.logout_at) == (login_at, logout_at)
+    assert session.duration_s == 90
+    assert session.username == "alice"
+    assert not session.timed_out
+    assert store.get_day("2025-03-14")["totalSessionS"] == 90
+    metrics = b.get_metrics()
+    assert metrics.active_sessions == 0
+    assert metrics.avg_session_min == 2  # 1.5 min rounds half up
+
+
+def test_stray_logout_does_not_close_a_later_login(
+    store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """A logout with no session before it must not end a session that starts later."""
+    a = make_analytics(store)
+    b = make_analytics(other_store)
+    b.on_logout("u1")
+    b.flush()
+    clock.advance(30)
+    a.on_login("u1")
+    a.flush()
+    (session,) = store.get_sessions("u1")
+    assert session.logout_at is None
+    assert store.count_open_sessions() == 1
+
+
+def test_late_logout_does_not_close_a_newer_session(
+    store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """A logout that reaches the store late ends a session open at its time, never
+    one that started after it."""
+    a = make_analytics(store)
+    b = make_analytics(other_store)
+    a.on_login("u1")
+    a.flush()
+    clock.advance(10)
+    b.on_logout("u1")  # held in b's buffer for a while
+    clock.advance(10)
+    a.on_logout("u1")
+    clock.advance(10)
+    newer_login = clock.now
+    a.on_login("u1")
+    a.flush()
+    b.flush()
+    sessions = store.get_sessions("u1")
+    assert [s.duration_s for s in sessions] == [20, 0]
+    assert (sessions[1].login_at, sessions[1].logout_at) == (newer_login, None)
+    assert store.count_open_sessions() == 1
+    assert store.get_day("2025-03-14")["totalSessionS"] == 20
+
+
+def test_active_sessions_count_every_instance(
+    store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """``activeSessions`` is cluster-wide, not one process's map (the seed's defect)."""
+    a = make_analytics(store)
+    b = make_analytics(other_store)
+    a.on_login("u1")
+    a.on_login("u2")
+    b.on_login("u3")
+    b.flush()
+    assert a.get_metrics().active_sessions == 3
+    clock.advance(10)
+    b.on_logout("u1")  # a's session, closed through b
+    a.on_logout("u2")
+    b.flush()
+    assert a.get_metrics().active_sessions == 1
+    assert b.get_metrics().active_sessions == 1
+    assert a.stats()["open_sessions_here"] == 1  # a still believes u1 is on; the store knows
+
+
+def test_second_login_without_logout_closes_first_session(
+    store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """A user has one open session at a time: a new login ends the previous one."""
+    analytics = make_analytics(store)
+    analytics.on_login("u1")
+    clock.advance(60)
+    analytics.on_login("u1")
+    metrics = analytics.get_metrics()
+    assert [s.duration_s for s in store.get_sessions("u1")] == [60, 0]
+    assert [s.logout_at is None for s in store.get_sessions("u1")] == [False, True]
+    assert (metrics.dau, metrics.active_sessions) == (1, 1)
+    assert store.get_day("2025-03-14")["sessionCount"] == 2
+
+
+# -- reads ------------------------------------------------------------------------------
+
+
+def test_recent_days_newest_first_limited_to_30(
+    store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """``get_last_30_days`` is the newest 30 daily documents, newest first."""
+    analytics = make_analytics(store)
+    start = datetime(2025, 2, 1, 10, tzinfo=UTC)
+    clock.set(start)
+    for offset in range(35):
+        clock.set(start + timedelta(days=offset))
+        analytics.track("dungeon.complete", "u1")
+        for _ in range(offset % 3):
+            analytics.track("craft.complete", "u1")
+        if offset % 7 == 0:
+            analytics.flush()
+    days = analytics.get_last_30_days()
+    expected = [(start + timedelta(days=offset)).date().isoformat() for offset in range(34, 4, -1)]
+    assert [d.day for d in days] == expected
+    assert [d["craftsCompleted"] for d in days] == [offset % 3 for offset in range(34, 4, -1)]
+    months = {d.day: d.month for d in days}
+    assert (months["2025-02-28"], months["2025-03-01"]) == ("2025-02", "2025-03")
+    assert store.recent_days(3) == days[:3]
+
+
+def test_get_month_figures(
+    store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """``get_month``: distinct users and the timed sessions (durationS > 0) of a month."""
+    analytics = make_analytics(store)
+    for user, seconds in [("u1", 100), ("u2", 0), ("u1", 50)]:
+        analytics.on_login(user)
+        clock.advance(seconds)
+        analytics.on_logout(user)
+    analytics.flush()
+    month = store.get_month("2025-03")
+    assert (month.mau, month.timed_sessions, month.timed_session_s) == (2, 2, 150)
+    unknown = store.get_month("1999-01")
+    assert (unknown.mau, unknown.timed_sessions, unknown.timed_session_s) == (0, 0, 0)
+    assert store.get_day("1999-01-01") is None
+
+
+def test_custom_counters_end_up_in_the_daily_dict(
+    store: Store, make_analytics: AnalyticsFactory
+) -> None:
+    """A game's own counters sit beside the seed's fields, which keep working."""
+    analytics = make_analytics(
+        store, counters={"quest.complete": "questsCompleted", "gold.loot": ("goldLooted", "amount")}
+    )
+    analytics.track("quest.complete", "u1", {"quest": "q7"})
+    analytics.track("quest.complete", "u2")
+    analytics.track("gold.loot", "u1", {"amount": 120})
+    analytics.track("gold.loot", "u2", {"amount": 5})
+    analytics.track("gems.purchase", "u2", {"gems": 80})
+    analytics.track("stripe.payment", "u2", {"amountCents": 499})
+    (today,) = analytics.get_last_30_days()
+    doc = today.to_dict()
+    assert doc["questsCompleted"] == 2
+    assert doc["goldLooted"] == 125
+    assert (doc["gemsPurchased"], doc["stripeRevenue"]) == (80, 499)
+    assert list(doc)[: 2 + len(DAILY_FIELDS)] == ["day", "month", *DAILY_FIELDS]
+    assert analytics.get_metrics().to_dict()["today"]["goldLooted"] == 125
+
+
+def test_timezone_day_keys(
+    store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """Day and month keys follow ``tz``, across midnight, month end and both DST switches."""
+    analytics = make_analytics(store, tz="America/New_York")
+    moments = [  # (UTC moment, local day in New York)
+        ("2025-03-09 05:30:00", "2025-03-09"),  # 00:30 EST
+        ("2025-03-10 03:59:59", "2025-03-09"),  # 23:59:59 EDT, a 23-hour day
+        ("2025-03-10 04:00:00", "2025-03-10"),  # 00:00 EDT
+        ("2025-03-15 03:30:00", "2025-03-14"),  # 23:30 EDT
+        ("2025-03-15 04:30:00", "2025-03-15"),
+        ("2025-04-01 03:59:00", "2025-03-31"),  # month end, local
+        ("2025-04-01 04:00:00", "2025-04-01"),
+        ("2025-11-02 04:30:00", "2025-11-02"),  # 00:30 EDT
+        ("2025-11-03 04:30:00", "2025-11-02"),  # 23:30 EST, a 25-hour day
+        ("2025-11-03 05:00:00", "2025-11-03"),
+    ]
+    expected: dict[str, int] = {}
+    for moment, local_day in moments:
+        clock.set(at(moment))
+        analytics.track("dungeon.complete", "u1")
+        expected[local_day] = expected.get(local_day, 0) + 1
+    analytics.on_login("u1")
+    metrics = analytics.get_metrics()
+    found = {d.day: (d.month, d["dungeonsRun"]) for d in store.recent_days()}
+    assert found == {day: (day[:7], count) for day, count in expected.items()}
+    assert metrics.today is not None
+    assert metrics.today.day == "2025-11-03"
+    assert [e.day for e in store.get_events()] == [local for _, local in moments]
+
+
+@pytest.mark.parametrize(
+    ("tz", "login_at", "seconds", "login_day", "next_day"),
+    [
+        ("UTC", "2025-03-14 23:59:30", 90, "2025-03-14", "2025-03-15"),
+        ("UTC", "2025-03-31 23:59:00", 120, "2025-03-31", "2025-04-01"),
+        ("America/New_York", "2025-04-01 03:59:00", 120, "2025-03-31", "2025-04-01"),
+    ],
+    ids=["next-day", "next-month", "next-month-new-york"],
+)
+def test_session_seconds_belong_to_login_day(
+    store: Store,
+    make_analytics: AnalyticsFactory,
+    clock: FakeClock,
+    tz: str,
+    login_at: str,
+    seconds: int,
+    login_day: str,
+    next_day: str,
+) -> None:
+    """A session that ends after midnight (or month end) counts on its login day/month."""
+    analytics = make_analytics(store, tz=tz)
+    clock.set(at(login_at))
+    analytics.on_login("u1")
+    clock.advance(seconds)
+    analytics.on_logout("u1")
+    metrics = analytics.get_metrics()
+    assert store.get_day(login_day)["totalSessionS"] == seconds
+    assert store.get_day(next_day) is None
+    assert metrics.today is None  # nothing happened on the logout day
+    login_month, next_month = store.get_month(login_day[:7]), store.get_month(next_day[:7])
+    assert (login_month.timed_sessions, login_month.timed_session_s) == (1, seconds)
+    if next_month.month != login_month.month:
+        assert (next_month.mau, next_month.timed_sessions, metrics.avg_session_min) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("login_offset_us", "logout_offset_us", "expected_s"),
+    [
+        (0, 1_500_000, 2),
+        (0, 2_500_000, 3),
+        (0, 1_499_000, 1),
+        (0, 500_000, 1),
+        (0, 499_000, 0),
+        (0, 0, 0),
+        (0, 59_999_000, 60),
+        # Both ends are truncated to milliseconds first, as JavaScript Dates are:
+        # 1.5005 s - 0.0009 s is 1.4996 s exactly, but 1500 ms - 0 ms rounds to 2.
+        (900, 1_500_500, 2),
+    ],
+)
+def test_duration_rounds_half_up_like_math_round(
+    store: Store,
+    make_analytics: AnalyticsFactory,
+    clock: FakeClock,
+    login_offset_us: int,
+    logout_offset_us: int,
+    expected_s: int,
+) -> None:
+    """durationS is JavaScript's Math.round of the seconds (halves up, not to even)."""
+    analytics = make_analytics(store)
+    base = clock.now
+    clock.set(base + timedelta(microseconds=login_offset_us))
+    analytics.on_login("u1")
+    clock.set(base + timedelta(microseconds=logout_offset_us))
+    analytics.on_logout("u1")
+    analytics.flush()
+    (session,) = store.get_sessions("u1")
+    assert session.duration_s == expected_s
+    assert store.get_day("2025-03-14")["totalSessionS"] == expected_s
+    assert store.get_month("2025-03").timed_sessions == (1 if expected_s > 0 else 0)
+
+
+@pytest.mark.parametrize(
+    ("durations_ms", "expected_min"),
+    [
+        ([90_000], 2),  # 1.5 min
+        ([150_000], 3),  # 2.5 min
+        ([89_000], 1),
+        ([30_000], 1),  # 0.5 min
+        ([29_000], 0),
+        ([60_000, 120_000], 2),  # mean 90 s
+        ([400, 60_000], 1),  # 0 s sessions are not in the mean
+        ([1_000, 2_000], 0),
+        ([1_500, 178_500], 2),  # 2 s and 179 s: mean 90.5 s
+        ([], 0),
+    ],
+)
+def test_avg_session_min_rounds_half_up(
+    store: Store,
+    make_analytics: AnalyticsFactory,
+    clock: FakeClock,
+    durations_ms: list[int],
+    expected_min: int,
+) -> None:
+    """avgSessionMin is Math.round(mean durationS of this month's timed sessions / 60)."""
+    analytics = make_analytics(store)
+    start = clock.now
+    users = [f"u{i}" for i in range(len(durations_ms))]
+    for user in users:
+        analytics.on_login(user)
+    for user, duration in sorted(zip(users, durations_ms, strict=True), key=lambda x: x[1]):
+        clock.set(start + timedelta(milliseconds=duration))
+        analytics.on_logout(user)
+    assert analytics.get_metrics().avg_session_min == expected_min
+
+
+def test_clock_going_backwards_gives_zero_duration(
+    store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """A logout stamped before its login (clock stepped back) closes with duration 0."""
+    analytics = make_analytics(store)
+    login_at = clock.now
+    analytics.on_login("u1")
+    logout_at = clock.advance(-30)
+    analytics.on_logout("u1")
+    metrics = analytics.get_metrics()
+    (session,) = store.get_sessions("u1")
+    assert (session.login_at, session.logout_at, session.duration_s) == (login_at, logout_at, 0)
+    assert store.get_day("2025-03-14")["totalSessionS"] == 0
+    assert (metrics.active_sessions, metrics.avg_session_min) == (0, 0)

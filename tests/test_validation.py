@@ -1,0 +1,477 @@
+"""Input validation: every row of the tables below is one test.
+
+A rejected call raises (strict) or is counted and logged once per kind (lenient), and
+in both modes leaves the store exactly as a run without it would: other buffered data
+is untouched. Accepted odd input (SQL-looking ids, unicode) is stored verbatim as data.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from gso_analytics import (
+    Analytics,
+    ConfigurationError,
+    InvalidTypeError,
+    Store,
+    ValidationError,
+    open_store,
+)
+
+if TYPE_CHECKING:
+    from conftest import AnalyticsFactory, FakeClock
+
+Snapshot = Callable[..., dict[str, Any]]
+Call = Callable[[Analytics], None]
+
+NAN = float("nan")
+INF = float("inf")
+
+
+def nested(levels: int) -> dict[str, Any]:
+    data: dict[str, Any] = {"leaf": 1}
+    for _ in range(levels):
+        data = {"level": data}
+    return data
+
+
+def rejected_row(
+    call: Call, field: str, error: type[ValidationError], row_id: str
+) -> pytest.ParameterSet:
+    return pytest.param(call, field, error, id=row_id)
+
+
+def _user_id_rows() -> list[pytest.ParameterSet]:
+    bad_ids: list[tuple[object, type[ValidationError], str]] = [
+        (None, InvalidTypeError, "none"),
+        (42, InvalidTypeError, "int"),
+        ({"$ne": None}, InvalidTypeError, "operator-dict"),
+        (["u1"], InvalidTypeError, "list"),
+        (b"u1", InvalidTypeError, "bytes"),
+        ("", ValidationError, "empty"),
+        ("x" * 129, ValidationError, "too-long"),
+        ("a\x00b", ValidationError, "nul"),
+        ("line\nbreak", ValidationError, "newline"),
+        ("\x1b[2J", ValidationError, "escape"),
+        ("\ud800", ValidationError, "lone-surrogate"),
+    ]
+    rows = []
+    for value, error, name in bad_ids:
+        rows += [
+            rejected_row(lambda a, v=value: a.on_login(v), "user_id", error, f"login-{name}"),
+            rejected_row(lambda a, v=value: a.on_logout(v), "user_id", error, f"logout-{name}"),
+            rejected_row(
+                lambda a, v=value: a.track("dungeon.complete", v), "user_id", error, f"track-{name}"
+            ),
+        ]
+    return rows
+
+
+def _event_rows() -> list[pytest.ParameterSet]:
+    bad_events: list[tuple[object, type[ValidationError], str]] = [
+        (None, InvalidTypeError, "none"),
+        (42, InvalidTypeError, "int"),
+        ({"$ne": None}, InvalidTypeError, "operator-dict"),
+        (["dungeon.complete"], InvalidTypeError, "list"),
+        ("", ValidationError, "empty"),
+        ("e" * 129, ValidationError, "too-long"),
+        ("dungeon\x00complete", ValidationError, "nul"),
+        ("quest\n", ValidationError, "newline"),
+        ("\udfff", ValidationError, "lone-surrogate"),
+    ]
+    return [
+        rejected_row(lambda a, v=value: a.track(v, "u1"), "event", error, f"event-{name}")
+        for value, error, name in bad_events
+    ]
+
+
+def _username_rows() -> list[pytest.ParameterSet]:
+    return [
+        rejected_row(lambda a: a.on_login("other", 42), "username", InvalidTypeError, "name-int"),
+        rejected_row(
+            lambda a: a.on_login("other", "\x07bell"), "username", ValidationError, "name-bell"
+        ),
+    ]
+
+
+def _amount_rows() -> list[pytest.ParameterSet]:
+    bad_amounts: list[tuple[Any, type[ValidationError], str]] = [
+        (True, InvalidTypeError, "bool-true"),
+        (False, InvalidTypeError, "bool-false"),
+        (NAN, ValidationError, "nan"),
+        (INF, ValidationError, "inf"),
+        (-INF, ValidationError, "minus-inf"),
+        (-1, ValidationError, "negative"),
+        (-0.5, ValidationError, "negative-float"),
+        ("10", InvalidTypeError, "string"),
+        (None, InvalidTypeError, "none"),
+        ([5], InvalidTypeError, "list"),
+        (2**60, ValidationError, "huge"),
+    ]
+    rows = [
+        rejected_row(
+            lambda a, v=value: a.track("credits.earn", "u1", {"amount": v}),
+            "data.amount",
+            error,
+            f"amount-{name}",
+        )
+        for value, error, name in bad_amounts
+    ]
+    rows += [
+        rejected_row(
+            lambda a: a.track("credits.earn", "u1", {}), "data.amount", ValidationError, "missing"
+        ),
+        rejected_row(
+            lambda a: a.track("credits.earn", "u1"), "data.amount", ValidationError, "no-data"
+        ),
+        rejected_row(
+            lambda a: a.track("gems.purchase", "u1", {"amount": 5}),
+            "data.gems",
+            ValidationError,
+            "wrong-key",
+        ),
+        rejected_row(
+            lambda a: a.track("stripe.payment", "u1", {"amountCents": "499"}),
+            "data.amountCents",
+            InvalidTypeError,
+            "cents-string",
+        ),
+    ]
+    return rows
+
+
+class _Opaque:
+    pass
+
+
+def _data_rows() -> list[pytest.ParameterSet]:
+    bad_data: list[tuple[Any, str, type[ValidationError], str]] = [
+        ([1, 2], "data", InvalidTypeError, "list"),
+        ("text", "data", InvalidTypeError, "string"),
+        (5, "data", InvalidTypeError, "int"),
+        ({"s": {1, 2}}, "data.s", InvalidTypeError, "set"),
+        ({"o": _Opaque()}, "data.o", InvalidTypeError, "object"),
+        ({"b": b"x"}, "data.b", InvalidTypeError, "bytes"),
+        ({1: "x"}, "data", InvalidTypeError, "int-key"),
+        ({"n": {"x": NAN}}, "data.n.x", ValidationError, "nested-nan"),
+        ({"l": [1, INF]}, "data.l[1]", ValidationError, "inf-in-list"),
+        ({"$where": "1"}, "$where", ValidationError, "dollar-key"),
+        ({"inner": {"$gt": ""}}, "$gt", ValidationError, "nested-dollar-key"),
+        ({"a.b": 1}, "a.b", ValidationError, "dotted-key"),
+        ({"": 1}, "data", ValidationError, "empty-key"),
+        (nested(20), "data", ValidationError, "too-deep"),
+        ({"blob": "x" * 17_000}, "data", ValidationError, "too-big"),
+        ({"s": "\ud800"}, "data", ValidationError, "lone-surrogate"),
+        ({"big": 2**64}, "data.big", ValidationError, "int-overflow"),
+    ]
+    return [
+        rejected_row(lambda a, d=data: a.track("tutorial.step", "u1", d), field, error, f"data-{n}")
+        for data, field, error, n in bad_data
+    ]
+
+
+REJECTED = _user_id_rows() + _event_rows() + _username_rows() + _amount_rows() + _data_rows()
+
+
+def good_calls_before(analytics: Analytics) -> None:
+    analytics.on_login("good", "Good Player")
+    analytics.track("credits.earn", "good", {"amount": 5})
+    analytics.track("tutorial.step", "good", {"step": 1})
+
+
+def good_calls_after(analytics: Analytics) -> None:
+    analytics.track("dungeon.complete", "good")
+
+
+def reference(clock: FakeClock, take_snapshot: Snapshot) -> dict[str, Any]:
+    """The store after the good calls alone."""
+    store = open_store("memory://")
+    analytics = Analytics(store, clock=clock)
+    good_calls_before(analytics)
+    good_calls_after(analytics)
+    analytics.flush()
+    return take_snapshot(store, ("good", "other"))
+
+
+def rejection_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "gso_analytics" and r.levelno == logging.WARNING and "rejected" in r.message
+    ]
+
+
+@pytest.mark.parametrize(("call", "field", "error"), REJECTED)
+def test_strict_mode_raises_naming_the_field(
+    call: Call,
+    field: str,
+    error: type[ValidationError],
+    make_analytics: AnalyticsFactory,
+    clock: FakeClock,
+    take_snapshot: Snapshot,
+) -> None:
+    """strict=True raises ValidationError (a ValueError), or InvalidTypeError (also a
+    TypeError) for a wrong type, naming the field; nothing of the call is buffered."""
+    store = open_store("memory://")
+    analytics = make_analytics(store, strict=True)
+    good_calls_before(analytics)
+    buffered = analytics.stats()["buffered"]
+    with pytest.raises(error) as caught:
+        call(analytics)
+    exc = caught.value
+    assert isinstance(exc, ValueError)
+    assert isinstance(exc, TypeError) == (error is InvalidTypeError)
+    assert field in exc.field
+    assert field in str(exc)
+    assert analytics.stats()["buffered"] == buffered
+    good_calls_after(analytics)
+    analytics.flush()
+    assert take_snapshot(store, ("good", "other")) == reference(clock, take_snapshot)
+
+
+@pytest.mark.parametrize(("call", "field", "error"), REJECTED)
+def test_lenient_mode_counts_logs_once_and_keeps_other_data(
+    call: Call,
+    field: str,
+    error: type[ValidationError],
+    make_analytics: AnalyticsFactory,
+    clock: FakeClock,
+    take_snapshot: Snapshot,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The default (lenient) mode never raises on a request path: the call is counted in
+    stats()["rejected"], logged once per kind, and other buffered data is stored."""
+    store = open_store("memory://")
+    analytics = make_analytics(store)
+    good_calls_before(analytics)
+    with caplog.at_level(logging.WARNING, logger="gso_analytics"):
+        call(analytics)
+        call(analytics)
+    good_calls_after(analytics)
+    analytics.flush()
+    assert analytics.stats()["rejected"] == 2
+    logs = rejection_logs(caplog)
+    assert len(logs) == 1
+    assert field in logs[0].getMessage()
+    assert take_snapshot(store, ("good", "other")) == reference(clock, take_snapshot)
+
+
+def test_each_kind_of_rejection_is_logged_once(
+    make_analytics: AnalyticsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One warning per kind of bad input, however many calls: loud, never a flood."""
+    analytics = make_analytics(open_store("memory://"))
+    with caplog.at_level(logging.WARNING, logger="gso_analytics"):
+        for _ in range(50):
+            analytics.on_login(None)  # type: ignore[arg-type]
+            analytics.track("credits.earn", "u1", {"amount": -1})
+    assert analytics.stats()["rejected"] == 100
+    assert len(rejection_logs(caplog)) == 2
+
+
+def test_caller_chosen_keys_do_not_make_new_kinds_of_rejection(
+    make_analytics: AnalyticsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The key names in ``data`` come from the caller (or a client): varying them must
+    not turn "log once per kind" into one warning per call."""
+    analytics = make_analytics(open_store("memory://"))
+    with caplog.at_level(logging.WARNING, logger="gso_analytics"):
+        for i in range(100):
+            analytics.track("tutorial.step", "u1", {f"$op{i}": 1})
+            analytics.track("tutorial.step", "u1", {f"key{i}": {"x": NAN}})
+            analytics.track("tutorial.step", "u1", {"list": [0] * i + [_Opaque()]})
+    assert analytics.stats()["rejected"] == 300
+    assert 1 <= len(rejection_logs(caplog)) <= 3
+
+
+# -- accepted input ---------------------------------------------------------------------
+
+SQL_ID = "'; DROP TABLE gso_analytics_daily; --"
+
+
+class _Name(str):
+    """A str subclass whose methods could misbehave; its plain value must be stored."""
+
+    def __str__(self) -> str:
+        return "something else"
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    [
+        SQL_ID,
+        "robert'); DROP TABLE gso_analytics_sessions;--",
+        '{"$ne": null}',
+        "O'Brien",
+        "玩家一",
+        "🎮player",
+        "x" * 128,
+        _Name("subclassed"),
+    ],
+    ids=[
+        "sql-daily",
+        "sql-sessions",
+        "json-operator",
+        "quote",
+        "cjk",
+        "emoji",
+        "max-len",
+        "subcls",
+    ],
+)
+def test_odd_but_valid_user_ids_are_stored_verbatim(
+    user_id: str, store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """Strings that look like SQL or operators are data: accepted and round-tripped."""
+    analytics = make_analytics(store, strict=True)
+    analytics.on_login(user_id, user_id)
+    analytics.track("credits.earn", user_id, {"amount": 7, "note": user_id})
+    clock.advance(61)
+    analytics.on_logout(user_id)
+    metrics = analytics.get_metrics()
+    plain = str.__str__(user_id)
+    (session,) = store.get_sessions(plain)
+    assert type(session.user_id) is str
+    assert (session.user_id, session.username, session.duration_s) == (plain, plain, 61)
+    (event,) = store.get_events(plain)
+    assert event.user_id == plain
+    assert (metrics.dau, metrics.mau, metrics.to_dict()["today"]["creditsEarned"]) == (1, 1, 7)
+    assert analytics.stats()["rejected"] == 0
+
+
+def test_sql_looking_ids_leave_every_sqlite_table_in_place(
+    sqlite_url: str, make_analytics: AnalyticsFactory
+) -> None:
+    """The SQL-looking id is bound as a parameter, never spliced into a statement."""
+    store = open_store(sqlite_url)
+    try:
+        path = store.path  # type: ignore[attr-defined]
+        with sqlite3.connect(path) as conn:
+            tables_before = sorted(
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            )
+        assert "gso_analytics_daily" in tables_before
+        analytics = make_analytics(store, strict=True)
+        analytics.on_login(SQL_ID, SQL_ID)
+        analytics.track(SQL_ID, SQL_ID, {SQL_ID.replace(".", "_"): SQL_ID})
+        analytics.track("market.sale", SQL_ID)
+        analytics.on_logout(SQL_ID)
+        analytics.flush()
+        with sqlite3.connect(path) as conn:
+            tables_after = sorted(
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            )
+            stored_ids = {r[0] for r in conn.execute("SELECT userId FROM gso_analytics_sessions")}
+        assert tables_after == tables_before
+        assert stored_ids == {SQL_ID}
+        assert [e.event for e in store.get_events(SQL_ID)] == [SQL_ID, "market.sale"]
+        assert store.get_day("2025-03-14")["marketSales"] == 1
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("event", "data", "field", "expected"),
+    [
+        ("credits.earn", {"amount": 0}, "creditsEarned", 0),
+        ("credits.earn", {"amount": 2**53}, "creditsEarned", 2**53),
+        ("credits.earn", {"amount": 12.5}, "creditsEarned", 12.5),
+        ("credits.earn", {"amount": 3.0, "extra": [1, None, True]}, "creditsEarned", 3),
+        ("gems.purchase", {"gems": 80, "amount": -1}, "gemsPurchased", 80),
+        ("quest.chapter.1.complete", {"deep": nested(3)}, None, None),
+    ],
+    ids=["zero", "max", "float", "integral-float", "other-key-ignored", "unknown-dotted"],
+)
+def test_valid_amounts_and_data_are_accepted(
+    event: str,
+    data: dict[str, Any],
+    field: str | None,
+    expected: float | None,
+    store: Store,
+    make_analytics: AnalyticsFactory,
+) -> None:
+    """The edges of valid input are not rejected, and amounts add exactly."""
+    analytics = make_analytics(store, strict=True)
+    analytics.track(event, "u1", data)
+    analytics.flush()
+    if field is None:
+        assert store.recent_days() == []
+    else:
+        assert store.get_day("2025-03-14")[field] == expected
+    assert [e.event for e in store.get_events()] == [event]
+
+
+def test_unknown_events_go_to_the_stream_without_a_counter(
+    store: Store, make_analytics: AnalyticsFactory
+) -> None:
+    """An event with no counter rule is kept in the stream and touches no daily document."""
+    analytics = make_analytics(store, strict=True)
+    analytics.track("tutorial.step", "u1", {"step": 3})
+    analytics.track("shop.open", "u2")
+    analytics.flush()
+    assert [(e.event, e.data) for e in store.get_events()] == [
+        ("tutorial.step", '{"step":3}'),
+        ("shop.open", "{}"),
+    ]
+    assert store.recent_days() == []
+    assert analytics.stats()["rejected"] == 0
+
+
+def test_logout_without_login_changes_no_figure(
+    store: Store, make_analytics: AnalyticsFactory, take_snapshot: Snapshot
+) -> None:
+    """A logout nobody logged in for is valid input that counts nothing."""
+    analytics = make_analytics(store, strict=True)
+    analytics.on_logout("ghost")
+    metrics = analytics.get_metrics()
+    assert (metrics.dau, metrics.mau, metrics.active_sessions) == (0, 0, 0)
+    assert take_snapshot(store, ("ghost",))["sessions"] == {"ghost": []}
+    assert store.recent_days() == []
+    assert analytics.stats()["rejected"] == 0
+
+
+def test_caller_mutating_data_after_track_changes_nothing(
+    store: Store, make_analytics: AnalyticsFactory
+) -> None:
+    """``data`` is snapshotted at the call: a later mutation by the caller is not stored."""
+    analytics = make_analytics(store)
+    data: dict[str, Any] = {"amount": 5, "items": ["sword"]}
+    analytics.track("credits.earn", "u1", data)
+    data["amount"] = 500
+    data["items"].append("shield")
+    analytics.flush()
+    (event,) = store.get_events()
+    assert event.data == '{"amount":5,"items":["sword"]}'
+    assert store.get_day("2025-03-14")["creditsEarned"] == 5
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"counters": {"quest.complete": "dau"}},
+        {"counters": {"quest.complete": "totalSessionS"}},
+        {"counters": {"quest.complete": "not an identifier"}},
+        {"counters": {"quest.complete": 5}},
+        {"counters": {"quest.complete": ("questsCompleted",)}},
+        {"tz": "Mars/Olympus_Mons"},
+        {"flush_interval": 0},
+        {"max_buffered_events": 0},
+    ],
+    ids=lambda options: repr(options),
+)
+def test_bad_configuration_fails_at_construction(options: dict[str, Any]) -> None:
+    """A misconfiguration is reported when the app starts, not as wrong numbers later."""
+    with pytest.raises(ConfigurationError):
+        Analytics(open_store("memory://"), **options)
+
+
+@pytest.mark.parametrize("url", ["memory", "nosuch://x", "sqlite:///:memory:", "sqlite://"])
+def test_bad_store_urls_are_configuration_errors(url: str) -> None:
+    """A URL that names no usable store says so, instead of silently using another."""
+    with pytest.raises(ConfigurationError):
+        open_store(url)
