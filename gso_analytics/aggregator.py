@@ -1,17 +1,35 @@
-"""The in-process buffer: dict increments and an event list under one lock, no I/O.
+"""The in-process buffer: what a caller thread pays for, and what the flush thread does.
 
-A caller thread's whole cost is here: one clock read, a cached day lookup, a few dict
-updates under a lock. :meth:`Aggregator.swap` hands everything buffered to the flush
-thread as one :class:`~gso_analytics.model.FlushBatch` and starts an empty one.
+A caller thread validates its arguments (see :mod:`.validation`), reads the clock as
+integer milliseconds and appends one tuple to a ``deque``: ``deque.append`` is atomic,
+so the request path takes no lock at all and never waits for the flush thread.
+
+The flush thread drains the deque in call order and aggregates it (day keys, counter
+increments, (day,user)/(month,user) records, session pairing, JSON encoding) into one
+:class:`~gso_analytics.model.FlushBatch`. Moving that work off the request path is
+what keeps ``track()`` near a microsecond; the result is the same as aggregating at
+the call, because the calls are replayed in order with the timestamps they were
+made at.
 """
 
 from __future__ import annotations
 
-import threading
-from datetime import datetime
+import json
+import time
+from collections import deque
+from typing import Any
 
-from .clock import Clock, DayKeys, to_utc_ms
+from .clock import Clock, DayKeys, from_ms, to_ms
 from .model import EventRecord, FlushBatch, Number, SessionClose, SessionOpen, new_id
+
+# Kinds of buffered call: (kind, ms, user_id, ...), see Aggregator.event/login/logout.
+_EVENT, _LOGIN, _LOGOUT = 0, 1, 2
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 class BufferFull(Exception):
@@ -22,92 +40,123 @@ class Aggregator:
     """Buffers calls until the next flush.
 
     ``backlog`` is set by the flusher to the number of calls waiting in failed
-    batches, so the bound covers everything held in memory.
+    batches, so the bound covers everything held in memory (give or take one call
+    per thread racing past the check at the same moment).
     """
 
-    def __init__(self, clock: Clock, day_keys: DayKeys, max_buffered: int) -> None:
-        self.clock = clock
+    def __init__(self, clock: Clock | None, day_keys: DayKeys, max_buffered: int) -> None:
+        # The default clock reads integer milliseconds directly: no datetime on the
+        # request path. An injected clock (tests, replays) is converted exactly.
+        self.now_ms = _wall_clock_ms if clock is None else (lambda: to_ms(clock()))
         self.day_keys = day_keys
         self.max_buffered = max_buffered
         self.backlog = 0
         self.reset()
 
     def reset(self) -> None:
-        """Start empty with a fresh lock (also in a forked child, where the old lock
-        may have been held by a thread that does not exist there)."""
-        self._lock = threading.Lock()
+        """Start empty (also in a forked child: the parent flushes its own calls)."""
+        self._calls: deque[tuple[Any, ...]] = deque()
+        self._open: dict[str, str] = {}  # user -> id of the session this process opened
         self.origin = new_id()
-        self._batch = FlushBatch()
-        self._size = 0
-        self._open: dict[str, tuple[str, datetime]] = {}  # user -> (session id, login)
+        self.late_rejects = 0
 
     @property
     def size(self) -> int:
-        return self._size
+        return len(self._calls)
 
-    def _now(self) -> tuple[datetime, str, str]:
-        now = to_utc_ms(self.clock())
-        day, month = self.day_keys(now)
-        return now, day, month
+    # -- caller threads ----------------------------------------------------------------
 
-    def _admit(self, calls: int) -> None:
-        if self._size + self.backlog + calls > self.max_buffered:
+    def _admit(self) -> None:
+        if len(self._calls) + self.backlog >= self.max_buffered:
             raise BufferFull
-        self._size += calls
 
-    def _count(self, day: str, month: str, field: str, amount: Number) -> None:
-        counters = self._batch.counters.get(day)
-        if counters is None:
-            counters = self._batch.counters[day] = {}
-            self._batch.months[day] = month
-        counters[field] = counters.get(field, 0) + amount
+    def event(
+        self,
+        event: str,
+        user_id: str,
+        data: dict[str, Any] | str | None,
+        field: str | None,
+        amount: Number,
+    ) -> int:
+        """Buffer a validated event; ``data`` is a private copy or its JSON text.
 
-    def event(self, event: str, user_id: str, data: str, field: str | None, amount: Number) -> None:
-        now, day, month = self._now()
-        record = EventRecord(now, user_id, event, data, day)
-        with self._lock:
-            self._admit(1)
-            if field is not None:
-                self._count(day, month, field, amount)
-            self._batch.events.append(record)
+        Returns the call's timestamp in milliseconds since the epoch.
+        """
+        if len(self._calls) + self.backlog >= self.max_buffered:  # _admit, inlined
+            raise BufferFull
+        ms = self.now_ms()
+        self._calls.append((_EVENT, ms, user_id, event, data, field, amount))
+        return ms
 
     def login(self, user_id: str, username: str | None) -> None:
-        now, day, month = self._now()
-        session_id = new_id()
-        with self._lock:
-            batch = self._batch
-            previous = self._open.get(user_id)
-            self._admit(2 if previous else 1)
-            if previous is not None:
-                # A second login without a logout ends the first session here.
-                batch.session_ops.append(
-                    SessionClose(user_id, now, previous[0], self.origin, relogin=True)
-                )
-            batch.session_ops.append(
-                SessionOpen(session_id, user_id, username, now, day, month, self.origin)
-            )
-            self._open[user_id] = (session_id, now)
-            self._count(day, month, "sessionCount", 1)
-            batch.day_users.setdefault(day, set()).add(user_id)
-            batch.month_users.setdefault(month, set()).add(user_id)
+        self._admit()
+        self._calls.append((_LOGIN, self.now_ms(), user_id, username))
 
     def logout(self, user_id: str) -> None:
-        now = to_utc_ms(self.clock())
-        with self._lock:
-            self._admit(1)
-            previous = self._open.pop(user_id, None)
-            session_id = previous[0] if previous else None
-            self._batch.session_ops.append(SessionClose(user_id, now, session_id, self.origin))
+        self._admit()
+        self._calls.append((_LOGOUT, self.now_ms(), user_id))
 
     def open_sessions_here(self) -> int:
-        """Sessions this process saw open (the seed's per-process ``activeSessions``)."""
+        """Sessions this process opened and has not closed, as of the last flush."""
         return len(self._open)
 
+    # -- the flush thread ---------------------------------------------------------------
+
     def swap(self) -> FlushBatch:
-        """Take everything buffered as one batch, stamped with the clock."""
-        now = to_utc_ms(self.clock())
-        with self._lock:
-            batch, self._batch = self._batch, FlushBatch()
-            self._size = 0
-        batch.created_at = now
+        """Drain what is buffered, in call order, into one batch stamped with the clock."""
+        batch = FlushBatch(created_at=from_ms(self.now_ms()))
+        calls = self._calls
+        for _ in range(len(calls)):  # only what is there now; later calls wait
+            call = calls.popleft()
+            if call[0] == _EVENT:
+                self._add_event(batch, call)
+            elif call[0] == _LOGIN:
+                self._add_login(batch, call[1], call[2], call[3])
+            else:
+                self._add_logout(batch, call[1], call[2])
         return batch
+
+    @staticmethod
+    def _count(batch: FlushBatch, day: str, month: str, field: str, amount: Number) -> None:
+        counters = batch.counters.get(day)
+        if counters is None:
+            counters = batch.counters[day] = {}
+            batch.months[day] = month
+        counters[field] = counters.get(field, 0) + amount
+
+    def _add_event(self, batch: FlushBatch, call: tuple[Any, ...]) -> None:
+        _, ms, user_id, event, data, field, amount = call
+        if data is None:
+            text = "{}"
+        elif type(data) is str:
+            text = data
+        else:
+            try:
+                text = _encode(data)
+            except (TypeError, ValueError):  # only if a copy was changed behind our back
+                self.late_rejects += 1
+                return
+        day, month = self.day_keys(ms)
+        if field is not None:
+            self._count(batch, day, month, field, amount)
+        batch.events.append(EventRecord(from_ms(ms), user_id, event, text, day))
+
+    def _add_login(self, batch: FlushBatch, ms: int, user_id: str, username: str | None) -> None:
+        at = from_ms(ms)
+        day, month = self.day_keys(ms)
+        previous = self._open.get(user_id)
+        if previous is not None:
+            # A second login without a logout ends the first session here.
+            batch.session_ops.append(SessionClose(user_id, at, previous, self.origin, relogin=True))
+        session_id = new_id()
+        batch.session_ops.append(
+            SessionOpen(session_id, user_id, username, at, day, month, self.origin)
+        )
+        self._open[user_id] = session_id
+        self._count(batch, day, month, "sessionCount", 1)
+        batch.day_users.setdefault(day, set()).add(user_id)
+        batch.month_users.setdefault(month, set()).add(user_id)
+
+    def _add_logout(self, batch: FlushBatch, ms: int, user_id: str) -> None:
+        session_id = self._open.pop(user_id, None)
+        batch.session_ops.append(SessionClose(user_id, from_ms(ms), session_id, self.origin))

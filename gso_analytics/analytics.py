@@ -19,13 +19,13 @@ from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
 from .aggregator import Aggregator, BufferFull
-from .clock import Clock, DayKeys, resolve_tz, round_half_up, to_utc_ms, utc_now
+from .clock import Clock, DayKeys, from_ms, resolve_tz, round_half_up, utc_now
 from .counters import CounterSpec, build_counter_map
 from .errors import ConfigurationError, StoreError, ValidationError
 from .flusher import Flusher
 from .model import DailyStats, Metrics, Number, PruneResult
 from .store import Store, open_store
-from .validation import Limits, check_amount, check_name, encode_data
+from .validation import MAX_AMOUNT, Limits, check_amount, check_name, snapshot_data
 
 log = logging.getLogger("gso_analytics")
 
@@ -78,8 +78,10 @@ class Analytics:
         self.stop_timeout = stop_timeout
         self.prune_interval = prune_interval
         self.limits = limits or Limits()
+        self._max_id = self.limits.max_id_length
+        self._max_event = self.limits.max_event_length
         self._day_keys = DayKeys(self.tz)
-        self._aggregator = Aggregator(self.clock, self._day_keys, max_buffered_events)
+        self._aggregator = Aggregator(clock, self._day_keys, max_buffered_events)
         self._flusher = Flusher(
             self.store, self._aggregator, interval=flush_interval, housekeeping=self._housekeeping
         )
@@ -130,12 +132,15 @@ class Analytics:
         self._aggregator.backlog = 0
         self._flusher.after_fork_in_child(restart=self._started)
 
-    # -- recording (caller threads: validation and dict updates only) ------------------
+    # -- recording (caller threads: validation and one deque append, no lock, no I/O) ---
 
     def on_login(self, user_id: str, username: str | None = None) -> None:
         """A player logged in: one session, counted once toward today's dau and the mau."""
         try:
-            user_id = check_name(user_id, "user_id", self.limits.max_id_length)
+            if not (
+                type(user_id) is str and 0 < len(user_id) <= self._max_id and user_id.isprintable()
+            ):
+                user_id = check_name(user_id, "user_id", self._max_id)
             if username is not None:
                 username = check_name(username, "username", self.limits.max_id_length)
             self._aggregator.login(user_id, username)
@@ -147,7 +152,10 @@ class Analytics:
     def on_logout(self, user_id: str) -> None:
         """A player logged out: closes their session, here or in another process."""
         try:
-            user_id = check_name(user_id, "user_id", self.limits.max_id_length)
+            if not (
+                type(user_id) is str and 0 < len(user_id) <= self._max_id and user_id.isprintable()
+            ):
+                user_id = check_name(user_id, "user_id", self._max_id)
             self._aggregator.logout(user_id)
         except ValidationError as exc:
             self._reject(exc)
@@ -155,19 +163,30 @@ class Analytics:
             self._drop()
 
     def track(self, event: str, user_id: str, data: dict[str, Any] | None = None) -> None:
-        """Record an event in the stream and add to its daily counter, if it has one."""
+        """Record an event in the stream and add to its daily counter, if it has one.
+
+        The checks are inlined for the valid case (``check_name`` names the problem
+        otherwise): this is the request path, and every call here costs the caller.
+        """
         try:
-            event = check_name(event, "event", self.limits.max_event_length)
-            user_id = check_name(user_id, "user_id", self.limits.max_id_length)
-            text = encode_data(data, self.limits)
+            if not (
+                type(event) is str and 0 < len(event) <= self._max_event and event.isprintable()
+            ):
+                event = check_name(event, "event", self._max_event)
+            if not (
+                type(user_id) is str and 0 < len(user_id) <= self._max_id and user_id.isprintable()
+            ):
+                user_id = check_name(user_id, "user_id", self._max_id)
+            snapshot = None if data is None else snapshot_data(data, self.limits)
             rule = self.counters.get(event)
-            field: str | None = None
-            amount: Number = 1
-            if rule is not None:
+            if rule is None:
+                field, amount = None, 1
+            else:
                 field = rule.field
-                if rule.amount_key is not None:
-                    amount = self._amount(event, rule.amount_key, data)
-            self._aggregator.event(event, user_id, text, field, amount)
+                amount = (
+                    1 if rule.amount_key is None else self._amount(event, rule.amount_key, data)
+                )
+            self._aggregator.event(event, user_id, snapshot, field, amount)
         except ValidationError as exc:
             self._reject(exc)
         except BufferFull:
@@ -177,7 +196,10 @@ class Analytics:
     def _amount(event: str, key: str, data: dict[str, Any] | None) -> Number:
         if data is None or key not in data:
             raise ValidationError(f"data.{key}", f"is required by {event!r}")
-        return check_amount(data[key], f"data.{key}")
+        amount = data[key]
+        if type(amount) is int and 0 <= amount <= MAX_AMOUNT:
+            return amount
+        return check_amount(amount, f"data.{key}")
 
     def _reject(self, exc: ValidationError) -> None:
         if self.strict:
@@ -228,12 +250,12 @@ class Analytics:
         return self.store.prune(self._now(), self.event_ttl, self.session_timeout)
 
     def _now(self) -> datetime:
-        return to_utc_ms(self.clock())
+        return from_ms(self._aggregator.now_ms())
 
     def get_metrics(self) -> Metrics:
         """The seed's ``getMetrics()``: flushes this process's buffer, then reads."""
         self.flush()
-        day, month = self._day_keys(self._now())
+        day, month = self._day_keys(self._aggregator.now_ms())
         today = self.store.get_day(day)
         figures = self.store.get_month(month)
         avg_min = (
@@ -264,7 +286,7 @@ class Analytics:
             "retried": flusher.retried,
             "flush_failures": flusher.failures,
             "dropped": self._dropped,
-            "rejected": self._rejected,
+            "rejected": self._rejected + self._aggregator.late_rejects,
             "last_error": flusher.last_error,
             "last_flush_age_s": None
             if flusher.last_flush is None

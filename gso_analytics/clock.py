@@ -29,12 +29,20 @@ def resolve_tz(tz: str | tzinfo) -> tzinfo:
         raise ConfigurationError(f"unknown timezone {tz!r}") from exc
 
 
-def to_utc_ms(moment: datetime) -> datetime:
-    """``moment`` in UTC, truncated to milliseconds (JavaScript ``Date`` resolution)."""
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def to_ms(moment: datetime) -> int:
+    """Milliseconds since the epoch, exactly (floor), for an aware datetime."""
     if moment.tzinfo is None:
         raise ConfigurationError("the clock must return aware datetimes (with tzinfo)")
-    moment = moment.astimezone(UTC)
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    return (moment - EPOCH) // _MS
+
+
+def from_ms(ms: int) -> datetime:
+    """The UTC datetime of ``ms`` milliseconds since the epoch."""
+    return EPOCH + timedelta(milliseconds=ms)
 
 
 def iso_ms(moment: datetime) -> str:
@@ -58,25 +66,25 @@ def duration_s(login_at: datetime, logout_at: datetime) -> int:
 
 
 class DayKeys:
-    """Maps a moment to its ``YYYY-MM-DD`` day and ``YYYY-MM`` month in ``tz``.
+    """Maps a moment (milliseconds since the epoch) to its ``YYYY-MM-DD`` day and
+    ``YYYY-MM`` month in ``tz``.
 
-    The current day's bounds are cached, so the hot path is two comparisons.
+    The last day's bounds are cached, so most calls are two integer comparisons.
     """
 
     def __init__(self, tz: tzinfo) -> None:
         self.tz = tz
-        never = datetime.min.replace(tzinfo=UTC)
         # One tuple, replaced whole, so threads never see a torn cache.
-        self._cached: tuple[datetime, datetime, tuple[str, str]] = (never, never, ("", ""))
+        self._cached: tuple[int, int, tuple[str, str]] = (0, 0, ("", ""))
 
-    def __call__(self, moment: datetime) -> tuple[str, str]:
+    def __call__(self, ms: int) -> tuple[str, str]:
         start, end, keys = self._cached
-        if start <= moment < end:
+        if start <= ms < end:
             return keys
-        local = moment.astimezone(self.tz)
+        local = from_ms(ms).astimezone(self.tz)
         midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
         # Next local midnight, robust to DST: step past it, then truncate.
         next_midnight = (midnight + timedelta(hours=26)).replace(hour=0)
         keys = (local.strftime("%Y-%m-%d"), local.strftime("%Y-%m"))
-        self._cached = (midnight, next_midnight, keys)
+        self._cached = (to_ms(midnight), to_ms(next_midnight), keys)
         return keys

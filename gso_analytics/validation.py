@@ -92,6 +92,45 @@ def _check_tree(value: Any, path: str, depth: int, limits: Limits) -> None:
         raise InvalidTypeError(path, f"is a {type(value).__name__}, which is not JSON", kind=_DATA)
 
 
+def snapshot_data(data: dict[str, Any], limits: Limits) -> dict[str, Any] | str:
+    """Validate ``data`` and return a private snapshot of it for the buffer.
+
+    The common case, a small flat dict of plain keys and scalar values, is checked in
+    one pass and copied (a shallow copy is a full snapshot of scalars); its JSON is
+    written later, on the flush thread, and certainly fits ``max_data_bytes`` since
+    every character is budgeted at its worst JSON size (6 bytes). Anything else
+    takes the full check and is snapshotted as its JSON text.
+    """
+    if type(data) is dict and len(data) <= 64:
+        budget = limits.max_data_bytes - 2
+        for key, value in data.items():
+            if type(key) is not str or not key.isascii() or not key.isidentifier():
+                break
+            kind = type(value)
+            if kind is str:
+                if not value.isascii():
+                    break  # may hold a lone surrogate: let the full check decide
+                budget -= 6 * len(value) + 2
+            elif kind is int:
+                if not -(2**63) < value < 2**63:
+                    break
+                budget -= 20
+            elif kind is float:
+                if not math.isfinite(value):
+                    break
+                budget -= 24
+            elif kind is bool or value is None:
+                budget -= 5
+            else:
+                break
+            budget -= len(key) + 4
+            if budget < 0:
+                break
+        else:
+            return dict(data)
+    return encode_data(data, limits)
+
+
 def encode_data(data: object, limits: Limits) -> str:
     """Validate ``data`` and return its compact JSON text."""
     if data is None:
