@@ -179,13 +179,7 @@ class MemoryStore(Store):
 
     def get_month(self, month: str) -> MonthStats:
         with self._lock:
-            figures = self._state.monthly.get(month, {})
-            return MonthStats(
-                month,
-                mau=figures.get("mau", 0),
-                timed_sessions=figures.get("timedSessions", 0),
-                timed_session_s=figures.get("timedSessionS", 0),
-            )
+            return MonthStats.from_fields(month, self._state.monthly.get(month, {}))
 
     def count_open_sessions(self) -> int:
         with self._lock:

@@ -317,12 +317,7 @@ class SQLiteStore(Store):
 
     def get_month(self, month: str) -> MonthStats:
         figures = dict(self._read("SELECT field, value FROM {p}monthly WHERE month = ?", (month,)))
-        return MonthStats(
-            month,
-            mau=figures.get("mau", 0),
-            timed_sessions=figures.get("timedSessions", 0),
-            timed_session_s=figures.get("timedSessionS", 0),
-        )
+        return MonthStats.from_fields(month, figures)
 
     def count_open_sessions(self) -> int:
         return self._read("SELECT COUNT(*) FROM {p}sessions WHERE logoutAt IS NULL")[0][0]

@@ -168,6 +168,16 @@ class MonthStats:
     timed_sessions: int = 0
     timed_session_s: int = 0
 
+    @classmethod
+    def from_fields(cls, month: str, fields: Mapping[str, int]) -> MonthStats:
+        """From the stored camelCase fields (``mau``, ``timedSessions``, ``timedSessionS``)."""
+        return cls(
+            month,
+            mau=fields.get("mau", 0),
+            timed_sessions=fields.get("timedSessions", 0),
+            timed_session_s=fields.get("timedSessionS", 0),
+        )
+
 
 @attrs.frozen
 class Metrics:
