@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench`` runs every comparison side by side in one process."""
