@@ -17,6 +17,16 @@ from .errors import (
     StoreError,
     ValidationError,
 )
+from .forwarding import (
+    Backoff,
+    Delivery,
+    EncodedEvent,
+    ForwardedEvent,
+    Forwarder,
+    HttpForwarder,
+    MixpanelForwarder,
+    WebhookForwarder,
+)
 from .model import DailyStats, FlushBatch, Metrics, MonthStats, SessionRecord
 from .store import Store, Transaction, open_store
 from .validation import Limits
@@ -25,19 +35,27 @@ __all__ = [
     "DAILY_FIELDS",
     "DEFAULT_COUNTERS",
     "Analytics",
+    "Backoff",
     "ConfigurationError",
     "CounterRule",
     "DailyStats",
+    "Delivery",
+    "EncodedEvent",
     "FlushBatch",
+    "ForwardedEvent",
+    "Forwarder",
     "GsoAnalyticsError",
+    "HttpForwarder",
     "InvalidTypeError",
     "Limits",
     "Metrics",
+    "MixpanelForwarder",
     "MonthStats",
     "SessionRecord",
     "Store",
     "StoreError",
     "Transaction",
     "ValidationError",
+    "WebhookForwarder",
     "open_store",
 ]

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
@@ -23,6 +23,7 @@ from .clock import Clock, DayKeys, from_ms, resolve_tz, round_half_up, utc_now
 from .counters import CounterSpec, build_counter_map
 from .errors import ConfigurationError, StoreError, ValidationError
 from .flusher import Flusher
+from .forwarding import Forwarder, ForwardingHub, default_forwarders
 from .model import DailyStats, Metrics, Number, PruneResult
 from .store import Store, open_store
 from .validation import MAX_AMOUNT, Limits, check_amount, check_name, snapshot_data
@@ -62,6 +63,8 @@ class Analytics:
         stop_timeout: float = 10.0,
         prune_interval: float = 600.0,
         limits: Limits | None = None,
+        forwarders: Sequence[Forwarder] | None = None,
+        forward_stop_timeout: float = 10.0,
     ) -> None:
         if flush_interval <= 0:
             raise ConfigurationError(f"flush_interval must be positive, got {flush_interval!r}")
@@ -85,6 +88,11 @@ class Analytics:
         self._flusher = Flusher(
             self.store, self._aggregator, interval=flush_interval, housekeeping=self._housekeeping
         )
+        # None: the seed's ANALYTICS_WEBHOOK_URL, read now (not at import); [] turns it off.
+        forwarders = default_forwarders() if forwarders is None else list(forwarders)
+        self._hub = (
+            ForwardingHub(forwarders, stop_timeout=forward_stop_timeout) if forwarders else None
+        )
         self._started = False
         self._reset_counts()
         _instances.add(self)
@@ -103,18 +111,24 @@ class Analytics:
         if not self._started:
             self._started = True
             self._flusher.start()
+            if self._hub is not None:
+                self._hub.start()
             atexit.register(self.stop)
         return self
 
     def stop(self) -> bool:
         """Final flush, bounded by ``stop_timeout``; safe to call twice.
 
+        Then the forwarders drain their queues, bounded by ``forward_stop_timeout``
+        (what they could not deliver is in ``stats()["forwarding"]``).
         Returns True when everything buffered reached the store.
         """
         if self._started:
             self._started = False
             atexit.unregister(self.stop)
         stored = self._flusher.stop(self.stop_timeout)
+        if self._hub is not None:  # after the store's final flush, in its own bound
+            self._hub.stop()
         if self._owns_store:
             self.store.close()
         return stored
@@ -131,6 +145,8 @@ class Analytics:
         self._aggregator.reset()
         self._aggregator.backlog = 0
         self._flusher.after_fork_in_child(restart=self._started)
+        if self._hub is not None:
+            self._hub.after_fork_in_child(restart=self._started)
 
     # -- recording (caller threads: validation and one deque append, no lock, no I/O) ---
 
@@ -186,7 +202,9 @@ class Analytics:
                 amount = (
                     1 if rule.amount_key is None else self._amount(event, rule.amount_key, data)
                 )
-            self._aggregator.event(event, user_id, snapshot, field, amount)
+            ms = self._aggregator.event(event, user_id, snapshot, field, amount)
+            if self._hub is not None:
+                self._hub.submit(ms, event, user_id, snapshot)
         except ValidationError as exc:
             self._reject(exc)
         except BufferFull:
@@ -292,4 +310,5 @@ class Analytics:
             if flusher.last_flush is None
             else max(0.0, time.time() - flusher.last_flush),
             "open_sessions_here": self._aggregator.open_sessions_here(),
+            "forwarding": ForwardingHub.empty_stats() if self._hub is None else self._hub.stats(),
         }
