@@ -1,0 +1,1 @@
+"""A minimal Django game backend counted by gso_analytics (see ``settings.py``)."""

@@ -1,0 +1,204 @@
+"""The integrations' settings: one reader for Flask's config and Django's settings.
+
+Why one reader: both frameworks take the same settings under two spellings
+(``GSO_ANALYTICS_STORE`` in a Flask config, ``GSO_ANALYTICS["STORE"]`` in Django's
+settings). Validating them here, with errors that name the key the way the user wrote
+it, keeps the two integrations identical in behaviour. Mistakes fail at start-up, not
+at the first scrape: an unknown key (most likely a typo of ``METRICS_TOKEN``), a
+string where a boolean belongs (``"False"`` is true in Python), a token that no HTTP
+client could send.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import warnings
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+import attrs
+
+from ..analytics import Analytics
+from ..errors import ConfigurationError
+from ..store import Store
+
+log = logging.getLogger("gso_analytics")
+
+#: Every setting, by its short name, with what it means (used in error messages).
+KEYS: Mapping[str, str] = {
+    "STORE": "the store URL, e.g. 'sqlite:///gso_analytics.db' (or a Store instance)",
+    "FLUSH_INTERVAL": "seconds between background flushes (default 60)",
+    "METRICS_TOKEN": "the bearer token the metrics endpoint requires",
+    "METRICS_PUBLIC": "True serves the metrics without a token when none is configured",
+    "METRICS_PATH": "where the metrics endpoint is mounted (default '/metrics'; None: not)",
+    "OPTIONS": "more keyword arguments for Analytics (tz, session_timeout, counters, ...)",
+}
+
+#: Django mounts the endpoint with ``include()`` in the project's urls.py instead.
+DJANGO_KEYS = tuple(key for key in KEYS if key != "METRICS_PATH")
+
+DEFAULT_FLUSH_INTERVAL = 60.0
+DEFAULT_METRICS_PATH = "/metrics"
+TESTING_STORE = "memory://"
+
+#: ``Analytics`` keyword arguments OPTIONS may carry (``flush_interval`` has its own key).
+ANALYTICS_OPTIONS = frozenset(
+    name
+    for name, param in inspect.signature(Analytics).parameters.items()
+    if param.kind is inspect.Parameter.KEYWORD_ONLY and name != "flush_interval"
+)
+
+
+@attrs.frozen
+class EndpointSettings:
+    """Who may read the metrics: the bearer ``token``, or anyone when ``public``."""
+
+    token: str | None = attrs.field(default=None, repr=False)  # never in logs or reprs
+    public: bool = False
+
+
+@attrs.frozen
+class Settings:
+    """Validated settings, whatever framework they came from."""
+
+    store: str | Store
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL
+    endpoint: EndpointSettings = attrs.field(factory=EndpointSettings)
+    metrics_path: str | None = DEFAULT_METRICS_PATH
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+def read_settings(
+    values: Mapping[str, Any],
+    *,
+    name: Callable[[str], str],
+    testing: bool,
+    keys: Collection[str] = tuple(KEYS),
+) -> Settings:
+    """Validate ``values`` (short key -> value) into :class:`Settings`.
+
+    ``name`` spells a short key as the user wrote it, for error messages. Under
+    ``testing`` a missing store becomes ``memory://`` with a warning, so an app's test
+    suite needs no store; anywhere else it is an error, because a production process
+    that silently counted into memory would lose everything at exit.
+    """
+    unknown = sorted(set(values) - set(keys))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown setting {', '.join(name(key) for key in unknown)};"
+            f" known: {', '.join(name(key) for key in keys)}"
+        )
+    return Settings(
+        store=_store(values.get("STORE"), name("STORE"), testing),
+        flush_interval=_flush_interval(values.get("FLUSH_INTERVAL"), name("FLUSH_INTERVAL")),
+        endpoint=EndpointSettings(
+            token=_token(values.get("METRICS_TOKEN"), name("METRICS_TOKEN")),
+            public=_bool(values.get("METRICS_PUBLIC", False), name("METRICS_PUBLIC")),
+        ),
+        metrics_path=_path(values.get("METRICS_PATH", DEFAULT_METRICS_PATH), name("METRICS_PATH")),
+        options=_options(values.get("OPTIONS"), name("OPTIONS")),
+    )
+
+
+def _store(value: Any, key: str, testing: bool) -> str | Store:
+    if isinstance(value, Store):
+        return value
+    if value is None or value == "":
+        if testing:
+            warnings.warn(
+                f"{key} is not set; using {TESTING_STORE} because this is a test run"
+                " (the numbers live in this process only)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return TESTING_STORE
+        raise ConfigurationError(f"{key} is not set: {KEYS['STORE']}")
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{key} must be a store URL or a Store, not {value!r}")
+    return value
+
+
+def _flush_interval(value: Any, key: str) -> float:
+    if value is None:
+        return DEFAULT_FLUSH_INTERVAL
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        seconds = float(value)  # a number, or a number read from the environment
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{key} must be a number of seconds, not {value!r}") from None
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ConfigurationError(f"{key} must be a positive number of seconds, not {value!r}")
+    return seconds
+
+
+def _token(value: Any, key: str) -> str | None:
+    if value is None or value == "":
+        return None  # an empty token would match an empty "Bearer " header
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{key} must be a string")
+    if not all("!" <= char <= "~" for char in value):
+        # HTTP headers carry ASCII; a space or a non-ASCII character could never match.
+        raise ConfigurationError(
+            f"{key} must be printable ASCII without spaces"
+            " (e.g. from python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return value
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{key} must be True or False, not {value!r}")
+    return value
+
+
+def _path(value: Any, key: str) -> str | None:
+    if value is None or value is False:
+        return None
+    path = value.rstrip("/") if isinstance(value, str) else ""
+    if not path.startswith("/"):
+        raise ConfigurationError(f"{key} must be a URL path such as '/metrics', not {value!r}")
+    return path
+
+
+def _options(value: Any, key: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{key} must be a dict of Analytics keyword arguments")
+    check_options(value, key)
+    return dict(value)
+
+
+def check_options(options: Mapping[str, Any], where: str) -> None:
+    """Reject keyword arguments ``Analytics`` does not take, naming where they came from."""
+    unknown = sorted(set(options) - ANALYTICS_OPTIONS)
+    if unknown:
+        raise ConfigurationError(
+            f"{where}: Analytics takes no option {', '.join(map(repr, unknown))};"
+            f" it takes {', '.join(sorted(ANALYTICS_OPTIONS))}"
+            " (flush_interval has its own setting)"
+        )
+
+
+def build_analytics(settings: Settings, **overrides: Any) -> Analytics:
+    """The ``Analytics`` of a web application, not started yet.
+
+    ``overrides`` are keyword arguments from code (a test's clock, say); they win over
+    ``OPTIONS``. The caller starts it once the application is wired, so a failure in
+    between leaves no thread behind; ``start()`` registers the exit hook that stops it.
+    """
+    check_options(overrides, "keyword arguments")
+    analytics = Analytics(
+        settings.store,
+        flush_interval=settings.flush_interval,
+        **{**settings.options, **overrides},
+    )
+    if settings.endpoint.token and settings.endpoint.public:
+        log.warning(
+            "gso_analytics: METRICS_PUBLIC is ignored because METRICS_TOKEN is set;"
+            " the metrics endpoint requires the token"
+        )
+    return analytics

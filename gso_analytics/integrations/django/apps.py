@@ -1,0 +1,146 @@
+"""The Django app: ``INSTALLED_APPS += ["gso_analytics.integrations.django"]``.
+
+``ready()`` reads ``settings.GSO_ANALYTICS`` (keys ``STORE``, ``FLUSH_INTERVAL``,
+``METRICS_TOKEN``, ``METRICS_PUBLIC``, ``OPTIONS``; see :mod:`..config`) and starts one
+:class:`~gso_analytics.Analytics` per process, which views reach through
+:func:`get_analytics`.
+
+Why the guards:
+
+- ``runserver`` with its autoreloader runs ``ready()`` in two processes: a file
+  watcher that never serves a request, and the child that does (``RUN_MAIN=true``).
+  Only the child starts the library, so the watcher holds no store and no thread.
+- ``ready()`` may run again (``apps.populate`` after a reset); a second start is a
+  no-op.
+- ``override_settings(GSO_ANALYTICS=...)`` in a test restarts the library with the
+  new settings (and back again afterwards), as Django's own apps react to
+  ``setting_changed``.
+
+Stopping relies on the exit hook ``Analytics.start()`` registers (Django has no
+shutdown signal): gunicorn workers leave through ``sys.exit`` and ``runserver`` exits
+normally on Ctrl-C and on a reload, so it runs in each.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from django.apps import AppConfig
+from django.conf import settings
+from django.core.signals import setting_changed
+
+from ...analytics import Analytics
+from ...errors import ConfigurationError
+from ..config import DJANGO_KEYS, Settings, build_analytics, read_settings
+from ..metrics import MetricsEndpoint
+
+log = logging.getLogger("gso_analytics")
+
+SETTING = "GSO_ANALYTICS"
+
+
+@attrs.frozen
+class Running:
+    """This process's library instance and the endpoint that serves its metrics."""
+
+    analytics: Analytics
+    endpoint: MetricsEndpoint
+
+
+_lock = threading.Lock()
+_running: Running | None = None
+
+
+def is_test_run() -> bool:
+    """``manage.py test`` or pytest: where a missing store may fall back to memory.
+
+    Decided from the command line and loaded modules because ``ready()`` runs before
+    Django's test runner sets anything up.
+    """
+    return sys.argv[1:2] == ["test"] or "pytest" in sys.modules
+
+
+def is_autoreloader_watcher() -> bool:
+    """True in the file-watching parent of ``runserver``, which serves no request."""
+    from django.utils.autoreload import DJANGO_AUTORELOAD_ENV
+
+    return (
+        sys.argv[1:2] == ["runserver"]
+        and "--noreload" not in sys.argv
+        and os.environ.get(DJANGO_AUTORELOAD_ENV) != "true"
+    )
+
+
+def _key(name: str) -> str:
+    return f'{SETTING}["{name}"]'
+
+
+def read_django_settings() -> Settings:
+    """``settings.GSO_ANALYTICS`` validated into :class:`~..config.Settings`."""
+    values = getattr(settings, SETTING, None)
+    if values is None:
+        values = {}
+    elif not isinstance(values, Mapping):
+        raise ConfigurationError(f"settings.{SETTING} must be a dict, not {values!r}")
+    return read_settings(values, name=_key, testing=is_test_run(), keys=DJANGO_KEYS)
+
+
+def start(**overrides: Any) -> Analytics | None:
+    """Start the library in this process (once); None in the autoreloader's watcher."""
+    global _running
+    with _lock:
+        if _running is not None:
+            return _running.analytics
+        if is_autoreloader_watcher():
+            log.debug("gso_analytics: not started in runserver's file watcher")
+            return None
+        app_settings = read_django_settings()
+        analytics = build_analytics(app_settings, **overrides)
+        _running = Running(analytics, MetricsEndpoint(app_settings.endpoint))
+        return analytics.start()
+
+
+def stop() -> bool:
+    """Stop the library (final flush); True when everything reached the store."""
+    global _running
+    with _lock:
+        running, _running = _running, None
+    return running.analytics.stop() if running is not None else True
+
+
+def running() -> Running:
+    """This process's :class:`Running` instance; an error when the app is not started."""
+    current = _running
+    if current is None:
+        raise ConfigurationError(
+            "gso_analytics is not running in this process: add"
+            " 'gso_analytics.integrations.django' to INSTALLED_APPS"
+        )
+    return current
+
+
+def get_analytics() -> Analytics:
+    """The :class:`~gso_analytics.Analytics` of this process, for views and tasks."""
+    return running().analytics
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == SETTING:
+        stop()
+        start()
+
+
+class GsoAnalyticsConfig(AppConfig):
+    name = "gso_analytics.integrations.django"
+    label = "gso_analytics"
+    verbose_name = "gso_analytics"
+
+    def ready(self) -> None:
+        setting_changed.connect(_on_setting_changed, dispatch_uid="gso_analytics.setting")
+        start()

@@ -1,0 +1,23 @@
+"""URL patterns of the metrics views, to include under a prefix of your choice::
+
+    urlpatterns = [
+        path("metrics/", include("gso_analytics.integrations.django.urls")),
+    ]
+
+serves ``/metrics/``, ``/metrics/days`` and ``/metrics/stats`` (URL names
+``gso_analytics:metrics``, ``gso_analytics:days``, ``gso_analytics:stats``).
+"""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from . import views
+
+app_name = "gso_analytics"
+
+urlpatterns = [
+    path("", views.metrics, name="metrics"),
+    path("days", views.days, name="days"),
+    path("stats", views.stats, name="stats"),
+]

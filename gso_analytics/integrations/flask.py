@@ -1,0 +1,115 @@
+"""The Flask extension: ``GSOAnalytics(app)`` or ``GSOAnalytics().init_app(app)``.
+
+``init_app`` reads the ``GSO_ANALYTICS_*`` config keys (see :mod:`.config`), starts an
+:class:`~gso_analytics.Analytics`, puts it in ``app.extensions["gso_analytics"]`` for
+request handlers (:func:`get_analytics`), and registers the metrics blueprint at
+``GSO_ANALYTICS_METRICS_PATH`` (``/metrics``; ``None`` registers none).
+
+Why "started with the app" means at ``init_app``: Flask has no start or shutdown
+signal. Under gunicorn ``--preload`` the app is created in the master, so the library
+starts there and its fork hook gives every worker an empty buffer and its own flush
+thread; without ``--preload`` each worker creates its own. Stopping relies on the exit
+hook ``Analytics.start()`` registers: it runs whenever the interpreter exits normally,
+which includes gunicorn workers (they leave through ``sys.exit`` on SIGTERM, SIGINT,
+SIGQUIT and ``--max-requests``) and ``flask run`` on Ctrl-C. Only a hard kill (SIGKILL,
+``os._exit``) skips it, losing at most one ``flush_interval`` of that process's calls.
+Tests that create many apps call ``get_analytics(app).stop()`` themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, request
+
+from ..analytics import Analytics
+from ..errors import ConfigurationError
+from .config import build_analytics, read_settings
+from .metrics import VIEWS, MetricsEndpoint, MetricsRequest, View
+
+EXTENSION = "gso_analytics"
+CONFIG_PREFIX = "GSO_ANALYTICS_"
+
+
+class GSOAnalytics:
+    """Starts gso_analytics with a Flask app and serves its metrics.
+
+    Keyword arguments are passed to :class:`~gso_analytics.Analytics` (a ``clock`` in
+    tests, ``counters`` the game adds) and win over ``GSO_ANALYTICS_OPTIONS``. One
+    extension object may serve several apps (the application-factory pattern): each
+    app gets its own ``Analytics``.
+    """
+
+    def __init__(self, app: Flask | None = None, **options: Any) -> None:
+        self.options = options
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask, **options: Any) -> Analytics:
+        if EXTENSION in app.extensions:
+            raise ConfigurationError(f"gso_analytics is already initialised on app {app.name!r}")
+        values = {
+            key.removeprefix(CONFIG_PREFIX): value
+            for key, value in app.config.items()
+            if key.startswith(CONFIG_PREFIX)
+        }
+        settings = read_settings(
+            values, name=lambda key: CONFIG_PREFIX + key, testing=bool(app.testing)
+        )
+        analytics = build_analytics(settings, **{**self.options, **options})
+        try:
+            if settings.metrics_path is not None:
+                blueprint = metrics_blueprint(MetricsEndpoint(settings.endpoint))
+                app.register_blueprint(blueprint, url_prefix=settings.metrics_path)
+        except BaseException:
+            analytics.stop()  # closes the store it opened; nothing was started
+            raise
+        app.extensions[EXTENSION] = analytics
+        return analytics.start()
+
+    @property
+    def analytics(self) -> Analytics:
+        """The current app's ``Analytics`` (inside an app or request context)."""
+        return get_analytics()
+
+
+def get_analytics(app: Flask | None = None) -> Analytics:
+    """The ``Analytics`` of ``app``, by default of the current app."""
+    app = app if app is not None else current_app
+    try:
+        return app.extensions[EXTENSION]
+    except KeyError:
+        raise ConfigurationError(
+            f"gso_analytics is not initialised on app {app.name!r}: call GSOAnalytics(app)"
+        ) from None
+
+
+def metrics_blueprint(endpoint: MetricsEndpoint, name: str = EXTENSION) -> Blueprint:
+    """The metrics routes: ``""`` (getMetrics), ``/days`` and ``/stats``.
+
+    Each view translates the Flask request into a :class:`MetricsRequest` and the
+    answer into a Flask ``Response``; every decision is :class:`MetricsEndpoint`'s.
+    """
+    blueprint = Blueprint(name, __name__)
+
+    def serve(view: View) -> Response:
+        answer = endpoint.handle(
+            get_analytics(),
+            view,
+            MetricsRequest(
+                authorization=request.headers.get("Authorization"),
+                accept=request.headers.get("Accept"),
+                format=request.args.get("format"),
+            ),
+        )
+        return Response(
+            answer.body,
+            status=answer.status,
+            content_type=answer.content_type,
+            headers=dict(answer.headers),
+        )
+
+    for view in VIEWS:
+        rule = "" if view == "metrics" else f"/{view}"
+        blueprint.add_url_rule(rule, view, lambda view=view: serve(view), methods=["GET"])
+    return blueprint

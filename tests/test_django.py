@@ -1,0 +1,381 @@
+"""The Django app and its metrics views, through Django's test client.
+
+Why: the Django integration must answer exactly as the Flask one (same access rules,
+same negotiation, same numbers), so this module plays ``test_flask.py``'s scenario and
+checks the same expectations, and adds what is Django's own: ``settings.GSO_ANALYTICS``
+validation, the test-run fallback to memory, ``override_settings`` restarting the
+library, the autoreloader guard, the ``gso_analytics`` management command, and the
+example project (in a subprocess: Django's settings are configured once per process).
+
+Django is configured here with ``settings.configure()`` (this module is the
+ROOT_URLCONF) when nothing configured it before; no other test module uses Django.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from datetime import timedelta
+from io import StringIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import django
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+from django.test import Client, override_settings
+from django.urls import include, path
+from test_flask import (
+    AUTH,
+    COUNTERS,
+    EXPECTED_DAYS,
+    EXPECTED_METRICS,
+    PROMETHEUS_ACCEPT,
+    TOKEN,
+    assert_same_health,
+    assert_same_numbers,
+    play,
+    samples,
+)
+
+from gso_analytics import Analytics, ConfigurationError, StoreError
+from gso_analytics.integrations.django import apps as app_module
+from gso_analytics.integrations.django import get_analytics
+
+if TYPE_CHECKING:
+    from conftest import FakeClock
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "django_project"
+RUN_TIMEOUT_S = 120
+
+urlpatterns = [path("metrics/", include("gso_analytics.integrations.django.urls"))]
+
+BASE = {"STORE": "memory://", "METRICS_TOKEN": TOKEN}
+
+if not settings.configured:
+    settings.configure(
+        SECRET_KEY="test-only",
+        ALLOWED_HOSTS=["testserver"],
+        INSTALLED_APPS=["gso_analytics.integrations.django"],
+        ROOT_URLCONF=__name__,
+        MIDDLEWARE=[],
+        DATABASES={},
+        USE_TZ=True,
+        GSO_ANALYTICS=BASE,
+    )
+    django.setup()
+
+VIEWS = ("/metrics/", "/metrics/days", "/metrics/stats")
+FORMATS: dict[str, tuple[dict[str, str], dict[str, str]]] = {  # name -> (headers, query)
+    "json": ({}, {}),
+    "accept": ({"Accept": "text/plain"}, {}),
+    "query": ({}, {"format": "prometheus"}),
+}
+
+
+def get(url: str, fmt: str = "json", headers: dict[str, str] | None = None, **query: str) -> Any:
+    fmt_headers, fmt_query = FORMATS[fmt]
+    return Client().get(url, {**fmt_query, **query}, headers={**fmt_headers, **(headers or {})})
+
+
+@pytest.fixture
+def configure(clock: FakeClock) -> Iterator[Callable[..., Analytics]]:
+    """Restart the library with ``GSO_ANALYTICS`` = the given keys (plus the fake clock)
+    for one test, through ``override_settings`` as a project's own tests would."""
+    with ExitStack() as stack:
+
+        def restart(**values: Any) -> Analytics:
+            options = {"clock": clock, "counters": COUNTERS, **values.pop("OPTIONS", {})}
+            stack.enter_context(override_settings(GSO_ANALYTICS={**values, "OPTIONS": options}))
+            return get_analytics()
+
+        yield restart
+
+
+@pytest.fixture
+def game(configure: Callable[..., Analytics], clock: FakeClock) -> Analytics:
+    analytics = configure(**BASE)
+    play(analytics, clock)
+    return analytics
+
+
+# -- the app ------------------------------------------------------------------------------
+
+
+def test_ready_started_one_analytics_per_process() -> None:
+    analytics = get_analytics()
+    assert isinstance(analytics, Analytics)
+    assert app_module.start() is analytics  # a second start is a no-op
+
+
+def test_override_settings_restarts_and_restores(configure: Callable[..., Analytics]) -> None:
+    before = get_analytics()
+    with override_settings(GSO_ANALYTICS={**BASE, "FLUSH_INTERVAL": 5}):
+        during = get_analytics()
+        assert during is not before and during._flusher.interval == 5
+    after = get_analytics()
+    assert after is not during and after._flusher.interval == 60
+
+
+def test_missing_store_in_a_test_run_uses_memory_with_a_warning() -> None:
+    with (
+        pytest.warns(RuntimeWarning, match=r'GSO_ANALYTICS\["STORE"\] is not set; using memory'),
+        override_settings(GSO_ANALYTICS={"METRICS_TOKEN": TOKEN}),
+    ):
+        analytics = get_analytics()
+        analytics.on_login("u1")
+        assert analytics.get_metrics().dau == 1
+
+
+@pytest.mark.parametrize("value", [{}, None])
+def test_missing_store_outside_a_test_run_names_the_key(
+    monkeypatch: pytest.MonkeyPatch, value: dict | None
+) -> None:
+    monkeypatch.setattr(app_module, "is_test_run", lambda: False)
+    with (
+        pytest.raises(ConfigurationError, match=r'GSO_ANALYTICS\["STORE"\] is not set'),
+        override_settings(GSO_ANALYTICS=value),
+    ):
+        pass
+    assert get_analytics()  # restored with the module's settings
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({**BASE, "METRICS_PATH": "/m"}, r'unknown setting GSO_ANALYTICS\["METRICS_PATH"\]'),
+        ({**BASE, "METRICS_PUBLIC": "yes"}, r'GSO_ANALYTICS\["METRICS_PUBLIC"\] must be True'),
+        ({**BASE, "OPTIONS": {"tz": "Mars/Olympus"}}, r"Mars/Olympus"),
+        ("memory://", "settings.GSO_ANALYTICS must be a dict"),
+    ],
+)
+def test_bad_settings_fail_naming_the_key(value: Any, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message), override_settings(GSO_ANALYTICS=value):
+        pass
+    assert get_analytics()
+
+
+def test_autoreloader_watcher_does_not_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    app_module.stop()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(sys, "argv", ["manage.py", "runserver"])
+            patch.delenv("RUN_MAIN", raising=False)
+            assert app_module.start() is None  # the file watcher: no store, no thread
+            with pytest.raises(ConfigurationError, match="INSTALLED_APPS"):
+                get_analytics()
+            patch.setenv("RUN_MAIN", "true")  # the serving child
+            assert isinstance(app_module.start(), Analytics)
+            app_module.stop()
+            patch.delenv("RUN_MAIN")
+            patch.setattr(sys, "argv", ["manage.py", "runserver", "--noreload"])
+            assert isinstance(app_module.start(), Analytics)
+            app_module.stop()
+    finally:
+        app_module.start()
+    assert get_analytics()
+
+
+# -- access ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("view", VIEWS)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize(
+    ("headers", "query", "invalid"),
+    [
+        pytest.param({}, {}, False, id="no-header"),
+        pytest.param({"Authorization": "Bearer wrong"}, {}, True, id="wrong-token"),
+        pytest.param({"Authorization": f"Basic {TOKEN}"}, {}, False, id="basic-scheme"),
+        pytest.param({}, {"token": TOKEN}, False, id="query-token"),
+        pytest.param({}, {"access_token": TOKEN}, False, id="query-access-token"),
+    ],
+)
+def test_refused_without_the_right_bearer_token(
+    game: Analytics,
+    view: str,
+    fmt: str,
+    headers: dict[str, str],
+    query: dict[str, str],
+    invalid: bool,
+) -> None:
+    response = get(view, fmt, headers, **query)
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Bearer ")
+    assert ('error="invalid_token"' in response["WWW-Authenticate"]) == invalid
+    assert "error" in response.json()
+
+
+@pytest.mark.parametrize("view", VIEWS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_no_token_configured_is_404(
+    configure: Callable[..., Analytics], view: str, fmt: str
+) -> None:
+    configure(STORE="memory://")
+    response = get(view, fmt, AUTH)
+    assert response.status_code == 404
+    assert not response.has_header("WWW-Authenticate")
+
+
+@pytest.mark.parametrize("view", VIEWS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_public_opt_out_serves_without_a_token(
+    configure: Callable[..., Analytics], view: str, fmt: str
+) -> None:
+    configure(STORE="memory://", METRICS_PUBLIC=True)
+    response = get(view, fmt)
+    # Past authentication: the days are JSON only, so ?format=prometheus is a 406 there.
+    assert response.status_code == (406 if (view, fmt) == ("/metrics/days", "query") else 200)
+
+
+def test_only_safe_methods(game: Analytics) -> None:
+    assert Client().post("/metrics/", headers=AUTH).status_code == 405
+    assert Client().head("/metrics/", headers=AUTH).status_code == 200
+
+
+# -- the numbers ---------------------------------------------------------------------------
+
+
+def test_json_metrics_days_and_stats(game: Analytics) -> None:
+    metrics = get("/metrics/", headers=AUTH)
+    assert metrics.status_code == 200
+    assert metrics["Content-Type"] == "application/json"
+    assert metrics["Cache-Control"] == "no-store"
+    assert metrics.json() == EXPECTED_METRICS
+    assert get("/metrics/days", headers=AUTH).json() == EXPECTED_DAYS
+    assert set(get("/metrics/stats", headers=AUTH).json()) == set(game.stats())
+
+
+@pytest.mark.parametrize("fmt", ["accept", "query"])
+def test_prometheus_text_parses_and_carries_the_json_numbers(game: Analytics, fmt: str) -> None:
+    response = get("/metrics/", fmt, AUTH)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    exposition = samples(response.content.decode())
+    assert_same_numbers(exposition, EXPECTED_METRICS)
+    assert_same_numbers(exposition, get("/metrics/", headers=AUTH).json())
+    assert_same_health(exposition, game.stats())
+
+
+def test_prometheus_scraper_gets_openmetrics(game: Analytics) -> None:
+    response = get("/metrics/", headers={**AUTH, "Accept": PROMETHEUS_ACCEPT})
+    assert response["Content-Type"].startswith("application/openmetrics-text")
+    assert_same_numbers(samples(response.content.decode(), openmetrics=True), EXPECTED_METRICS)
+
+
+@pytest.mark.parametrize("fmt", ["json", "query"])
+def test_store_failure_is_a_503_with_a_json_error(
+    game: Analytics, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    def fail(*args: object) -> None:
+        raise StoreError("database is locked")
+
+    monkeypatch.setattr(game.store, "get_month", fail)
+    response = get("/metrics/", fmt, AUTH)
+    assert response.status_code == 503
+    assert response.json() == {"error": "store unavailable"}
+    assert get("/metrics/stats", headers=AUTH).status_code == 200
+
+
+# -- the management command ----------------------------------------------------------------
+
+
+def run_command(*args: str) -> str:
+    out = StringIO()
+    call_command("gso_analytics", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_command_report_reads_the_projects_store(game: Analytics) -> None:
+    doc = json.loads(run_command("report", "--json", "--days", "1"))
+    assert doc == {"metrics": EXPECTED_METRICS, "days": EXPECTED_DAYS[:1]}
+    text = run_command("report")
+    assert text.startswith("Today 2025-03-14")
+    assert "2025-03-13" in text  # both days listed
+
+
+def test_command_prune_uses_the_projects_rules(
+    configure: Callable[..., Analytics], clock: FakeClock
+) -> None:
+    analytics = configure(**BASE, OPTIONS={"session_timeout": timedelta(hours=1)})
+    analytics.on_login("idle")
+    analytics.flush()
+    clock.advance(hours=2)
+    assert "timed out 1 sessions open longer than 1 hours" in run_command("prune")
+    assert analytics.get_metrics().active_sessions == 0
+
+
+@pytest.mark.parametrize("args", [(), ("report", "--days", "31"), ("explode",)])
+def test_command_usage_errors(game: Analytics, args: tuple[str, ...]) -> None:
+    with pytest.raises(CommandError):
+        run_command(*args)
+
+
+# -- the example project ---------------------------------------------------------------------
+
+PLAY_EXAMPLE = """
+import json, os
+import django
+django.setup()
+from django.test import Client
+client = Client()
+player = {"user_id": "u1", "username": "alice"}
+post = lambda url, body: client.post(url, body, content_type="application/json").status_code
+codes = [
+    post("/login", player),
+    post("/dungeon", {**player, "dungeon": "crypt"}),
+    post("/dungeon", {**player, "dungeon": "tower"}),
+    post("/purchase", {**player, "pack": "gems_100"}),
+    post("/logout", player),
+    post("/login", {}),
+]
+auth = {"Authorization": "Bearer example-token"}
+print(json.dumps({
+    "codes": codes,
+    "refused": client.get("/metrics/").status_code,
+    "metrics": client.get("/metrics/", headers=auth).json(),
+}))
+"""
+
+
+def test_example_project_plays_and_reports(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "game.settings",
+        "GSO_ANALYTICS_STORE": f"sqlite:///{tmp_path}/example.db",
+        "GSO_ANALYTICS_METRICS_TOKEN": "example-token",
+        "PYTHONPATH": str(EXAMPLE),
+    }
+    played = subprocess.run(
+        [sys.executable, "-c", PLAY_EXAMPLE],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert played.returncode == 0, played.stderr
+    result = json.loads(played.stdout)
+    assert result["codes"] == [200, 200, 200, 200, 200, 400]
+    assert result["refused"] == 401
+    metrics = result["metrics"]
+    assert (metrics["dau"], metrics["activeSessions"]) == (1, 0)
+    assert metrics["today"]["creditsEarned"] == 170
+    assert metrics["today"]["stripeRevenue"] == 199
+    # The management command reads the same store, in another process.
+    report = subprocess.run(
+        [sys.executable, str(EXAMPLE / "manage.py"), "gso_analytics", "report", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["metrics"] == metrics
