@@ -45,6 +45,12 @@ class Transaction(ABC):
     def claim_batch(self, batch_id: str, at: datetime) -> bool:
         """Record ``batch_id``; False when it was already recorded (already applied)."""
 
+    def prefetch(self, batch: FlushBatch) -> None:  # noqa: B027 - an optional hint
+        """Called once the batch is claimed, before any session read. A store whose
+        reads are network round trips loads here, in bulk, what the batch's logins and
+        logouts will read (their sessions, pending logouts), instead of one query per
+        call; a store that reads locally has nothing to do."""
+
     @abstractmethod
     def add_day_users(self, day: str, users: set[str]) -> int:
         """Insert the (day, user) records; return how many did not exist before."""
@@ -186,6 +192,8 @@ def apply_batch(tx: Transaction, batch: FlushBatch) -> ApplyResult:
         raise ValueError("a batch must carry created_at before it is applied")
     if not tx.claim_batch(batch.id, created_at):
         return ApplyResult(duplicate=True)
+    if batch.session_ops:
+        tx.prefetch(batch)
     daily: defaultdict[str, defaultdict[str, Number]] = defaultdict(lambda: defaultdict(int))
     months = dict(batch.months)
     for day, fields in batch.counters.items():
@@ -247,6 +255,8 @@ def apply_batch(tx: Transaction, batch: FlushBatch) -> ApplyResult:
 BUILTIN_STORES: dict[str, str] = {
     "memory": "gso_analytics.backends.memory:MemoryStore",
     "sqlite": "gso_analytics.backends.sqlite:SQLiteStore",
+    "mongodb": "gso_analytics.backends.mongo:MongoStore",
+    "mongodb+srv": "gso_analytics.backends.mongo:MongoStore",
 }
 
 ENTRY_POINT_GROUP = "gso_analytics.stores"

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import mongo_server
 import pytest
 
 from gso_analytics import Analytics, Store, open_store
@@ -65,13 +66,64 @@ BACKENDS = [
     Backend(
         "sqlite", lambda tmp: f"sqlite:///{tmp}/contract.db", shared_by_url=True, rolls_back=True
     ),
-    # A Mongo backend adds: Backend("mongo", lambda tmp: f"mongodb://.../t_{uuid}", True, True)
+    # MongoDB over the wire (nx-27017, a standalone server: the guarded path) and
+    # mongomock in-process; tests/test_mongo.py adds the transaction path. Each test
+    # gets a fresh database. The suite replays 2025 on a fake clock, which a server-side
+    # TTL on real time would expire at once (nx-27017 and mongomock hide expired
+    # documents from reads, MongoDB deletes them within a minute), so the TTL index is
+    # off here; tests/test_mongo.py tests it on real time.
+    Backend(
+        "mongo",
+        lambda tmp: mongo_server.nx_server().url(query="ttlIndex=false"),
+        shared_by_url=True,
+        rolls_back=True,
+    ),
+    Backend(
+        "mongomock",
+        lambda tmp: mongo_server.mongomock_url(query="ttlIndex=false"),
+        shared_by_url=True,
+        rolls_back=True,
+    ),
 ]
+if mongo_server.real_mongodb_uri():  # a real mongod or cluster, opt-in
+    BACKENDS.append(
+        Backend(
+            "mongodb-uri",
+            lambda tmp: mongo_server.real_mongodb_url(),
+            shared_by_url=True,
+            rolls_back=True,
+        )
+    )
 
 
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mongo_servers() -> Iterator[None]:
+    """Stops nx-27017 at the end of the session if a test started it (by its pid)."""
+    yield
+    mongo_server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def nx_27017() -> mongo_server.NxServer:
+    """The session's nx-27017 wire-protocol server; ``.url()`` names a fresh database."""
+    return mongo_server.nx_server()
+
+
+@pytest.fixture(autouse=True)
+def _mongomock_for_its_backend(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The mongomock parameter's URLs reach mongomock only while its patch is active."""
+    callspec = getattr(request.node, "callspec", None)
+    backend = callspec.params.get("backend") if callspec is not None else None
+    if getattr(backend, "name", None) != "mongomock":
+        yield
+        return
+    with mongo_server.mongomock_patched():
+        yield
 
 
 @pytest.fixture(params=BACKENDS, ids=[b.name for b in BACKENDS])

@@ -1,0 +1,1287 @@
+"""``mongodb://host/db`` and ``mongodb+srv://``: the production store, on pymongo.
+
+Collections (prefix ``gso_analytics_`` by default, ``?prefix=`` to change it) keep the
+seed's camelCase documents, so dashboards built on the seed keep working:
+
+- ``sessions``: ``{_id: sessionId, userId, username, loginAt, logoutAt, durationS, day,
+  month, timedOut}``, plus ``open`` (a boolean the open-session index is built on) and
+  ``closedBy`` (the batch that closed it, ``"prune"`` for a timeout; empty exactly
+  while the session is open);
+- ``daily``: one document per day, ``{day, month, dau, newUsers, creditsEarned, ...}``;
+- ``events``: ``{ts, userId, event, data, day}``, expired by a native TTL index on ``ts``;
+- ``monthly`` (``{month, mau, timedSessions, timedSessionS}``), ``day_users`` and
+  ``month_users`` (one ``{day|month, userId}`` record per active user: ``dau`` and ``mau``
+  are counts of the records newly inserted, so no read ever runs ``distinct()``),
+  ``pending_logouts``, ``batches`` (applied batch ids) and, by deployment,
+  ``locks`` or ``session_users``.
+
+What a batch means lives in :func:`gso_analytics.store.apply_batch`; this module only
+translates the :class:`~gso_analytics.store.Transaction` calls into as few round trips
+as it can, about a dozen per flush whatever its size. ``prefetch`` reads, in two
+queries, the open sessions of the batch's users who log out and the waiting logouts of
+those who log in, so the per-call reads of ``apply_batch`` are answered from memory.
+Counter increments, events, new sessions (in their final state), closes and pending
+logouts are buffered in the transaction object and sent at commit: one ``bulk_write``
+of ``$inc`` upserts per counter collection, one ``insert_many`` for the events, one
+bulk write per session collection. The (day, user) and (month, user) records go at
+once (one unordered insert per day or month), because their duplicate-key errors tell
+``apply_batch`` how many users are new.
+
+Exactly once
+------------
+
+*Replica set or sharded cluster* (detected from ``hello``; ``?transactions=`` forces
+it either way): each batch is one multi-document transaction that also inserts the
+batch id, so it is applied whole or not at all and a retry finds the id. Inside a
+transaction a duplicate-key error would abort it, so user records are upserts whose
+``upsertedCount`` counts the new users. Snapshot isolation would let a login in one
+process and that user's logout in another each miss the other (write skew: neither
+writes what the other read), so every transaction that reads or writes a user's
+sessions also increments that user's ``session_users`` document: two of them conflict,
+and the loser is retried (TransientTransactionError) on a fresh snapshot.
+
+*Standalone server* (no transactions): a batch is written in steps, and every step is
+guarded so that a retry after any failure, with an unknown outcome or half-way,
+completes the batch without counting anything twice:
+
+1. ``batches`` gets ``{_id: batchId, done: false}``. A duplicate key means the batch was
+   tried before: ``done`` means applied (a duplicate, nothing to do), otherwise the
+   retry runs in *recovery* mode.
+2. User records carry the ``batchId`` that inserted them. In recovery, a duplicate whose
+   ``batchId`` is this batch's was inserted by the earlier attempt and still counts as
+   new, so ``dau``/``mau`` get exactly the increments the first attempt computed.
+3. Session reads and writes run under one store-wide lease lock (``locks``), as SQLite's
+   ``BEGIN IMMEDIATE`` would: without it a login and a cross-process logout could each
+   miss the other. The lock is taken at the batch's first session read (``prefetch``)
+   and released once its session writes are done, so batches without logins or logouts
+   never wait. The writes are idempotent: sessions are inserted under their id (a
+   duplicate is the earlier attempt's insert); a close replaces the document if it is
+   still open (``{_id, open: true}``), with ``closedBy: batchId``, and in recovery a
+   session closed by this very batch still reads as open (``closedBy`` in ``["",
+   batchId]``), so the retry takes the same decisions and the same durations;
+   pending logouts are upserted under ``(batchId, index)`` with ``$setOnInsert`` (a
+   retry never revives one that another batch took since) and taken with
+   ``{takenBy: ""}`` → ``{takenBy: batchId}``. A compare-and-set that matches nothing
+   means another writer got there first (only possible past the lease): the batch is
+   retried at once, in recovery mode.
+4. Daily and monthly ``$inc`` upserts are filtered by ``{appliedBatches: {$nin: [id]}}``
+   and ``$push`` the id (``$slice`` keeps the last ``applied_batches_kept``): a document
+   that already has the id does not match, the upsert then hits the unique key, and
+   that duplicate-key error means "already applied" (``$nin`` rather than ``$ne``, which
+   the nx-27017 test server gets wrong on missing fields).
+5. Events get ``_id`` values derived from (batch id, position), so re-inserting them is
+   a duplicate-key no-op (outside recovery a duplicate can only be a collision of two
+   batches' ids, and those events are inserted again with fresh ids).
+6. The batch document is marked ``done``.
+
+Counters are written only after every session write succeeded, so a retry recomputes
+them from the same decisions. A process killed in the middle of a flush (never
+retried) leaves that batch partly applied on a standalone server; a replica set,
+even a single-node one, applies it whole or not at all.
+
+Retryable writes are on (``retryWrites=true``); the write concern is the client's
+(``w=majority`` is MongoDB's default), and unacknowledged writes (``w=0``) are refused
+because exact counting reads the result of every write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from gso_analytics.errors import ConfigurationError, InvalidTypeError, StoreError
+from gso_analytics.model import (
+    ApplyResult,
+    DailyStats,
+    EventRecord,
+    FlushBatch,
+    MonthStats,
+    Number,
+    OpenSession,
+    PruneResult,
+    SessionClose,
+    SessionOpen,
+    SessionRecord,
+)
+from gso_analytics.store import Store, Transaction
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+log = logging.getLogger("gso_analytics")
+
+INSTALL_HINT = "pip install 'gso-analytics[mongo]'"
+DEFAULT_DATABASE = "gso_analytics"
+DEFAULT_PREFIX = "gso_analytics_"
+#: The seed's event TTL; the index follows ``Analytics(event_ttl=...)`` at each prune.
+DEFAULT_EVENT_TTL = timedelta(days=7)
+#: Fail fast when the server is unreachable, instead of pymongo's 30 s default.
+DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 5000
+#: Batch ids kept on each daily/monthly document for the standalone guard: a retry
+#: must arrive before this many other batches touched the same document.
+DEFAULT_APPLIED_BATCHES_KEPT = 1000
+#: How long a batch waits for the standalone session lock, and how long a lock whose
+#: holder died blocks the others.
+DEFAULT_LOCK_WAIT = timedelta(seconds=10)
+DEFAULT_LOCK_LEASE = timedelta(seconds=30)
+#: How long ``apply`` retries a transaction that lost a write conflict.
+TRANSIENT_RETRY_S = 10.0
+
+#: Fields a counter can never be: they key the documents or hold the guard.
+_RESERVED_FIELDS = frozenset({"_id", "day", "month", "appliedBatches"})
+_PREFIX_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LOCK_ID = "sessions"
+#: ``closedBy`` of the sessions the prune job times out (batches put their id there).
+PRUNE_CLOSER = "prune"
+_DUPLICATE_KEY = 11000
+_AUTH_FAILED = 18
+_UNAUTHORIZED = 13
+#: ``?name=`` options of the URL that belong to the store, not to pymongo.
+_URL_OPTIONS = {"prefix": "prefix", "transactions": "transactions", "ttlindex": "ttl_index"}
+_STORE_KWARGS = frozenset(
+    {
+        "prefix",
+        "transactions",
+        "ttl_index",
+        "event_ttl",
+        "applied_batches_kept",
+        "lock_wait",
+        "lock_lease",
+    }
+)
+
+
+def _pymongo() -> ModuleType:
+    """Import pymongo on first use, so the core never needs it."""
+    try:
+        import pymongo
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the MongoDB store needs the pymongo driver: {INSTALL_HINT}"
+        ) from exc
+    return pymongo
+
+
+def _aware(moment: datetime) -> datetime:
+    """BSON dates come back naive unless the client is ``tz_aware``; they are UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _check_str(value: object, name: str) -> str:
+    """Reads take caller input: a dict such as ``{"$ne": None}`` must never become a
+    query operator."""
+    if type(value) is not str:
+        raise InvalidTypeError(name, f"must be a str, not {type(value).__name__}")
+    return value
+
+
+def _safe_keys(value: Any) -> bool:
+    """True when every key of a JSON value can be a BSON field name as it is."""
+    if isinstance(value, dict):
+        return all(
+            isinstance(key, str)
+            and key
+            and key[0] != "$"
+            and "." not in key
+            and "\x00" not in key
+            and _safe_keys(item)
+            for key, item in value.items()
+        )
+    if isinstance(value, list):
+        return all(_safe_keys(item) for item in value)
+    return True
+
+
+def _data_value(text: str) -> Any:
+    """``data`` as a subdocument (queryable as ``data.amount``, like the seed's), or as
+    its JSON text when MongoDB could not hold it field for field."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, dict) and _safe_keys(value) else text
+
+
+def _data_text(value: Any) -> str:
+    """The JSON text ``encode_data`` produced: compact, key order kept by BSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _event_ids(batch_id: str, created_at: datetime, count: int) -> list[Any]:
+    """Deterministic ObjectIds for a batch's events, so a retried insert is a duplicate:
+    the batch's time (seconds, then milliseconds: ``_id`` order is flush order, as with
+    ObjectIds a driver makes), 4 bytes of the batch id, the position (2 bytes; every
+    65,536 events take the next 4 bytes of a hash of the id)."""
+    from bson import ObjectId
+
+    stamp = (int(created_at.timestamp()) & 0xFFFFFFFF).to_bytes(4, "big")
+    stamp += (created_at.microsecond // 1000).to_bytes(2, "big")
+    ids: list[Any] = []
+    step = 1 << 16
+    for start in range(0, count, step):
+        tag = hashlib.blake2b(f"{batch_id}:{start}".encode(), digest_size=4).digest()
+        ids.extend(
+            ObjectId(stamp + tag + i.to_bytes(2, "big")) for i in range(min(step, count - start))
+        )
+    return ids
+
+
+def _write_errors(exc: Exception) -> list[dict[str, Any]]:
+    return (getattr(exc, "details", None) or {}).get("writeErrors", [])
+
+
+def _only_duplicates(exc: Exception) -> list[int]:
+    """Indexes of the duplicate-key failures of a bulk write; re-raise anything else."""
+    errors = _write_errors(exc)
+    details = getattr(exc, "details", None) or {}
+    if details.get("writeConcernErrors") or any(e.get("code") != _DUPLICATE_KEY for e in errors):
+        raise exc
+    return [e["index"] for e in errors]
+
+
+class _Conflict(StoreError):
+    """A write lost to a concurrent writer; applying the batch again resolves it."""
+
+
+def _parse_bool(name: str, text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ConfigurationError(f"MongoDB URL option {name} must be true or false, got {text!r}")
+
+
+class _MongoTransaction(Transaction):
+    """One batch (or one prune) against MongoDB: reads go to the server, writes are
+    buffered and sent in bulk by :meth:`commit` (see the module docstring)."""
+
+    def __init__(self, store: MongoStore) -> None:
+        self.store = store
+        self.txn = store.uses_transactions
+        self.session: Any = None
+        self.batch_id: str | None = None
+        self.created_at: datetime | None = None
+        self.recovering = False
+        self.duplicate = False
+        self._lock_token: str | None = None
+        self._daily: dict[str, tuple[str, dict[str, Number]]] = {}
+        self._monthly: dict[str, dict[str, int]] = {}
+        self._events: list[EventRecord] = []
+        # Sessions this transaction holds, as whole documents: the ones it inserts and
+        # the ones it read from the server (the latter written back only if closed).
+        self._new_sessions: dict[str, dict[str, Any]] = {}
+        self._read_sessions: dict[str, dict[str, Any]] = {}
+        self._closes: set[str] = set()
+        self._pending_new: list[dict[str, Any]] = []
+        self._pending_taken: dict[Any, str] = {}  # pending logout id -> user
+        self._pending_seq = 0
+        # Users whose open sessions / pending logouts prefetch() loaded: their reads are
+        # answered from memory (valid under the lock, or in the transaction's snapshot).
+        self._sessions_loaded: set[str] = set()
+        self._pending_loaded: set[str] = set()
+        self._pending_cache: list[dict[str, Any]] = []
+        self._touched: set[str] = set()
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def _c(self, name: str) -> Any:
+        return self.store._collection(name)
+
+    @property
+    def _kw(self) -> dict[str, Any]:
+        """``session=`` for every call inside a transaction (none on standalone, which
+        also keeps stand-ins that have no sessions working)."""
+        return {"session": self.session} if self.session is not None else {}
+
+    def _begin(self) -> None:
+        """Start the transaction at the first call whose reads must be consistent with
+        the writes; bulk deletes of expired data run before it, outside any."""
+        if not self.txn or self.session is not None:
+            return
+        pymongo = _pymongo()
+        self.session = self.store._client().start_session()
+        self.session.start_transaction(read_preference=pymongo.ReadPreference.PRIMARY)
+
+    def _enter_sessions(self) -> None:
+        """Before reading sessions or pending logouts: a transaction, or the lock."""
+        if self.txn:
+            self._begin()
+        elif self._lock_token is None:
+            self._lock_token = self.store._acquire_lock()
+
+    def _touch(self, user_id: str) -> None:
+        if self.txn:
+            self._touched.add(user_id)
+
+    def _open_filter(self) -> dict[str, Any]:
+        """Open sessions; in recovery also the ones this batch closed before (``closedBy``
+        is empty exactly while a session is open)."""
+        if self.recovering:
+            return {"closedBy": {"$in": ["", self.batch_id]}}
+        return {"open": True}
+
+    def _taken_filter(self) -> Any:
+        return {"$in": ["", self.batch_id]} if self.recovering else ""
+
+    # -- the batch id ---------------------------------------------------------------
+
+    def claim_batch(self, batch_id: str, at: datetime) -> bool:
+        self._begin()
+        self.batch_id, self.created_at = batch_id, at
+        batches = self._c("batches")
+        if self.txn:
+            # A duplicate-key error would abort the transaction: look first.
+            if batches.find_one({"_id": batch_id}, {"_id": 1}, **self._kw) is not None:
+                self.duplicate = True
+                return False
+            batches.insert_one({"_id": batch_id, "appliedAt": at, "done": True}, **self._kw)
+            return True
+        pymongo = _pymongo()
+        try:
+            batches.insert_one({"_id": batch_id, "appliedAt": at, "done": False})
+        except pymongo.errors.DuplicateKeyError:
+            found = batches.find_one({"_id": batch_id}, {"done": 1})
+            if found is None or found.get("done"):
+                self.duplicate = True
+                return False
+            self.recovering = True
+            log.info("gso_analytics: batch %s was tried before; completing it", batch_id)
+        return True
+
+    # -- (day, user) and (month, user) records --------------------------------------
+
+    def _add_users(self, name: str, key: str, value: str, users: set[str]) -> int:
+        if not users:
+            return 0
+        pymongo = _pymongo()
+        records = self._c(name)
+        ordered = sorted(users)
+        if self.txn:
+            result = records.bulk_write(
+                [
+                    pymongo.UpdateOne(
+                        {key: value, "userId": user},
+                        {"$setOnInsert": {"batchId": self.batch_id}},
+                        upsert=True,
+                    )
+                    for user in ordered
+                ],
+                ordered=False,
+                **self._kw,
+            )
+            return result.upserted_count
+        docs = [{key: value, "userId": user, "batchId": self.batch_id} for user in ordered]
+        try:
+            records.insert_many(docs, ordered=False)
+        except pymongo.errors.BulkWriteError as exc:
+            duplicates = _only_duplicates(exc)
+            added = exc.details.get("nInserted", len(docs) - len(duplicates))
+            if self.recovering and duplicates:
+                # Inserted by this batch's earlier attempt: still new for its counts.
+                added += records.count_documents(
+                    {
+                        key: value,
+                        "userId": {"$in": [docs[i]["userId"] for i in duplicates]},
+                        "batchId": self.batch_id,
+                    }
+                )
+            return added
+        return len(docs)
+
+    def add_day_users(self, day: str, users: set[str]) -> int:
+        return self._add_users("day_users", "day", day, users)
+
+    def add_month_users(self, month: str, users: set[str]) -> int:
+        return self._add_users("month_users", "month", month, users)
+
+    # -- counters and events: buffered, sent at commit -----------------------------
+
+    def increment_daily(self, day: str, month: str, increments: dict[str, Number]) -> None:
+        _, fields = self._daily.setdefault(day, (month, {}))
+        for field, amount in increments.items():
+            fields[field] = fields.get(field, 0) + amount
+
+    def increment_monthly(self, month: str, increments: dict[str, int]) -> None:
+        fields = self._monthly.setdefault(month, {})
+        for field, amount in increments.items():
+            fields[field] = fields.get(field, 0) + amount
+
+    def insert_events(self, events: list[EventRecord]) -> None:
+        self._events.extend(events)
+
+    # -- sessions -------------------------------------------------------------------
+
+    def prefetch(self, batch: FlushBatch) -> None:
+        """Two queries for the whole batch instead of one per login and logout: every
+        open session of the users who log out (a logout's session, by id or the newest
+        one, is among them) and the waiting logouts of the users who log in."""
+        self._enter_sessions()
+        closing = sorted({op.user_id for op in batch.session_ops if isinstance(op, SessionClose)})
+        opening = sorted({op.user_id for op in batch.session_ops if isinstance(op, SessionOpen)})
+        for user in (*closing, *opening):
+            self._touch(user)
+        if closing:
+            for doc in self._c("sessions").find(
+                {"userId": {"$in": closing}, **self._open_filter()}, **self._kw
+            ):
+                self._hold(doc)
+            self._sessions_loaded.update(closing)
+        if opening:
+            self._pending_cache = list(
+                self._c("pending_logouts").find(
+                    {"userId": {"$in": opening}, "takenBy": self._taken_filter()}, **self._kw
+                )
+            )
+            self._pending_loaded.update(opening)
+
+    def insert_session(self, op: SessionOpen) -> None:
+        self._enter_sessions()
+        self._touch(op.user_id)
+        self._new_sessions[op.session_id] = {
+            "_id": op.session_id,
+            "userId": op.user_id,
+            "username": op.username,
+            "loginAt": op.login_at,
+            "logoutAt": None,
+            "durationS": 0,
+            "day": op.day,
+            "month": op.month,
+            "timedOut": False,
+            "open": True,
+            "closedBy": "",
+        }
+
+    def _held(self, session_id: str) -> dict[str, Any] | None:
+        return self._new_sessions.get(session_id) or self._read_sessions.get(session_id)
+
+    def _hold(self, doc: dict[str, Any]) -> dict[str, Any]:
+        return self._read_sessions.setdefault(doc["_id"], doc)
+
+    def find_open_session(
+        self, user_id: str, session_id: str | None, before: datetime
+    ) -> OpenSession | None:
+        self._enter_sessions()
+        self._touch(user_id)
+        sessions = self._c("sessions")
+        if session_id is not None:
+            held = self._held(session_id)
+            if held is not None:
+                return None if session_id in self._closes else _open_session(held)
+            if user_id in self._sessions_loaded:
+                return None  # not among the user's open sessions
+            doc = sessions.find_one({"_id": session_id, **self._open_filter()}, **self._kw)
+            return _open_session(self._hold(doc)) if doc is not None else None
+        candidates = [
+            doc
+            for doc in (*self._new_sessions.values(), *self._read_sessions.values())
+            if doc["userId"] == user_id
+            and doc["_id"] not in self._closes
+            and _aware(doc["loginAt"]) <= before
+        ]
+        if user_id in self._sessions_loaded:
+            return _newest(candidates)
+        query: dict[str, Any] = {
+            "userId": user_id,
+            "loginAt": {"$lte": before},
+            **self._open_filter(),
+        }
+        # The user's sessions held here are judged from the buffer, not the server.
+        held = [
+            sid
+            for sid, doc in (*self._new_sessions.items(), *self._read_sessions.items())
+            if doc["userId"] == user_id
+        ]
+        if held:
+            query["_id"] = {"$nin": held}
+        found = sessions.find_one(query, sort=[("loginAt", -1)], **self._kw)
+        if found is not None:
+            candidates.append(self._hold(found))
+        return _newest(candidates)
+
+    def end_session(
+        self, session_id: str, logout_at: datetime, duration: int, timed_out: bool
+    ) -> None:
+        self._enter_sessions()
+        doc = self._held(session_id)
+        if doc is None:  # not found through this transaction: read it to write it back
+            doc = self._c("sessions").find_one(
+                {"_id": session_id, **self._open_filter()}, **self._kw
+            )
+            if doc is None:
+                raise _Conflict(f"session {session_id} was closed by another writer; retrying")
+            doc = self._hold(doc)
+        doc.update(
+            logoutAt=logout_at,
+            durationS=duration,
+            timedOut=timed_out,
+            open=False,
+            closedBy=self.batch_id or PRUNE_CLOSER,
+        )
+        self._closes.add(session_id)
+
+    def open_sessions_before(self, cutoff: datetime) -> list[OpenSession]:
+        self._enter_sessions()
+        found = [
+            _open_session(self._hold(doc))
+            for doc in self._c("sessions").find(
+                {"open": True, "loginAt": {"$lt": cutoff}}, **self._kw
+            )
+            if doc["_id"] not in self._closes
+        ]
+        found += [
+            _open_session(doc)
+            for sid, doc in self._new_sessions.items()
+            if sid not in self._closes and _aware(doc["loginAt"]) < cutoff
+        ]
+        return found
+
+    # -- pending logouts --------------------------------------------------------------
+
+    def add_pending_logout(self, user_id: str, logout_at: datetime, origin: str) -> None:
+        self._enter_sessions()
+        self._touch(user_id)
+        if self.batch_id is not None:
+            pending_id: Any = f"{self.batch_id}:{self._pending_seq}"
+        else:
+            pending_id = uuid.uuid4().hex
+        self._pending_seq += 1
+        self._pending_new.append(
+            {
+                "_id": pending_id,
+                "userId": user_id,
+                "logoutAt": logout_at,
+                "origin": origin,
+                "takenBy": "",
+            }
+        )
+
+    def take_pending_logout(self, user_id: str, login_at: datetime, origin: str) -> datetime | None:
+        self._enter_sessions()
+        self._touch(user_id)
+
+        def waiting(doc: dict[str, Any]) -> bool:
+            return (
+                doc["userId"] == user_id
+                and _aware(doc["logoutAt"]) >= login_at
+                and doc["origin"] != origin
+                and doc["_id"] not in self._pending_taken
+            )
+
+        candidates = [doc for doc in (*self._pending_new, *self._pending_cache) if waiting(doc)]
+        if user_id not in self._pending_loaded:
+            query: dict[str, Any] = {
+                "takenBy": self._taken_filter(),
+                "userId": user_id,
+                "logoutAt": {"$gte": login_at},
+                "origin": {"$nin": [origin]},
+            }
+            taken = [pid for pid, user in self._pending_taken.items() if user == user_id]
+            if taken:
+                query["_id"] = {"$nin": taken}
+            found = self._c("pending_logouts").find_one(query, sort=[("logoutAt", 1)], **self._kw)
+            if found is not None:
+                candidates.append(found)
+        if not candidates:
+            return None
+        earliest = min(candidates, key=lambda doc: _aware(doc["logoutAt"]))
+        if any(earliest is doc for doc in self._pending_new):
+            self._pending_new.remove(earliest)  # added and taken here: never written
+        else:
+            self._pending_taken[earliest["_id"]] = user_id
+        return _aware(earliest["logoutAt"])
+
+    # -- deletes (prune) ----------------------------------------------------------------
+
+    def delete_events_before(self, cutoff: datetime) -> int:
+        return self._c("events").delete_many({"ts": {"$lt": cutoff}}, **self._kw).deleted_count
+
+    def delete_pending_logouts_before(self, cutoff: datetime) -> None:
+        self._c("pending_logouts").delete_many({"logoutAt": {"$lt": cutoff}}, **self._kw)
+
+    def delete_batches_before(self, cutoff: datetime) -> None:
+        self._c("batches").delete_many({"appliedAt": {"$lt": cutoff}}, **self._kw)
+
+    # -- commit ------------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Send the buffered writes: sessions first (under the lock on standalone),
+        then counters, events and, on standalone, the batch's ``done`` mark."""
+        if self._has_session_writes():
+            self._enter_sessions()
+            self._write_sessions()
+        self.release()
+        self._write_counters("daily", "day", {d: (m, f) for d, (m, f) in self._daily.items()})
+        self._write_counters("monthly", "month", {m: (None, f) for m, f in self._monthly.items()})
+        self._write_events()
+        if not self.txn and self.batch_id is not None and not self.duplicate:
+            self._c("batches").update_one({"_id": self.batch_id}, {"$set": {"done": True}})
+        if self.session is not None and self.session.in_transaction:
+            self.store._commit(self.session)
+
+    def _has_session_writes(self) -> bool:
+        return bool(self._new_sessions or self._closes or self._pending_new or self._pending_taken)
+
+    def _write_sessions(self) -> None:
+        pymongo = _pymongo()
+        sessions = self._c("sessions")
+        if self._new_sessions:
+            # Inserted in their final state (closed already when the batch closes them).
+            docs = list(self._new_sessions.values())
+            try:
+                sessions.insert_many(docs, ordered=False, **self._kw)
+            except pymongo.errors.BulkWriteError as exc:
+                if self.txn:
+                    raise
+                _only_duplicates(exc)  # the earlier attempt's inserts
+        closed = [self._read_sessions[sid] for sid in self._closes if sid in self._read_sessions]
+        if closed:
+            # Compare-and-swap: replace the whole document only while it is still open.
+            # (A replacement rather than $set, which on nx-27017 turns dates into
+            # strings; on MongoDB both are the same single-document atomic write.)
+            result = sessions.bulk_write(
+                [
+                    pymongo.ReplaceOne(
+                        {"_id": doc["_id"], **self._open_filter()},
+                        {k: v for k, v in doc.items() if k != "_id"},
+                    )
+                    for doc in closed
+                ],
+                ordered=False,
+                **self._kw,
+            )
+            if result.matched_count != len(closed):
+                raise _Conflict("a session was closed by another writer; retrying the batch")
+        ops = [
+            pymongo.UpdateOne(
+                {"_id": doc["_id"]},
+                {"$setOnInsert": {k: v for k, v in doc.items() if k != "_id"}},
+                upsert=True,
+            )
+            for doc in self._pending_new
+        ]
+        ops += [
+            pymongo.UpdateOne(
+                {"_id": pid, "takenBy": self._taken_filter()}, {"$set": {"takenBy": self.batch_id}}
+            )
+            for pid in self._pending_taken
+        ]
+        if ops:
+            result = self._c("pending_logouts").bulk_write(ops, ordered=False, **self._kw)
+            if result.matched_count + result.upserted_count != len(ops):
+                raise _Conflict("a pending logout was taken by another writer; retrying")
+        if self._touched:
+            self._c("session_users").bulk_write(
+                [
+                    pymongo.UpdateOne({"_id": user}, {"$inc": {"sessionOps": 1}}, upsert=True)
+                    for user in sorted(self._touched)
+                ],
+                ordered=False,
+                **self._kw,
+            )
+
+    def _write_counters(
+        self, name: str, key: str, docs: dict[str, tuple[str | None, dict[str, Number]]]
+    ) -> None:
+        if not docs:
+            return
+        pymongo = _pymongo()
+        guarded = not self.txn and self.batch_id is not None
+        kept = self.store.applied_batches_kept
+        ops = []
+        for value, (month, fields) in sorted(docs.items()):
+            for field in fields:
+                if not field.isidentifier() or field in _RESERVED_FIELDS:
+                    raise StoreError(f"counter field {field!r} cannot be stored in MongoDB")
+            query: dict[str, Any] = {key: value}
+            update: dict[str, Any] = {}
+            if fields:
+                update["$inc"] = dict(fields)
+            if month is not None:
+                update["$setOnInsert"] = {"month": month}
+            if guarded:
+                query["appliedBatches"] = {"$nin": [self.batch_id]}
+                update["$push"] = {"appliedBatches": {"$each": [self.batch_id], "$slice": -kept}}
+            if update:
+                ops.append(pymongo.UpdateOne(query, update, upsert=True))
+        collection = self._c(name)
+        for attempt in range(2):
+            try:
+                collection.bulk_write(ops, ordered=False, **self._kw)
+                return
+            except pymongo.errors.BulkWriteError as exc:
+                if not guarded:
+                    raise
+                duplicates = _only_duplicates(exc)
+                if attempt == 1:
+                    return  # the document exists and holds this batch id: applied
+                # A duplicate key: the document holds this batch id already, or another
+                # process created it between our filter and our insert. Once more
+                # tells them apart, now that the document exists.
+                ops = [ops[i] for i in duplicates]
+
+    def _write_events(self) -> None:
+        if not self._events:
+            return
+        pymongo = _pymongo()
+        from bson import ObjectId
+
+        events = self._c("events")
+        if self.txn or self.batch_id is None or self.created_at is None:
+            docs = [_event_doc(e) for e in self._events]
+            events.insert_many(docs, ordered=False, **self._kw)
+            return
+        ids = _event_ids(self.batch_id, self.created_at, len(self._events))
+        docs = [_event_doc(e, _id) for e, _id in zip(self._events, ids, strict=True)]
+        while docs:
+            try:
+                events.insert_many(docs, ordered=False)
+                return
+            except pymongo.errors.BulkWriteError as exc:
+                duplicates = _only_duplicates(exc)
+                if self.recovering:
+                    return  # inserted by this batch's earlier attempt
+                # Another batch's ids collided with ours: insert ours under fresh ids.
+                docs = [{**docs[i], "_id": ObjectId()} for i in duplicates]
+
+    def release(self) -> None:
+        """Give the standalone session lock back (safe to call twice)."""
+        if self._lock_token is not None:
+            token, self._lock_token = self._lock_token, None
+            self.store._release_lock(token)
+
+    def abort(self) -> None:
+        self.release()
+        if self.session is not None and self.session.in_transaction:
+            try:
+                self.session.abort_transaction()
+            except Exception:  # the original error is what matters
+                log.debug("gso_analytics: abort_transaction failed", exc_info=True)
+
+    def end(self) -> None:
+        self.release()
+        if self.session is not None:
+            self.session.end_session()
+            self.session = None
+
+
+def _open_session(doc: Mapping[str, Any]) -> OpenSession:
+    return OpenSession(doc["_id"], _aware(doc["loginAt"]), doc["day"], doc["month"])
+
+
+def _newest(docs: list[dict[str, Any]]) -> OpenSession | None:
+    return _open_session(max(docs, key=lambda doc: _aware(doc["loginAt"]))) if docs else None
+
+
+def _event_doc(event: EventRecord, _id: Any = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {} if _id is None else {"_id": _id}
+    doc.update(
+        ts=event.ts,
+        userId=event.user_id,
+        event=event.event,
+        data=_data_value(event.data),
+        day=event.day,
+    )
+    return doc
+
+
+def _index_key(spec: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple((field, direction) for field, direction in dict(spec["key"]).items())
+
+
+class MongoStore(Store):
+    """Analytics in a MongoDB database: a pymongo ``Database`` (or a stand-in with the
+    same API, such as mongomock's), usually opened by :func:`open_store` from a URL.
+
+    ``prefix`` names the collections; ``event_ttl`` sets the TTL index when given
+    (otherwise it is created with 7 days and then follows the ``event_ttl`` of the
+    ``Analytics`` that prunes); ``ttl_index=False`` leaves expiry to the prune job alone;
+    ``transactions`` is ``None`` (detect), True or False.
+    """
+
+    schemes = ("mongodb", "mongodb+srv")
+
+    def __init__(
+        self,
+        database: Any,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        event_ttl: timedelta | None = None,
+        ttl_index: bool = True,
+        transactions: bool | None = None,
+        applied_batches_kept: int = DEFAULT_APPLIED_BATCHES_KEPT,
+        lock_wait: timedelta = DEFAULT_LOCK_WAIT,
+        lock_lease: timedelta = DEFAULT_LOCK_LEASE,
+        where: str | None = None,
+        reconnect: Callable[[], Any] | None = None,
+    ) -> None:
+        if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
+            raise ConfigurationError(
+                f"collection prefix {prefix!r} must be letters, digits, '_', '.' or '-'"
+            )
+        if applied_batches_kept < 10:
+            raise ConfigurationError("applied_batches_kept must be at least 10")
+        if event_ttl is not None and event_ttl.total_seconds() < 1:
+            raise ConfigurationError(f"event_ttl must be at least one second, got {event_ttl}")
+        self.prefix = prefix
+        self.ttl_index = ttl_index
+        self.applied_batches_kept = applied_batches_kept
+        self.lock_wait = lock_wait
+        self.lock_lease = lock_lease
+        self._database = database
+        self._reconnect = reconnect
+        self._pid = os.getpid()
+        self._fork_lock = threading.Lock()
+        self._closed = False
+        self._synced_ttl: int | None = None
+        self.where = where or self._describe(database)
+        wc = getattr(database, "write_concern", None)
+        if wc is not None and not wc.acknowledged:
+            raise ConfigurationError(
+                "the MongoDB store needs acknowledged writes (w>=1, default w=majority):"
+                " exact counting reads the result of every write; remove w=0"
+            )
+        with self._errors("connecting"):
+            database.command("ping")
+            self.uses_transactions = (
+                self._detect_transactions() if transactions is None else bool(transactions)
+            )
+            self._ensure_indexes(event_ttl)
+
+    # -- opening ---------------------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> MongoStore:
+        """``mongodb://[user:pass@]host[:port][,host...]/db?options``.
+
+        Store options in the query (``prefix``, ``transactions``, ``ttlIndex``) or as
+        keyword arguments; every other keyword argument goes to ``MongoClient``.
+        """
+        pymongo = _pymongo()
+        parts = urlsplit(url)
+        query = []
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            option = _URL_OPTIONS.get(name.lower())
+            if option is None:
+                query.append((name, value))
+            elif option == "prefix":
+                options.setdefault("prefix", value)
+            elif option == "transactions":
+                options.setdefault(
+                    "transactions",
+                    None if value.lower() == "auto" else _parse_bool(name, value),
+                )
+            else:
+                options.setdefault(option, _parse_bool(name, value))
+        store_options = {k: options.pop(k) for k in list(options) if k in _STORE_KWARGS}
+        client_options: dict[str, Any] = {"retryWrites": True, "appname": "gso-analytics"}
+        if not any(name.lower() == "serverselectiontimeoutms" for name, _ in query):
+            client_options["serverSelectionTimeoutMS"] = DEFAULT_SERVER_SELECTION_TIMEOUT_MS
+        client_options.update(options)
+        driver_url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+        name = unquote(parts.path.lstrip("/")) or DEFAULT_DATABASE
+        hosts = parts.netloc.rpartition("@")[2] or "localhost"
+        timeout_ms = dict((k.lower(), v) for k, v in query).get(
+            "serverselectiontimeoutms", client_options.get("serverSelectionTimeoutMS")
+        )
+        where = f"{parts.scheme}://{hosts}/{name} (serverSelectionTimeoutMS={timeout_ms})"
+
+        def connect() -> Any:
+            try:
+                return pymongo.MongoClient(driver_url, **client_options)
+            except pymongo.errors.ConfigurationError as exc:  # bad option, unknown SRV name
+                raise ConfigurationError(f"cannot open MongoDB {where}: {exc}") from exc
+            except pymongo.errors.PyMongoError as exc:
+                raise StoreError(f"cannot open MongoDB {where}: {exc}") from exc
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(f"invalid MongoDB URL option for {where}: {exc}") from exc
+
+        client = connect()
+        try:
+            return cls(
+                client[name],
+                where=where,
+                reconnect=lambda: connect()[name],
+                **store_options,
+            )
+        except BaseException:
+            client.close()
+            raise
+
+    @classmethod
+    def from_client(cls, client: Any, name: str = DEFAULT_DATABASE, **options: Any) -> MongoStore:
+        """Use a ``MongoClient`` the application already has (it keeps owning it)."""
+        return cls(client[name], **options)
+
+    @staticmethod
+    def _describe(database: Any) -> str:
+        client = getattr(database, "client", None)
+        hosts = "?"
+        try:
+            servers = client.topology_description.server_descriptions()  # type: ignore[union-attr]
+            hosts = ",".join(f"{h}:{p}" for h, p in servers)
+        except Exception:  # only a description for messages
+            address = getattr(client, "address", None)
+            if address:
+                hosts = f"{address[0]}:{address[1]}"
+        timeout = getattr(getattr(client, "options", None), "server_selection_timeout", None)
+        shown = f" (serverSelectionTimeoutMS={int(timeout * 1000)})" if timeout is not None else ""
+        return f"mongodb://{hosts}/{getattr(database, 'name', '?')}{shown}"
+
+    def _detect_transactions(self) -> bool:
+        """Transactions need a replica set (4.0+) or mongos (4.2+) with sessions."""
+        pymongo = _pymongo()
+        try:
+            hello = self._database.command("hello")
+        except pymongo.errors.OperationFailure:  # before MongoDB 4.4.2 (and 5.0)
+            hello = self._database.command("isMaster")
+        if hello.get("logicalSessionTimeoutMinutes") is None:
+            return False
+        wire = hello.get("maxWireVersion", 0)
+        if hello.get("msg") == "isdbgrid":
+            return wire >= 8
+        return "setName" in hello and wire >= 7
+
+    def _client(self) -> Any:
+        return self._db().client
+
+    def _db(self) -> Any:
+        """The database handle of this process: a client inherited over ``fork()`` is
+        not safe to use, so a child opens its own (when the store opened the first)."""
+        if self._closed:
+            raise StoreError(f"MongoDB store {self.where} is closed")
+        pid = os.getpid()
+        if pid != self._pid and self._reconnect is not None:
+            with self._fork_lock:
+                if pid != self._pid:
+                    self._database = self._reconnect()  # the parent's stays the parent's
+                    self._pid = pid
+        return self._database
+
+    def _collection(self, name: str) -> Any:
+        return self._db()[f"{self.prefix}{name}"]
+
+    # -- errors ------------------------------------------------------------------------
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Driver errors become :class:`StoreError` naming the server and what to do."""
+        pymongo = _pymongo()
+        try:
+            yield
+        except pymongo.errors.PyMongoError as exc:
+            raise self._translate(action, exc) from exc
+
+    def _translate(self, action: str, exc: Exception) -> StoreError:
+        pymongo = _pymongo()
+        errors = pymongo.errors
+        if isinstance(exc, errors.ServerSelectionTimeoutError):
+            return StoreError(
+                f"MongoDB {self.where} unreachable while {action}: no server answered within"
+                f" the server selection timeout ({exc.__class__.__name__}: {exc})"
+            )
+        code = getattr(exc, "code", None)
+        if code == _AUTH_FAILED or "Authentication failed" in str(exc):
+            return StoreError(
+                f"MongoDB {self.where} rejected the credentials while {action}: check the user,"
+                " the password (percent-encoded in the URL) and authSource= (the database"
+                " the user was created in, often admin)"
+            )
+        if code == _UNAUTHORIZED:
+            return StoreError(
+                f"MongoDB {self.where}: the user may not do this while {action}: grant it"
+                " readWrite and createIndex/collMod on the database (dbAdmin covers both):"
+                f" {exc}"
+            )
+        if isinstance(exc, errors.PyMongoError) and exc.has_error_label(
+            "TransientTransactionError"
+        ):
+            return _Conflict(f"MongoDB {self.where}: transaction conflict while {action}: {exc}")
+        return StoreError(f"MongoDB {self.where}: {action} failed: {exc}")
+
+    # -- indexes and the TTL -----------------------------------------------------------
+
+    def _index_plan(self, ttl_seconds: int) -> list[tuple[str, list[tuple[str, int]], dict]]:
+        """Every index the store's queries need: each read or guarded write is an index
+        lookup, never a collection scan."""
+        ts_options: dict[str, Any] = {"expireAfterSeconds": ttl_seconds} if self.ttl_index else {}
+        return [
+            ("daily", [("day", 1)], {"unique": True}),
+            ("daily", [("month", 1)], {}),
+            ("monthly", [("month", 1)], {"unique": True}),
+            ("day_users", [("day", 1), ("userId", 1)], {"unique": True}),
+            ("month_users", [("month", 1), ("userId", 1)], {"unique": True}),
+            ("sessions", [("userId", 1), ("loginAt", 1)], {}),
+            (
+                "sessions",
+                [("open", 1), ("loginAt", 1)],
+                {"partialFilterExpression": {"open": True}},
+            ),
+            ("pending_logouts", [("takenBy", 1), ("userId", 1), ("logoutAt", 1)], {}),
+            ("pending_logouts", [("logoutAt", 1)], {}),
+            ("events", [("ts", 1)], ts_options),
+            ("events", [("userId", 1), ("ts", 1)], {}),
+            ("batches", [("appliedAt", 1)], {}),
+        ]
+
+    def _existing_indexes(self, name: str) -> dict[tuple[tuple[str, Any], ...], dict[str, Any]]:
+        """By key, not by name: names differ between servers and tools."""
+        return {_index_key(spec): dict(spec) for spec in self._collection(name).list_indexes()}
+
+    def _ensure_indexes(self, event_ttl: timedelta | None) -> None:
+        pymongo = _pymongo()
+        ttl = int((event_ttl or DEFAULT_EVENT_TTL).total_seconds())
+        existing: dict[str, dict[tuple[tuple[str, Any], ...], dict[str, Any]]] = {}
+        missing: dict[str, list[Any]] = {}
+        for name, keys, options in self._index_plan(ttl):
+            if name not in existing:
+                existing[name] = self._existing_indexes(name)
+            found = existing[name].get(tuple(keys))
+            if found is None:
+                missing.setdefault(name, []).append(pymongo.IndexModel(keys, **options))
+            elif options.get("unique") and not found.get("unique"):
+                raise StoreError(
+                    f"MongoDB {self.where}: {self.prefix}{name} has an index on"
+                    f" {dict(keys)} without unique, which exact counting needs: drop it"
+                    " and reopen the store to have it created unique"
+                )
+        for name, models in missing.items():
+            self._collection(name).create_indexes(models)
+        # Every collection exists before the first transaction: creating one inside a
+        # transaction fails on MongoDB before 4.4 and in cross-shard transactions.
+        present = set(self._db().list_collection_names())
+        for name in ("session_users", "locks"):
+            if f"{self.prefix}{name}" not in present:
+                # CollectionInvalid: another process created it just now.
+                with contextlib.suppress(pymongo.errors.CollectionInvalid):
+                    self._db().create_collection(f"{self.prefix}{name}")
+        if event_ttl is not None:
+            self._sync_event_ttl(event_ttl)
+
+    def event_ttl_index(self) -> dict[str, Any] | None:
+        """The events' ``{ts: 1}`` index as the server describes it (None if absent)."""
+        with self._errors("reading the events' indexes"):
+            return self._existing_indexes("events").get((("ts", 1),))
+
+    def _sync_event_ttl(self, event_ttl: timedelta) -> None:
+        """Make the TTL index expire events after ``event_ttl``: changed in place with
+        ``collMod``, never dropped and rebuilt under a live collection."""
+        seconds = int(event_ttl.total_seconds())
+        if not self.ttl_index or seconds == self._synced_ttl or seconds < 1:
+            return
+        pymongo = _pymongo()
+        with self._errors("setting the event TTL index"):
+            index = self._existing_indexes("events").get((("ts", 1),))
+            try:
+                if index is None:
+                    self._collection("events").create_index([("ts", 1)], expireAfterSeconds=seconds)
+                elif index.get("expireAfterSeconds") != seconds:
+                    log.info(
+                        "gso_analytics: TTL index of %sevents: expireAfterSeconds %s -> %d",
+                        self.prefix,
+                        index.get("expireAfterSeconds"),
+                        seconds,
+                    )
+                    self._db().command(
+                        "collMod",
+                        f"{self.prefix}events",
+                        index={"keyPattern": {"ts": 1}, "expireAfterSeconds": seconds},
+                    )
+            except pymongo.errors.OperationFailure as exc:
+                # Pruning still deletes expired events; only the server-side expiry lags.
+                log.warning(
+                    "gso_analytics: cannot set the event TTL index to %d s on %s (%s);"
+                    " events are still deleted by the prune job",
+                    seconds,
+                    self.where,
+                    exc,
+                )
+        self._synced_ttl = seconds
+
+    # -- the standalone session lock ------------------------------------------------------
+
+    def _acquire_lock(self) -> str:
+        """Take the standalone session lock: a compare-and-swap on one document, free
+        once its lease has ended (a release ends it at once)."""
+        pymongo = _pymongo()
+        token = uuid.uuid4().hex
+        locks = self._collection("locks")
+        deadline = time.monotonic() + self.lock_wait.total_seconds()
+        delay = 0.001
+        created = False
+        while True:
+            now = datetime.now(UTC)
+            taken = locks.replace_one(  # free: released (until = epoch) or lease over
+                {"_id": _LOCK_ID, "until": {"$lt": now}},
+                {"owner": token, "until": now + self.lock_lease, "since": now},
+            )
+            if taken.matched_count:
+                return token
+            if not created:  # the first batch of a new database creates the lock
+                created = True
+                try:
+                    locks.insert_one({"_id": _LOCK_ID, "owner": "", "until": _EPOCH})
+                    continue
+                except pymongo.errors.DuplicateKeyError:
+                    pass
+            if time.monotonic() >= deadline:
+                raise StoreError(
+                    f"MongoDB {self.where}: the session lock ({self.prefix}locks) stayed taken"
+                    f" for {self.lock_wait.total_seconds():g} s; another process is applying"
+                    " a batch (or died holding it: the lease ends"
+                    f" {self.lock_lease.total_seconds():g} s after it was taken)"
+                )
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 0.05)
+
+    def _release_lock(self, token: str) -> None:
+        pymongo = _pymongo()
+        try:
+            self._collection("locks").replace_one(
+                {"_id": _LOCK_ID, "owner": token}, {"owner": "", "until": _EPOCH}
+            )
+        except pymongo.errors.PyMongoError as exc:
+            log.warning("gso_analytics: could not release the session lock (%s): it expires", exc)
+
+    # -- transactions ---------------------------------------------------------------------
+
+    def _commit(self, session: Any) -> None:
+        """Commit, retrying while the outcome is unknown (as ``with_transaction`` does)."""
+        pymongo = _pymongo()
+        deadline = time.monotonic() + TRANSIENT_RETRY_S
+        while True:
+            try:
+                session.commit_transaction()
+                return
+            except pymongo.errors.PyMongoError as exc:
+                if (
+                    exc.has_error_label("UnknownTransactionCommitResult")
+                    and time.monotonic() < deadline
+                ):
+                    continue
+                raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        tx = _MongoTransaction(self)
+        try:
+            with self._errors("applying a batch"):
+                try:
+                    yield tx
+                    tx.commit()
+                except BaseException:
+                    tx.abort()
+                    raise
+        finally:
+            tx.end()
+
+    def apply(self, batch: FlushBatch) -> ApplyResult:
+        """Apply exactly once; a transaction or write that lost to a concurrent one is
+        tried again right away (the guards make the retry exact)."""
+        deadline = time.monotonic() + TRANSIENT_RETRY_S
+        delay = 0.005
+        while True:
+            try:
+                return super().apply(batch)
+            except _Conflict:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 0.5)
+
+    def prune(self, now: datetime, event_ttl: timedelta, session_timeout: timedelta) -> PruneResult:
+        """Bring the TTL index to ``event_ttl`` (a ``collMod`` when it changed), then the
+        shared prune: the TTL monitor runs about once a minute, the prune job makes the
+        contract exact at any moment."""
+        self._sync_event_ttl(event_ttl)
+        return super().prune(now, event_ttl, session_timeout)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def _daily_stats(self, doc: Mapping[str, Any]) -> DailyStats:
+        counters = {k: v for k, v in doc.items() if k not in ("_id", "day", "month")}
+        counters.pop("appliedBatches", None)
+        return DailyStats(doc["day"], doc["month"], counters)
+
+    def get_day(self, day: str) -> DailyStats | None:
+        _check_str(day, "day")
+        with self._errors(f"reading day {day}"):
+            doc = self._collection("daily").find_one({"day": day}, {"appliedBatches": 0})
+        return self._daily_stats(doc) if doc else None
+
+    def recent_days(self, limit: int = 30) -> list[DailyStats]:
+        with self._errors("reading recent days"):
+            docs = list(
+                self._collection("daily")
+                .find({}, {"appliedBatches": 0})
+                .sort("day", -1)
+                .limit(int(limit))
+            )
+        return [self._daily_stats(doc) for doc in docs]
+
+    def get_month(self, month: str) -> MonthStats:
+        _check_str(month, "month")
+        with self._errors(f"reading month {month}"):
+            doc = self._collection("monthly").find_one({"month": month}) or {}
+        return MonthStats.from_fields(month, doc)
+
+    def count_open_sessions(self) -> int:
+        with self._errors("counting open sessions"):
+            return self._collection("sessions").count_documents({"open": True})
+
+    def get_sessions(self, user_id: str) -> list[SessionRecord]:
+        _check_str(user_id, "user_id")
+        with self._errors("reading sessions"):
+            docs = list(self._collection("sessions").find({"userId": user_id}).sort("loginAt", 1))
+        return [
+            SessionRecord(
+                doc["_id"],
+                doc["userId"],
+                doc.get("username"),
+                _aware(doc["loginAt"]),
+                _aware(doc["logoutAt"]) if doc.get("logoutAt") is not None else None,
+                int(doc.get("durationS", 0)),
+                doc["day"],
+                doc["month"],
+                bool(doc.get("timedOut", False)),
+            )
+            for doc in docs
+        ]
+
+    def get_events(self, user_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
+        query = {} if user_id is None else {"userId": _check_str(user_id, "user_id")}
+        with self._errors("reading events"):
+            # Newest flushed first, by _id: unique, so the order is total (MongoDB
+            # leaves ties of a sort on ts in any order), and ObjectIds grow with time
+            # and with the position in a batch.
+            docs = list(self._collection("events").find(query).sort("_id", -1).limit(int(limit)))
+        return [
+            EventRecord(_aware(d["ts"]), d["userId"], d["event"], _data_text(d["data"]), d["day"])
+            for d in reversed(docs)
+        ]
+
+    def close(self) -> None:
+        """Close the client when the store opened it (from a URL); safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._reconnect is not None and os.getpid() == self._pid:
+            client = getattr(self._database, "client", None)
+            if client is not None:
+                client.close()
