@@ -1,41 +1,235 @@
-"""``python -m bench [--quick] [--json FILE]``: every comparison, one table each."""
+"""``python -m bench [--quick] [--json FILE] [--only SECTION,...]``: every comparison,
+side by side in one run, one table each.
+
+Sections: ``hotpath`` (``track()`` against a locked dict, prometheus_client and the
+PostHog, Segment and Mixpanel SDKs on a local stub), ``threads`` (8 threads at once),
+``sqlite`` (persistence end to end against a raw ``executemany``), ``mongo`` (the same on
+the nx-27017 wire server; skipped when it is not installed), ``reads`` (reads at 1k and
+1M sessions of history), ``memory`` (RSS with a stuck store) and ``forwarding`` (what a
+webhook forwarder adds to ``track()``). Every figure is a ratio, or comes with the
+figure it is compared with, measured in the same run: the machines are shared and noisy.
+Nothing leaves 127.0.0.1: the SDKs post to a stub and any other connection is refused.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import logging
+import os
 import platform
-import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
-from bench import hotpath, persist
+from bench import forwarding, hotpath, memory, mongo_section, persist, reads, saas, threads
+from bench.stub import loopback_only, stub_server, violations
+
+SECTIONS = ("hotpath", "threads", "sqlite", "mongo", "reads", "memory", "forwarding")
+PACKAGES = (
+    "gso-analytics",
+    "prometheus-client",
+    "posthog",
+    "segment-analytics-python",
+    "mixpanel",
+    "pymongo",
+    "nx-27017",
+)
 
 
-def _table(title: str, rows: list[dict[str, object]]) -> str:
+def _cell(value: object) -> str:
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, int | float):
+        return f"{value:,}"  # already rounded where it is computed
+    return str(value)
+
+
+def table(title: str, rows: list[dict[str, Any]]) -> str:
+    """A plain-text table: the union of the rows' keys as columns, numbers right-aligned."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    numeric = [
+        all(isinstance(row.get(c), int | float) or row.get(c) is None for row in rows)
+        for c in columns
+    ]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = [title, "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines)
+
+    def line(values: list[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ).rstrip()
+
+    rule = line(["-" * w for w in widths])
+    return "\n".join([title, line(columns), rule, *map(line, cells)])
+
+
+def header() -> dict[str, Any]:
+    """The machine and the versions the figures were measured with."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "packages": versions,
+    }
+
+
+def _hotpath(quick: bool) -> dict[str, Any]:
+    rounds, calls, single = (15, 200, 100) if quick else (60, 500, 200)
+    with stub_server() as stub:
+        clients, missing = saas.sdks(stub, {"amount": 50})
+        try:
+            rows = hotpath.run(rounds, calls, single, sdks=clients)
+        finally:
+            for client in clients:
+                client.close()
+        delivered = saas.delivery(stub, clients)
+    notes = [
+        f"{rounds} rounds x {calls} calls per subject, order rotating; p99 over"
+        f" {rounds * single} calls timed one by one; x_*: ratio of medians",
+        *missing,
+    ]
+    if importlib.util.find_spec("prometheus_client") is None:
+        notes.append("prometheus_client skipped (not installed: pip install -e '.[bench]')")
+    return {"rows": rows, "delivered": delivered, "notes": notes}
+
+
+def _threads(quick: bool) -> dict[str, Any]:
+    rounds, calls = (10, 1000) if quick else (40, 2000)
+    return {
+        "rows": threads.run(rounds, calls, threads=8),
+        "notes": [f"{rounds} rounds; per round 8 threads x {calls} calls, or 1 x {8 * calls}"],
+    }
+
+
+def _sqlite(quick: bool) -> dict[str, Any]:
+    n = 20_000 if quick else 100_000
+    return {"rows": persist.run(n=n), "notes": [f"{n:,} events, best of 3, alternating"]}
+
+
+def _mongo(quick: bool) -> dict[str, Any]:
+    reason = mongo_section.unavailable()
+    if reason is not None:
+        return {"skipped": reason}
+    sizes, rounds = ((1_000,), 2) if quick else ((1_000, 5_000), 3)
+    try:
+        rows = mongo_section.run(sizes, rounds)
+    except (Exception, SystemExit) as exc:  # nx_27017() ends with SystemExit if it cannot start
+        return {"skipped": f"failed: {type(exc).__name__}: {exc}"}
+    return {"rows": rows, "notes": [f"nx-27017, median of {rounds} rounds per size"]}
+
+
+def _reads(quick: bool) -> dict[str, Any]:
+    large, rounds = (100_000, 100) if quick else (1_000_000, 300)
+    result = reads.run(large=large, small=1_000, rounds=rounds)
+    history = [{"store": key, **figures} for key, figures in result["history"].items()]
+    return {"rows": result["rows"], "history": history, "notes": [f"{rounds} calls each"]}
+
+
+def _memory(quick: bool) -> dict[str, Any]:
+    bound = 20_000 if quick else 100_000
+    return {"rows": memory.run(bound), "notes": [f"max_buffered_events = {bound:,}"]}
+
+
+def _forwarding(quick: bool) -> dict[str, Any]:
+    rounds = 20 if quick else 80
+    log = logging.getLogger("gso_analytics")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # the blocked endpoint's drops are the point, not news
+    try:
+        bursts = forwarding.run(rounds, pause=0.05)
+        flat_out = forwarding.run(rounds)
+    finally:
+        log.setLevel(level)
+    return {
+        "rows": [{"load": "bursts", **row} for row in bursts]
+        + [{"load": "flat out", **row} for row in flat_out],
+        "notes": [f"{rounds} rounds x 1000 track() calls; bursts are 50 ms apart"],
+    }
+
+
+TITLES: dict[str, tuple[str, Callable[[bool], dict[str, Any]]]] = {
+    "hotpath": ("Request path: ns per call, side by side", _hotpath),
+    "threads": ("track() from 8 threads at once (and 1 thread for reference)", _threads),
+    "sqlite": ("SQLite persistence, end to end (track + flush) vs raw executemany", _sqlite),
+    "mongo": ("MongoDB wire server (nx-27017): flush() vs raw insert_many", _mongo),
+    "reads": ("Read cost vs history (SQLite), microseconds per call", _reads),
+    "memory": ("Memory with a stuck store (RSS)", _memory),
+    "forwarding": ("track() with a webhook forwarder (bench.forwarding)", _forwarding),
+}
+
+
+def _print_section(name: str, title: str, result: dict[str, Any], seconds: float) -> None:
+    if "skipped" in result:
+        print(f"{title}\n  skipped: {result['skipped']}\n", flush=True)
+        return
+    print(table(title, result["rows"]))
+    for extra, label in (("delivered", "stub received"), ("history", "seeded history")):
+        if result.get(extra):
+            print(table(f"  {label}:", result[extra]))
+    for note in result.get("notes", []):
+        print(f"  ({note})")
+    print(f"  [{name}: {seconds:.1f} s]\n", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and events")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog=f"sections: {', '.join(SECTIONS)}",
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller sizes")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--only", help="comma-separated sections to run (default: all)")
     args = parser.parse_args(argv)
-    results = {
-        "python": sys.version.split()[0],
-        "machine": platform.machine(),
-        "hot_path_ns_per_call": hotpath.run(rounds=40 if args.quick else 200),
-        "sqlite_persistence": persist.run(n=20_000 if args.quick else 100_000),
-    }
-    print(_table("Request path, ns per call", results["hot_path_ns_per_call"]))
-    print()
-    print(_table("SQLite persistence", results["sqlite_persistence"]))
+    chosen = SECTIONS if not args.only else tuple(s.strip() for s in args.only.split(","))
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+
+    # Belt and braces: the SDKs are given 127.0.0.1 hosts; any other connection fails.
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+    loopback_only()
+    started = time.perf_counter()
+    info = header()
+    packages = ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v)
+    print(
+        f"gso_analytics benchmarks{' (--quick)' if args.quick else ''}, {info['date']}\n"
+        f"{info['python']} on {info['platform']}, {info['cpus']} CPUs,"
+        f" load average {info['load_average_1m']}\n{packages}\n",
+        flush=True,
+    )
+    results: dict[str, Any] = {"header": info, "quick": args.quick, "sections": {}}
+    for name in chosen:
+        title, section = TITLES[name]
+        section_start = time.perf_counter()
+        result = section(args.quick)
+        seconds = time.perf_counter() - section_start
+        result["seconds"] = round(seconds, 1)
+        results["sections"][name] = result
+        _print_section(name, title, result, seconds)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    results["refused_connections"] = violations()
+    if results["refused_connections"]:
+        print(f"refused connections off 127.0.0.1: {results['refused_connections']}")
+    print(f"total: {results['seconds']:.1f} s")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")
     return 0
 
 
