@@ -6,7 +6,9 @@ set updates that cannot fail part-way, so it needs no rollback journal.
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -34,6 +36,9 @@ class _State:
     monthly: dict[str, dict[str, int]] = attrs.field(factory=dict)
     day_users: set[tuple[str, str]] = attrs.field(factory=set)
     month_users: set[tuple[str, str]] = attrs.field(factory=set)
+    first_seen: dict[str, str] = attrs.field(factory=dict)  # user -> day
+    first_payments: dict[str, str] = attrs.field(factory=dict)  # user -> day
+    user_revenue: dict[tuple[str, str], Number] = attrs.field(factory=dict)  # (day, user)
     sessions: dict[str, SessionRecord] = attrs.field(factory=dict)
     open_ids: set[str] = attrs.field(factory=set)
     pending_logouts: list[tuple[str, datetime, str]] = attrs.field(factory=list)
@@ -61,6 +66,24 @@ class _MemoryTransaction(Transaction):
 
     def add_month_users(self, month: str, users: set[str]) -> int:
         return self._add(self.state.month_users, month, users)
+
+    @staticmethod
+    def _keep_first(facts: dict[str, str], first_days: dict[str, str]) -> None:
+        for user, day in first_days.items():
+            if user not in facts or day < facts[user]:
+                facts[user] = day
+
+    def add_first_seen(self, first_days: dict[str, str]) -> None:
+        self._keep_first(self.state.first_seen, first_days)
+
+    def add_first_payments(self, first_days: dict[str, str]) -> None:
+        self._keep_first(self.state.first_payments, first_days)
+
+    def add_user_revenue(self, revenue: dict[str, dict[str, Number]]) -> None:
+        records = self.state.user_revenue
+        for day, payers in revenue.items():
+            for user, cents in payers.items():
+                records[day, user] = records.get((day, user), 0) + cents
 
     def increment_daily(self, day: str, month: str, increments: dict[str, Number]) -> None:
         counters = self.state.daily.setdefault(day, {})
@@ -144,6 +167,26 @@ class _MemoryTransaction(Transaction):
         self.state.batches = {k: at for k, at in self.state.batches.items() if at >= cutoff}
 
 
+#: The stores of this process and the locks a fork holds: a child must not inherit a
+#: store's lock held by a thread it does not have, nor a half-applied batch.
+_stores: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
+_held_at_fork: list[Any] = []  # RLocks
+
+
+def _before_fork() -> None:
+    for store in list(_stores):
+        store._lock.acquire()
+        _held_at_fork.append(store._lock)
+
+
+def _after_fork() -> None:
+    while _held_at_fork:
+        _held_at_fork.pop().release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+
+
 class MemoryStore(Store):
     """Everything in dicts, guarded by one lock. Nothing survives the process."""
 
@@ -152,6 +195,7 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._state = _State()
+        _stores.add(self)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemoryStore:
@@ -194,3 +238,63 @@ class MemoryStore(Store):
         with self._lock:
             found = [e for e in self._state.events if user_id is None or e.user_id == user_id]
         return found[-limit:]
+
+    # -- KPI range reads: dict scans, which is what a test store can afford ------------
+
+    def days_between(self, start: str, end: str) -> list[DailyStats]:
+        with self._lock:
+            return [
+                DailyStats(day, self._state.months_of_day[day], dict(counters))
+                for day, counters in sorted(self._state.daily.items())
+                if start <= day <= end
+            ]
+
+    def day_users_between(self, start: str, end: str) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        with self._lock:
+            for day, user in self._state.day_users:
+                if start <= day <= end:
+                    found.setdefault(day, set()).add(user)
+        return found
+
+    @staticmethod
+    def _by_day(facts: dict[str, str], start: str, end: str) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for user, day in facts.items():
+            if start <= day <= end:
+                found.setdefault(day, set()).add(user)
+        return found
+
+    def first_seen_between(self, start: str, end: str) -> dict[str, set[str]]:
+        with self._lock:
+            return self._by_day(self._state.first_seen, start, end)
+
+    def first_payments_between(self, start: str, end: str) -> dict[str, set[str]]:
+        with self._lock:
+            return self._by_day(self._state.first_payments, start, end)
+
+    def user_revenue_between(self, start: str, end: str) -> dict[str, dict[str, Number]]:
+        found: dict[str, dict[str, Number]] = {}
+        with self._lock:
+            for (day, user), cents in self._state.user_revenue.items():
+                if start <= day <= end:
+                    found.setdefault(day, {})[user] = cents
+        return found
+
+    def sessions_between(self, start: str, end: str) -> list[SessionRecord]:
+        with self._lock:
+            return [s for s in self._state.sessions.values() if start <= s.day <= end]
+
+    def events_between(
+        self, start: str | None, end: str | None, names: list[str]
+    ) -> list[EventRecord]:
+        wanted = set(names)
+        with self._lock:
+            found = [
+                e
+                for e in self._state.events
+                if e.event in wanted
+                and (start is None or e.day >= start)
+                and (end is None or e.day <= end)
+            ]
+        return sorted(found, key=lambda e: e.ts)  # stable: flush order among equal times

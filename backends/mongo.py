@@ -13,7 +13,10 @@ seed's camelCase documents, so dashboards built on the seed keep working:
   ``month_users`` (one ``{day|month, userId}`` record per active user: ``dau`` and ``mau``
   are counts of the records newly inserted, so no read ever runs ``distinct()``),
   ``pending_logouts``, ``batches`` (applied batch ids) and, by deployment,
-  ``locks`` or ``session_users``.
+  ``locks`` or ``session_users``;
+- the KPIs' per-user facts: ``user_revenue`` (``{day, userId, revenueCents}``, one per
+  payer and day), ``first_seen`` and ``first_payments`` (``{_id: userId, day}``), each
+  read by a range on an index of ``day``.
 
 What a batch means lives in :func:`gso_analytics.store.apply_batch`; this module only
 translates the :class:`~gso_analytics.store.Transaction` calls into as few round trips
@@ -69,6 +72,12 @@ completes the batch without counting anything twice:
    that already has the id does not match, the upsert then hits the unique key, and
    that duplicate-key error means "already applied" (``$nin`` rather than ``$ne``, which
    the nx-27017 test server gets wrong on missing fields).
+   The (day, user) ``user_revenue`` increments are the same guarded upserts. The
+   ``first_seen`` and ``first_payments`` days are ``$min`` upserts: idempotent and
+   order-free by themselves (the earliest day wins, however often and in whatever
+   order batches apply), so they need no guard, in recovery or across processes; a
+   duplicate key there is two processes inserting the same user, and sending it once
+   more makes it the ``$min`` update of the document the other one created.
 5. Events get ``_id`` values derived from (batch id, position), so re-inserting them is
    a duplicate-key no-op (outside recovery a duplicate can only be a collision of two
    batches' ids, and those events are inserted again with fresh ids).
@@ -284,6 +293,8 @@ class _MongoTransaction(Transaction):
         self._daily: dict[str, tuple[str, dict[str, Number]]] = {}
         self._monthly: dict[str, dict[str, int]] = {}
         self._events: list[EventRecord] = []
+        self._first_days: dict[str, dict[str, str]] = {}  # collection -> user -> day
+        self._revenue: dict[tuple[str, str], Number] = {}  # (day, user) -> cents
         # Sessions this transaction holds, as whole documents: the ones it inserts and
         # the ones it read from the server (the latter written back only if closed).
         self._new_sessions: dict[str, dict[str, Any]] = {}
@@ -425,6 +436,25 @@ class _MongoTransaction(Transaction):
 
     def insert_events(self, events: list[EventRecord]) -> None:
         self._events.extend(events)
+
+    # -- per-user KPI facts: buffered, sent at commit ---------------------------------
+
+    def _keep_first(self, name: str, first_days: dict[str, str]) -> None:
+        kept = self._first_days.setdefault(name, {})
+        for user, day in first_days.items():
+            if user not in kept or day < kept[user]:
+                kept[user] = day
+
+    def add_first_seen(self, first_days: dict[str, str]) -> None:
+        self._keep_first("first_seen", first_days)
+
+    def add_first_payments(self, first_days: dict[str, str]) -> None:
+        self._keep_first("first_payments", first_days)
+
+    def add_user_revenue(self, revenue: dict[str, dict[str, Number]]) -> None:
+        for day, payers in revenue.items():
+            for user, cents in payers.items():
+                self._revenue[day, user] = self._revenue.get((day, user), 0) + cents
 
     # -- sessions -------------------------------------------------------------------
 
@@ -629,6 +659,7 @@ class _MongoTransaction(Transaction):
         self.release()
         self._write_counters("daily", "day", {d: (m, f) for d, (m, f) in self._daily.items()})
         self._write_counters("monthly", "month", {m: (None, f) for m, f in self._monthly.items()})
+        self._write_user_facts()
         self._write_events()
         if not self.txn and self.batch_id is not None and not self.duplicate:
             self._c("batches").update_one({"_id": self.batch_id}, {"$set": {"done": True}})
@@ -696,44 +727,76 @@ class _MongoTransaction(Transaction):
                 **self._kw,
             )
 
+    @property
+    def _guarded(self) -> bool:
+        """Standalone batch writes carry the per-document ``appliedBatches`` guard."""
+        return not self.txn and self.batch_id is not None
+
+    def _inc_op(
+        self, query: dict[str, Any], fields: dict[str, Number], on_insert: dict[str, Any] | None
+    ) -> Any:
+        """An ``$inc`` upsert, guarded on standalone (step 4 of the module docstring)."""
+        update: dict[str, Any] = {}
+        if fields:
+            update["$inc"] = dict(fields)
+        if on_insert:
+            update["$setOnInsert"] = on_insert
+        if self._guarded:
+            kept = self.store.applied_batches_kept
+            query["appliedBatches"] = {"$nin": [self.batch_id]}
+            update["$push"] = {"appliedBatches": {"$each": [self.batch_id], "$slice": -kept}}
+        return _pymongo().UpdateOne(query, update, upsert=True) if update else None
+
     def _write_counters(
         self, name: str, key: str, docs: dict[str, tuple[str | None, dict[str, Number]]]
     ) -> None:
-        if not docs:
-            return
-        pymongo = _pymongo()
-        guarded = not self.txn and self.batch_id is not None
-        kept = self.store.applied_batches_kept
         ops = []
         for value, (month, fields) in sorted(docs.items()):
             for field in fields:
                 if not field.isidentifier() or field in _RESERVED_FIELDS:
                     raise StoreError(f"counter field {field!r} cannot be stored in MongoDB")
-            query: dict[str, Any] = {key: value}
-            update: dict[str, Any] = {}
-            if fields:
-                update["$inc"] = dict(fields)
-            if month is not None:
-                update["$setOnInsert"] = {"month": month}
-            if guarded:
-                query["appliedBatches"] = {"$nin": [self.batch_id]}
-                update["$push"] = {"appliedBatches": {"$each": [self.batch_id], "$slice": -kept}}
-            if update:
-                ops.append(pymongo.UpdateOne(query, update, upsert=True))
+            op = self._inc_op({key: value}, fields, {"month": month} if month else None)
+            if op is not None:
+                ops.append(op)
+        self._upsert(name, ops)
+
+    def _write_user_facts(self) -> None:
+        """The KPIs' per-user facts: (day, user) revenue as guarded ``$inc`` upserts like
+        the counters; first-seen and first-payment days as ``$min`` upserts keyed by the
+        user, which need no guard: applying one again changes nothing."""
+        pymongo = _pymongo()
+        revenue = [
+            self._inc_op({"day": day, "userId": user}, {"revenueCents": cents}, None)
+            for (day, user), cents in sorted(self._revenue.items())
+        ]
+        self._upsert("user_revenue", revenue)
+        for name, first_days in sorted(self._first_days.items()):
+            ops = [
+                pymongo.UpdateOne({"_id": user}, {"$min": {"day": day}}, upsert=True)
+                for user, day in sorted(first_days.items())
+            ]
+            self._upsert(name, ops)
+
+    def _upsert(self, name: str, ops: list[Any]) -> None:
+        """Send upserts; on standalone, a duplicate key is sent once more, now that the
+        document exists: it was created by another process between our filter and our
+        insert (the retry then matches it), or, for a guarded op, it holds this batch's
+        id already (the retry hits the key again: applied). A transaction never sees
+        one: a concurrent insert is a write conflict, and the batch is retried."""
+        if not ops:
+            return
+        pymongo = _pymongo()
         collection = self._c(name)
         for attempt in range(2):
             try:
                 collection.bulk_write(ops, ordered=False, **self._kw)
                 return
             except pymongo.errors.BulkWriteError as exc:
-                if not guarded:
+                if self.txn:
                     raise
                 duplicates = _only_duplicates(exc)
                 if attempt == 1:
                     return  # the document exists and holds this batch id: applied
-                # A duplicate key: the document holds this batch id already, or another
-                # process created it between our filter and our insert. Once more
-                # tells them apart, now that the document exists.
                 ops = [ops[i] for i in duplicates]
 
     def _write_events(self) -> None:
@@ -783,6 +846,20 @@ class _MongoTransaction(Transaction):
 
 def _open_session(doc: Mapping[str, Any]) -> OpenSession:
     return OpenSession(doc["_id"], _aware(doc["loginAt"]), doc["day"], doc["month"])
+
+
+def _session_record(doc: Mapping[str, Any]) -> SessionRecord:
+    return SessionRecord(
+        doc["_id"],
+        doc["userId"],
+        doc.get("username"),
+        _aware(doc["loginAt"]),
+        _aware(doc["logoutAt"]) if doc.get("logoutAt") is not None else None,
+        int(doc.get("durationS", 0)),
+        doc["day"],
+        doc["month"],
+        bool(doc.get("timedOut", False)),
+    )
 
 
 def _newest(docs: list[dict[str, Any]]) -> OpenSession | None:
@@ -1037,6 +1114,11 @@ class MongoStore(Store):
             ("pending_logouts", [("logoutAt", 1)], {}),
             ("events", [("ts", 1)], ts_options),
             ("events", [("userId", 1), ("ts", 1)], {}),
+            ("sessions", [("day", 1)], {}),
+            ("events", [("event", 1), ("day", 1)], {}),
+            ("user_revenue", [("day", 1), ("userId", 1)], {"unique": True}),
+            ("first_seen", [("day", 1)], {}),
+            ("first_payments", [("day", 1)], {}),
             ("batches", [("appliedAt", 1)], {}),
         ]
 
@@ -1249,20 +1331,7 @@ class MongoStore(Store):
         _check_str(user_id, "user_id")
         with self._errors("reading sessions"):
             docs = list(self._collection("sessions").find({"userId": user_id}).sort("loginAt", 1))
-        return [
-            SessionRecord(
-                doc["_id"],
-                doc["userId"],
-                doc.get("username"),
-                _aware(doc["loginAt"]),
-                _aware(doc["logoutAt"]) if doc.get("logoutAt") is not None else None,
-                int(doc.get("durationS", 0)),
-                doc["day"],
-                doc["month"],
-                bool(doc.get("timedOut", False)),
-            )
-            for doc in docs
-        ]
+        return [_session_record(doc) for doc in docs]
 
     def get_events(self, user_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
         query = {} if user_id is None else {"userId": _check_str(user_id, "user_id")}
@@ -1274,6 +1343,62 @@ class MongoStore(Store):
         return [
             EventRecord(_aware(d["ts"]), d["userId"], d["event"], _data_text(d["data"]), d["day"])
             for d in reversed(docs)
+        ]
+
+    # -- KPI range reads: each an index range on the day key ----------------------------
+
+    def _day_range(
+        self, name: str, start: str, end: str, fields: dict[str, int] | None
+    ) -> list[Any]:
+        query = {"day": {"$gte": _check_str(start, "start"), "$lte": _check_str(end, "end")}}
+        with self._errors(f"reading {name} from {start} to {end}"):
+            return list(self._collection(name).find(query, fields))
+
+    def days_between(self, start: str, end: str) -> list[DailyStats]:
+        docs = self._day_range("daily", start, end, {"appliedBatches": 0})
+        return sorted((self._daily_stats(doc) for doc in docs), key=lambda d: d.day)
+
+    def _grouped(self, name: str, user_key: str, start: str, end: str) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for doc in self._day_range(name, start, end, {"day": 1, user_key: 1}):
+            found.setdefault(doc["day"], set()).add(doc[user_key])
+        return found
+
+    def day_users_between(self, start: str, end: str) -> dict[str, set[str]]:
+        return self._grouped("day_users", "userId", start, end)
+
+    def first_seen_between(self, start: str, end: str) -> dict[str, set[str]]:
+        return self._grouped("first_seen", "_id", start, end)
+
+    def first_payments_between(self, start: str, end: str) -> dict[str, set[str]]:
+        return self._grouped("first_payments", "_id", start, end)
+
+    def user_revenue_between(self, start: str, end: str) -> dict[str, dict[str, Number]]:
+        found: dict[str, dict[str, Number]] = {}
+        fields = {"day": 1, "userId": 1, "revenueCents": 1}
+        for doc in self._day_range("user_revenue", start, end, fields):
+            found.setdefault(doc["day"], {})[doc["userId"]] = doc.get("revenueCents", 0)
+        return found
+
+    def sessions_between(self, start: str, end: str) -> list[SessionRecord]:
+        return [_session_record(doc) for doc in self._day_range("sessions", start, end, None)]
+
+    def events_between(
+        self, start: str | None, end: str | None, names: list[str]
+    ) -> list[EventRecord]:
+        query: dict[str, Any] = {"event": {"$in": [_check_str(n, "event") for n in names]}}
+        days: dict[str, str] = {}
+        if start is not None:
+            days["$gte"] = _check_str(start, "start")
+        if end is not None:
+            days["$lte"] = _check_str(end, "end")
+        if days:
+            query["day"] = days
+        with self._errors("reading events for a funnel"):
+            docs = list(self._collection("events").find(query).sort([("ts", 1), ("_id", 1)]))
+        return [
+            EventRecord(_aware(d["ts"]), d["userId"], d["event"], _data_text(d["data"]), d["day"])
+            for d in docs
         ]
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -61,6 +62,17 @@ CREATE TABLE IF NOT EXISTS {p}events (
     data TEXT NOT NULL, day TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS {p}events_ts ON {p}events (ts);
 CREATE INDEX IF NOT EXISTS {p}events_user ON {p}events (userId, id);
+CREATE INDEX IF NOT EXISTS {p}sessions_day ON {p}sessions (day);
+CREATE INDEX IF NOT EXISTS {p}events_event_day ON {p}events (event, day);
+CREATE TABLE IF NOT EXISTS {p}first_seen (
+    userId TEXT PRIMARY KEY, day TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {p}first_seen_day ON {p}first_seen (day);
+CREATE TABLE IF NOT EXISTS {p}first_payments (
+    userId TEXT PRIMARY KEY, day TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {p}first_payments_day ON {p}first_payments (day);
+CREATE TABLE IF NOT EXISTS {p}user_revenue (
+    day TEXT NOT NULL, userId TEXT NOT NULL, revenueCents NOT NULL,
+    PRIMARY KEY (day, userId)) WITHOUT ROWID;
 """
 
 
@@ -87,6 +99,31 @@ class _SQLiteTransaction(Transaction):
 
     def add_month_users(self, month: str, users: set[str]) -> int:
         return self._add_users("month_users", month, users)
+
+    def _keep_first(self, table: str, first_days: dict[str, str]) -> None:
+        self.conn.executemany(
+            f"INSERT INTO {self.p}{table} (userId, day) VALUES (?, ?)"
+            " ON CONFLICT (userId) DO UPDATE SET day = min(day, excluded.day)",
+            sorted(first_days.items()),
+        )
+
+    def add_first_seen(self, first_days: dict[str, str]) -> None:
+        self._keep_first("first_seen", first_days)
+
+    def add_first_payments(self, first_days: dict[str, str]) -> None:
+        self._keep_first("first_payments", first_days)
+
+    def add_user_revenue(self, revenue: dict[str, dict[str, Number]]) -> None:
+        self.conn.executemany(
+            f"INSERT INTO {self.p}user_revenue (day, userId, revenueCents) VALUES (?, ?, ?)"
+            " ON CONFLICT (day, userId) DO UPDATE"
+            " SET revenueCents = revenueCents + excluded.revenueCents",
+            [
+                (day, user, cents)
+                for day, payers in revenue.items()
+                for user, cents in payers.items()
+            ],
+        )
 
     def increment_daily(self, day: str, month: str, increments: dict[str, Number]) -> None:
         self.conn.executemany(
@@ -198,6 +235,30 @@ def path_from_url(url: str) -> str:
     return path
 
 
+#: The open stores of this process, and the locks a fork holds (see :func:`_before_fork`).
+_stores: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+_held_at_fork: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    """SQLite keeps the locks of a process's connections in process memory, and a child
+    inherits that memory: forked while another thread is inside a write transaction,
+    the child could never write the file again, even on new connections. So a fork
+    waits until no transaction of this process is open (at most ``busy_timeout``)."""
+    for store in list(_stores):
+        for lock in (store._write_lock, store._lock):
+            lock.acquire()
+            _held_at_fork.append(lock)
+
+
+def _after_fork() -> None:
+    while _held_at_fork:
+        _held_at_fork.pop().release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+
+
 class SQLiteStore(Store):
     """One SQLite file shared by threads and processes.
 
@@ -221,8 +282,10 @@ class SQLiteStore(Store):
         self.prefix = prefix
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # held by a transaction; a fork waits for it
         self._connections: list[tuple[int, sqlite3.Connection]] = []
         self._closed = False
+        _stores.add(self)
         conn = self._conn()
         try:
             conn.execute("PRAGMA journal_mode=WAL")
@@ -274,19 +337,20 @@ class SQLiteStore(Store):
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite {self.path}: cannot begin a transaction: {exc}") from exc
-        try:
-            yield _SQLiteTransaction(conn, self.prefix)
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"SQLite {self.path}: {exc}") from exc
-            raise
+        with self._write_lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite {self.path}: cannot begin a transaction: {exc}") from exc
+            try:
+                yield _SQLiteTransaction(conn, self.prefix)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"SQLite {self.path}: {exc}") from exc
+                raise
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
@@ -323,10 +387,13 @@ class SQLiteStore(Store):
         return self._read("SELECT COUNT(*) FROM {p}sessions WHERE logoutAt IS NULL")[0][0]
 
     def get_sessions(self, user_id: str) -> list[SessionRecord]:
+        return self._sessions("userId = ? ORDER BY loginAt, rowid", (user_id,))
+
+    def _sessions(self, where: str, params: tuple[Any, ...]) -> list[SessionRecord]:
         rows = self._read(
             "SELECT id, userId, username, loginAt, logoutAt, durationS, day, month, timedOut"
-            " FROM {p}sessions WHERE userId = ? ORDER BY loginAt, rowid",
-            (user_id,),
+            f" FROM {{p}}sessions WHERE {where}",
+            params,
         )
         return [
             SessionRecord(
@@ -351,6 +418,60 @@ class SQLiteStore(Store):
             (*params, limit),
         )
         return [EventRecord(parse_iso_ms(ts), u, e, d, day) for ts, u, e, d, day in reversed(rows)]
+
+    # -- KPI range reads: each an index range on the day key -------------------------
+
+    def days_between(self, start: str, end: str) -> list[DailyStats]:
+        rows = self._read(
+            "SELECT DISTINCT day FROM {p}daily WHERE day BETWEEN ? AND ? ORDER BY day", (start, end)
+        )
+        return self._days([row[0] for row in rows])
+
+    def _grouped(self, sql: str, start: str, end: str) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for day, user in self._read(sql, (start, end)):
+            found.setdefault(day, set()).add(user)
+        return found
+
+    def day_users_between(self, start: str, end: str) -> dict[str, set[str]]:
+        return self._grouped(
+            "SELECT day, userId FROM {p}day_users WHERE day BETWEEN ? AND ?", start, end
+        )
+
+    def first_seen_between(self, start: str, end: str) -> dict[str, set[str]]:
+        return self._grouped(
+            "SELECT day, userId FROM {p}first_seen WHERE day BETWEEN ? AND ?", start, end
+        )
+
+    def first_payments_between(self, start: str, end: str) -> dict[str, set[str]]:
+        return self._grouped(
+            "SELECT day, userId FROM {p}first_payments WHERE day BETWEEN ? AND ?", start, end
+        )
+
+    def user_revenue_between(self, start: str, end: str) -> dict[str, dict[str, Number]]:
+        found: dict[str, dict[str, Number]] = {}
+        for day, user, cents in self._read(
+            "SELECT day, userId, revenueCents FROM {p}user_revenue WHERE day BETWEEN ? AND ?",
+            (start, end),
+        ):
+            found.setdefault(day, {})[user] = cents
+        return found
+
+    def sessions_between(self, start: str, end: str) -> list[SessionRecord]:
+        return self._sessions("day BETWEEN ? AND ?", (start, end))
+
+    def events_between(
+        self, start: str | None, end: str | None, names: list[str]
+    ) -> list[EventRecord]:
+        if not names:
+            return []
+        marks = ",".join("?" * len(names))
+        rows = self._read(
+            f"SELECT ts, userId, event, data, day FROM {{p}}events WHERE event IN ({marks})"
+            " AND day >= ? AND day <= ? ORDER BY ts, id",
+            (*names, start or "", end or "9999-12-31"),
+        )
+        return [EventRecord(parse_iso_ms(ts), u, e, d, day) for ts, u, e, d, day in rows]
 
     def close(self) -> None:
         pid = os.getpid()

@@ -27,6 +27,7 @@ from .forwarding import (
     MixpanelForwarder,
     WebhookForwarder,
 )
+from .kpis import KPIs
 from .model import DailyStats, FlushBatch, Metrics, MonthStats, SessionRecord
 from .store import Store, Transaction, open_store
 from .validation import Limits
@@ -47,6 +48,7 @@ __all__ = [
     "GsoAnalyticsError",
     "HttpForwarder",
     "InvalidTypeError",
+    "KPIs",
     "Limits",
     "Metrics",
     "MixpanelForwarder",

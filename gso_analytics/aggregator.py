@@ -23,6 +23,10 @@ from .clock import Clock, DayKeys, from_ms, to_ms
 from .model import EventRecord, FlushBatch, Number, SessionClose, SessionOpen, new_id
 from .validation import encode_flat
 
+#: The event whose amount (``amountCents`` by its counter rule) is real-money revenue:
+#: besides its daily counter it is kept per (day, user) for the KPIs.
+PAYMENT_EVENT = "stripe.payment"
+
 # Kinds of buffered call: (kind, ns, user_id, ...), see Aggregator.event/login/logout.
 _EVENT, _LOGIN, _LOGOUT = 0, 1, 2
 
@@ -135,6 +139,9 @@ class Aggregator:
         day, month = self.day_keys(ms)
         if field is not None:
             self._count(batch, day, month, field, amount)
+            if event == PAYMENT_EVENT:
+                payers = batch.payments.setdefault(day, {})
+                payers[user_id] = payers.get(user_id, 0) + amount
         batch.events.append(EventRecord(from_ms(ms), user_id, event, text, day))
 
     def _add_login(self, batch: FlushBatch, ms: int, user_id: str, username: str | None) -> None:

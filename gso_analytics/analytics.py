@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
@@ -25,6 +25,7 @@ from .counters import CounterSpec, build_counter_map
 from .errors import ConfigurationError, StoreError, ValidationError
 from .flusher import Flusher
 from .forwarding import Forwarder, ForwardingHub, default_forwarders
+from .kpis import KPIs
 from .model import DailyStats, Metrics, Number, PruneResult
 from .store import Store, open_store
 from .validation import MAX_AMOUNT, Limits, check_amount, check_name, snapshot_data
@@ -80,6 +81,7 @@ class Analytics:
         limits: Limits | None = None,
         forwarders: Sequence[Forwarder] | None = None,
         forward_stop_timeout: float = 10.0,
+        test_users: Iterable[str] | Callable[[str], bool] | None = None,
     ) -> None:
         if flush_interval <= 0:
             raise ConfigurationError(f"flush_interval must be positive, got {flush_interval!r}")
@@ -96,6 +98,12 @@ class Analytics:
         }
         self.tz = resolve_tz(tz)
         self.event_ttl = event_ttl
+        # Users left out of the KPIs (ids, or a predicate); an iterable is read once.
+        if isinstance(test_users, str):
+            raise ConfigurationError(f"test_users must be a list of user ids, not {test_users!r}")
+        self.test_users = (
+            test_users if test_users is None or callable(test_users) else frozenset(test_users)
+        )
         self.session_timeout = session_timeout
         self.clock: Clock = clock or utc_now
         self.strict = strict
@@ -312,6 +320,20 @@ class Analytics:
         """The newest 30 daily documents, newest first (flushes first)."""
         self.flush()
         return self.store.recent_days(30)
+
+    @property
+    def kpis(self) -> KPIs:
+        """The KPI queries (:class:`~gso_analytics.kpis.KPIs`) on this store, with this
+        instance's timezone, clock and event TTL. Flushes this process's buffer first,
+        as :meth:`get_metrics` does, so the answers include its own calls."""
+        self.flush()
+        return KPIs(
+            self.store,
+            tz=self.tz,
+            clock=self.clock,
+            event_ttl=self.event_ttl,
+            test_users=self.test_users,
+        )
 
     def stats(self) -> dict[str, Any]:
         """This process's health: what is buffered, stored, retried, dropped, rejected."""

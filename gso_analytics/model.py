@@ -79,7 +79,9 @@ class FlushBatch:
 
     ``counters`` holds increments per day (never totals); ``day_users`` and
     ``month_users`` the activity records whose newly inserted count feeds ``dau`` and
-    ``mau``; ``session_ops`` the logins and logouts in call order.
+    ``mau``; ``session_ops`` the logins and logouts in call order; ``payments`` the
+    ``stripe.payment`` amounts per day and user (increments, like ``counters``), which
+    the per-user revenue facts of the KPIs are kept from.
     """
 
     id: str = attrs.field(factory=new_id)
@@ -90,6 +92,7 @@ class FlushBatch:
     month_users: dict[str, set[str]] = attrs.field(factory=dict)
     session_ops: list[SessionOp] = attrs.field(factory=list)
     events: list[EventRecord] = attrs.field(factory=list)
+    payments: dict[str, dict[str, Number]] = attrs.field(factory=dict)  # day -> user -> cents
 
     @property
     def size(self) -> int:
@@ -97,7 +100,9 @@ class FlushBatch:
         return len(self.events) + len(self.session_ops)
 
     def is_empty(self) -> bool:
-        return not (self.counters or self.day_users or self.session_ops or self.events)
+        return not (
+            self.counters or self.day_users or self.session_ops or self.events or self.payments
+        )
 
 
 @attrs.frozen

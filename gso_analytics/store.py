@@ -2,10 +2,11 @@
 
 What a :class:`~gso_analytics.model.FlushBatch` means lives here, once: which records
 make ``dau`` and ``mau``, how a logout finds its session (also one opened by another
-process, in either flush order), what a duration is and where it is added. A backend
-only translates the small :class:`Transaction` vocabulary into its own writes, inside
-one atomic unit that also claims the batch id, so a retried batch is never counted
-twice.
+process, in either flush order), what a duration is and where it is added, which
+per-user facts the KPIs read (first-seen and first-payment days, revenue per day and
+user). A backend only translates the small :class:`Transaction` vocabulary into its
+own writes, inside one atomic unit that also claims the batch id, so a retried batch
+is never counted twice.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from importlib import import_module
 from importlib.metadata import entry_points
@@ -58,6 +60,22 @@ class Transaction(ABC):
     @abstractmethod
     def add_month_users(self, month: str, users: set[str]) -> int:
         """Insert the (month, user) records; return how many did not exist before."""
+
+    @abstractmethod
+    def add_first_seen(self, first_days: dict[str, str]) -> None:
+        """Keep, per user, the earliest of the stored first-seen day and ``first_days[user]``.
+
+        An earliest day (not "insert if absent") makes the fact exact whatever order
+        processes flush in, and idempotent: applying it twice changes nothing."""
+
+    @abstractmethod
+    def add_first_payments(self, first_days: dict[str, str]) -> None:
+        """As :meth:`add_first_seen`, for the day of each user's first payment."""
+
+    @abstractmethod
+    def add_user_revenue(self, revenue: dict[str, dict[str, Number]]) -> None:
+        """Add ``revenue[day][user]`` to the (day, user) revenue records, creating them
+        (a payment of 0 still makes its user a payer of the day)."""
 
     @abstractmethod
     def increment_daily(self, day: str, month: str, increments: dict[str, Number]) -> None:
@@ -157,6 +175,46 @@ class Store(ABC):
     def get_events(self, user_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
         """The newest events (of one user, when given), oldest first."""
 
+    # -- range reads for the KPIs (days are inclusive ``YYYY-MM-DD`` keys) -----------------
+    #
+    # Not abstract, so a wrapper or a third-party store written before the KPIs still
+    # opens; calling one it lacks raises, it never answers "nothing". Every built-in
+    # backend implements them as index range reads bounded by the days asked for.
+
+    def _no_kpi_reads(self, what: str) -> NotImplementedError:
+        return NotImplementedError(f"{type(self).__name__} does not implement {what} (KPI reads)")
+
+    def days_between(self, start: str, end: str) -> list[DailyStats]:
+        """The daily counters of the days in [start, end] that have any, oldest first."""
+        raise self._no_kpi_reads("days_between")
+
+    def day_users_between(self, start: str, end: str) -> dict[str, set[str]]:
+        """The (day, user) activity records of [start, end], as day -> users."""
+        raise self._no_kpi_reads("day_users_between")
+
+    def first_seen_between(self, start: str, end: str) -> dict[str, set[str]]:
+        """The users whose first-seen day is in [start, end], as day -> users."""
+        raise self._no_kpi_reads("first_seen_between")
+
+    def first_payments_between(self, start: str, end: str) -> dict[str, set[str]]:
+        """The users whose first payment day is in [start, end], as day -> users."""
+        raise self._no_kpi_reads("first_payments_between")
+
+    def user_revenue_between(self, start: str, end: str) -> dict[str, dict[str, Number]]:
+        """The (day, user) revenue records of [start, end], as day -> user -> cents."""
+        raise self._no_kpi_reads("user_revenue_between")
+
+    def sessions_between(self, start: str, end: str) -> list[SessionRecord]:
+        """The sessions whose login day is in [start, end] (any order)."""
+        raise self._no_kpi_reads("sessions_between")
+
+    def events_between(
+        self, start: str | None, end: str | None, names: list[str]
+    ) -> list[EventRecord]:
+        """The retained events named one of ``names`` whose day is in [start, end]
+        (None: unbounded on that side), in time order. The event TTL bounds them."""
+        raise self._no_kpi_reads("events_between")
+
     def close(self) -> None:  # noqa: B027 - a store without resources has nothing to close
         """Release connections. Safe to call twice."""
 
@@ -199,6 +257,12 @@ def apply_batch(tx: Transaction, batch: FlushBatch) -> ApplyResult:
     for day, fields in batch.counters.items():
         daily[day].update(fields)
     monthly: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    if batch.day_users:
+        tx.add_first_seen(_first_days(batch.day_users))
+    if batch.payments:
+        tx.add_user_revenue(batch.payments)
+        tx.add_first_payments(_first_days(batch.payments))
 
     new_day_users = 0
     for day, users in batch.day_users.items():
@@ -247,6 +311,15 @@ def apply_batch(tx: Transaction, batch: FlushBatch) -> ApplyResult:
     if batch.events:
         tx.insert_events(batch.events)
     return ApplyResult(new_day_users=new_day_users, unmatched_logouts=unmatched)
+
+
+def _first_days(by_day: Mapping[str, Iterable[str]]) -> dict[str, str]:
+    """user -> the earliest day the user appears under."""
+    first: dict[str, str] = {}
+    for day in sorted(by_day):
+        for user in by_day[day]:
+            first.setdefault(user, day)
+    return first
 
 
 # -- open_store -----------------------------------------------------------------------

@@ -1,0 +1,507 @@
+"""A hypothesis state machine of the whole ``Analytics`` API against a plain model, on
+every backend of ``conftest.BACKENDS``.
+
+Why, beside ``tests/test_property.py`` (random operation lists on memory and SQLite):
+a ``RuleBasedStateMachine`` checks ``stats()`` after every step and shrinks a failure
+to the shortest story, and this machine also drives what that test leaves out -
+flushes that fail before or after the write (``tests/faults.py``), a process restart
+(``stop()`` and a new instance on the same store, which forgets the sessions it saw),
+rejected input, logouts without login, double logins, prunes with sessions open and
+pending logouts, and the clock stepping back by hours - against a model that knows
+the store's rules (dau/mau records, session matching across origins, pending
+logouts, durations rounded half up, totals on the login day) and nothing of the
+library's code.
+
+Kept modest (``max_examples``, ``stateful_step_count`` below) so the whole run takes
+seconds per backend.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from faults import FaultyStore
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from gso_analytics import DAILY_FIELDS, Analytics, StoreError, open_store
+
+if TYPE_CHECKING:
+    from conftest import Backend
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: 21:00 UTC on 31 January: midnight and the month end are a few steps away.
+START_MS = (datetime(2025, 1, 31, 21, tzinfo=UTC) - EPOCH) // timedelta(milliseconds=1)
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+SESSION_TIMEOUT_MS = 12 * HOUR_MS
+EVENT_TTL_MS = 7 * DAY_MS
+USERS = ("u0", "u1", "u2")
+
+#: event -> (field, amount key or None for +1): the seed's map (a sample) and two
+#: custom counters passed to Analytics below.
+RULES: dict[str, tuple[str, str | None]] = {
+    "dungeon.complete": ("dungeonsRun", None),
+    "credits.earn": ("creditsEarned", "amount"),
+    "gems.purchase": ("gemsPurchased", "gems"),
+    "stripe.payment": ("stripeRevenue", "amountCents"),
+    "quest.complete": ("questsCompleted", None),
+    "gold.loot": ("goldLooted", "amount"),
+}
+CUSTOM_COUNTERS = {"quest.complete": "questsCompleted", "gold.loot": ("goldLooted", "amount")}
+EVENTS = [*RULES, "tutorial.step"]
+
+#: Calls lenient mode counts as rejected and drops whole.
+HOSTILE = [
+    lambda a: a.on_login(None),
+    lambda a: a.on_logout({"$ne": None}),
+    lambda a: a.track("", "u0"),
+    lambda a: a.track("credits.earn", "u0", {"amount": -5}),
+    lambda a: a.track("gems.purchase", "u1", {"gems": float("nan")}),
+    lambda a: a.track("tutorial.step", "u2", {"$where": "1"}),
+    lambda a: a.on_login("u0", "\x00name"),
+]
+
+CLOCK_STEPS = {
+    "ms": st.integers(0, 3000),
+    "halves": st.integers(0, 6).map(lambda k: k * 500),
+    "minutes": st.integers(1, 90).map(lambda k: k * 60_000),
+    "hours": st.integers(1, 13).map(lambda k: k * HOUR_MS + 500),
+    "days": st.integers(1, 9).map(lambda k: k * DAY_MS),
+    "back": st.integers(-3000, -1),
+    "back-hours": st.integers(1, 3).map(lambda k: -k * HOUR_MS),
+}
+
+
+def keys(ms: int) -> tuple[str, str]:
+    day = (EPOCH + timedelta(milliseconds=ms)).strftime("%Y-%m-%d")
+    return day, day[:7]
+
+
+def seconds_between(login: int, logout: int) -> int:
+    """The seed's ``Math.round((logout - login) / 1000)``, halves up, never negative."""
+    return max(0, (logout - login + 500) // 1000)
+
+
+@dataclass
+class Batch:
+    ops: list[tuple[Any, ...]]
+    applied: bool = False  # reached the store (a failure after the write)
+    failed: bool = False  # an attempt failed: the next one counts as a retry
+
+    @property
+    def size(self) -> int:
+        return sum(op[0] in ("open", "close", "event") for op in self.ops)
+
+
+@dataclass
+class Model:
+    """The store and one process's buffer, as plain Python."""
+
+    now: int = START_MS
+    origin: int = 0
+    local_open: dict[str, int] = field(default_factory=dict)
+    buffer: list[list[tuple[Any, ...]]] = field(default_factory=list)  # ops per call
+    pending: list[Batch] = field(default_factory=list)
+    logins: set[tuple[str, int]] = field(default_factory=set)
+    logouts: set[tuple[str, int]] = field(default_factory=set)
+    next_sid: int = 0
+    # stats()
+    flushed: int = 0
+    failures: int = 0
+    retried: int = 0
+    rejected: int = 0
+    # the store
+    days: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    day_users: set[tuple[str, str]] = field(default_factory=set)
+    month_users: set[tuple[str, str]] = field(default_factory=set)
+    sessions: dict[int, dict[str, Any]] = field(default_factory=dict)
+    open_ids: set[int] = field(default_factory=set)
+    pending_logouts: list[tuple[str, int, int]] = field(default_factory=list)
+    timed: defaultdict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    events: list[tuple[int, str, str, Any, str]] = field(default_factory=list)
+
+    # -- calls --
+    def login(self, user: str) -> None:
+        day, month = keys(self.now)
+        ops: list[tuple[Any, ...]] = []
+        previous = self.local_open.get(user)
+        if previous is not None:
+            ops.append(("close", user, self.now, previous, self.origin, True))
+        self.next_sid += 1
+        self.local_open[user] = self.next_sid
+        ops += [
+            ("open", self.next_sid, user, self.now, day, month, self.origin),
+            ("count", day, "sessionCount", 1),
+            ("users", day, month, user),
+        ]
+        self.buffer.append(ops)
+        self.logins.add((user, self.now))
+
+    def logout(self, user: str) -> None:
+        sid = self.local_open.pop(user, None)
+        self.buffer.append([("close", user, self.now, sid, self.origin, False)])
+        self.logouts.add((user, self.now))
+
+    def track(self, event: str, user: str, data: dict[str, Any]) -> None:
+        day, _ = keys(self.now)
+        ops: list[tuple[Any, ...]] = [("event", self.now, user, event, data, day)]
+        if event in RULES:
+            name, key = RULES[event]
+            ops.append(("count", day, name, 1 if key is None else data[key]))
+        self.buffer.append(ops)
+
+    # -- flushes: "ok", or an injected failure "before" / "after" the write --
+    def flush(self, mode: str = "ok") -> bool:
+        """Returns True when the library must raise StoreError."""
+        if self.buffer:
+            self.pending.append(Batch([op for call in self.buffer for op in call]))
+            self.buffer = []
+        if not self.pending:
+            return False
+        if mode == "ok":
+            for batch in self.pending:
+                self.retried += batch.failed
+                if not batch.applied:
+                    self.apply(batch.ops)
+                self.flushed += batch.size
+            self.pending = []
+            return False
+        batch = self.pending[0]
+        self.retried += batch.failed
+        self.failures += 1
+        if mode == "after" and not batch.applied:
+            self.apply(batch.ops)
+            batch.applied = True
+        batch.failed = True
+        return True
+
+    def restart(self) -> None:
+        """stop() (a successful final flush), then a new process: a new origin that
+        knows no open session."""
+        self.flush()
+        self.origin += 1
+        self.local_open = {}
+        self.flushed = self.failures = self.retried = self.rejected = 0  # stats() is per process
+
+    # -- the store's rules --
+    def _find_open(self, user: str, sid: int | None, before: int) -> int | None:
+        if sid is not None:
+            return sid if sid in self.open_ids else None
+        found = [
+            s
+            for s in self.open_ids
+            if self.sessions[s]["user"] == user and self.sessions[s]["login"] <= before
+        ]
+        return max(found, key=lambda s: self.sessions[s]["login"]) if found else None
+
+    def _end(self, sid: int, at: int) -> None:
+        session = self.sessions[sid]
+        seconds = seconds_between(session["login"], at)
+        session.update(logout=at, duration=seconds)
+        self.open_ids.discard(sid)
+        self.days[session["day"]]["totalSessionS"] += seconds
+        if seconds > 0:
+            self.timed[session["month"]][0] += 1
+            self.timed[session["month"]][1] += seconds
+
+    def apply(self, ops: list[tuple[Any, ...]]) -> None:
+        for op in ops:
+            if op[0] == "users":
+                _, day, month, user = op
+                if (day, user) not in self.day_users:
+                    self.day_users.add((day, user))
+                    self.days[day]["dau"] += 1
+                self.month_users.add((month, user))
+        for op in ops:
+            if op[0] == "open":
+                _, sid, user, login, day, month, origin = op
+                self.sessions[sid] = {
+                    "user": user, "login": login, "logout": None, "duration": 0,
+                    "day": day, "month": month, "timed_out": False,
+                }  # fmt: skip
+                self.open_ids.add(sid)
+                waiting = [
+                    p
+                    for p in self.pending_logouts
+                    if p[0] == user and p[1] >= login and p[2] != origin
+                ]
+                if waiting:
+                    first = min(waiting, key=lambda p: p[1])
+                    self.pending_logouts.remove(first)
+                    self._end(sid, first[1])
+            elif op[0] == "close":
+                _, user, at, sid, origin, relogin = op
+                found = self._find_open(user, sid, at)
+                if found is None and sid is not None and not relogin:
+                    found = self._find_open(user, None, at)  # a stale id
+                if found is not None:
+                    self._end(found, at)
+                elif not relogin:
+                    self.pending_logouts.append((user, at, origin))
+            elif op[0] == "count":
+                _, day, name, amount = op
+                self.days[day][name] += amount
+        self.events += [(op[1], op[2], op[3], op[4], op[5]) for op in ops if op[0] == "event"]
+
+    def prune(self) -> None:
+        for sid in list(self.open_ids):
+            if self.sessions[sid]["login"] < self.now - SESSION_TIMEOUT_MS:
+                self.sessions[sid].update(logout=self.now, duration=0, timed_out=True)
+                self.open_ids.discard(sid)
+        self.events = [e for e in self.events if e[0] >= self.now - EVENT_TTL_MS]
+        self.pending_logouts = [
+            p for p in self.pending_logouts if p[1] >= self.now - SESSION_TIMEOUT_MS
+        ]
+
+    # -- reads --
+    def day_doc(self, day: str) -> dict[str, Any]:
+        counters = self.days[day]
+        doc: dict[str, Any] = {"day": day, "month": day[:7]}
+        doc.update((name, counters.get(name, 0)) for name in DAILY_FIELDS)
+        doc.update((name, counters[name]) for name in sorted(counters) if name not in doc)
+        return doc
+
+    def metrics(self) -> dict[str, Any]:
+        day, month = keys(self.now)
+        count, total = self.timed[month]
+        today = self.day_doc(day) if day in self.days else {}
+        return {
+            "today": today,
+            "dau": today["dau"] if today else 0,
+            "mau": sum(1 for m, _ in self.month_users if m == month),
+            "avgSessionMin": (2 * total + 60 * count) // (120 * count) if count else 0,
+            "activeSessions": len(self.open_ids),
+        }
+
+    def last_30_days(self) -> list[dict[str, Any]]:
+        return [self.day_doc(day) for day in sorted(self.days, reverse=True)[:30]]
+
+    def sessions_of(self, user: str) -> list[tuple[Any, ...]]:
+        return sorted(
+            (s["login"], s["logout"], s["duration"], s["day"], s["timed_out"])
+            for s in self.sessions.values()
+            if s["user"] == user
+        )
+
+
+def _ms(moment: datetime | None) -> int | None:
+    return None if moment is None else (moment - EPOCH) // timedelta(milliseconds=1)
+
+
+class AnalyticsMachine(RuleBasedStateMachine):
+    """Drives one ``Analytics`` (restarted at will) on a fresh store of ``backend``."""
+
+    backend: Backend
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = Path(tempfile.mkdtemp(prefix="gso-stateful-"))
+        self.store = FaultyStore(open_store(self.backend.make_url(self.tmp)))
+        self.model = Model()
+        self.analytics = self._new_analytics()
+
+    def _clock(self) -> datetime:
+        return EPOCH + timedelta(milliseconds=self.model.now)
+
+    def _new_analytics(self) -> Analytics:
+        return Analytics(
+            self.store, clock=self._clock, counters=CUSTOM_COUNTERS, flush_interval=3600
+        )
+
+    def teardown(self) -> None:
+        try:
+            self.analytics.flush()
+            self.model.flush()
+            self.check_store_content()
+            assert self.analytics.get_metrics().to_dict() == self.model.metrics()
+        finally:
+            self.analytics.stop_timeout = 1.0
+            self.analytics.stop()
+            self.store.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- calls --------------------------------------------------------------------------
+
+    @rule(user=st.sampled_from(USERS))
+    def login(self, user: str) -> None:
+        if (user, self.model.now) in self.model.logins:
+            return  # two logins of one user in one millisecond: no "newest" to pick
+        self.analytics.on_login(user, f"name-{user}")
+        self.model.login(user)
+
+    @rule(user=st.sampled_from(USERS))
+    def logout(self, user: str) -> None:
+        if (user, self.model.now) in self.model.logouts:
+            return  # two pending logouts alike but for their origin: no "earliest"
+        self.analytics.on_logout(user)
+        self.model.logout(user)
+
+    @rule(
+        event=st.sampled_from(EVENTS),
+        user=st.sampled_from(USERS),
+        amount=st.integers(0, 10**6) | st.integers(0, 400).map(lambda q: q / 4),
+    )
+    def track(self, event: str, user: str, amount: float) -> None:
+        key = RULES.get(event, ("", None))[1]
+        data: dict[str, Any] = {key: amount} if key else {"step": 1}
+        self.analytics.track(event, user, data)
+        self.model.track(event, user, data)
+
+    @rule(call=st.sampled_from(HOSTILE))
+    def hostile(self, call: Any) -> None:
+        call(self.analytics)
+        self.model.rejected += 1
+
+    # -- time -----------------------------------------------------------------------------
+
+    @rule(data=st.data(), kind=st.sampled_from([*sorted(CLOCK_STEPS), "midnight", "month-end"]))
+    def advance(self, data: st.DataObject, kind: str) -> None:
+        """A step of the clock, or a jump to one second before midnight or month end."""
+        if kind in CLOCK_STEPS:
+            self.model.now += data.draw(CLOCK_STEPS[kind], label=kind)
+            return
+        moment = EPOCH + timedelta(milliseconds=self.model.now)
+        edge = (moment + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        if kind == "month-end":
+            edge = (moment.replace(day=28) + timedelta(days=4)).replace(day=1, hour=0, minute=0)
+            edge = edge.replace(second=0, microsecond=0)
+        self.model.now = (edge - EPOCH) // timedelta(milliseconds=1) - 1000
+
+    # -- flushes, restarts, prunes -------------------------------------------------------------
+
+    @rule(mode=st.sampled_from(["ok", "ok", "before", "after"]))
+    def flush(self, mode: str) -> None:
+        """A flush; or one the store fails before the write, or after it (then the
+        outcome looks unknown to the library, which keeps and retries the batch)."""
+        if mode == "ok":
+            self.analytics.flush()
+            self.model.flush()
+            return
+        (self.store.fail_before if mode == "before" else self.store.fail_after)()
+        raised = False
+        try:
+            self.analytics.flush()
+        except StoreError:
+            raised = True
+        finally:
+            self.store.disarm()  # unused when there was nothing to flush
+        assert raised == self.model.flush(mode)
+
+    @rule()
+    def restart(self) -> None:
+        """The process stops (final flush) and a new one takes over the store."""
+        assert self.analytics.stop() is True
+        self.model.restart()
+        self.analytics = self._new_analytics()
+
+    @precondition(lambda self: not self.model.pending)
+    @rule()
+    def prune(self) -> None:
+        """The library prunes after a successful flush only, never with a batch pending
+        (a retried batch must find its id, which the prune could forget)."""
+        self.analytics.prune()
+        self.model.prune()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    @rule(kind=st.sampled_from(["metrics", "last-30-days", "store"]))
+    def read(self, kind: str) -> None:
+        """``get_metrics()`` and ``get_last_30_days()`` flush first; "store" reads what
+        the store holds now, without a flush."""
+        if kind == "metrics":
+            metrics = self.analytics.get_metrics().to_dict()
+            self.model.flush()
+            assert metrics == self.model.metrics()
+        elif kind == "last-30-days":
+            days = [d.to_dict() for d in self.analytics.get_last_30_days()]
+            self.model.flush()
+            assert days == self.model.last_30_days()
+        else:
+            self.check_store_content()
+
+    def check_store_content(self) -> None:
+        """Sessions, events, open sessions and month figures, as the model says."""
+        inner = self.store.inner
+        for user in USERS:
+            got = sorted(
+                (_ms(s.login_at), _ms(s.logout_at), s.duration_s, s.day, s.timed_out)
+                for s in inner.get_sessions(user)
+            )
+            assert got == self.model.sessions_of(user), user
+        events = [
+            (_ms(e.ts), e.user_id, e.event, json.loads(e.data), e.day)
+            for e in inner.get_events(limit=100_000)
+        ]
+        # Compared as a multiset: with equal or stepped-back timestamps the backends
+        # order the stream differently (insertion order; MongoDB's ts-based _id).
+        assert sorted(events, key=repr) == sorted(self.model.events, key=repr)
+        assert inner.count_open_sessions() == len(self.model.open_ids)
+        for month in {m for m, _ in self.model.month_users}:
+            figures = inner.get_month(month)
+            count, total = self.model.timed[month]
+            mau = sum(1 for m, _ in self.model.month_users if m == month)
+            assert (figures.mau, figures.timed_sessions, figures.timed_session_s) == (
+                mau,
+                count,
+                total,
+            )
+
+    @invariant()
+    def stats_match(self) -> None:
+        stats = self.analytics.stats()
+        model = self.model
+        buffered = len(model.buffer) + sum(batch.size for batch in model.pending)
+        assert stats["buffered"] == buffered
+        assert stats["rejected"] == model.rejected
+        assert stats["dropped"] == 0
+        assert stats["flushed"] == model.flushed
+        assert stats["flush_failures"] == model.failures
+        assert stats["retried"] == model.retried
+
+
+#: Slower backends get fewer examples; every one still gets a few dozen steps each.
+EXAMPLES = {"memory": 150, "sqlite": 80}
+
+
+def test_analytics_state_machine(backend: Backend, store_url: str) -> None:
+    """Any sequence of API calls, failures, restarts, prunes and clock steps leaves the
+    library's stats and the store exactly where the model says."""
+    del store_url  # requested so a backend that cannot run here is skipped early
+    machine = type(
+        f"AnalyticsMachine_{backend.name.replace('-', '_')}",
+        (AnalyticsMachine,),
+        {"backend": backend},
+    )
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=EXAMPLES.get(backend.name, 25),
+            stateful_step_count=50,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            database=None,
+        ),
+    )
+
+
+@pytest.mark.parametrize("ms", [0, 499, 500, 1499, 1500, 2500, -1, -1500])
+def test_model_rounds_like_the_seed(ms: int) -> None:
+    """The model itself: JavaScript's Math.round (halves up), never below zero."""
+    expected = {0: 0, 499: 0, 500: 1, 1499: 1, 1500: 2, 2500: 3, -1: 0, -1500: 0}[ms]
+    assert seconds_between(0, ms) == expected
