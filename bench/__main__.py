@@ -5,9 +5,11 @@ Sections: ``hotpath`` (``track()`` against a locked dict, prometheus_client and 
 PostHog, Segment and Mixpanel SDKs on a local stub), ``threads`` (8 threads at once),
 ``sqlite`` (persistence end to end against a raw ``executemany``), ``mongo`` (the same on
 the nx-27017 wire server; skipped when it is not installed), ``reads`` (reads at 1k and
-1M sessions of history), ``memory`` (RSS with a stuck store) and ``forwarding`` (what a
-webhook forwarder adds to ``track()``). Every figure is a ratio, or comes with the
-figure it is compared with, measured in the same run: the machines are shared and noisy.
+1M sessions of history), ``kpis`` (each KPI query for 30 days, on 60 days vs a year
+(1M sessions) of the same daily activity), ``memory`` (RSS with a stuck store) and
+``forwarding`` (what a webhook forwarder adds to ``track()``). Every figure is a ratio,
+or comes with the figure it is compared with, measured in the same run: the machines
+are shared and noisy.
 Nothing leaves 127.0.0.1: the SDKs post to a stub and any other connection is refused.
 """
 
@@ -26,10 +28,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from bench import forwarding, hotpath, memory, mongo_section, persist, reads, saas, threads
+from bench import forwarding, hotpath, kpis, memory, mongo_section, persist, reads, saas, threads
 from bench.stub import loopback_only, stub_server, violations
 
-SECTIONS = ("hotpath", "threads", "sqlite", "mongo", "reads", "memory", "forwarding")
+SECTIONS = ("hotpath", "threads", "sqlite", "mongo", "reads", "kpis", "memory", "forwarding")
 PACKAGES = (
     "gso-analytics",
     "prometheus-client",
@@ -140,6 +142,20 @@ def _reads(quick: bool) -> dict[str, Any]:
     return {"rows": result["rows"], "history": history, "notes": [f"{rounds} calls each"]}
 
 
+def _kpis(quick: bool) -> dict[str, Any]:
+    large, rounds = (100_000, 5) if quick else (1_000_000, 15)
+    result = kpis.run(large=large, rounds=rounds)
+    history = [{"store": key, **figures} for key, figures in result["history"].items()]
+    return {
+        "rows": result["rows"],
+        "history": history,
+        "notes": [
+            f"{result['per_day']:,} sessions a day in both stores; median of {rounds} calls"
+            " each, alternating; ratio_year_range near 1: the history is not read"
+        ],
+    }
+
+
 def _memory(quick: bool) -> dict[str, Any]:
     bound = 20_000 if quick else 100_000
     return {"rows": memory.run(bound), "notes": [f"max_buffered_events = {bound:,}"]}
@@ -168,6 +184,7 @@ TITLES: dict[str, tuple[str, Callable[[bool], dict[str, Any]]]] = {
     "sqlite": ("SQLite persistence, end to end (track + flush) vs raw executemany", _sqlite),
     "mongo": ("MongoDB wire server (nx-27017): flush() vs raw insert_many", _mongo),
     "reads": ("Read cost vs history (SQLite), microseconds per call", _reads),
+    "kpis": ("KPI queries for 30 days vs history (SQLite), milliseconds per call", _kpis),
     "memory": ("Memory with a stuck store (RSS)", _memory),
     "forwarding": ("track() with a webhook forwarder (bench.forwarding)", _forwarding),
 }

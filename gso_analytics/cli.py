@@ -24,8 +24,9 @@ from .analytics import Analytics
 from .clock import Clock, utc_now
 from .demo import DemoPlan, SimClock, plan_demo, replay
 from .errors import ConfigurationError, GsoAnalyticsError
+from .html_report import render_html
 from .model import DailyStats, Metrics
-from .report import fmt_int, render_report
+from .report import collect_kpis, fmt_int, render_kpis, render_report
 from .store import Store, open_store
 
 log = logging.getLogger("gso_analytics.cli")
@@ -33,6 +34,7 @@ log = logging.getLogger("gso_analytics.cli")
 PROG = "gso-analytics"
 DEFAULT_STORE = "sqlite:///gso_analytics.db"
 MAX_REPORT_DAYS = 30
+KPI_RANGE_DAYS = 30  # the KPI range when none is given: the 30 days ending today
 EXIT_ERROR = 2
 
 
@@ -110,9 +112,11 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
 def _add_report(commands: argparse._SubParsersAction) -> None:
     report = commands.add_parser(
         "report",
-        help="print today's metrics and the last days",
-        description="Print today's metrics (DAU, MAU, sessions, economy) and the newest"
-        " days recorded in the store.",
+        help="print today's metrics, the last days and the KPIs",
+        description="Print today's metrics (DAU, MAU, sessions, economy), the newest"
+        " days recorded in the store, then the KPIs of a date range: retention by cohort,"
+        " active users (WAU, MAU30, stickiness), revenue (ARPDAU, ARPPU, payers), sessions"
+        " and the economy. --html also writes them as a self-contained page with charts.",
     )
     _add_store(report)
     report.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -128,6 +132,24 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
         type=_iso_date,
         metavar="YYYY-MM-DD",
         help="report as of this UTC day, e.g. a demo's last day (default: today, UTC)",
+    )
+    report.add_argument(
+        "--start",
+        type=_iso_date,
+        metavar="YYYY-MM-DD",
+        help=f"first day of the KPI range (default: {KPI_RANGE_DAYS - 1} days before --end)",
+    )
+    report.add_argument(
+        "--end",
+        type=_iso_date,
+        metavar="YYYY-MM-DD",
+        help="last day of the KPI range, included (default: today)",
+    )
+    report.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="also write the KPIs as a self-contained HTML page (charts, no network)",
     )
     report.set_defaults(func=cmd_report)
 
@@ -303,21 +325,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(render_report(metrics, today.isoformat(), days))
     if _scheme(args.store) != "memory":  # a memory store is gone when the demo exits
         print(f"Show it again: {PROG} report --store {args.store} --today {today}")
+        print(
+            f"With KPIs and charts: {PROG} report --store {args.store} --today {today}"
+            " --html report.html"
+        )
     return 0
+
+
+def kpi_range(start: date | None, end: date | None, today: date) -> tuple[date, date]:
+    """The KPI range from ``--start``/``--end``: either may be left out, the other then
+    anchors a window of :data:`KPI_RANGE_DAYS` days (ending today when neither is given).
+    ``--start`` alone stops at today: days ahead would only be rows of zeros."""
+    width = timedelta(days=KPI_RANGE_DAYS - 1)
+    if end is None:
+        end = today if start is None else max(min(start + width, today), start)
+    if start is None:
+        start = end - width
+    if start > end:
+        raise ConfigurationError(f"--start {start} is after --end {end}")
+    return start, end
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     today = args.today or utc_today()
     clock = fixed_clock(args.today) if args.today else utc_now
+    start, end = kpi_range(args.start, args.end, today)
     with closing(open_cli_store(args.store, must_exist=True)) as store:
         analytics = Analytics(store, clock=clock)
         metrics, days = _read(analytics, args.days)
+        kpis = collect_kpis(analytics.kpis, start, end)
         analytics.stop()
+    if args.html is not None:
+        try:
+            args.html.write_text(render_html(kpis), encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(f"cannot write {args.html}: {exc}") from exc
     if args.json:
-        doc = {"metrics": metrics.to_dict(), "days": [day.to_dict() for day in days]}
+        doc = {"metrics": metrics.to_dict(), "days": [day.to_dict() for day in days], "kpis": kpis}
         print(json.dumps(doc, indent=2))
     else:
-        print(render_report(metrics, today.isoformat(), days), end="")
+        print(render_report(metrics, today.isoformat(), days))
+        print(render_kpis(kpis), end="")
+        if args.html is not None:
+            print(f"\nWrote {args.html} (open it in a browser; it needs no network)")
     return 0
 
 

@@ -3,16 +3,23 @@
 Why plain aligned text: the reader is a game team looking at a terminal or pasting
 into a chat, so no colours, no box drawing, no dependency, and under ~120 columns.
 Everything here is a pure function of the library's own data model, so it is shared
-by ``gso-analytics demo`` and ``gso-analytics report`` and easy to test.
+by ``gso-analytics demo`` and ``gso-analytics report`` and easy to test. The KPI
+sections are declared once (:data:`KPI_SECTIONS`) and drawn both here and in
+:mod:`gso_analytics.html_report`, so the terminal and the page cannot disagree.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import date
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .model import DailyStats, Metrics, Number
+
+if TYPE_CHECKING:
+    from .kpis import KPIs
 
 GAP = "  "
 
@@ -170,3 +177,160 @@ def render_report(metrics: Metrics, today: str, days: Sequence[DailyStats]) -> s
     else:
         history = "No days recorded in this store yet."
     return f"{render_today(metrics, today)}\n\n{history}\n"
+
+
+# -- KPI tables ---------------------------------------------------------------------------
+#
+# The KPI sections are described once, as data (field, label, formatter), so the
+# terminal tables here and the HTML tables of :mod:`gso_analytics.html_report` show the
+# same columns with the same formatting, and a test can check both against the JSON.
+
+#: The retention days the report shows (classic day-N retention, as the services).
+RETENTION_DAYS = (1, 7, 30)
+
+KpiDoc = dict[str, Any]
+
+
+def collect_kpis(kpis: KPIs, start: date, end: date) -> KpiDoc:
+    """Every KPI of [start, end] as plain JSON-ready dicts: one read per KPI, shared by
+    the text, JSON and HTML reports so the three can never disagree."""
+    return {
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "today": kpis.today().isoformat(),
+        "retention": [r.to_dict() for r in kpis.retention(start, end, RETENTION_DAYS)],
+        "activeUsers": [r.to_dict() for r in kpis.active_users(start, end)],
+        "revenue": [r.to_dict() for r in kpis.revenue(start, end)],
+        "sessions": [r.to_dict() for r in kpis.sessions(start, end)],
+        "economy": [r.to_dict() for r in kpis.economy(start, end)],
+    }
+
+
+def fmt_rate(value: float | None) -> str:
+    """A 0-1 ratio as a percentage, ``-`` for unknown (a retention day still ahead)."""
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def fmt_ratio(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def fmt_maybe_duration(value: Number | None) -> str:
+    return "-" if value is None else fmt_duration(value)
+
+
+def fmt_maybe_int(value: Number | None) -> str:
+    return "-" if value is None else fmt_int(value)
+
+
+@attrs.frozen
+class KpiColumn:
+    """One column of a KPI table: the row's ``field``, its header and its formatting."""
+
+    field: str
+    label: str
+    fmt: Callable[[Any], str] = fmt_int
+    left: bool = False
+
+
+@attrs.frozen
+class KpiSection:
+    """A KPI table: its key in the KPI document, a title, and its columns (the first
+    column is the row's key, ``day`` or ``cohort``)."""
+
+    key: str
+    title: str
+    columns: tuple[KpiColumn, ...]
+
+
+def _retention_columns() -> tuple[KpiColumn, ...]:
+    columns = [KpiColumn("cohort", "Cohort", str, left=True), KpiColumn("users", "Users")]
+    for n in RETENTION_DAYS:
+        columns.append(KpiColumn(f"d{n}", f"D{n}", fmt_maybe_int))
+        columns.append(KpiColumn(f"d{n}Rate", f"D{n} %", fmt_rate))
+    return tuple(columns)
+
+
+def _day() -> KpiColumn:
+    return KpiColumn("day", "Day", str, left=True)
+
+
+KPI_SECTIONS: tuple[KpiSection, ...] = (
+    KpiSection("retention", "Retention by cohort (first login day)", _retention_columns()),
+    KpiSection(
+        "activeUsers",
+        "Active users (WAU: 7 days, MAU30: 30 days ending that day)",
+        (
+            _day(),
+            KpiColumn("dau", "DAU"),
+            KpiColumn("wau", "WAU"),
+            KpiColumn("mau30", "MAU30"),
+            KpiColumn("stickiness", "DAU/MAU30", fmt_rate),
+        ),
+    ),
+    KpiSection(
+        "revenue",
+        "Revenue (stripe.payment)",
+        (
+            _day(),
+            KpiColumn("revenueCents", "Revenue", fmt_cents),
+            KpiColumn("payingUsers", "Payers"),
+            KpiColumn("firstTimePayers", "New payers"),
+            KpiColumn("dau", "DAU"),
+            KpiColumn("arpdauCents", "ARPDAU", fmt_cents),
+            KpiColumn("arppuCents", "ARPPU", fmt_cents),
+        ),
+    ),
+    KpiSection(
+        "sessions",
+        "Sessions (by login day; timed-out sessions left out of the durations)",
+        (
+            _day(),
+            KpiColumn("sessions", "Sessions"),
+            KpiColumn("sessionsPerUser", "Per DAU", fmt_ratio),
+            KpiColumn("playTimePerDauS", "Play/DAU", fmt_duration),
+            KpiColumn("medianSessionS", "Median", fmt_maybe_duration),
+            KpiColumn("orphanedSessions", "Timed out"),
+        ),
+    ),
+    KpiSection(
+        "economy",
+        "Economy",
+        (
+            _day(),
+            KpiColumn("creditsEarned", "Credits in"),
+            KpiColumn("creditsSpent", "Credits out"),
+            KpiColumn("creditsNet", "Credits net"),
+            KpiColumn("gemsEarned", "Gems earned"),
+            KpiColumn("gemsPurchased", "Gems bought"),
+            KpiColumn("gemsSpent", "Gems spent"),
+            KpiColumn("gemsNet", "Gems net"),
+        ),
+    ),
+)
+
+
+def render_kpi_table(section: KpiSection, rows: Sequence[dict[str, Any]]) -> str:
+    """One KPI section as an aligned table, or a line saying it is empty."""
+    if not rows:
+        return f"{section.title}\n  (none in this range)"
+    cells = [[column.fmt(row[column.field]) for column in section.columns] for row in rows]
+    widths = [
+        max([len(column.label)] + [len(line[i]) for line in cells])
+        for i, column in enumerate(section.columns)
+    ]
+    lines = [section.title]
+    for line in ([c.label for c in section.columns], *cells):
+        aligned = (
+            _align(cell, w, c.left)
+            for cell, w, c in zip(line, widths, section.columns, strict=True)
+        )
+        lines.append(GAP.join(aligned).rstrip())
+    return "\n".join(lines)
+
+
+def render_kpis(doc: KpiDoc) -> str:
+    """The KPI tables of :func:`collect_kpis`, headed by the range they cover."""
+    head = f"KPIs {doc['start']} to {doc['end']} (today {doc['today']})"
+    tables = [render_kpi_table(section, doc[section.key]) for section in KPI_SECTIONS]
+    return "\n\n".join([head, *tables]) + "\n"
