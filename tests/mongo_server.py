@@ -85,14 +85,16 @@ class NxServer:
         return "\n".join(parts)
 
     @classmethod
-    def start(cls) -> NxServer:
+    def start(cls, port: int | None = None, directory: Path | None = None) -> NxServer:
+        """A new server; with ``port`` and ``directory``, the same one started again."""
         executable = Path(sys.executable).with_name("nx-27017")
         command = [str(executable)] if executable.exists() else [shutil.which("nx-27017") or ""]
         if not command[0]:
             _unavailable("the nx-27017 command is not installed")
-        directory = Path(tempfile.mkdtemp(prefix="gso-nx-27017-"))
-        (directory / "data").mkdir()
-        port = _free_port()
+        if directory is None:
+            directory = Path(tempfile.mkdtemp(prefix="gso-nx-27017-"))
+            (directory / "data").mkdir()
+        port = port or _free_port()
         pid_file = directory / "server.pid"
         with open(directory / "server.out", "wb") as out:
             process = subprocess.Popen(
@@ -147,7 +149,12 @@ class NxServer:
         if pid_file.exists():
             self.pid = int(pid_file.read_text().strip() or self.process.pid)
 
-    def stop(self) -> None:
+    def restart(self) -> NxServer:
+        """The server stopped and started again on the same port and data (an outage)."""
+        self.stop(keep_data=True)
+        return NxServer.start(self.port, self.directory)
+
+    def stop(self, keep_data: bool = False) -> None:
         """SIGTERM to the server's pid, SIGKILL if it lingers; remove its directory."""
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -158,7 +165,8 @@ class NxServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
-        shutil.rmtree(self.directory, ignore_errors=True)
+        if not keep_data:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 _server: NxServer | None = None

@@ -213,3 +213,43 @@ def test_store_down_for_a_while_on_every_backend(
     assert counter(store, "totalSessionS") == 120 * len(users)
     assert counter(store, "dau") == len(users)
     assert store.get_month("2025-03").timed_sessions == len(users)
+
+
+@pytest.mark.slow
+def test_mongo_server_stopped_and_restarted(
+    make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """A real wire-protocol server goes down and comes back on the same port with its
+    data: calls made during the outage are kept, retried, and stored exactly once;
+    sessions opened before it are closed after it with their exact durations."""
+    mongo_server = pytest.importorskip("mongo_server")
+    server = mongo_server.NxServer.start()
+    try:
+        url = server.url(query="ttlIndex=false&serverSelectionTimeoutMS=300")
+        store = open_store(url)
+        analytics = make_analytics(store, flush_interval=0.05, stop_timeout=5.0)
+        users = [f"u{n}" for n in range(5)]
+        for user in users:
+            analytics.on_login(user)
+            analytics.track("dungeon.complete", user)
+        analytics.flush()
+        analytics.start()
+        server.stop(keep_data=True)
+        clock.advance(60)
+        for user in users:
+            for _ in range(20):
+                analytics.track("dungeon.complete", user)
+            analytics.on_logout(user)
+        assert wait_for(lambda: analytics.stats()["flush_failures"] >= 1)
+        assert analytics.stats()["buffered"] > 0
+        server = server.restart()
+        assert wait_for(lambda: analytics.stats()["buffered"] == 0, timeout=60)
+        assert counter(store, "dungeonsRun") == 21 * len(users)
+        assert counter(store, "dau") == len(users)
+        assert counter(store, "totalSessionS") == 60 * len(users)
+        assert store.count_open_sessions() == 0
+        assert len(store.get_events(limit=1000)) == 21 * len(users)
+        analytics.stop()
+        store.close()
+    finally:
+        server.stop()
