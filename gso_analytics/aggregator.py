@@ -38,9 +38,10 @@ class BufferFull(Exception):
 class Aggregator:
     """Buffers calls until the next flush.
 
-    ``backlog`` is set by the flusher to the number of calls waiting in failed
-    batches, so the bound covers everything held in memory (give or take one call
-    per thread racing past the check at the same moment).
+    ``backlog`` counts calls taken out of the deque but not yet stored: those being
+    aggregated by :meth:`swap`, and (set by the flusher) those in batches waiting to
+    be applied, so the bound and ``stats()["buffered"]`` cover everything held in
+    memory (give or take one call per thread racing past the check at once).
     """
 
     def __init__(self, clock: Clock | None, day_keys: DayKeys, max_buffered: int) -> None:

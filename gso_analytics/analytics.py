@@ -339,7 +339,9 @@ class Analytics:
         """This process's health: what is buffered, stored, retried, dropped, rejected."""
         flusher = self._flusher
         return {
-            "buffered": self._aggregator.size + flusher.pending,
+            # The same count the bound uses: calls being aggregated into a batch
+            # right now are in the backlog, not yet in a pending batch.
+            "buffered": self._aggregator.size + self._aggregator.backlog,
             "flushed": flusher.flushed,
             "batches": flusher.batches,
             "retried": flusher.retried,
