@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from gso_analytics.clock import to_ms
 from gso_analytics.model import (
     DailyStats,
     EventRecord,
@@ -147,7 +148,8 @@ class _MemoryTransaction(Transaction):
         self.state.events.extend(events)
 
     def delete_events_before(self, cutoff: datetime) -> int:
-        kept = [e for e in self.state.events if e.ts >= cutoff]
+        cutoff_ms = to_ms(cutoff)
+        kept = [e for e in self.state.events if e.ts_ms >= cutoff_ms]
         deleted = len(self.state.events) - len(kept)
         self.state.events = kept
         return deleted
@@ -297,4 +299,4 @@ class MemoryStore(Store):
                 and (start is None or e.day >= start)
                 and (end is None or e.day <= end)
             ]
-        return sorted(found, key=lambda e: e.ts)  # stable: flush order among equal times
+        return sorted(found, key=lambda e: e.ts_ms)  # stable: flush order among equal times

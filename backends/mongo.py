@@ -111,6 +111,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
+from gso_analytics.clock import to_ms
 from gso_analytics.errors import ConfigurationError, InvalidTypeError, StoreError
 from gso_analytics.model import (
     ApplyResult,
@@ -866,6 +867,11 @@ def _newest(docs: list[dict[str, Any]]) -> OpenSession | None:
     return _open_session(max(docs, key=lambda doc: _aware(doc["loginAt"]))) if docs else None
 
 
+def _event_record(doc: Mapping[str, Any]) -> EventRecord:
+    ts_ms = to_ms(_aware(doc["ts"]))
+    return EventRecord(ts_ms, doc["userId"], doc["event"], _data_text(doc["data"]), doc["day"])
+
+
 def _event_doc(event: EventRecord, _id: Any = None) -> dict[str, Any]:
     doc: dict[str, Any] = {} if _id is None else {"_id": _id}
     doc.update(
@@ -1340,10 +1346,7 @@ class MongoStore(Store):
             # leaves ties of a sort on ts in any order), and ObjectIds grow with time
             # and with the position in a batch.
             docs = list(self._collection("events").find(query).sort("_id", -1).limit(int(limit)))
-        return [
-            EventRecord(_aware(d["ts"]), d["userId"], d["event"], _data_text(d["data"]), d["day"])
-            for d in reversed(docs)
-        ]
+        return [_event_record(doc) for doc in reversed(docs)]
 
     # -- KPI range reads: each an index range on the day key ----------------------------
 
@@ -1396,10 +1399,7 @@ class MongoStore(Store):
             query["day"] = days
         with self._errors("reading events for a funnel"):
             docs = list(self._collection("events").find(query).sort([("ts", 1), ("_id", 1)]))
-        return [
-            EventRecord(_aware(d["ts"]), d["userId"], d["event"], _data_text(d["data"]), d["day"])
-            for d in docs
-        ]
+        return [_event_record(doc) for doc in docs]
 
     def close(self) -> None:
         """Close the client when the store opened it (from a URL); safe to call twice."""

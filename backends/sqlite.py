@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from gso_analytics.clock import iso_ms, parse_iso_ms
+from gso_analytics.clock import IsoMsFormatter, iso_ms, parse_iso_ms, to_ms
 from gso_analytics.errors import ConfigurationError, StoreError
 from gso_analytics.model import (
     DailyStats,
@@ -190,9 +190,10 @@ class _SQLiteTransaction(Transaction):
         return parse_iso_ms(row[1])
 
     def insert_events(self, events: list[EventRecord]) -> None:
+        iso = IsoMsFormatter()
         self.conn.executemany(
             f"INSERT INTO {self.p}events (ts, userId, event, data, day) VALUES (?, ?, ?, ?, ?)",
-            [(iso_ms(e.ts), e.user_id, e.event, e.data, e.day) for e in events],
+            [(iso(e.ts_ms), e.user_id, e.event, e.data, e.day) for e in events],
         )
 
     def delete_events_before(self, cutoff: datetime) -> int:
@@ -214,6 +215,11 @@ class _SQLiteTransaction(Transaction):
 
     def delete_batches_before(self, cutoff: datetime) -> None:
         self.conn.execute(f"DELETE FROM {self.p}batches WHERE appliedAt < ?", (iso_ms(cutoff),))
+
+
+def _event_record(row: tuple[Any, ...]) -> EventRecord:
+    ts, user_id, event, data, day = row
+    return EventRecord(to_ms(parse_iso_ms(ts)), user_id, event, data, day)
 
 
 def _open_session(row: tuple[Any, ...]) -> OpenSession:
@@ -417,7 +423,7 @@ class SQLiteStore(Store):
             " ORDER BY id DESC LIMIT ?",
             (*params, limit),
         )
-        return [EventRecord(parse_iso_ms(ts), u, e, d, day) for ts, u, e, d, day in reversed(rows)]
+        return [_event_record(row) for row in reversed(rows)]
 
     # -- KPI range reads: each an index range on the day key -------------------------
 
@@ -471,7 +477,7 @@ class SQLiteStore(Store):
             " AND day >= ? AND day <= ? ORDER BY ts, id",
             (*names, start or "", end or "9999-12-31"),
         )
-        return [EventRecord(parse_iso_ms(ts), u, e, d, day) for ts, u, e, d, day in rows]
+        return [_event_record(row) for row in rows]
 
     def close(self) -> None:
         pid = os.getpid()

@@ -110,40 +110,50 @@ class Aggregator:
     # -- the flush thread ---------------------------------------------------------------
 
     def swap(self) -> FlushBatch:
-        """Drain what is buffered, in call order, into one batch stamped with the clock."""
+        """Drain what is buffered, in call order, into one batch stamped with the clock.
+
+        This loop is the flush's per-event cost, so the event case is written out here
+        (no call per event, locals for what it looks up): a day's counters are looked
+        up once per run of counted events of that day, and the record keeps the
+        call's milliseconds as they are.
+        """
         batch = FlushBatch(created_at=from_ms(self.now_ms()))
-        calls = self._calls
+        calls, events, payments = self._calls, batch.events, batch.payments
+        day_keys = self.day_keys
+        counted_day = ""  # the day whose counters ``counters`` is
+        counters: dict[str, Number] = {}
         for _ in range(len(calls)):  # only what is there now; later calls wait
             call = calls.popleft()
             self.backlog += 1  # out of the deque, still in memory: keeps the bound exact
-            if call[0] == _EVENT:
-                self._add_event(batch, call)
-            elif call[0] == _LOGIN:
+            kind = call[0]
+            if kind == _EVENT:
+                _, ns, user_id, event, data, field, amount = call
+                ms = ns // 1_000_000
+                # A dict is snapshot_data's private flat copy; anything else is JSON text.
+                text = "{}" if data is None else data if type(data) is str else encode_flat(data)
+                day, month = day_keys(ms)
+                if field is not None:
+                    if day != counted_day:
+                        counted_day = day
+                        counters = self._day_counters(batch, day, month)
+                    counters[field] = counters.get(field, 0) + amount
+                    if event == PAYMENT_EVENT:
+                        payers = payments.setdefault(day, {})
+                        payers[user_id] = payers.get(user_id, 0) + amount
+                events.append(EventRecord(ms, user_id, event, text, day))
+            elif kind == _LOGIN:
                 self._add_login(batch, call[1] // 1_000_000, call[2], call[3])
             else:
                 self._add_logout(batch, call[1] // 1_000_000, call[2])
         return batch
 
     @staticmethod
-    def _count(batch: FlushBatch, day: str, month: str, field: str, amount: Number) -> None:
+    def _day_counters(batch: FlushBatch, day: str, month: str) -> dict[str, Number]:
         counters = batch.counters.get(day)
         if counters is None:
             counters = batch.counters[day] = {}
             batch.months[day] = month
-        counters[field] = counters.get(field, 0) + amount
-
-    def _add_event(self, batch: FlushBatch, call: tuple[Any, ...]) -> None:
-        _, ns, user_id, event, data, field, amount = call
-        ms = ns // 1_000_000
-        # A dict here is snapshot_data's private flat copy; anything else arrived as text.
-        text = "{}" if data is None else data if type(data) is str else encode_flat(data)
-        day, month = self.day_keys(ms)
-        if field is not None:
-            self._count(batch, day, month, field, amount)
-            if event == PAYMENT_EVENT:
-                payers = batch.payments.setdefault(day, {})
-                payers[user_id] = payers.get(user_id, 0) + amount
-        batch.events.append(EventRecord(from_ms(ms), user_id, event, text, day))
+        return counters
 
     def _add_login(self, batch: FlushBatch, ms: int, user_id: str, username: str | None) -> None:
         at = from_ms(ms)
@@ -157,7 +167,8 @@ class Aggregator:
             SessionOpen(session_id, user_id, username, at, day, month, self.origin)
         )
         self._open[user_id] = session_id
-        self._count(batch, day, month, "sessionCount", 1)
+        counters = self._day_counters(batch, day, month)
+        counters["sessionCount"] = counters.get("sessionCount", 0) + 1
         batch.day_users.setdefault(day, set()).add(user_id)
         batch.month_users.setdefault(month, set()).add(user_id)
 

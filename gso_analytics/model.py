@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from .clock import from_ms
 from .counters import DAILY_FIELDS
 
 Number = int | float
@@ -59,15 +60,26 @@ class SessionClose:
     relogin: bool = False
 
 
-@attrs.frozen
+@attrs.define
 class EventRecord:
-    """One entry of the event stream; ``data`` is JSON text, validated at the call."""
+    """One entry of the event stream; ``data`` is JSON text, validated at the call.
 
-    ts: datetime
+    The time is kept as integer milliseconds since the epoch (``ts_ms``), as the
+    aggregator stamps it: a flush builds one record per event, and neither a
+    ``datetime`` nor a frozen class (whose ``__init__`` goes through
+    ``object.__setattr__``) is paid for per event; a store formats the milliseconds as
+    it stores them. ``ts`` is the same moment as an aware UTC datetime, for readers.
+    """
+
+    ts_ms: int
     user_id: str
     event: str
     data: str
     day: str
+
+    @property
+    def ts(self) -> datetime:
+        return from_ms(self.ts_ms)
 
 
 SessionOp = SessionOpen | SessionClose

@@ -1,16 +1,20 @@
-"""The request path's fast data snapshot and the flush thread's JSON writer.
+"""The request path's fast data snapshot and the flush's hand-written text writers.
 
 ``snapshot_data`` keeps small flat dicts as copies and ``encode_flat`` writes their
 JSON by hand for speed; ``json.dumps`` is the oracle both must agree with.
+``IsoMsFormatter`` writes event times reusing the last second's text; date arithmetic
+from the epoch, formatted field by field, is its oracle.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gso_analytics.clock import IsoMsFormatter, iso_ms
 from gso_analytics.validation import Limits, encode_flat, snapshot_data
 
 keys = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,70}", fullmatch=True)
@@ -64,3 +68,34 @@ def test_small_limits_take_the_exact_path() -> None:
     """With max_data_bytes below the fast path's worst case, sizes are computed exactly."""
     limits = Limits(max_data_bytes=40)
     assert snapshot_data({"a": "x" * 20}, limits) == '{"a":"' + "x" * 20 + '"}'
+
+
+def iso_oracle(ms: int) -> str:
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
+        f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond // 1000:03d}Z"
+    )
+
+
+# 1900-01-01 to 9999-12-31: times before the epoch too, where divmod must floor.
+moments_ms = st.integers(min_value=-2_208_988_800_000, max_value=253_402_300_799_999)
+
+
+@given(st.lists(st.one_of(moments_ms, st.integers(0, 5_000)), min_size=1, max_size=50))
+def test_time_text_reusing_the_last_second_is_exact(times: list[int]) -> None:
+    """One formatter for a whole sequence: cache hits, misses, and going back in time."""
+    formatter = IsoMsFormatter()
+    assert [formatter(ms) for ms in times] == [iso_oracle(ms) for ms in times]
+
+
+def test_time_text_within_one_second_and_across_it() -> None:
+    formatter = IsoMsFormatter()
+    base = 1_764_086_399_998  # 2025-11-25T15:59:59.998Z
+    assert [formatter(base + k) for k in range(4)] == [
+        "2025-11-25T15:59:59.998Z",
+        "2025-11-25T15:59:59.999Z",
+        "2025-11-25T16:00:00.000Z",
+        "2025-11-25T16:00:00.001Z",
+    ]
+    assert formatter(base) == iso_ms(datetime(2025, 11, 25, 15, 59, 59, 998_000, tzinfo=UTC))

@@ -38,6 +38,7 @@ from gso_analytics import (
     ValidationError,
     open_store,
 )
+from gso_analytics.clock import to_ms
 from gso_analytics.model import EventRecord, SessionClose, SessionOpen
 from gso_analytics.store import store_class
 
@@ -350,8 +351,8 @@ def test_the_server_expires_old_events_without_prune(mongo_url: str) -> None:
             FlushBatch(
                 created_at=NOW,
                 events=[
-                    EventRecord(old, "u1", "old.event", "{}", old.date().isoformat()),
-                    EventRecord(NOW, "u1", "new.event", "{}", NOW.date().isoformat()),
+                    EventRecord(to_ms(old), "u1", "old.event", "{}", old.date().isoformat()),
+                    EventRecord(to_ms(NOW), "u1", "new.event", "{}", NOW.date().isoformat()),
                 ],
             )
         )
@@ -417,7 +418,8 @@ def test_data_with_unstorable_keys_is_kept_as_text(mongo_store: MongoStore) -> N
     text = '{"$gt":"","a.b":1}'
     mongo_store.apply(
         FlushBatch(
-            created_at=NOW, events=[EventRecord(NOW, "u1", "raw", text, NOW.date().isoformat())]
+            created_at=NOW,
+            events=[EventRecord(to_ms(NOW), "u1", "raw", text, NOW.date().isoformat())],
         )
     )
     assert raw(mongo_store, "events").find_one({"event": "raw"})["data"] == text
@@ -729,7 +731,7 @@ def test_real_mongodb_when_configured() -> None:
                 SessionOpen("s1", "u1", "alice", NOW, day, month, "o"),
                 SessionClose("u1", NOW + timedelta(seconds=30), "s1", "o"),
             ],
-            events=[EventRecord(NOW, "u1", "credits.earn", '{"amount":5}', day)],
+            events=[EventRecord(to_ms(NOW), "u1", "credits.earn", '{"amount":5}', day)],
         )
         assert not store.apply(batch).duplicate
         assert store.apply(batch).duplicate

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from gso_analytics import DAILY_FIELDS, FlushBatch, Store, StoreError
+from gso_analytics.clock import to_ms
 from gso_analytics.model import EventRecord, SessionClose, SessionOpen
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ def make_batch(clock_at: datetime) -> FlushBatch:
             SessionOpen("s-1", "u1", "alice", clock_at, day, month, "origin-a"),
             SessionClose("u1", clock_at + timedelta(seconds=90), "s-1", "origin-a"),
         ],
-        events=[EventRecord(clock_at, "u1", "credits.earn", '{"amount":50}', day)],
+        events=[EventRecord(to_ms(clock_at), "u1", "credits.earn", '{"amount":50}', day)],
     )
 
 
