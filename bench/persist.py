@@ -34,7 +34,30 @@ def _gso(path: Path, n: int) -> float:
     analytics.flush()
     elapsed = time.perf_counter() - start
     analytics.stop()
+    _check_stored(path, n)
     return elapsed
+
+
+def _check_stored(path: Path, n: int) -> None:
+    """Refuse a figure for work not done: every event stored with its data, counter exact."""
+    conn = sqlite3.connect(path)
+    try:
+        (events, data_sum), (earned,) = (
+            conn.execute(
+                f"SELECT count(*), sum(json_extract(data, '$.amount')) FROM {PREFIX}events"
+            ).fetchone(),
+            conn.execute(
+                f"SELECT sum(value) FROM {PREFIX}daily WHERE field = 'creditsEarned'"
+            ).fetchone(),
+        )
+    finally:
+        conn.close()
+    expected = sum(i % 100 for i in range(n))
+    if (events, data_sum, earned) != (n, expected, expected):
+        raise AssertionError(
+            f"gso stored {events} events (amounts {data_sum}, counter {earned});"
+            f" expected {n} events and {expected}"
+        )
 
 
 def _rows(n: int) -> list[tuple[str, str, str, str, str]]:

@@ -1,0 +1,123 @@
+"""``python -m bench.icount``: instructions per call under valgrind, steadier than time.
+
+On a shared machine a time moves by tens of percent from run to run; the number of
+instructions a call executes does not. Each subject runs in a child process under
+``valgrind --tool=callgrind`` twice, with ``small`` and ``large`` calls, and the
+difference divided by ``large - small`` is its cost per call: start-up, imports and
+the store's schema cancel out. It needs valgrind (``apt install valgrind``) and takes
+a minute or two; it counts work, not waiting, so it complements ``python -m bench``
+rather than replacing it (I/O, locks and cache misses are not in it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench import persist
+
+SUBJECTS = ("counter_inc", "track", "track_amount", "persist_gso", "persist_raw")
+COMPARED = {"track": "counter_inc", "track_amount": "counter_inc", "persist_gso": "persist_raw"}
+_COLLECTED = re.compile(r"Collected : (\d+)")
+
+
+def _run_subject(subject: str, n: int) -> None:
+    """The child's side: ``n`` calls of ``subject`` and nothing else worth counting."""
+    if subject.startswith("persist_"):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "bench.db"
+            if subject == "persist_gso":
+                persist._gso(path, n)
+            else:
+                persist._insert(path, n, prebuilt=False)
+        return
+    if subject == "counter_inc":
+        from prometheus_client import CollectorRegistry, Counter
+
+        inc = Counter("calls", "calls", registry=CollectorRegistry()).inc
+        for _ in range(n):
+            inc()
+        return
+    from gso_analytics import Analytics
+
+    analytics = Analytics("memory://", max_buffered_events=n + 1, flush_interval=3600)
+    track, data = analytics.track, {"amount": 50}
+    if subject == "track":
+        for _ in range(n):
+            track("dungeon.complete", "u1")
+    else:
+        for _ in range(n):
+            track("credits.earn", "u1", data)
+    # The request path only: the flush at exit is persist_gso's business.
+    os._exit(0)
+
+
+def instructions(subject: str, n: int) -> int:
+    """The instructions a child process executes for ``n`` calls of ``subject``."""
+    done = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            "-m",
+            "bench.icount",
+            "--child",
+            subject,
+            str(n),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    found = _COLLECTED.search(done.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count from valgrind:\n{done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def run(subjects: tuple[str, ...], small: int, large: int) -> list[dict[str, object]]:
+    per_call = {
+        s: (instructions(s, large) - instructions(s, small)) / (large - small) for s in subjects
+    }
+    rows: list[dict[str, object]] = []
+    for subject, cost in per_call.items():
+        row: dict[str, object] = {"subject": subject, "instructions_per_call": round(cost)}
+        base = COMPARED.get(subject)
+        if base in per_call:
+            row[f"x_{base}"] = round(cost / per_call[base], 2)
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", nargs=2, metavar=("SUBJECT", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--only", default=",".join(SUBJECTS), help="subjects, comma-separated")
+    parser.add_argument("--calls", default="10000,30000", help="SMALL,LARGE calls per subject")
+    args = parser.parse_args()
+    if args.child:
+        _run_subject(args.child[0], int(args.child[1]))
+        return
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is not installed (apt install valgrind)")
+    subjects = tuple(s for s in args.only.split(",") if s)
+    unknown = set(subjects) - set(SUBJECTS)
+    if unknown:
+        sys.exit(f"unknown subjects {sorted(unknown)}; known: {', '.join(SUBJECTS)}")
+    small, large = (int(x) for x in args.calls.split(","))
+    from bench.__main__ import table
+
+    title = f"Instructions per call (valgrind callgrind, {large:,} minus {small:,} calls)"
+    print(table(title, run(subjects, small, large)))
+
+
+if __name__ == "__main__":
+    main()
