@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from gso_analytics.clock import IsoMsFormatter, iso_ms, parse_iso_ms, to_ms
+from gso_analytics.clock import iso_from_ms, iso_ms, parse_iso_ms, to_ms
 from gso_analytics.errors import ConfigurationError, StoreError
 from gso_analytics.model import (
     DailyStats,
@@ -190,10 +190,9 @@ class _SQLiteTransaction(Transaction):
         return parse_iso_ms(row[1])
 
     def insert_events(self, events: list[EventRecord]) -> None:
-        iso = IsoMsFormatter()
         self.conn.executemany(
             f"INSERT INTO {self.p}events (ts, userId, event, data, day) VALUES (?, ?, ?, ?, ?)",
-            [(iso(e.ts_ms), e.user_id, e.event, e.data, e.day) for e in events],
+            [(iso_from_ms(e.ts_ms), e.user_id, e.event, e.data, e.day) for e in events],
         )
 
     def delete_events_before(self, cutoff: datetime) -> int:

@@ -6,6 +6,7 @@ replay days; keys are computed in ``tz`` (UTC by default, as in the seed).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -57,27 +58,19 @@ def iso_ms(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds")[:-6] + "Z"  # "+00:00" -> "Z"
 
 
-class IsoMsFormatter:
-    """:func:`iso_ms` for integer milliseconds, formatting each second only once.
+def iso_from_ms(ms: int) -> str:
+    """:func:`iso_ms` of integer milliseconds since the epoch, formatting each second once.
 
-    A store writes every event's time as text; ``isoformat`` costs about a microsecond
-    a call, more than the SQLite insert of the row, while the events of one flush
-    mostly share a handful of seconds. The last second's prefix is kept as one tuple,
-    replaced whole, so an instance shared between threads never mixes two seconds.
+    Stores and forwarders write every event's time as text; ``isoformat`` costs about a
+    microsecond a call, while the events of a flush or a forwarded batch mostly share
+    a handful of seconds, so the second's prefix comes from a small cache.
     """
+    return f"{_second_prefix(ms // 1000)}{ms % 1000:03d}Z"
 
-    __slots__ = ("_last",)
 
-    def __init__(self) -> None:
-        self._last: tuple[int | None, str] = (None, "")
-
-    def __call__(self, ms: int) -> str:
-        second, milli = divmod(ms, 1000)
-        last_second, prefix = self._last
-        if second != last_second:
-            prefix = iso_ms(from_ms(second * 1000))[:-4]  # "2026-11-25T16:01:30."
-            self._last = (second, prefix)
-        return f"{prefix}{milli:03d}Z"
+@functools.lru_cache(maxsize=256)
+def _second_prefix(second: int) -> str:
+    return iso_ms(from_ms(second * 1000))[:-4]  # "2026-11-25T16:01:30."
 
 
 def parse_iso_ms(text: str) -> datetime:

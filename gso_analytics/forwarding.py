@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import abc
 import enum
-import functools
 import gzip
 import hashlib
 import hmac
@@ -46,7 +45,7 @@ from urllib.parse import urlsplit
 import attrs
 import requests
 
-from .clock import from_ms, iso_ms
+from .clock import from_ms, iso_from_ms
 from .errors import ConfigurationError
 
 log = logging.getLogger("gso_analytics.forwarding")
@@ -90,13 +89,7 @@ class ForwardedEvent:
     @property
     def iso_ts(self) -> str:
         """``2026-11-25T16:01:30.123Z``, as the seed's ``Date.toISOString()``."""
-        return _iso_second(self.time_ms // 1000) + f"{self.time_ms % 1000:03d}Z"
-
-
-@functools.lru_cache(maxsize=256)
-def _iso_second(second: int) -> str:
-    # Events come in bursts within one second: format its prefix once (strftime is slow).
-    return iso_ms(from_ms(second * 1000))[:-4]
+        return iso_from_ms(self.time_ms)
 
 
 @attrs.define(slots=True)

@@ -2,7 +2,7 @@
 
 ``snapshot_data`` keeps small flat dicts as copies and ``encode_flat`` writes their
 JSON by hand for speed; ``json.dumps`` is the oracle both must agree with.
-``IsoMsFormatter`` writes event times reusing the last second's text; date arithmetic
+``iso_from_ms`` writes event times reusing a cached second's text; date arithmetic
 from the epoch, formatted field by field, is its oracle.
 """
 
@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gso_analytics.clock import IsoMsFormatter, iso_ms
+from gso_analytics.clock import iso_from_ms, iso_ms
 from gso_analytics.validation import Limits, encode_flat, snapshot_data
 
 keys = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,70}", fullmatch=True)
@@ -83,19 +83,17 @@ moments_ms = st.integers(min_value=-2_208_988_800_000, max_value=253_402_300_799
 
 
 @given(st.lists(st.one_of(moments_ms, st.integers(0, 5_000)), min_size=1, max_size=50))
-def test_time_text_reusing_the_last_second_is_exact(times: list[int]) -> None:
-    """One formatter for a whole sequence: cache hits, misses, and going back in time."""
-    formatter = IsoMsFormatter()
-    assert [formatter(ms) for ms in times] == [iso_oracle(ms) for ms in times]
+def test_time_text_from_a_cached_second_is_exact(times: list[int]) -> None:
+    """A whole sequence: cache hits, misses, and going back in time."""
+    assert [iso_from_ms(ms) for ms in times] == [iso_oracle(ms) for ms in times]
 
 
 def test_time_text_within_one_second_and_across_it() -> None:
-    formatter = IsoMsFormatter()
     base = 1_764_086_399_998  # 2025-11-25T15:59:59.998Z
-    assert [formatter(base + k) for k in range(4)] == [
+    assert [iso_from_ms(base + k) for k in range(4)] == [
         "2025-11-25T15:59:59.998Z",
         "2025-11-25T15:59:59.999Z",
         "2025-11-25T16:00:00.000Z",
         "2025-11-25T16:00:00.001Z",
     ]
-    assert formatter(base) == iso_ms(datetime(2025, 11, 25, 15, 59, 59, 998_000, tzinfo=UTC))
+    assert iso_from_ms(base) == iso_ms(datetime(2025, 11, 25, 15, 59, 59, 998_000, tzinfo=UTC))
