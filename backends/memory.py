@@ -23,6 +23,7 @@ from gso_analytics.model import (
     MonthStats,
     Number,
     OpenSession,
+    ReloginClose,
     SessionOpen,
     SessionRecord,
 )
@@ -42,6 +43,7 @@ class _State:
     user_revenue: dict[tuple[str, str], Number] = attrs.field(factory=dict)  # (day, user)
     sessions: dict[str, SessionRecord] = attrs.field(factory=dict)
     open_ids: set[str] = attrs.field(factory=set)
+    relogin_closes: dict[str, str] = attrs.field(factory=dict)  # session id -> origin
     pending_logouts: list[tuple[str, datetime, str]] = attrs.field(factory=list)
     events: list[EventRecord] = attrs.field(factory=list)
 
@@ -121,13 +123,43 @@ class _MemoryTransaction(Transaction):
         return OpenSession(s.session_id, s.login_at, s.day, s.month)
 
     def end_session(
-        self, session_id: str, logout_at: datetime, duration: int, timed_out: bool
+        self,
+        session_id: str,
+        logout_at: datetime,
+        duration: int,
+        timed_out: bool,
+        relogin_by: str | None = None,
     ) -> None:
         record = self.state.sessions[session_id]
         self.state.sessions[session_id] = attrs.evolve(
             record, logout_at=logout_at, duration_s=duration, timed_out=timed_out
         )
         self.state.open_ids.discard(session_id)
+        if relogin_by is not None:
+            self.state.relogin_closes[session_id] = relogin_by
+
+    def find_relogin_close(self, user_id: str, at: datetime, origin: str) -> ReloginClose | None:
+        found = []
+        for session_id, closer in self.state.relogin_closes.items():
+            s = self.state.sessions[session_id]
+            if (
+                closer != origin
+                and s.user_id == user_id
+                and s.logout_at is not None
+                and s.login_at <= at < s.logout_at
+            ):
+                found.append(
+                    ReloginClose(
+                        s.session_id, s.login_at, s.logout_at, s.duration_s, s.day, s.month
+                    )
+                )
+        return max(found, key=lambda ended: ended.login_at, default=None)
+
+    def correct_relogin_close(
+        self, session: ReloginClose, logout_at: datetime, duration: int
+    ) -> None:
+        del self.state.relogin_closes[session.session_id]
+        self.end_session(session.session_id, logout_at, duration, timed_out=False)
 
     def add_pending_logout(self, user_id: str, logout_at: datetime, origin: str) -> None:
         self.state.pending_logouts.append((user_id, logout_at, origin))

@@ -6,7 +6,9 @@ seed's camelCase documents, so dashboards built on the seed keep working:
 - ``sessions``: ``{_id: sessionId, userId, username, loginAt, logoutAt, durationS, day,
   month, timedOut}``, plus ``open`` (a boolean the open-session index is built on) and
   ``closedBy`` (the batch that closed it, ``"prune"`` for a timeout; empty exactly
-  while the session is open);
+  while the session is open), ``reloginBy`` (the process whose second login of the
+  user ended it, else null) and ``correctedBy`` (the batch whose logout from another
+  process replaced that end, kept in ``reloginLogoutAt``/``reloginDurationS``);
 - ``daily``: one document per day, ``{day, month, dau, newUsers, creditsEarned, ...}``;
 - ``events``: ``{ts, userId, event, data, day}``, expired by a native TTL index on ``ts``;
 - ``monthly`` (``{month, mau, timedSessions, timedSessionS}``), ``day_users`` and
@@ -62,6 +64,9 @@ completes the batch without counting anything twice:
    still open (``{_id, open: true}``), with ``closedBy: batchId``, and in recovery a
    session closed by this very batch still reads as open (``closedBy`` in ``["",
    batchId]``), so the retry takes the same decisions and the same durations;
+   a correction of a second login's end replaces the document while its
+   ``correctedBy`` is empty (in recovery: empty or this batch, whose saved
+   ``reloginLogoutAt`` gives the retry the same decision);
    pending logouts are upserted under ``(batchId, index)`` with ``$setOnInsert`` (a
    retry never revives one that another batch took since) and taken with
    ``{takenBy: ""}`` → ``{takenBy: batchId}``. A compare-and-set that matches nothing
@@ -122,6 +127,7 @@ from gso_analytics.model import (
     Number,
     OpenSession,
     PruneResult,
+    ReloginClose,
     SessionClose,
     SessionOpen,
     SessionRecord,
@@ -301,6 +307,10 @@ class _MongoTransaction(Transaction):
         self._new_sessions: dict[str, dict[str, Any]] = {}
         self._read_sessions: dict[str, dict[str, Any]] = {}
         self._closes: set[str] = set()
+        # Closed sessions read by find_relogin_close (kept apart: the two dicts above
+        # hold sessions that are open as far as this transaction is concerned).
+        self._ended_sessions: dict[str, dict[str, Any]] = {}
+        self._corrections: set[str] = set()  # second-login ends corrected here
         self._pending_new: list[dict[str, Any]] = []
         self._pending_taken: dict[Any, str] = {}  # pending logout id -> user
         self._pending_seq = 0
@@ -497,6 +507,8 @@ class _MongoTransaction(Transaction):
             "timedOut": False,
             "open": True,
             "closedBy": "",
+            "reloginBy": None,
+            "correctedBy": "",
         }
 
     def _held(self, session_id: str) -> dict[str, Any] | None:
@@ -547,7 +559,12 @@ class _MongoTransaction(Transaction):
         return _newest(candidates)
 
     def end_session(
-        self, session_id: str, logout_at: datetime, duration: int, timed_out: bool
+        self,
+        session_id: str,
+        logout_at: datetime,
+        duration: int,
+        timed_out: bool,
+        relogin_by: str | None = None,
     ) -> None:
         self._enter_sessions()
         doc = self._held(session_id)
@@ -564,8 +581,73 @@ class _MongoTransaction(Transaction):
             timedOut=timed_out,
             open=False,
             closedBy=self.batch_id or PRUNE_CLOSER,
+            reloginBy=relogin_by,
         )
         self._closes.add(session_id)
+
+    def _uncorrected(self) -> Any:
+        """``correctedBy`` of a second login's end no batch has corrected (in recovery,
+        also the one this batch corrected before: the retry takes the same decision)."""
+        return ("", None, self.batch_id) if self.recovering else ("", None)
+
+    def _relogin_end(self, doc: dict[str, Any]) -> tuple[datetime, int]:
+        """The end a second login gave the session (kept aside once corrected)."""
+        if doc.get("correctedBy"):
+            return _aware(doc["reloginLogoutAt"]), doc["reloginDurationS"]
+        return _aware(doc["logoutAt"]), doc["durationS"]
+
+    def find_relogin_close(self, user_id: str, at: datetime, origin: str) -> ReloginClose | None:
+        self._enter_sessions()
+        self._touch(user_id)
+        held = {
+            sid: doc
+            for sid, doc in (
+                *self._new_sessions.items(),
+                *self._read_sessions.items(),
+                *self._ended_sessions.items(),
+            )
+            if doc["userId"] == user_id
+        }
+        # The sessions that ended after ``at``, by an index range (a second early, as
+        # the match below is exact to the millisecond whatever the server compares).
+        query: dict[str, Any] = {"userId": user_id, "logoutAt": {"$gt": at - timedelta(seconds=1)}}
+        if held:
+            query["_id"] = {"$nin": list(held)}
+        docs = [*held.values(), *self._c("sessions").find(query, **self._kw)]
+        found = []
+        for doc in docs:
+            if (
+                doc.get("reloginBy") in (None, origin)
+                or doc.get("correctedBy") not in self._uncorrected()
+                or doc["_id"] in self._corrections
+                or doc.get("logoutAt") is None
+            ):
+                continue
+            logout_at, duration = self._relogin_end(doc)
+            if _aware(doc["loginAt"]) <= at < logout_at:
+                found.append(doc)
+        if not found:
+            return None
+        doc = max(found, key=lambda d: _aware(d["loginAt"]))
+        self._ended_sessions.setdefault(doc["_id"], doc)
+        logout_at, duration = self._relogin_end(doc)
+        return ReloginClose(
+            doc["_id"], _aware(doc["loginAt"]), logout_at, duration, doc["day"], doc["month"]
+        )
+
+    def correct_relogin_close(
+        self, session: ReloginClose, logout_at: datetime, duration: int
+    ) -> None:
+        self._enter_sessions()
+        doc = self._ended_sessions[session.session_id]  # held by find_relogin_close
+        doc.update(
+            logoutAt=logout_at,
+            durationS=duration,
+            correctedBy=self.batch_id,
+            reloginLogoutAt=session.logout_at,
+            reloginDurationS=session.duration_s,
+        )
+        self._corrections.add(session.session_id)
 
     def open_sessions_before(self, cutoff: datetime) -> list[OpenSession]:
         self._enter_sessions()
@@ -668,7 +750,13 @@ class _MongoTransaction(Transaction):
             self.store._commit(self.session)
 
     def _has_session_writes(self) -> bool:
-        return bool(self._new_sessions or self._closes or self._pending_new or self._pending_taken)
+        return bool(
+            self._new_sessions
+            or self._closes
+            or self._corrections
+            or self._pending_new
+            or self._pending_taken
+        )
 
     def _write_sessions(self) -> None:
         pymongo = _pymongo()
@@ -700,6 +788,22 @@ class _MongoTransaction(Transaction):
             )
             if result.matched_count != len(closed):
                 raise _Conflict("a session was closed by another writer; retrying the batch")
+        corrected = [self._ended_sessions[sid] for sid in sorted(self._corrections)]
+        if corrected:
+            # Compare-and-swap again: only while no other batch has corrected it.
+            result = sessions.bulk_write(
+                [
+                    pymongo.ReplaceOne(
+                        {"_id": doc["_id"], "correctedBy": {"$in": list(self._uncorrected())}},
+                        {k: v for k, v in doc.items() if k != "_id"},
+                    )
+                    for doc in corrected
+                ],
+                ordered=False,
+                **self._kw,
+            )
+            if result.matched_count != len(corrected):
+                raise _Conflict("a session was corrected by another writer; retrying the batch")
         ops = [
             pymongo.UpdateOne(
                 {"_id": doc["_id"]},
@@ -1111,6 +1215,7 @@ class MongoStore(Store):
             ("day_users", [("day", 1), ("userId", 1)], {"unique": True}),
             ("month_users", [("month", 1), ("userId", 1)], {"unique": True}),
             ("sessions", [("userId", 1), ("loginAt", 1)], {}),
+            ("sessions", [("userId", 1), ("logoutAt", 1)], {}),
             (
                 "sessions",
                 [("open", 1), ("loginAt", 1)],

@@ -29,6 +29,7 @@ from gso_analytics.model import (
     MonthStats,
     Number,
     OpenSession,
+    ReloginClose,
     SessionOpen,
     SessionRecord,
 )
@@ -51,7 +52,8 @@ CREATE TABLE IF NOT EXISTS {p}month_users (
 CREATE TABLE IF NOT EXISTS {p}sessions (
     id TEXT PRIMARY KEY, userId TEXT NOT NULL, username TEXT,
     loginAt TEXT NOT NULL, logoutAt TEXT, durationS INTEGER NOT NULL DEFAULT 0,
-    day TEXT NOT NULL, month TEXT NOT NULL, timedOut INTEGER NOT NULL DEFAULT 0);
+    day TEXT NOT NULL, month TEXT NOT NULL, timedOut INTEGER NOT NULL DEFAULT 0,
+    reloginBy TEXT);
 CREATE INDEX IF NOT EXISTS {p}sessions_user ON {p}sessions (userId, loginAt);
 CREATE INDEX IF NOT EXISTS {p}sessions_open ON {p}sessions (loginAt) WHERE logoutAt IS NULL;
 CREATE TABLE IF NOT EXISTS {p}pending_logouts (
@@ -165,11 +167,41 @@ class _SQLiteTransaction(Transaction):
         return _open_session(row) if row else None
 
     def end_session(
-        self, session_id: str, logout_at: datetime, duration: int, timed_out: bool
+        self,
+        session_id: str,
+        logout_at: datetime,
+        duration: int,
+        timed_out: bool,
+        relogin_by: str | None = None,
     ) -> None:
         self.conn.execute(
-            f"UPDATE {self.p}sessions SET logoutAt = ?, durationS = ?, timedOut = ? WHERE id = ?",
-            (iso_ms(logout_at), duration, int(timed_out), session_id),
+            f"UPDATE {self.p}sessions SET logoutAt = ?, durationS = ?, timedOut = ?, reloginBy = ?"
+            " WHERE id = ?",
+            (iso_ms(logout_at), duration, int(timed_out), relogin_by, session_id),
+        )
+
+    def find_relogin_close(self, user_id: str, at: datetime, origin: str) -> ReloginClose | None:
+        when = iso_ms(at)
+        row = self.conn.execute(
+            f"SELECT id, loginAt, logoutAt, durationS, day, month FROM {self.p}sessions"
+            " WHERE userId = ? AND reloginBy IS NOT NULL AND logoutAt > ? AND loginAt <= ?"
+            " AND reloginBy != ? ORDER BY loginAt DESC LIMIT 1",
+            (user_id, when, when, origin),
+        ).fetchone()
+        if row is None:
+            return None
+        session_id, login_at, logout_at, duration, day, month = row
+        return ReloginClose(
+            session_id, parse_iso_ms(login_at), parse_iso_ms(logout_at), duration, day, month
+        )
+
+    def correct_relogin_close(
+        self, session: ReloginClose, logout_at: datetime, duration: int
+    ) -> None:
+        self.conn.execute(
+            f"UPDATE {self.p}sessions SET logoutAt = ?, durationS = ?, reloginBy = NULL"
+            " WHERE id = ?",
+            (iso_ms(logout_at), duration, session.session_id),
         )
 
     def add_pending_logout(self, user_id: str, logout_at: datetime, origin: str) -> None:
@@ -214,6 +246,35 @@ class _SQLiteTransaction(Transaction):
 
     def delete_batches_before(self, cutoff: datetime) -> None:
         self.conn.execute(f"DELETE FROM {self.p}batches WHERE appliedAt < ?", (iso_ms(cutoff),))
+
+
+def _upgrade(conn: sqlite3.Connection, prefix: str) -> None:
+    """Bring a file written by an earlier version up to the schema.
+
+    Reads first, so opening an up-to-date file never waits for the write lock; an
+    upgrade takes it and looks again, so two processes opening one file at once do not
+    both alter it.
+    """
+
+    def missing() -> bool:
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({prefix}sessions)")}
+        return "reloginBy" not in columns
+
+    if missing():
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if missing():
+                conn.execute(f"ALTER TABLE {prefix}sessions ADD COLUMN reloginBy TEXT")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    # Finding a session a second login ended reads only those, by user and end.
+    conn.execute(
+        f"CREATE INDEX IF NOT EXISTS {prefix}sessions_relogin ON {prefix}sessions"
+        " (userId, logoutAt) WHERE reloginBy IS NOT NULL"
+    )
 
 
 def _event_record(row: tuple[Any, ...]) -> EventRecord:
@@ -295,6 +356,7 @@ class SQLiteStore(Store):
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(SCHEMA.format(p=prefix))
+            _upgrade(conn, prefix)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot prepare SQLite database {self.path}: {exc}") from exc
 

@@ -128,6 +128,24 @@ class OpenSession:
 
 
 @attrs.frozen
+class ReloginClose:
+    """A session a second login ended in the process that opened it.
+
+    That end is the process's best guess: the player's real logout may have been
+    recorded by another process and reach the store later. Such a logout, stamped
+    inside ``[login_at, logout_at)``, corrects the session (see
+    :func:`~gso_analytics.store.apply_batch`).
+    """
+
+    session_id: str
+    login_at: datetime
+    logout_at: datetime
+    duration_s: int
+    day: str
+    month: str
+
+
+@attrs.frozen
 class SessionRecord:
     """A stored session, as the seed's session document."""
 

@@ -31,6 +31,7 @@ from .model import (
     Number,
     OpenSession,
     PruneResult,
+    ReloginClose,
     SessionClose,
     SessionOpen,
     SessionRecord,
@@ -98,9 +99,29 @@ class Transaction(ABC):
 
     @abstractmethod
     def end_session(
-        self, session_id: str, logout_at: datetime, duration: int, timed_out: bool
+        self,
+        session_id: str,
+        logout_at: datetime,
+        duration: int,
+        timed_out: bool,
+        relogin_by: str | None = None,
     ) -> None:
-        """Close a session found by :meth:`find_open_session` or :meth:`open_sessions_before`."""
+        """Close a session found by :meth:`find_open_session` or :meth:`open_sessions_before`.
+
+        ``relogin_by`` is the origin of the process whose second login of the user
+        ends the session: the store keeps it with the session until a logout from
+        another origin corrects that end (:meth:`find_relogin_close`)."""
+
+    @abstractmethod
+    def find_relogin_close(self, user_id: str, at: datetime, origin: str) -> ReloginClose | None:
+        """The user's newest session that a second login ended, by another origin than
+        ``origin``, with ``login_at <= at < logout_at`` and not corrected yet."""
+
+    @abstractmethod
+    def correct_relogin_close(
+        self, session: ReloginClose, logout_at: datetime, duration: int
+    ) -> None:
+        """End ``session`` at ``logout_at`` instead, and forget its second-login mark."""
 
     @abstractmethod
     def add_pending_logout(self, user_id: str, logout_at: datetime, origin: str) -> None:
@@ -275,14 +296,24 @@ def apply_batch(tx: Transaction, batch: FlushBatch) -> ApplyResult:
         if added:
             monthly[month]["mau"] += added
 
-    def close(session: OpenSession, logout_at: datetime) -> None:
-        seconds = duration_s(session.login_at, logout_at)
-        tx.end_session(session.session_id, logout_at, seconds, timed_out=False)
-        daily[session.day]["totalSessionS"] += seconds
-        months[session.day] = session.month
+    def count(day: str, month: str, seconds: int, sign: int = 1) -> None:
+        daily[day]["totalSessionS"] += sign * seconds
+        months[day] = month
         if seconds > 0:
-            monthly[session.month]["timedSessions"] += 1
-            monthly[session.month]["timedSessionS"] += seconds
+            monthly[month]["timedSessions"] += sign
+            monthly[month]["timedSessionS"] += sign * seconds
+
+    def close(session: OpenSession, logout_at: datetime, relogin_by: str | None = None) -> None:
+        seconds = duration_s(session.login_at, logout_at)
+        tx.end_session(session.session_id, logout_at, seconds, False, relogin_by)
+        count(session.day, session.month, seconds)
+
+    def correct(ended: ReloginClose, logout_at: datetime) -> None:
+        # The second login's end was a guess: take its seconds back, count the real ones.
+        seconds = duration_s(ended.login_at, logout_at)
+        tx.correct_relogin_close(ended, logout_at, seconds)
+        count(ended.day, ended.month, ended.duration_s, sign=-1)
+        count(ended.day, ended.month, seconds)
 
     unmatched = 0
     for op in batch.session_ops:
@@ -298,11 +329,17 @@ def apply_batch(tx: Transaction, batch: FlushBatch) -> ApplyResult:
                 # logout ends the user's current session, wherever it was opened.
                 session = tx.find_open_session(op.user_id, None, op.logout_at)
             if session is not None:
-                close(session, op.logout_at)
+                close(session, op.logout_at, op.origin if op.relogin else None)
             elif not op.relogin:
-                # The login may sit in another process's unflushed batch.
-                tx.add_pending_logout(op.user_id, op.logout_at, op.origin)
-                unmatched += 1
+                # The session may have been ended by a later login in the process that
+                # opened it, which could not know of this logout: it ends there instead.
+                ended = tx.find_relogin_close(op.user_id, op.logout_at, op.origin)
+                if ended is not None:
+                    correct(ended, op.logout_at)
+                else:
+                    # The login may sit in another process's unflushed batch.
+                    tx.add_pending_logout(op.user_id, op.logout_at, op.origin)
+                    unmatched += 1
 
     for day, fields in daily.items():
         tx.increment_daily(day, months[day], dict(fields))

@@ -258,7 +258,11 @@ EXPECTED_INDEXES = {
     "monthly": [((("month", 1),), True)],
     "day_users": [((("day", 1), ("userId", 1)), True)],
     "month_users": [((("month", 1), ("userId", 1)), True)],
-    "sessions": [((("userId", 1), ("loginAt", 1)), False), ((("open", 1), ("loginAt", 1)), False)],
+    "sessions": [
+        ((("userId", 1), ("loginAt", 1)), False),
+        ((("open", 1), ("loginAt", 1)), False),
+        ((("userId", 1), ("logoutAt", 1)), False),
+    ],
     "pending_logouts": [((("takenBy", 1), ("userId", 1), ("logoutAt", 1)), False)],
     "events": [((("ts", 1),), False), ((("userId", 1), ("ts", 1)), False)],
     "batches": [((("appliedAt", 1),), False)],
@@ -763,3 +767,62 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 for _name, _test in vars(test_store_contract).items():
     if _name.startswith("test_") and callable(_test):
         globals()[f"test_contract_{_name.removeprefix('test_')}"] = _test
+
+
+@pytest.mark.parametrize("mode", ["standalone", "transactions"])
+@pytest.mark.parametrize("point", ["before", "after"])
+def test_a_retried_correction_of_a_second_login_end_counts_once(
+    nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch, mode: str, point: str
+) -> None:
+    """The connection drops just before or after the daily counters of a batch whose
+    logout corrects another process's second-login end; the retry (recovery mode on
+    standalone, where the session is already corrected) takes the same decision and
+    counts the durations once."""
+    url = nx_27017.url(
+        query=f"ttlIndex=false&transactions={'true' if mode != 'standalone' else 'false'}"
+    )
+    fired: list[str] = []
+    tx_type = mongo_backend._MongoTransaction
+    original = tx_type._write_counters
+
+    def write_counters(self: Any, name: str, *args: Any) -> None:
+        if name == "daily" and point == "after":
+            original(self, name, *args)
+        if name == "daily" and self.batch_id == failing[0] and not fired:
+            fired.append(point)
+            raise pymongo.errors.AutoReconnect(f"injected: connection lost {point}")
+        original(self, name, *args)
+
+    now = [datetime(2025, 3, 14, 12, tzinfo=UTC)]
+    failing: list[str | None] = [None]
+    with open_store(url) as store, open_store(url) as other:
+        a = Analytics(store, clock=lambda: now[0], forwarders=[], flush_interval=3600)
+        b = Analytics(other, clock=lambda: now[0], forwarders=[], flush_interval=3600)
+        a.on_login("u1")
+        now[0] += timedelta(seconds=60)
+        b.on_logout("u1")
+        now[0] += timedelta(seconds=60)
+        a.on_login("u1")
+        now[0] += timedelta(seconds=120)
+        a.on_logout("u1")
+        a.flush()
+        monkeypatch.setattr(tx_type, "_write_counters", write_counters)
+        real_apply = other.apply
+
+        def apply(batch: Any) -> Any:
+            failing[0] = batch.id
+            return real_apply(batch)
+
+        monkeypatch.setattr(other, "apply", apply)
+        with pytest.raises(StoreError, match="injected"):
+            b.flush()
+        monkeypatch.undo()
+        b.flush()
+        assert fired == [point]
+        assert b.stats()["retried"] == 1
+        assert [s.duration_s for s in store.get_sessions("u1")] == [60, 120]
+        assert store.get_day("2025-03-14")["totalSessionS"] == 180
+        month = store.get_month("2025-03")
+        assert (month.timed_sessions, month.timed_session_s) == (2, 180)
+        a.stop()
+        b.stop()

@@ -216,15 +216,36 @@ class Model:
         ]
         return max(found, key=lambda s: self.sessions[s]["login"]) if found else None
 
-    def _end(self, sid: int, at: int) -> None:
+    def _end(self, sid: int, at: int, relogin_by: int | None = None) -> None:
         session = self.sessions[sid]
         seconds = seconds_between(session["login"], at)
-        session.update(logout=at, duration=seconds)
+        session.update(logout=at, duration=seconds, relogin_by=relogin_by)
         self.open_ids.discard(sid)
-        self.days[session["day"]]["totalSessionS"] += seconds
+        self._count(session, seconds, 1)
+
+    def _count(self, session: dict[str, Any], seconds: int, sign: int) -> None:
+        self.days[session["day"]]["totalSessionS"] += sign * seconds
         if seconds > 0:
-            self.timed[session["month"]][0] += 1
-            self.timed[session["month"]][1] += seconds
+            self.timed[session["month"]][0] += sign
+            self.timed[session["month"]][1] += sign * seconds
+
+    def _correct_relogin_end(self, user: str, at: int, origin: int) -> bool:
+        """A logout inside a session another process's second login ended ends it."""
+        ended = [
+            s
+            for s in self.sessions.values()
+            if s["user"] == user
+            and s["relogin_by"] not in (None, origin)
+            and s["login"] <= at < s["logout"]
+        ]
+        if not ended:
+            return False
+        session = max(ended, key=lambda s: s["login"])
+        self._count(session, session["duration"], -1)
+        seconds = seconds_between(session["login"], at)
+        session.update(logout=at, duration=seconds, relogin_by=None)
+        self._count(session, seconds, 1)
+        return True
 
     def apply(self, ops: list[tuple[Any, ...]]) -> None:
         for op in ops:
@@ -239,7 +260,7 @@ class Model:
                 _, sid, user, login, day, month, origin = op
                 self.sessions[sid] = {
                     "user": user, "login": login, "logout": None, "duration": 0,
-                    "day": day, "month": month, "timed_out": False,
+                    "day": day, "month": month, "timed_out": False, "relogin_by": None,
                 }  # fmt: skip
                 self.open_ids.add(sid)
                 waiting = [
@@ -257,8 +278,8 @@ class Model:
                 if found is None and sid is not None and not relogin:
                     found = self._find_open(user, None, at)  # a stale id
                 if found is not None:
-                    self._end(found, at)
-                elif not relogin:
+                    self._end(found, at, origin if relogin else None)
+                elif not relogin and not self._correct_relogin_end(user, at, origin):
                     self.pending_logouts.append((user, at, origin))
             elif op[0] == "count":
                 _, day, name, amount = op

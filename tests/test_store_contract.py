@@ -373,6 +373,131 @@ def test_late_logout_does_not_close_a_newer_session(
     assert store.get_day("2025-03-14")["totalSessionS"] == 20
 
 
+@pytest.mark.parametrize("flush_order", ["second_login_first", "logout_first"])
+def test_a_logout_from_another_process_corrects_a_second_login_end(
+    store: Store,
+    other_store: Store,
+    make_analytics: AnalyticsFactory,
+    clock: FakeClock,
+    flush_order: str,
+) -> None:
+    """Process A sees login, login, logout; process B the logout of the first session.
+
+    A's second login ends the first session as far as A knows. Whichever process
+    flushes first, the store ends up with B's logout ending the first session and the
+    counters holding the real durations (60 s and 120 s), not A's guess (120 s).
+    """
+    a = make_analytics(store)
+    b = make_analytics(other_store)
+    first_login = clock.now
+    a.on_login("u1")
+    logout_1 = clock.advance(60)
+    b.on_logout("u1")
+    second_login = clock.advance(60)
+    a.on_login("u1")
+    logout_2 = clock.advance(120)
+    a.on_logout("u1")
+    if flush_order == "second_login_first":
+        a.flush()
+        assert [s.duration_s for s in store.get_sessions("u1")] == [120, 120]  # A's guess
+        b.flush()
+    else:
+        b.flush()
+        a.flush()
+
+    sessions = other_store.get_sessions("u1")
+    assert [(s.login_at, s.logout_at, s.duration_s) for s in sessions] == [
+        (first_login, logout_1, 60),
+        (second_login, logout_2, 120),
+    ]
+    assert store.get_day("2025-03-14")["totalSessionS"] == 180
+    month = store.get_month("2025-03")
+    assert (month.timed_sessions, month.timed_session_s) == (2, 180)
+    assert store.count_open_sessions() == 0
+
+
+def test_a_correction_to_zero_seconds_leaves_no_timed_session(
+    store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """A's second login ends the first session after 30 s, a timed session; B's logout
+    at the very moment of the first login makes it 0 s, which the month no longer
+    counts among its timed sessions."""
+    a = make_analytics(store)
+    b = make_analytics(other_store)
+    a.on_login("u1")
+    b.on_logout("u1")  # the same millisecond as the first login
+    clock.advance(30)
+    a.on_login("u1")
+    a.flush()
+    month = store.get_month("2025-03")
+    assert (month.timed_sessions, month.timed_session_s) == (1, 30)
+    b.flush()
+    assert [s.duration_s for s in store.get_sessions("u1")] == [0, 0]
+    assert [s.logout_at is None for s in store.get_sessions("u1")] == [False, True]
+    month = store.get_month("2025-03")
+    assert (month.timed_sessions, month.timed_session_s) == (0, 0)
+    assert store.get_day("2025-03-14")["totalSessionS"] == 0
+
+
+def test_a_logout_outside_the_second_login_end_stays_pending(
+    store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """Only a logout stamped inside ``[login, second login)`` corrects that session."""
+    a = make_analytics(store)
+    b = make_analytics(other_store)
+    a.on_login("u1")
+    clock.advance(60)
+    a.on_login("u1")
+    clock.advance(20)
+    a.on_logout("u1")
+    clock.advance(20)
+    b.on_logout("u1")  # after both sessions: a stray, kept for a login still to come
+    a.flush()
+    b.flush()
+    assert [s.duration_s for s in store.get_sessions("u1")] == [60, 20]
+    assert store.get_day("2025-03-14")["totalSessionS"] == 80
+
+
+def test_a_second_login_end_is_corrected_once(store: Store, clock: FakeClock) -> None:
+    """Two late logouts inside the same session: the first ends it, the second waits
+    as any unmatched logout; a process never corrects its own second login's end."""
+    day, month = "2025-03-14", "2025-03"
+    login = clock.now
+    at_100 = login + timedelta(seconds=100)
+    store.apply(
+        FlushBatch(
+            created_at=login,
+            session_ops=[
+                SessionOpen("s-1", "u1", None, login, day, month, "origin-a"),
+                SessionClose("u1", at_100, "s-1", "origin-a", relogin=True),
+                SessionOpen("s-2", "u1", None, at_100, day, month, "origin-a"),
+                SessionClose("u1", login + timedelta(seconds=150), "s-2", "origin-a"),
+            ],
+        )
+    )
+    own = store.apply(
+        FlushBatch(
+            created_at=login,
+            session_ops=[SessionClose("u1", login + timedelta(seconds=10), None, "origin-a")],
+        )
+    )
+    assert own.unmatched_logouts == 1
+    late = store.apply(
+        FlushBatch(
+            created_at=login,
+            session_ops=[
+                SessionClose("u1", login + timedelta(seconds=40), None, "origin-b"),
+                SessionClose("u1", login + timedelta(seconds=30), None, "origin-c"),
+            ],
+        )
+    )
+    assert late.unmatched_logouts == 1
+    assert [s.duration_s for s in store.get_sessions("u1")] == [40, 50]
+    assert store.get_day(day)["totalSessionS"] == 90
+    figures = store.get_month(month)
+    assert (figures.timed_sessions, figures.timed_session_s) == (2, 90)
+
+
 def test_active_sessions_count_every_instance(
     store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
