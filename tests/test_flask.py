@@ -33,10 +33,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import gso_analytics.integrations
 from gso_analytics import Analytics, ConfigurationError, StoreError
+from gso_analytics.forwarding import Delivery, EncodedEvent, ForwardedEvent, Forwarder
 from gso_analytics.integrations.config import read_settings
 from gso_analytics.integrations.flask import GSOAnalytics, get_analytics
 from gso_analytics.integrations.metrics import Format, negotiate
-from gso_analytics.integrations.prometheus import HEALTH, METRICS_GAUGES, TODAY_GAUGES
+from gso_analytics.integrations.prometheus import (
+    FORWARDING,
+    HEALTH,
+    METRICS_GAUGES,
+    TODAY_GAUGES,
+)
 
 if TYPE_CHECKING:
     from conftest import FakeClock
@@ -512,6 +518,50 @@ def test_prometheus_stats_view_is_health_only(client: FlaskClient, app: Flask) -
     exposition = samples(body)
     assert "gso_analytics_dau" not in exposition
     assert_same_health(exposition, get_analytics(app).stats())
+
+
+class RefusingSome(Forwarder):
+    """Delivers every event but those named ``refused.event``, which its endpoint refuses."""
+
+    name = "partner"
+
+    def encode(self, event: ForwardedEvent) -> bytes:
+        return event.event.encode()
+
+    def send(self, batch: Any, timeout: Any) -> Delivery:
+        events: list[EncodedEvent] = list(batch)
+        return Delivery.delivered(
+            rejected=[i for i, e in enumerate(events) if e.body == b"refused.event"]
+        )
+
+
+def test_prometheus_shows_each_forwarders_counts(
+    make_app: Callable[..., Flask], clock: FakeClock
+) -> None:
+    """An endpoint that refuses events shows in the exposition, per forwarder."""
+    extension = GSOAnalytics(clock=clock, counters=COUNTERS, forwarders=[RefusingSome()])
+    app = make_app(STORE="memory://", METRICS_TOKEN=TOKEN, extension=extension)
+    analytics = get_analytics(app)
+    for event in ("quest.complete", "refused.event", "quest.complete", "refused.event"):
+        analytics.track(event, "u1")
+    deadline = time.monotonic() + 10
+    while analytics.stats()["forwarding"]["delivered"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    counts = analytics.stats()["forwarding"]["forwarders"]["partner"]
+    assert (counts["delivered"], counts["dropped_rejected"]) == (2, 2)
+
+    client = app.test_client()
+    exposition = samples(client.get("/metrics/stats?format=prometheus", headers=AUTH).text)
+    labels = (("forwarder", "partner"), ("pid", str(os.getpid())))
+    for key, (name, kind, _) in FORWARDING.items():
+        exposed = f"{name}_total" if kind == "counter" else name
+        assert exposition[exposed] == {labels: counts[key]}, exposed
+    assert exposition["gso_analytics_forward_rejected_events_total"] == {labels: 2}
+
+
+def test_prometheus_without_forwarders_has_no_forwarding_series(client: FlaskClient) -> None:
+    exposition = samples(client.get("/metrics/stats?format=prometheus", headers=AUTH).text)
+    assert not any(name.startswith("gso_analytics_forward_") for name in exposition)
 
 
 def test_without_prometheus_client_the_format_is_a_clear_501(

@@ -9,7 +9,8 @@ mode, and an app's own ``prometheus_client`` metrics are untouched.
 
 The library's health (:meth:`~gso_analytics.Analytics.stats`) is per process: those
 series carry a ``pid`` label, so the workers behind one endpoint are distinct series
-rather than one counter that seems to reset whenever another worker answers.
+rather than one counter that seems to reset whenever another worker answers. The
+forwarders' counts add a ``forwarder`` label, so an endpoint that drops events shows.
 
 This module imports ``prometheus_client`` (the ``prometheus`` extra); the endpoint
 imports it only when the Prometheus format is asked for.
@@ -110,6 +111,42 @@ HEALTH: Mapping[str, tuple[str, str, str]] = {
 }
 
 
+#: ``stats()["forwarding"]["forwarders"][name]`` keys -> (metric, type, help). Per
+#: process and forwarder, labelled with ``pid`` and ``forwarder``.
+FORWARDING: Mapping[str, tuple[str, str, str]] = {
+    "queued": (
+        "gso_analytics_forward_queued_events",
+        GAUGE,
+        "Events waiting in this forwarder's queue (sent or being sent: not yet).",
+    ),
+    "delivered": (
+        "gso_analytics_forward_delivered_events",
+        COUNTER,
+        "Events the forwarder's endpoint accepted.",
+    ),
+    "retried": (
+        "gso_analytics_forward_retries",
+        COUNTER,
+        "Attempts to send a batch that had failed before.",
+    ),
+    "dropped_overflow": (
+        "gso_analytics_forward_dropped_overflow_events",
+        COUNTER,
+        "Oldest events dropped because the queue was full (endpoint failing for long).",
+    ),
+    "dropped_rejected": (
+        "gso_analytics_forward_rejected_events",
+        COUNTER,
+        "Events the endpoint refused for good (or that could not be encoded).",
+    ),
+    "undelivered_at_stop": (
+        "gso_analytics_forward_undelivered_at_stop_events",
+        COUNTER,
+        "Events still queued when stop() ran out of forward_stop_timeout.",
+    ),
+}
+
+
 class SnapshotCollector(Collector):
     """Yields one scrape's numbers: ``metrics`` (``Metrics.to_dict()``, or None for the
     health-only view) and this process's ``stats``."""
@@ -147,6 +184,17 @@ class SnapshotCollector(Collector):
             family_type = CounterMetricFamily if kind == COUNTER else GaugeMetricFamily
             family = family_type(name, doc, labels=["pid"])
             family.add_metric([self.pid], value)
+            yield family
+        forwarders: Mapping[str, Mapping[str, Any]] = self.stats.get("forwarding", {}).get(
+            "forwarders", {}
+        )
+        if not forwarders:
+            return
+        for key, (name, kind, doc) in FORWARDING.items():
+            family_type = CounterMetricFamily if kind == COUNTER else GaugeMetricFamily
+            family = family_type(name, doc, labels=["pid", "forwarder"])
+            for forwarder, counts in forwarders.items():
+                family.add_metric([self.pid, forwarder], counts[key])
             yield family
 
 
