@@ -182,8 +182,12 @@ class _SQLiteTransaction(Transaction):
 
     def find_relogin_close(self, user_id: str, at: datetime, origin: str) -> ReloginClose | None:
         when = iso_ms(at)
+        # By the partial index: the user's second-login ends after ``at``, a handful,
+        # where the (userId, loginAt) index the planner prefers for the ORDER BY would
+        # walk back through every session of the user when none matches.
         row = self.conn.execute(
             f"SELECT id, loginAt, logoutAt, durationS, day, month FROM {self.p}sessions"
+            f" INDEXED BY {self.p}sessions_relogin"
             " WHERE userId = ? AND reloginBy IS NOT NULL AND logoutAt > ? AND loginAt <= ?"
             " AND reloginBy != ? ORDER BY loginAt DESC LIMIT 1",
             (user_id, when, when, origin),
