@@ -34,8 +34,9 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
+
+import attrs
 
 from bench.saas import Sdk
 from gso_analytics import Analytics
@@ -48,7 +49,7 @@ PROM_INC = "prometheus Counter.inc"
 EMPTY = "(empty call: loop and timer floor)"
 
 
-@dataclass
+@attrs.define
 class Contender:
     """One subject: ``run(n)`` makes n calls in a loop, ``one()`` a single call."""
 
@@ -57,10 +58,10 @@ class Contender:
     one: Callable[[], Any]
     drain: Callable[[], None] | None = None
     sdk: Sdk | None = None
-    means: list[float] = field(default_factory=list)
-    cpu: list[float] = field(default_factory=list)
-    process_cpu: list[float] = field(default_factory=list)
-    singles: list[int] = field(default_factory=list)
+    means: list[float] = attrs.field(factory=list)
+    cpu: list[float] = attrs.field(factory=list)
+    process_cpu: list[float] = attrs.field(factory=list)
+    singles: list[int] = attrs.field(factory=list)
 
 
 def _empty() -> Contender:

@@ -31,8 +31,9 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
+
+import attrs
 
 from bench.stub import Stub
 
@@ -40,7 +41,7 @@ from bench.stub import Stub
 PATHS = {"PostHog": "/batch/", "Segment": "/v1/batch", "Mixpanel": "/track"}
 
 
-@dataclass
+@attrs.define
 class Sdk:
     """One SDK client: ``one()`` makes one call; ``drain()`` waits until it sent all."""
 
