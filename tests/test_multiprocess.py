@@ -14,7 +14,11 @@ Each player has at most one session in flight: a session's calls wait until the
 player's previous session is closed in the store (tests/procs.py). Within that, a
 logout may reach the store before its login, from a process that never saw the
 login or holds a stale id of an older session. Two sessions of one player unflushed
-at once is a known limitation, pinned by the xfail test at the end.
+at once are out of this oracle's reach: the store gets them right when the second
+login is in the process that opened the first (the test at the end), not in general
+(a logout without its session's id can reach the store before that session's login
+while an older session is still open; README, "What the numbers mean across
+processes").
 """
 
 from __future__ import annotations
