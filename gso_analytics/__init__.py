@@ -17,16 +17,8 @@ from .errors import (
     StoreError,
     ValidationError,
 )
-from .forwarding import (
-    Backoff,
-    Delivery,
-    EncodedEvent,
-    ForwardedEvent,
-    Forwarder,
-    HttpForwarder,
-    MixpanelForwarder,
-    WebhookForwarder,
-)
+from .forwarding import Backoff, Delivery, EncodedEvent, ForwardedEvent, Forwarder
+from .http_forwarders import HttpForwarder, MixpanelForwarder, WebhookForwarder
 from .kpis import KPIs
 from .model import DailyStats, FlushBatch, Metrics, MonthStats, SessionRecord
 from .store import Store, Transaction, open_store

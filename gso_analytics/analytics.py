@@ -24,9 +24,11 @@ from .clock import Clock, DayKeys, from_ms, resolve_tz, round_half_up, to_ms, ut
 from .counters import CounterSpec, build_counter_map
 from .errors import ConfigurationError, StoreError, ValidationError
 from .flusher import Flusher
-from .forwarding import Forwarder, ForwardingHub, default_forwarders
+from .forwarding import Forwarder
+from .http_forwarders import default_forwarders
 from .kpis import KPIs
 from .model import DailyStats, Metrics, Number, PruneResult
+from .outbox import ForwardingHub
 from .store import Store, open_store
 from .validation import MAX_AMOUNT, Limits, check_amount, check_name, snapshot_data
 

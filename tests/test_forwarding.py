@@ -42,7 +42,8 @@ from gso_analytics import (
     MixpanelForwarder,
     WebhookForwarder,
 )
-from gso_analytics.forwarding import WEBHOOK_URL_ENV, parse_retry_after
+from gso_analytics.forwarding import parse_retry_after
+from gso_analytics.http_forwarders import WEBHOOK_URL_ENV
 
 if TYPE_CHECKING:
     from conftest import AnalyticsFactory, FakeClock
