@@ -10,11 +10,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from polling import wait_for
 
 from gso_analytics import Analytics, FlushBatch, Store, StoreError, open_store
 from gso_analytics.model import ApplyResult
@@ -24,15 +24,6 @@ if TYPE_CHECKING:
 
 TODAY = "2025-03-14"  # the fake clock's start day
 
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` passes (never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def counter(store: Store, field: str, day: str = TODAY) -> float:

@@ -10,12 +10,11 @@ login); these add the stories around them, on every backend.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
+from polling import wait_for
 
 from gso_analytics import Analytics, ConfigurationError, Store, open_store
 
@@ -31,14 +30,6 @@ def doc(store: Store, day: str) -> dict[str, float]:
     stats = store.get_day(day)
     return stats.to_dict() if stats is not None else {}
 
-
-def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
 
 
 @pytest.mark.parametrize(

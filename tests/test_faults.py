@@ -16,11 +16,11 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
 from faults import FaultyStore
+from polling import wait_for
 
 from gso_analytics import Analytics, Store, StoreError, open_store
 
@@ -31,15 +31,6 @@ TODAY = "2025-03-14"  # the fake clock's start day
 #: How long anything that should happen "soon" may take on a loaded 2-core machine.
 DEADLINE_S = 15.0
 
-
-def wait_for(condition: Callable[[], bool], timeout: float = DEADLINE_S) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` passes (never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
 
 
 def day(store: Store, field: str) -> float:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from faults import FaultyStore
+from polling import wait_for
 
 from gso_analytics import Store, StoreError, open_store
 
@@ -45,14 +46,6 @@ conn.execute("COMMIT")
 print("released", flush=True)
 """
 
-
-def wait_for(condition: Callable[[], bool], timeout: float = DEADLINE_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
 
 
 def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
