@@ -585,7 +585,7 @@ class _MongoTransaction(Transaction):
         )
         self._closes.add(session_id)
 
-    def _uncorrected(self) -> Any:
+    def _uncorrected(self) -> tuple[str | None, ...]:
         """``correctedBy`` of a second login's end no batch has corrected (in recovery,
         also the one this batch corrected before: the retry takes the same decision)."""
         return ("", None, self.batch_id) if self.recovering else ("", None)
@@ -623,7 +623,7 @@ class _MongoTransaction(Transaction):
                 or doc.get("logoutAt") is None
             ):
                 continue
-            logout_at, duration = self._relogin_end(doc)
+            logout_at, _ = self._relogin_end(doc)
             if _aware(doc["loginAt"]) <= at < logout_at:
                 found.append(doc)
         if not found:
