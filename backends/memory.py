@@ -9,23 +9,22 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import attrs
 
-from gso_analytics.clock import to_ms
+from gso_analytics.clock import from_ms, to_ms
 from gso_analytics.model import (
     DailyStats,
     EventRecord,
+    Logout,
     MonthStats,
     Number,
-    OpenSession,
-    ReloginClose,
-    SessionOpen,
     SessionRecord,
+    StoredSession,
 )
 from gso_analytics.store import Store, Transaction
 
@@ -41,10 +40,8 @@ class _State:
     first_seen: dict[str, str] = attrs.field(factory=dict)  # user -> day
     first_payments: dict[str, str] = attrs.field(factory=dict)  # user -> day
     user_revenue: dict[tuple[str, str], Number] = attrs.field(factory=dict)  # (day, user)
-    sessions: dict[str, SessionRecord] = attrs.field(factory=dict)
-    open_ids: set[str] = attrs.field(factory=set)
-    relogin_closes: dict[str, str] = attrs.field(factory=dict)  # session id -> origin
-    pending_logouts: list[tuple[str, datetime, str]] = attrs.field(factory=list)
+    sessions: dict[str, StoredSession] = attrs.field(factory=dict)
+    logouts: dict[str, Logout] = attrs.field(factory=dict)
     events: list[EventRecord] = attrs.field(factory=list)
 
 
@@ -99,82 +96,26 @@ class _MemoryTransaction(Transaction):
         for field, amount in increments.items():
             figures[field] = figures.get(field, 0) + amount
 
-    def insert_session(self, op: SessionOpen) -> None:
-        self.state.sessions[op.session_id] = SessionRecord(
-            op.session_id, op.user_id, op.username, op.login_at, None, 0, op.day, op.month
-        )
-        self.state.open_ids.add(op.session_id)
-
-    def find_open_session(
-        self, user_id: str, session_id: str | None, before: datetime
-    ) -> OpenSession | None:
-        sessions = self.state.sessions
-        if session_id is not None:
-            candidates = [sessions[session_id]] if session_id in self.state.open_ids else []
-        else:
-            candidates = [
-                sessions[open_id]
-                for open_id in self.state.open_ids
-                if sessions[open_id].user_id == user_id and sessions[open_id].login_at <= before
-            ]
-        if not candidates:
-            return None
-        s = max(candidates, key=lambda record: record.login_at)
-        return OpenSession(s.session_id, s.login_at, s.day, s.month)
-
-    def end_session(
-        self,
-        session_id: str,
-        logout_at: datetime,
-        duration: int,
-        timed_out: bool,
-        relogin_by: str | None = None,
-    ) -> None:
-        record = self.state.sessions[session_id]
-        self.state.sessions[session_id] = attrs.evolve(
-            record, logout_at=logout_at, duration_s=duration, timed_out=timed_out
-        )
-        self.state.open_ids.discard(session_id)
-        if relogin_by is not None:
-            self.state.relogin_closes[session_id] = relogin_by
-
-    def find_relogin_close(self, user_id: str, at: datetime, origin: str) -> ReloginClose | None:
-        found = []
-        for session_id, closer in self.state.relogin_closes.items():
-            s = self.state.sessions[session_id]
-            if (
-                closer != origin
-                and s.user_id == user_id
-                and s.logout_at is not None
-                and s.login_at <= at < s.logout_at
-            ):
-                found.append(
-                    ReloginClose(
-                        s.session_id, s.login_at, s.logout_at, s.duration_s, s.day, s.month
-                    )
-                )
-        return max(found, key=lambda ended: ended.login_at, default=None)
-
-    def correct_relogin_close(
-        self, session: ReloginClose, logout_at: datetime, duration: int
-    ) -> None:
-        del self.state.relogin_closes[session.session_id]
-        self.end_session(session.session_id, logout_at, duration, timed_out=False)
-
-    def add_pending_logout(self, user_id: str, logout_at: datetime, origin: str) -> None:
-        self.state.pending_logouts.append((user_id, logout_at, origin))
-
-    def take_pending_logout(self, user_id: str, login_at: datetime, origin: str) -> datetime | None:
-        matches = [
-            p
-            for p in self.state.pending_logouts
-            if p[0] == user_id and p[1] >= login_at and p[2] != origin
+    def session_marks(self, since: Mapping[str, int]) -> list[StoredSession | Logout]:
+        found: list[StoredSession | Logout] = [
+            s
+            for s in self.state.sessions.values()
+            if s.login.user_id in since and (s.login.at_ms >= since[s.login.user_id] or s.end.open)
         ]
-        if not matches:
-            return None
-        earliest = min(matches, key=lambda pending: pending[1])
-        self.state.pending_logouts.remove(earliest)
-        return earliest[1]
+        found += [
+            m
+            for m in self.state.logouts.values()
+            if m.user_id in since and m.at_ms >= since[m.user_id]
+        ]
+        return found
+
+    def save_sessions(self, sessions: list[StoredSession]) -> None:
+        for session in sessions:
+            self.state.sessions[session.login.id] = session
+
+    def insert_logouts(self, logouts: list[Logout]) -> None:
+        for logout in logouts:
+            self.state.logouts[logout.id] = logout
 
     def insert_events(self, events: list[EventRecord]) -> None:
         self.state.events.extend(events)
@@ -186,19 +127,29 @@ class _MemoryTransaction(Transaction):
         self.state.events = kept
         return deleted
 
-    def open_sessions_before(self, cutoff: datetime) -> list[OpenSession]:
-        stale = (self.state.sessions[open_id] for open_id in self.state.open_ids)
-        return [
-            OpenSession(s.session_id, s.login_at, s.day, s.month)
-            for s in stale
-            if s.login_at < cutoff
-        ]
+    def open_sessions_before(self, cutoff_ms: int) -> list[StoredSession]:
+        return [s for s in self.state.sessions.values() if s.end.open and s.login.at_ms < cutoff_ms]
 
-    def delete_pending_logouts_before(self, cutoff: datetime) -> None:
-        self.state.pending_logouts = [p for p in self.state.pending_logouts if p[1] >= cutoff]
+    def delete_logouts_before(self, cutoff_ms: int) -> None:
+        self.state.logouts = {k: m for k, m in self.state.logouts.items() if m.at_ms >= cutoff_ms}
 
     def delete_batches_before(self, cutoff: datetime) -> None:
         self.state.batches = {k: at for k, at in self.state.batches.items() if at >= cutoff}
+
+
+def _record(session: StoredSession) -> SessionRecord:
+    login, end = session.login, session.end
+    return SessionRecord(
+        login.id,
+        login.user_id,
+        login.username,
+        from_ms(login.at_ms),
+        None if end.logout_ms is None else from_ms(end.logout_ms),
+        end.duration_s,
+        login.day,
+        login.month,
+        end.timed_out,
+    )
 
 
 #: The stores of this process and the locks a fork holds: a child must not inherit a
@@ -261,12 +212,12 @@ class MemoryStore(Store):
 
     def count_open_sessions(self) -> int:
         with self._lock:
-            return len(self._state.open_ids)
+            return sum(1 for s in self._state.sessions.values() if s.end.open)
 
     def get_sessions(self, user_id: str) -> list[SessionRecord]:
         with self._lock:
-            found = [s for s in self._state.sessions.values() if s.user_id == user_id]
-        return sorted(found, key=lambda s: s.login_at)
+            found = [s for s in self._state.sessions.values() if s.login.user_id == user_id]
+        return [_record(s) for s in sorted(found, key=lambda s: s.login.key)]
 
     def get_events(self, user_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
         with self._lock:
@@ -317,7 +268,9 @@ class MemoryStore(Store):
 
     def sessions_between(self, start: str, end: str) -> list[SessionRecord]:
         with self._lock:
-            return [s for s in self._state.sessions.values() if start <= s.day <= end]
+            return [
+                _record(s) for s in self._state.sessions.values() if start <= s.login.day <= end
+            ]
 
     def events_between(
         self, start: str | None, end: str | None, names: list[str]

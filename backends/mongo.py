@@ -4,33 +4,33 @@ Collections (prefix ``gso_analytics_`` by default, ``?prefix=`` to change it) ke
 seed's camelCase documents, so dashboards built on the seed keep working:
 
 - ``sessions``: ``{_id: sessionId, userId, username, loginAt, logoutAt, durationS, day,
-  month, timedOut}``, plus ``open`` (a boolean the open-session index is built on) and
-  ``closedBy`` (the batch that closed it, ``"prune"`` for a timeout; empty exactly
-  while the session is open), ``reloginBy`` (the process whose second login of the
-  user ended it, else null) and ``correctedBy`` (the batch whose logout from another
-  process replaced that end, kept in ``reloginLogoutAt``/``reloginDurationS``);
+  month, timedOut}``, plus ``open`` (a boolean the open-session indexes are built on)
+  and ``origin``/``seq`` (the login mark's process and number, which order two marks
+  of one millisecond); a session is its login mark with the end the walk gives it
+  (:mod:`gso_analytics.sessions`);
+- ``logouts``: the logout marks ``{_id, userId, at, origin, seq}``, kept as long as a
+  late batch can still need them;
 - ``daily``: one document per day, ``{day, month, dau, newUsers, creditsEarned, ...}``;
 - ``events``: ``{ts, userId, event, data, day}``, expired by a native TTL index on ``ts``;
 - ``monthly`` (``{month, mau, timedSessions, timedSessionS}``), ``day_users`` and
   ``month_users`` (one ``{day|month, userId}`` record per active user: ``dau`` and ``mau``
   are counts of the records newly inserted, so no read ever runs ``distinct()``),
-  ``pending_logouts``, ``batches`` (applied batch ids) and, by deployment,
-  ``locks`` or ``session_users``;
+  ``batches`` (applied batch ids) and, by deployment, ``locks`` and
+  ``session_journal`` (standalone) or ``session_users`` (transactions);
 - the KPIs' per-user facts: ``user_revenue`` (``{day, userId, revenueCents}``, one per
   payer and day), ``first_seen`` and ``first_payments`` (``{_id: userId, day}``), each
   read by a range on an index of ``day``.
 
 What a batch means lives in :func:`gso_analytics.store.apply_batch`; this module only
 translates the :class:`~gso_analytics.store.Transaction` calls into as few round trips
-as it can, about a dozen per flush whatever its size. ``prefetch`` reads, in two
-queries, the open sessions of the batch's users who log out and the waiting logouts of
-those who log in, so the per-call reads of ``apply_batch`` are answered from memory.
-Counter increments, events, new sessions (in their final state), closes and pending
-logouts are buffered in the transaction object and sent at commit: one ``bulk_write``
-of ``$inc`` upserts per counter collection, one ``insert_many`` for the events, one
-bulk write per session collection. The (day, user) and (month, user) records go at
-once (one unordered insert per day or month), because their duplicate-key errors tell
-``apply_batch`` how many users are new.
+as it can, a score per flush whatever its size. ``session_marks`` reads the marks of
+all the batch's players in three queries (their sessions and logouts since the
+earliest window, and their open sessions). Counter increments, events, sessions (new
+or changed, in their final state) and logout marks are buffered in the transaction
+object and sent at commit: one ``bulk_write`` of ``$inc`` upserts per counter
+collection, one ``insert_many`` for the events, one bulk write per session collection.
+The (day, user) and (month, user) records go at once (one unordered insert per day or
+month), because their duplicate-key errors tell ``apply_batch`` how many users are new.
 
 Exactly once
 ------------
@@ -42,7 +42,7 @@ transaction a duplicate-key error would abort it, so user records are upserts wh
 ``upsertedCount`` counts the new users. Snapshot isolation would let a login in one
 process and that user's logout in another each miss the other (write skew: neither
 writes what the other read), so every transaction that reads or writes a user's
-sessions also increments that user's ``session_users`` document: two of them conflict,
+marks also increments that user's ``session_users`` document: two of them conflict,
 and the loser is retried (TransientTransactionError) on a fresh snapshot.
 
 *Standalone server* (no transactions): a batch is written in steps, and every step is
@@ -56,22 +56,18 @@ completes the batch without counting anything twice:
    ``batchId`` is this batch's was inserted by the earlier attempt and still counts as
    new, so ``dau``/``mau`` get exactly the increments the first attempt computed.
 3. Session reads and writes run under one store-wide lease lock (``locks``), as SQLite's
-   ``BEGIN IMMEDIATE`` would: without it a login and a cross-process logout could each
-   miss the other. The lock is taken at the batch's first session read (``prefetch``)
-   and released once its session writes are done, so batches without logins or logouts
-   never wait. The writes are idempotent: sessions are inserted under their id (a
-   duplicate is the earlier attempt's insert); a close replaces the document if it is
-   still open (``{_id, open: true}``), with ``closedBy: batchId``, and in recovery a
-   session closed by this very batch still reads as open (``closedBy`` in ``["",
-   batchId]``), so the retry takes the same decisions and the same durations;
-   a correction of a second login's end replaces the document while its
-   ``correctedBy`` is empty (in recovery: empty or this batch, whose saved
-   ``reloginLogoutAt`` gives the retry the same decision);
-   pending logouts are upserted under ``(batchId, index)`` with ``$setOnInsert`` (a
-   retry never revives one that another batch took since) and taken with
-   ``{takenBy: ""}`` → ``{takenBy: batchId}``. A compare-and-set that matches nothing
-   means another writer got there first (only possible past the lease): the batch is
-   retried at once, in recovery mode.
+   ``BEGIN IMMEDIATE`` would: without it two batches of one player could each miss the
+   other's marks. The lock is taken at the batch's first session read and released
+   once its session writes are done, so batches without logins or logouts never wait.
+   The writes go through a *journal*: one ``session_journal`` document
+   ``{_id: "<batchId>:sessions", sessions, logouts, daily, monthly, done: false}``
+   holding the marks, the sessions in their new state and the increments they make,
+   inserted in one write, then *replayed*: marks and sessions written by id
+   (idempotent), the increments as guarded upserts (step 4) under the journal's id,
+   then ``done``. Whoever takes the lock first completes any journal not done, in
+   the order they were written, before reading marks: the batch's own retry or any
+   other batch, even when the process that wrote it died. A retry whose journal
+   exists takes it instead of planning again.
 4. Daily and monthly ``$inc`` upserts are filtered by ``{appliedBatches: {$nin: [id]}}``
    and ``$push`` the id (``$slice`` keeps the last ``applied_batches_kept``): a document
    that already has the id does not match, the upsert then hits the unique key, and
@@ -88,10 +84,9 @@ completes the batch without counting anything twice:
    batches' ids, and those events are inserted again with fresh ids).
 6. The batch document is marked ``done``.
 
-Counters are written only after every session write succeeded, so a retry recomputes
-them from the same decisions. A process killed in the middle of a flush (never
-retried) leaves that batch partly applied on a standalone server; a replica set,
-even a single-node one, applies it whole or not at all.
+A process killed in the middle of a flush (never retried) leaves that batch partly
+applied on a standalone server, except its sessions, which the journal completes; a
+replica set, even a single-node one, applies it whole or not at all.
 
 Retryable writes are on (``retryWrites=true``); the write concern is the client's
 (``w=majority`` is MongoDB's default), and unacknowledged writes (``w=0``) are refused
@@ -116,22 +111,23 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from gso_analytics.clock import to_ms
+from gso_analytics.clock import from_ms, to_ms
 from gso_analytics.errors import ConfigurationError, InvalidTypeError, StoreError
 from gso_analytics.model import (
     ApplyResult,
     DailyStats,
     EventRecord,
     FlushBatch,
+    Login,
+    Logout,
     MonthStats,
     Number,
-    OpenSession,
     PruneResult,
-    ReloginClose,
-    SessionClose,
-    SessionOpen,
+    SessionEnd,
     SessionRecord,
+    StoredSession,
 )
+from gso_analytics.sessions import SessionChanges
 from gso_analytics.store import Store, Transaction
 
 if TYPE_CHECKING:
@@ -162,7 +158,6 @@ _PREFIX_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LOCK_ID = "sessions"
 #: ``closedBy`` of the sessions the prune job times out (batches put their id there).
-PRUNE_CLOSER = "prune"
 _DUPLICATE_KEY = 11000
 _AUTH_FAILED = 18
 _UNAUTHORIZED = 13
@@ -302,23 +297,11 @@ class _MongoTransaction(Transaction):
         self._events: list[EventRecord] = []
         self._first_days: dict[str, dict[str, str]] = {}  # collection -> user -> day
         self._revenue: dict[tuple[str, str], Number] = {}  # (day, user) -> cents
-        # Sessions this transaction holds, as whole documents: the ones it inserts and
-        # the ones it read from the server (the latter written back only if closed).
-        self._new_sessions: dict[str, dict[str, Any]] = {}
-        self._read_sessions: dict[str, dict[str, Any]] = {}
-        self._closes: set[str] = set()
-        # Closed sessions read by find_relogin_close (kept apart: the two dicts above
-        # hold sessions that are open as far as this transaction is concerned).
-        self._ended_sessions: dict[str, dict[str, Any]] = {}
-        self._corrections: set[str] = set()  # second-login ends corrected here
-        self._pending_new: list[dict[str, Any]] = []
-        self._pending_taken: dict[Any, str] = {}  # pending logout id -> user
-        self._pending_seq = 0
-        # Users whose open sessions / pending logouts prefetch() loaded: their reads are
-        # answered from memory (valid under the lock, or in the transaction's snapshot).
-        self._sessions_loaded: set[str] = set()
-        self._pending_loaded: set[str] = set()
-        self._pending_cache: list[dict[str, Any]] = []
+        # Session writes, buffered to commit (transactions) or written at once by
+        # write_sessions (standalone, see the module docstring).
+        self._sessions: dict[str, dict[str, Any]] = {}
+        self._logouts: list[dict[str, Any]] = []
+        self._journal_changes: SessionChanges | None = None
         self._touched: set[str] = set()
 
     # -- plumbing -----------------------------------------------------------------
@@ -351,16 +334,6 @@ class _MongoTransaction(Transaction):
     def _touch(self, user_id: str) -> None:
         if self.txn:
             self._touched.add(user_id)
-
-    def _open_filter(self) -> dict[str, Any]:
-        """Open sessions; in recovery also the ones this batch closed before (``closedBy``
-        is empty exactly while a session is open)."""
-        if self.recovering:
-            return {"closedBy": {"$in": ["", self.batch_id]}}
-        return {"open": True}
-
-    def _taken_filter(self) -> Any:
-        return {"$in": ["", self.batch_id]} if self.recovering else ""
 
     # -- the batch id ---------------------------------------------------------------
 
@@ -467,278 +440,87 @@ class _MongoTransaction(Transaction):
             for user, cents in payers.items():
                 self._revenue[day, user] = self._revenue.get((day, user), 0) + cents
 
-    # -- sessions -------------------------------------------------------------------
+    # -- sessions: marks in, the walk's changes out --------------------------------------
 
-    def prefetch(self, batch: FlushBatch) -> None:
-        """Two queries for the whole batch instead of one per login and logout: every
-        open session of the users who log out (a logout's session, by id or the newest
-        one, is among them) and the waiting logouts of the users who log in."""
+    def session_marks(self, since: Mapping[str, int]) -> list[StoredSession | Logout]:
+        """Three queries for the whole batch: the users' sessions and logouts from the
+        earliest ``since`` on (one bound for all: a few more marks, no gaps), and their
+        open sessions. On standalone, journals of batches that stopped half-way are
+        completed first, under the lock, so the marks read are whole."""
         self._enter_sessions()
-        closing = sorted({op.user_id for op in batch.session_ops if isinstance(op, SessionClose)})
-        opening = sorted({op.user_id for op in batch.session_ops if isinstance(op, SessionOpen)})
-        for user in (*closing, *opening):
+        if not self.txn:
+            self.store._replay_journals()
+        users = sorted(since)
+        for user in users:
             self._touch(user)
-        if closing:
-            for doc in self._c("sessions").find(
-                {"userId": {"$in": closing}, **self._open_filter()}, **self._kw
-            ):
-                self._hold(doc)
-            self._sessions_loaded.update(closing)
-        if opening:
-            self._pending_cache = list(
-                self._c("pending_logouts").find(
-                    {"userId": {"$in": opening}, "takenBy": self._taken_filter()}, **self._kw
-                )
-            )
-            self._pending_loaded.update(opening)
-
-    def insert_session(self, op: SessionOpen) -> None:
-        self._enter_sessions()
-        self._touch(op.user_id)
-        self._new_sessions[op.session_id] = {
-            "_id": op.session_id,
-            "userId": op.user_id,
-            "username": op.username,
-            "loginAt": op.login_at,
-            "logoutAt": None,
-            "durationS": 0,
-            "day": op.day,
-            "month": op.month,
-            "timedOut": False,
-            "open": True,
-            "closedBy": "",
-            "reloginBy": None,
-            "correctedBy": "",
-        }
-
-    def _held(self, session_id: str) -> dict[str, Any] | None:
-        return self._new_sessions.get(session_id) or self._read_sessions.get(session_id)
-
-    def _hold(self, doc: dict[str, Any]) -> dict[str, Any]:
-        return self._read_sessions.setdefault(doc["_id"], doc)
-
-    def find_open_session(
-        self, user_id: str, session_id: str | None, before: datetime
-    ) -> OpenSession | None:
-        self._enter_sessions()
-        self._touch(user_id)
+        start = _from_ms(min(since.values()))
         sessions = self._c("sessions")
-        if session_id is not None:
-            held = self._held(session_id)
-            if held is not None:
-                return None if session_id in self._closes else _open_session(held)
-            if user_id in self._sessions_loaded:
-                return None  # not among the user's open sessions
-            doc = sessions.find_one({"_id": session_id, **self._open_filter()}, **self._kw)
-            return _open_session(self._hold(doc)) if doc is not None else None
-        candidates = [
-            doc
-            for doc in (*self._new_sessions.values(), *self._read_sessions.values())
-            if doc["userId"] == user_id
-            and doc["_id"] not in self._closes
-            and _aware(doc["loginAt"]) <= before
-        ]
-        if user_id in self._sessions_loaded:
-            return _newest(candidates)
-        query: dict[str, Any] = {
-            "userId": user_id,
-            "loginAt": {"$lte": before},
-            **self._open_filter(),
+        docs = {
+            doc["_id"]: doc
+            for doc in sessions.find(
+                {"userId": {"$in": users}, "loginAt": {"$gte": start}}, **self._kw
+            )
         }
-        # The user's sessions held here are judged from the buffer, not the server.
-        held = [
-            sid
-            for sid, doc in (*self._new_sessions.items(), *self._read_sessions.items())
-            if doc["userId"] == user_id
-        ]
-        if held:
-            query["_id"] = {"$nin": held}
-        found = sessions.find_one(query, sort=[("loginAt", -1)], **self._kw)
-        if found is not None:
-            candidates.append(self._hold(found))
-        return _newest(candidates)
-
-    def end_session(
-        self,
-        session_id: str,
-        logout_at: datetime,
-        duration: int,
-        timed_out: bool,
-        relogin_by: str | None = None,
-    ) -> None:
-        self._enter_sessions()
-        doc = self._held(session_id)
-        if doc is None:  # not found through this transaction: read it to write it back
-            doc = self._c("sessions").find_one(
-                {"_id": session_id, **self._open_filter()}, **self._kw
-            )
-            if doc is None:
-                raise _Conflict(f"session {session_id} was closed by another writer; retrying")
-            doc = self._hold(doc)
-        doc.update(
-            logoutAt=logout_at,
-            durationS=duration,
-            timedOut=timed_out,
-            open=False,
-            closedBy=self.batch_id or PRUNE_CLOSER,
-            reloginBy=relogin_by,
-        )
-        self._closes.add(session_id)
-
-    def _uncorrected(self) -> tuple[str | None, ...]:
-        """``correctedBy`` of a second login's end no batch has corrected (in recovery,
-        also the one this batch corrected before: the retry takes the same decision)."""
-        return ("", None, self.batch_id) if self.recovering else ("", None)
-
-    def _relogin_end(self, doc: dict[str, Any]) -> tuple[datetime, int]:
-        """The end a second login gave the session (kept aside once corrected)."""
-        if doc.get("correctedBy"):
-            return _aware(doc["reloginLogoutAt"]), doc["reloginDurationS"]
-        return _aware(doc["logoutAt"]), doc["durationS"]
-
-    def find_relogin_close(self, user_id: str, at: datetime, origin: str) -> ReloginClose | None:
-        self._enter_sessions()
-        self._touch(user_id)
-        held = {
-            sid: doc
-            for sid, doc in (
-                *self._new_sessions.items(),
-                *self._read_sessions.items(),
-                *self._ended_sessions.items(),
-            )
-            if doc["userId"] == user_id
-        }
-        # The sessions that ended after ``at``, by an index range (a second early, as
-        # the match below is exact to the millisecond whatever the server compares).
-        query: dict[str, Any] = {"userId": user_id, "logoutAt": {"$gt": at - timedelta(seconds=1)}}
-        if held:
-            query["_id"] = {"$nin": list(held)}
-        docs = [*held.values(), *self._c("sessions").find(query, **self._kw)]
-        found = []
-        for doc in docs:
-            if (
-                doc.get("reloginBy") in (None, origin)
-                or doc.get("correctedBy") not in self._uncorrected()
-                or doc["_id"] in self._corrections
-                or doc.get("logoutAt") is None
-            ):
-                continue
-            logout_at, _ = self._relogin_end(doc)
-            if _aware(doc["loginAt"]) <= at < logout_at:
-                found.append(doc)
-        if not found:
-            return None
-        doc = max(found, key=lambda d: _aware(d["loginAt"]))
-        self._ended_sessions.setdefault(doc["_id"], doc)
-        logout_at, duration = self._relogin_end(doc)
-        return ReloginClose(
-            doc["_id"], _aware(doc["loginAt"]), logout_at, duration, doc["day"], doc["month"]
-        )
-
-    def correct_relogin_close(
-        self, session: ReloginClose, logout_at: datetime, duration: int
-    ) -> None:
-        self._enter_sessions()
-        doc = self._ended_sessions[session.session_id]  # held by find_relogin_close
-        doc.update(
-            logoutAt=logout_at,
-            durationS=duration,
-            correctedBy=self.batch_id,
-            reloginLogoutAt=session.logout_at,
-            reloginDurationS=session.duration_s,
-        )
-        self._corrections.add(session.session_id)
-
-    def open_sessions_before(self, cutoff: datetime) -> list[OpenSession]:
-        self._enter_sessions()
-        found = [
-            _open_session(self._hold(doc))
-            for doc in self._c("sessions").find(
-                {"open": True, "loginAt": {"$lt": cutoff}}, **self._kw
-            )
-            if doc["_id"] not in self._closes
-        ]
+        for doc in sessions.find({"open": True, "userId": {"$in": users}}, **self._kw):
+            docs.setdefault(doc["_id"], doc)
+        found: list[StoredSession | Logout] = [_stored_session(doc) for doc in docs.values()]
         found += [
-            _open_session(doc)
-            for sid, doc in self._new_sessions.items()
-            if sid not in self._closes and _aware(doc["loginAt"]) < cutoff
+            _logout(doc)
+            for doc in self._c("logouts").find(
+                {"userId": {"$in": users}, "at": {"$gte": start}}, **self._kw
+            )
         ]
         return found
 
-    # -- pending logouts --------------------------------------------------------------
+    def save_sessions(self, sessions: list[StoredSession]) -> None:
+        for session in sessions:
+            self._sessions[session.login.id] = _session_doc(session)
 
-    def add_pending_logout(self, user_id: str, logout_at: datetime, origin: str) -> None:
-        self._enter_sessions()
-        self._touch(user_id)
-        if self.batch_id is not None:
-            pending_id: Any = f"{self.batch_id}:{self._pending_seq}"
+    def insert_logouts(self, logouts: list[Logout]) -> None:
+        self._logouts += [_logout_doc(logout) for logout in logouts]
+
+    def write_sessions(self, changes: SessionChanges) -> None:
+        """In a transaction: buffered with the batch. On standalone: through a journal
+        (module docstring, step 3), so that these writes and their increments happen
+        exactly once even when this batch stops half-way."""
+        if self.txn:
+            super().write_sessions(changes)
         else:
-            pending_id = uuid.uuid4().hex
-        self._pending_seq += 1
-        self._pending_new.append(
-            {
-                "_id": pending_id,
-                "userId": user_id,
-                "logoutAt": logout_at,
-                "origin": origin,
-                "takenBy": "",
-            }
+            self._journal_changes = changes  # journaled at commit, still under the lock
+
+    def open_sessions_before(self, cutoff_ms: int) -> list[StoredSession]:
+        self._enter_sessions()
+        if not self.txn:
+            self.store._replay_journals()
+        docs = self._c("sessions").find(
+            {"open": True, "loginAt": {"$lt": _from_ms(cutoff_ms)}}, **self._kw
         )
-
-    def take_pending_logout(self, user_id: str, login_at: datetime, origin: str) -> datetime | None:
-        self._enter_sessions()
-        self._touch(user_id)
-
-        def waiting(doc: dict[str, Any]) -> bool:
-            return (
-                doc["userId"] == user_id
-                and _aware(doc["logoutAt"]) >= login_at
-                and doc["origin"] != origin
-                and doc["_id"] not in self._pending_taken
-            )
-
-        candidates = [doc for doc in (*self._pending_new, *self._pending_cache) if waiting(doc)]
-        if user_id not in self._pending_loaded:
-            query: dict[str, Any] = {
-                "takenBy": self._taken_filter(),
-                "userId": user_id,
-                "logoutAt": {"$gte": login_at},
-                "origin": {"$nin": [origin]},
-            }
-            taken = [pid for pid, user in self._pending_taken.items() if user == user_id]
-            if taken:
-                query["_id"] = {"$nin": taken}
-            found = self._c("pending_logouts").find_one(query, sort=[("logoutAt", 1)], **self._kw)
-            if found is not None:
-                candidates.append(found)
-        if not candidates:
-            return None
-        earliest = min(candidates, key=lambda doc: _aware(doc["logoutAt"]))
-        if any(earliest is doc for doc in self._pending_new):
-            self._pending_new.remove(earliest)  # added and taken here: never written
-        else:
-            self._pending_taken[earliest["_id"]] = user_id
-        return _aware(earliest["logoutAt"])
+        return [_stored_session(doc) for doc in docs]
 
     # -- deletes (prune) ----------------------------------------------------------------
 
     def delete_events_before(self, cutoff: datetime) -> int:
         return self._c("events").delete_many({"ts": {"$lt": cutoff}}, **self._kw).deleted_count
 
-    def delete_pending_logouts_before(self, cutoff: datetime) -> None:
-        self._c("pending_logouts").delete_many({"logoutAt": {"$lt": cutoff}}, **self._kw)
+    def delete_logouts_before(self, cutoff_ms: int) -> None:
+        self._c("logouts").delete_many({"at": {"$lt": _from_ms(cutoff_ms)}}, **self._kw)
 
     def delete_batches_before(self, cutoff: datetime) -> None:
         self._c("batches").delete_many({"appliedAt": {"$lt": cutoff}}, **self._kw)
+        self._c("session_journal").delete_many({"done": True, "at": {"$lt": cutoff}}, **self._kw)
 
     # -- commit ------------------------------------------------------------------------
 
     def commit(self) -> None:
-        """Send the buffered writes: sessions first (under the lock on standalone),
-        then counters, events and, on standalone, the batch's ``done`` mark."""
-        if self._has_session_writes():
-            self._enter_sessions()
+        """Send the buffered writes: sessions first (in the transaction, or through the
+        journal on standalone, under the lock), then counters, events and, on
+        standalone, the batch's ``done`` mark."""
+        if self._sessions or self._logouts:
             self._write_sessions()
+        if self._journal_changes is not None:
+            guard = None if self.batch_id is None else f"{self.batch_id}:sessions"
+            at = self.created_at or datetime.now(UTC)
+            self.store._journal(guard, self._journal_changes, at)
         self.release()
         self._write_counters("daily", "day", {d: (m, f) for d, (m, f) in self._daily.items()})
         self._write_counters("monthly", "month", {m: (None, f) for m, f in self._monthly.items()})
@@ -749,88 +531,22 @@ class _MongoTransaction(Transaction):
         if self.session is not None and self.session.in_transaction:
             self.store._commit(self.session)
 
-    def _has_session_writes(self) -> bool:
-        return bool(
-            self._new_sessions
-            or self._closes
-            or self._corrections
-            or self._pending_new
-            or self._pending_taken
-        )
-
     def _write_sessions(self) -> None:
+        """The batch's session writes inside its transaction, and a write to each of its
+        users' ``session_users`` document, so two batches that read one user's marks
+        conflict instead of each missing the other's (write skew)."""
         pymongo = _pymongo()
-        sessions = self._c("sessions")
-        if self._new_sessions:
-            # Inserted in their final state (closed already when the batch closes them).
-            docs = list(self._new_sessions.values())
-            try:
-                sessions.insert_many(docs, ordered=False, **self._kw)
-            except pymongo.errors.BulkWriteError as exc:
-                if self.txn:
-                    raise
-                _only_duplicates(exc)  # the earlier attempt's inserts
-        closed = [self._read_sessions[sid] for sid in self._closes if sid in self._read_sessions]
-        if closed:
-            # Compare-and-swap: replace the whole document only while it is still open.
-            # (A replacement rather than $set, which on nx-27017 turns dates into
-            # strings; on MongoDB both are the same single-document atomic write.)
-            result = sessions.bulk_write(
-                [
-                    pymongo.ReplaceOne(
-                        {"_id": doc["_id"], **self._open_filter()},
-                        {k: v for k, v in doc.items() if k != "_id"},
-                    )
-                    for doc in closed
-                ],
-                ordered=False,
-                **self._kw,
-            )
-            if result.matched_count != len(closed):
-                raise _Conflict("a session was closed by another writer; retrying the batch")
-        corrected = [self._ended_sessions[sid] for sid in sorted(self._corrections)]
-        if corrected:
-            # Compare-and-swap again: only while no other batch has corrected it.
-            result = sessions.bulk_write(
-                [
-                    pymongo.ReplaceOne(
-                        {"_id": doc["_id"], "correctedBy": {"$in": list(self._uncorrected())}},
-                        {k: v for k, v in doc.items() if k != "_id"},
-                    )
-                    for doc in corrected
-                ],
-                ordered=False,
-                **self._kw,
-            )
-            if result.matched_count != len(corrected):
-                raise _Conflict("a session was corrected by another writer; retrying the batch")
-        ops = [
-            pymongo.UpdateOne(
-                {"_id": doc["_id"]},
-                {"$setOnInsert": {k: v for k, v in doc.items() if k != "_id"}},
-                upsert=True,
-            )
-            for doc in self._pending_new
-        ]
-        ops += [
-            pymongo.UpdateOne(
-                {"_id": pid, "takenBy": self._taken_filter()}, {"$set": {"takenBy": self.batch_id}}
-            )
-            for pid in self._pending_taken
-        ]
-        if ops:
-            result = self._c("pending_logouts").bulk_write(ops, ordered=False, **self._kw)
-            if result.matched_count + result.upserted_count != len(ops):
-                raise _Conflict("a pending logout was taken by another writer; retrying")
-        if self._touched:
-            self._c("session_users").bulk_write(
-                [
-                    pymongo.UpdateOne({"_id": user}, {"$inc": {"sessionOps": 1}}, upsert=True)
-                    for user in sorted(self._touched)
-                ],
-                ordered=False,
-                **self._kw,
-            )
+        write_marks(self.store, self._logouts, list(self._sessions.values()), self._kw)
+        if not self._touched:
+            return
+        self._c("session_users").bulk_write(
+            [
+                pymongo.UpdateOne({"_id": user}, {"$inc": {"sessionOps": 1}}, upsert=True)
+                for user in sorted(self._touched)
+            ],
+            ordered=False,
+            **self._kw,
+        )
 
     @property
     def _guarded(self) -> bool:
@@ -841,16 +557,8 @@ class _MongoTransaction(Transaction):
         self, query: dict[str, Any], fields: dict[str, Number], on_insert: dict[str, Any] | None
     ) -> Any:
         """An ``$inc`` upsert, guarded on standalone (step 4 of the module docstring)."""
-        update: dict[str, Any] = {}
-        if fields:
-            update["$inc"] = dict(fields)
-        if on_insert:
-            update["$setOnInsert"] = on_insert
-        if self._guarded:
-            kept = self.store.applied_batches_kept
-            query["appliedBatches"] = {"$nin": [self.batch_id]}
-            update["$push"] = {"appliedBatches": {"$each": [self.batch_id], "$slice": -kept}}
-        return _pymongo().UpdateOne(query, update, upsert=True) if update else None
+        guard = self.batch_id if self._guarded else None
+        return inc_op(query, fields, on_insert, guard, self.store.applied_batches_kept)
 
     def _write_counters(
         self, name: str, key: str, docs: dict[str, tuple[str | None, dict[str, Number]]]
@@ -863,7 +571,7 @@ class _MongoTransaction(Transaction):
             op = self._inc_op({key: value}, fields, {"month": month} if month else None)
             if op is not None:
                 ops.append(op)
-        self._upsert(name, ops)
+        upsert(self.store, name, ops, self._kw)
 
     def _write_user_facts(self) -> None:
         """The KPIs' per-user facts: (day, user) revenue as guarded ``$inc`` upserts like
@@ -874,35 +582,13 @@ class _MongoTransaction(Transaction):
             self._inc_op({"day": day, "userId": user}, {"revenueCents": cents}, None)
             for (day, user), cents in sorted(self._revenue.items())
         ]
-        self._upsert("user_revenue", revenue)
+        upsert(self.store, "user_revenue", revenue, self._kw)
         for name, first_days in sorted(self._first_days.items()):
             ops = [
                 pymongo.UpdateOne({"_id": user}, {"$min": {"day": day}}, upsert=True)
                 for user, day in sorted(first_days.items())
             ]
-            self._upsert(name, ops)
-
-    def _upsert(self, name: str, ops: list[Any]) -> None:
-        """Send upserts; on standalone, a duplicate key is sent once more, now that the
-        document exists: it was created by another process between our filter and our
-        insert (the retry then matches it), or, for a guarded op, it holds this batch's
-        id already (the retry hits the key again: applied). A transaction never sees
-        one: a concurrent insert is a write conflict, and the batch is retried."""
-        if not ops:
-            return
-        pymongo = _pymongo()
-        collection = self._c(name)
-        for attempt in range(2):
-            try:
-                collection.bulk_write(ops, ordered=False, **self._kw)
-                return
-            except pymongo.errors.BulkWriteError as exc:
-                if self.txn:
-                    raise
-                duplicates = _only_duplicates(exc)
-                if attempt == 1:
-                    return  # the document exists and holds this batch id: applied
-                ops = [ops[i] for i in duplicates]
+            upsert(self.store, name, ops, self._kw)
 
     def _write_events(self) -> None:
         if not self._events:
@@ -949,10 +635,6 @@ class _MongoTransaction(Transaction):
             self.session = None
 
 
-def _open_session(doc: Mapping[str, Any]) -> OpenSession:
-    return OpenSession(doc["_id"], _aware(doc["loginAt"]), doc["day"], doc["month"])
-
-
 def _session_record(doc: Mapping[str, Any]) -> SessionRecord:
     return SessionRecord(
         doc["_id"],
@@ -967,8 +649,128 @@ def _session_record(doc: Mapping[str, Any]) -> SessionRecord:
     )
 
 
-def _newest(docs: list[dict[str, Any]]) -> OpenSession | None:
-    return _open_session(max(docs, key=lambda doc: _aware(doc["loginAt"]))) if docs else None
+def _from_ms(ms: int) -> datetime:
+    """A BSON date (milliseconds, as the marks' times are)."""
+    return from_ms(ms)
+
+
+def _stored_session(doc: Mapping[str, Any]) -> StoredSession:
+    logout = doc.get("logoutAt")
+    return StoredSession(
+        Login(
+            doc["_id"],
+            doc["userId"],
+            to_ms(_aware(doc["loginAt"])),
+            doc.get("origin", ""),
+            doc.get("seq", 0),
+            doc.get("username"),
+            doc["day"],
+            doc["month"],
+        ),
+        SessionEnd(
+            None if logout is None else to_ms(_aware(logout)),
+            int(doc.get("durationS", 0)),
+            bool(doc.get("timedOut", False)),
+        ),
+    )
+
+
+def _session_doc(session: StoredSession) -> dict[str, Any]:
+    login, end = session.login, session.end
+    return {
+        "_id": login.id,
+        "userId": login.user_id,
+        "username": login.username,
+        "loginAt": _from_ms(login.at_ms),
+        "logoutAt": None if end.logout_ms is None else _from_ms(end.logout_ms),
+        "durationS": end.duration_s,
+        "day": login.day,
+        "month": login.month,
+        "timedOut": end.timed_out,
+        "open": end.open,
+        "origin": login.origin,
+        "seq": login.seq,
+    }
+
+
+def _logout(doc: Mapping[str, Any]) -> Logout:
+    return Logout(doc["_id"], doc["userId"], to_ms(_aware(doc["at"])), doc["origin"], doc["seq"])
+
+
+def _logout_doc(logout: Logout) -> dict[str, Any]:
+    return {
+        "_id": logout.id,
+        "userId": logout.user_id,
+        "at": _from_ms(logout.at_ms),
+        "origin": logout.origin,
+        "seq": logout.seq,
+    }
+
+
+def inc_op(
+    query: dict[str, Any],
+    fields: Mapping[str, Number],
+    on_insert: dict[str, Any] | None,
+    guard: str | None,
+    kept: int,
+) -> Any:
+    """An ``$inc`` upsert; with a ``guard`` (an id), applied at most once per document
+    (step 4 of the module docstring)."""
+    update: dict[str, Any] = {}
+    if fields:
+        update["$inc"] = dict(fields)
+    if on_insert:
+        update["$setOnInsert"] = on_insert
+    if guard is not None:
+        query["appliedBatches"] = {"$nin": [guard]}
+        update["$push"] = {"appliedBatches": {"$each": [guard], "$slice": -kept}}
+    return _pymongo().UpdateOne(query, update, upsert=True) if update else None
+
+
+def upsert(store: MongoStore, name: str, ops: list[Any], kw: dict[str, Any]) -> None:
+    """Send upserts; on standalone, a duplicate key is sent once more, now that the
+    document exists: it was created by another process between our filter and our
+    insert (the retry then matches it), or, for a guarded op, it holds this batch's
+    id already (the retry hits the key again: applied). A transaction never sees
+    one: a concurrent insert is a write conflict, and the batch is retried."""
+    if not ops:
+        return
+    pymongo = _pymongo()
+    collection = store._collection(name)
+    for attempt in range(2):
+        try:
+            collection.bulk_write(ops, ordered=False, **kw)
+            return
+        except pymongo.errors.BulkWriteError as exc:
+            if kw:
+                raise
+            duplicates = _only_duplicates(exc)
+            if attempt == 1:
+                return  # the document exists and holds this batch id: applied
+            ops = [ops[i] for i in duplicates]
+
+
+def write_marks(
+    store: MongoStore, logouts: list[dict[str, Any]], sessions: list[dict[str, Any]], kw: dict
+) -> None:
+    """Insert logout marks and insert or replace sessions: idempotent, so a journal can
+    be replayed. (A replacement rather than ``$set``, which on nx-27017 turns dates into
+    strings; on MongoDB both are the same single-document atomic write. The replacement
+    repeats the ``_id``: nx-27017's upsert would otherwise insert under a new one.)"""
+    pymongo = _pymongo()
+    if logouts:
+        try:
+            store._collection("logouts").insert_many(logouts, ordered=False, **kw)
+        except pymongo.errors.BulkWriteError as exc:
+            if kw:
+                raise
+            _only_duplicates(exc)  # inserted by an earlier replay
+    if sessions:
+        store._collection("sessions").bulk_write(
+            [pymongo.ReplaceOne({"_id": doc["_id"]}, doc, upsert=True) for doc in sessions],
+            ordered=False,
+            **kw,
+        )
 
 
 def _event_record(doc: Mapping[str, Any]) -> EventRecord:
@@ -1050,6 +852,7 @@ class MongoStore(Store):
                 self._detect_transactions() if transactions is None else bool(transactions)
             )
             self._ensure_indexes(event_ttl)
+            self._upgrade_sessions()
 
     # -- opening ---------------------------------------------------------------------
 
@@ -1215,14 +1018,19 @@ class MongoStore(Store):
             ("day_users", [("day", 1), ("userId", 1)], {"unique": True}),
             ("month_users", [("month", 1), ("userId", 1)], {"unique": True}),
             ("sessions", [("userId", 1), ("loginAt", 1)], {}),
-            ("sessions", [("userId", 1), ("logoutAt", 1)], {}),
             (
                 "sessions",
                 [("open", 1), ("loginAt", 1)],
                 {"partialFilterExpression": {"open": True}},
             ),
-            ("pending_logouts", [("takenBy", 1), ("userId", 1), ("logoutAt", 1)], {}),
-            ("pending_logouts", [("logoutAt", 1)], {}),
+            (
+                "sessions",
+                [("open", 1), ("userId", 1), ("loginAt", 1)],
+                {"partialFilterExpression": {"open": True}},
+            ),
+            ("logouts", [("userId", 1), ("at", 1)], {}),
+            ("logouts", [("at", 1)], {}),
+            ("session_journal", [("done", 1), ("journaledAt", 1)], {}),
             ("events", [("ts", 1)], ts_options),
             ("events", [("userId", 1), ("ts", 1)], {}),
             ("sessions", [("day", 1)], {}),
@@ -1259,7 +1067,7 @@ class MongoStore(Store):
         # Every collection exists before the first transaction: creating one inside a
         # transaction fails on MongoDB before 4.4 and in cross-shard transactions.
         present = set(self._db().list_collection_names())
-        for name in ("session_users", "locks"):
+        for name in ("session_users", "locks", "logouts", "session_journal"):
             if f"{self.prefix}{name}" not in present:
                 # CollectionInvalid: another process created it just now.
                 with contextlib.suppress(pymongo.errors.CollectionInvalid):
@@ -1306,6 +1114,126 @@ class MongoStore(Store):
                     exc,
                 )
         self._synced_ttl = seconds
+
+    # -- upgrading stores of earlier versions -----------------------------------------------
+
+    def _upgrade_sessions(self) -> None:
+        """Stores written before sessions were computed from marks (up to 0.1 of
+        2026-11-25) get a logout mark for each session a logout closed and for each
+        logout still waiting for its login, and lose the pairing fields those versions
+        kept. Idempotent (marks are keyed by the session or pending logout), so
+        processes opening the store at once may all run it."""
+        pymongo = _pymongo()
+        pending = f"{self.prefix}pending_logouts"
+        if pending not in self._db().list_collection_names():
+            return
+        log.info("gso_analytics: upgrading %s sessions to login/logout marks", self.where)
+        sessions = self._collection("sessions")
+        marks = [
+            {
+                "_id": f"{doc['_id']}-logout",
+                "userId": doc["userId"],
+                "at": doc["logoutAt"],
+                "origin": doc["_id"],
+                "seq": 1,
+            }
+            for doc in sessions.find(
+                {"open": False, "timedOut": False, "reloginBy": None},
+                {"userId": 1, "logoutAt": 1},
+            )
+        ]
+        marks += [
+            {
+                "_id": f"pending-{doc['_id']}",
+                "userId": doc["userId"],
+                "at": doc["logoutAt"],
+                "origin": "pending",
+                "seq": 0,
+            }
+            for doc in self._db()[pending].find({"takenBy": ""})
+        ]
+        if marks:
+            try:
+                self._collection("logouts").insert_many(marks, ordered=False)
+            except pymongo.errors.BulkWriteError as exc:
+                _only_duplicates(exc)  # another process upgrading at the same time
+        sessions.update_many(
+            {},
+            {
+                "$unset": {
+                    field: ""
+                    for field in (
+                        "closedBy",
+                        "reloginBy",
+                        "correctedBy",
+                        "reloginLogoutAt",
+                        "reloginDurationS",
+                    )
+                }
+            },
+        )
+        self._db().drop_collection(pending)
+
+    # -- the standalone session journal ----------------------------------------------------
+
+    def _journal(self, guard: str | None, changes: SessionChanges, at: datetime) -> None:
+        """Write a batch's session changes on standalone (step 3 of the module docstring):
+        one journal document first, then its replay. ``guard`` None (the prune job's
+        timeouts, which change no aggregate) writes the sessions directly."""
+        sessions = [_session_doc(session) for session in changes.sessions]
+        logouts = [_logout_doc(logout) for logout in changes.logouts]
+        if guard is None:
+            write_marks(self, logouts, sessions, {})
+            return
+        doc = {
+            "_id": guard,
+            "at": at,
+            "journaledAt": datetime.now(UTC),
+            "done": False,
+            "sessions": sessions,
+            "logouts": logouts,
+            "daily": {
+                day: {"month": changes.months[day], "inc": {k: v for k, v in f.items() if v}}
+                for day, f in changes.daily.items()
+                if any(f.values())
+            },
+            "monthly": {
+                month: {k: v for k, v in f.items() if v}
+                for month, f in changes.monthly.items()
+                if any(f.values())
+            },
+        }
+        try:
+            self._collection("session_journal").insert_one(doc)
+        except _pymongo().errors.DuplicateKeyError:
+            return  # an earlier attempt journaled it, and session_marks replayed it
+        self._replay(doc)
+
+    def _replay(self, doc: Mapping[str, Any]) -> None:
+        """Apply a journal: idempotent mark and session writes, then increments guarded
+        by the journal's id, so a replay by this batch's retry or by any later batch
+        (after this one stopped half-way) counts them exactly once."""
+        guard, kept = doc["_id"], self.applied_batches_kept
+        write_marks(self, list(doc["logouts"]), list(doc["sessions"]), {})
+        daily = [
+            inc_op({"day": day}, entry["inc"], {"month": entry["month"]}, guard, kept)
+            for day, entry in sorted(doc["daily"].items())
+        ]
+        upsert(self, "daily", daily, {})
+        monthly = [
+            inc_op({"month": month}, fields, None, guard, kept)
+            for month, fields in sorted(doc["monthly"].items())
+        ]
+        upsert(self, "monthly", monthly, {})
+        self._collection("session_journal").update_one({"_id": guard}, {"$set": {"done": True}})
+
+    def _replay_journals(self) -> None:
+        """Complete the journals of batches that stopped half-way (under the lock, in
+        the order they were written), before reading any marks."""
+        journal = self._collection("session_journal")
+        for doc in journal.find({"done": False}).sort("journaledAt", 1):
+            log.info("gso_analytics: completing the session writes of batch %s", doc["_id"])
+            self._replay(doc)
 
     # -- the standalone session lock ------------------------------------------------------
 
@@ -1441,7 +1369,11 @@ class MongoStore(Store):
     def get_sessions(self, user_id: str) -> list[SessionRecord]:
         _check_str(user_id, "user_id")
         with self._errors("reading sessions"):
-            docs = list(self._collection("sessions").find({"userId": user_id}).sort("loginAt", 1))
+            docs = list(
+                self._collection("sessions")
+                .find({"userId": user_id})
+                .sort([("loginAt", 1), ("origin", 1), ("seq", 1)])
+            )
         return [_session_record(doc) for doc in docs]
 
     def get_events(self, user_id: str | None = None, limit: int = 1000) -> list[EventRecord]:

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -26,12 +26,13 @@ from gso_analytics.errors import ConfigurationError, StoreError
 from gso_analytics.model import (
     DailyStats,
     EventRecord,
+    Login,
+    Logout,
     MonthStats,
     Number,
-    OpenSession,
-    ReloginClose,
-    SessionOpen,
+    SessionEnd,
     SessionRecord,
+    StoredSession,
 )
 from gso_analytics.store import Store, Transaction
 
@@ -53,12 +54,16 @@ CREATE TABLE IF NOT EXISTS {p}sessions (
     id TEXT PRIMARY KEY, userId TEXT NOT NULL, username TEXT,
     loginAt TEXT NOT NULL, logoutAt TEXT, durationS INTEGER NOT NULL DEFAULT 0,
     day TEXT NOT NULL, month TEXT NOT NULL, timedOut INTEGER NOT NULL DEFAULT 0,
-    reloginBy TEXT);
+    origin TEXT NOT NULL DEFAULT '', seq INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS {p}sessions_user ON {p}sessions (userId, loginAt);
 CREATE INDEX IF NOT EXISTS {p}sessions_open ON {p}sessions (loginAt) WHERE logoutAt IS NULL;
-CREATE TABLE IF NOT EXISTS {p}pending_logouts (
-    userId TEXT NOT NULL, logoutAt TEXT NOT NULL, origin TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS {p}pending_logouts_user ON {p}pending_logouts (userId, logoutAt);
+CREATE INDEX IF NOT EXISTS {p}sessions_open_user ON {p}sessions (userId)
+    WHERE logoutAt IS NULL;
+CREATE TABLE IF NOT EXISTS {p}logouts (
+    id TEXT PRIMARY KEY, userId TEXT NOT NULL, atMs INTEGER NOT NULL, origin TEXT NOT NULL,
+    seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {p}logouts_user ON {p}logouts (userId, atMs);
+CREATE INDEX IF NOT EXISTS {p}logouts_at ON {p}logouts (atMs);
 CREATE TABLE IF NOT EXISTS {p}events (
     id INTEGER PRIMARY KEY, ts TEXT NOT NULL, userId TEXT NOT NULL, event TEXT NOT NULL,
     data TEXT NOT NULL, day TEXT NOT NULL);
@@ -141,89 +146,36 @@ class _SQLiteTransaction(Transaction):
             [(month, field, amount) for field, amount in increments.items()],
         )
 
-    def insert_session(self, op: SessionOpen) -> None:
-        self.conn.execute(
-            f"INSERT INTO {self.p}sessions (id, userId, username, loginAt, day, month)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (op.session_id, op.user_id, op.username, iso_ms(op.login_at), op.day, op.month),
+    def session_marks(self, since: Mapping[str, int]) -> list[StoredSession | Logout]:
+        found: list[StoredSession | Logout] = []
+        sessions = (
+            f"SELECT {_SESSION_COLUMNS} FROM {self.p}sessions WHERE userId = ? AND loginAt >= ?"
+            f" UNION SELECT {_SESSION_COLUMNS} FROM {self.p}sessions"
+            " WHERE userId = ? AND logoutAt IS NULL"
+        )
+        logouts = (
+            f"SELECT id, userId, atMs, origin, seq FROM {self.p}logouts"
+            " WHERE userId = ? AND atMs >= ?"
+        )
+        for user, start in since.items():
+            rows = self.conn.execute(sessions, (user, iso_from_ms(start), user)).fetchall()
+            found += [_stored_session(row) for row in rows]
+            found += [Logout(*row) for row in self.conn.execute(logouts, (user, start))]
+        return found
+
+    def save_sessions(self, sessions: list[StoredSession]) -> None:
+        self.conn.executemany(
+            f"INSERT INTO {self.p}sessions ({_SESSION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (id) DO UPDATE SET logoutAt = excluded.logoutAt,"
+            " durationS = excluded.durationS, timedOut = excluded.timedOut",
+            [_session_row(session) for session in sessions],
         )
 
-    def find_open_session(
-        self, user_id: str, session_id: str | None, before: datetime
-    ) -> OpenSession | None:
-        if session_id is not None:
-            row = self.conn.execute(
-                f"SELECT id, loginAt, day, month FROM {self.p}sessions"
-                " WHERE id = ? AND logoutAt IS NULL",
-                (session_id,),
-            ).fetchone()
-        else:
-            row = self.conn.execute(
-                f"SELECT id, loginAt, day, month FROM {self.p}sessions"
-                " WHERE userId = ? AND logoutAt IS NULL AND loginAt <= ?"
-                " ORDER BY loginAt DESC LIMIT 1",
-                (user_id, iso_ms(before)),
-            ).fetchone()
-        return _open_session(row) if row else None
-
-    def end_session(
-        self,
-        session_id: str,
-        logout_at: datetime,
-        duration: int,
-        timed_out: bool,
-        relogin_by: str | None = None,
-    ) -> None:
-        self.conn.execute(
-            f"UPDATE {self.p}sessions SET logoutAt = ?, durationS = ?, timedOut = ?, reloginBy = ?"
-            " WHERE id = ?",
-            (iso_ms(logout_at), duration, int(timed_out), relogin_by, session_id),
+    def insert_logouts(self, logouts: list[Logout]) -> None:
+        self.conn.executemany(
+            f"INSERT INTO {self.p}logouts (id, userId, atMs, origin, seq) VALUES (?, ?, ?, ?, ?)",
+            [(m.id, m.user_id, m.at_ms, m.origin, m.seq) for m in logouts],
         )
-
-    def find_relogin_close(self, user_id: str, at: datetime, origin: str) -> ReloginClose | None:
-        when = iso_ms(at)
-        # By the partial index: the user's second-login ends after ``at``, a handful,
-        # where the (userId, loginAt) index the planner prefers for the ORDER BY would
-        # walk back through every session of the user when none matches.
-        row = self.conn.execute(
-            f"SELECT id, loginAt, logoutAt, durationS, day, month FROM {self.p}sessions"
-            f" INDEXED BY {self.p}sessions_relogin"
-            " WHERE userId = ? AND reloginBy IS NOT NULL AND logoutAt > ? AND loginAt <= ?"
-            " AND reloginBy != ? ORDER BY loginAt DESC LIMIT 1",
-            (user_id, when, when, origin),
-        ).fetchone()
-        if row is None:
-            return None
-        session_id, login_at, logout_at, duration, day, month = row
-        return ReloginClose(
-            session_id, parse_iso_ms(login_at), parse_iso_ms(logout_at), duration, day, month
-        )
-
-    def correct_relogin_close(
-        self, session: ReloginClose, logout_at: datetime, duration: int
-    ) -> None:
-        self.conn.execute(
-            f"UPDATE {self.p}sessions SET logoutAt = ?, durationS = ?, reloginBy = NULL"
-            " WHERE id = ?",
-            (iso_ms(logout_at), duration, session.session_id),
-        )
-
-    def add_pending_logout(self, user_id: str, logout_at: datetime, origin: str) -> None:
-        self.conn.execute(
-            f"INSERT INTO {self.p}pending_logouts (userId, logoutAt, origin) VALUES (?, ?, ?)",
-            (user_id, iso_ms(logout_at), origin),
-        )
-
-    def take_pending_logout(self, user_id: str, login_at: datetime, origin: str) -> datetime | None:
-        row = self.conn.execute(
-            f"SELECT rowid, logoutAt FROM {self.p}pending_logouts"
-            " WHERE userId = ? AND logoutAt >= ? AND origin != ? ORDER BY logoutAt LIMIT 1",
-            (user_id, iso_ms(login_at), origin),
-        ).fetchone()
-        if row is None:
-            return None
-        self.conn.execute(f"DELETE FROM {self.p}pending_logouts WHERE rowid = ?", (row[0],))
-        return parse_iso_ms(row[1])
 
     def insert_events(self, events: list[EventRecord]) -> None:
         self.conn.executemany(
@@ -235,18 +187,16 @@ class _SQLiteTransaction(Transaction):
         cur = self.conn.execute(f"DELETE FROM {self.p}events WHERE ts < ?", (iso_ms(cutoff),))
         return cur.rowcount
 
-    def open_sessions_before(self, cutoff: datetime) -> list[OpenSession]:
+    def open_sessions_before(self, cutoff_ms: int) -> list[StoredSession]:
         rows = self.conn.execute(
-            f"SELECT id, loginAt, day, month FROM {self.p}sessions"
+            f"SELECT {_SESSION_COLUMNS} FROM {self.p}sessions"
             " WHERE logoutAt IS NULL AND loginAt < ?",
-            (iso_ms(cutoff),),
+            (iso_from_ms(cutoff_ms),),
         ).fetchall()
-        return [_open_session(row) for row in rows]
+        return [_stored_session(row) for row in rows]
 
-    def delete_pending_logouts_before(self, cutoff: datetime) -> None:
-        self.conn.execute(
-            f"DELETE FROM {self.p}pending_logouts WHERE logoutAt < ?", (iso_ms(cutoff),)
-        )
+    def delete_logouts_before(self, cutoff_ms: int) -> None:
+        self.conn.execute(f"DELETE FROM {self.p}logouts WHERE atMs < ?", (cutoff_ms,))
 
     def delete_batches_before(self, cutoff: datetime) -> None:
         self.conn.execute(f"DELETE FROM {self.p}batches WHERE appliedAt < ?", (iso_ms(cutoff),))
@@ -258,27 +208,62 @@ def _upgrade(conn: sqlite3.Connection, prefix: str) -> None:
     Reads first, so opening an up-to-date file never waits for the write lock; an
     upgrade takes it and looks again, so two processes opening one file at once do not
     both alter it.
+
+    Files from before sessions were computed from marks (up to 0.1 of 2026-11-25) get
+    the ``origin``/``seq`` columns (their sessions order by time and id), a logout mark
+    for each session a logout closed and for each logout still waiting for its login,
+    and lose the pairing machinery those versions kept (``pending_logouts``,
+    ``reloginBy``).
     """
 
-    def missing() -> bool:
-        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({prefix}sessions)")}
-        return "reloginBy" not in columns
+    def columns() -> set[str]:
+        return {row[1] for row in conn.execute(f"PRAGMA table_info({prefix}sessions)")}
 
-    if missing():
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if missing():
-                conn.execute(f"ALTER TABLE {prefix}sessions ADD COLUMN reloginBy TEXT")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-    # Finding a session a second login ended reads only those, by user and end.
-    conn.execute(
-        f"CREATE INDEX IF NOT EXISTS {prefix}sessions_relogin ON {prefix}sessions"
-        " (userId, logoutAt) WHERE reloginBy IS NOT NULL"
+    def tables() -> set[str]:
+        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+
+    def outdated() -> bool:
+        return "origin" not in columns() or f"{prefix}pending_logouts" in tables()
+
+    if not outdated():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if outdated():
+            _upgrade_to_marks(conn, prefix, columns(), tables())
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _upgrade_to_marks(
+    conn: sqlite3.Connection, p: str, columns: set[str], tables: set[str]
+) -> None:
+    if "origin" not in columns:
+        conn.execute(f"ALTER TABLE {p}sessions ADD COLUMN origin TEXT NOT NULL DEFAULT ''")
+        conn.execute(f"ALTER TABLE {p}sessions ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
+    relogin = "reloginBy" in columns
+    rows = conn.execute(
+        f"SELECT id, userId, logoutAt FROM {p}sessions WHERE logoutAt IS NOT NULL"
+        " AND timedOut = 0" + (" AND reloginBy IS NULL" if relogin else "")
+    ).fetchall()
+    marks = [(f"{sid}-logout", user, to_ms(parse_iso_ms(at)), sid, 1) for sid, user, at in rows]
+    if f"{p}pending_logouts" in tables:
+        rows = conn.execute(f"SELECT rowid, userId, logoutAt FROM {p}pending_logouts").fetchall()
+        marks += [
+            (f"pending-{rowid}", user, to_ms(parse_iso_ms(at)), "pending", rowid)
+            for rowid, user, at in rows
+        ]
+        conn.execute(f"DROP TABLE {p}pending_logouts")
+    conn.executemany(
+        f"INSERT OR IGNORE INTO {p}logouts (id, userId, atMs, origin, seq) VALUES (?,?,?,?,?)",
+        marks,
     )
+    if relogin:
+        conn.execute(f"DROP INDEX IF EXISTS {p}sessions_relogin")
+        conn.execute(f"ALTER TABLE {p}sessions DROP COLUMN reloginBy")
 
 
 def _event_record(row: tuple[Any, ...]) -> EventRecord:
@@ -286,8 +271,37 @@ def _event_record(row: tuple[Any, ...]) -> EventRecord:
     return EventRecord(to_ms(parse_iso_ms(ts)), user_id, event, data, day)
 
 
-def _open_session(row: tuple[Any, ...]) -> OpenSession:
-    return OpenSession(row[0], parse_iso_ms(row[1]), row[2], row[3])
+_SESSION_COLUMNS = (
+    "id, userId, username, loginAt, logoutAt, durationS, day, month, timedOut, origin, seq"
+)
+
+
+def _stored_session(row: tuple[Any, ...]) -> StoredSession:
+    sid, user, name, login, logout, duration, day, month, timed_out, origin, seq = row
+    return StoredSession(
+        Login(sid, user, to_ms(parse_iso_ms(login)), origin, seq, name, day, month),
+        SessionEnd(
+            None if logout is None else to_ms(parse_iso_ms(logout)), duration, bool(timed_out)
+        ),
+    )
+
+
+def _session_row(session: StoredSession) -> tuple[Any, ...]:
+    login, end = session.login, session.end
+    logout = None if end.logout_ms is None else iso_from_ms(end.logout_ms)
+    return (
+        login.id,
+        login.user_id,
+        login.username,
+        iso_from_ms(login.at_ms),
+        logout,
+        end.duration_s,
+        login.day,
+        login.month,
+        int(end.timed_out),
+        login.origin,
+        login.seq,
+    )
 
 
 def path_from_url(url: str) -> str:
@@ -458,7 +472,7 @@ class SQLiteStore(Store):
         return self._read("SELECT COUNT(*) FROM {p}sessions WHERE logoutAt IS NULL")[0][0]
 
     def get_sessions(self, user_id: str) -> list[SessionRecord]:
-        return self._sessions("userId = ? ORDER BY loginAt, rowid", (user_id,))
+        return self._sessions("userId = ? ORDER BY loginAt, origin, seq", (user_id,))
 
     def _sessions(self, where: str, params: tuple[Any, ...]) -> list[SessionRecord]:
         rows = self._read(

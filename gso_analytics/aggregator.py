@@ -5,7 +5,7 @@ integer milliseconds and appends one tuple to a ``deque``: ``deque.append`` is a
 so the request path takes no lock at all and never waits for the flush thread.
 
 The flush thread drains the deque in call order and aggregates it (day keys, counter
-increments, (day,user)/(month,user) records, session pairing, JSON encoding) into one
+increments, (day,user)/(month,user) records, login and logout marks, JSON encoding) into one
 :class:`~gso_analytics.model.FlushBatch`. Moving that work off the request path is
 what keeps ``track()`` near a microsecond; the result is the same as aggregating at
 the call, because the calls are replayed in order with the timestamps they were
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .clock import Clock, DayKeys, from_ms, to_ms
-from .model import EventRecord, FlushBatch, Number, SessionClose, SessionOpen, new_id
+from .model import EventRecord, FlushBatch, Login, Logout, Number, new_id
 from .validation import encode_flat
 
 #: The event whose amount (``amountCents`` by its counter rule) is real-money revenue:
@@ -45,7 +45,13 @@ class Aggregator:
     memory (give or take one call per thread racing past the check at once).
     """
 
-    def __init__(self, clock: Clock | None, day_keys: DayKeys, max_buffered: int) -> None:
+    def __init__(
+        self,
+        clock: Clock | None,
+        day_keys: DayKeys,
+        max_buffered: int,
+        session_timeout_ms: int = 12 * 3600 * 1000,
+    ) -> None:
         # The default clock reads integer milliseconds directly: no datetime on the
         # request path. An injected clock (tests, replays) is converted exactly.
         # Calls are stamped in nanoseconds: the default clock is then the C function
@@ -55,18 +61,18 @@ class Aggregator:
         )
         self.day_keys = day_keys
         self.max_buffered = max_buffered
+        self.session_timeout_ms = session_timeout_ms
         self.backlog = 0
         self.reset()
 
     def reset(self) -> None:
         """Start empty (also in a forked child: the parent flushes its own calls)."""
         self._calls: deque[tuple[Any, ...]] = deque()
-        self._open: dict[str, str] = {}  # user -> id of the session this process opened
         self.origin = new_id()
-        # Session ids: this process's random origin and a sequence number, unique
-        # across processes and restarts (a new origin each), and 20x cheaper than a
-        # uuid4 per login, which reads the OS's random source.
-        self._session_numbers = itertools.count(1)
+        # Marks are numbered in call order: with the random origin of the process they
+        # are unique across processes and restarts (a new origin each), order two calls
+        # of one millisecond, and name sessions 20x cheaper than a uuid4 per login.
+        self._mark_numbers = itertools.count(1)
 
     @property
     def size(self) -> int:
@@ -108,10 +114,6 @@ class Aggregator:
         """The clock, in milliseconds since the epoch (for readers, not the hot path)."""
         return self.now_ns() // 1_000_000
 
-    def open_sessions_here(self) -> int:
-        """Sessions this process opened and has not closed, as of the last flush."""
-        return len(self._open)
-
     # -- the flush thread ---------------------------------------------------------------
 
     def swap(self) -> FlushBatch:
@@ -122,7 +124,9 @@ class Aggregator:
         up once per run of counted events of that day, and the record keeps the
         call's milliseconds as they are.
         """
-        batch = FlushBatch(created_at=from_ms(self.now_ms()))
+        batch = FlushBatch(
+            created_at=from_ms(self.now_ms()), session_timeout_ms=self.session_timeout_ms
+        )
         calls, events, payments = self._calls, batch.events, batch.payments
         day_keys = self.day_keys
         counted_day = ""  # the day whose counters ``counters`` is
@@ -161,22 +165,18 @@ class Aggregator:
         return counters
 
     def _add_login(self, batch: FlushBatch, ms: int, user_id: str, username: str | None) -> None:
-        at = from_ms(ms)
+        # No pairing here: which session a logout ends is the store's walk over the
+        # marks of every process (see .sessions), so this process keeps no session state.
         day, month = self.day_keys(ms)
-        previous = self._open.get(user_id)
-        if previous is not None:
-            # A second login without a logout ends the first session here.
-            batch.session_ops.append(SessionClose(user_id, at, previous, self.origin, relogin=True))
-        session_id = f"{self.origin}-{next(self._session_numbers)}"
-        batch.session_ops.append(
-            SessionOpen(session_id, user_id, username, at, day, month, self.origin)
+        seq = next(self._mark_numbers)
+        batch.logins.append(
+            Login(f"{self.origin}-{seq}", user_id, ms, self.origin, seq, username, day, month)
         )
-        self._open[user_id] = session_id
         counters = self._day_counters(batch, day, month)
         counters["sessionCount"] = counters.get("sessionCount", 0) + 1
         batch.day_users.setdefault(day, set()).add(user_id)
         batch.month_users.setdefault(month, set()).add(user_id)
 
     def _add_logout(self, batch: FlushBatch, ms: int, user_id: str) -> None:
-        session_id = self._open.pop(user_id, None)
-        batch.session_ops.append(SessionClose(user_id, from_ms(ms), session_id, self.origin))
+        seq = next(self._mark_numbers)
+        batch.logouts.append(Logout(f"{self.origin}-{seq}", user_id, ms, self.origin, seq))

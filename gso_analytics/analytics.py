@@ -115,7 +115,12 @@ class Analytics:
         self._max_id = self.limits.max_id_length
         self._max_event = self.limits.max_event_length
         self._day_keys = DayKeys(self.tz)
-        self._aggregator = Aggregator(clock, self._day_keys, max_buffered_events)
+        self._aggregator = Aggregator(
+            clock,
+            self._day_keys,
+            max_buffered_events,
+            session_timeout // timedelta(milliseconds=1),
+        )
         self._flusher = Flusher(
             self.store, self._aggregator, interval=flush_interval, housekeeping=self._housekeeping
         )
@@ -354,6 +359,8 @@ class Analytics:
             "last_flush_age_s": None
             if flusher.last_flush is None
             else max(0.0, time.time() - flusher.last_flush),
-            "open_sessions_here": self._aggregator.open_sessions_here(),
+            # Logouts of this process that ended no session when stored (no login of
+            # the player before them, in any process, as far as the store knew then).
+            "logouts_without_session": flusher.unmatched_logouts,
             "forwarding": ForwardingHub.empty_stats() if self._hub is None else self._hub.stats(),
         }

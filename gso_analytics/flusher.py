@@ -46,6 +46,7 @@ class Flusher:
         self.batches = 0
         self.retried = 0  # apply attempts of a batch that failed before
         self.failures = 0
+        self.unmatched_logouts = 0  # logouts that ended no session when stored
         self.last_error: str | None = None
         self.last_flush: float | None = None  # time.time() of the last success
         self._apply_lock = threading.Lock()
@@ -87,7 +88,7 @@ class Flusher:
         if batch.id in self._failed_ids:
             self.retried += 1
         try:
-            self.store.apply(batch)
+            result = self.store.apply(batch)
         except Exception as exc:
             self.failures += 1
             self._failed_ids.add(batch.id)
@@ -96,6 +97,7 @@ class Flusher:
                 raise
             raise StoreError(f"store.apply failed: {exc}") from exc
         self._failed_ids.discard(batch.id)
+        self.unmatched_logouts += result.unmatched_logouts
         self.flushed += batch.size
         self.batches += 1
         self.last_flush = time.time()

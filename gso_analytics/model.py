@@ -25,39 +25,70 @@ def new_id() -> str:
 
 
 @attrs.frozen
-class SessionOpen:
-    """A login: a new session record, open until a logout or the session timeout."""
+class Login:
+    """A login call as flushed: a mark on the player's timeline that opens a session.
 
-    session_id: str
+    Marks are ordered by :attr:`key`, their time in milliseconds and then the process
+    (``origin``) and its sequence number: one order for every worker, whatever the
+    order they flush in, and the call order for two calls of one process in the same
+    millisecond. ``id`` is the session's id.
+    """
+
+    id: str
     user_id: str
+    at_ms: int
+    origin: str
+    seq: int
     username: str | None
-    login_at: datetime
     day: str
     month: str
-    origin: str = ""
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        return (self.at_ms, self.origin, self.seq)
 
 
 @attrs.frozen
-class SessionClose:
-    """A logout. ``session_id`` is known when this process saw the login.
+class Logout:
+    """A logout call as flushed: a mark on the player's timeline (see :class:`Login`)."""
 
-    Without it the store closes the user's newest open session that started before
-    ``logout_at``, or remembers the logout until that login arrives from another
-    process. ``origin`` names the recording process: a login it records later is
-    never the session of its own earlier logout.
-
-    A process's ``session_id`` goes stale when another process handled the user's
-    logout (and maybe a new login) since: the store then falls back to the user's
-    newest open session, as without an id. ``relogin`` marks the close that a second
-    login in the same process implies: it ends that very session if still open,
-    nothing else.
-    """
-
+    id: str
     user_id: str
-    logout_at: datetime
-    session_id: str | None = None
-    origin: str = ""
-    relogin: bool = False
+    at_ms: int
+    origin: str
+    seq: int
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        return (self.at_ms, self.origin, self.seq)
+
+
+Mark = Login | Logout
+
+
+@attrs.frozen
+class SessionEnd:
+    """How a session ends in the walk of its player's marks (open: no ``logout_ms``)."""
+
+    logout_ms: int | None = None
+    duration_s: int = 0
+    timed_out: bool = False
+
+    @property
+    def open(self) -> bool:
+        return self.logout_ms is None
+
+
+#: The state of a session no later mark has ended yet.
+OPEN = SessionEnd()
+
+
+@attrs.frozen
+class StoredSession:
+    """A session as a store keeps it: its login mark and its current end."""
+
+    login: Login
+    end: SessionEnd
 
 
 @attrs.define
@@ -82,16 +113,14 @@ class EventRecord:
         return from_ms(self.ts_ms)
 
 
-SessionOp = SessionOpen | SessionClose
-
-
 @attrs.define
 class FlushBatch:
     """Everything one process buffered between two flushes, applied exactly once.
 
     ``counters`` holds increments per day (never totals); ``day_users`` and
     ``month_users`` the activity records whose newly inserted count feeds ``dau`` and
-    ``mau``; ``session_ops`` the logins and logouts in call order; ``payments`` the
+    ``mau``; ``logins`` and ``logouts`` the marks that sessions are computed from
+    (with ``session_timeout_ms``, see :mod:`gso_analytics.sessions`); ``payments`` the
     ``stripe.payment`` amounts per day and user (increments, like ``counters``), which
     the per-user revenue facts of the KPIs are kept from.
     """
@@ -102,47 +131,26 @@ class FlushBatch:
     months: dict[str, str] = attrs.field(factory=dict)  # day -> month
     day_users: dict[str, set[str]] = attrs.field(factory=dict)
     month_users: dict[str, set[str]] = attrs.field(factory=dict)
-    session_ops: list[SessionOp] = attrs.field(factory=list)
+    logins: list[Login] = attrs.field(factory=list)
+    logouts: list[Logout] = attrs.field(factory=list)
+    session_timeout_ms: int = 12 * 3600 * 1000
     events: list[EventRecord] = attrs.field(factory=list)
     payments: dict[str, dict[str, Number]] = attrs.field(factory=dict)  # day -> user -> cents
 
     @property
     def size(self) -> int:
         """The number of buffered calls this batch carries (its weight in the bound)."""
-        return len(self.events) + len(self.session_ops)
+        return len(self.events) + len(self.logins) + len(self.logouts)
 
     def is_empty(self) -> bool:
         return not (
-            self.counters or self.day_users or self.session_ops or self.events or self.payments
+            self.counters
+            or self.day_users
+            or self.logins
+            or self.logouts
+            or self.events
+            or self.payments
         )
-
-
-@attrs.frozen
-class OpenSession:
-    """What a store knows of an open session when a logout closes it."""
-
-    session_id: str
-    login_at: datetime
-    day: str
-    month: str
-
-
-@attrs.frozen
-class ReloginClose:
-    """A session a second login ended in the process that opened it.
-
-    That end is the process's best guess: the player's real logout may have been
-    recorded by another process and reach the store later. Such a logout, stamped
-    inside ``[login_at, logout_at)``, corrects the session (see
-    :func:`~gso_analytics.store.apply_batch`).
-    """
-
-    session_id: str
-    login_at: datetime
-    logout_at: datetime
-    duration_s: int
-    day: str
-    month: str
 
 
 @attrs.frozen
@@ -240,6 +248,7 @@ class ApplyResult:
 
     duplicate: bool = False
     new_day_users: int = 0
+    #: Logouts of the batch that ended no session (no login of the player before them).
     unmatched_logouts: int = 0
 
 

@@ -1,12 +1,11 @@
 """The ``Store`` base class, the meaning of a batch, and ``open_store``.
 
 What a :class:`~gso_analytics.model.FlushBatch` means lives here, once: which records
-make ``dau`` and ``mau``, how a logout finds its session (also one opened by another
-process, in either flush order), what a duration is and where it is added, which
-per-user facts the KPIs read (first-seen and first-payment days, revenue per day and
-user). A backend only translates the small :class:`Transaction` vocabulary into its
-own writes, inside one atomic unit that also claims the batch id, so a retried batch
-is never counted twice.
+make ``dau`` and ``mau``, how sessions follow from the players' marks (the walk in
+:mod:`.sessions`), which per-user facts the KPIs read (first-seen and first-payment
+days, revenue per day and user). A backend only translates the small
+:class:`Transaction` vocabulary into its own writes, inside one atomic unit that also
+claims the batch id, so a retried batch is never counted twice.
 """
 
 from __future__ import annotations
@@ -20,22 +19,21 @@ from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
-from .clock import duration_s
+from .clock import to_ms
 from .errors import ConfigurationError
 from .model import (
     ApplyResult,
     DailyStats,
     EventRecord,
     FlushBatch,
+    Logout,
     MonthStats,
     Number,
-    OpenSession,
     PruneResult,
-    ReloginClose,
-    SessionClose,
-    SessionOpen,
     SessionRecord,
+    StoredSession,
 )
+from .sessions import SessionChanges, plan_sessions, time_out, windows
 
 #: Batch ids are remembered at least this long, far beyond any retry.
 MIN_BATCH_RETENTION = timedelta(days=1)
@@ -47,12 +45,6 @@ class Transaction(ABC):
     @abstractmethod
     def claim_batch(self, batch_id: str, at: datetime) -> bool:
         """Record ``batch_id``; False when it was already recorded (already applied)."""
-
-    def prefetch(self, batch: FlushBatch) -> None:  # noqa: B027 - an optional hint
-        """Called once the batch is claimed, before any session read. A store whose
-        reads are network round trips loads here, in bulk, what the batch's logins and
-        logouts will read (their sessions, pending logouts), instead of one query per
-        call; a store that reads locally has nothing to do."""
 
     @abstractmethod
     def add_day_users(self, day: str, users: set[str]) -> int:
@@ -86,51 +78,46 @@ class Transaction(ABC):
     def increment_monthly(self, month: str, increments: dict[str, int]) -> None:
         """Add to the month's ``mau``, ``timedSessions`` and ``timedSessionS``."""
 
-    @abstractmethod
-    def insert_session(self, op: SessionOpen) -> None:
-        """Store a new open session."""
+    # -- sessions: the marks and what the walk made of them ----------------------------
 
     @abstractmethod
-    def find_open_session(
-        self, user_id: str, session_id: str | None, before: datetime
-    ) -> OpenSession | None:
-        """The open session ``session_id``, or without an id the user's newest open
-        session that started at or before ``before``."""
+    def session_marks(self, since: Mapping[str, int]) -> list[StoredSession | Logout]:
+        """For each user of ``since``: the stored logins (with their sessions' current
+        ends) and logouts at or after ``since[user]`` (ms), and the user's open
+        sessions whatever their time. More marks may come back, as long as they reach
+        without a gap to the user's newest (a store that reads in bulk may use one
+        ``since`` for all)."""
 
     @abstractmethod
-    def end_session(
-        self,
-        session_id: str,
-        logout_at: datetime,
-        duration: int,
-        timed_out: bool,
-        relogin_by: str | None = None,
-    ) -> None:
-        """Close a session found by :meth:`find_open_session` or :meth:`open_sessions_before`.
-
-        ``relogin_by`` is the origin of the process whose second login of the user
-        ends the session: the store keeps it with the session until a logout from
-        another origin corrects that end (:meth:`find_relogin_close`)."""
+    def save_sessions(self, sessions: list[StoredSession]) -> None:
+        """Store each session in the state given, inserting it or replacing it by id."""
 
     @abstractmethod
-    def find_relogin_close(self, user_id: str, at: datetime, origin: str) -> ReloginClose | None:
-        """The user's newest session that a second login ended, by another origin than
-        ``origin``, with ``login_at <= at < logout_at`` and not corrected yet."""
+    def insert_logouts(self, logouts: list[Logout]) -> None:
+        """Store logout marks (new ids)."""
+
+    def write_sessions(self, changes: SessionChanges) -> None:
+        """Store what :func:`~.sessions.plan_sessions` decided and add its differences
+        to the aggregates. A store that must make these writes recoverable on their
+        own (MongoDB without transactions) overrides this."""
+        if changes.logouts:
+            self.insert_logouts(changes.logouts)
+        if changes.sessions:
+            self.save_sessions(changes.sessions)
+        for day, fields in changes.daily.items():
+            if any(fields.values()):
+                self.increment_daily(day, changes.months[day], dict(fields))
+        for month, fields in changes.monthly.items():
+            if any(fields.values()):
+                self.increment_monthly(month, dict(fields))
 
     @abstractmethod
-    def correct_relogin_close(
-        self, session: ReloginClose, logout_at: datetime, duration: int
-    ) -> None:
-        """End ``session`` at ``logout_at`` instead, and forget its second-login mark."""
+    def open_sessions_before(self, cutoff_ms: int) -> list[StoredSession]:
+        """Open sessions whose login is before ``cutoff_ms``."""
 
     @abstractmethod
-    def add_pending_logout(self, user_id: str, logout_at: datetime, origin: str) -> None:
-        """Remember a logout whose login has not arrived yet."""
-
-    @abstractmethod
-    def take_pending_logout(self, user_id: str, login_at: datetime, origin: str) -> datetime | None:
-        """Remove and return the user's earliest pending logout at or after ``login_at``
-        recorded by another origin than ``origin``."""
+    def delete_logouts_before(self, cutoff_ms: int) -> None:
+        """Forget logout marks older than ``cutoff_ms``: no batch that late is taken."""
 
     @abstractmethod
     def insert_events(self, events: list[EventRecord]) -> None:
@@ -139,14 +126,6 @@ class Transaction(ABC):
     @abstractmethod
     def delete_events_before(self, cutoff: datetime) -> int:
         """Delete events with ``ts < cutoff``; return how many."""
-
-    @abstractmethod
-    def open_sessions_before(self, cutoff: datetime) -> list[OpenSession]:
-        """Open sessions that started before ``cutoff``."""
-
-    @abstractmethod
-    def delete_pending_logouts_before(self, cutoff: datetime) -> None:
-        """Forget pending logouts older than ``cutoff``."""
 
     @abstractmethod
     def delete_batches_before(self, cutoff: datetime) -> None:
@@ -253,14 +232,20 @@ class Store(ABC):
             return apply_batch(tx, batch)
 
     def prune(self, now: datetime, event_ttl: timedelta, session_timeout: timedelta) -> PruneResult:
-        """Delete expired events; close and flag sessions open longer than ``session_timeout``."""
+        """Delete expired events; time out sessions open longer than ``session_timeout``
+        (ended at ``login + session_timeout``, as a later mark would end them).
+
+        Logout marks are kept as long as batch ids plus the timeout: a batch retried
+        within that time still finds every mark its walk needs."""
+        retention = max(event_ttl, MIN_BATCH_RETENTION)
+        timeout_ms = session_timeout // timedelta(milliseconds=1)
         with self.transaction() as tx:
             deleted = tx.delete_events_before(now - event_ttl)
-            stale = tx.open_sessions_before(now - session_timeout)
-            for session in stale:
-                tx.end_session(session.session_id, now, 0, timed_out=True)
-            tx.delete_pending_logouts_before(now - session_timeout)
-            tx.delete_batches_before(now - max(event_ttl, MIN_BATCH_RETENTION))
+            stale = tx.open_sessions_before(to_ms(now) - timeout_ms)
+            if stale:
+                tx.write_sessions(time_out(stale, timeout_ms))
+            tx.delete_logouts_before(to_ms(now - retention - session_timeout))
+            tx.delete_batches_before(now - retention)
         return PruneResult(events_deleted=deleted, sessions_timed_out=len(stale))
 
 
@@ -271,10 +256,7 @@ def apply_batch(tx: Transaction, batch: FlushBatch) -> ApplyResult:
         raise ValueError("a batch must carry created_at before it is applied")
     if not tx.claim_batch(batch.id, created_at):
         return ApplyResult(duplicate=True)
-    if batch.session_ops:
-        tx.prefetch(batch)
     daily: defaultdict[str, defaultdict[str, Number]] = defaultdict(lambda: defaultdict(int))
-    months = dict(batch.months)
     for day, fields in batch.counters.items():
         daily[day].update(fields)
     monthly: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -296,53 +278,16 @@ def apply_batch(tx: Transaction, batch: FlushBatch) -> ApplyResult:
         if added:
             monthly[month]["mau"] += added
 
-    def count(day: str, month: str, seconds: int, sign: int = 1) -> None:
-        daily[day]["totalSessionS"] += sign * seconds
-        months[day] = month
-        if seconds > 0:
-            monthly[month]["timedSessions"] += sign
-            monthly[month]["timedSessionS"] += sign * seconds
-
-    def close(session: OpenSession, logout_at: datetime, relogin_by: str | None = None) -> None:
-        seconds = duration_s(session.login_at, logout_at)
-        tx.end_session(session.session_id, logout_at, seconds, False, relogin_by)
-        count(session.day, session.month, seconds)
-
-    def correct(ended: ReloginClose, logout_at: datetime) -> None:
-        # The second login's end was a guess: take its seconds back, count the real ones.
-        seconds = duration_s(ended.login_at, logout_at)
-        tx.correct_relogin_close(ended, logout_at, seconds)
-        count(ended.day, ended.month, ended.duration_s, sign=-1)
-        count(ended.day, ended.month, seconds)
-
     unmatched = 0
-    for op in batch.session_ops:
-        if isinstance(op, SessionOpen):
-            tx.insert_session(op)
-            logout_at = tx.take_pending_logout(op.user_id, op.login_at, op.origin)
-            if logout_at is not None:
-                close(OpenSession(op.session_id, op.login_at, op.day, op.month), logout_at)
-        elif isinstance(op, SessionClose):
-            session = tx.find_open_session(op.user_id, op.session_id, op.logout_at)
-            if session is None and op.session_id is not None and not op.relogin:
-                # A stale id: another process closed that session since, so this
-                # logout ends the user's current session, wherever it was opened.
-                session = tx.find_open_session(op.user_id, None, op.logout_at)
-            if session is not None:
-                close(session, op.logout_at, op.origin if op.relogin else None)
-            elif not op.relogin:
-                # The session may have been ended by a later login in the process that
-                # opened it, which could not know of this logout: it ends there instead.
-                ended = tx.find_relogin_close(op.user_id, op.logout_at, op.origin)
-                if ended is not None:
-                    correct(ended, op.logout_at)
-                else:
-                    # The login may sit in another process's unflushed batch.
-                    tx.add_pending_logout(op.user_id, op.logout_at, op.origin)
-                    unmatched += 1
+    if batch.logins or batch.logouts:
+        marks = (*batch.logins, *batch.logouts)
+        stored = tx.session_marks(windows(marks, batch.session_timeout_ms))
+        changes = plan_sessions(stored, batch.logins, batch.logouts, batch.session_timeout_ms)
+        tx.write_sessions(changes)
+        unmatched = changes.unmatched_logouts
 
     for day, fields in daily.items():
-        tx.increment_daily(day, months[day], dict(fields))
+        tx.increment_daily(day, batch.months[day], dict(fields))
     for month, fields in monthly.items():
         tx.increment_monthly(month, dict(fields))
     if batch.events:

@@ -332,7 +332,7 @@ def test_fork_child_starts_empty_and_parent_data_is_stored_once(
         if pid == 0:  # the child: report through the exit code only
             code = 1
             try:
-                if parent.stats()["buffered"] == 0 and parent.stats()["open_sessions_here"] == 0:
+                if parent.stats()["buffered"] == 0:
                     code = 2
                     parent.track("credits.earn", "child-user", {"amount": 1})
                     if parent.stop() and parent.stats()["flushed"] == 1:
@@ -363,4 +363,7 @@ def test_stats_shape(store: Store, make_analytics: AnalyticsFactory) -> None:
     after = analytics.stats()
     assert (after["buffered"], after["flushed"], after["batches"]) == (0, 1, 1)
     assert (after["dropped"], after["rejected"], after["flush_failures"]) == (0, 0, 0)
-    assert after["open_sessions_here"] == 1
+    assert after["logouts_without_session"] == 0
+    analytics.on_logout("u2")  # nobody logged u2 in: the logout ends no session
+    analytics.flush()
+    assert analytics.stats()["logouts_without_session"] == 1

@@ -50,8 +50,9 @@ def test_clock_stepping_back_across_a_boundary(
     earlier_day: str,
 ) -> None:
     """NTP steps the clock back over midnight (or the month end) in mid-session: each
-    call is filed under the day its own timestamp says, the session that "ended
-    before it began" lasts 0 s on its login day, and no figure goes negative."""
+    call is filed under the day its own timestamp says, the logout stamped before its
+    login comes first in the walk and ends nothing (the session stays open, 0 s on its
+    login day), and no figure goes negative."""
     analytics = make_analytics(store)
     clock.set(at(after))
     analytics.on_login("u1")
@@ -68,9 +69,10 @@ def test_clock_stepping_back_across_a_boundary(
     assert (earlier["creditsEarned"], earlier["dau"], earlier["sessionCount"]) == (3, 1, 1)
     (session,) = store.get_sessions("u1")
     assert (session.day, session.duration_s, session.timed_out) == (later_day, 0, False)
+    assert session.logout_at is None
     # "today" follows the clock, back to the earlier day; its month counts u2 only.
     assert (metrics.today and metrics.today.day) == earlier_day
-    assert (metrics.dau, metrics.active_sessions, metrics.avg_session_min) == (1, 1, 0)
+    assert (metrics.dau, metrics.active_sessions, metrics.avg_session_min) == (1, 2, 0)
     assert metrics.mau == (1 if later_day[:7] != earlier_day[:7] else 2)
     assert store.get_month(later_day[:7]).timed_sessions == 0
 
@@ -191,21 +193,24 @@ def test_a_clock_jump_past_the_session_timeout_times_sessions_out(
     store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
     """A clock that jumps a day ahead and is then corrected: the prune that ran during
-    the jump timed the open session out (flagged, 0 s, not play time), and the logout
-    after the correction changes nothing - a wrong clock cannot add a day of play."""
+    the jump timed the open session out (flagged, 0 s, not play time); the logout
+    after the correction, 5 minutes after the login, is the session's next mark within
+    the timeout and ends it there - the walk's answer, and never a day of play."""
     analytics = make_analytics(store)
     analytics.on_login("u1")
     analytics.flush()
     real = clock.now
     clock.advance(days=1)  # the jump
     assert analytics.prune().sessions_timed_out == 1
+    (session,) = store.get_sessions("u1")
+    assert (session.timed_out, session.duration_s) == (True, 0)
     clock.set(real + timedelta(minutes=5))  # corrected
     analytics.on_logout("u1")
     metrics = analytics.get_metrics()
     (session,) = store.get_sessions("u1")
-    assert (session.timed_out, session.duration_s) == (True, 0)
-    assert doc(store, "2025-03-14")["totalSessionS"] == 0
-    assert (metrics.active_sessions, metrics.avg_session_min) == (0, 0)
+    assert (session.timed_out, session.duration_s) == (False, 300)
+    assert doc(store, "2025-03-14")["totalSessionS"] == 300
+    assert (metrics.active_sessions, metrics.avg_session_min) == (0, 5)
 
 
 def test_a_clock_without_timezone_fails_at_construction() -> None:

@@ -75,7 +75,7 @@ def worker(mode: str, db: str, *args: str) -> None:
             analytics.track("dungeon.complete", f"a{i}")
         for i in range(5):
             analytics.on_logout(f"a{i}")  # closes sessions stored by the first batch
-        analytics.on_logout("ghost")  # a pending logout row
+        analytics.on_logout("ghost")  # a logout mark that ends no session
         store.hang_during(args[0], on_enter=lambda: _say("mid-flush"))
         analytics.flush()  # parks inside the transaction until SIGKILL
         _say("not killed")
@@ -228,7 +228,7 @@ def consistent(db: Path) -> dict[str, int]:
 
 @pytest.mark.parametrize(
     "statement",
-    ["claim_batch", "add_month_users", "end_session", "increment_daily", "insert_events"],
+    ["claim_batch", "add_month_users", "write_sessions", "increment_daily", "insert_events"],
 )
 def test_sigkill_inside_the_transaction_leaves_no_trace_of_the_batch(
     tmp_path: Path, statement: str

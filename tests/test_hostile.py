@@ -548,7 +548,8 @@ ROWS: list[Row] = [
     Row(
         "logout-without-login",
         "logout without a login anywhere",
-        "accepted, counts nothing (kept as a pending logout until `session_timeout`)",
+        "accepted, ends no session (kept as a mark; counted in"
+        ' `stats()["logouts_without_session"]`)',
         lambda a, c: a.on_logout("ghost"),
         check=_stats_only,
         equivalent=NOTHING,
@@ -565,15 +566,15 @@ ROWS: list[Row] = [
     Row(
         "double-login",
         "a second login without a logout",
-        "the first session ends at the second login",
+        "the first session ends at the second login (on any worker)",
         _login_twice,
         check=_double_login,
         users=("twice",),
     ),
     Row(
         "logout-after-timeout",
-        "logout after the session timed out",
-        "no effect: the session stays timed out with duration 0",
+        "logout more than `session_timeout` after the login",
+        "the session is timed out (duration 0), whenever the prune job runs",
         _timed_out_then_logout,
         check=_timed_out,
         users=("late",),

@@ -110,7 +110,8 @@ def generate(seed: int, users: int) -> Trace:
                 last = k + 1 == len(SLOT_HOURS) or user not in {u for u, _ in plans.get(k + 1, [])}
                 orphaned = last and rng.random() < 0.08
                 duration = rng.choice((0, rng.randrange(1, 90), rng.randrange(60, 5400)))
-                calls.append(Call(login, rng.randrange(PROCESSES), "login", user))
+                login_process = rng.randrange(PROCESSES)
+                calls.append(Call(login, login_process, "login", user))
                 for _ in range(rng.randrange(4)):
                     event = rng.choice(list(ECONOMY))
                     key, (low, high) = ECONOMY[event]
@@ -130,7 +131,13 @@ def generate(seed: int, users: int) -> Trace:
                     trace.payments.append((at, user, cents))
                 if not orphaned:
                     logout = login + timedelta(seconds=duration)
-                    calls.append(Call(logout, rng.randrange(PROCESSES), "logout", user))
+                    process = rng.randrange(PROCESSES)
+                    # A logout in the login's millisecond stays on its process: across
+                    # processes, two marks of one millisecond follow the store's
+                    # tie-break (the process origin), which a trace cannot know.
+                    calls.append(
+                        Call(logout, process if duration else login_process, "logout", user)
+                    )
                 trace.sessions.append(Session(user, login, None if orphaned else duration))
             # Stable: a logout at the login's instant stays after it.
             calls.sort(key=lambda call: call.at)

@@ -6,7 +6,8 @@ past the session timeout, and backwards), flushes of either of two instances, pr
 and intermediate reads. Each sequence runs on the memory store and on a fresh SQLite
 file, and every read is compared with :class:`Model`: plain Python written from the
 seed's semantics, sharing no code with the library (its own day keys, counter map,
-integer-millisecond durations with JavaScript rounding, dau/mau sets, averages).
+integer-millisecond durations with JavaScript rounding, dau/mau sets, averages, and
+sessions as the walk over each player's marks in time order).
 
 Each user is served by one instance (as a sticky load balancer would), so the model
 is exact; the two instances still share every day, month and counter.
@@ -94,17 +95,17 @@ class Model:
     def __init__(self, tz: str, now_us: int) -> None:
         self.tz = ZoneInfo(tz)
         self.now_us = now_us
-        self.local_open: list[dict[str, int]] = [{} for _ in range(INSTANCES)]
         self.buffers: list[list[tuple[Any, ...]]] = [[] for _ in range(INSTANCES)]
         # The store, as applied so far:
         self.days: dict[str, dict[str, Any]] = {}  # day -> {"month": .., field: value}
         self.day_users: set[tuple[str, str]] = set()
         self.month_users: set[tuple[str, str]] = set()
-        self.sessions: dict[int, dict[str, Any]] = {}
-        self.store_open: set[int] = set()
-        self.timed: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])  # [count, sum]
+        # user -> stored marks (time, call number, kind, day, month); a user is served by
+        # one instance, so the call number orders two marks of one millisecond.
+        self.marks: defaultdict[str, list[tuple[Any, ...]]] = defaultdict(list)
+        self.pruned: set[tuple[str, int, int]] = set()  # logins the prune job timed out
         self.events: list[tuple[Any, ...]] = []
-        self.next_sid = 0
+        self.calls = 0
 
     # -- time --
     @property
@@ -122,20 +123,16 @@ class Model:
     def login(self, user: str) -> None:
         i, t = USERS.index(user) % INSTANCES, self.now_ms
         day, month = self.keys(t)
+        self.calls += 1
         buffer = self.buffers[i]
-        if user in self.local_open[i]:
-            buffer.append(("close", self.local_open[i][user], t))
-        sid = self.next_sid = self.next_sid + 1
-        self.local_open[i][user] = sid
-        buffer.append(("open", sid, user, t, day, month))
+        buffer.append(("mark", user, t, self.calls, "login", day, month))
         buffer.append(("count", day, month, "sessionCount", 1))
         buffer.append(("users", day, month, user))
 
     def logout(self, user: str) -> None:
-        i = USERS.index(user) % INSTANCES
-        sid = self.local_open[i].pop(user, None)
-        if sid is not None:
-            self.buffers[i].append(("close", sid, self.now_ms))
+        self.calls += 1
+        mark = ("mark", user, self.now_ms, self.calls, "logout", "", "")
+        self.buffers[USERS.index(user) % INSTANCES].append(mark)
 
     def track(self, instance: int, event: str, user: str, data: dict[str, Any]) -> None:
         t = self.now_ms
@@ -158,37 +155,44 @@ class Model:
                 _, day, month, user = op
                 self.day_users.add((day, user))
                 self.month_users.add((month, user))
-            elif kind == "open":
-                _, sid, user, t, day, month = op
-                self.sessions[sid] = {
-                    "user": user, "login": t, "logout": None, "duration": 0,
-                    "day": day, "month": month, "timed_out": False,
-                }  # fmt: skip
-                self.store_open.add(sid)
-            elif kind == "close":
-                _, sid, t = op
-                if sid in self.store_open:  # else: timed out by a prune meanwhile
-                    session = self.sessions[sid]
-                    # Math.round((logout - login) / 1000), never below zero
-                    seconds = max(0, (t - session["login"] + 500) // 1000)
-                    session.update(logout=t, duration=seconds)
-                    login_day = self.days[session["day"]]
-                    login_day["totalSessionS"] = login_day.get("totalSessionS", 0) + seconds
-                    if seconds > 0:
-                        self.timed[session["month"]][0] += 1
-                        self.timed[session["month"]][1] += seconds
-                    self.store_open.discard(sid)
+            elif kind == "mark":
+                self.marks[op[1]].append(op[2:])
             elif kind == "event":
                 self.events.append(op[1:])
         self.buffers[instance] = []
 
     def prune(self) -> None:
         now = self.now_ms
-        for sid in sorted(self.store_open):
-            if self.sessions[sid]["login"] < now - SESSION_TIMEOUT_MS:
-                self.sessions[sid].update(logout=now, duration=0, timed_out=True)
-                self.store_open.discard(sid)
+        for s in self.sessions():
+            if s["logout"] is None and s["login"] < now - SESSION_TIMEOUT_MS:
+                self.pruned.add((s["user"], s["login"], s["call"]))
         self.events = [e for e in self.events if e[0] >= as_datetime(now - EVENT_TTL_MS)]
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """Each login ends at its player's next mark, Math.round((next - login) / 1000)
+        seconds; timed out (0 s, at login + timeout) when that mark is later than the
+        timeout, or when there is none and the prune job timed it out; else open."""
+        found = []
+        for user, marks in self.marks.items():
+            ordered = sorted(marks)
+            for i, (t, call, kind, day, month) in enumerate(ordered):
+                if kind != "login":
+                    continue
+                s = {"user": user, "login": t, "call": call, "day": day, "month": month}
+                following = ordered[i + 1][0] if i + 1 < len(ordered) else None
+                if following is None and (user, t, call) not in self.pruned:
+                    s.update(logout=None, duration=0, timed_out=False)
+                elif following is None or following - t > SESSION_TIMEOUT_MS:
+                    s.update(logout=t + SESSION_TIMEOUT_MS, duration=0, timed_out=True)
+                else:
+                    s.update(logout=following, duration=(following - t + 500) // 1000)
+                    s["timed_out"] = False
+                found.append(s)
+        return found
+
+    def timed(self, month: str) -> tuple[int, int]:
+        seconds = [s["duration"] for s in self.sessions() if s["month"] == month]
+        return sum(1 for x in seconds if x > 0), sum(seconds)
 
     # -- reads --
     def day_doc(self, day: str) -> dict[str, Any]:
@@ -197,19 +201,20 @@ class Model:
         for field in SEED_FIELDS:
             doc[field] = stored.get(field, 0)
         doc["dau"] = sum(1 for d, _ in self.day_users if d == day)
+        doc["totalSessionS"] = sum(s["duration"] for s in self.sessions() if s["day"] == day)
         doc.update((k, v) for k, v in stored.items() if k not in doc)
         return doc
 
     def metrics(self) -> dict[str, Any]:
         today, month = self.keys(self.now_ms)
-        count, total = self.timed[month]
+        count, total = self.timed(month)
         return {
             "today": self.day_doc(today) if today in self.days else {},
             "dau": sum(1 for d, _ in self.day_users if d == today),
             "mau": sum(1 for m, _ in self.month_users if m == month),
             # Math.round(total / count / 60), exactly, in integers
             "avgSessionMin": (2 * total + 60 * count) // (120 * count) if count else 0,
-            "activeSessions": len(self.store_open),
+            "activeSessions": sum(s["logout"] is None for s in self.sessions()),
         }
 
     def last_30_days(self) -> list[dict[str, Any]]:
@@ -226,7 +231,7 @@ class Model:
                     s["day"],
                     s["month"],
                 )
-                for s in self.sessions.values()
+                for s in self.sessions()
                 if s["user"] == user
             ),
             key=session_order,
@@ -292,10 +297,11 @@ operations = st.lists(operation(), min_size=20, max_size=80)
 
 def note_coverage(model: Model) -> None:
     """What an example exercised (``pytest --hypothesis-show-statistics`` shows it)."""
-    closed = [s for s in model.sessions.values() if s["logout"] is not None]
+    closed = [s for s in model.sessions() if s["logout"] is not None]
     hypothesis.event(f"months with data: {len({d['month'] for d in model.days.values()})}")
     hypothesis.event(f"a session timed out: {any(s['timed_out'] for s in closed)}")
-    hypothesis.event(f"a timed session: {any(count for count, _ in model.timed.values())}")
+    months = {d["month"] for d in model.days.values()}
+    hypothesis.event(f"a timed session: {any(model.timed(month)[0] for month in months)}")
     hypothesis.event(
         "a session of 0.5, 2.5, 4.5... s (round-half-even would differ): "
         + str(any((s["logout"] - s["login"]) % 2000 == 500 for s in closed))
@@ -333,6 +339,12 @@ def run(store: Store, ops: list[tuple[Any, ...]], tz: str, start_us: int) -> Non
             fleet[op[1]].flush()
             model.flush(op[1])
         elif kind == "prune":
+            # After every instance flushed, as the flush thread prunes after a flush: a
+            # prune forgets logout marks older than the batch-id retention plus the
+            # timeout, which a call still buffered across a jump of days would need.
+            for instance in range(INSTANCES):
+                fleet[instance].flush()
+                model.flush(instance)
             fleet[0].prune()
             model.prune()
         elif kind == "check":  # reads flush the reading instance only

@@ -1,39 +1,61 @@
 """What only the SQLite store has: files written by an earlier version keep working.
 
-Why: a game's SQLite file outlives library upgrades. Opening it must add what the new
-version needs (the ``reloginBy`` column of sessions and its index) without losing a
-row, and without the write lock when there is nothing to add.
+Why: a game's SQLite file outlives library upgrades. Opening it must bring it to the
+new schema (sessions from login and logout marks: ``origin``/``seq`` columns and a
+``logouts`` table, which the marks of the old sessions and pending logouts move to)
+without losing a row, and without the write lock when there is nothing to do.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
-from gso_analytics.backends.sqlite import SCHEMA, SQLiteStore
+from gso_analytics.backends.sqlite import SQLiteStore
 
 from gso_analytics import Analytics
 
 PREFIX = "gso_analytics_"
-#: The schema before sessions had ``reloginBy`` (gso-analytics of 2026-11-24).
-OLD_SCHEMA = SCHEMA.replace(",\n    reloginBy TEXT", "")
+#: The session tables of gso-analytics 0.1 as of 2026-11-25 (pairing in arrival order).
+OLD_SCHEMA = """
+CREATE TABLE {p}sessions (
+    id TEXT PRIMARY KEY, userId TEXT NOT NULL, username TEXT,
+    loginAt TEXT NOT NULL, logoutAt TEXT, durationS INTEGER NOT NULL DEFAULT 0,
+    day TEXT NOT NULL, month TEXT NOT NULL, timedOut INTEGER NOT NULL DEFAULT 0,
+    reloginBy TEXT);
+CREATE INDEX {p}sessions_user ON {p}sessions (userId, loginAt);
+CREATE INDEX {p}sessions_open ON {p}sessions (loginAt) WHERE logoutAt IS NULL;
+CREATE INDEX {p}sessions_relogin ON {p}sessions (userId, logoutAt)
+    WHERE reloginBy IS NOT NULL;
+CREATE TABLE {p}pending_logouts (
+    userId TEXT NOT NULL, logoutAt TEXT NOT NULL, origin TEXT NOT NULL);
+"""
+DAY = "'2026-01-30', '2026-01'"
 
 
 def old_file(path: Path) -> None:
-    assert OLD_SCHEMA != SCHEMA
     conn = sqlite3.connect(path)
     conn.executescript(OLD_SCHEMA.format(p=PREFIX))
+    columns = "(id, userId, loginAt, logoutAt, durationS, day, month, timedOut, reloginBy)"
+    for row in (
+        # closed by a logout at 09:01; ended by the same process's second login; timed out
+        f"('old', 'u1', '2026-01-30T09:00:00.000Z', '2026-01-30T09:01:00.000Z', 60, {DAY}, 0,"
+        " NULL)",
+        f"('relogin', 'u4', '2026-01-30T08:00:00.000Z', '2026-01-30T08:05:00.000Z', 300, {DAY},"
+        " 0, 'proc-a')",
+        f"('stale', 'u5', '2026-01-29T08:00:00.000Z', '2026-01-29T20:00:00.000Z', 0, {DAY}, 1,"
+        " NULL)",
+    ):
+        conn.execute(f"INSERT INTO {PREFIX}sessions {columns} VALUES {row}")
     conn.execute(
-        f"INSERT INTO {PREFIX}sessions (id, userId, loginAt, logoutAt, durationS, day, month)"
-        " VALUES ('old', 'u1', '2026-01-30T09:00:00.000Z', '2026-01-30T09:01:00.000Z', 60,"
-        " '2026-01-30', '2026-01')"
+        f"INSERT INTO {PREFIX}pending_logouts VALUES ('u3', '2026-01-30T10:00:00.000Z', 'p')"
     )
     conn.commit()
     conn.close()
 
 
-def test_an_old_file_gets_the_new_column_and_keeps_its_sessions(tmp_path: Path) -> None:
+def test_an_old_file_is_upgraded_to_marks_and_keeps_its_sessions(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     old_file(path)
     with SQLiteStore(path) as store:
@@ -41,35 +63,36 @@ def test_an_old_file_gets_the_new_column_and_keeps_its_sessions(tmp_path: Path) 
         assert (session.session_id, session.duration_s) == ("old", 60)
     conn = sqlite3.connect(path)
     columns = [row[1] for row in conn.execute(f"PRAGMA table_info({PREFIX}sessions)")]
-    indexes = [row[1] for row in conn.execute(f"PRAGMA index_list({PREFIX}sessions)")]
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    logouts = sorted(conn.execute(f"SELECT id, userId FROM {PREFIX}logouts"))
     conn.close()
-    assert columns.count("reloginBy") == 1
-    assert f"{PREFIX}sessions_relogin" in indexes
+    assert "reloginBy" not in columns and {"origin", "seq"} <= set(columns)
+    assert f"{PREFIX}pending_logouts" not in tables
+    assert f"{PREFIX}sessions_relogin" not in tables
+    # The logout that closed 'old' and the waiting one; not the second login's end
+    # (that login is the next mark) nor the timeout.
+    assert logouts == [("old-logout", "u1"), ("pending-1", "u3")]
     SQLiteStore(path).close()  # a second open finds nothing to do
 
 
-def test_an_upgraded_file_corrects_a_second_login_end(tmp_path: Path) -> None:
+def test_late_marks_pair_with_the_upgraded_ones(tmp_path: Path) -> None:
+    """A login that arrives after the upgrade falls into the old session (ending it
+    and ending at its logout) or before the old waiting logout (which ends it)."""
     path = tmp_path / "old.db"
     old_file(path)
-    now = [datetime(2026, 1, 30, 10, tzinfo=UTC)]
-    a = Analytics(SQLiteStore(path), flush_interval=3600, clock=lambda: now[0])
-    b = Analytics(SQLiteStore(path), flush_interval=3600, clock=lambda: now[0])
+    now = [datetime(2026, 1, 30, 9, 0, 30, tzinfo=UTC)]
+    analytics = Analytics(SQLiteStore(path), flush_interval=3600, clock=lambda: now[0])
     try:
-        a.on_login("u1")
-        now[0] += timedelta(seconds=45)
-        b.on_logout("u1")
-        now[0] += timedelta(seconds=15)
-        a.on_login("u1")
-        a.flush()
-        b.flush()
-        assert [s.duration_s for s in a.store.get_sessions("u1")] == [60, 45, 0]
-        # 45 s, not A's guess of 60 s (the old row was written by hand, not counted).
-        assert a.store.get_day("2026-01-30")["totalSessionS"] == 45
+        analytics.on_login("u1")
+        now[0] = datetime(2026, 1, 30, 9, 59, tzinfo=UTC)
+        analytics.on_login("u3")
+        analytics.flush()
+        assert [s.duration_s for s in analytics.store.get_sessions("u1")] == [30, 30]
+        assert [s.duration_s for s in analytics.store.get_sessions("u3")] == [60]
+        assert analytics.store.count_open_sessions() == 0
     finally:
-        a.stop()
-        b.stop()
-        a.store.close()
-        b.store.close()
+        analytics.stop()
+        analytics.store.close()
 
 
 def test_opening_an_up_to_date_file_needs_no_write_lock(tmp_path: Path) -> None:

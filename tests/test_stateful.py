@@ -6,11 +6,12 @@ a ``RuleBasedStateMachine`` checks ``stats()`` after every step and shrinks a fa
 to the shortest story, and this machine also drives what that test leaves out -
 flushes that fail before or after the write (``tests/faults.py``), a process restart
 (``stop()`` and a new instance on the same store, which forgets the sessions it saw),
-rejected input, logouts without login, double logins, prunes with sessions open and
-pending logouts, and the clock stepping back by hours - against a model that knows
-the store's rules (dau/mau records, session matching across origins, pending
-logouts, durations rounded half up, totals on the login day) and nothing of the
-library's code.
+rejected input, logouts without login, double logins, prunes with sessions open,
+and the clock stepping back by hours - against a model that knows the store's rules
+(dau/mau records, sessions as the walk over every process's marks in time order,
+durations rounded half up, totals on the login day, timeouts) and nothing of the
+library's code but each process's origin, the tie-break of two marks of one
+millisecond.
 
 Kept modest (``max_examples``, ``stateful_step_count`` below) so the whole run takes
 seconds per backend.
@@ -112,7 +113,7 @@ class Batch:
 
     @property
     def size(self) -> int:
-        return sum(op[0] in ("open", "close", "event") for op in self.ops)
+        return sum(op[0] in ("login", "logout", "event") for op in self.ops)
 
 
 @dataclass
@@ -120,13 +121,12 @@ class Model:
     """The store and one process's buffer, as plain Python."""
 
     now: int = START_MS
-    origin: int = 0
-    local_open: dict[str, int] = field(default_factory=dict)
+    origin: str = ""  # the library's process origin: ties of one millisecond follow it
+    seq: int = 0  # the process's marks, numbered in call order
     buffer: list[list[tuple[Any, ...]]] = field(default_factory=list)  # ops per call
     pending: list[Batch] = field(default_factory=list)
     logins: set[tuple[str, int]] = field(default_factory=set)
     logouts: set[tuple[str, int]] = field(default_factory=set)
-    next_sid: int = 0
     # stats()
     flushed: int = 0
     failures: int = 0
@@ -136,32 +136,29 @@ class Model:
     days: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     day_users: set[tuple[str, str]] = field(default_factory=set)
     month_users: set[tuple[str, str]] = field(default_factory=set)
-    sessions: dict[int, dict[str, Any]] = field(default_factory=dict)
-    open_ids: set[int] = field(default_factory=set)
-    pending_logouts: list[tuple[str, int, int]] = field(default_factory=list)
-    timed: defaultdict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    # the stored marks: user -> [(time, origin, seq, kind, day, month)]
+    marks: defaultdict[str, list[tuple[Any, ...]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    pruned: set[tuple[int, str, int]] = field(default_factory=set)  # keys of timed-out logins
     events: list[tuple[int, str, str, Any, str]] = field(default_factory=list)
 
     # -- calls --
     def login(self, user: str) -> None:
         day, month = keys(self.now)
-        ops: list[tuple[Any, ...]] = []
-        previous = self.local_open.get(user)
-        if previous is not None:
-            ops.append(("close", user, self.now, previous, self.origin, True))
-        self.next_sid += 1
-        self.local_open[user] = self.next_sid
-        ops += [
-            ("open", self.next_sid, user, self.now, day, month, self.origin),
-            ("count", day, "sessionCount", 1),
-            ("users", day, month, user),
-        ]
-        self.buffer.append(ops)
+        self.seq += 1
+        self.buffer.append(
+            [
+                ("login", user, self.now, self.origin, self.seq, day, month),
+                ("count", day, "sessionCount", 1),
+                ("users", day, month, user),
+            ]
+        )
         self.logins.add((user, self.now))
 
     def logout(self, user: str) -> None:
-        sid = self.local_open.pop(user, None)
-        self.buffer.append([("close", user, self.now, sid, self.origin, False)])
+        self.seq += 1
+        self.buffer.append([("logout", user, self.now, self.origin, self.seq, "", "")])
         self.logouts.add((user, self.now))
 
     def track(self, event: str, user: str, data: dict[str, Any]) -> None:
@@ -197,55 +194,39 @@ class Model:
         batch.failed = True
         return True
 
-    def restart(self) -> None:
-        """stop() (a successful final flush), then a new process: a new origin that
-        knows no open session."""
+    def restart(self, origin: str) -> None:
+        """stop() (a successful final flush), then a new process with its own origin."""
         self.flush()
-        self.origin += 1
-        self.local_open = {}
+        self.origin, self.seq = origin, 0
         self.flushed = self.failures = self.retried = self.rejected = 0  # stats() is per process
 
     # -- the store's rules --
-    def _find_open(self, user: str, sid: int | None, before: int) -> int | None:
-        if sid is not None:
-            return sid if sid in self.open_ids else None
-        found = [
-            s
-            for s in self.open_ids
-            if self.sessions[s]["user"] == user and self.sessions[s]["login"] <= before
-        ]
-        return max(found, key=lambda s: self.sessions[s]["login"]) if found else None
+    def sessions(self) -> list[dict[str, Any]]:
+        """The walk: each login ends at its user's next mark (timed out past the
+        timeout), or is open unless the prune job timed it out."""
+        found = []
+        for user, marks in self.marks.items():
+            ordered = sorted(marks)
+            for i, (at, origin, seq, kind, day, month) in enumerate(ordered):
+                if kind != "login":
+                    continue
+                session = {
+                    "user": user, "login": at, "day": day, "month": month, "key": (at, origin, seq)
+                }  # fmt: skip
+                following = ordered[i + 1][0] if i + 1 < len(ordered) else None
+                if following is None and (at, origin, seq) not in self.pruned:
+                    session.update(logout=None, duration=0, timed_out=False)
+                elif following is None or following - at > SESSION_TIMEOUT_MS:
+                    session.update(logout=at + SESSION_TIMEOUT_MS, duration=0, timed_out=True)
+                else:
+                    seconds = seconds_between(at, following)
+                    session.update(logout=following, duration=seconds, timed_out=False)
+                found.append(session)
+        return found
 
-    def _end(self, sid: int, at: int, relogin_by: int | None = None) -> None:
-        session = self.sessions[sid]
-        seconds = seconds_between(session["login"], at)
-        session.update(logout=at, duration=seconds, relogin_by=relogin_by)
-        self.open_ids.discard(sid)
-        self._count(session, seconds, 1)
-
-    def _count(self, session: dict[str, Any], seconds: int, sign: int) -> None:
-        self.days[session["day"]]["totalSessionS"] += sign * seconds
-        if seconds > 0:
-            self.timed[session["month"]][0] += sign
-            self.timed[session["month"]][1] += sign * seconds
-
-    def _correct_relogin_end(self, user: str, at: int, origin: int) -> bool:
-        """A logout inside a session another process's second login ended ends it."""
-        ended = [
-            s
-            for s in self.sessions.values()
-            if s["user"] == user
-            and s["relogin_by"] not in (None, origin)
-            and s["login"] <= at < s["logout"]
-        ]
-        if not ended:
-            return False
-        session = max(ended, key=lambda s: s["login"])
-        self._count(session, session["duration"], -1)
-        seconds = seconds_between(session["login"], at)
-        session.update(logout=at, duration=seconds, relogin_by=None)
-        self._count(session, seconds, 1)
-        return True
+    def timed(self, month: str) -> tuple[int, int]:
+        seconds = [s["duration"] for s in self.sessions() if s["month"] == month]
+        return sum(1 for x in seconds if x > 0), sum(seconds)
 
     def apply(self, ops: list[tuple[Any, ...]]) -> None:
         for op in ops:
@@ -256,64 +237,39 @@ class Model:
                     self.days[day]["dau"] += 1
                 self.month_users.add((month, user))
         for op in ops:
-            if op[0] == "open":
-                _, sid, user, login, day, month, origin = op
-                self.sessions[sid] = {
-                    "user": user, "login": login, "logout": None, "duration": 0,
-                    "day": day, "month": month, "timed_out": False, "relogin_by": None,
-                }  # fmt: skip
-                self.open_ids.add(sid)
-                waiting = [
-                    p
-                    for p in self.pending_logouts
-                    if p[0] == user and p[1] >= login and p[2] != origin
-                ]
-                if waiting:
-                    first = min(waiting, key=lambda p: p[1])
-                    self.pending_logouts.remove(first)
-                    self._end(sid, first[1])
-            elif op[0] == "close":
-                _, user, at, sid, origin, relogin = op
-                found = self._find_open(user, sid, at)
-                if found is None and sid is not None and not relogin:
-                    found = self._find_open(user, None, at)  # a stale id
-                if found is not None:
-                    self._end(found, at, origin if relogin else None)
-                elif not relogin and not self._correct_relogin_end(user, at, origin):
-                    self.pending_logouts.append((user, at, origin))
+            if op[0] in ("login", "logout"):
+                kind, user, at, origin, seq, day, month = op
+                self.marks[user].append((at, origin, seq, kind, day, month))
             elif op[0] == "count":
                 _, day, name, amount = op
                 self.days[day][name] += amount
         self.events += [(op[1], op[2], op[3], op[4], op[5]) for op in ops if op[0] == "event"]
 
     def prune(self) -> None:
-        for sid in list(self.open_ids):
-            if self.sessions[sid]["login"] < self.now - SESSION_TIMEOUT_MS:
-                self.sessions[sid].update(logout=self.now, duration=0, timed_out=True)
-                self.open_ids.discard(sid)
+        for s in self.sessions():
+            if s["logout"] is None and s["login"] < self.now - SESSION_TIMEOUT_MS:
+                self.pruned.add(s["key"])
         self.events = [e for e in self.events if e[0] >= self.now - EVENT_TTL_MS]
-        self.pending_logouts = [
-            p for p in self.pending_logouts if p[1] >= self.now - SESSION_TIMEOUT_MS
-        ]
 
     # -- reads --
     def day_doc(self, day: str) -> dict[str, Any]:
         counters = self.days[day]
         doc: dict[str, Any] = {"day": day, "month": day[:7]}
         doc.update((name, counters.get(name, 0)) for name in DAILY_FIELDS)
+        doc["totalSessionS"] = sum(s["duration"] for s in self.sessions() if s["day"] == day)
         doc.update((name, counters[name]) for name in sorted(counters) if name not in doc)
         return doc
 
     def metrics(self) -> dict[str, Any]:
         day, month = keys(self.now)
-        count, total = self.timed[month]
+        count, total = self.timed(month)
         today = self.day_doc(day) if day in self.days else {}
         return {
             "today": today,
             "dau": today["dau"] if today else 0,
             "mau": sum(1 for m, _ in self.month_users if m == month),
             "avgSessionMin": (2 * total + 60 * count) // (120 * count) if count else 0,
-            "activeSessions": len(self.open_ids),
+            "activeSessions": self.open_sessions(),
         }
 
     def last_30_days(self) -> list[dict[str, Any]]:
@@ -322,9 +278,12 @@ class Model:
     def sessions_of(self, user: str) -> list[tuple[Any, ...]]:
         return sorted(
             (s["login"], s["logout"], s["duration"], s["day"], s["timed_out"])
-            for s in self.sessions.values()
+            for s in self.sessions()
             if s["user"] == user
         )
+
+    def open_sessions(self) -> int:
+        return sum(s["logout"] is None for s in self.sessions())
 
 
 def _ms(moment: datetime | None) -> int | None:
@@ -342,6 +301,7 @@ class AnalyticsMachine(RuleBasedStateMachine):
         self.store = FaultyStore(open_store(self.backend.make_url(self.tmp)))
         self.model = Model()
         self.analytics = self._new_analytics()
+        self.model.origin = self.analytics._aggregator.origin
 
     def _clock(self) -> datetime:
         return EPOCH + timedelta(milliseconds=self.model.now)
@@ -437,14 +397,17 @@ class AnalyticsMachine(RuleBasedStateMachine):
     def restart(self) -> None:
         """The process stops (final flush) and a new one takes over the store."""
         assert self.analytics.stop() is True
-        self.model.restart()
         self.analytics = self._new_analytics()
+        self.model.restart(self.analytics._aggregator.origin)
 
-    @precondition(lambda self: not self.model.pending)
+    @precondition(lambda self: not self.model.pending and not self.model.buffer)
     @rule()
     def prune(self) -> None:
         """The library prunes after a successful flush only, never with a batch pending
-        (a retried batch must find its id, which the prune could forget)."""
+        (a retried batch must find its id, which the prune could forget) and with no
+        calls buffered from before it: a prune forgets logout marks older than the
+        batch-id retention plus the timeout, which a call buffered across a clock jump
+        of days would still need (the README's limit of the guarantee)."""
         self.analytics.prune()
         self.model.prune()
 
@@ -481,10 +444,10 @@ class AnalyticsMachine(RuleBasedStateMachine):
         # Compared as a multiset: with equal or stepped-back timestamps the backends
         # order the stream differently (insertion order; MongoDB's ts-based _id).
         assert sorted(events, key=repr) == sorted(self.model.events, key=repr)
-        assert inner.count_open_sessions() == len(self.model.open_ids)
+        assert inner.count_open_sessions() == self.model.open_sessions()
         for month in {m for m, _ in self.model.month_users}:
             figures = inner.get_month(month)
-            count, total = self.model.timed[month]
+            count, total = self.model.timed(month)
             mau = sum(1 for m, _ in self.model.month_users if m == month)
             assert (figures.mau, figures.timed_sessions, figures.timed_session_s) == (
                 mau,

@@ -17,7 +17,7 @@ import pytest
 
 from gso_analytics import DAILY_FIELDS, FlushBatch, Store, StoreError
 from gso_analytics.clock import to_ms
-from gso_analytics.model import EventRecord, SessionClose, SessionOpen
+from gso_analytics.model import EventRecord, Login, Logout
 
 if TYPE_CHECKING:
     from conftest import AnalyticsFactory, Backend, FakeClock
@@ -112,10 +112,8 @@ def make_batch(clock_at: datetime) -> FlushBatch:
         months={day: month},
         day_users={day: {"u1"}},
         month_users={month: {"u1"}},
-        session_ops=[
-            SessionOpen("s-1", "u1", "alice", clock_at, day, month, "origin-a"),
-            SessionClose("u1", clock_at + timedelta(seconds=90), "s-1", "origin-a"),
-        ],
+        logins=[Login("a-1", "u1", to_ms(clock_at), "a", 1, "alice", day, month)],
+        logouts=[Logout("a-2", "u1", to_ms(clock_at) + 90_000, "a", 2)],
         events=[EventRecord(to_ms(clock_at), "u1", "credits.earn", '{"amount":50}', day)],
     )
 
@@ -172,7 +170,7 @@ class _FailingTransaction:
 
 @pytest.mark.parametrize(
     "fail_at",
-    ["add_day_users", "increment_daily", "insert_session", "end_session", "insert_events"],
+    ["add_day_users", "increment_daily", "session_marks", "write_sessions", "insert_events"],
 )
 def test_apply_is_atomic(
     backend: Backend,
@@ -262,13 +260,15 @@ def test_prune_times_out_stale_sessions(
     store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
     """A session open past ``session_timeout`` is closed, flagged ``timedOut`` and not
-    counted as play time (duration 0, not in totalSessionS nor avgSessionMin)."""
+    counted as play time (duration 0, not in totalSessionS nor avgSessionMin). It ends
+    at ``login + session_timeout``, whenever the prune job runs, as a later mark would
+    end it."""
     analytics = make_analytics(store, session_timeout=timedelta(hours=1))
     analytics.on_login("stale", "s")
     analytics.on_login("timed", "t")
     clock.advance(180)
     analytics.on_logout("timed")
-    prune_at = clock.advance(hours=1)
+    clock.advance(hours=1)
     analytics.on_login("fresh", "f")
     analytics.flush()
 
@@ -276,7 +276,7 @@ def test_prune_times_out_stale_sessions(
     (stale,) = store.get_sessions("stale")
     assert stale.timed_out
     assert stale.duration_s == 0
-    assert stale.logout_at == prune_at
+    assert stale.logout_at == stale.login_at + timedelta(hours=1)
     assert not store.get_sessions("timed")[0].timed_out
     assert store.get_sessions("fresh")[0].logout_at is None
 
@@ -287,7 +287,7 @@ def test_prune_times_out_stale_sessions(
     assert metrics.today["totalSessionS"] == 180
     assert store.get_month("2025-03").timed_sessions == 1
 
-    # A late logout of the timed-out session changes nothing.
+    # A late logout past the timeout changes nothing.
     clock.advance(60)
     analytics.on_logout("stale")
     analytics.flush()
@@ -348,11 +348,11 @@ def test_stray_logout_does_not_close_a_later_login(
     assert store.count_open_sessions() == 1
 
 
-def test_late_logout_does_not_close_a_newer_session(
+def test_late_logout_ends_the_session_it_falls_in(
     store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
-    """A logout that reaches the store late ends a session open at its time, never
-    one that started after it."""
+    """A logout that reaches the store late ends the session open at its time (the
+    first logout after a login ends it), never one that started after it."""
     a = make_analytics(store)
     b = make_analytics(other_store)
     a.on_login("u1")
@@ -367,14 +367,14 @@ def test_late_logout_does_not_close_a_newer_session(
     a.flush()
     b.flush()
     sessions = store.get_sessions("u1")
-    assert [s.duration_s for s in sessions] == [20, 0]
+    assert [s.duration_s for s in sessions] == [10, 0]
     assert (sessions[1].login_at, sessions[1].logout_at) == (newer_login, None)
     assert store.count_open_sessions() == 1
-    assert store.get_day("2025-03-14")["totalSessionS"] == 20
+    assert store.get_day("2025-03-14")["totalSessionS"] == 10
 
 
 @pytest.mark.parametrize("flush_order", ["second_login_first", "logout_first"])
-def test_a_logout_from_another_process_corrects_a_second_login_end(
+def test_a_logout_from_another_process_ends_the_session_before_a_second_login(
     store: Store,
     other_store: Store,
     make_analytics: AnalyticsFactory,
@@ -383,9 +383,9 @@ def test_a_logout_from_another_process_corrects_a_second_login_end(
 ) -> None:
     """Process A sees login, login, logout; process B the logout of the first session.
 
-    A's second login ends the first session as far as A knows. Whichever process
+    A's second login ends the first session as far as A's marks go. Whichever process
     flushes first, the store ends up with B's logout ending the first session and the
-    counters holding the real durations (60 s and 120 s), not A's guess (120 s).
+    counters holding the real durations (60 s and 120 s), not A's alone (120 s).
     """
     a = make_analytics(store)
     b = make_analytics(other_store)
@@ -416,17 +416,18 @@ def test_a_logout_from_another_process_corrects_a_second_login_end(
     assert store.count_open_sessions() == 0
 
 
-def test_a_correction_to_zero_seconds_leaves_no_timed_session(
+def test_a_change_to_zero_seconds_leaves_no_timed_session(
     store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
     """A's second login ends the first session after 30 s, a timed session; B's logout
-    at the very moment of the first login makes it 0 s, which the month no longer
+    a millisecond after the first login makes it 0 s, which the month no longer
     counts among its timed sessions."""
     a = make_analytics(store)
     b = make_analytics(other_store)
     a.on_login("u1")
-    b.on_logout("u1")  # the same millisecond as the first login
-    clock.advance(30)
+    clock.advance(0.001)
+    b.on_logout("u1")
+    clock.advance(29.999)
     a.on_login("u1")
     a.flush()
     month = store.get_month("2025-03")
@@ -439,10 +440,11 @@ def test_a_correction_to_zero_seconds_leaves_no_timed_session(
     assert store.get_day("2025-03-14")["totalSessionS"] == 0
 
 
-def test_a_logout_outside_the_second_login_end_stays_pending(
+def test_a_logout_after_a_logout_changes_nothing(
     store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
-    """Only a logout stamped inside ``[login, second login)`` corrects that session."""
+    """A logout whose previous mark is a logout ends no session, whatever the order
+    the processes flush in."""
     a = make_analytics(store)
     b = make_analytics(other_store)
     a.on_login("u1")
@@ -451,51 +453,44 @@ def test_a_logout_outside_the_second_login_end_stays_pending(
     clock.advance(20)
     a.on_logout("u1")
     clock.advance(20)
-    b.on_logout("u1")  # after both sessions: a stray, kept for a login still to come
+    b.on_logout("u1")  # after both sessions
     a.flush()
     b.flush()
     assert [s.duration_s for s in store.get_sessions("u1")] == [60, 20]
     assert store.get_day("2025-03-14")["totalSessionS"] == 80
+    assert b.stats()["logouts_without_session"] == 1
 
 
-def test_a_second_login_end_is_corrected_once(store: Store, clock: FakeClock) -> None:
-    """Two late logouts inside the same session: the first ends it, the second waits
-    as any unmatched logout; a process never corrects its own second login's end."""
+def test_late_logouts_end_the_session_they_fall_in(store: Store, clock: FakeClock) -> None:
+    """Marks applied directly: a late logout inside a session ends it there, later
+    ones change nothing and are counted as ending no session."""
     day, month = "2025-03-14", "2025-03"
-    login = clock.now
-    at_100 = login + timedelta(seconds=100)
+    t0 = to_ms(clock.now)
+
+    def login(origin: str, seq: int, at_s: int) -> Login:
+        return Login(f"{origin}-{seq}", "u1", t0 + at_s * 1000, origin, seq, None, day, month)
+
+    def logout(origin: str, seq: int, at_s: int) -> Logout:
+        return Logout(f"{origin}-{seq}", "u1", t0 + at_s * 1000, origin, seq)
+
     store.apply(
         FlushBatch(
-            created_at=login,
-            session_ops=[
-                SessionOpen("s-1", "u1", None, login, day, month, "origin-a"),
-                SessionClose("u1", at_100, "s-1", "origin-a", relogin=True),
-                SessionOpen("s-2", "u1", None, at_100, day, month, "origin-a"),
-                SessionClose("u1", login + timedelta(seconds=150), "s-2", "origin-a"),
-            ],
+            created_at=clock.now,
+            logins=[login("a", 1, 0), login("a", 2, 100)],
+            logouts=[logout("a", 3, 150)],
         )
     )
-    own = store.apply(
-        FlushBatch(
-            created_at=login,
-            session_ops=[SessionClose("u1", login + timedelta(seconds=10), None, "origin-a")],
-        )
-    )
-    assert own.unmatched_logouts == 1
+    assert [s.duration_s for s in store.get_sessions("u1")] == [100, 50]
+    first = store.apply(FlushBatch(created_at=clock.now, logouts=[logout("b", 1, 10)]))
+    assert first.unmatched_logouts == 0
     late = store.apply(
-        FlushBatch(
-            created_at=login,
-            session_ops=[
-                SessionClose("u1", login + timedelta(seconds=40), None, "origin-b"),
-                SessionClose("u1", login + timedelta(seconds=30), None, "origin-c"),
-            ],
-        )
+        FlushBatch(created_at=clock.now, logouts=[logout("c", 1, 40), logout("d", 1, 30)])
     )
-    assert late.unmatched_logouts == 1
-    assert [s.duration_s for s in store.get_sessions("u1")] == [40, 50]
-    assert store.get_day(day)["totalSessionS"] == 90
+    assert late.unmatched_logouts == 2
+    assert [s.duration_s for s in store.get_sessions("u1")] == [10, 50]
+    assert store.get_day(day)["totalSessionS"] == 60
     figures = store.get_month(month)
-    assert (figures.timed_sessions, figures.timed_session_s) == (2, 90)
+    assert (figures.timed_sessions, figures.timed_session_s) == (2, 60)
 
 
 def test_active_sessions_count_every_instance(
@@ -515,7 +510,6 @@ def test_active_sessions_count_every_instance(
     b.flush()
     assert a.get_metrics().active_sessions == 1
     assert b.get_metrics().active_sessions == 1
-    assert a.stats()["open_sessions_here"] == 1  # a still believes u1 is on; the store knows
 
 
 def test_second_login_without_logout_closes_first_session(
@@ -735,17 +729,25 @@ def test_avg_session_min_rounds_half_up(
     assert analytics.get_metrics().avg_session_min == expected_min
 
 
-def test_clock_going_backwards_gives_zero_duration(
+def test_a_logout_stamped_before_its_login_ends_nothing(
     store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
-    """A logout stamped before its login (clock stepped back) closes with duration 0."""
+    """Sessions follow the marks' times, not the calls' order: a logout stamped before
+    the login (the clock stepped back 30 s) comes first in the walk and ends nothing;
+    the session stays open until the player's next mark (or the timeout)."""
     analytics = make_analytics(store)
     login_at = clock.now
     analytics.on_login("u1")
-    logout_at = clock.advance(-30)
+    clock.advance(-30)
     analytics.on_logout("u1")
     metrics = analytics.get_metrics()
     (session,) = store.get_sessions("u1")
-    assert (session.login_at, session.logout_at, session.duration_s) == (login_at, logout_at, 0)
-    assert store.get_day("2025-03-14")["totalSessionS"] == 0
-    assert (metrics.active_sessions, metrics.avg_session_min) == (0, 0)
+    assert (session.login_at, session.logout_at, session.duration_s) == (login_at, None, 0)
+    assert (metrics.active_sessions, metrics.avg_session_min) == (1, 0)
+    assert analytics.stats()["logouts_without_session"] == 1
+    clock.advance(40)  # 10 s after the login
+    analytics.on_logout("u1")
+    analytics.flush()
+    (session,) = store.get_sessions("u1")
+    assert session.duration_s == 10
+    assert store.count_open_sessions() == 0

@@ -98,10 +98,10 @@ HEALTH: Mapping[str, tuple[str, str, str]] = {
         "Calls dropped because the buffer was full (store failing for long).",
     ),
     "rejected": ("gso_analytics_rejected_calls", COUNTER, "Calls rejected as bad input."),
-    "open_sessions_here": (
-        "gso_analytics_process_open_sessions",
-        GAUGE,
-        "Sessions opened by this process and not closed yet.",
+    "logouts_without_session": (
+        "gso_analytics_logouts_without_session",
+        COUNTER,
+        "Logouts of this process that ended no session when stored.",
     ),
     "last_flush_age_s": (
         "gso_analytics_last_flush_age_seconds",
