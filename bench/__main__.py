@@ -3,7 +3,8 @@ side by side in one run, one table each.
 
 Sections: ``hotpath`` (``track()`` against a locked dict, prometheus_client and the
 PostHog, Segment and Mixpanel SDKs on a local stub), ``threads`` (8 threads at once),
-``sqlite`` (persistence end to end against a raw ``executemany``), ``mongo`` (the same on
+``sqlite`` (persistence end to end against a raw ``executemany``, and a login-heavy
+flush with and without the players' history), ``mongo`` (the same on
 the nx-27017 wire server; skipped when it is not installed), ``reads`` (reads at 1k and
 1M sessions of history), ``kpis`` (each KPI query for 30 days, on 60 days vs a year
 (1M sessions) of the same daily activity), ``memory`` (RSS with a stuck store) and
@@ -28,7 +29,18 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from bench import forwarding, hotpath, kpis, memory, mongo_section, persist, reads, saas, threads
+from bench import (
+    forwarding,
+    hotpath,
+    kpis,
+    memory,
+    mongo_section,
+    persist,
+    reads,
+    saas,
+    sessions,
+    threads,
+)
 from bench.stub import loopback_only, stub_server, violations
 
 SECTIONS = ("hotpath", "threads", "sqlite", "mongo", "reads", "kpis", "memory", "forwarding")
@@ -120,7 +132,17 @@ def _threads(quick: bool) -> dict[str, Any]:
 
 def _sqlite(quick: bool) -> dict[str, Any]:
     n = 20_000 if quick else 100_000
-    return {"rows": persist.run(n=n), "notes": [f"{n:,} events, best of 3, alternating"]}
+    players, history = (1_000, 10) if quick else (5_000, 40)
+    return {
+        "rows": persist.run(n=n),
+        "sessions": sessions.run(players=players, history=history),
+        "notes": [
+            f"{n:,} events, best of 3, alternating",
+            f"sessions: a login-heavy flush of {players:,} players x 4 marks (login, logout,"
+            f" reconnect, logout); 'history': each player has {history} sessions already;"
+            " best of 3",
+        ],
+    }
 
 
 def _mongo(quick: bool) -> dict[str, Any]:
@@ -195,7 +217,11 @@ def _print_section(name: str, title: str, result: dict[str, Any], seconds: float
         print(f"{title}\n  skipped: {result['skipped']}\n", flush=True)
         return
     print(table(title, result["rows"]))
-    for extra, label in (("delivered", "stub received"), ("history", "seeded history")):
+    for extra, label in (
+        ("delivered", "stub received"),
+        ("history", "seeded history"),
+        ("sessions", "login-heavy flush, sessions from marks"),
+    ):
         if result.get(extra):
             print(table(f"  {label}:", result[extra]))
     for note in result.get("notes", []):
