@@ -93,9 +93,10 @@ them from the same decisions. A process killed in the middle of a flush (never
 retried) leaves that batch partly applied on a standalone server; a replica set,
 even a single-node one, applies it whole or not at all.
 
-Retryable writes are on (``retryWrites=true``); the write concern is the client's
-(``w=majority`` is MongoDB's default), and unacknowledged writes (``w=0``) are refused
-because exact counting reads the result of every write.
+Retryable writes are on (``retryWrites=true``) unless the URL or a keyword argument
+turns them off, as with every client option the store defaults; the write concern is
+the client's (``w=majority`` is MongoDB's default), and unacknowledged writes (``w=0``)
+are refused because exact counting reads the result of every write.
 """
 
 from __future__ import annotations
@@ -166,6 +167,14 @@ PRUNE_CLOSER = "prune"
 _DUPLICATE_KEY = 11000
 _AUTH_FAILED = 18
 _UNAUTHORIZED = 13
+#: ``MongoClient`` options the store sets unless the URL or the caller sets them: writes
+#: retried once after a failover, the store named in the server's logs, and a lost
+#: server reported after 5 s.
+_CLIENT_DEFAULTS: dict[str, Any] = {
+    "retryWrites": True,
+    "appname": "gso-analytics",
+    "serverSelectionTimeoutMS": DEFAULT_SERVER_SELECTION_TIMEOUT_MS,
+}
 #: ``?name=`` options of the URL that belong to the store, not to pymongo.
 _URL_OPTIONS = {"prefix": "prefix", "transactions": "transactions", "ttlindex": "ttl_index"}
 _STORE_KWARGS = frozenset(
@@ -1077,16 +1086,18 @@ class MongoStore(Store):
             else:
                 options.setdefault(option, _parse_bool(name, value))
         store_options = {k: options.pop(k) for k in list(options) if k in _STORE_KWARGS}
-        client_options: dict[str, Any] = {"retryWrites": True, "appname": "gso-analytics"}
-        if not any(name.lower() == "serverselectiontimeoutms" for name, _ in query):
-            client_options["serverSelectionTimeoutMS"] = DEFAULT_SERVER_SELECTION_TIMEOUT_MS
+        # pymongo lets keyword arguments override the URL, and matches option names in
+        # any case: a default goes in only where neither the URL nor the caller set it.
+        given = {name.lower(): value for name, value in query}
+        given.update((name.lower(), value) for name, value in options.items())
+        client_options = {
+            name: value for name, value in _CLIENT_DEFAULTS.items() if name.lower() not in given
+        }
         client_options.update(options)
         driver_url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
         name = unquote(parts.path.lstrip("/")) or DEFAULT_DATABASE
         hosts = parts.netloc.rpartition("@")[2] or "localhost"
-        timeout_ms = dict((k.lower(), v) for k, v in query).get(
-            "serverselectiontimeoutms", client_options.get("serverSelectionTimeoutMS")
-        )
+        timeout_ms = given.get("serverselectiontimeoutms", DEFAULT_SERVER_SELECTION_TIMEOUT_MS)
         where = f"{parts.scheme}://{hosts}/{name} (serverSelectionTimeoutMS={timeout_ms})"
 
         def connect() -> Any:

@@ -158,6 +158,39 @@ def test_default_server_selection_timeout_is_short(nx_27017: mongo_server.NxServ
         assert store._client().options.server_selection_timeout == 1.5
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "retryWrites=false&appname=my-game&serverSelectionTimeoutMS=1500",
+        "retrywrites=false&appName=my-game&serverselectiontimeoutms=1500",  # any case
+    ],
+)
+def test_url_options_win_over_the_stores_defaults(
+    nx_27017: mongo_server.NxServer, query: str
+) -> None:
+    """The store's client defaults (retryable writes, its appname, a 5 s server
+    selection timeout) are only defaults: an option in the URL is what the client gets."""
+    with open_store(nx_27017.url(query=query)) as store:
+        options = store._client().options
+        assert options.retry_writes is False
+        assert options.pool_options.metadata["application"] == {"name": "my-game"}
+        assert options.server_selection_timeout == 1.5
+        assert "serverSelectionTimeoutMS=1500" in store.where
+
+
+def test_keyword_client_options_win_too(nx_27017: mongo_server.NxServer) -> None:
+    """A keyword argument for MongoClient overrides the store's default (and, as pymongo
+    does, the URL)."""
+    with MongoStore.from_url(nx_27017.url(), retryWrites=False, appname="kw-game") as store:
+        options = store._client().options
+        assert options.retry_writes is False
+        assert options.pool_options.metadata["application"] == {"name": "kw-game"}
+    with open_store(nx_27017.url()) as store:  # and without either, the defaults
+        options = store._client().options
+        assert options.retry_writes is True
+        assert options.pool_options.metadata["application"] == {"name": "gso-analytics"}
+
+
 class _RefusingDatabase:
     """A database whose server refuses the credentials (nx-27017 has no auth to test)."""
 
