@@ -145,6 +145,9 @@ DEFAULT_DATABASE = "gso_analytics"
 DEFAULT_PREFIX = "gso_analytics_"
 #: The seed's event TTL; the index follows ``Analytics(event_ttl=...)`` at each prune.
 DEFAULT_EVENT_TTL = timedelta(days=7)
+#: The longest ``event_ttl`` a TTL index can hold: MongoDB keeps ``expireAfterSeconds``
+#: in a 32-bit signed integer (2**31 - 1 seconds, about 68 years).
+MAX_EVENT_TTL = timedelta(seconds=2**31 - 1)
 #: Fail fast when the server is unreachable, instead of pymongo's 30 s default.
 DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 5000
 #: Batch ids kept on each daily/monthly document for the standalone guard: a retry
@@ -278,6 +281,22 @@ def _only_duplicates(exc: Exception) -> list[int]:
     if details.get("writeConcernErrors") or any(e.get("code") != _DUPLICATE_KEY for e in errors):
         raise exc
     return [e["index"] for e in errors]
+
+
+def _ttl_seconds(event_ttl: timedelta, ttl_index: bool) -> int:
+    """``event_ttl`` in whole seconds, the TTL index's ``expireAfterSeconds``: refused
+    here, with the limit named, rather than by the server in a background prune."""
+    seconds = int(event_ttl.total_seconds())
+    if seconds < 1:
+        raise ConfigurationError(f"event_ttl must be at least one second, got {event_ttl}")
+    if ttl_index and event_ttl > MAX_EVENT_TTL:
+        limit = int(MAX_EVENT_TTL.total_seconds())
+        raise ConfigurationError(
+            f"event_ttl {event_ttl} is longer than MongoDB's TTL index can hold:"
+            f" expireAfterSeconds is a 32-bit integer, at most {limit} seconds"
+            f" ({MAX_EVENT_TTL.days} days); use a shorter TTL or ttlIndex=false"
+        )
+    return seconds
 
 
 class _Conflict(StoreError):
@@ -1033,8 +1052,8 @@ class MongoStore(Store):
             )
         if applied_batches_kept < 10:
             raise ConfigurationError("applied_batches_kept must be at least 10")
-        if event_ttl is not None and event_ttl.total_seconds() < 1:
-            raise ConfigurationError(f"event_ttl must be at least one second, got {event_ttl}")
+        if event_ttl is not None:
+            _ttl_seconds(event_ttl, ttl_index)
         self.prefix = prefix
         self.ttl_index = ttl_index
         self.applied_batches_kept = applied_batches_kept
@@ -1250,7 +1269,7 @@ class MongoStore(Store):
 
     def _ensure_indexes(self, event_ttl: timedelta | None) -> None:
         pymongo = _pymongo()
-        ttl = int((event_ttl or DEFAULT_EVENT_TTL).total_seconds())
+        ttl = _ttl_seconds(event_ttl or DEFAULT_EVENT_TTL, self.ttl_index)
         existing: dict[str, dict[tuple[tuple[str, Any], ...], dict[str, Any]]] = {}
         missing: dict[str, list[Any]] = {}
         for name, keys, options in self._index_plan(ttl):
@@ -1278,6 +1297,10 @@ class MongoStore(Store):
         if event_ttl is not None:
             self._sync_event_ttl(event_ttl)
 
+    def check_event_ttl(self, event_ttl: timedelta) -> None:
+        """At least a second, and at most :data:`MAX_EVENT_TTL` with the TTL index."""
+        _ttl_seconds(event_ttl, self.ttl_index)
+
     def event_ttl_index(self) -> dict[str, Any] | None:
         """The events' ``{ts: 1}`` index as the server describes it (None if absent)."""
         with self._errors("reading the events' indexes"):
@@ -1286,8 +1309,8 @@ class MongoStore(Store):
     def _sync_event_ttl(self, event_ttl: timedelta) -> None:
         """Make the TTL index expire events after ``event_ttl``: changed in place with
         ``collMod``, never dropped and rebuilt under a live collection."""
-        seconds = int(event_ttl.total_seconds())
-        if not self.ttl_index or seconds == self._synced_ttl or seconds < 1:
+        seconds = _ttl_seconds(event_ttl, self.ttl_index)
+        if not self.ttl_index or seconds == self._synced_ttl:
             return
         pymongo = _pymongo()
         with self._errors("setting the event TTL index"):

@@ -369,6 +369,57 @@ def test_ttl_index_is_created_with_the_seeds_seven_days(mongo_url: str) -> None:
         assert store.event_ttl_index()["expireAfterSeconds"] == 7 * 86400
 
 
+def test_event_ttl_must_fit_the_ttl_index(mongo_url: str) -> None:
+    """``expireAfterSeconds`` is a 32-bit signed integer: the longest TTL it holds is
+    accepted and stored as it is; one second more, or a TTL under a second, is a
+    ConfigurationError naming the limit when it is first given (the store, ``Analytics``,
+    a direct prune), never a failure of the background prune job."""
+    longest = mongo_backend.MAX_EVENT_TTL
+    assert longest == timedelta(seconds=2**31 - 1)
+    too_long = longest + timedelta(seconds=1)
+    with pytest.raises(ConfigurationError, match=r"at most 2147483647 seconds"):
+        MongoStore.from_url(mongo_url, event_ttl=too_long)
+    for bad in (timedelta(0), timedelta(seconds=-5), timedelta(milliseconds=500)):
+        with pytest.raises(ConfigurationError, match="at least one second"):
+            MongoStore.from_url(mongo_url, event_ttl=bad)
+    with MongoStore.from_url(mongo_url, event_ttl=longest) as store:
+        assert store.event_ttl_index()["expireAfterSeconds"] == 2**31 - 1
+        with pytest.raises(ConfigurationError, match="2147483647"):
+            Analytics(store, event_ttl=too_long)
+        with pytest.raises(ConfigurationError, match="at least one second"):
+            Analytics(store, event_ttl=timedelta(0))
+        with pytest.raises(ConfigurationError, match="2147483647"):
+            store.prune(NOW, too_long, timedelta(hours=12))
+        Analytics(store, event_ttl=longest).prune()
+        assert store.event_ttl_index()["expireAfterSeconds"] == 2**31 - 1
+
+
+def test_event_ttl_is_unbounded_without_the_ttl_index(mongo_url: str) -> None:
+    """With ``ttlIndex=false`` no index holds the TTL, so only a positive TTL is asked
+    for; the prune job deletes by ``ts`` whatever its length."""
+    with open_store(mongo_url + "?ttlIndex=false") as store:
+        analytics = Analytics(store, event_ttl=timedelta(days=100 * 365))
+        analytics.prune()
+        with pytest.raises(ConfigurationError, match="at least one second"):
+            Analytics(store, event_ttl=timedelta(seconds=-1))
+
+
+def test_an_analytics_that_opened_its_store_closes_it_on_a_bad_ttl(
+    nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[MongoStore] = []
+    real_close = MongoStore.close
+
+    def close(self: MongoStore) -> None:
+        closed.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(MongoStore, "close", close)
+    with pytest.raises(ConfigurationError, match="2147483647"):
+        Analytics(nx_27017.url(), event_ttl=mongo_backend.MAX_EVENT_TTL * 2)
+    assert len(closed) == 1
+
+
 def test_ttl_index_off_keeps_a_plain_ts_index(mongo_url: str) -> None:
     with open_store(mongo_url + "?ttlIndex=false") as store:
         index = store.event_ttl_index()
