@@ -43,7 +43,11 @@ transaction a duplicate-key error would abort it, so user records are upserts wh
 process and that user's logout in another each miss the other (write skew: neither
 writes what the other read), so every transaction that reads or writes a user's
 sessions also increments that user's ``session_users`` document: two of them conflict,
-and the loser is retried (TransientTransactionError) on a fresh snapshot.
+and the loser is retried (TransientTransactionError) on a fresh snapshot, with backoff,
+for up to :data:`TRANSIENT_RETRY_S`. Every transaction has its own concerns, not the
+client's: ``snapshot`` reads, a ``majority`` commit bounded by
+:data:`MAX_COMMIT_TIME_MS`, the primary; a commit whose outcome is unknown is sent
+again (see :meth:`MongoStore._commit`).
 
 *Standalone server* (no transactions): a batch is written in steps, and every step is
 guarded so that a retry after any failure, with an unknown outcome or half-way,
@@ -94,9 +98,10 @@ retried) leaves that batch partly applied on a standalone server; a replica set,
 even a single-node one, applies it whole or not at all.
 
 Retryable writes are on (``retryWrites=true``) unless the URL or a keyword argument
-turns them off, as with every client option the store defaults; the write concern is
-the client's (``w=majority`` is MongoDB's default), and unacknowledged writes (``w=0``)
-are refused because exact counting reads the result of every write.
+turns them off, as with every client option the store defaults; outside transactions
+the write concern is the client's (``w=majority`` is MongoDB's default), and
+unacknowledged writes (``w=0``) are refused because exact counting reads the result of
+every write.
 """
 
 from __future__ import annotations
@@ -157,8 +162,16 @@ DEFAULT_APPLIED_BATCHES_KEPT = 1000
 #: holder died blocks the others.
 DEFAULT_LOCK_WAIT = timedelta(seconds=10)
 DEFAULT_LOCK_LEASE = timedelta(seconds=30)
-#: How long ``apply`` retries a transaction that lost a write conflict.
+#: The time budget of retries: ``apply`` running a batch again after its transaction
+#: lost a write conflict (``TransientTransactionError``), and a commit sent again while
+#: its outcome is unknown (``UnknownTransactionCommitResult``), each with exponential
+#: backoff; past it the error goes to the flusher, which keeps the batch.
 TRANSIENT_RETRY_S = 10.0
+#: ``maxCommitTimeMS`` of every transaction: how long ``commitTransaction`` may wait for
+#: the majority write concern before the server gives up. A commit that timed out is
+#: not sent again at once (it would wait as long); the flusher retries the batch.
+MAX_COMMIT_TIME_MS = 5000
+_MAX_TIME_EXPIRED = 50
 
 #: Fields a counter can never be: they key the documents or hold the guard.
 _RESERVED_FIELDS = frozenset({"_id", "day", "month", "appliedBatches"})
@@ -299,6 +312,32 @@ def _ttl_seconds(event_ttl: timedelta, ttl_index: bool) -> int:
     return seconds
 
 
+class _Backoff:
+    """Exponential backoff with jitter inside a time budget, between the attempts of a
+    retry loop: at once a few milliseconds, so a lost conflict is redone quickly, then
+    up to half a second, so many workers retrying do not collide again in step."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.deadline = time.monotonic() + budget_s
+        self.delay = 0.005
+
+    def sleep(self) -> bool:
+        """Wait before the next attempt; False, without waiting, once the budget is spent."""
+        pause = self.delay * random.uniform(0.5, 1.0)
+        if time.monotonic() + pause >= self.deadline:
+            return False
+        time.sleep(pause)
+        self.delay = min(self.delay * 2, 0.5)
+        return True
+
+
+def _max_time_expired(exc: Exception) -> bool:
+    """The commit (or its write concern) ran out of ``maxCommitTimeMS``."""
+    details = getattr(exc, "details", None) or {}
+    concern_error = details.get("writeConcernError") or {}
+    return _MAX_TIME_EXPIRED in (getattr(exc, "code", None), concern_error.get("code"))
+
+
 class _Conflict(StoreError):
     """A write lost to a concurrent writer; applying the batch again resolves it."""
 
@@ -365,9 +404,8 @@ class _MongoTransaction(Transaction):
         the writes; bulk deletes of expired data run before it, outside any."""
         if not self.txn or self.session is not None:
             return
-        pymongo = _pymongo()
         self.session = self.store._client().start_session()
-        self.session.start_transaction(read_preference=pymongo.ReadPreference.PRIMARY)
+        self.store._start_transaction(self.session)
 
     def _enter_sessions(self) -> None:
         """Before reading sessions or pending logouts: a transaction, or the lock."""
@@ -1388,21 +1426,37 @@ class MongoStore(Store):
 
     # -- transactions ---------------------------------------------------------------------
 
-    def _commit(self, session: Any) -> None:
-        """Commit, retrying while the outcome is unknown (as ``with_transaction`` does)."""
+    def _start_transaction(self, session: Any) -> None:
+        """Start a transaction with its own concerns, never the client's: ``snapshot``
+        reads (one consistent view, across shards too; a URL's ``readConcernLevel=
+        linearizable`` is not allowed in a transaction), a ``majority`` commit (a flush
+        acknowledged survives a failover, whatever the URL's ``w``) bounded by
+        :data:`MAX_COMMIT_TIME_MS`, and the primary (reads in a transaction must be)."""
         pymongo = _pymongo()
-        deadline = time.monotonic() + TRANSIENT_RETRY_S
+        session.start_transaction(
+            read_concern=pymongo.read_concern.ReadConcern("snapshot"),
+            write_concern=pymongo.WriteConcern("majority"),
+            read_preference=pymongo.ReadPreference.PRIMARY,
+            max_commit_time_ms=MAX_COMMIT_TIME_MS,
+        )
+
+    def _commit(self, session: Any) -> None:
+        """Commit, sending the commit again while its outcome is unknown, as
+        ``with_transaction`` does (pymongo retries it with ``w: majority``): with backoff,
+        within :data:`TRANSIENT_RETRY_S`, and not after ``maxCommitTimeMS`` ran out."""
+        pymongo = _pymongo()
+        backoff = _Backoff(TRANSIENT_RETRY_S)
         while True:
             try:
                 session.commit_transaction()
                 return
             except pymongo.errors.PyMongoError as exc:
                 if (
-                    exc.has_error_label("UnknownTransactionCommitResult")
-                    and time.monotonic() < deadline
+                    not exc.has_error_label("UnknownTransactionCommitResult")
+                    or _max_time_expired(exc)
+                    or not backoff.sleep()
                 ):
-                    continue
-                raise
+                    raise
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -1420,17 +1474,14 @@ class MongoStore(Store):
 
     def apply(self, batch: FlushBatch) -> ApplyResult:
         """Apply exactly once; a transaction or write that lost to a concurrent one is
-        tried again right away (the guards make the retry exact)."""
-        deadline = time.monotonic() + TRANSIENT_RETRY_S
-        delay = 0.005
+        tried again after a short backoff (the guards make the retry exact)."""
+        backoff = _Backoff(TRANSIENT_RETRY_S)
         while True:
             try:
                 return super().apply(batch)
             except _Conflict:
-                if time.monotonic() >= deadline:
+                if not backoff.sleep():
                     raise
-                time.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, 0.5)
 
     def prune(self, now: datetime, event_ttl: timedelta, session_timeout: timedelta) -> PruneResult:
         """Bring the TTL index to ``event_ttl`` (a ``collMod`` when it changed), then the

@@ -535,16 +535,20 @@ def test_reads_never_use_distinct(mongo_store: MongoStore, monkeypatch: pytest.M
 
 
 class _Commands(monitoring.CommandListener):
-    """A pymongo command listener: the name of every command sent."""
+    """A pymongo command listener: the name of every command sent, the commands
+    themselves and the replies."""
 
     def __init__(self) -> None:
         self.names: list[str] = []
+        self.sent: list[dict[str, Any]] = []
+        self.replies: list[tuple[str, dict[str, Any]]] = []
 
     def started(self, event: Any) -> None:
         self.names.append(event.command_name)
+        self.sent.append(dict(event.command))
 
     def succeeded(self, event: Any) -> None:
-        pass
+        self.replies.append((event.command_name, dict(event.reply)))
 
     def failed(self, event: Any) -> None:
         pass
@@ -579,6 +583,127 @@ def test_a_flush_is_a_handful_of_round_trips(nx_27017: mongo_server.NxServer, mo
         assert len(names) <= 14, names
     assert len(large) <= len(tiny) + 2, (tiny, large)
     assert len(relogins) <= len(tiny) + 2, (tiny, relogins)
+
+
+# -- the transactions' concerns and retries -------------------------------------------------
+
+
+def _transactions(sent: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The commands sent inside transactions, grouped by transaction (session and
+    ``txnNumber``), in the order sent."""
+    grouped: dict[tuple[Any, int], list[dict[str, Any]]] = {}
+    for command in sent:
+        if command.get("autocommit") is False:
+            key = (command["lsid"]["id"], command["txnNumber"])
+            grouped.setdefault(key, []).append(command)
+    return list(grouped.values())
+
+
+def test_every_transaction_has_its_own_concerns(nx_27017: mongo_server.NxServer) -> None:
+    """Whatever the URL's ``readConcernLevel`` and ``w``, a transaction reads a snapshot
+    (its first command carries ``readConcern: snapshot``, the others none) and commits
+    with ``w: majority`` and ``maxTimeMS``; the commands inside send no write concern of
+    their own. Batches with sessions and a prune, which are transactions too."""
+    listener = _Commands()
+    url = nx_27017.url(query="readConcernLevel=linearizable&w=1")
+    client = pymongo.MongoClient(url, serverSelectionTimeoutMS=2000, event_listeners=[listener])
+    try:
+        assert client.read_concern.level == "linearizable"
+        with MongoStore.from_client(
+            client, client.get_default_database().name, transactions=True, ttl_index=False
+        ) as store:
+            clock = [NOW]
+            analytics = Analytics(store, clock=lambda: clock[0], forwarders=[])
+            listener.sent.clear()
+            analytics.on_login("u1")
+            analytics.on_login("u2")
+            analytics.track("credits.earn", "u1", {"amount": 3})
+            analytics.flush()
+            clock[0] += timedelta(seconds=30)
+            analytics.on_logout("u1")
+            analytics.flush()
+            analytics.prune()
+            assert store.get_day(NOW.date().isoformat())["totalSessionS"] == 30
+    finally:
+        client.close()
+    transactions = _transactions(listener.sent)
+    assert len(transactions) >= 3, [[c.keys() for c in t] for t in transactions]
+    for commands in transactions:
+        first, *rest = commands
+        assert first.get("startTransaction") is True, first
+        assert first["readConcern"] == {"level": "snapshot"}, first
+        assert all("readConcern" not in c and "startTransaction" not in c for c in rest)
+        commit = commands[-1]
+        assert "commitTransaction" in commit, list(commit)
+        assert commit["writeConcern"] == {"w": "majority"}
+        assert commit["maxTimeMS"] == mongo_backend.MAX_COMMIT_TIME_MS
+        assert all("writeConcern" not in c for c in commands[:-1])
+
+
+class _FlakyCommits:
+    """A session whose commits fail with the given errors first, then succeed."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.commits = 0
+
+    def commit_transaction(self) -> None:
+        self.commits += 1
+        if self.errors:
+            raise self.errors.pop(0)
+
+
+def _commit_error(code: int, label: str = "UnknownTransactionCommitResult") -> Exception:
+    return pymongo.errors.OperationFailure(
+        f"injected commit failure {code}", code=code, details={"errorLabels": [label]}
+    )
+
+
+def test_a_commit_with_an_unknown_outcome_is_sent_again(mongo_store: MongoStore) -> None:
+    session = _FlakyCommits(_commit_error(91), _commit_error(189))  # shutdown, stepdown
+    started = time.monotonic()
+    mongo_store._commit(session)
+    assert session.commits == 3
+    assert time.monotonic() - started < 1  # a backoff of milliseconds, not seconds
+
+
+def test_a_commit_that_ran_out_of_max_commit_time_is_not_sent_again(
+    mongo_store: MongoStore,
+) -> None:
+    """MaxTimeMSExpired carries the unknown-result label too, but a second commit would
+    wait as long for the majority: the error goes to the flusher, which keeps the batch."""
+    session = _FlakyCommits(_commit_error(50))
+    with pytest.raises(pymongo.errors.OperationFailure, match="50"):
+        mongo_store._commit(session)
+    assert session.commits == 1
+    other = _FlakyCommits(_commit_error(11600, "TransientTransactionError"))
+    with pytest.raises(pymongo.errors.OperationFailure):  # redone by apply, not here
+        mongo_store._commit(other)
+    assert other.commits == 1
+
+
+def test_commit_and_conflict_retries_stop_within_their_budget(
+    mongo_store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mongo_backend, "TRANSIENT_RETRY_S", 0.2)
+    session = _FlakyCommits(*[_commit_error(91) for _ in range(10_000)])
+    started = time.monotonic()
+    with pytest.raises(pymongo.errors.OperationFailure):
+        mongo_store._commit(session)
+    assert time.monotonic() - started < 1
+    assert 2 <= session.commits < 100  # backed off, not a busy loop
+    attempts: list[int] = []
+
+    def conflicting(self: Any, batch: FlushBatch) -> Any:
+        attempts.append(1)
+        raise mongo_backend._Conflict("injected write conflict")
+
+    monkeypatch.setattr(mongo_backend.Store, "apply", conflicting)
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="injected write conflict"):
+        mongo_store.apply(FlushBatch(created_at=NOW))
+    assert time.monotonic() - started < 1
+    assert 2 <= len(attempts) < 100
 
 
 # -- exactly once under failures ----------------------------------------------------------
