@@ -20,8 +20,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,7 @@ from gso_analytics.backends.mongo import MongoStore  # noqa: E402
 from pymongo import monitoring  # noqa: E402
 
 NOW = datetime.now(UTC).replace(microsecond=0)
+NOW_0 = datetime(1970, 1, 1, tzinfo=UTC)
 
 # -- fixtures: one parameter per server ----------------------------------------------------
 
@@ -334,6 +337,191 @@ def test_a_non_unique_key_index_is_an_error(mongo_url: str) -> None:
         database["gso_analytics_day_users"].create_index([("day", 1), ("userId", 1)])
     with pytest.raises(StoreError, match="without unique"):
         open_store(mongo_url)
+
+
+def _index_names(url: str, collection: str) -> dict[tuple[tuple[str, Any], ...], str]:
+    with raw_database(url) as database:
+        specs = database[f"gso_analytics_{collection}"].list_indexes()
+        return {tuple(dict(spec["key"]).items()): spec["name"] for spec in specs}
+
+
+def _drop_index(url: str, collection: str, key: tuple[tuple[str, Any], ...]) -> None:
+    """Drop by key (the servers name indexes differently), as a DBA would."""
+    name = _index_names(url, collection)[key]
+    with raw_database(url) as database:
+        database[f"gso_analytics_{collection}"].drop_index(name)
+
+
+EVENTS_BY_USER = (("userId", 1), ("ts", 1))
+
+
+def _works(store: MongoStore) -> None:
+    """A flush with a login and an event goes through and counts."""
+    before = store.recent_days()[0]["creditsEarned"] if store.recent_days() else 0
+    analytics = Analytics(store, forwarders=[])
+    analytics.on_login("u1")
+    analytics.track("credits.earn", "u1", {"amount": 2})
+    analytics.flush()
+    assert store.recent_days()[0]["creditsEarned"] == before + 2
+
+
+def test_stores_opened_at_once_build_each_index_once(mongo_kind: str, mongo_url: str) -> None:
+    """Workers starting together on a new database: one of them builds the indexes
+    under the lease, the others wait for the unique ones it builds first (counting
+    needs them) and build nothing; every index exists exactly once."""
+    workers = 4
+    listeners = [_Commands() for _ in range(workers)]
+    barrier = threading.Barrier(workers)
+
+    def open_one(i: int) -> MongoStore:
+        options = {"event_listeners": [listeners[i]]} if mongo_kind == "nx-27017" else {}
+        barrier.wait()
+        return MongoStore.from_url(mongo_url, **options)
+
+    with ThreadPoolExecutor(workers) as pool:
+        stores = list(pool.map(open_one, range(workers)))
+    try:
+        for name, wanted in EXPECTED_INDEXES.items():
+            keys = [tuple(dict(s["key"]).items()) for s in raw(stores[0], name).list_indexes()]
+            assert len(keys) == len(set(keys)), (name, keys)
+            assert {key for key, _ in wanted} <= set(keys), (name, keys)
+        _works(stores[-1])
+    finally:
+        for store in stores:
+            store.close()
+    if mongo_kind == "nx-27017":
+        builders = [i for i, lst in enumerate(listeners) if "createIndexes" in lst.names]
+        assert len(builders) == 1, builders
+
+
+def test_a_store_that_finds_the_lease_taken_warns_and_carries_on(
+    mongo_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An index added by an upgrade, on a large collection: while one process builds
+    it, the others open at once, warn naming it, and work without it."""
+    with open_store(mongo_url) as builder:
+        _drop_index(mongo_url, "events", EVENTS_BY_USER)
+        token = builder._take_index_lease()  # another process is building it
+        assert token is not None
+        assert builder._take_index_lease() is None  # one holder at a time
+        with caplog.at_level("WARNING", logger="gso_analytics"), open_store(mongo_url) as store:
+            _works(store)
+        assert "gso_analytics_events {userId: 1, ts: 1}" in caplog.text
+        assert "another process is creating them" in caplog.text
+        assert EVENTS_BY_USER not in _index_names(mongo_url, "events")
+        builder._release_index_lease(token)
+    with open_store(mongo_url):  # the lease is free: this process builds it
+        assert EVENTS_BY_USER in _index_names(mongo_url, "events")
+
+
+def test_a_missing_unique_index_is_waited_for_never_skipped(mongo_url: str) -> None:
+    """Exact dau needs the unique (day, user) index: a process that cannot build it
+    (another holds the lease) waits up to ``lock_wait`` for it, then fails clearly; once
+    the lease is free, it builds the indexes itself."""
+    lease_filter = {"_id": "indexes"}
+    with raw_database(mongo_url) as database:
+        database["gso_analytics_locks"].insert_one(
+            {**lease_filter, "owner": "other", "until": datetime.now(UTC) + timedelta(hours=1)}
+        )
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=r"unique indexes .* still missing after 0\.3 s"):
+        MongoStore.from_url(mongo_url, lock_wait=timedelta(seconds=0.3))
+    assert 0.25 < time.monotonic() - started < 5
+
+    def release() -> None:
+        time.sleep(0.3)
+        with raw_database(mongo_url) as database:
+            database["gso_analytics_locks"].update_one(lease_filter, {"$set": {"until": NOW_0}})
+
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    try:
+        with MongoStore.from_url(mongo_url, lock_wait=timedelta(seconds=20)) as store:
+            assert (("day", 1), ("userId", 1)) in index_keys(store, "day_users")
+            _works(store)
+    finally:
+        releaser.join()
+
+
+def test_create_indexes_false_never_builds_and_mongo_init_does(
+    mongo_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``createIndexes=false`` for deployments that build indexes in a deploy step: a
+    missing index is a warning naming it and mongo-init (a missing unique one an error,
+    the store cannot count without it); ``mongo_init`` creates exactly what is missing."""
+    with pytest.raises(StoreError, match=r"unique indexes .*missing.*mongo-init"):
+        open_store(mongo_url + "?createIndexes=false")
+    assert (("day", 1), ("userId", 1)) not in _index_names(mongo_url, "day_users")
+    created = mongo_backend.mongo_init(mongo_url, event_ttl=timedelta(hours=3))
+    assert "gso_analytics_day_users {day: 1, userId: 1} unique" in created
+    assert "gso_analytics_events {ts: 1} TTL" in created
+    assert "gso_analytics_events {userId: 1, ts: 1}" in created
+    assert mongo_backend.mongo_init(mongo_url) == []  # again: nothing to create
+    _drop_index(mongo_url, "events", EVENTS_BY_USER)
+    for opened in (
+        lambda: open_store(mongo_url + "?createIndexes=false"),
+        lambda: MongoStore.from_url(mongo_url, create_indexes=False),
+    ):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="gso_analytics"), opened() as store:
+            assert store.event_ttl_index()["expireAfterSeconds"] == 3 * 3600
+            _works(store)
+        assert "gso_analytics_events {userId: 1, ts: 1}" in caplog.text
+        assert "gso-analytics mongo-init" in caplog.text
+        assert EVENTS_BY_USER not in _index_names(mongo_url, "events")
+    assert mongo_backend.mongo_init(mongo_url) == ["gso_analytics_events {userId: 1, ts: 1}"]
+    assert EVENTS_BY_USER in _index_names(mongo_url, "events")
+
+
+def test_create_indexes_must_be_a_boolean_in_the_url(nx_27017: mongo_server.NxServer) -> None:
+    with pytest.raises(ConfigurationError, match="createIndexes must be true or false"):
+        open_store(nx_27017.url(query="createIndexes=later"))
+
+
+def test_indexes_are_built_with_a_majority_commit_quorum_on_a_replica_set(
+    nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``commitQuorum: "majority"`` where members vote (a standalone refuses it, and
+    nx-27017 is one: the replica set is simulated by the detection), unique indexes in
+    the first commands."""
+    replica = {"setName": "rs0", "maxWireVersion": 21, "logicalSessionTimeoutMinutes": 30}
+    assert mongo_backend._commit_quorum_possible(replica)
+    assert mongo_backend._commit_quorum_possible({"msg": "isdbgrid", "maxWireVersion": 9})
+    assert not mongo_backend._commit_quorum_possible({**replica, "maxWireVersion": 8})  # 4.2
+    assert not mongo_backend._commit_quorum_possible({"maxWireVersion": 21})  # standalone
+    for quorum in (False, True):
+        monkeypatch.setattr(mongo_backend, "_commit_quorum_possible", lambda hello, q=quorum: q)
+        listener = _Commands()
+        MongoStore.from_url(nx_27017.url(), event_listeners=[listener]).close()
+        creates = [c for c in listener.sent if "createIndexes" in c]
+        assert creates
+        expected = "majority" if quorum else None
+        assert [c.get("commitQuorum") for c in creates] == [expected] * len(creates)
+        uniques = [all(i.get("unique") for i in c["indexes"]) for c in creates]
+        assert uniques == sorted(uniques, reverse=True), uniques  # unique ones first
+
+
+def test_mongo_init_cli(
+    nx_27017: mongo_server.NxServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gso_analytics.cli import main
+
+    url = nx_27017.url()
+    assert main(["mongo-init", "--store", url, "--event-ttl-days", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Created ")
+    assert "gso_analytics_day_users {day: 1, userId: 1} unique" in out
+    assert main(["mongo-init", "--store", url]) == 0
+    assert "nothing to create" in capsys.readouterr().out
+    with open_store(f"{url}?createIndexes=false") as store:
+        assert store.event_ttl_index()["expireAfterSeconds"] == 2 * 86400
+    for argv, message in [
+        (["--store", "sqlite:///x.db"], "mongo-init prepares MongoDB stores"),
+        (["--store", url, "--event-ttl-days", "100000"], "at most 2147483647 seconds"),
+        (["--store", url, "--event-ttl-days", "1e12"], "too long"),
+    ]:
+        assert main(["mongo-init", *argv]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_ttl_index_follows_event_ttl_with_collmod(
