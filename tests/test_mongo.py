@@ -68,15 +68,43 @@ NOW_0 = datetime(1970, 1, 1, tzinfo=UTC)
 # -- fixtures: one parameter per server ----------------------------------------------------
 
 
+@contextlib.contextmanager
+def _server(kind: str) -> Iterator[str]:
+    """``kind`` ready for the test: nx-27017 started, mongomock's patch active, or the
+    ``MONGODB_URI`` server set (skipped otherwise)."""
+    if kind == "mongomock":
+        with mongo_server.mongomock_patched():
+            yield kind
+    elif kind == "mongodb-uri":
+        if mongo_server.real_mongodb_uri() is None:
+            pytest.skip("MONGODB_URI is not set")
+        yield kind
+    else:
+        mongo_server.nx_server()
+        yield kind
+
+
 @pytest.fixture(params=["nx-27017", "mongomock"])
 def mongo_kind(request: pytest.FixtureRequest) -> Iterator[str]:
     """The server kind; with mongomock, its patch is active for the test."""
-    if request.param == "mongomock":
-        with mongo_server.mongomock_patched():
-            yield request.param
-    else:
-        mongo_server.nx_server()
-        yield request.param
+    with _server(request.param) as kind:
+        yield kind
+
+
+@pytest.fixture(params=["nx-27017", "mongomock", "mongodb-uri"])
+def ttl_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The TTL tests' servers: the stand-ins, and a real MongoDB when ``MONGODB_URI`` is
+    set, whose TTL index is real (the contract suite turns it off there)."""
+    with _server(request.param) as kind:
+        yield kind
+
+
+@pytest.fixture
+def ttl_url(ttl_kind: str) -> str:
+    """A fresh database on ``ttl_kind``, with the TTL index on."""
+    if ttl_kind == "mongodb-uri":
+        return mongo_server.real_mongodb_url(ttl_index=True)
+    return url_for(ttl_kind)
 
 
 def url_for(server: str, query: str = "") -> str:
@@ -525,11 +553,12 @@ def test_mongo_init_cli(
 
 
 def test_ttl_index_follows_event_ttl_with_collmod(
-    mongo_url: str, mongo_kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+    ttl_url: str, ttl_kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The TTL index gets ``event_ttl``; a new TTL is applied in place (``collMod``), the
-    index is never dropped and rebuilt."""
-    if mongo_kind == "nx-27017":
+    index is never dropped and rebuilt. MongoDB answers the ``collMod`` with the old and
+    new values, which the real server's run checks too."""
+    if ttl_kind == "nx-27017":
         request.applymarker(
             pytest.mark.xfail(
                 strict=True,
@@ -537,7 +566,10 @@ def test_ttl_index_follows_event_ttl_with_collmod(
                 " change the index",
             )
         )
-    with MongoStore.from_url(mongo_url, event_ttl=timedelta(hours=1)) as store:
+    listener = _Commands()
+    with MongoStore.from_url(
+        ttl_url, event_ttl=timedelta(hours=1), event_listeners=[listener]
+    ) as store:
         assert store.event_ttl_index()["expireAfterSeconds"] == 3600
         dropped: list[Any] = []
         collection_type = type(raw(store, "events"))
@@ -548,16 +580,21 @@ def test_ttl_index_follows_event_ttl_with_collmod(
         monkeypatch.undo()
         assert dropped == []
         assert store.event_ttl_index()["expireAfterSeconds"] == 7200
-    with open_store(mongo_url) as reopened:  # no event_ttl given: the live setting is kept
+    if ttl_kind == "mongodb-uri":
+        replies = [reply for name, reply in listener.replies if name == "collMod"]
+        assert len(replies) == 1, replies
+        assert replies[0]["expireAfterSeconds_old"] == 3600
+        assert replies[0]["expireAfterSeconds_new"] == 7200
+    with open_store(ttl_url) as reopened:  # no event_ttl given: the live setting is kept
         assert reopened.event_ttl_index()["expireAfterSeconds"] == 7200
 
 
-def test_ttl_index_is_created_with_the_seeds_seven_days(mongo_url: str) -> None:
-    with open_store(mongo_url) as store:
+def test_ttl_index_is_created_with_the_seeds_seven_days(ttl_url: str) -> None:
+    with open_store(ttl_url) as store:
         assert store.event_ttl_index()["expireAfterSeconds"] == 7 * 86400
 
 
-def test_event_ttl_must_fit_the_ttl_index(mongo_url: str) -> None:
+def test_event_ttl_must_fit_the_ttl_index(ttl_url: str) -> None:
     """``expireAfterSeconds`` is a 32-bit signed integer: the longest TTL it holds is
     accepted and stored as it is; one second more, or a TTL under a second, is a
     ConfigurationError naming the limit when it is first given (the store, ``Analytics``,
@@ -566,11 +603,11 @@ def test_event_ttl_must_fit_the_ttl_index(mongo_url: str) -> None:
     assert longest == timedelta(seconds=2**31 - 1)
     too_long = longest + timedelta(seconds=1)
     with pytest.raises(ConfigurationError, match=r"at most 2147483647 seconds"):
-        MongoStore.from_url(mongo_url, event_ttl=too_long)
+        MongoStore.from_url(ttl_url, event_ttl=too_long)
     for bad in (timedelta(0), timedelta(seconds=-5), timedelta(milliseconds=500)):
         with pytest.raises(ConfigurationError, match="at least one second"):
-            MongoStore.from_url(mongo_url, event_ttl=bad)
-    with MongoStore.from_url(mongo_url, event_ttl=longest) as store:
+            MongoStore.from_url(ttl_url, event_ttl=bad)
+    with MongoStore.from_url(ttl_url, event_ttl=longest) as store:
         assert store.event_ttl_index()["expireAfterSeconds"] == 2**31 - 1
         with pytest.raises(ConfigurationError, match="2147483647"):
             Analytics(store, event_ttl=too_long)
@@ -582,10 +619,10 @@ def test_event_ttl_must_fit_the_ttl_index(mongo_url: str) -> None:
         assert store.event_ttl_index()["expireAfterSeconds"] == 2**31 - 1
 
 
-def test_event_ttl_is_unbounded_without_the_ttl_index(mongo_url: str) -> None:
+def test_event_ttl_is_unbounded_without_the_ttl_index(ttl_url: str) -> None:
     """With ``ttlIndex=false`` no index holds the TTL, so only a positive TTL is asked
     for; the prune job deletes by ``ts`` whatever its length."""
-    with open_store(mongo_url + "?ttlIndex=false") as store:
+    with open_store(mongo_server.with_query(ttl_url, "ttlIndex=false")) as store:
         analytics = Analytics(store, event_ttl=timedelta(days=100 * 365))
         analytics.prune()
         with pytest.raises(ConfigurationError, match="at least one second"):
@@ -608,8 +645,8 @@ def test_an_analytics_that_opened_its_store_closes_it_on_a_bad_ttl(
     assert len(closed) == 1
 
 
-def test_ttl_index_off_keeps_a_plain_ts_index(mongo_url: str) -> None:
-    with open_store(mongo_url + "?ttlIndex=false") as store:
+def test_ttl_index_off_keeps_a_plain_ts_index(ttl_url: str) -> None:
+    with open_store(mongo_server.with_query(ttl_url, "ttlIndex=false")) as store:
         index = store.event_ttl_index()
         assert index is not None
         assert "expireAfterSeconds" not in index
@@ -618,20 +655,60 @@ def test_ttl_index_off_keeps_a_plain_ts_index(mongo_url: str) -> None:
         assert "expireAfterSeconds" not in store.event_ttl_index()
 
 
-def test_the_server_expires_old_events_without_prune(mongo_url: str) -> None:
-    """With the TTL index the server drops expired events by itself (MongoDB's monitor
-    runs about once a minute; both stand-ins hide expired documents at once)."""
-    with MongoStore.from_url(mongo_url, event_ttl=timedelta(hours=1)) as store:
-        old = NOW - timedelta(hours=3)
-        store.apply(
-            FlushBatch(
-                created_at=NOW,
-                events=[
-                    EventRecord(to_ms(old), "u1", "old.event", "{}", old.date().isoformat()),
-                    EventRecord(to_ms(NOW), "u1", "new.event", "{}", NOW.date().isoformat()),
-                ],
-            )
+def _old_and_new_events(store: MongoStore) -> None:
+    """One event three hours old (past a one-hour TTL) and one of now."""
+    old = NOW - timedelta(hours=3)
+    store.apply(
+        FlushBatch(
+            created_at=NOW,
+            events=[
+                EventRecord(to_ms(old), "u1", "old.event", "{}", old.date().isoformat()),
+                EventRecord(to_ms(NOW), "u1", "new.event", "{}", NOW.date().isoformat()),
+            ],
         )
+    )
+
+
+def test_the_stand_ins_hide_expired_events_at_once(mongo_url: str) -> None:
+    """Without prune, the TTL index alone expires events: nx-27017 and mongomock hide
+    expired documents from reads at once (MongoDB's monitor deletes them within a
+    minute or two: the next test, on a real server)."""
+    with MongoStore.from_url(mongo_url, event_ttl=timedelta(hours=1)) as store:
+        _old_and_new_events(store)
+        assert [e.event for e in store.get_events()] == ["new.event"]
+
+
+def _ttl_monitor(store: MongoStore) -> tuple[bool, int]:
+    """Whether the server's TTL monitor runs, and its pass interval in seconds (60 by
+    default); the defaults where ``getParameter`` is not allowed (Atlas)."""
+    try:
+        found = store._client().admin.command(
+            "getParameter", 1, ttlMonitorEnabled=1, ttlMonitorSleepSecs=1
+        )
+    except pymongo.errors.OperationFailure:
+        return True, 60
+    return bool(found.get("ttlMonitorEnabled", True)), int(found.get("ttlMonitorSleepSecs", 60))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(mongo_server.real_mongodb_uri() is None, reason="MONGODB_URI is not set")
+def test_the_ttl_monitor_deletes_expired_events() -> None:
+    """On a real MongoDB the TTL monitor deletes expired documents in its next pass,
+    every ``ttlMonitorSleepSecs`` (60 s): the old event stays readable until then, so
+    this polls for up to two passes (at least 120 s); the new event stays."""
+    url = mongo_server.real_mongodb_url(ttl_index=True)
+    with MongoStore.from_url(url, event_ttl=timedelta(hours=1)) as store:
+        assert store.event_ttl_index()["expireAfterSeconds"] == 3600
+        enabled, pass_s = _ttl_monitor(store)
+        if not enabled:
+            pytest.skip("the server's TTL monitor is off (ttlMonitorEnabled=false)")
+        _old_and_new_events(store)
+        events = raw(store, "events")
+        deadline = time.monotonic() + max(120, 2 * pass_s + 10)
+        while events.count_documents({"event": "old.event"}):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the TTL monitor left an expired event for {2 * pass_s} s")
+            time.sleep(2)
         assert [e.event for e in store.get_events()] == ["new.event"]
 
 
