@@ -1486,9 +1486,13 @@ class MongoStore(Store):
         return token
 
     def _release_index_lease(self, token: str) -> None:
-        self._collection("locks").replace_one(
-            {"_id": _INDEX_LEASE_ID, "owner": token}, {"owner": "", "until": _EPOCH}
-        )
+        pymongo = _pymongo()
+        try:
+            self._collection("locks").replace_one(
+                {"_id": _INDEX_LEASE_ID, "owner": token}, {"owner": "", "until": _EPOCH}
+            )
+        except pymongo.errors.PyMongoError as exc:  # the build's own error matters more
+            log.warning("gso_analytics: could not release the index lease (%s): it expires", exc)
 
     def _create_collections(self) -> None:
         """Every collection exists before the first transaction: creating one inside a
