@@ -32,6 +32,15 @@ collection, one ``insert_many`` for the events, one bulk write per session colle
 The (day, user) and (month, user) records go at once (one unordered insert per day or
 month), because their duplicate-key errors tell ``apply_batch`` how many users are new.
 
+Indexes
+-------
+
+Opening the store lists each collection's indexes; missing ones are built by one
+process under a lease in ``locks`` while the others warn and start (waiting only for
+a missing unique index, which exact counting needs), or not at all with
+``createIndexes=false``, where a deploy step runs :func:`mongo_init`. Builds use
+``commitQuorum: "majority"`` where the deployment has voting members.
+
 Exactly once
 ------------
 
@@ -43,7 +52,11 @@ transaction a duplicate-key error would abort it, so user records are upserts wh
 process and that user's logout in another each miss the other (write skew: neither
 writes what the other read), so every transaction that reads or writes a user's
 marks also increments that user's ``session_users`` document: two of them conflict,
-and the loser is retried (TransientTransactionError) on a fresh snapshot.
+and the loser is retried (TransientTransactionError) on a fresh snapshot, with backoff,
+for up to :data:`TRANSIENT_RETRY_S`. Every transaction has its own concerns, not the
+client's: ``snapshot`` reads, a ``majority`` commit bounded by
+:data:`MAX_COMMIT_TIME_MS`, the primary; a commit whose outcome is unknown is sent
+again (see :meth:`MongoStore._commit`).
 
 *Standalone server* (no transactions): a batch is written in steps, and every step is
 guarded so that a retry after any failure, with an unknown outcome or half-way,
@@ -88,9 +101,11 @@ A process killed in the middle of a flush (never retried) leaves that batch part
 applied on a standalone server, except its sessions, which the journal completes; a
 replica set, even a single-node one, applies it whole or not at all.
 
-Retryable writes are on (``retryWrites=true``); the write concern is the client's
-(``w=majority`` is MongoDB's default), and unacknowledged writes (``w=0``) are refused
-because exact counting reads the result of every write.
+Retryable writes are on (``retryWrites=true``) unless the URL or a keyword argument
+turns them off, as with every client option the store defaults; outside transactions
+the write concern is the client's (``w=majority`` is MongoDB's default), and
+unacknowledged writes (``w=0``) are refused because exact counting reads the result of
+every write.
 """
 
 from __future__ import annotations
@@ -110,6 +125,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import attrs
 
 from gso_analytics.clock import from_ms, to_ms
 from gso_analytics.errors import ConfigurationError, InvalidTypeError, StoreError
@@ -140,6 +157,9 @@ DEFAULT_DATABASE = "gso_analytics"
 DEFAULT_PREFIX = "gso_analytics_"
 #: The seed's event TTL; the index follows ``Analytics(event_ttl=...)`` at each prune.
 DEFAULT_EVENT_TTL = timedelta(days=7)
+#: The longest ``event_ttl`` a TTL index can hold: MongoDB keeps ``expireAfterSeconds``
+#: in a 32-bit signed integer (2**31 - 1 seconds, about 68 years).
+MAX_EVENT_TTL = timedelta(seconds=2**31 - 1)
 #: Fail fast when the server is unreachable, instead of pymongo's 30 s default.
 DEFAULT_SERVER_SELECTION_TIMEOUT_MS = 5000
 #: Batch ids kept on each daily/monthly document for the standalone guard: a retry
@@ -149,25 +169,54 @@ DEFAULT_APPLIED_BATCHES_KEPT = 1000
 #: holder died blocks the others.
 DEFAULT_LOCK_WAIT = timedelta(seconds=10)
 DEFAULT_LOCK_LEASE = timedelta(seconds=30)
-#: How long ``apply`` retries a transaction that lost a write conflict.
+#: How long a process building missing indexes at open holds the lease on them (a
+#: ``locks`` document): the others carry on meanwhile, and past it (the builder died)
+#: the next process to open the store builds them.
+INDEX_BUILD_LEASE = timedelta(minutes=10)
+#: The time budget of retries: ``apply`` running a batch again after its transaction
+#: lost a write conflict (``TransientTransactionError``), and a commit sent again while
+#: its outcome is unknown (``UnknownTransactionCommitResult``), each with exponential
+#: backoff; past it the error goes to the flusher, which keeps the batch.
 TRANSIENT_RETRY_S = 10.0
+#: ``maxCommitTimeMS`` of every transaction: how long ``commitTransaction`` may wait for
+#: the majority write concern before the server gives up. A commit that timed out is
+#: not sent again at once (it would wait as long); the flusher retries the batch.
+MAX_COMMIT_TIME_MS = 5000
+_MAX_TIME_EXPIRED = 50
 
 #: Fields a counter can never be: they key the documents or hold the guard.
 _RESERVED_FIELDS = frozenset({"_id", "day", "month", "appliedBatches"})
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LOCK_ID = "sessions"
+_INDEX_LEASE_ID = "indexes"
+#: ``createIndexes`` with ``commitQuorum`` needs MongoDB 4.4 (wire version 9).
+_COMMIT_QUORUM_WIRE_VERSION = 9
 #: ``closedBy`` of the sessions the prune job times out (batches put their id there).
 _DUPLICATE_KEY = 11000
 _AUTH_FAILED = 18
 _UNAUTHORIZED = 13
+#: ``MongoClient`` options the store sets unless the URL or the caller sets them: writes
+#: retried once after a failover, the store named in the server's logs, and a lost
+#: server reported after 5 s.
+_CLIENT_DEFAULTS: dict[str, Any] = {
+    "retryWrites": True,
+    "appname": "gso-analytics",
+    "serverSelectionTimeoutMS": DEFAULT_SERVER_SELECTION_TIMEOUT_MS,
+}
 #: ``?name=`` options of the URL that belong to the store, not to pymongo.
-_URL_OPTIONS = {"prefix": "prefix", "transactions": "transactions", "ttlindex": "ttl_index"}
+_URL_OPTIONS = {
+    "prefix": "prefix",
+    "transactions": "transactions",
+    "ttlindex": "ttl_index",
+    "createindexes": "create_indexes",
+}
 _STORE_KWARGS = frozenset(
     {
         "prefix",
         "transactions",
         "ttl_index",
+        "create_indexes",
         "event_ttl",
         "applied_batches_kept",
         "lock_wait",
@@ -266,6 +315,48 @@ def _only_duplicates(exc: Exception) -> list[int]:
     return [e["index"] for e in errors]
 
 
+def _ttl_seconds(event_ttl: timedelta, ttl_index: bool) -> int:
+    """``event_ttl`` in whole seconds, the TTL index's ``expireAfterSeconds``: refused
+    here, with the limit named, rather than by the server in a background prune."""
+    seconds = int(event_ttl.total_seconds())
+    if seconds < 1:
+        raise ConfigurationError(f"event_ttl must be at least one second, got {event_ttl}")
+    if ttl_index and event_ttl > MAX_EVENT_TTL:
+        limit = int(MAX_EVENT_TTL.total_seconds())
+        raise ConfigurationError(
+            f"event_ttl {event_ttl} is longer than MongoDB's TTL index can hold:"
+            f" expireAfterSeconds is a 32-bit integer, at most {limit} seconds"
+            f" ({MAX_EVENT_TTL.days} days); use a shorter TTL or ttlIndex=false"
+        )
+    return seconds
+
+
+class _Backoff:
+    """Exponential backoff with jitter inside a time budget, between the attempts of a
+    retry loop: at once a few milliseconds, so a lost conflict is redone quickly, then
+    up to half a second, so many workers retrying do not collide again in step."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.deadline = time.monotonic() + budget_s
+        self.delay = 0.005
+
+    def sleep(self) -> bool:
+        """Wait before the next attempt; False, without waiting, once the budget is spent."""
+        pause = self.delay * random.uniform(0.5, 1.0)
+        if time.monotonic() + pause >= self.deadline:
+            return False
+        time.sleep(pause)
+        self.delay = min(self.delay * 2, 0.5)
+        return True
+
+
+def _max_time_expired(exc: Exception) -> bool:
+    """The commit (or its write concern) ran out of ``maxCommitTimeMS``."""
+    details = getattr(exc, "details", None) or {}
+    concern_error = details.get("writeConcernError") or {}
+    return _MAX_TIME_EXPIRED in (getattr(exc, "code", None), concern_error.get("code"))
+
+
 class _Conflict(StoreError):
     """A write lost to a concurrent writer; applying the batch again resolves it."""
 
@@ -320,9 +411,8 @@ class _MongoTransaction(Transaction):
         the writes; bulk deletes of expired data run before it, outside any."""
         if not self.txn or self.session is not None:
             return
-        pymongo = _pymongo()
         self.session = self.store._client().start_session()
-        self.session.start_transaction(read_preference=pymongo.ReadPreference.PRIMARY)
+        self.store._start_transaction(self.session)
 
     def _enter_sessions(self) -> None:
         """Before reading sessions or pending logouts: a transaction, or the lock."""
@@ -794,6 +884,52 @@ def _index_key(spec: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple((field, direction) for field, direction in dict(spec["key"]).items())
 
 
+@attrs.frozen
+class _Index:
+    """One index the store needs, on the collection ``name`` (without the prefix)."""
+
+    name: str
+    keys: tuple[tuple[str, int], ...]
+    options: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
+
+    @property
+    def unique(self) -> bool:
+        """Exact counting depends on it: the store never writes without it."""
+        return bool(self.options.get("unique"))
+
+    def describe(self, prefix: str) -> str:
+        """``gso_analytics_day_users {day: 1, userId: 1} unique``, for messages."""
+        keys = ", ".join(f"{field}: {direction}" for field, direction in self.keys)
+        flags = [flag for flag in ("unique", "expireAfterSeconds") if flag in self.options]
+        shown = " ".join("TTL" if flag == "expireAfterSeconds" else flag for flag in flags)
+        return f"{prefix}{self.name} {{{keys}}}" + (f" {shown}" if shown else "")
+
+
+def mongo_init(url: str, *, event_ttl: timedelta | None = None, **options: Any) -> list[str]:
+    """Create every missing index of the store ``url`` names (and, with ``event_ttl``,
+    set the TTL index to it): the deploy step of ``gso-analytics mongo-init``, after
+    which workers open the store with ``createIndexes=false`` and never build any.
+    Returns the indexes created; store and client options as for ``open_store``."""
+    with MongoStore.from_url(url, create_indexes=None, **options) as store:
+        return store.init_indexes(event_ttl)
+
+
+def _transactions_possible(hello: Mapping[str, Any]) -> bool:
+    """Transactions need a replica set (4.0+) or mongos (4.2+) with sessions."""
+    if hello.get("logicalSessionTimeoutMinutes") is None:
+        return False
+    wire = hello.get("maxWireVersion", 0)
+    if hello.get("msg") == "isdbgrid":
+        return wire >= 8
+    return "setName" in hello and wire >= 7
+
+
+def _commit_quorum_possible(hello: Mapping[str, Any]) -> bool:
+    """``commitQuorum`` needs 4.4, and a standalone server refuses it (no members)."""
+    replicated = "setName" in hello or hello.get("msg") == "isdbgrid"
+    return replicated and hello.get("maxWireVersion", 0) >= _COMMIT_QUORUM_WIRE_VERSION
+
+
 class MongoStore(Store):
     """Analytics in a MongoDB database: a pymongo ``Database`` (or a stand-in with the
     same API, such as mongomock's), usually opened by :func:`open_store` from a URL.
@@ -801,7 +937,11 @@ class MongoStore(Store):
     ``prefix`` names the collections; ``event_ttl`` sets the TTL index when given
     (otherwise it is created with 7 days and then follows the ``event_ttl`` of the
     ``Analytics`` that prunes); ``ttl_index=False`` leaves expiry to the prune job alone;
-    ``transactions`` is ``None`` (detect), True or False.
+    ``transactions`` is ``None`` (detect), True or False. ``create_indexes``: True
+    builds missing indexes at open in one process (a lease) while the others carry on;
+    False only checks and warns (a missing unique index is an error), for deployments
+    that run :meth:`init_indexes` (``gso-analytics mongo-init``) as a deploy step; None
+    leaves indexes alone at open, for that step itself.
     """
 
     schemes = ("mongodb", "mongodb+srv")
@@ -814,6 +954,7 @@ class MongoStore(Store):
         event_ttl: timedelta | None = None,
         ttl_index: bool = True,
         transactions: bool | None = None,
+        create_indexes: bool | None = True,
         applied_batches_kept: int = DEFAULT_APPLIED_BATCHES_KEPT,
         lock_wait: timedelta = DEFAULT_LOCK_WAIT,
         lock_lease: timedelta = DEFAULT_LOCK_LEASE,
@@ -826,10 +967,11 @@ class MongoStore(Store):
             )
         if applied_batches_kept < 10:
             raise ConfigurationError("applied_batches_kept must be at least 10")
-        if event_ttl is not None and event_ttl.total_seconds() < 1:
-            raise ConfigurationError(f"event_ttl must be at least one second, got {event_ttl}")
+        if event_ttl is not None:
+            _ttl_seconds(event_ttl, ttl_index)
         self.prefix = prefix
         self.ttl_index = ttl_index
+        self.create_indexes = create_indexes
         self.applied_batches_kept = applied_batches_kept
         self.lock_wait = lock_wait
         self.lock_lease = lock_lease
@@ -848,10 +990,16 @@ class MongoStore(Store):
             )
         with self._errors("connecting"):
             database.command("ping")
+            hello = self._hello()
             self.uses_transactions = (
-                self._detect_transactions() if transactions is None else bool(transactions)
+                _transactions_possible(hello) if transactions is None else bool(transactions)
             )
-            self._ensure_indexes(event_ttl)
+            self._commit_quorum = _commit_quorum_possible(hello)
+            if create_indexes is not None:
+                self._open_indexes(event_ttl)
+            self._create_collections()
+            if event_ttl is not None:
+                self._sync_event_ttl(event_ttl)
             self._upgrade_sessions()
 
     # -- opening ---------------------------------------------------------------------
@@ -880,16 +1028,18 @@ class MongoStore(Store):
             else:
                 options.setdefault(option, _parse_bool(name, value))
         store_options = {k: options.pop(k) for k in list(options) if k in _STORE_KWARGS}
-        client_options: dict[str, Any] = {"retryWrites": True, "appname": "gso-analytics"}
-        if not any(name.lower() == "serverselectiontimeoutms" for name, _ in query):
-            client_options["serverSelectionTimeoutMS"] = DEFAULT_SERVER_SELECTION_TIMEOUT_MS
+        # pymongo lets keyword arguments override the URL, and matches option names in
+        # any case: a default goes in only where neither the URL nor the caller set it.
+        given = {name.lower(): value for name, value in query}
+        given.update((name.lower(), value) for name, value in options.items())
+        client_options = {
+            name: value for name, value in _CLIENT_DEFAULTS.items() if name.lower() not in given
+        }
         client_options.update(options)
         driver_url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
         name = unquote(parts.path.lstrip("/")) or DEFAULT_DATABASE
         hosts = parts.netloc.rpartition("@")[2] or "localhost"
-        timeout_ms = dict((k.lower(), v) for k, v in query).get(
-            "serverselectiontimeoutms", client_options.get("serverSelectionTimeoutMS")
-        )
+        timeout_ms = given.get("serverselectiontimeoutms", DEFAULT_SERVER_SELECTION_TIMEOUT_MS)
         where = f"{parts.scheme}://{hosts}/{name} (serverSelectionTimeoutMS={timeout_ms})"
 
         def connect() -> Any:
@@ -934,19 +1084,13 @@ class MongoStore(Store):
         shown = f" (serverSelectionTimeoutMS={int(timeout * 1000)})" if timeout is not None else ""
         return f"mongodb://{hosts}/{getattr(database, 'name', '?')}{shown}"
 
-    def _detect_transactions(self) -> bool:
-        """Transactions need a replica set (4.0+) or mongos (4.2+) with sessions."""
+    def _hello(self) -> Mapping[str, Any]:
+        """What the server says it is: a standalone, a replica set member or mongos."""
         pymongo = _pymongo()
         try:
-            hello = self._database.command("hello")
+            return self._database.command("hello")
         except pymongo.errors.OperationFailure:  # before MongoDB 4.4.2 (and 5.0)
-            hello = self._database.command("isMaster")
-        if hello.get("logicalSessionTimeoutMinutes") is None:
-            return False
-        wire = hello.get("maxWireVersion", 0)
-        if hello.get("msg") == "isdbgrid":
-            return wire >= 8
-        return "setName" in hello and wire >= 7
+            return self._database.command("isMaster")
 
     def _client(self) -> Any:
         return self._db().client
@@ -1045,35 +1189,146 @@ class MongoStore(Store):
         """By key, not by name: names differ between servers and tools."""
         return {_index_key(spec): dict(spec) for spec in self._collection(name).list_indexes()}
 
-    def _ensure_indexes(self, event_ttl: timedelta | None) -> None:
-        pymongo = _pymongo()
-        ttl = int((event_ttl or DEFAULT_EVENT_TTL).total_seconds())
+    def _missing_indexes(self, event_ttl: timedelta | None) -> list[_Index]:
+        """The planned indexes the server lacks (one ``listIndexes`` per collection),
+        unique ones first; an index on a key that must be unique but is not is an error:
+        exact counting would silently be wrong."""
+        ttl = _ttl_seconds(event_ttl or DEFAULT_EVENT_TTL, self.ttl_index)
         existing: dict[str, dict[tuple[tuple[str, Any], ...], dict[str, Any]]] = {}
-        missing: dict[str, list[Any]] = {}
+        missing: list[_Index] = []
         for name, keys, options in self._index_plan(ttl):
             if name not in existing:
                 existing[name] = self._existing_indexes(name)
             found = existing[name].get(tuple(keys))
             if found is None:
-                missing.setdefault(name, []).append(pymongo.IndexModel(keys, **options))
+                missing.append(_Index(name, tuple(keys), options))
             elif options.get("unique") and not found.get("unique"):
                 raise StoreError(
                     f"MongoDB {self.where}: {self.prefix}{name} has an index on"
                     f" {dict(keys)} without unique, which exact counting needs: drop it"
-                    " and reopen the store to have it created unique"
+                    " and reopen the store (or run gso-analytics mongo-init) to have it"
+                    " created unique"
                 )
-        for name, models in missing.items():
-            self._collection(name).create_indexes(models)
-        # Every collection exists before the first transaction: creating one inside a
-        # transaction fails on MongoDB before 4.4 and in cross-shard transactions.
+        return sorted(missing, key=lambda index: not index.unique)
+
+    def _build_indexes(self, missing: list[_Index]) -> None:
+        """``createIndexes``, unique indexes first (the processes waiting for them go on
+        sooner), with ``commitQuorum: "majority"`` where the deployment has members to
+        vote (the default waits for every voting member)."""
+        pymongo = _pymongo()
+        options = {"commitQuorum": "majority"} if self._commit_quorum else {}
+        groups: dict[tuple[bool, str], list[Any]] = {}
+        for index in missing:
+            model = pymongo.IndexModel(list(index.keys), **index.options)
+            groups.setdefault((not index.unique, index.name), []).append(model)
+        for (_, name), models in groups.items():
+            self._collection(name).create_indexes(models, **options)
+
+    def _describe_indexes(self, indexes: list[_Index]) -> str:
+        return ", ".join(index.describe(self.prefix) for index in indexes)
+
+    def _open_indexes(self, event_ttl: timedelta | None) -> None:
+        """At open: nothing to do when every index exists. Otherwise one process builds
+        the missing ones under a lease, and the others carry on with a warning, unless
+        a unique index is missing: without it counting is wrong, so they wait for it
+        (up to ``lock_wait``). ``create_indexes=False`` only checks (deploy steps run
+        ``gso-analytics mongo-init``)."""
+        missing = self._missing_indexes(event_ttl)
+        if missing and not self.create_indexes:
+            self._report_missing(missing, "run `gso-analytics mongo-init --store URL`")
+            return
+        deadline = time.monotonic() + self.lock_wait.total_seconds()
+        while missing:
+            token = self._take_index_lease()
+            if token is not None:
+                try:
+                    # Another process may have built some since we looked.
+                    self._build_indexes(self._missing_indexes(event_ttl))
+                finally:
+                    self._release_index_lease(token)
+                return
+            if not any(index.unique for index in missing):
+                self._report_missing(missing, "another process is creating them")
+                return
+            if time.monotonic() >= deadline:
+                raise StoreError(
+                    f"MongoDB {self.where}: unique indexes exact counting needs are still"
+                    f" missing after {self.lock_wait.total_seconds():g} s while another"
+                    f" process builds them ({self._describe_indexes(missing)}; its lease"
+                    f" in {self.prefix}locks ends {INDEX_BUILD_LEASE} after it began)"
+                )
+            time.sleep(0.05)
+            missing = self._missing_indexes(event_ttl)
+
+    def _report_missing(self, missing: list[_Index], remedy: str) -> None:
+        """A missing unique index is an error; any other is a warning (its queries scan
+        the collection until it exists)."""
+        unique = [index for index in missing if index.unique]
+        if unique:
+            raise StoreError(
+                f"MongoDB {self.where}: unique indexes exact counting needs are missing"
+                f" ({self._describe_indexes(unique)}): {remedy}"
+            )
+        log.warning(
+            "gso_analytics: MongoDB %s is missing indexes (%s); queries that need them"
+            " scan their collection until they exist: %s",
+            self.where,
+            self._describe_indexes(missing),
+            remedy,
+        )
+
+    def _take_index_lease(self) -> str | None:
+        """The lease on building indexes (a ``locks`` document, as the session lock):
+        its token if this process got it, None while another one holds it."""
+        pymongo = _pymongo()
+        locks = self._collection("locks")
+        token = uuid.uuid4().hex
+        now = datetime.now(UTC)
+        lease = {"owner": token, "until": now + INDEX_BUILD_LEASE, "since": now}
+        if locks.replace_one({"_id": _INDEX_LEASE_ID, "until": {"$lt": now}}, lease).matched_count:
+            return token
+        try:
+            locks.insert_one({"_id": _INDEX_LEASE_ID, **lease})
+        except pymongo.errors.DuplicateKeyError:
+            return None  # held, or taken just now by another process
+        return token
+
+    def _release_index_lease(self, token: str) -> None:
+        pymongo = _pymongo()
+        try:
+            self._collection("locks").replace_one(
+                {"_id": _INDEX_LEASE_ID, "owner": token}, {"owner": "", "until": _EPOCH}
+            )
+        except pymongo.errors.PyMongoError as exc:  # the build's own error matters more
+            log.warning("gso_analytics: could not release the index lease (%s): it expires", exc)
+
+    def _create_collections(self) -> None:
+        """Every collection exists before the first transaction: creating one inside a
+        transaction fails on MongoDB before 4.4 and in cross-shard transactions."""
+        pymongo = _pymongo()
         present = set(self._db().list_collection_names())
         for name in ("session_users", "locks", "logouts", "session_journal"):
             if f"{self.prefix}{name}" not in present:
                 # CollectionInvalid: another process created it just now.
                 with contextlib.suppress(pymongo.errors.CollectionInvalid):
                     self._db().create_collection(f"{self.prefix}{name}")
-        if event_ttl is not None:
-            self._sync_event_ttl(event_ttl)
+
+    def init_indexes(self, event_ttl: timedelta | None = None) -> list[str]:
+        """Create every missing index now, in this process (what ``gso-analytics
+        mongo-init`` runs in a deploy step, before workers open the store with
+        ``createIndexes=false``); with ``event_ttl``, set the TTL index to it. Returns
+        the indexes created, described as in the warnings."""
+        with self._errors("creating indexes"):
+            missing = self._missing_indexes(event_ttl)
+            self._build_indexes(missing)
+            self._create_collections()
+            if event_ttl is not None:
+                self._sync_event_ttl(event_ttl)
+        return [index.describe(self.prefix) for index in missing]
+
+    def check_event_ttl(self, event_ttl: timedelta) -> None:
+        """At least a second, and at most :data:`MAX_EVENT_TTL` with the TTL index."""
+        _ttl_seconds(event_ttl, self.ttl_index)
 
     def event_ttl_index(self) -> dict[str, Any] | None:
         """The events' ``{ts: 1}`` index as the server describes it (None if absent)."""
@@ -1083,16 +1338,16 @@ class MongoStore(Store):
     def _sync_event_ttl(self, event_ttl: timedelta) -> None:
         """Make the TTL index expire events after ``event_ttl``: changed in place with
         ``collMod``, never dropped and rebuilt under a live collection."""
-        seconds = int(event_ttl.total_seconds())
-        if not self.ttl_index or seconds == self._synced_ttl or seconds < 1:
+        seconds = _ttl_seconds(event_ttl, self.ttl_index)
+        if not self.ttl_index or seconds == self._synced_ttl:
             return
         pymongo = _pymongo()
         with self._errors("setting the event TTL index"):
             index = self._existing_indexes("events").get((("ts", 1),))
+            if index is None:
+                return  # not built yet (by the lease holder or mongo-init): next prune
             try:
-                if index is None:
-                    self._collection("events").create_index([("ts", 1)], expireAfterSeconds=seconds)
-                elif index.get("expireAfterSeconds") != seconds:
+                if index.get("expireAfterSeconds") != seconds:
                     log.info(
                         "gso_analytics: TTL index of %sevents: expireAfterSeconds %s -> %d",
                         self.prefix,
@@ -1282,21 +1537,37 @@ class MongoStore(Store):
 
     # -- transactions ---------------------------------------------------------------------
 
-    def _commit(self, session: Any) -> None:
-        """Commit, retrying while the outcome is unknown (as ``with_transaction`` does)."""
+    def _start_transaction(self, session: Any) -> None:
+        """Start a transaction with its own concerns, never the client's: ``snapshot``
+        reads (one consistent view, across shards too; a URL's ``readConcernLevel=
+        linearizable`` is not allowed in a transaction), a ``majority`` commit (a flush
+        acknowledged survives a failover, whatever the URL's ``w``) bounded by
+        :data:`MAX_COMMIT_TIME_MS`, and the primary (reads in a transaction must be)."""
         pymongo = _pymongo()
-        deadline = time.monotonic() + TRANSIENT_RETRY_S
+        session.start_transaction(
+            read_concern=pymongo.read_concern.ReadConcern("snapshot"),
+            write_concern=pymongo.WriteConcern("majority"),
+            read_preference=pymongo.ReadPreference.PRIMARY,
+            max_commit_time_ms=MAX_COMMIT_TIME_MS,
+        )
+
+    def _commit(self, session: Any) -> None:
+        """Commit, sending the commit again while its outcome is unknown, as
+        ``with_transaction`` does (pymongo retries it with ``w: majority``): with backoff,
+        within :data:`TRANSIENT_RETRY_S`, and not after ``maxCommitTimeMS`` ran out."""
+        pymongo = _pymongo()
+        backoff = _Backoff(TRANSIENT_RETRY_S)
         while True:
             try:
                 session.commit_transaction()
                 return
             except pymongo.errors.PyMongoError as exc:
                 if (
-                    exc.has_error_label("UnknownTransactionCommitResult")
-                    and time.monotonic() < deadline
+                    not exc.has_error_label("UnknownTransactionCommitResult")
+                    or _max_time_expired(exc)
+                    or not backoff.sleep()
                 ):
-                    continue
-                raise
+                    raise
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -1314,17 +1585,14 @@ class MongoStore(Store):
 
     def apply(self, batch: FlushBatch) -> ApplyResult:
         """Apply exactly once; a transaction or write that lost to a concurrent one is
-        tried again right away (the guards make the retry exact)."""
-        deadline = time.monotonic() + TRANSIENT_RETRY_S
-        delay = 0.005
+        tried again after a short backoff (the guards make the retry exact)."""
+        backoff = _Backoff(TRANSIENT_RETRY_S)
         while True:
             try:
                 return super().apply(batch)
             except _Conflict:
-                if time.monotonic() >= deadline:
+                if not backoff.sleep():
                     raise
-                time.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, 0.5)
 
     def prune(self, now: datetime, event_ttl: timedelta, session_timeout: timedelta) -> PruneResult:
         """Bring the TTL index to ``event_ttl`` (a ``collMod`` when it changed), then the

@@ -93,6 +93,12 @@ class Analytics:
             to_ms(clock())  # a naive clock fails here, at start-up, not in every track()
         self._owns_store = isinstance(store, str)
         self.store: Store = open_store(store) if isinstance(store, str) else store
+        try:
+            self.store.check_event_ttl(event_ttl)
+        except BaseException:
+            if self._owns_store:
+                self.store.close()
+            raise
         self.counters = build_counter_map(counters)
         # event -> (field, amount key) as plain tuples: one dict lookup on the hot path.
         self._rules = {

@@ -1,10 +1,12 @@
-"""``gso-analytics``: the command line (``demo``, ``report``, ``prune``).
+"""``gso-analytics``: the command line (``demo``, ``report``, ``prune``, ``mongo-init``).
 
 Why a CLI: a game team should see the library's numbers before writing any code
-(``demo``), read a store without a web app (``report``), and run the prune job from
-cron when no process runs it (``prune``). Every command goes through the public API,
-so what it prints is what the game backend would see. Errors a user can fix (a bad
-URL, a missing database) are one line on stderr and exit code 2, never a traceback.
+(``demo``), read a store without a web app (``report``), run the prune job from
+cron when no process runs it (``prune``), and build a MongoDB store's indexes in a
+deploy step rather than when workers start (``mongo-init``). Every command goes
+through the public API, so what it prints is what the game backend would see. Errors
+a user can fix (a bad URL, a missing database) are one line on stderr and exit code 2,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -176,11 +178,32 @@ def _add_prune(commands: argparse._SubParsersAction) -> None:
     prune.set_defaults(func=cmd_prune)
 
 
+def _add_mongo_init(commands: argparse._SubParsersAction) -> None:
+    mongo_init = commands.add_parser(
+        "mongo-init",
+        help="create a MongoDB store's missing indexes (a deploy step)",
+        description="Create every index a MongoDB store needs that is missing, with"
+        " commitQuorum majority on a replica set, and the events' TTL index. Run it"
+        " before the workers start, and open the store with ?createIndexes=false so no"
+        " worker ever builds an index; safe to run again (it creates only what is missing).",
+    )
+    mongo_init.add_argument(
+        "--store", required=True, metavar="URL", help="mongodb:// or mongodb+srv:// URL"
+    )
+    mongo_init.add_argument(
+        "--event-ttl-days",
+        type=_positive_float,
+        metavar="N",
+        help="set the TTL index to N days (default: created with 7, an existing one kept)",
+    )
+    mongo_init.set_defaults(func=cmd_mongo_init)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Game analytics from the command line: try the library on simulated"
-        " players, read a store's metrics, run the prune job.",
+        " players, read a store's metrics, run the prune job, prepare a MongoDB store.",
     )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
@@ -189,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(commands)
     _add_report(commands)
     _add_prune(commands)
+    _add_mongo_init(commands)
     return parser
 
 
@@ -383,6 +407,31 @@ def cmd_prune(args: argparse.Namespace) -> int:
         f" {args.event_ttl_days:g} days; timed out {fmt_int(result.sessions_timed_out)}"
         f" sessions open longer than {args.session_timeout_hours:g} hours."
     )
+    return 0
+
+
+def cmd_mongo_init(args: argparse.Namespace) -> int:
+    if _scheme(args.store) not in ("mongodb", "mongodb+srv"):
+        raise ConfigurationError(
+            f"mongo-init prepares MongoDB stores (mongodb://, mongodb+srv://), not {args.store}"
+        )
+    from .backends.mongo import mongo_init  # pymongo is an extra: import only when used
+
+    ttl = None
+    if args.event_ttl_days is not None:
+        try:
+            ttl = timedelta(days=args.event_ttl_days)
+        except OverflowError:
+            raise ConfigurationError(
+                f"--event-ttl-days {args.event_ttl_days:g} is too long"
+            ) from None
+    created = mongo_init(args.store, event_ttl=ttl)
+    if created:
+        print(f"Created {len(created)} indexes:")
+        for index in created:
+            print(f"  {index}")
+    else:
+        print("Every index exists; nothing to create.")
     return 0
 
 

@@ -218,6 +218,14 @@ class Store(ABC):
     def close(self) -> None:  # noqa: B027 - a store without resources has nothing to close
         """Release connections. Safe to call twice."""
 
+    def check_event_ttl(self, event_ttl: timedelta) -> None:  # noqa: B027 - any TTL is fine
+        """Raise :class:`~gso_analytics.errors.ConfigurationError` for an ``event_ttl``
+        this store cannot keep.
+
+
+        ``Analytics`` calls it when it is built: the TTL is otherwise first used by the
+        prune job, in a background thread, where a mistake would only be logged."""
+
     def __enter__(self) -> Store:
         return self
 

@@ -71,7 +71,8 @@ BACKENDS = [
     # gets a fresh database. The suite replays 2025 on a fake clock, which a server-side
     # TTL on real time would expire at once (nx-27017 and mongomock hide expired
     # documents from reads, MongoDB deletes them within a minute), so the TTL index is
-    # off here; tests/test_mongo.py tests it on real time.
+    # off here, on the real server too; tests/test_mongo.py tests it on real time, on
+    # every server (its ``ttl_kind`` parameter), with the index on.
     Backend(
         "mongo",
         lambda tmp: mongo_server.nx_server().url(query="ttlIndex=false"),

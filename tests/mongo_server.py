@@ -199,11 +199,17 @@ def with_database(uri: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, ""))
 
 
-def real_mongodb_url() -> str:
+def with_query(url: str, query: str) -> str:
+    """``url`` with ``query`` (``name=value&...``) added to the options it has."""
+    return url + ("&" if "?" in url else "?") + query if query else url
+
+
+def real_mongodb_url(ttl_index: bool = False) -> str:
     """A fresh database on the ``MONGODB_URI`` server (dropped by :func:`shutdown`).
 
-    ``ttlIndex=false``: the contract tests replay days of 2025 on a fake clock, which a
-    real TTL monitor would expire under them; the TTL index has its own test.
+    ``ttlIndex=false`` unless ``ttl_index``: the contract tests replay days of 2025 on
+    a fake clock, whose events a real TTL monitor (on real time) would delete under
+    them within a minute; the TTL tests of tests/test_mongo.py keep the index.
     """
     uri = real_mongodb_uri()
     if uri is None:
@@ -211,7 +217,7 @@ def real_mongodb_url() -> str:
     name = fresh_db_name()
     _real_databases.append(name)
     url = with_database(uri, name)
-    return url + ("&" if "?" in url else "?") + "ttlIndex=false"
+    return url if ttl_index else with_query(url, "ttlIndex=false")
 
 
 def shutdown() -> None:

@@ -20,8 +20,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -61,19 +63,48 @@ from gso_analytics.backends.mongo import MongoStore  # noqa: E402
 from pymongo import monitoring  # noqa: E402
 
 NOW = datetime.now(UTC).replace(microsecond=0)
+NOW_0 = datetime(1970, 1, 1, tzinfo=UTC)
 
 # -- fixtures: one parameter per server ----------------------------------------------------
+
+
+@contextlib.contextmanager
+def _server(kind: str) -> Iterator[str]:
+    """``kind`` ready for the test: nx-27017 started, mongomock's patch active, or the
+    ``MONGODB_URI`` server set (skipped otherwise)."""
+    if kind == "mongomock":
+        with mongo_server.mongomock_patched():
+            yield kind
+    elif kind == "mongodb-uri":
+        if mongo_server.real_mongodb_uri() is None:
+            pytest.skip("MONGODB_URI is not set")
+        yield kind
+    else:
+        mongo_server.nx_server()
+        yield kind
 
 
 @pytest.fixture(params=["nx-27017", "mongomock"])
 def mongo_kind(request: pytest.FixtureRequest) -> Iterator[str]:
     """The server kind; with mongomock, its patch is active for the test."""
-    if request.param == "mongomock":
-        with mongo_server.mongomock_patched():
-            yield request.param
-    else:
-        mongo_server.nx_server()
-        yield request.param
+    with _server(request.param) as kind:
+        yield kind
+
+
+@pytest.fixture(params=["nx-27017", "mongomock", "mongodb-uri"])
+def ttl_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The TTL tests' servers: the stand-ins, and a real MongoDB when ``MONGODB_URI`` is
+    set, whose TTL index is real (the contract suite turns it off there)."""
+    with _server(request.param) as kind:
+        yield kind
+
+
+@pytest.fixture
+def ttl_url(ttl_kind: str) -> str:
+    """A fresh database on ``ttl_kind``, with the TTL index on."""
+    if ttl_kind == "mongodb-uri":
+        return mongo_server.real_mongodb_url(ttl_index=True)
+    return url_for(ttl_kind)
 
 
 def url_for(server: str, query: str = "") -> str:
@@ -156,6 +187,39 @@ def test_default_server_selection_timeout_is_short(nx_27017: mongo_server.NxServ
         assert store._client().options.retry_writes
     with open_store(nx_27017.url(query="serverSelectionTimeoutMS=1500")) as store:
         assert store._client().options.server_selection_timeout == 1.5
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "retryWrites=false&appname=my-game&serverSelectionTimeoutMS=1500",
+        "retrywrites=false&appName=my-game&serverselectiontimeoutms=1500",  # any case
+    ],
+)
+def test_url_options_win_over_the_stores_defaults(
+    nx_27017: mongo_server.NxServer, query: str
+) -> None:
+    """The store's client defaults (retryable writes, its appname, a 5 s server
+    selection timeout) are only defaults: an option in the URL is what the client gets."""
+    with open_store(nx_27017.url(query=query)) as store:
+        options = store._client().options
+        assert options.retry_writes is False
+        assert options.pool_options.metadata["application"] == {"name": "my-game"}
+        assert options.server_selection_timeout == 1.5
+        assert "serverSelectionTimeoutMS=1500" in store.where
+
+
+def test_keyword_client_options_win_too(nx_27017: mongo_server.NxServer) -> None:
+    """A keyword argument for MongoClient overrides the store's default (and, as pymongo
+    does, the URL)."""
+    with MongoStore.from_url(nx_27017.url(), retryWrites=False, appname="kw-game") as store:
+        options = store._client().options
+        assert options.retry_writes is False
+        assert options.pool_options.metadata["application"] == {"name": "kw-game"}
+    with open_store(nx_27017.url()) as store:  # and without either, the defaults
+        options = store._client().options
+        assert options.retry_writes is True
+        assert options.pool_options.metadata["application"] == {"name": "gso-analytics"}
 
 
 class _RefusingDatabase:
@@ -304,12 +368,198 @@ def test_a_non_unique_key_index_is_an_error(mongo_url: str) -> None:
         open_store(mongo_url)
 
 
+def _index_names(url: str, collection: str) -> dict[tuple[tuple[str, Any], ...], str]:
+    with raw_database(url) as database:
+        specs = database[f"gso_analytics_{collection}"].list_indexes()
+        return {tuple(dict(spec["key"]).items()): spec["name"] for spec in specs}
+
+
+def _drop_index(url: str, collection: str, key: tuple[tuple[str, Any], ...]) -> None:
+    """Drop by key (the servers name indexes differently), as a DBA would."""
+    name = _index_names(url, collection)[key]
+    with raw_database(url) as database:
+        database[f"gso_analytics_{collection}"].drop_index(name)
+
+
+EVENTS_BY_USER = (("userId", 1), ("ts", 1))
+
+
+def _works(store: MongoStore) -> None:
+    """A flush with a login and an event goes through and counts."""
+    before = store.recent_days()[0]["creditsEarned"] if store.recent_days() else 0
+    analytics = Analytics(store, forwarders=[])
+    analytics.on_login("u1")
+    analytics.track("credits.earn", "u1", {"amount": 2})
+    analytics.flush()
+    assert store.recent_days()[0]["creditsEarned"] == before + 2
+
+
+def test_stores_opened_at_once_build_each_index_once(mongo_kind: str, mongo_url: str) -> None:
+    """Workers starting together on a new database: one of them builds the indexes
+    under the lease, the others wait for the unique ones it builds first (counting
+    needs them) and build nothing; every index exists exactly once."""
+    workers = 4
+    listeners = [_Commands() for _ in range(workers)]
+    barrier = threading.Barrier(workers)
+
+    def open_one(i: int) -> MongoStore:
+        options = {"event_listeners": [listeners[i]]} if mongo_kind == "nx-27017" else {}
+        barrier.wait()
+        return MongoStore.from_url(mongo_url, **options)
+
+    with ThreadPoolExecutor(workers) as pool:
+        stores = list(pool.map(open_one, range(workers)))
+    try:
+        for name, wanted in EXPECTED_INDEXES.items():
+            keys = [tuple(dict(s["key"]).items()) for s in raw(stores[0], name).list_indexes()]
+            assert len(keys) == len(set(keys)), (name, keys)
+            assert {key for key, _ in wanted} <= set(keys), (name, keys)
+        _works(stores[-1])
+    finally:
+        for store in stores:
+            store.close()
+    if mongo_kind == "nx-27017":
+        builders = [i for i, lst in enumerate(listeners) if "createIndexes" in lst.names]
+        assert len(builders) == 1, builders
+
+
+def test_a_store_that_finds_the_lease_taken_warns_and_carries_on(
+    mongo_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An index added by an upgrade, on a large collection: while one process builds
+    it, the others open at once, warn naming it, and work without it."""
+    with open_store(mongo_url) as builder:
+        _drop_index(mongo_url, "events", EVENTS_BY_USER)
+        token = builder._take_index_lease()  # another process is building it
+        assert token is not None
+        assert builder._take_index_lease() is None  # one holder at a time
+        with caplog.at_level("WARNING", logger="gso_analytics"), open_store(mongo_url) as store:
+            _works(store)
+        assert "gso_analytics_events {userId: 1, ts: 1}" in caplog.text
+        assert "another process is creating them" in caplog.text
+        assert EVENTS_BY_USER not in _index_names(mongo_url, "events")
+        builder._release_index_lease(token)
+    with open_store(mongo_url):  # the lease is free: this process builds it
+        assert EVENTS_BY_USER in _index_names(mongo_url, "events")
+
+
+def test_a_missing_unique_index_is_waited_for_never_skipped(mongo_url: str) -> None:
+    """Exact dau needs the unique (day, user) index: a process that cannot build it
+    (another holds the lease) waits up to ``lock_wait`` for it, then fails clearly; once
+    the lease is free, it builds the indexes itself."""
+    lease_filter = {"_id": "indexes"}
+    with raw_database(mongo_url) as database:
+        database["gso_analytics_locks"].insert_one(
+            {**lease_filter, "owner": "other", "until": datetime.now(UTC) + timedelta(hours=1)}
+        )
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=r"unique indexes .* still missing after 0\.3 s"):
+        MongoStore.from_url(mongo_url, lock_wait=timedelta(seconds=0.3))
+    assert 0.25 < time.monotonic() - started < 5
+
+    def release() -> None:
+        time.sleep(0.3)
+        with raw_database(mongo_url) as database:
+            database["gso_analytics_locks"].update_one(lease_filter, {"$set": {"until": NOW_0}})
+
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    try:
+        with MongoStore.from_url(mongo_url, lock_wait=timedelta(seconds=20)) as store:
+            assert (("day", 1), ("userId", 1)) in index_keys(store, "day_users")
+            _works(store)
+    finally:
+        releaser.join()
+
+
+def test_create_indexes_false_never_builds_and_mongo_init_does(
+    mongo_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``createIndexes=false`` for deployments that build indexes in a deploy step: a
+    missing index is a warning naming it and mongo-init (a missing unique one an error,
+    the store cannot count without it); ``mongo_init`` creates exactly what is missing."""
+    with pytest.raises(StoreError, match=r"unique indexes .*missing.*mongo-init"):
+        open_store(mongo_url + "?createIndexes=false")
+    assert (("day", 1), ("userId", 1)) not in _index_names(mongo_url, "day_users")
+    created = mongo_backend.mongo_init(mongo_url, event_ttl=timedelta(hours=3))
+    assert "gso_analytics_day_users {day: 1, userId: 1} unique" in created
+    assert "gso_analytics_events {ts: 1} TTL" in created
+    assert "gso_analytics_events {userId: 1, ts: 1}" in created
+    assert mongo_backend.mongo_init(mongo_url) == []  # again: nothing to create
+    _drop_index(mongo_url, "events", EVENTS_BY_USER)
+    for opened in (
+        lambda: open_store(mongo_url + "?createIndexes=false"),
+        lambda: MongoStore.from_url(mongo_url, create_indexes=False),
+    ):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="gso_analytics"), opened() as store:
+            assert store.event_ttl_index()["expireAfterSeconds"] == 3 * 3600
+            _works(store)
+        assert "gso_analytics_events {userId: 1, ts: 1}" in caplog.text
+        assert "gso-analytics mongo-init" in caplog.text
+        assert EVENTS_BY_USER not in _index_names(mongo_url, "events")
+    assert mongo_backend.mongo_init(mongo_url) == ["gso_analytics_events {userId: 1, ts: 1}"]
+    assert EVENTS_BY_USER in _index_names(mongo_url, "events")
+
+
+def test_create_indexes_must_be_a_boolean_in_the_url(nx_27017: mongo_server.NxServer) -> None:
+    with pytest.raises(ConfigurationError, match="createIndexes must be true or false"):
+        open_store(nx_27017.url(query="createIndexes=later"))
+
+
+def test_indexes_are_built_with_a_majority_commit_quorum_on_a_replica_set(
+    nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``commitQuorum: "majority"`` where members vote (a standalone refuses it, and
+    nx-27017 is one: the replica set is simulated by the detection), unique indexes in
+    the first commands."""
+    replica = {"setName": "rs0", "maxWireVersion": 21, "logicalSessionTimeoutMinutes": 30}
+    assert mongo_backend._commit_quorum_possible(replica)
+    assert mongo_backend._commit_quorum_possible({"msg": "isdbgrid", "maxWireVersion": 9})
+    assert not mongo_backend._commit_quorum_possible({**replica, "maxWireVersion": 8})  # 4.2
+    assert not mongo_backend._commit_quorum_possible({"maxWireVersion": 21})  # standalone
+    for quorum in (False, True):
+        monkeypatch.setattr(mongo_backend, "_commit_quorum_possible", lambda hello, q=quorum: q)
+        listener = _Commands()
+        MongoStore.from_url(nx_27017.url(), event_listeners=[listener]).close()
+        creates = [c for c in listener.sent if "createIndexes" in c]
+        assert creates
+        expected = "majority" if quorum else None
+        assert [c.get("commitQuorum") for c in creates] == [expected] * len(creates)
+        uniques = [all(i.get("unique") for i in c["indexes"]) for c in creates]
+        assert uniques == sorted(uniques, reverse=True), uniques  # unique ones first
+
+
+def test_mongo_init_cli(
+    nx_27017: mongo_server.NxServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gso_analytics.cli import main
+
+    url = nx_27017.url()
+    assert main(["mongo-init", "--store", url, "--event-ttl-days", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Created ")
+    assert "gso_analytics_day_users {day: 1, userId: 1} unique" in out
+    assert main(["mongo-init", "--store", url]) == 0
+    assert "nothing to create" in capsys.readouterr().out
+    with open_store(f"{url}?createIndexes=false") as store:
+        assert store.event_ttl_index()["expireAfterSeconds"] == 2 * 86400
+    for argv, message in [
+        (["--store", "sqlite:///x.db"], "mongo-init prepares MongoDB stores"),
+        (["--store", url, "--event-ttl-days", "100000"], "at most 2147483647 seconds"),
+        (["--store", url, "--event-ttl-days", "1e12"], "too long"),
+    ]:
+        assert main(["mongo-init", *argv]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_ttl_index_follows_event_ttl_with_collmod(
-    mongo_url: str, mongo_kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+    ttl_url: str, ttl_kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The TTL index gets ``event_ttl``; a new TTL is applied in place (``collMod``), the
-    index is never dropped and rebuilt."""
-    if mongo_kind == "nx-27017":
+    index is never dropped and rebuilt. MongoDB answers the ``collMod`` with the old and
+    new values, which the real server's run checks too."""
+    if ttl_kind == "nx-27017":
         request.applymarker(
             pytest.mark.xfail(
                 strict=True,
@@ -317,7 +567,10 @@ def test_ttl_index_follows_event_ttl_with_collmod(
                 " change the index",
             )
         )
-    with MongoStore.from_url(mongo_url, event_ttl=timedelta(hours=1)) as store:
+    listener = _Commands()
+    with MongoStore.from_url(
+        ttl_url, event_ttl=timedelta(hours=1), event_listeners=[listener]
+    ) as store:
         assert store.event_ttl_index()["expireAfterSeconds"] == 3600
         dropped: list[Any] = []
         collection_type = type(raw(store, "events"))
@@ -328,17 +581,73 @@ def test_ttl_index_follows_event_ttl_with_collmod(
         monkeypatch.undo()
         assert dropped == []
         assert store.event_ttl_index()["expireAfterSeconds"] == 7200
-    with open_store(mongo_url) as reopened:  # no event_ttl given: the live setting is kept
+    if ttl_kind == "mongodb-uri":
+        replies = [reply for name, reply in listener.replies if name == "collMod"]
+        assert len(replies) == 1, replies
+        assert replies[0]["expireAfterSeconds_old"] == 3600
+        assert replies[0]["expireAfterSeconds_new"] == 7200
+    with open_store(ttl_url) as reopened:  # no event_ttl given: the live setting is kept
         assert reopened.event_ttl_index()["expireAfterSeconds"] == 7200
 
 
-def test_ttl_index_is_created_with_the_seeds_seven_days(mongo_url: str) -> None:
-    with open_store(mongo_url) as store:
+def test_ttl_index_is_created_with_the_seeds_seven_days(ttl_url: str) -> None:
+    with open_store(ttl_url) as store:
         assert store.event_ttl_index()["expireAfterSeconds"] == 7 * 86400
 
 
-def test_ttl_index_off_keeps_a_plain_ts_index(mongo_url: str) -> None:
-    with open_store(mongo_url + "?ttlIndex=false") as store:
+def test_event_ttl_must_fit_the_ttl_index(ttl_url: str) -> None:
+    """``expireAfterSeconds`` is a 32-bit signed integer: the longest TTL it holds is
+    accepted and stored as it is; one second more, or a TTL under a second, is a
+    ConfigurationError naming the limit when it is first given (the store, ``Analytics``,
+    a direct prune), never a failure of the background prune job."""
+    longest = mongo_backend.MAX_EVENT_TTL
+    assert longest == timedelta(seconds=2**31 - 1)
+    too_long = longest + timedelta(seconds=1)
+    with pytest.raises(ConfigurationError, match=r"at most 2147483647 seconds"):
+        MongoStore.from_url(ttl_url, event_ttl=too_long)
+    for bad in (timedelta(0), timedelta(seconds=-5), timedelta(milliseconds=500)):
+        with pytest.raises(ConfigurationError, match="at least one second"):
+            MongoStore.from_url(ttl_url, event_ttl=bad)
+    with MongoStore.from_url(ttl_url, event_ttl=longest) as store:
+        assert store.event_ttl_index()["expireAfterSeconds"] == 2**31 - 1
+        with pytest.raises(ConfigurationError, match="2147483647"):
+            Analytics(store, event_ttl=too_long)
+        with pytest.raises(ConfigurationError, match="at least one second"):
+            Analytics(store, event_ttl=timedelta(0))
+        with pytest.raises(ConfigurationError, match="2147483647"):
+            store.prune(NOW, too_long, timedelta(hours=12))
+        Analytics(store, event_ttl=longest).prune()
+        assert store.event_ttl_index()["expireAfterSeconds"] == 2**31 - 1
+
+
+def test_event_ttl_is_unbounded_without_the_ttl_index(ttl_url: str) -> None:
+    """With ``ttlIndex=false`` no index holds the TTL, so only a positive TTL is asked
+    for; the prune job deletes by ``ts`` whatever its length."""
+    with open_store(mongo_server.with_query(ttl_url, "ttlIndex=false")) as store:
+        analytics = Analytics(store, event_ttl=timedelta(days=100 * 365))
+        analytics.prune()
+        with pytest.raises(ConfigurationError, match="at least one second"):
+            Analytics(store, event_ttl=timedelta(seconds=-1))
+
+
+def test_an_analytics_that_opened_its_store_closes_it_on_a_bad_ttl(
+    nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[MongoStore] = []
+    real_close = MongoStore.close
+
+    def close(self: MongoStore) -> None:
+        closed.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(MongoStore, "close", close)
+    with pytest.raises(ConfigurationError, match="2147483647"):
+        Analytics(nx_27017.url(), event_ttl=mongo_backend.MAX_EVENT_TTL * 2)
+    assert len(closed) == 1
+
+
+def test_ttl_index_off_keeps_a_plain_ts_index(ttl_url: str) -> None:
+    with open_store(mongo_server.with_query(ttl_url, "ttlIndex=false")) as store:
         index = store.event_ttl_index()
         assert index is not None
         assert "expireAfterSeconds" not in index
@@ -347,20 +656,60 @@ def test_ttl_index_off_keeps_a_plain_ts_index(mongo_url: str) -> None:
         assert "expireAfterSeconds" not in store.event_ttl_index()
 
 
-def test_the_server_expires_old_events_without_prune(mongo_url: str) -> None:
-    """With the TTL index the server drops expired events by itself (MongoDB's monitor
-    runs about once a minute; both stand-ins hide expired documents at once)."""
-    with MongoStore.from_url(mongo_url, event_ttl=timedelta(hours=1)) as store:
-        old = NOW - timedelta(hours=3)
-        store.apply(
-            FlushBatch(
-                created_at=NOW,
-                events=[
-                    EventRecord(to_ms(old), "u1", "old.event", "{}", old.date().isoformat()),
-                    EventRecord(to_ms(NOW), "u1", "new.event", "{}", NOW.date().isoformat()),
-                ],
-            )
+def _old_and_new_events(store: MongoStore) -> None:
+    """One event three hours old (past a one-hour TTL) and one of now."""
+    old = NOW - timedelta(hours=3)
+    store.apply(
+        FlushBatch(
+            created_at=NOW,
+            events=[
+                EventRecord(to_ms(old), "u1", "old.event", "{}", old.date().isoformat()),
+                EventRecord(to_ms(NOW), "u1", "new.event", "{}", NOW.date().isoformat()),
+            ],
         )
+    )
+
+
+def test_the_stand_ins_hide_expired_events_at_once(mongo_url: str) -> None:
+    """Without prune, the TTL index alone expires events: nx-27017 and mongomock hide
+    expired documents from reads at once (MongoDB's monitor deletes them within a
+    minute or two: the next test, on a real server)."""
+    with MongoStore.from_url(mongo_url, event_ttl=timedelta(hours=1)) as store:
+        _old_and_new_events(store)
+        assert [e.event for e in store.get_events()] == ["new.event"]
+
+
+def _ttl_monitor(store: MongoStore) -> tuple[bool, int]:
+    """Whether the server's TTL monitor runs, and its pass interval in seconds (60 by
+    default); the defaults where ``getParameter`` is not allowed (Atlas)."""
+    try:
+        found = store._client().admin.command(
+            "getParameter", 1, ttlMonitorEnabled=1, ttlMonitorSleepSecs=1
+        )
+    except pymongo.errors.OperationFailure:
+        return True, 60
+    return bool(found.get("ttlMonitorEnabled", True)), int(found.get("ttlMonitorSleepSecs", 60))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(mongo_server.real_mongodb_uri() is None, reason="MONGODB_URI is not set")
+def test_the_ttl_monitor_deletes_expired_events() -> None:
+    """On a real MongoDB the TTL monitor deletes expired documents in its next pass,
+    every ``ttlMonitorSleepSecs`` (60 s): the old event stays readable until then, so
+    this polls for up to two passes (at least 120 s); the new event stays."""
+    url = mongo_server.real_mongodb_url(ttl_index=True)
+    with MongoStore.from_url(url, event_ttl=timedelta(hours=1)) as store:
+        assert store.event_ttl_index()["expireAfterSeconds"] == 3600
+        enabled, pass_s = _ttl_monitor(store)
+        if not enabled:
+            pytest.skip("the server's TTL monitor is off (ttlMonitorEnabled=false)")
+        _old_and_new_events(store)
+        events = raw(store, "events")
+        deadline = time.monotonic() + max(120, 2 * pass_s + 10)
+        while events.count_documents({"event": "old.event"}):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the TTL monitor left an expired event for {2 * pass_s} s")
+            time.sleep(2)
         assert [e.event for e in store.get_events()] == ["new.event"]
 
 
@@ -452,16 +801,20 @@ def test_reads_never_use_distinct(mongo_store: MongoStore, monkeypatch: pytest.M
 
 
 class _Commands(monitoring.CommandListener):
-    """A pymongo command listener: the name of every command sent."""
+    """A pymongo command listener: the name of every command sent, the commands
+    themselves and the replies."""
 
     def __init__(self) -> None:
         self.names: list[str] = []
+        self.sent: list[dict[str, Any]] = []
+        self.replies: list[tuple[str, dict[str, Any]]] = []
 
     def started(self, event: Any) -> None:
         self.names.append(event.command_name)
+        self.sent.append(dict(event.command))
 
     def succeeded(self, event: Any) -> None:
-        pass
+        self.replies.append((event.command_name, dict(event.reply)))
 
     def failed(self, event: Any) -> None:
         pass
@@ -497,6 +850,127 @@ def test_a_flush_is_a_handful_of_round_trips(nx_27017: mongo_server.NxServer, mo
         assert len(names) <= (14 if mode == "transactions" else 22), names
     assert len(large) <= len(tiny) + 2, (tiny, large)
     assert len(relogins) <= len(tiny) + 2, (tiny, relogins)
+
+
+# -- the transactions' concerns and retries -------------------------------------------------
+
+
+def _transactions(sent: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The commands sent inside transactions, grouped by transaction (session and
+    ``txnNumber``), in the order sent."""
+    grouped: dict[tuple[Any, int], list[dict[str, Any]]] = {}
+    for command in sent:
+        if command.get("autocommit") is False:
+            key = (command["lsid"]["id"], command["txnNumber"])
+            grouped.setdefault(key, []).append(command)
+    return list(grouped.values())
+
+
+def test_every_transaction_has_its_own_concerns(nx_27017: mongo_server.NxServer) -> None:
+    """Whatever the URL's ``readConcernLevel`` and ``w``, a transaction reads a snapshot
+    (its first command carries ``readConcern: snapshot``, the others none) and commits
+    with ``w: majority`` and ``maxTimeMS``; the commands inside send no write concern of
+    their own. Batches with sessions and a prune, which are transactions too."""
+    listener = _Commands()
+    url = nx_27017.url(query="readConcernLevel=linearizable&w=1")
+    client = pymongo.MongoClient(url, serverSelectionTimeoutMS=2000, event_listeners=[listener])
+    try:
+        assert client.read_concern.level == "linearizable"
+        with MongoStore.from_client(
+            client, client.get_default_database().name, transactions=True, ttl_index=False
+        ) as store:
+            clock = [NOW]
+            analytics = Analytics(store, clock=lambda: clock[0], forwarders=[])
+            listener.sent.clear()
+            analytics.on_login("u1")
+            analytics.on_login("u2")
+            analytics.track("credits.earn", "u1", {"amount": 3})
+            analytics.flush()
+            clock[0] += timedelta(seconds=30)
+            analytics.on_logout("u1")
+            analytics.flush()
+            analytics.prune()
+            assert store.get_day(NOW.date().isoformat())["totalSessionS"] == 30
+    finally:
+        client.close()
+    transactions = _transactions(listener.sent)
+    assert len(transactions) >= 3, [[c.keys() for c in t] for t in transactions]
+    for commands in transactions:
+        first, *rest = commands
+        assert first.get("startTransaction") is True, first
+        assert first["readConcern"] == {"level": "snapshot"}, first
+        assert all("readConcern" not in c and "startTransaction" not in c for c in rest)
+        commit = commands[-1]
+        assert "commitTransaction" in commit, list(commit)
+        assert commit["writeConcern"] == {"w": "majority"}
+        assert commit["maxTimeMS"] == mongo_backend.MAX_COMMIT_TIME_MS
+        assert all("writeConcern" not in c for c in commands[:-1])
+
+
+class _FlakyCommits:
+    """A session whose commits fail with the given errors first, then succeed."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.commits = 0
+
+    def commit_transaction(self) -> None:
+        self.commits += 1
+        if self.errors:
+            raise self.errors.pop(0)
+
+
+def _commit_error(code: int, label: str = "UnknownTransactionCommitResult") -> Exception:
+    return pymongo.errors.OperationFailure(
+        f"injected commit failure {code}", code=code, details={"errorLabels": [label]}
+    )
+
+
+def test_a_commit_with_an_unknown_outcome_is_sent_again(mongo_store: MongoStore) -> None:
+    session = _FlakyCommits(_commit_error(91), _commit_error(189))  # shutdown, stepdown
+    started = time.monotonic()
+    mongo_store._commit(session)
+    assert session.commits == 3
+    assert time.monotonic() - started < 1  # a backoff of milliseconds, not seconds
+
+
+def test_a_commit_that_ran_out_of_max_commit_time_is_not_sent_again(
+    mongo_store: MongoStore,
+) -> None:
+    """MaxTimeMSExpired carries the unknown-result label too, but a second commit would
+    wait as long for the majority: the error goes to the flusher, which keeps the batch."""
+    session = _FlakyCommits(_commit_error(50))
+    with pytest.raises(pymongo.errors.OperationFailure, match="50"):
+        mongo_store._commit(session)
+    assert session.commits == 1
+    other = _FlakyCommits(_commit_error(11600, "TransientTransactionError"))
+    with pytest.raises(pymongo.errors.OperationFailure):  # redone by apply, not here
+        mongo_store._commit(other)
+    assert other.commits == 1
+
+
+def test_commit_and_conflict_retries_stop_within_their_budget(
+    mongo_store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mongo_backend, "TRANSIENT_RETRY_S", 0.2)
+    session = _FlakyCommits(*[_commit_error(91) for _ in range(10_000)])
+    started = time.monotonic()
+    with pytest.raises(pymongo.errors.OperationFailure):
+        mongo_store._commit(session)
+    assert time.monotonic() - started < 1
+    assert 2 <= session.commits < 100  # backed off, not a busy loop
+    attempts: list[int] = []
+
+    def conflicting(self: Any, batch: FlushBatch) -> Any:
+        attempts.append(1)
+        raise mongo_backend._Conflict("injected write conflict")
+
+    monkeypatch.setattr(mongo_backend.Store, "apply", conflicting)
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="injected write conflict"):
+        mongo_store.apply(FlushBatch(created_at=NOW))
+    assert time.monotonic() - started < 1
+    assert 2 <= len(attempts) < 100
 
 
 # -- exactly once under failures ----------------------------------------------------------
