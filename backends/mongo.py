@@ -44,11 +44,30 @@ a missing unique index, which exact counting needs), or not at all with
 Exactly once
 ------------
 
+A batch of more than :attr:`MongoStore.max_part_players` players is applied in parts
+of that many players (:meth:`~gso_analytics.model.FlushBatch.parts`), each claimed
+under its own id, so no transaction or journal grows with the batch and a retry skips
+the parts already applied.
+
 *Replica set or sharded cluster* (detected from ``hello``; ``?transactions=`` forces
-it either way): each batch is one multi-document transaction that also inserts the
-batch id, so it is applied whole or not at all and a retry finds the id. Inside a
-transaction a duplicate-key error would abort it, so user records are upserts whose
-``upsertedCount`` counts the new users. Snapshot isolation would let a login in one
+it either way): each part is one multi-document transaction that writes only what
+belongs to its own players, so two workers' transactions write no common document and
+neither aborts the other with a write conflict:
+
+1. the events first, *outside* the transaction, under ids derived from the batch (a
+   retry's insert is a duplicate-key no-op);
+2. in the transaction: the (day, user) and (month, user) records, the per-user KPI
+   facts, the players' sessions and marks, and, written last, the batch document
+   ``{_id: batchId, done, daily, monthly, countersApplied: false}`` holding the day and
+   month increments (including ``dau``/``mau`` from the records it inserted);
+3. after the commit, those increments as upserts guarded by the batch id (step 4
+   below), outside any transaction, then ``countersApplied: true``. A retry that finds
+   the batch document with ``countersApplied: false`` (the connection was lost after
+   the commit), and the prune job of any process (its process died), apply them; the
+   guard makes that exact however often it happens.
+
+Inside a transaction a duplicate-key error would abort it, so user records are
+upserts whose ``upsertedCount`` counts the new users. Snapshot isolation would let a login in one
 process and that user's logout in another each miss the other (write skew: neither
 writes what the other read), so every transaction that reads or writes a user's
 marks also increments that user's ``session_users`` document: two of them conflict,
@@ -393,6 +412,7 @@ class _MongoTransaction(Transaction):
         self._sessions: dict[str, dict[str, Any]] = {}
         self._logouts: list[dict[str, Any]] = []
         self._journal_changes: SessionChanges | None = None
+        self._counters_pending = False
         self._touched: set[str] = set()
 
     # -- plumbing -----------------------------------------------------------------
@@ -432,11 +452,13 @@ class _MongoTransaction(Transaction):
         self.batch_id, self.created_at = batch_id, at
         batches = self._c("batches")
         if self.txn:
-            # A duplicate-key error would abort the transaction: look first.
-            if batches.find_one({"_id": batch_id}, {"_id": 1}, **self._kw) is not None:
+            # Read only: the batch document is the transaction's last write (commit).
+            found = batches.find_one({"_id": batch_id}, {"countersApplied": 1}, **self._kw)
+            if found is not None:
                 self.duplicate = True
+                # Committed, but its process stopped before the day counters: do them.
+                self._counters_pending = found.get("countersApplied") is False
                 return False
-            batches.insert_one({"_id": batch_id, "appliedAt": at, "done": True}, **self._kw)
             return True
         pymongo = _pymongo()
         try:
@@ -602,24 +624,60 @@ class _MongoTransaction(Transaction):
     # -- commit ------------------------------------------------------------------------
 
     def commit(self) -> None:
-        """Send the buffered writes: sessions first (in the transaction, or through the
-        journal on standalone, under the lock), then counters, events and, on
-        standalone, the batch's ``done`` mark."""
-        if self._sessions or self._logouts:
-            self._write_sessions()
+        """Send the buffered writes (see the module docstring for the order)."""
+        if self.txn:
+            self._commit_transaction()
+            return
         if self._journal_changes is not None:
             guard = None if self.batch_id is None else f"{self.batch_id}:sessions"
             at = self.created_at or datetime.now(UTC)
             self.store._journal(guard, self._journal_changes, at)
         self.release()
-        self._write_counters("daily", "day", {d: (m, f) for d, (m, f) in self._daily.items()})
-        self._write_counters("monthly", "month", {m: (None, f) for m, f in self._monthly.items()})
+        self.store._apply_counters(self.batch_id, *self._counter_docs())
         self._write_user_facts()
         self._write_events()
-        if not self.txn and self.batch_id is not None and not self.duplicate:
+        if self.batch_id is not None and not self.duplicate:
             self._c("batches").update_one({"_id": self.batch_id}, {"$set": {"done": True}})
+
+    def _commit_transaction(self) -> None:
+        """Replica set: the events first, outside the transaction (idempotent under
+        deterministic ids); in it only what belongs to the batch's own players, and the
+        batch document last, holding the day and month increments; after the commit
+        those increments, outside it, as upserts guarded by the batch id, so the
+        transactions of two workers write no common document."""
+        if self.duplicate:
+            if self.session is not None and self.session.in_transaction:
+                self.store._commit(self.session)
+            if self._counters_pending and self.batch_id is not None:
+                self.store._complete_counters(self.batch_id)
+            return
+        self._write_events()
+        if self._sessions or self._logouts:
+            self._write_sessions()
+        self._write_user_facts()
+        daily, monthly = self._counter_docs()
+        if self.batch_id is not None:
+            self._c("batches").insert_one(
+                {
+                    "_id": self.batch_id,
+                    "appliedAt": self.created_at,
+                    "done": True,
+                    "daily": daily,
+                    "monthly": monthly,
+                    "countersApplied": False,
+                },
+                **self._kw,
+            )
         if self.session is not None and self.session.in_transaction:
             self.store._commit(self.session)
+        if self.batch_id is not None:
+            self.store._complete_counters(self.batch_id, daily, monthly)
+
+    def _counter_docs(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The buffered day and month increments, as a journal or batch document holds
+        them: ``{day: {month, inc}}`` and ``{month: inc}``."""
+        daily = {day: {"month": month, "inc": dict(f)} for day, (month, f) in self._daily.items()}
+        return daily, {month: dict(f) for month, f in self._monthly.items()}
 
     def _write_sessions(self) -> None:
         """The batch's session writes inside its transaction, and a write to each of its
@@ -638,38 +696,16 @@ class _MongoTransaction(Transaction):
             **self._kw,
         )
 
-    @property
-    def _guarded(self) -> bool:
-        """Standalone batch writes carry the per-document ``appliedBatches`` guard."""
-        return not self.txn and self.batch_id is not None
-
-    def _inc_op(
-        self, query: dict[str, Any], fields: dict[str, Number], on_insert: dict[str, Any] | None
-    ) -> Any:
-        """An ``$inc`` upsert, guarded on standalone (step 4 of the module docstring)."""
-        guard = self.batch_id if self._guarded else None
-        return inc_op(query, fields, on_insert, guard, self.store.applied_batches_kept)
-
-    def _write_counters(
-        self, name: str, key: str, docs: dict[str, tuple[str | None, dict[str, Number]]]
-    ) -> None:
-        ops = []
-        for value, (month, fields) in sorted(docs.items()):
-            for field in fields:
-                if not field.isidentifier() or field in _RESERVED_FIELDS:
-                    raise StoreError(f"counter field {field!r} cannot be stored in MongoDB")
-            op = self._inc_op({key: value}, fields, {"month": month} if month else None)
-            if op is not None:
-                ops.append(op)
-        upsert(self.store, name, ops, self._kw)
-
     def _write_user_facts(self) -> None:
-        """The KPIs' per-user facts: (day, user) revenue as guarded ``$inc`` upserts like
-        the counters; first-seen and first-payment days as ``$min`` upserts keyed by the
-        user, which need no guard: applying one again changes nothing."""
+        """The KPIs' per-user facts: (day, user) revenue as ``$inc`` upserts, guarded on
+        standalone like the counters (in a transaction, the transaction is the guard);
+        first-seen and first-payment days as ``$min`` upserts keyed by the user, which
+        need no guard: applying one again changes nothing."""
         pymongo = _pymongo()
+        guard = None if self.txn else self.batch_id
+        kept = self.store.applied_batches_kept
         revenue = [
-            self._inc_op({"day": day, "userId": user}, {"revenueCents": cents}, None)
+            inc_op({"day": day, "userId": user}, {"revenueCents": cents}, None, guard, kept)
             for (day, user), cents in sorted(self._revenue.items())
         ]
         upsert(self.store, "user_revenue", revenue, self._kw)
@@ -681,15 +717,18 @@ class _MongoTransaction(Transaction):
             upsert(self.store, name, ops, self._kw)
 
     def _write_events(self) -> None:
+        """Insert the batch's events under ids derived from the batch (outside any
+        transaction), so sending them again is a duplicate-key no-op. A duplicate that
+        is not this batch's event (another batch's id collided) is inserted again under a
+        fresh id."""
         if not self._events:
             return
         pymongo = _pymongo()
         from bson import ObjectId
 
         events = self._c("events")
-        if self.txn or self.batch_id is None or self.created_at is None:
-            docs = [_event_doc(e) for e in self._events]
-            events.insert_many(docs, ordered=False, **self._kw)
+        if self.batch_id is None or self.created_at is None:
+            events.insert_many([_event_doc(e) for e in self._events], ordered=False)
             return
         ids = _event_ids(self.batch_id, self.created_at, len(self._events))
         docs = [_event_doc(e, _id) for e, _id in zip(self._events, ids, strict=True)]
@@ -698,11 +737,16 @@ class _MongoTransaction(Transaction):
                 events.insert_many(docs, ordered=False)
                 return
             except pymongo.errors.BulkWriteError as exc:
-                duplicates = _only_duplicates(exc)
-                if self.recovering:
-                    return  # inserted by this batch's earlier attempt
-                # Another batch's ids collided with ours: insert ours under fresh ids.
-                docs = [{**docs[i], "_id": ObjectId()} for i in duplicates]
+                clashing = [docs[i] for i in _only_duplicates(exc)]
+            stored = {
+                doc["_id"]: doc
+                for doc in events.find({"_id": {"$in": [d["_id"] for d in clashing]}})
+            }
+            docs = [
+                {**doc, "_id": ObjectId()}
+                for doc in clashing
+                if _event_key(stored.get(doc["_id"])) != _event_key(doc)
+            ]
 
     def release(self) -> None:
         """Give the standalone session lock back (safe to call twice)."""
@@ -868,6 +912,13 @@ def _event_record(doc: Mapping[str, Any]) -> EventRecord:
     return EventRecord(ts_ms, doc["userId"], doc["event"], _data_text(doc["data"]), doc["day"])
 
 
+def _event_key(doc: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
+    """What tells a batch's own event from another's under the same ``_id``."""
+    if doc is None:
+        return None
+    return (to_ms(_aware(doc["ts"])), doc["userId"], doc["event"], doc["day"])
+
+
 def _event_doc(event: EventRecord, _id: Any = None) -> dict[str, Any]:
     doc: dict[str, Any] = {} if _id is None else {"_id": _id}
     doc.update(
@@ -945,6 +996,9 @@ class MongoStore(Store):
     """
 
     schemes = ("mongodb", "mongodb+srv")
+    #: Players per transaction (and per standalone journal): a larger batch is applied
+    #: in parts, so no transaction outgrows MongoDB's 60 s lifetime or its cache.
+    max_part_players = 10_000
 
     def __init__(
         self,
@@ -1175,6 +1229,11 @@ class MongoStore(Store):
             ("logouts", [("userId", 1), ("at", 1)], {}),
             ("logouts", [("at", 1)], {}),
             ("session_journal", [("done", 1), ("journaledAt", 1)], {}),
+            (
+                "batches",
+                [("countersApplied", 1)],
+                {"partialFilterExpression": {"countersApplied": False}},
+            ),
             ("events", [("ts", 1)], ts_options),
             ("events", [("userId", 1), ("ts", 1)], {}),
             ("sessions", [("day", 1)], {}),
@@ -1429,6 +1488,58 @@ class MongoStore(Store):
         )
         self._db().drop_collection(pending)
 
+    # -- day and month counters: guarded upserts, outside any transaction ------------------
+
+    def _apply_counters(
+        self, guard: str | None, daily: Mapping[str, Any], monthly: Mapping[str, Any]
+    ) -> None:
+        """Add ``{day: {month, inc}}`` and ``{month: inc}`` to the daily and monthly
+        documents, at most once per ``guard`` (step 4 of the module docstring)."""
+        kept = self.applied_batches_kept
+        for fields in (*(entry["inc"] for entry in daily.values()), *monthly.values()):
+            for field in fields:
+                if not field.isidentifier() or field in _RESERVED_FIELDS:
+                    raise StoreError(f"counter field {field!r} cannot be stored in MongoDB")
+        ops = [
+            inc_op({"day": day}, entry["inc"], {"month": entry["month"]}, guard, kept)
+            for day, entry in sorted(daily.items())
+        ]
+        upsert(self, "daily", [op for op in ops if op is not None], {})
+        ops = [inc_op({"month": m}, f, None, guard, kept) for m, f in sorted(monthly.items())]
+        upsert(self, "monthly", [op for op in ops if op is not None], {})
+
+    def _complete_counters(
+        self,
+        batch_id: str,
+        daily: Mapping[str, Any] | None = None,
+        monthly: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Replica set: a committed batch's day and month increments, from its batch
+        document (read unless given), then marked applied. Safe to run twice or from
+        two processes at once: the increments are guarded by the batch id."""
+        batches = self._collection("batches")
+        if daily is None or monthly is None:
+            doc = batches.find_one({"_id": batch_id}, {"daily": 1, "monthly": 1})
+            if doc is None:
+                return
+            daily, monthly = doc.get("daily", {}), doc.get("monthly", {})
+        self._apply_counters(batch_id, daily, monthly)
+        batches.update_one(
+            {"_id": batch_id},
+            {"$set": {"countersApplied": True}, "$unset": {"daily": "", "monthly": ""}},
+        )
+
+    def _complete_all_counters(self) -> int:
+        """The prune job's part: batches committed by a process that stopped before their
+        counters (killed, or the connection lost after the commit)."""
+        pending = list(
+            self._collection("batches").find({"countersApplied": False}, {"daily": 1, "monthly": 1})
+        )
+        for doc in pending:
+            log.info("gso_analytics: applying the day counters of batch %s", doc["_id"])
+            self._complete_counters(doc["_id"], doc.get("daily", {}), doc.get("monthly", {}))
+        return len(pending)
+
     # -- the standalone session journal ----------------------------------------------------
 
     def _journal(self, guard: str | None, changes: SessionChanges, at: datetime) -> None:
@@ -1468,19 +1579,11 @@ class MongoStore(Store):
         """Apply a journal: idempotent mark and session writes, then increments guarded
         by the journal's id, so a replay by this batch's retry or by any later batch
         (after this one stopped half-way) counts them exactly once."""
-        guard, kept = doc["_id"], self.applied_batches_kept
         write_marks(self, list(doc["logouts"]), list(doc["sessions"]), {})
-        daily = [
-            inc_op({"day": day}, entry["inc"], {"month": entry["month"]}, guard, kept)
-            for day, entry in sorted(doc["daily"].items())
-        ]
-        upsert(self, "daily", daily, {})
-        monthly = [
-            inc_op({"month": month}, fields, None, guard, kept)
-            for month, fields in sorted(doc["monthly"].items())
-        ]
-        upsert(self, "monthly", monthly, {})
-        self._collection("session_journal").update_one({"_id": guard}, {"$set": {"done": True}})
+        self._apply_counters(doc["_id"], doc["daily"], doc["monthly"])
+        self._collection("session_journal").update_one(
+            {"_id": doc["_id"]}, {"$set": {"done": True}}
+        )
 
     def _replay_journals(self) -> None:
         """Complete the journals of batches that stopped half-way (under the lock, in
@@ -1599,6 +1702,9 @@ class MongoStore(Store):
         shared prune: the TTL monitor runs about once a minute, the prune job makes the
         contract exact at any moment."""
         self._sync_event_ttl(event_ttl)
+        if self.uses_transactions:
+            with self._errors("completing batches' counters"):
+                self._complete_all_counters()
         return super().prune(now, event_ttl, session_timeout)
 
     # -- reads -------------------------------------------------------------------------------

@@ -152,6 +152,51 @@ class FlushBatch:
             or self.payments
         )
 
+    def parts(self, max_users: int | None) -> list[FlushBatch]:
+        """The batch split by player into parts of at most ``max_users`` players each.
+
+        A store whose transactions must stay bounded (MongoDB: lifetime, cache) applies
+        the parts one by one, each claimed under its own id (``<id>:<n>``), so a
+        retried batch skips the parts already applied and the whole is applied exactly
+        once. Everything of one player goes to one part (the session walk needs all of
+        a player's marks together); the day counters, which are not per player, go with
+        the first part. A batch within the bound is its own single part.
+        """
+        players = sorted(
+            {e.user_id for e in self.events}
+            | {m.user_id for m in (*self.logins, *self.logouts)}
+            | {u for users in self.day_users.values() for u in users}
+            | {u for users in self.month_users.values() for u in users}
+            | {u for payers in self.payments.values() for u in payers}
+        )
+        if max_users is None or len(players) <= max_users:
+            return [self]
+        groups = [set(players[i : i + max_users]) for i in range(0, len(players), max_users)]
+        return [
+            FlushBatch(
+                id=f"{self.id}:{n}",
+                created_at=self.created_at,
+                counters=self.counters if n == 0 else {},
+                months=self.months,
+                day_users=_only(self.day_users, group),
+                month_users=_only(self.month_users, group),
+                logins=[m for m in self.logins if m.user_id in group],
+                logouts=[m for m in self.logouts if m.user_id in group],
+                session_timeout_ms=self.session_timeout_ms,
+                events=[e for e in self.events if e.user_id in group],
+                payments={
+                    day: kept
+                    for day, payers in self.payments.items()
+                    if (kept := {u: c for u, c in payers.items() if u in group})
+                },
+            )
+            for n, group in enumerate(groups)
+        ]
+
+
+def _only(by_key: dict[str, set[str]], group: set[str]) -> dict[str, set[str]]:
+    return {key: kept for key, users in by_key.items() if (kept := users & group)}
+
 
 @attrs.frozen
 class SessionRecord:

@@ -139,6 +139,9 @@ class Store(ABC):
     """
 
     schemes: ClassVar[tuple[str, ...]] = ()
+    #: The most players one transaction may touch; a batch with more is applied as
+    #: parts (:meth:`FlushBatch.parts`). None: any batch is one transaction.
+    max_part_players: ClassVar[int | None] = None
 
     @classmethod
     @abstractmethod
@@ -235,9 +238,18 @@ class Store(ABC):
     # -- writes, shared by every backend ------------------------------------------
 
     def apply(self, batch: FlushBatch) -> ApplyResult:
-        """Apply ``batch`` exactly once, atomically. A retry of an applied batch is a no-op."""
-        with self.transaction() as tx:
-            return apply_batch(tx, batch)
+        """Apply ``batch`` exactly once, atomically (part by part where the store bounds
+        its transactions, see :attr:`max_part_players`). A retry of an applied batch,
+        or of its applied parts, is a no-op."""
+        results = []
+        for part in batch.parts(self.max_part_players):
+            with self.transaction() as tx:
+                results.append(apply_batch(tx, part))
+        return ApplyResult(
+            duplicate=all(r.duplicate for r in results),
+            new_day_users=sum(r.new_day_users for r in results),
+            unmatched_logouts=sum(r.unmatched_logouts for r in results),
+        )
 
     def prune(self, now: datetime, event_ttl: timedelta, session_timeout: timedelta) -> PruneResult:
         """Delete expired events; time out sessions open longer than ``session_timeout``
