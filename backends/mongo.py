@@ -901,7 +901,12 @@ def write_marks(
             _only_duplicates(exc)  # inserted by an earlier replay
     if sessions:
         store._collection("sessions").bulk_write(
-            [pymongo.ReplaceOne({"_id": doc["_id"]}, doc, upsert=True) for doc in sessions],
+            [
+                # With the shard key (userId): an upsert on a sharded collection must
+                # name it in its filter.
+                pymongo.ReplaceOne({"_id": doc["_id"], "userId": doc["userId"]}, doc, upsert=True)
+                for doc in sessions
+            ],
             ordered=False,
             **kw,
         )
