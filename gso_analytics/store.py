@@ -267,7 +267,7 @@ class Store(ABC):
         (ended at ``login + session_timeout``, as a later mark would end them).
 
         An event is expired once it is ``event_ttl`` old: at ``ts + event_ttl <= now``,
-        the boundary included, as MongoDB's TTL index has it. Events go in chunks of
+        the boundary included, the same on every store. Events go in chunks of
         :attr:`prune_chunk`, one transaction each (see :meth:`delete_expired_events`).
 
         Batch ids are kept :func:`batch_retention` after their batch was made, and
