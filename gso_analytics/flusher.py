@@ -130,7 +130,9 @@ class Flusher:
             self._permanent_in_row = 0 if outage else self._permanent_in_row + 1
             if self._permanent_in_row < self.quarantine_after:
                 raise
-            self._set_aside(batch, f"failed {self.quarantine_after} times in a row: {exc!r}")
+            self._set_aside(
+                batch, f"failed {self.quarantine_after} times in a row: {exc!r}", error=exc
+            )
             return
         self._failed_ids.discard(batch.id)
         self._permanent_in_row = 0
@@ -139,9 +141,12 @@ class Flusher:
         self.batches += 1
         self.last_flush = time.time()
 
-    def _set_aside(self, batch: FlushBatch, reason: str) -> None:
-        """Take ``batch`` out of the line: counted, logged, written to the dead-letter
-        file when there is one (to replay with ``gso-analytics replay-dead-letters``)."""
+    def _set_aside(
+        self, batch: FlushBatch, reason: str, error: BaseException | None = None
+    ) -> None:
+        """Take ``batch`` out of the line: counted, logged (with ``error``'s traceback),
+        written to the dead-letter file when there is one (to replay with
+        ``gso-analytics replay-dead-letters``)."""
         self.quarantined += 1
         self._failed_ids.discard(batch.id)
         self._permanent_in_row = 0
@@ -157,6 +162,7 @@ class Flusher:
             batch.size,
             kept,
             reason,
+            exc_info=error,
         )
 
     # -- the thread ---------------------------------------------------------------------
