@@ -1,21 +1,22 @@
 """``memory://``: an in-process store for unit tests and demos.
 
-Thread-safe: one lock is held for a whole transaction. Its writes are plain dict and
-set updates that cannot fail part-way, so it needs no rollback journal.
+Thread-safe: one lock is held for a whole transaction. Atomic as every store must be
+(``Store.transaction`` promises a rollback): each write first records how to undo
+itself, and a transaction that raises replays that log backwards. An undo log rather
+than a staged copy, so a batch costs what it writes, not the size of the store.
 """
 
 from __future__ import annotations
 
-import os
 import threading
-import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import attrs
 
+from gso_analytics import forking
 from gso_analytics.clock import from_ms, to_ms
 from gso_analytics.model import (
     DailyStats,
@@ -45,21 +46,45 @@ class _State:
     events: list[EventRecord] = attrs.field(factory=list)
 
 
+_MISSING = object()
+
+
 class _MemoryTransaction(Transaction):
     def __init__(self, state: _State) -> None:
         self.state = state
+        self._undo: list[Callable[[], None]] = []
+
+    def rollback(self) -> None:
+        """Undo every write of this transaction, newest first."""
+        while self._undo:
+            self._undo.pop()()
+
+    def _keep(self, mapping: MutableMapping[Any, Any], key: Any) -> None:
+        """Record how to restore ``mapping[key]`` (or its absence) before a write."""
+        old = mapping.get(key, _MISSING)
+        if old is _MISSING:
+            self._undo.append(lambda: mapping.pop(key, None))
+        else:
+            self._undo.append(lambda: mapping.__setitem__(key, old))
+
+    def _replace(self, name: str, value: Any) -> None:
+        """Swap a whole container of the state (deletes build a new one)."""
+        old = getattr(self.state, name)
+        self._undo.append(lambda: setattr(self.state, name, old))
+        setattr(self.state, name, value)
 
     def claim_batch(self, batch_id: str, at: datetime) -> bool:
         if batch_id in self.state.batches:
             return False
+        self._keep(self.state.batches, batch_id)
         self.state.batches[batch_id] = at
         return True
 
-    @staticmethod
-    def _add(records: set[tuple[str, str]], key: str, users: set[str]) -> int:
-        before = len(records)
-        records.update((key, user) for user in users)
-        return len(records) - before
+    def _add(self, records: set[tuple[str, str]], key: str, users: set[str]) -> int:
+        new = {(key, user) for user in users} - records
+        records.update(new)
+        self._undo.append(lambda: records.difference_update(new))
+        return len(new)
 
     def add_day_users(self, day: str, users: set[str]) -> int:
         return self._add(self.state.day_users, day, users)
@@ -67,10 +92,10 @@ class _MemoryTransaction(Transaction):
     def add_month_users(self, month: str, users: set[str]) -> int:
         return self._add(self.state.month_users, month, users)
 
-    @staticmethod
-    def _keep_first(facts: dict[str, str], first_days: dict[str, str]) -> None:
+    def _keep_first(self, facts: dict[str, str], first_days: dict[str, str]) -> None:
         for user, day in first_days.items():
             if user not in facts or day < facts[user]:
+                self._keep(facts, user)
                 facts[user] = day
 
     def add_first_seen(self, first_days: dict[str, str]) -> None:
@@ -83,18 +108,23 @@ class _MemoryTransaction(Transaction):
         records = self.state.user_revenue
         for day, payers in revenue.items():
             for user, cents in payers.items():
+                self._keep(records, (day, user))
                 records[day, user] = records.get((day, user), 0) + cents
 
-    def increment_daily(self, day: str, month: str, increments: dict[str, Number]) -> None:
-        counters = self.state.daily.setdefault(day, {})
-        self.state.months_of_day[day] = month
+    def _increment(self, figures: dict[str, Any], key: str, increments: Mapping[str, Any]) -> None:
+        self._keep(figures, key)
+        counters = dict(figures.get(key, {}))  # a new dict: the old one is the undo
         for field, amount in increments.items():
             counters[field] = counters.get(field, 0) + amount
+        figures[key] = counters
+
+    def increment_daily(self, day: str, month: str, increments: dict[str, Number]) -> None:
+        self._keep(self.state.months_of_day, day)
+        self.state.months_of_day[day] = month
+        self._increment(self.state.daily, day, increments)
 
     def increment_monthly(self, month: str, increments: dict[str, int]) -> None:
-        figures = self.state.monthly.setdefault(month, {})
-        for field, amount in increments.items():
-            figures[field] = figures.get(field, 0) + amount
+        self._increment(self.state.monthly, month, increments)
 
     def session_marks(self, since: Mapping[str, int]) -> list[StoredSession | Logout]:
         found: list[StoredSession | Logout] = [
@@ -111,30 +141,43 @@ class _MemoryTransaction(Transaction):
 
     def save_sessions(self, sessions: list[StoredSession]) -> None:
         for session in sessions:
+            self._keep(self.state.sessions, session.login.id)
             self.state.sessions[session.login.id] = session
 
     def insert_logouts(self, logouts: list[Logout]) -> None:
         for logout in logouts:
+            self._keep(self.state.logouts, logout.id)
             self.state.logouts[logout.id] = logout
 
     def insert_events(self, events: list[EventRecord]) -> None:
-        self.state.events.extend(events)
+        stream = self.state.events
+        size = len(stream)
+        self._undo.append(lambda: stream.__delitem__(slice(size, None)))
+        stream.extend(events)
 
-    def delete_events_before(self, cutoff: datetime) -> int:
-        cutoff_ms = to_ms(cutoff)
-        kept = [e for e in self.state.events if e.ts_ms >= cutoff_ms]
-        deleted = len(self.state.events) - len(kept)
-        self.state.events = kept
+    def delete_events_until(self, last: datetime, limit: int) -> int:
+        last_ms = to_ms(last)
+        kept: list[EventRecord] = []
+        deleted = 0
+        for event in self.state.events:
+            if event.ts_ms <= last_ms and deleted < limit:
+                deleted += 1
+            else:
+                kept.append(event)
+        if deleted:
+            self._replace("events", kept)
         return deleted
 
     def open_sessions_before(self, cutoff_ms: int) -> list[StoredSession]:
         return [s for s in self.state.sessions.values() if s.end.open and s.login.at_ms < cutoff_ms]
 
     def delete_logouts_before(self, cutoff_ms: int) -> None:
-        self.state.logouts = {k: m for k, m in self.state.logouts.items() if m.at_ms >= cutoff_ms}
+        logouts = self.state.logouts
+        self._replace("logouts", {k: m for k, m in logouts.items() if m.at_ms >= cutoff_ms})
 
     def delete_batches_before(self, cutoff: datetime) -> None:
-        self.state.batches = {k: at for k, at in self.state.batches.items() if at >= cutoff}
+        batches = self.state.batches
+        self._replace("batches", {k: at for k, at in batches.items() if at >= cutoff})
 
 
 def _record(session: StoredSession) -> SessionRecord:
@@ -152,35 +195,27 @@ def _record(session: StoredSession) -> SessionRecord:
     )
 
 
-#: The stores of this process and the locks a fork holds: a child must not inherit a
-#: store's lock held by a thread it does not have, nor a half-applied batch.
-_stores: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
-_held_at_fork: list[Any] = []  # RLocks
-
-
-def _before_fork() -> None:
-    for store in list(_stores):
-        store._lock.acquire()
-        _held_at_fork.append(store._lock)
-
-
-def _after_fork() -> None:
-    while _held_at_fork:
-        _held_at_fork.pop().release()
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
-
-
 class MemoryStore(Store):
     """Everything in dicts, guarded by one lock. Nothing survives the process."""
 
     schemes = ("memory",)
+    #: How long a fork waits for a transaction of another thread (see :mod:`.forking`).
+    FORK_WAIT_S = 30.0
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._state = _State()
-        _stores.add(self)
+        forking.register(self)
+
+    def fork_locks(self) -> list[threading.RLock]:
+        return [self._lock]
+
+    def fork_wait(self) -> float:
+        return self.FORK_WAIT_S
+
+    def after_fork_in_child(self, new_locks: bool) -> None:
+        if new_locks:
+            self._lock = threading.RLock()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemoryStore:
@@ -189,7 +224,12 @@ class MemoryStore(Store):
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         with self._lock:
-            yield _MemoryTransaction(self._state)
+            tx = _MemoryTransaction(self._state)
+            try:
+                yield tx
+            except BaseException:
+                tx.rollback()
+                raise
 
     def get_day(self, day: str) -> DailyStats | None:
         with self._lock:

@@ -133,6 +133,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -336,9 +337,9 @@ def _only_duplicates(exc: Exception) -> list[int]:
 
 def _ttl_seconds(event_ttl: timedelta, ttl_index: bool) -> int:
     """``event_ttl`` in whole seconds, the TTL index's ``expireAfterSeconds``: refused
-    here, with the limit named, rather than by the server in a background prune."""
-    seconds = int(event_ttl.total_seconds())
-    if seconds < 1:
+    here, with the limit named, rather than by the server in a background prune.
+    Rounded up, so the index never expires an event the prune job would keep."""
+    if event_ttl < timedelta(seconds=1):
         raise ConfigurationError(f"event_ttl must be at least one second, got {event_ttl}")
     if ttl_index and event_ttl > MAX_EVENT_TTL:
         limit = int(MAX_EVENT_TTL.total_seconds())
@@ -347,7 +348,7 @@ def _ttl_seconds(event_ttl: timedelta, ttl_index: bool) -> int:
             f" expireAfterSeconds is a 32-bit integer, at most {limit} seconds"
             f" ({MAX_EVENT_TTL.days} days); use a shorter TTL or ttlIndex=false"
         )
-    return seconds
+    return math.ceil(event_ttl.total_seconds())
 
 
 class _Backoff:
@@ -611,8 +612,15 @@ class _MongoTransaction(Transaction):
 
     # -- deletes (prune) ----------------------------------------------------------------
 
-    def delete_events_before(self, cutoff: datetime) -> int:
-        return self._c("events").delete_many({"ts": {"$lt": cutoff}}, **self._kw).deleted_count
+    def delete_events_until(self, last: datetime, limit: int) -> int:
+        events = self._c("events")
+        ids = [
+            d["_id"]
+            for d in events.find({"ts": {"$lte": last}}, {"_id": 1}, **self._kw).limit(limit)
+        ]
+        if not ids:
+            return 0
+        return events.delete_many({"_id": {"$in": ids}}, **self._kw).deleted_count
 
     def delete_logouts_before(self, cutoff_ms: int) -> None:
         self._c("logouts").delete_many({"at": {"$lt": _from_ms(cutoff_ms)}}, **self._kw)
@@ -1004,6 +1012,7 @@ class MongoStore(Store):
     #: Players per transaction (and per standalone journal): a larger batch is applied
     #: in parts, so no transaction outgrows MongoDB's 60 s lifetime or its cache.
     max_part_players = 10_000
+    reserved_fields = _RESERVED_FIELDS
 
     def __init__(
         self,
@@ -1504,7 +1513,9 @@ class MongoStore(Store):
         for fields in (*(entry["inc"] for entry in daily.values()), *monthly.values()):
             for field in fields:
                 if not field.isidentifier() or field in _RESERVED_FIELDS:
-                    raise StoreError(f"counter field {field!r} cannot be stored in MongoDB")
+                    raise StoreError(
+                        f"counter field {field!r} cannot be stored in MongoDB", permanent=True
+                    )
         ops = [
             inc_op({"day": day}, entry["inc"], {"month": entry["month"]}, guard, kept)
             for day, entry in sorted(daily.items())

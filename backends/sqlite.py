@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from gso_analytics import forking
 from gso_analytics.clock import iso_from_ms, iso_ms, parse_iso_ms, to_ms
 from gso_analytics.errors import ConfigurationError, StoreError
 from gso_analytics.model import (
@@ -183,8 +183,12 @@ class _SQLiteTransaction(Transaction):
             [(iso_from_ms(e.ts_ms), e.user_id, e.event, e.data, e.day) for e in events],
         )
 
-    def delete_events_before(self, cutoff: datetime) -> int:
-        cur = self.conn.execute(f"DELETE FROM {self.p}events WHERE ts < ?", (iso_ms(cutoff),))
+    def delete_events_until(self, last: datetime, limit: int) -> int:
+        cur = self.conn.execute(
+            f"DELETE FROM {self.p}events WHERE id IN"
+            f" (SELECT id FROM {self.p}events WHERE ts <= ? LIMIT ?)",
+            (iso_ms(last), limit),
+        )
         return cur.rowcount
 
     def open_sessions_before(self, cutoff_ms: int) -> list[StoredSession]:
@@ -319,38 +323,34 @@ def path_from_url(url: str) -> str:
     return path
 
 
-#: The open stores of this process, and the locks a fork holds (see :func:`_before_fork`).
-_stores: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
-_held_at_fork: list[threading.Lock] = []
+#: SQLite errors about what a batch holds, not about the file being reachable: the
+#: same statement fails again however often it is retried.
+_PERMANENT_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError)
+
+#: Connections a child inherited over a fork. They belong to the parent: kept
+#: referenced so that garbage collection never closes them in the child (a close there
+#: may checkpoint or drop the parent's WAL), and never used.
+_inherited: list[sqlite3.Connection] = []
 
 
-def _before_fork() -> None:
-    """SQLite keeps the locks of a process's connections in process memory, and a child
-    inherits that memory: forked while another thread is inside a write transaction,
-    the child could never write the file again, even on new connections. So a fork
-    waits until no transaction of this process is open (at most ``busy_timeout``)."""
-    for store in list(_stores):
-        for lock in (store._write_lock, store._lock):
-            lock.acquire()
-            _held_at_fork.append(lock)
-
-
-def _after_fork() -> None:
-    while _held_at_fork:
-        _held_at_fork.pop().release()
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+def _store_error(path: str, exc: sqlite3.Error) -> StoreError:
+    return StoreError(f"SQLite {path}: {exc}", permanent=isinstance(exc, _PERMANENT_ERRORS))
 
 
 class SQLiteStore(Store):
     """One SQLite file shared by threads and processes.
 
-    Each thread gets its own connection (sqlite3 connections are not shared across
-    threads or a fork); a child process opens fresh ones.
+    A process holds one connection for writes (transactions take the write lock, so
+    one is all they can use) and a pool of read connections shared by every thread: a
+    server that runs each request on a new thread costs no new connection per request,
+    and at most :attr:`read_pool` idle connections stay open. sqlite3 connections never
+    cross a fork: a child opens its own.
     """
 
     schemes = ("sqlite",)
+    #: Idle read connections kept open; more are opened while more threads read at
+    #: once, and closed when they are done.
+    read_pool = 4
 
     def __init__(
         self,
@@ -364,19 +364,74 @@ class SQLiteStore(Store):
         self.path = str(Path(path))
         self.busy_timeout = busy_timeout
         self.prefix = prefix
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()  # held by a transaction; a fork waits for it
-        self._connections: list[tuple[int, sqlite3.Connection]] = []
         self._closed = False
-        _stores.add(self)
-        conn = self._conn()
+        self._write_conn: sqlite3.Connection | None = None
+        self._idle: list[sqlite3.Connection] = []
+        self.after_fork_in_child(new_locks=True)  # the locks; no connection yet
+        forking.register(self)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(SCHEMA.format(p=prefix))
-            _upgrade(conn, prefix)
+            with self._write_lock:
+                conn = self._writer()
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(SCHEMA.format(p=prefix))
+                _upgrade(conn, prefix)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot prepare SQLite database {self.path}: {exc}") from exc
+
+    # -- connections and fork ---------------------------------------------------------
+
+    def fork_locks(self) -> list[threading.Lock]:
+        return [self._write_lock, self._lock]
+
+    def fork_wait(self) -> float:
+        return self.busy_timeout
+
+    def after_fork_in_child(self, new_locks: bool) -> None:
+        """No connection of the parent's: they stay the parent's (see :data:`_inherited`)."""
+        _inherited.extend(c for c in (self._write_conn, *self._idle) if c is not None)
+        self._write_conn, self._idle = None, []
+        if new_locks:
+            self._lock = threading.Lock()  # guards the connections
+            self._write_lock = threading.Lock()  # held by a transaction; a fork waits for it
+
+    def _open(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError(f"SQLite store {self.path} is closed")
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        return conn
+
+    def _writer(self) -> sqlite3.Connection:
+        """The write connection; called with the write lock held."""
+        if self._write_conn is None:
+            self._write_conn = self._open()
+        return self._write_conn
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """A read connection from the pool, back in it afterwards (or closed, when the
+        pool is full or the store was closed meanwhile)."""
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._open()
+        try:
+            yield conn
+        finally:
+            with self._lock:
+                keep = not self._closed and len(self._idle) < self.read_pool
+                if keep:
+                    self._idle.append(conn)
+            if not keep:
+                conn.close()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLiteStore:
@@ -395,34 +450,10 @@ class SQLiteStore(Store):
             raise ConfigurationError(f"unknown SQLite URL options: {', '.join(sorted(query))}")
         return cls(path_from_url(url), **options)
 
-    def _conn(self) -> sqlite3.Connection:
-        pid = os.getpid()
-        cached = getattr(self._local, "conn", None)
-        if cached is not None and cached[0] == pid:
-            return cached[1]
-        if self._closed:
-            raise StoreError(f"SQLite store {self.path} is closed")
-        try:
-            conn = sqlite3.connect(
-                self.path,
-                timeout=self.busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            conn.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
-        self._local.conn = (pid, conn)
-        with self._lock:
-            # Connections inherited over a fork belong to the parent: forget, never close.
-            self._connections = [(p, c) for p, c in self._connections if p == pid]
-            self._connections.append((pid, conn))
-        return conn
-
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
-        conn = self._conn()
         with self._write_lock:
+            conn = self._writer()
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
@@ -434,14 +465,15 @@ class SQLiteStore(Store):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"SQLite {self.path}: {exc}") from exc
+                    raise _store_error(self.path, exc) from exc
                 raise
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
-            return self._conn().execute(sql.format(p=self.prefix), params).fetchall()
+            with self._reader() as conn:
+                return conn.execute(sql.format(p=self.prefix), params).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"SQLite {self.path}: {exc}") from exc
+            raise _store_error(self.path, exc) from exc
 
     def _days(self, days: list[str]) -> list[DailyStats]:
         if not days:
@@ -559,10 +591,11 @@ class SQLiteStore(Store):
         return [_event_record(row) for row in rows]
 
     def close(self) -> None:
-        pid = os.getpid()
+        """Close this process's connections (a read in flight closes its own after).
+        Not behind the write lock: a transaction hung on the file must not hang this."""
         with self._lock:
             self._closed = True
-            mine = [c for p, c in self._connections if p == pid]
-            self._connections = []
+            mine = [c for c in (self._write_conn, *self._idle) if c is not None]
+            self._write_conn, self._idle = None, []
         for conn in mine:
             conn.close()

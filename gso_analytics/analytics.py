@@ -21,7 +21,8 @@ from typing import Any
 
 from .aggregator import Aggregator, BufferFull
 from .clock import Clock, DayKeys, from_ms, resolve_tz, round_half_up, to_ms, utc_now
-from .counters import CounterSpec, build_counter_map
+from .counters import CounterRule, CounterSpec, build_counter_map
+from .dead_letters import DeadLetters
 from .errors import ConfigurationError, StoreError, ValidationError
 from .flusher import Flusher
 from .forwarding import Forwarder
@@ -59,6 +60,16 @@ def _stop_at_multiprocessing_exit(instance: Analytics) -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _check_reserved(counters: Mapping[str, CounterRule], store: Store) -> None:
+    """A counter field the store cannot hold would fail every flush: refuse it now."""
+    for event, rule in counters.items():
+        if rule.field in store.reserved_fields:
+            raise ConfigurationError(
+                f"counters[{event!r}]: field {rule.field!r} is reserved by"
+                f" {type(store).__name__} (reserved: {', '.join(sorted(store.reserved_fields))})"
+            )
+
+
 class Analytics:
     """Counts players, sessions and the economy; flushes to a :class:`Store`.
 
@@ -84,22 +95,27 @@ class Analytics:
         forwarders: Sequence[Forwarder] | None = None,
         forward_stop_timeout: float = 10.0,
         test_users: Iterable[str] | Callable[[str], bool] | None = None,
+        quarantine_after: int = 5,
+        dead_letter_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if flush_interval <= 0:
             raise ConfigurationError(f"flush_interval must be positive, got {flush_interval!r}")
         if max_buffered_events < 1:
             raise ConfigurationError("max_buffered_events must be at least 1")
+        if quarantine_after < 1:
+            raise ConfigurationError(f"quarantine_after must be at least 1, got {quarantine_after}")
         if clock is not None:
             to_ms(clock())  # a naive clock fails here, at start-up, not in every track()
         self._owns_store = isinstance(store, str)
         self.store: Store = open_store(store) if isinstance(store, str) else store
         try:
             self.store.check_event_ttl(event_ttl)
+            self.counters = build_counter_map(counters)
+            _check_reserved(self.counters, self.store)
         except BaseException:
             if self._owns_store:
                 self.store.close()
             raise
-        self.counters = build_counter_map(counters)
         # event -> (field, amount key) as plain tuples: one dict lookup on the hot path.
         self._rules = {
             event: (rule.field, rule.amount_key) for event, rule in self.counters.items()
@@ -128,7 +144,13 @@ class Analytics:
             session_timeout // timedelta(milliseconds=1),
         )
         self._flusher = Flusher(
-            self.store, self._aggregator, interval=flush_interval, housekeeping=self._housekeeping
+            self.store,
+            self._aggregator,
+            interval=flush_interval,
+            now=self._now,
+            housekeeping=self._housekeeping,
+            quarantine_after=quarantine_after,
+            dead_letters=None if dead_letter_dir is None else DeadLetters(dead_letter_dir),
         )
         # None: the seed's ANALYTICS_WEBHOOK_URL, read now (not at import); [] turns it off.
         forwarders = default_forwarders() if forwarders is None else list(forwarders)
@@ -284,7 +306,10 @@ class Analytics:
     # -- flushing and reading -------------------------------------------------------------
 
     def flush(self) -> None:
-        """Store everything buffered now. Raises :class:`StoreError`; nothing is lost then."""
+        """Store everything buffered now. Raises :class:`StoreError` when the store fails,
+        and an internal error (a bug: anything else) as it is, counted in
+        ``stats()["internal_errors"]``; nothing is lost then (see :mod:`.flusher` for
+        the batches set aside)."""
         self._flusher.flush()
 
     def _housekeeping(self) -> None:
@@ -359,6 +384,10 @@ class Analytics:
             "batches": flusher.batches,
             "retried": flusher.retried,
             "flush_failures": flusher.failures,
+            # Failures that were not StoreError (bugs, untranslated driver errors), and
+            # batches set aside (see the README's "Failure behaviour").
+            "internal_errors": flusher.internal_errors,
+            "quarantined": flusher.quarantined,
             "dropped": self._dropped,
             "rejected": self._rejected,
             "last_error": flusher.last_error,

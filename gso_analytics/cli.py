@@ -1,9 +1,11 @@
-"""``gso-analytics``: the command line (``demo``, ``report``, ``prune``, ``mongo-init``).
+"""``gso-analytics``: the command line (``demo``, ``report``, ``prune``, ``mongo-init``,
+``replay-dead-letters``).
 
 Why a CLI: a game team should see the library's numbers before writing any code
 (``demo``), read a store without a web app (``report``), run the prune job from
-cron when no process runs it (``prune``), and build a MongoDB store's indexes in a
-deploy step rather than when workers start (``mongo-init``). Every command goes
+cron when no process runs it (``prune``), build a MongoDB store's indexes in a
+deploy step rather than when workers start (``mongo-init``), and store the batches a
+worker set aside once their cause is fixed (``replay-dead-letters``). Every command goes
 through the public API, so what it prints is what the game backend would see. Errors
 a user can fix (a bad URL, a missing database) are one line on stderr and exit code 2,
 never a traceback.
@@ -24,6 +26,7 @@ from typing import TextIO
 
 from .analytics import Analytics
 from .clock import Clock, utc_now
+from .dead_letters import replay as replay_dead_letters
 from .demo import DemoPlan, SimClock, plan_demo, replay
 from .errors import ConfigurationError, GsoAnalyticsError
 from .html_report import render_html
@@ -199,6 +202,19 @@ def _add_mongo_init(commands: argparse._SubParsersAction) -> None:
     mongo_init.set_defaults(func=cmd_mongo_init)
 
 
+def _add_replay_dead_letters(commands: argparse._SubParsersAction) -> None:
+    replay_cmd = commands.add_parser(
+        "replay-dead-letters",
+        help="apply the batches a worker set aside (a dead-letter file)",
+        description="Apply every batch of a dead-letter file (written under an Analytics'"
+        " dead_letter_dir) to a store, in order. Each batch keeps its id: one the store"
+        " has applied already is skipped, so running it twice counts nothing twice.",
+    )
+    replay_cmd.add_argument("file", type=Path, metavar="FILE", help="a dead-letters-*.jsonl file")
+    replay_cmd.add_argument("--store", required=True, metavar="URL", help="the store to apply to")
+    replay_cmd.set_defaults(func=cmd_replay_dead_letters)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -213,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(commands)
     _add_prune(commands)
     _add_mongo_init(commands)
+    _add_replay_dead_letters(commands)
     return parser
 
 
@@ -432,6 +449,21 @@ def cmd_mongo_init(args: argparse.Namespace) -> int:
             print(f"  {index}")
     else:
         print("Every index exists; nothing to create.")
+    return 0
+
+
+def cmd_replay_dead_letters(args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        raise ConfigurationError(f"no dead-letter file at {args.file}")
+    with closing(open_cli_store(args.store, must_exist=False)) as store:
+        try:
+            result = replay_dead_letters(args.file, store)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
+    print(
+        f"Applied {fmt_int(result.applied)} batches;"
+        f" {fmt_int(result.duplicates)} were applied already."
+    )
     return 0
 
 

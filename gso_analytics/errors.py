@@ -20,8 +20,15 @@ class StoreError(GsoAnalyticsError):
     """The store could not be reached or refused an operation.
 
     The flush thread keeps the batch and retries; callers of ``flush()`` and the read
-    methods see this error.
+    methods see this error. ``permanent`` is the backend's word that retrying the same
+    operation cannot succeed (the store rejects what it was given, not an outage): the
+    flusher then sets the batch aside after a few attempts instead of blocking every
+    later batch behind it.
     """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class ValidationError(GsoAnalyticsError, ValueError):

@@ -3,6 +3,15 @@
 Batches are applied in order, one at a time (``flush()`` from a caller and the thread
 share one lock). A failed batch keeps its id, so a retry after an unknown outcome is
 recognised by the store and never counted twice.
+
+Two kinds of failure, kept apart: a :class:`StoreError` is an outage (the store is
+down, locked, slow) and the batch is retried, in order, for as long as it takes; any
+other exception is an *internal error* (a bug, a driver error a backend did not
+translate), counted on its own. A batch that fails permanently, with an internal error
+or a store error the backend marks ``permanent``, ``quarantine_after`` times in a row,
+is set aside (:meth:`Flusher._set_aside`) so the batches behind it are stored; so is a
+failed batch older than :data:`~.store.MAX_RETRY_AGE`, which the store may no longer
+recognise (its id pruned) and would count twice.
 """
 
 from __future__ import annotations
@@ -13,11 +22,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from datetime import datetime
 
 from .aggregator import Aggregator
+from .dead_letters import DeadLetters
 from .errors import StoreError
 from .model import FlushBatch
-from .store import Store
+from .store import MAX_RETRY_AGE, Store
 
 log = logging.getLogger("gso_analytics")
 
@@ -31,14 +42,20 @@ class Flusher:
         aggregator: Aggregator,
         *,
         interval: float,
+        now: Callable[[], datetime],
         max_backoff: float = 30.0,
         housekeeping: Callable[[], None] | None = None,
+        quarantine_after: int = 5,
+        dead_letters: DeadLetters | None = None,
     ) -> None:
         self.store = store
         self.aggregator = aggregator
         self.interval = interval
+        self.now = now
         self.max_backoff = max_backoff
         self.housekeeping = housekeeping
+        self.quarantine_after = quarantine_after
+        self.dead_letters = dead_letters
         self._reset()
 
     def _reset(self) -> None:
@@ -46,6 +63,9 @@ class Flusher:
         self.batches = 0
         self.retried = 0  # apply attempts of a batch that failed before
         self.failures = 0
+        self.internal_errors = 0  # failures that were not StoreError: bugs, not outages
+        self.quarantined = 0  # batches set aside
+        self._permanent_in_row = 0  # of the batch at the head
         self.unmatched_logouts = 0  # logouts that ended no session when stored
         self.last_error: str | None = None
         self.last_flush: float | None = None  # time.time() of the last success
@@ -68,7 +88,8 @@ class Flusher:
     def flush(self) -> None:
         """Swap the buffer into a batch and apply every pending batch, oldest first.
 
-        Raises :class:`StoreError` when the store fails; the batch stays pending.
+        Raises :class:`StoreError` when the store fails, and an internal error as it
+        is; the batch stays pending (unless it is set aside, see the module docstring).
         """
         with self._apply_lock:
             try:
@@ -85,7 +106,17 @@ class Flusher:
                 self.aggregator.backlog = self.pending
 
     def _apply(self, batch: FlushBatch) -> None:
+        """Apply ``batch``, or set it aside; raises when it stays pending."""
         if batch.id in self._failed_ids:
+            assert batch.created_at is not None  # stamped by the aggregator
+            age = self.now() - batch.created_at
+            if age > MAX_RETRY_AGE:
+                self._set_aside(
+                    batch,
+                    f"failed {age} ago, longer than a retry may take ({MAX_RETRY_AGE}):"
+                    " its id may be pruned, so a retry could count it twice",
+                )
+                return
             self.retried += 1
         try:
             result = self.store.apply(batch)
@@ -93,14 +124,46 @@ class Flusher:
             self.failures += 1
             self._failed_ids.add(batch.id)
             self.last_error = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, StoreError):
+            outage = isinstance(exc, StoreError) and not exc.permanent
+            if not isinstance(exc, StoreError):
+                self.internal_errors += 1
+            self._permanent_in_row = 0 if outage else self._permanent_in_row + 1
+            if self._permanent_in_row < self.quarantine_after:
                 raise
-            raise StoreError(f"store.apply failed: {exc}") from exc
+            self._set_aside(
+                batch, f"failed {self.quarantine_after} times in a row: {exc!r}", error=exc
+            )
+            return
         self._failed_ids.discard(batch.id)
+        self._permanent_in_row = 0
         self.unmatched_logouts += result.unmatched_logouts
         self.flushed += batch.size
         self.batches += 1
         self.last_flush = time.time()
+
+    def _set_aside(
+        self, batch: FlushBatch, reason: str, error: BaseException | None = None
+    ) -> None:
+        """Take ``batch`` out of the line: counted, logged (with ``error``'s traceback),
+        written to the dead-letter file when there is one (to replay with
+        ``gso-analytics replay-dead-letters``)."""
+        self.quarantined += 1
+        self._failed_ids.discard(batch.id)
+        self._permanent_in_row = 0
+        kept = "not kept (no dead_letter_dir)"
+        if self.dead_letters is not None:
+            try:
+                kept = f"written to {self.dead_letters.write(batch, reason)}"
+            except OSError as exc:
+                kept = f"LOST: the dead-letter file could not be written ({exc})"
+        log.error(
+            "gso_analytics: batch %s (%d calls) set aside, %s; later batches go on: %s",
+            batch.id,
+            batch.size,
+            kept,
+            reason,
+            exc_info=error,
+        )
 
     # -- the thread ---------------------------------------------------------------------
 
@@ -129,8 +192,7 @@ class Flusher:
                 break
             try:
                 self.flush()
-                if self.housekeeping is not None:
-                    self.housekeeping()
+                self._housekeep()
             except StoreError as exc:
                 failures_in_row += 1
                 delay = self._backoff(failures_in_row)
@@ -156,6 +218,17 @@ class Flusher:
                 delay = self.interval
         self._drain()
 
+    def _housekeep(self) -> None:
+        if self.housekeeping is None:
+            return
+        try:
+            self.housekeeping()
+        except StoreError:
+            raise
+        except Exception:
+            self.internal_errors += 1
+            raise
+
     def _drain(self) -> None:
         """Final flush on stop: retry until everything is stored or the deadline passes."""
         failures_in_row = 0
@@ -163,7 +236,7 @@ class Flusher:
             try:
                 self.flush()
                 return
-            except StoreError as exc:
+            except Exception as exc:  # an internal error too: it may be set aside yet
                 failures_in_row += 1
                 remaining = self._deadline - time.monotonic()
                 if remaining <= 0:

@@ -11,6 +11,7 @@ claims the batch id, so a retried batch is never counted twice.
 from __future__ import annotations
 
 import contextlib
+import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -19,7 +20,7 @@ from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
-from .clock import to_ms
+from .clock import from_ms, to_ms
 from .errors import ConfigurationError
 from .model import (
     ApplyResult,
@@ -35,8 +36,22 @@ from .model import (
 )
 from .sessions import SessionChanges, plan_sessions, time_out, windows
 
-#: Batch ids are remembered at least this long, far beyond any retry.
-MIN_BATCH_RETENTION = timedelta(days=1)
+#: Batch ids are remembered at least this long after the batch was made
+#: (``created_at``, the time :meth:`Transaction.claim_batch` stores), and longer with a
+#: longer ``event_ttl``. Every process's prune job uses at least this bound, whatever
+#: its own ``event_ttl``, so a worker can rely on it alone.
+MIN_BATCH_RETENTION = timedelta(days=7)
+#: The flusher retries a batch only this long after it was made: a retry later than
+#: that could find its id forgotten by a prune (in any process) and count the batch a
+#: second time, so the batch is set aside instead (see :mod:`.flusher`). The day of
+#: margin covers clocks of different hosts and a prune running meanwhile.
+MAX_RETRY_AGE = MIN_BATCH_RETENTION - timedelta(days=1)
+#: Expired events are deleted at most this many per transaction, so a writer waits for
+#: one chunk, never for the whole prune.
+PRUNE_CHUNK = 5000
+#: After each chunk the prune job pauses as long as the chunk took (at most this), so
+#: writers waiting for the lock, in this process or another, get it between chunks.
+PRUNE_MAX_PAUSE_S = 0.1
 
 
 class Transaction(ABC):
@@ -124,8 +139,10 @@ class Transaction(ABC):
         """Append to the event stream."""
 
     @abstractmethod
-    def delete_events_before(self, cutoff: datetime) -> int:
-        """Delete events with ``ts < cutoff``; return how many."""
+    def delete_events_until(self, last: datetime, limit: int) -> int:
+        """Delete at most ``limit`` events with ``ts <= last`` (any of them); return
+        how many. The prune job calls it until fewer than ``limit`` go, each call in
+        its own transaction, so no transaction holds the store for the whole prune."""
 
     @abstractmethod
     def delete_batches_before(self, cutoff: datetime) -> None:
@@ -142,6 +159,12 @@ class Store(ABC):
     #: The most players one transaction may touch; a batch with more is applied as
     #: parts (:meth:`FlushBatch.parts`). None: any batch is one transaction.
     max_part_players: ClassVar[int | None] = None
+    #: Counter field names the store cannot hold (they key its records or hold its
+    #: guards). ``Analytics`` refuses a counter map using one when it is built: a
+    #: batch carrying one would fail on every flush.
+    reserved_fields: ClassVar[frozenset[str]] = frozenset()
+    #: Expired events deleted per prune transaction (see :data:`PRUNE_CHUNK`).
+    prune_chunk: int = PRUNE_CHUNK
 
     @classmethod
     @abstractmethod
@@ -255,18 +278,50 @@ class Store(ABC):
         """Delete expired events; time out sessions open longer than ``session_timeout``
         (ended at ``login + session_timeout``, as a later mark would end them).
 
-        Logout marks are kept as long as batch ids plus the timeout: a batch retried
-        within that time still finds every mark its walk needs."""
-        retention = max(event_ttl, MIN_BATCH_RETENTION)
+        An event is expired once it is ``event_ttl`` old: at ``ts + event_ttl <= now``,
+        the boundary included, the same on every store. Events go in chunks of
+        :attr:`prune_chunk`, one transaction each (see :meth:`delete_expired_events`).
+
+        Batch ids are kept :func:`batch_retention` after their batch was made, and
+        logout marks that long plus the timeout: a batch retried within that time is
+        recognised, and still finds every mark its walk needs."""
+        deleted = self.delete_expired_events(last_expired(now, event_ttl))
+        retention = batch_retention(event_ttl)
         timeout_ms = session_timeout // timedelta(milliseconds=1)
         with self.transaction() as tx:
-            deleted = tx.delete_events_before(now - event_ttl)
             stale = tx.open_sessions_before(to_ms(now) - timeout_ms)
             if stale:
                 tx.write_sessions(time_out(stale, timeout_ms))
             tx.delete_logouts_before(to_ms(now - retention - session_timeout))
             tx.delete_batches_before(now - retention)
         return PruneResult(events_deleted=deleted, sessions_timed_out=len(stale))
+
+    def delete_expired_events(self, last: datetime) -> int:
+        """Delete the events until ``last`` in chunks, each its own transaction,
+        pausing after each as long as it took (at most :data:`PRUNE_MAX_PAUSE_S`): a
+        million expired events must not hold every writer for the whole delete, and a
+        writer polling for the lock (SQLite's busy handler) needs a gap to find it."""
+        total = 0
+        while True:
+            started = time.monotonic()
+            with self.transaction() as tx:
+                deleted = tx.delete_events_until(last, self.prune_chunk)
+            total += deleted
+            if deleted < self.prune_chunk:
+                return total
+            time.sleep(min(time.monotonic() - started, PRUNE_MAX_PAUSE_S))
+
+
+def batch_retention(event_ttl: timedelta) -> timedelta:
+    """How long a prune keeps batch ids: :data:`MIN_BATCH_RETENTION`, or the event TTL
+    when longer (a batch may carry events that old)."""
+    return max(event_ttl, MIN_BATCH_RETENTION)
+
+
+def last_expired(now: datetime, event_ttl: timedelta) -> datetime:
+    """The newest event time expired at ``now``: the events at or before it are exactly
+    those at least ``event_ttl`` old (stored times are whole milliseconds)."""
+    return from_ms(to_ms(now - event_ttl))
 
 
 def apply_batch(tx: Transaction, batch: FlushBatch) -> ApplyResult:

@@ -51,21 +51,17 @@ class Backend:
     """One parameter of the store-contract suite.
 
     ``shared_by_url``: opening the URL twice gives two handles on the same data (two
-    "processes"); otherwise the second handle is the same object. ``rolls_back``: a
-    transaction that raises part-way leaves nothing behind.
+    "processes"); otherwise the second handle is the same object.
     """
 
     name: str
     make_url: Callable[[Path], str]
     shared_by_url: bool
-    rolls_back: bool
 
 
 BACKENDS = [
-    Backend("memory", lambda tmp: "memory://", shared_by_url=False, rolls_back=False),
-    Backend(
-        "sqlite", lambda tmp: f"sqlite:///{tmp}/contract.db", shared_by_url=True, rolls_back=True
-    ),
+    Backend("memory", lambda tmp: "memory://", shared_by_url=False),
+    Backend("sqlite", lambda tmp: f"sqlite:///{tmp}/contract.db", shared_by_url=True),
     # MongoDB over the wire (nx-27017, a standalone server: the guarded path) and
     # mongomock in-process; tests/test_mongo.py adds the transaction path. Each test
     # gets a fresh database. The suite replays 2025 on a fake clock, which a server-side
@@ -77,13 +73,11 @@ BACKENDS = [
         "mongo",
         lambda tmp: mongo_server.nx_server().url(query="ttlIndex=false"),
         shared_by_url=True,
-        rolls_back=True,
     ),
     Backend(
         "mongomock",
         lambda tmp: mongo_server.mongomock_url(query="ttlIndex=false"),
         shared_by_url=True,
-        rolls_back=True,
     ),
 ]
 if mongo_server.real_mongodb_uri():  # a real mongod or cluster, opt-in
@@ -92,7 +86,6 @@ if mongo_server.real_mongodb_uri():  # a real mongod or cluster, opt-in
             "mongodb-uri",
             lambda tmp: mongo_server.real_mongodb_url(),
             shared_by_url=True,
-            rolls_back=True,
         )
     )
 

@@ -126,6 +126,7 @@ class FaultyStore(Store):
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner
+        self.reserved_fields = inner.reserved_fields  # type: ignore[misc]
         self._lock = threading.Lock()
         self._faults: dict[str, list[Fault]] = {"apply": [], "prune": [], "read": []}
         self._down: ErrorFactory | None = None

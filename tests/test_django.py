@@ -283,6 +283,19 @@ def test_store_failure_is_a_503_with_a_json_error(
     assert get("/metrics/stats", headers=AUTH).status_code == 200
 
 
+def test_a_bug_is_a_500_not_an_outage(game: Analytics, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in Flask: a non-``StoreError`` exception is a 500, never a 503."""
+
+    def bug(*args: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(game.store, "get_month", bug)
+    response = get("/metrics/", headers=AUTH)
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error"}
+    assert get("/metrics/stats", headers=AUTH).status_code == 200
+
+
 # -- the management command ----------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ so both integrations are held to the same numbers.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 import time
@@ -626,6 +627,35 @@ def test_failing_flush_is_a_503_and_nothing_is_lost(
     assert stats["flush_failures"] >= 1 and stats["buffered"] >= 1
     monkeypatch.setattr(store, "apply", real_apply)
     assert client.get("/metrics", headers=AUTH).json["dau"] == 3
+
+
+@pytest.mark.parametrize("broken", ["get_day", "apply"])
+def test_a_bug_is_a_500_with_a_logged_traceback_not_an_outage(
+    client: FlaskClient,
+    app: Flask,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    broken: str,
+) -> None:
+    """An exception that is not a ``StoreError`` (a bug in a read or in the flush) is
+    a 500 whose traceback is logged, without Retry-After: a 503 would page the store's
+    owner for the library's bug. The flush counts it apart from outages."""
+    analytics = get_analytics(app)
+
+    def bug(*args: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    analytics.on_login("carol")
+    monkeypatch.setattr(analytics.store, broken, bug)
+    with caplog.at_level(logging.ERROR, logger="gso_analytics"):
+        response = client.get("/metrics", headers=AUTH)
+    assert response.status_code == 500
+    assert response.json == {"error": "internal error"}
+    assert "Retry-After" not in response.headers
+    assert "Traceback" not in response.get_data(as_text=True)
+    assert "ZeroDivisionError" in caplog.text and "Traceback" in caplog.text
+    stats = client.get("/metrics/stats", headers=AUTH).json
+    assert stats["internal_errors"] == (1 if broken == "apply" else 0)
 
 
 # -- the path -----------------------------------------------------------------------------------

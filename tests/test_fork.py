@@ -300,6 +300,55 @@ def test_forking_while_a_thread_hammers_track_never_deadlocks(
         store.close()
 
 
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_a_fork_waits_for_a_stuck_transaction_only_its_bound(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A transaction hung in another thread holds the fork at most ``busy_timeout``
+    (SQLite; the memory store's ``FORK_WAIT_S``), not for ever: then the fork goes on
+    with a warning, the child gets new locks (it can use the store without waiting
+    for a thread it does not have), and the parent's transaction ends normally."""
+    from gso_analytics.backends.memory import MemoryStore
+    from gso_analytics.backends.sqlite import SQLiteStore
+
+    bound = 0.3
+    if kind == "sqlite":
+        store: Store = SQLiteStore(tmp_path / "fork.db", busy_timeout=bound)
+    else:
+        monkeypatch.setattr(MemoryStore, "FORK_WAIT_S", bound)
+        store = MemoryStore()
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.transaction():
+            entered.set()
+            release.wait(DEADLINE_S)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert entered.wait(DEADLINE_S)
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                if kind == "memory":
+                    store.get_day("2025-03-14")  # the child's lock is its own
+                code = 0
+            finally:
+                os._exit(code)
+        waited = time.monotonic() - started
+        assert wait_child(pid, time.monotonic() + DEADLINE_S) == 0
+    finally:
+        release.set()
+        holder.join(DEADLINE_S)
+    assert bound <= waited < DEADLINE_S
+    assert "forking while" in caplog.text
+    assert store.get_day("2025-03-14") is None  # the parent's store works on
+    store.close()
+
 if __name__ == "__main__":
     if sys.argv[1] == "preload":
         preload_master(sys.argv[2], int(sys.argv[3]))

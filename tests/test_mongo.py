@@ -1378,7 +1378,6 @@ TRANSACTIONS_BACKEND = Backend(
     "mongo-txn",
     lambda tmp: mongo_server.nx_server().url(query="ttlIndex=false&transactions=true"),
     shared_by_url=True,
-    rolls_back=True,
 )
 
 

@@ -166,7 +166,8 @@ class Model:
         for s in self.sessions():
             if s["logout"] is None and s["login"] < now - SESSION_TIMEOUT_MS:
                 self.pruned.add((s["user"], s["login"], s["call"]))
-        self.events = [e for e in self.events if e[0] >= as_datetime(now - EVENT_TTL_MS)]
+        # Expired at exactly EVENT_TTL_MS old (the README's boundary): kept while younger.
+        self.events = [e for e in self.events if e[0] > as_datetime(now - EVENT_TTL_MS)]
 
     def sessions(self) -> list[dict[str, Any]]:
         """Each login ends at its player's next mark, Math.round((next - login) / 1000)

@@ -70,7 +70,6 @@ MONGO_TRANSACTIONS = Backend(
     "mongo-txn",
     lambda tmp: mongo_server.nx_server().url(query="ttlIndex=false&transactions=true"),
     shared_by_url=True,
-    rolls_back=True,
 )
 ALL_BACKENDS = [*BACKENDS, MONGO_TRANSACTIONS]
 backends = pytest.mark.parametrize("backend", ALL_BACKENDS, ids=[b.name for b in ALL_BACKENDS])

@@ -249,7 +249,8 @@ class Model:
         for s in self.sessions():
             if s["logout"] is None and s["login"] < self.now - SESSION_TIMEOUT_MS:
                 self.pruned.add(s["key"])
-        self.events = [e for e in self.events if e[0] >= self.now - EVENT_TTL_MS]
+        # Expired at exactly EVENT_TTL_MS old (the README's boundary): kept while younger.
+        self.events = [e for e in self.events if e[0] > self.now - EVENT_TTL_MS]
 
     # -- reads --
     def day_doc(self, day: str) -> dict[str, Any]:

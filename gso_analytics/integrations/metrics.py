@@ -4,6 +4,8 @@ Why framework-free: the Flask blueprint and the Django views must answer every r
 the same way (the same 401, the same negotiation, the same 503), so the decisions are
 made once here, on a :class:`MetricsRequest` holding the three inputs that matter, and
 each framework only copies a :class:`MetricsResponse` into its own response class.
+A store that fails (:class:`~gso_analytics.errors.StoreError`) is a 503 with
+``Retry-After``; any other exception is a bug, a 500 logged with its traceback.
 
 Views, relative to where the endpoint is mounted (``/metrics`` by default):
 
@@ -144,6 +146,11 @@ class MetricsEndpoint:
             # The batch stays buffered and is retried; a scraper sees a clean failure.
             log.warning("gso_analytics: metrics endpoint: store unavailable: %s", exc)
             raise _error(503, "store unavailable", {"Retry-After": "30"}) from None
+        except Exception:
+            # A bug is not an outage: no Retry-After, and the traceback in the log (the
+            # flush counts it in stats()["internal_errors"]).
+            log.exception("gso_analytics: metrics endpoint: internal error")
+            raise _error(500, "internal error") from None
         stats = analytics.stats()
         if fmt is Format.JSON:
             return _json(200, stats if view == "stats" else data)

@@ -92,6 +92,16 @@ HEALTH: Mapping[str, tuple[str, str, str]] = {
         "Attempts to store a batch that had failed before.",
     ),
     "flush_failures": ("gso_analytics_flush_failures", COUNTER, "Failed attempts to store."),
+    "internal_errors": (
+        "gso_analytics_internal_errors",
+        COUNTER,
+        "Failed attempts that were not store errors (a bug, an untranslated driver error).",
+    ),
+    "quarantined": (
+        "gso_analytics_quarantined_batches",
+        COUNTER,
+        "Batches set aside (failing permanently, or too old to retry exactly once).",
+    ),
     "dropped": (
         "gso_analytics_dropped_calls",
         COUNTER,

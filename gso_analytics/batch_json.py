@@ -1,0 +1,66 @@
+"""A :class:`~.model.FlushBatch` as JSON and back, exactly.
+
+Why: a batch the store refuses for good is set aside in a dead-letter file (see
+:mod:`.dead_letters`) to be replayed later, possibly by another process or version, so
+the text must give back the same batch: the same id (a replay stays exactly once), the
+same ints and floats, the same sets. JSON has no sets nor datetimes, so sets are
+sorted lists and ``created_at`` is ISO 8601 text; everything else is plain JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from .model import EventRecord, FlushBatch, Login, Logout
+
+#: Bumped when the shape changes; :func:`batch_from_json` refuses what it cannot read.
+FORMAT = 1
+
+
+def batch_to_dict(batch: FlushBatch) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "id": batch.id,
+        "created_at": None if batch.created_at is None else batch.created_at.isoformat(),
+        "counters": batch.counters,
+        "months": batch.months,
+        "day_users": {key: sorted(users) for key, users in batch.day_users.items()},
+        "month_users": {key: sorted(users) for key, users in batch.month_users.items()},
+        "logins": [attrs.asdict(login) for login in batch.logins],
+        "logouts": [attrs.asdict(logout) for logout in batch.logouts],
+        "session_timeout_ms": batch.session_timeout_ms,
+        "events": [attrs.asdict(event) for event in batch.events],
+        "payments": batch.payments,
+    }
+
+
+def batch_from_dict(data: dict[str, Any]) -> FlushBatch:
+    if data.get("format") != FORMAT:
+        raise ValueError(f"not a batch of format {FORMAT}: format {data.get('format')!r}")
+    created_at = data["created_at"]
+    return FlushBatch(
+        id=data["id"],
+        created_at=None if created_at is None else datetime.fromisoformat(created_at),
+        counters=data["counters"],
+        months=data["months"],
+        day_users={key: set(users) for key, users in data["day_users"].items()},
+        month_users={key: set(users) for key, users in data["month_users"].items()},
+        logins=[Login(**login) for login in data["logins"]],
+        logouts=[Logout(**logout) for logout in data["logouts"]],
+        session_timeout_ms=data["session_timeout_ms"],
+        events=[EventRecord(**event) for event in data["events"]],
+        payments=data["payments"],
+    )
+
+
+def batch_to_json(batch: FlushBatch) -> str:
+    """One line of ASCII JSON (no newline inside; a lone surrogate survives too)."""
+    return json.dumps(batch_to_dict(batch), separators=(",", ":"))
+
+
+def batch_from_json(text: str) -> FlushBatch:
+    return batch_from_dict(json.loads(text))
