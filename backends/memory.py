@@ -8,6 +8,7 @@ than a staged copy, so a batch costs what it writes, not the size of the store.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
@@ -43,6 +44,11 @@ class _State:
     user_revenue: dict[tuple[str, str], Number] = attrs.field(factory=dict)  # (day, user)
     sessions: dict[str, StoredSession] = attrs.field(factory=dict)
     logouts: dict[str, Logout] = attrs.field(factory=dict)
+    # Each player's marks as (key, id), sorted: a batch reads its players' recent marks
+    # by bisection, never every session of the store (nor of the player).
+    logins_by_user: dict[str, list[tuple[Any, str]]] = attrs.field(factory=dict)
+    logouts_by_user: dict[str, list[tuple[Any, str]]] = attrs.field(factory=dict)
+    open_ids: set[str] = attrs.field(factory=set)
     events: list[EventRecord] = attrs.field(factory=list)
 
 
@@ -127,25 +133,45 @@ class _MemoryTransaction(Transaction):
         self._increment(self.state.monthly, month, increments)
 
     def session_marks(self, since: Mapping[str, int]) -> list[StoredSession | Logout]:
-        found: list[StoredSession | Logout] = [
-            s
-            for s in self.state.sessions.values()
-            if s.login.user_id in since and (s.login.at_ms >= since[s.login.user_id] or s.end.open)
-        ]
-        found += [
-            m
-            for m in self.state.logouts.values()
-            if m.user_id in since and m.at_ms >= since[m.user_id]
-        ]
+        state = self.state
+        found: list[StoredSession | Logout] = []
+        for user, start in since.items():
+            logins = state.logins_by_user.get(user, [])
+            first = bisect.bisect_left(logins, start, key=_time_of)
+            found += [state.sessions[sid] for _, sid in logins[first:]]
+            # An open session is its player's newest login (any older one has a next
+            # mark), so one of any age is the last of the list.
+            if first == len(logins) and logins and logins[-1][1] in state.open_ids:
+                found.append(state.sessions[logins[-1][1]])
+            logouts = state.logouts_by_user.get(user, [])
+            first = bisect.bisect_left(logouts, start, key=_time_of)
+            found += [state.logouts[lid] for _, lid in logouts[first:]]
         return found
 
+    def _insort(self, by_user: dict[str, list[tuple[Any, str]]], user: str, item: Any) -> None:
+        marks = by_user.setdefault(user, [])
+        bisect.insort(marks, item)
+        self._undo.append(lambda: marks.remove(item))
+
     def save_sessions(self, sessions: list[StoredSession]) -> None:
+        state = self.state
         for session in sessions:
-            self._keep(self.state.sessions, session.login.id)
-            self.state.sessions[session.login.id] = session
+            login = session.login
+            if login.id not in state.sessions:
+                self._insort(state.logins_by_user, login.user_id, (login.key, login.id))
+            self._keep(state.sessions, login.id)
+            state.sessions[login.id] = session
+            if session.end.open != (login.id in state.open_ids):
+                self._toggle_open(login.id)
+
+    def _toggle_open(self, session_id: str) -> None:
+        opened = self.state.open_ids
+        opened.symmetric_difference_update({session_id})
+        self._undo.append(lambda: opened.symmetric_difference_update({session_id}))
 
     def insert_logouts(self, logouts: list[Logout]) -> None:
         for logout in logouts:
+            self._insort(self.state.logouts_by_user, logout.user_id, (logout.key, logout.id))
             self._keep(self.state.logouts, logout.id)
             self.state.logouts[logout.id] = logout
 
@@ -169,15 +195,24 @@ class _MemoryTransaction(Transaction):
         return deleted
 
     def open_sessions_before(self, cutoff_ms: int) -> list[StoredSession]:
-        return [s for s in self.state.sessions.values() if s.end.open and s.login.at_ms < cutoff_ms]
+        found = (self.state.sessions[sid] for sid in self.state.open_ids)
+        return [s for s in found if s.login.at_ms < cutoff_ms]
 
     def delete_logouts_before(self, cutoff_ms: int) -> None:
-        logouts = self.state.logouts
-        self._replace("logouts", {k: m for k, m in logouts.items() if m.at_ms >= cutoff_ms})
+        kept = {k: m for k, m in self.state.logouts.items() if m.at_ms >= cutoff_ms}
+        by_user: dict[str, list[tuple[Any, str]]] = {}
+        for logout in sorted(kept.values(), key=lambda m: m.key):
+            by_user.setdefault(logout.user_id, []).append((logout.key, logout.id))
+        self._replace("logouts", kept)
+        self._replace("logouts_by_user", by_user)
 
     def delete_batches_before(self, cutoff: datetime) -> None:
         batches = self.state.batches
         self._replace("batches", {k: at for k, at in batches.items() if at >= cutoff})
+
+
+def _time_of(mark: tuple[Any, str]) -> int:
+    return mark[0][0]  # (key, id), key = (at_ms, origin, seq)
 
 
 def _record(session: StoredSession) -> SessionRecord:
@@ -252,12 +287,13 @@ class MemoryStore(Store):
 
     def count_open_sessions(self) -> int:
         with self._lock:
-            return sum(1 for s in self._state.sessions.values() if s.end.open)
+            return len(self._state.open_ids)
 
     def get_sessions(self, user_id: str) -> list[SessionRecord]:
         with self._lock:
-            found = [s for s in self._state.sessions.values() if s.login.user_id == user_id]
-        return [_record(s) for s in sorted(found, key=lambda s: s.login.key)]
+            logins = self._state.logins_by_user.get(user_id, [])
+            found = [self._state.sessions[sid] for _, sid in logins]
+        return [_record(s) for s in found]
 
     def get_events(self, user_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
         with self._lock:
