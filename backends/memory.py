@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from gso_analytics.clock import from_ms, to_ms
+from gso_analytics.errors import ConfigurationError
 from gso_analytics.model import (
     DailyStats,
     EventRecord,
@@ -37,6 +38,7 @@ class _State:
     monthly: dict[str, dict[str, int]] = attrs.field(factory=dict)
     day_users: set[tuple[str, str]] = attrs.field(factory=set)
     month_users: set[tuple[str, str]] = attrs.field(factory=set)
+    new_users: set[tuple[str, str]] = attrs.field(factory=set)
     first_seen: dict[str, str] = attrs.field(factory=dict)  # user -> day
     first_payments: dict[str, str] = attrs.field(factory=dict)  # user -> day
     user_revenue: dict[tuple[str, str], Number] = attrs.field(factory=dict)  # (day, user)
@@ -66,6 +68,9 @@ class _MemoryTransaction(Transaction):
 
     def add_month_users(self, month: str, users: set[str]) -> int:
         return self._add(self.state.month_users, month, users)
+
+    def add_new_users(self, day: str, users: set[str]) -> int:
+        return self._add(self.state.new_users, day, users)
 
     @staticmethod
     def _keep_first(facts: dict[str, str], first_days: dict[str, str]) -> None:
@@ -184,6 +189,12 @@ class MemoryStore(Store):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemoryStore:
+        rest = url.split("://", 1)[1]
+        if rest:  # "memory://shared" would suggest a store others can open: there is none
+            raise ConfigurationError(
+                f"memory:// takes nothing after the scheme, got {url!r}:"
+                " each memory store is private to the object that opened it"
+            )
         return cls(**options)
 
     @contextmanager

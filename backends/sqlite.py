@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS {p}day_users (
     day TEXT NOT NULL, userId TEXT NOT NULL, PRIMARY KEY (day, userId)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS {p}month_users (
     month TEXT NOT NULL, userId TEXT NOT NULL, PRIMARY KEY (month, userId)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {p}new_users (
+    day TEXT NOT NULL, userId TEXT NOT NULL, PRIMARY KEY (day, userId)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS {p}sessions (
     id TEXT PRIMARY KEY, userId TEXT NOT NULL, username TEXT,
     loginAt TEXT NOT NULL, logoutAt TEXT, durationS INTEGER NOT NULL DEFAULT 0,
@@ -106,6 +108,9 @@ class _SQLiteTransaction(Transaction):
 
     def add_month_users(self, month: str, users: set[str]) -> int:
         return self._add_users("month_users", month, users)
+
+    def add_new_users(self, day: str, users: set[str]) -> int:
+        return self._add_users("new_users", day, users)
 
     def _keep_first(self, table: str, first_days: dict[str, str]) -> None:
         self.conn.executemany(

@@ -20,6 +20,7 @@ from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 from .clock import to_ms
+from .counters import NEW_USERS
 from .errors import ConfigurationError
 from .model import (
     ApplyResult,
@@ -53,6 +54,11 @@ class Transaction(ABC):
     @abstractmethod
     def add_month_users(self, month: str, users: set[str]) -> int:
         """Insert the (month, user) records; return how many did not exist before."""
+
+    @abstractmethod
+    def add_new_users(self, day: str, users: set[str]) -> int:
+        """Insert the (day, user) registration records; return how many did not exist
+        before (``newUsers`` counts distinct players, as ``dau`` does)."""
 
     @abstractmethod
     def add_first_seen(self, first_days: dict[str, str]) -> None:
@@ -281,6 +287,10 @@ def apply_batch(tx: Transaction, batch: FlushBatch) -> ApplyResult:
         if added:
             daily[day]["dau"] += added
             new_day_users += added
+    for day, users in batch.new_users.items():
+        added = tx.add_new_users(day, users)
+        if added:
+            daily[day][NEW_USERS] += added
     for month, users in batch.month_users.items():
         added = tx.add_month_users(month, users)
         if added:
@@ -295,7 +305,8 @@ def apply_batch(tx: Transaction, batch: FlushBatch) -> ApplyResult:
         unmatched = changes.unmatched_logouts
 
     for day, fields in daily.items():
-        tx.increment_daily(day, batch.months[day], dict(fields))
+        if fields:  # a day of repeated registrations only has nothing to add
+            tx.increment_daily(day, batch.months[day], dict(fields))
     for month, fields in monthly.items():
         tx.increment_monthly(month, dict(fields))
     if batch.events:

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from gso_analytics import Analytics, open_store
+from gso_analytics import DAILY_FIELDS, Analytics, open_store
 from gso_analytics.cli import Progress, main
 from gso_analytics.demo import plan_demo
 from gso_analytics.report import fmt_cents, fmt_duration, render_days
 
+ZEROS = dict.fromkeys(DAILY_FIELDS, 0)
 TODAY = "2026-03-12"  # three demo days, all in March: every player is in the MAU
 END_OF_TODAY = datetime(2026, 3, 12, 23, 0, tzinfo=UTC)
 SMALL_DEMO = ["demo", "--players", "40", "--days", "3", "--today", TODAY]
@@ -208,7 +209,8 @@ def test_report_of_another_day_shows_that_day(run: RunCli, store_url: str) -> No
     run(*SMALL_DEMO, "--store", store_url)
     _, out, _ = run("report", "--json", "--store", store_url, "--today", "2026-03-20")
     metrics = json.loads(out)["metrics"]
-    assert metrics["today"] == {} and metrics["dau"] == 0
+    assert metrics["today"] == {"day": "2026-03-20", "month": "2026-03", **ZEROS}
+    assert metrics["dau"] == 0
     assert metrics["mau"] == 40  # same month
 
 

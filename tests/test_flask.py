@@ -32,7 +32,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 import gso_analytics.integrations
-from gso_analytics import Analytics, ConfigurationError, StoreError
+from gso_analytics import DAILY_FIELDS, Analytics, ConfigurationError, StoreError
 from gso_analytics.forwarding import Delivery, EncodedEvent, ForwardedEvent, Forwarder
 from gso_analytics.integrations.config import read_settings
 from gso_analytics.integrations.flask import GSOAnalytics, get_analytics
@@ -508,8 +508,10 @@ def test_prometheus_before_any_activity_is_all_zeros(make_app: Callable[..., Fla
     client = make_app(STORE="memory://", METRICS_TOKEN=TOKEN).test_client()
     body = client.get("/metrics?format=prometheus", headers=AUTH).get_data(as_text=True)
     exposition = samples(body)
-    assert client.get("/metrics", headers=AUTH).json["today"] == {}
-    assert_same_numbers(exposition, {"today": {}, **dict.fromkeys(METRICS_GAUGES, 0)})
+    today = client.get("/metrics", headers=AUTH).json["today"]
+    fields = {key: value for key, value in today.items() if key not in ("day", "month")}
+    assert fields == dict.fromkeys([*DAILY_FIELDS, "questsCompleted"], 0)  # every field
+    assert_same_numbers(exposition, {"today": today, **dict.fromkeys(METRICS_GAUGES, 0)})
     assert "gso_analytics_last_flush_age_seconds" not in exposition  # nothing flushed yet
 
 

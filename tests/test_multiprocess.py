@@ -160,6 +160,7 @@ def expected_days(scenario: Scenario) -> dict[str, dict[str, Any]]:
             docs[key] = {"day": key, "month": month_key(t), **dict.fromkeys(SEED_FIELDS, 0)}
         return docs[key]
 
+    registered: set[tuple[str, str]] = set()
     for s in scenario.sessions:
         d = doc(s.login)  # session seconds belong to the login day
         d["sessionCount"] += 1
@@ -170,7 +171,12 @@ def expected_days(scenario: Scenario) -> dict[str, dict[str, Any]]:
         if rule is None:
             continue  # unknown events go to the stream only
         name, key = rule
-        doc(e.t)[name] += 1 if key is None else e.data[key]
+        if name == "newUsers":  # distinct players registered that day
+            registered.add((doc(e.t)["day"], e.user))
+        else:
+            doc(e.t)[name] += 1 if key is None else e.data[key]
+    for key, _ in registered:
+        docs[key]["newUsers"] += 1
     for key, users in dau.items():
         docs[key]["dau"] = len(users)
     return docs

@@ -100,6 +100,7 @@ class Model:
         self.days: dict[str, dict[str, Any]] = {}  # day -> {"month": .., field: value}
         self.day_users: set[tuple[str, str]] = set()
         self.month_users: set[tuple[str, str]] = set()
+        self.new_users: set[tuple[str, str]] = set()
         # user -> stored marks (time, call number, kind, day, month); a user is served by
         # one instance, so the call number orders two marks of one millisecond.
         self.marks: defaultdict[str, list[tuple[Any, ...]]] = defaultdict(list)
@@ -140,7 +141,10 @@ class Model:
         if event in RULES:
             field, key = RULES[event]
             amount = data[key] if key is not None else 1
-            self.buffers[instance].append(("count", day, month, field, amount))
+            if field == "newUsers":  # distinct players registered that day
+                self.buffers[instance].append(("new", day, month, user))
+            else:
+                self.buffers[instance].append(("count", day, month, field, amount))
         self.buffers[instance].append(("event", as_datetime(t), user, event, data, day))
 
     # -- the store --
@@ -151,6 +155,12 @@ class Model:
                 _, day, month, field, amount = op
                 doc = self.days.setdefault(day, {"month": month})
                 doc[field] = doc.get(field, 0) + amount
+            elif kind == "new":
+                _, day, month, user = op
+                if (day, user) not in self.new_users:
+                    self.new_users.add((day, user))
+                    doc = self.days.setdefault(day, {"month": month})
+                    doc["newUsers"] = doc.get("newUsers", 0) + 1
             elif kind == "users":
                 _, day, month, user = op
                 self.day_users.add((day, user))

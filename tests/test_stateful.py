@@ -136,6 +136,7 @@ class Model:
     days: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     day_users: set[tuple[str, str]] = field(default_factory=set)
     month_users: set[tuple[str, str]] = field(default_factory=set)
+    new_users: set[tuple[str, str]] = field(default_factory=set)
     # the stored marks: user -> [(time, origin, seq, kind, day, month)]
     marks: defaultdict[str, list[tuple[Any, ...]]] = field(
         default_factory=lambda: defaultdict(list)
@@ -166,7 +167,10 @@ class Model:
         ops: list[tuple[Any, ...]] = [("event", self.now, user, event, data, day)]
         if event in RULES:
             name, key = RULES[event]
-            ops.append(("count", day, name, 1 if key is None else data[key]))
+            if name == "newUsers":  # distinct players registered that day
+                ops.append(("new", day, user))
+            else:
+                ops.append(("count", day, name, 1 if key is None else data[key]))
         self.buffer.append(ops)
 
     # -- flushes: "ok", or an injected failure "before" / "after" the write --
@@ -236,6 +240,9 @@ class Model:
                     self.day_users.add((day, user))
                     self.days[day]["dau"] += 1
                 self.month_users.add((month, user))
+            elif op[0] == "new" and op[1:] not in self.new_users:
+                self.new_users.add(op[1:])
+                self.days[op[1]]["newUsers"] += 1
         for op in ops:
             if op[0] in ("login", "logout"):
                 kind, user, at, origin, seq, day, month = op

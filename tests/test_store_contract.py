@@ -118,6 +118,31 @@ def make_batch(clock_at: datetime) -> FlushBatch:
     )
 
 
+def test_new_users_count_each_player_once_a_day(
+    store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """``newUsers`` counts distinct players registered that day: a second
+    ``user.register`` of a player (same batch, a later batch, another process) adds
+    nothing that day; the next day it counts again, as ``dau`` would."""
+    a = make_analytics(store)
+    b = make_analytics(other_store)
+    a.track("user.register", "u1")
+    a.track("user.register", "u1")
+    a.track("user.register", "u2")
+    a.flush()
+    b.track("user.register", "u1")
+    b.flush()
+    a.track("user.register", "u2")
+    a.flush()
+    assert store.get_day("2025-03-14")["newUsers"] == 2
+    clock.advance(days=1)
+    b.track("user.register", "u1")
+    b.flush()
+    assert other_store.get_day("2025-03-15")["newUsers"] == 1
+    assert store.get_day("2025-03-14")["newUsers"] == 2
+    assert len(store.get_events(limit=100)) == 6  # every call is still in the stream
+
+
 def test_same_batch_applied_twice_is_a_duplicate(
     store: Store, other_store: Store, clock: FakeClock, take_snapshot: Snapshot
 ) -> None:
