@@ -346,10 +346,26 @@ def run_command(*args: str) -> str:
 
 def test_command_report_reads_the_projects_store(game: Analytics) -> None:
     doc = json.loads(run_command("report", "--json", "--days", "1"))
+    assert doc.pop("kpis")["end"] == "2025-03-14"
     assert doc == {"metrics": EXPECTED_METRICS, "days": EXPECTED_DAYS[:1]}
     text = run_command("report")
     assert text.startswith("Today 2025-03-14")
     assert "2025-03-13" in text  # both days listed
+
+
+def test_command_report_has_the_clis_options(game: Analytics, tmp_path: Path) -> None:
+    """KPIs of a range, a past day, the HTML page: what ``gso-analytics report`` takes,
+    and the same output for the same store and options."""
+    page = tmp_path / "report.html"
+    args = ["--today", "2025-03-13", "--start", "2025-03-01", "--end", "2025-03-14"]
+    doc = json.loads(run_command("report", "--json", *args, "--html", str(page)))
+    assert (doc["kpis"]["start"], doc["kpis"]["end"]) == ("2025-03-01", "2025-03-14")
+    assert doc["metrics"]["today"]["day"] == "2025-03-13"
+    assert doc["metrics"]["dau"] == EXPECTED_DAYS[1]["dau"]
+    assert page.read_text().startswith("<!DOCTYPE html>")
+    text = run_command("report", *args)
+    assert text.startswith("Today 2025-03-13") and "\nKPIs 2025-03-01 to 2025-03-14" in text
+    assert get_analytics() is game  # the project's instance is left running
 
 
 def test_command_prune_uses_the_projects_rules(
