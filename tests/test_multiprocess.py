@@ -228,6 +228,8 @@ def _event(rng: random.Random, t: int, user: str, name: str | None = None) -> Ev
     if amount_key is not None:
         # Dyadic fractions add up exactly in any order, like the integers.
         amount = rng.choice([rng.randint(0, 5000), rng.randint(1, 40) / 4])
+        if amount_key == "amountCents":
+            amount = int(amount)  # real money is whole cents
         data = {amount_key: amount, "source": rng.choice(["quest", "shop", "pvp"])}
     elif name == "shop.open":
         data = None
@@ -479,7 +481,11 @@ def test_three_processes_match_the_oracle(
             today = days.get(day_key(t))
             metrics = Analytics(store, clock=lambda t=t: EPOCH + timedelta(milliseconds=t))
             assert metrics.get_metrics().to_dict() == {
-                "today": today or {},
+                "today": today or {
+                    "day": day_key(t),
+                    "month": month_key(t),
+                    **dict.fromkeys(SEED_FIELDS, 0),
+                },
                 "dau": today["dau"] if today else 0,
                 "mau": mau,
                 "avgSessionMin": avg_min,

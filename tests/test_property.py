@@ -219,7 +219,12 @@ class Model:
         today, month = self.keys(self.now_ms)
         count, total = self.timed(month)
         return {
-            "today": self.day_doc(today) if today in self.days else {},
+            "today": {  # every field, custom counters too, zeros before anything moved
+                "day": today,
+                "month": month,
+                **dict.fromkeys([*SEED_FIELDS, "goldLooted", "questsCompleted"], 0),
+                **(self.day_doc(today) if today in self.days else {}),
+            },
             "dau": sum(1 for d, _ in self.day_users if d == today),
             "mau": sum(1 for m, _ in self.month_users if m == month),
             # Math.round(total / count / 60), exactly, in integers
@@ -279,7 +284,8 @@ def step_us(draw: st.DrawFn) -> int:
 def track_op(draw: st.DrawFn) -> tuple[Any, ...]:
     event = draw(st.sampled_from([*RULES, *UNKNOWN_EVENTS]))
     key = RULES[event][1] if event in RULES else None
-    data: dict[str, Any] = {key: draw(amounts)} if key else {"tag": draw(st.sampled_from("ab"))}
+    amount = draw(st.integers(0, 10**6) if key == "amountCents" else amounts)  # whole cents
+    data: dict[str, Any] = {key: amount} if key else {"tag": draw(st.sampled_from("ab"))}
     return ("track", draw(instances), event, draw(users), data)
 
 

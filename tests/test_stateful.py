@@ -270,10 +270,14 @@ class Model:
     def metrics(self) -> dict[str, Any]:
         day, month = keys(self.now)
         count, total = self.timed(month)
-        today = self.day_doc(day) if day in self.days else {}
+        # Every field, custom counters too, zeros before anything moved.
+        zeros = dict.fromkeys(["goldLooted", "questsCompleted"], 0)
+        today = {"day": day, "month": month, **dict.fromkeys(DAILY_FIELDS, 0), **zeros}
+        if day in self.days:
+            today.update(self.day_doc(day))
         return {
             "today": today,
-            "dau": today["dau"] if today else 0,
+            "dau": today["dau"],
             "mau": sum(1 for m, _ in self.month_users if m == month),
             "avgSessionMin": (2 * total + 60 * count) // (120 * count) if count else 0,
             "activeSessions": self.open_sessions(),
@@ -353,6 +357,8 @@ class AnalyticsMachine(RuleBasedStateMachine):
     )
     def track(self, event: str, user: str, amount: float) -> None:
         key = RULES.get(event, ("", None))[1]
+        if key == "amountCents":
+            amount = int(amount)  # real money is whole cents
         data: dict[str, Any] = {key: amount} if key else {"step": 1}
         self.analytics.track(event, user, data)
         self.model.track(event, user, data)
