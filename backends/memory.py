@@ -19,6 +19,7 @@ import attrs
 
 from gso_analytics import forking
 from gso_analytics.clock import from_ms, to_ms
+from gso_analytics.errors import ConfigurationError
 from gso_analytics.model import (
     DailyStats,
     EventRecord,
@@ -39,6 +40,7 @@ class _State:
     monthly: dict[str, dict[str, int]] = attrs.field(factory=dict)
     day_users: set[tuple[str, str]] = attrs.field(factory=set)
     month_users: set[tuple[str, str]] = attrs.field(factory=set)
+    new_users: set[tuple[str, str]] = attrs.field(factory=set)
     first_seen: dict[str, str] = attrs.field(factory=dict)  # user -> day
     first_payments: dict[str, str] = attrs.field(factory=dict)  # user -> day
     user_revenue: dict[tuple[str, str], Number] = attrs.field(factory=dict)  # (day, user)
@@ -98,6 +100,9 @@ class _MemoryTransaction(Transaction):
     def add_month_users(self, month: str, users: set[str]) -> int:
         return self._add(self.state.month_users, month, users)
 
+    def add_new_users(self, day: str, users: set[str]) -> int:
+        return self._add(self.state.new_users, day, users)
+
     def _keep_first(self, facts: dict[str, str], first_days: dict[str, str]) -> None:
         for user, day in first_days.items():
             if user not in facts or day < facts[user]:
@@ -132,20 +137,27 @@ class _MemoryTransaction(Transaction):
     def increment_monthly(self, month: str, increments: dict[str, int]) -> None:
         self._increment(self.state.monthly, month, increments)
 
-    def session_marks(self, since: Mapping[str, int]) -> list[StoredSession | Logout]:
+    def session_marks(
+        self, since: Mapping[str, int], horizon_ms: int
+    ) -> list[StoredSession | Logout]:
         state = self.state
         found: list[StoredSession | Logout] = []
         for user, start in since.items():
             logins = state.logins_by_user.get(user, [])
-            first = bisect.bisect_left(logins, start, key=_time_of)
-            found += [state.sessions[sid] for _, sid in logins[first:]]
+            logouts = state.logouts_by_user.get(user, [])
+            first_in = bisect.bisect_left(logins, start, key=_time_of)
+            first_out = bisect.bisect_left(logouts, start, key=_time_of)
+            found += [state.sessions[sid] for _, sid in logins[first_in:]]
+            found += [state.logouts[lid] for _, lid in logouts[first_out:]]
+            before = logins[first_in - 1 : first_in] + logouts[first_out - 1 : first_out]
+            if before:
+                key, mark_id = max(before)
+                if key[0] >= start - horizon_ms:
+                    found.append(state.sessions.get(mark_id) or state.logouts[mark_id])
             # An open session is its player's newest login (any older one has a next
             # mark), so one of any age is the last of the list.
-            if first == len(logins) and logins and logins[-1][1] in state.open_ids:
+            if logins and logins[-1][1] in state.open_ids:
                 found.append(state.sessions[logins[-1][1]])
-            logouts = state.logouts_by_user.get(user, [])
-            first = bisect.bisect_left(logouts, start, key=_time_of)
-            found += [state.logouts[lid] for _, lid in logouts[first:]]
         return found
 
     def _insort(self, by_user: dict[str, list[tuple[Any, str]]], user: str, item: Any) -> None:
@@ -254,6 +266,12 @@ class MemoryStore(Store):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemoryStore:
+        rest = url.split("://", 1)[1]
+        if rest:  # "memory://shared" would suggest a store others can open: there is none
+            raise ConfigurationError(
+                f"memory:// takes nothing after the scheme, got {url!r}:"
+                " each memory store is private to the object that opened it"
+            )
         return cls(**options)
 
     @contextmanager

@@ -15,6 +15,8 @@ seed's camelCase documents, so dashboards built on the seed keep working:
 - ``monthly`` (``{month, mau, timedSessions, timedSessionS}``), ``day_users`` and
   ``month_users`` (one ``{day|month, userId}`` record per active user: ``dau`` and ``mau``
   are counts of the records newly inserted, so no read ever runs ``distinct()``),
+  ``new_users`` (``{day, userId}``, one per player registered that day: ``newUsers``
+  counts the records newly inserted, as ``dau`` does),
   ``batches`` (applied batch ids) and, by deployment, ``locks`` and
   ``session_journal`` (standalone) or ``session_users`` (transactions);
 - the KPIs' per-user facts: ``user_revenue`` (``{day, userId, revenueCents}``, one per
@@ -519,6 +521,9 @@ class _MongoTransaction(Transaction):
     def add_month_users(self, month: str, users: set[str]) -> int:
         return self._add_users("month_users", "month", month, users)
 
+    def add_new_users(self, day: str, users: set[str]) -> int:
+        return self._add_users("new_users", "day", day, users)
+
     # -- counters and events: buffered, sent at commit -----------------------------
 
     def increment_daily(self, day: str, month: str, increments: dict[str, Number]) -> None:
@@ -555,7 +560,9 @@ class _MongoTransaction(Transaction):
 
     # -- sessions: marks in, the walk's changes out --------------------------------------
 
-    def session_marks(self, since: Mapping[str, int]) -> list[StoredSession | Logout]:
+    def session_marks(
+        self, since: Mapping[str, int], horizon_ms: int
+    ) -> list[StoredSession | Logout]:
         """Three queries for the whole batch: the users' sessions and logouts from the
         earliest ``since`` on (one bound for all: a few more marks, no gaps), and their
         open sessions. On standalone, journals of batches that stopped half-way are
@@ -566,7 +573,7 @@ class _MongoTransaction(Transaction):
         users = sorted(since)
         for user in users:
             self._touch(user)
-        start = _from_ms(min(since.values()))
+        start = _from_ms(min(since.values()) - horizon_ms)
         sessions = self._c("sessions")
         docs = {
             doc["_id"]: doc
@@ -1229,6 +1236,7 @@ class MongoStore(Store):
             ("monthly", [("month", 1)], {"unique": True}),
             ("day_users", [("day", 1), ("userId", 1)], {"unique": True}),
             ("month_users", [("month", 1), ("userId", 1)], {"unique": True}),
+            ("new_users", [("day", 1), ("userId", 1)], {"unique": True}),
             ("sessions", [("userId", 1), ("loginAt", 1)], {}),
             (
                 "sessions",

@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS {p}day_users (
     day TEXT NOT NULL, userId TEXT NOT NULL, PRIMARY KEY (day, userId)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS {p}month_users (
     month TEXT NOT NULL, userId TEXT NOT NULL, PRIMARY KEY (month, userId)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {p}new_users (
+    day TEXT NOT NULL, userId TEXT NOT NULL, PRIMARY KEY (day, userId)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS {p}sessions (
     id TEXT PRIMARY KEY, userId TEXT NOT NULL, username TEXT,
     loginAt TEXT NOT NULL, logoutAt TEXT, durationS INTEGER NOT NULL DEFAULT 0,
@@ -107,6 +109,9 @@ class _SQLiteTransaction(Transaction):
     def add_month_users(self, month: str, users: set[str]) -> int:
         return self._add_users("month_users", month, users)
 
+    def add_new_users(self, day: str, users: set[str]) -> int:
+        return self._add_users("new_users", day, users)
+
     def _keep_first(self, table: str, first_days: dict[str, str]) -> None:
         self.conn.executemany(
             f"INSERT INTO {self.p}{table} (userId, day) VALUES (?, ?)"
@@ -146,21 +151,37 @@ class _SQLiteTransaction(Transaction):
             [(month, field, amount) for field, amount in increments.items()],
         )
 
-    def session_marks(self, since: Mapping[str, int]) -> list[StoredSession | Logout]:
-        found: list[StoredSession | Logout] = []
+    def session_marks(
+        self, since: Mapping[str, int], horizon_ms: int
+    ) -> list[StoredSession | Logout]:
+        p, found = self.p, []
         sessions = (
-            f"SELECT {_SESSION_COLUMNS} FROM {self.p}sessions WHERE userId = ? AND loginAt >= ?"
-            f" UNION SELECT {_SESSION_COLUMNS} FROM {self.p}sessions"
+            f"SELECT {_SESSION_COLUMNS} FROM {p}sessions WHERE userId = ? AND loginAt >= ?"
+            f" UNION SELECT {_SESSION_COLUMNS} FROM {p}sessions"
             " WHERE userId = ? AND logoutAt IS NULL"
         )
-        logouts = (
-            f"SELECT id, userId, atMs, origin, seq FROM {self.p}logouts"
-            " WHERE userId = ? AND atMs >= ?"
+        logouts = f"SELECT {_LOGOUT_COLUMNS} FROM {p}logouts WHERE userId = ? AND atMs >= ?"
+        # The newest mark before the batch's earliest: a login whose next mark may change.
+        login_before = (
+            f"SELECT {_SESSION_COLUMNS} FROM {p}sessions WHERE userId = ? AND loginAt < ?"
+            " AND loginAt >= ? ORDER BY loginAt DESC, origin DESC, seq DESC LIMIT 1"
         )
+        logout_before = (
+            f"SELECT {_LOGOUT_COLUMNS} FROM {p}logouts WHERE userId = ? AND atMs < ?"
+            " AND atMs >= ? ORDER BY atMs DESC, origin DESC, seq DESC LIMIT 1"
+        )
+        execute = self.conn.execute
         for user, start in since.items():
-            rows = self.conn.execute(sessions, (user, iso_from_ms(start), user)).fetchall()
-            found += [_stored_session(row) for row in rows]
-            found += [Logout(*row) for row in self.conn.execute(logouts, (user, start))]
+            text, horizon = iso_from_ms(start), start - horizon_ms
+            found += [_stored_session(row) for row in execute(sessions, (user, text, user))]
+            found += [Logout(*row) for row in execute(logouts, (user, start))]
+            before: list[StoredSession | Logout] = [
+                _stored_session(row)
+                for row in execute(login_before, (user, text, iso_from_ms(horizon)))
+            ]
+            before += [Logout(*row) for row in execute(logout_before, (user, start, horizon))]
+            if before:
+                found.append(max(before, key=_mark_key))
         return found
 
     def save_sessions(self, sessions: list[StoredSession]) -> None:
@@ -275,9 +296,14 @@ def _event_record(row: tuple[Any, ...]) -> EventRecord:
     return EventRecord(to_ms(parse_iso_ms(ts)), user_id, event, data, day)
 
 
+_LOGOUT_COLUMNS = "id, userId, atMs, origin, seq"
 _SESSION_COLUMNS = (
     "id, userId, username, loginAt, logoutAt, durationS, day, month, timedOut, origin, seq"
 )
+
+
+def _mark_key(item: StoredSession | Logout) -> tuple[int, str, int]:
+    return item.login.key if isinstance(item, StoredSession) else item.key
 
 
 def _stored_session(row: tuple[Any, ...]) -> StoredSession:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .clock import Clock, DayKeys, from_ms, to_ms
+from .counters import NEW_USERS
 from .model import EventRecord, FlushBatch, Login, Logout, Number, new_id
 from .validation import encode_flat
 
@@ -141,7 +142,10 @@ class Aggregator:
                 # A dict is snapshot_data's private flat copy; anything else is JSON text.
                 text = "{}" if data is None else data if type(data) is str else encode_flat(data)
                 day, month = day_keys(ms)
-                if field is not None:
+                if field == NEW_USERS:  # distinct players, counted by the store
+                    self._day_counters(batch, day, month)
+                    batch.new_users.setdefault(day, set()).add(user_id)
+                elif field is not None:
                     if day != counted_day:
                         counted_day = day
                         counters = self._day_counters(batch, day, month)

@@ -21,7 +21,7 @@ from typing import Any
 
 from .aggregator import Aggregator, BufferFull
 from .clock import Clock, DayKeys, from_ms, resolve_tz, round_half_up, to_ms, utc_now
-from .counters import CounterRule, CounterSpec, build_counter_map
+from .counters import DAILY_FIELDS, CounterRule, CounterSpec, build_counter_map
 from .dead_letters import DeadLetters
 from .errors import ConfigurationError, StoreError, ValidationError
 from .flusher import Flusher
@@ -31,12 +31,24 @@ from .kpis import KPIs
 from .model import DailyStats, Metrics, Number, PruneResult
 from .outbox import ForwardingHub
 from .store import Store, open_store
-from .validation import MAX_AMOUNT, Limits, check_amount, check_name, snapshot_data
+from .validation import (
+    CENTS_KEY,
+    MAX_AMOUNT,
+    Limits,
+    check_amount,
+    check_cents,
+    check_name,
+    snapshot_data,
+)
 
 log = logging.getLogger("gso_analytics")
 
 _instances: weakref.WeakSet[Analytics] = weakref.WeakSet()
 _NO_COUNTER: tuple[None, None] = (None, None)
+
+#: Distinct (event, field, reason) rejections logged per instance; then only counted.
+MAX_LOGGED_REJECTIONS = 64
+_TOO_MANY_REJECTIONS: tuple[str | None, str] = (None, "")
 
 
 def _after_fork_in_child() -> None:
@@ -68,6 +80,15 @@ def _check_reserved(counters: Mapping[str, CounterRule], store: Store) -> None:
                 f"counters[{event!r}]: field {rule.field!r} is reserved by"
                 f" {type(store).__name__} (reserved: {', '.join(sorted(store.reserved_fields))})"
             )
+
+
+def _store_leftovers_at_exit() -> None:
+    """Registered at import, so it runs after every started instance's own stop hook."""
+    for instance in list(_instances):
+        instance._store_leftovers()
+
+
+atexit.register(_store_leftovers_at_exit)
 
 
 class Analytics:
@@ -120,6 +141,9 @@ class Analytics:
         self._rules = {
             event: (rule.field, rule.amount_key) for event, rule in self.counters.items()
         }
+        self._zeros = dict.fromkeys(
+            sorted({rule.field for rule in self.counters.values()} - set(DAILY_FIELDS)), 0
+        )
         self.tz = resolve_tz(tz)
         self.event_ttl = event_ttl
         # Users left out of the KPIs (ids, or a predicate); an iterable is read once.
@@ -158,6 +182,7 @@ class Analytics:
             ForwardingHub(forwarders, stop_timeout=forward_stop_timeout) if forwarders else None
         )
         self._started = False
+        self._stopped = False
         self._reset_counts()
         _instances.add(self)
 
@@ -165,7 +190,7 @@ class Analytics:
         self._count_lock = threading.Lock()
         self._rejected = 0
         self._dropped = 0
-        self._logged_kinds: set[str] = set()
+        self._logged_rejections: set[tuple[str | None, str]] = set()
         self._last_prune = float("-inf")
 
     # -- lifecycle --------------------------------------------------------------------
@@ -190,12 +215,34 @@ class Analytics:
         if self._started:
             self._started = False
             atexit.unregister(self.stop)
+        self._stopped = True
         stored = self._flusher.stop(self.stop_timeout)
         if self._hub is not None:  # after the store's final flush, in its own bound
             self._hub.stop()
         if self._owns_store:
             self.store.close()
         return stored
+
+    def _store_leftovers(self) -> None:
+        """At interpreter exit: calls nobody will flush are stored, or counted aloud.
+
+        Calls made before :meth:`start` (never called) are accepted into the buffer;
+        without this they would vanish at exit without a word. They get the final
+        flush ``stop()`` would give them, which logs how many could not be stored.
+        Calls made after :meth:`stop` are not stored (the store may be closed): they
+        are counted in the log.
+        """
+        held = self._aggregator.size + self._flusher.pending
+        if self._started or not held:
+            return
+        if self._stopped:
+            log.error("gso_analytics: %d calls made after stop() were not stored", held)
+            return
+        log.warning(
+            "gso_analytics: %d calls were made but start() was never called; storing them at exit",
+            held,
+        )
+        self.stop()
 
     def __enter__(self) -> Analytics:
         return self.start()
@@ -268,7 +315,7 @@ class Analytics:
             if self._hub is not None:
                 self._hub.submit(ns // 1_000_000, event, user_id, snapshot)
         except ValidationError as exc:
-            self._reject(exc)
+            self._reject(exc, event if exc.field != "event" else None)
         except BufferFull:
             self._drop()
 
@@ -279,17 +326,39 @@ class Analytics:
         amount = data[key]
         if type(amount) is int and 0 <= amount <= MAX_AMOUNT:
             return amount
+        if key == CENTS_KEY:
+            return check_cents(amount, f"data.{key}")
         return check_amount(amount, f"data.{key}")
 
-    def _reject(self, exc: ValidationError) -> None:
+    def _reject(self, exc: ValidationError, event: str | None = None) -> None:
+        """Count a rejected call; log it once per (event, field, reason).
+
+        Per reason, not per kind: after one NaN, a payload too large is a different
+        problem worth a line. The keys are bounded by :data:`MAX_LOGGED_REJECTIONS`,
+        because event names and ``data`` paths come from callers and could flood the log.
+        """
         if self.strict:
             raise exc
+        key = (event, str(exc))
         with self._count_lock:
             self._rejected += 1
-            first = exc.kind not in self._logged_kinds
-            self._logged_kinds.add(exc.kind)
-        if first:
-            log.warning("gso_analytics: rejected a call (%s); further ones are only counted", exc)
+            logged = self._logged_rejections
+            if key in logged or len(logged) > MAX_LOGGED_REJECTIONS:
+                return
+            logged.add(key if len(logged) < MAX_LOGGED_REJECTIONS else _TOO_MANY_REJECTIONS)
+            capped = len(logged) > MAX_LOGGED_REJECTIONS
+        if capped:
+            log.warning(
+                "gso_analytics: %d different rejections logged; further ones are only"
+                " counted in stats()['rejected']",
+                MAX_LOGGED_REJECTIONS,
+            )
+        else:
+            log.warning(
+                "gso_analytics: rejected %s (%s); the same rejection again is only counted",
+                "a login or logout" if event is None else f"track({event!r})",
+                exc,
+            )
 
     def _drop(self) -> None:
         with self._count_lock:
@@ -339,7 +408,11 @@ class Analytics:
         """The seed's ``getMetrics()``: flushes this process's buffer, then reads."""
         self.flush()
         day, month = self._day_keys(self._aggregator.now_ms())
-        today = self.store.get_day(day)
+        stored = self.store.get_day(day)
+        # Every field, zeros included (custom counters too), whether or not it moved yet.
+        today = DailyStats(
+            day, month, {**self._zeros, **(stored.counters if stored is not None else {})}
+        )
         figures = self.store.get_month(month)
         avg_min = (
             round_half_up(figures.timed_session_s / figures.timed_sessions / 60)
@@ -348,7 +421,7 @@ class Analytics:
         )
         return Metrics(
             today=today,
-            dau=int(today["dau"]) if today else 0,
+            dau=int(today["dau"]),
             mau=figures.mau,
             avg_session_min=avg_min,
             active_sessions=self.store.count_open_sessions(),

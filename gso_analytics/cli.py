@@ -16,16 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
 from contextlib import closing
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import TextIO
 
 from .analytics import Analytics
-from .clock import Clock, utc_now
+from .clock import Clock, resolve_tz, utc_now
 from .dead_letters import replay as replay_dead_letters
 from .demo import DemoPlan, SimClock, plan_demo, replay
 from .errors import ConfigurationError, GsoAnalyticsError
@@ -38,6 +39,8 @@ log = logging.getLogger("gso_analytics.cli")
 
 PROG = "gso-analytics"
 DEFAULT_STORE = "sqlite:///gso_analytics.db"
+#: The demo's own file: simulated players never mix into a game's real store.
+DEMO_STORE = "sqlite:///gso_demo.db"
 MAX_REPORT_DAYS = 30
 KPI_RANGE_DAYS = 30  # the KPI range when none is given: the 30 days ending today
 EXIT_ERROR = 2
@@ -53,7 +56,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _report_days(text: str) -> int:
+def report_days(text: str) -> int:
     value = _positive_int(text)
     if value > MAX_REPORT_DAYS:
         raise argparse.ArgumentTypeError(f"at most {MAX_REPORT_DAYS}, got {value}")
@@ -67,7 +70,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _iso_date(text: str) -> date:
+def iso_date(text: str) -> date:
     try:
         return date.fromisoformat(text)
     except ValueError:
@@ -77,13 +80,31 @@ def _iso_date(text: str) -> date:
 # -- the parser -------------------------------------------------------------------------
 
 
-def _add_store(parser: argparse.ArgumentParser) -> None:
+def _add_store(parser: argparse.ArgumentParser, default: str = DEFAULT_STORE) -> None:
     parser.add_argument(
         "--store",
-        default=DEFAULT_STORE,
+        default=default,
         metavar="URL",
         help=f"store URL: sqlite:///file.db, sqlite:////abs/file.db, memory:// ..."
-        f" (default: {DEFAULT_STORE}, in the current directory)",
+        f" (default: {default}, in the current directory)",
+    )
+
+
+def _timezone(text: str) -> tzinfo:
+    try:
+        return resolve_tz(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_tz(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tz",
+        type=_timezone,
+        default=UTC,
+        metavar="ZONE",
+        help="the game's timezone for day and month keys, e.g. Europe/Paris (default: UTC);"
+        " give the one of the game's Analytics(tz=...)",
     )
 
 
@@ -96,20 +117,28 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         " and the last days, read back from the store. Seeded: the same options give the"
         " same numbers.",
     )
-    _add_store(demo)
+    _add_store(demo, DEMO_STORE)
+    _add_tz(demo)
     demo.add_argument("--players", type=_positive_int, default=300, help="default: 300")
     demo.add_argument("--days", type=_positive_int, default=7, help="default: 7")
     demo.add_argument("--seed", type=int, default=7, help="random seed (default: 7)")
     demo.add_argument(
         "--today",
-        type=_iso_date,
+        type=iso_date,
         metavar="YYYY-MM-DD",
-        help="the last simulated day (default: today, UTC)",
+        help="the last simulated day (default: today, in --tz)",
     )
-    demo.add_argument(
+    existing = demo.add_mutually_exclusive_group()
+    existing.add_argument(
         "--reset",
         action="store_true",
         help="start from an empty store: deletes the SQLite file first (sqlite:// only)",
+    )
+    existing.add_argument(
+        "--append",
+        action="store_true",
+        help="add to a store that already holds data (without it, or --reset, the demo"
+        " refuses a non-empty store: simulated players would mix with real ones)",
     )
     demo.set_defaults(func=cmd_demo)
 
@@ -124,29 +153,30 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
         " and the economy. --html also writes them as a self-contained page with charts.",
     )
     _add_store(report)
+    _add_tz(report)
     report.add_argument("--json", action="store_true", help="print JSON instead of tables")
     report.add_argument(
         "--days",
-        type=_report_days,
+        type=report_days,
         default=MAX_REPORT_DAYS,
         help=f"how many of the newest days to show (1-{MAX_REPORT_DAYS}, default:"
         f" {MAX_REPORT_DAYS})",
     )
     report.add_argument(
         "--today",
-        type=_iso_date,
+        type=iso_date,
         metavar="YYYY-MM-DD",
-        help="report as of this UTC day, e.g. a demo's last day (default: today, UTC)",
+        help="report as of this day, e.g. a demo's last day (default: today, in --tz)",
     )
     report.add_argument(
         "--start",
-        type=_iso_date,
+        type=iso_date,
         metavar="YYYY-MM-DD",
         help=f"first day of the KPI range (default: {KPI_RANGE_DAYS - 1} days before --end)",
     )
     report.add_argument(
         "--end",
-        type=_iso_date,
+        type=iso_date,
         metavar="YYYY-MM-DD",
         help="last day of the KPI range, included (default: today)",
     )
@@ -277,14 +307,14 @@ def reset_store(url: str) -> None:
             log.info("removed %s", file)
 
 
-def fixed_clock(day: date) -> Clock:
-    """A clock standing at the end of ``day`` (UTC): "today" for a report of that day."""
-    moment = datetime.combine(day, datetime.max.time(), UTC)
+def fixed_clock(day: date, tz: tzinfo = UTC) -> Clock:
+    """A clock standing at the end of ``day`` in ``tz``: "today" for a report of that day."""
+    moment = datetime.combine(day, datetime.max.time(), tz)
     return lambda: moment
 
 
-def utc_today() -> date:
-    return utc_now().date()
+def today_in(tz: tzinfo) -> date:
+    return utc_now().astimezone(tz).date()
 
 
 class Progress:
@@ -342,17 +372,19 @@ def _read(analytics: Analytics, days: int) -> tuple[Metrics, list[DailyStats]]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    today = args.today or utc_today()
+    today = args.today or today_in(args.tz)
     if args.reset:
         reset_store(args.store)
-    plan = plan_demo(args.players, args.days, args.seed, today)
+    plan = plan_demo(args.players, args.days, args.seed, today, args.tz)
     with closing(open_cli_store(args.store, must_exist=False)) as store:
-        if store.recent_days(1):
-            log.warning(
-                "%s already holds data; the demo adds to it (--reset starts over)", args.store
+        if store.recent_days(1) and not args.append:
+            raise ConfigurationError(
+                f"{args.store} already holds data; the demo's simulated players would mix"
+                " with it. Pass --reset to start over (SQLite), --append to add to it, or"
+                " --store for another store"
             )
-        clock = SimClock(datetime.combine(plan.first_day, datetime.min.time(), UTC))
-        analytics = Analytics(store, clock=clock)
+        clock = SimClock(datetime.combine(plan.first_day, datetime.min.time(), args.tz))
+        analytics = Analytics(store, clock=clock, tz=args.tz, forwarders=[])
         started = time.monotonic()
         calls = _simulate(analytics, clock, plan)
         elapsed = time.monotonic() - started
@@ -365,11 +397,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print(render_report(metrics, today.isoformat(), days))
     if _scheme(args.store) != "memory":  # a memory store is gone when the demo exits
-        print(f"Show it again: {PROG} report --store {args.store} --today {today}")
-        print(
-            f"With KPIs and charts: {PROG} report --store {args.store} --today {today}"
-            " --html report.html"
-        )
+        tz = "" if args.tz is UTC else f" --tz {args.tz}"
+        again = f"{PROG} report --store {args.store} --today {today}{tz}"
+        print(f"Show it again: {again}")
+        print(f"With KPIs and charts: {again} --html report.html")
     return 0
 
 
@@ -388,28 +419,57 @@ def kpi_range(start: date | None, end: date | None, today: date) -> tuple[date, 
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    today = args.today or utc_today()
-    clock = fixed_clock(args.today) if args.today else utc_now
-    start, end = kpi_range(args.start, args.end, today)
+    today = args.today or today_in(args.tz)
+    clock = fixed_clock(args.today, args.tz) if args.today else utc_now
     with closing(open_cli_store(args.store, must_exist=True)) as store:
-        analytics = Analytics(store, clock=clock)
-        metrics, days = _read(analytics, args.days)
-        kpis = collect_kpis(analytics.kpis, start, end)
+        analytics = Analytics(store, clock=clock, tz=args.tz, forwarders=[])
+        text = report_text(
+            analytics,
+            today,
+            days=args.days,
+            start=args.start,
+            end=args.end,
+            html=args.html,
+            as_json=args.json,
+        )
         analytics.stop()
-    if args.html is not None:
-        try:
-            args.html.write_text(render_html(kpis), encoding="utf-8")
-        except OSError as exc:
-            raise ConfigurationError(f"cannot write {args.html}: {exc}") from exc
-    if args.json:
-        doc = {"metrics": metrics.to_dict(), "days": [day.to_dict() for day in days], "kpis": kpis}
-        print(json.dumps(doc, indent=2))
-    else:
-        print(render_report(metrics, today.isoformat(), days))
-        print(render_kpis(kpis), end="")
-        if args.html is not None:
-            print(f"\nWrote {args.html} (open it in a browser; it needs no network)")
+    print(text, end="")
     return 0
+
+
+def report_text(
+    analytics: Analytics,
+    today: date,
+    *,
+    days: int,
+    start: date | None,
+    end: date | None,
+    html: Path | None,
+    as_json: bool,
+) -> str:
+    """The report of ``analytics``' store as of ``today``: metrics, the newest ``days``
+    days and the KPIs of [start, end] (see :func:`kpi_range`), as text or JSON, and
+    the HTML page written to ``html`` when given. Shared with ``manage.py
+    gso_analytics report``, so both print the same thing."""
+    start, end = kpi_range(start, end, today)
+    metrics, history = _read(analytics, days)
+    kpis = collect_kpis(analytics.kpis, start, end)
+    if html is not None:
+        try:
+            html.write_text(render_html(kpis), encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(f"cannot write {html}: {exc}") from exc
+    if as_json:
+        doc = {
+            "metrics": metrics.to_dict(),
+            "days": [day.to_dict() for day in history],
+            "kpis": kpis,
+        }
+        return json.dumps(doc, indent=2) + "\n"
+    text = render_report(metrics, today.isoformat(), history) + "\n" + render_kpis(kpis)
+    if html is not None:
+        text += f"\nWrote {html} (open it in a browser; it needs no network)\n"
+    return text
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -479,7 +539,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s: %(message)s",
     )
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, so a closed pipe is caught below, not at exit
+        return code
+    except BrokenPipeError:
+        # `gso-analytics report | head`: the reader has all it wanted. Point stdout at
+        # /dev/null so the interpreter's own flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except GsoAnalyticsError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

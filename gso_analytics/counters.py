@@ -57,6 +57,10 @@ DEFAULT_COUNTERS: Mapping[str, CounterRule] = {
     "user.register": CounterRule("newUsers"),
 }
 
+#: Fields that count distinct players per day rather than events: the aggregator keeps
+#: (day, user) records for them and the store adds only the records it did not have.
+NEW_USERS = "newUsers"
+
 CounterSpec = CounterRule | str | tuple[str, str]
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 
 import attrs
@@ -23,11 +23,11 @@ from .analytics import Analytics
 
 DAY_S = 86_400.0
 
-#: The last simulated day stops here (UTC): an evening, when players are online, so a
-#: few sessions are still open and ``activeSessions`` means something.
+#: The last simulated day stops here (the game's local time): an evening, when players
+#: are online, so a few sessions are still open and ``activeSessions`` means something.
 END_OF_LAST_DAY = time(21, 0)
 
-#: Relative chance of logging in at each UTC hour: quiet nights, an evening peak.
+#: Relative chance of logging in at each local hour: quiet nights, an evening peak.
 HOUR_WEIGHTS = (2, 1, 1, 1, 1, 2, 3, 4, 5, 5, 5, 6, 7, 6, 6, 7, 8, 10, 12, 14, 14, 12, 8, 4)
 
 #: Gem packs a paying player buys: (gems, price in USD cents), and how often.
@@ -92,11 +92,12 @@ class DemoPlan:
 class _Planner:
     """Draws the plan. Small methods, one decision each, all from one seeded RNG."""
 
-    def __init__(self, players: int, days: int, seed: int, today: date) -> None:
+    def __init__(self, players: int, days: int, seed: int, today: date, tz: tzinfo) -> None:
+        self.tz = tz
         self.rng = random.Random(seed)
         self.days = days
         self.first_day = today - timedelta(days=days - 1)
-        self.end = datetime.combine(today, END_OF_LAST_DAY, UTC)
+        self.end = datetime.combine(today, END_OF_LAST_DAY, tz)
         self.players = [self._player(n, days) for n in range(1, players + 1)]
         self._order = 0
 
@@ -229,7 +230,7 @@ class _Planner:
             yield self._action(logout, "logout", player)
 
     def _day(self, day: int) -> list[Action]:
-        midnight = datetime.combine(self.first_day + timedelta(days=day), time(0), UTC)
+        midnight = datetime.combine(self.first_day + timedelta(days=day), time(0), self.tz)
         last_day = day == self.days - 1
         window = (self.end - midnight).total_seconds() if last_day else DAY_S
         schedule: dict[Player, list[tuple[float, float]]] = {}
@@ -279,11 +280,12 @@ class _Planner:
         return DemoPlan(self.first_day, self.end.date(), self.end, len(self.players), days)
 
 
-def plan_demo(players: int, days: int, seed: int, today: date) -> DemoPlan:
-    """The simulation for ``players`` over ``days`` days ending on ``today`` (UTC)."""
+def plan_demo(players: int, days: int, seed: int, today: date, tz: tzinfo = UTC) -> DemoPlan:
+    """The simulation for ``players`` over ``days`` days ending on ``today``, with the
+    players' hours in the game's timezone ``tz``."""
     if players < 1 or days < 1:
         raise ValueError("a demo needs at least one player and one day")
-    return _Planner(players, days, seed, today).plan()
+    return _Planner(players, days, seed, today, tz).plan()
 
 
 def replay(

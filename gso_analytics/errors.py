@@ -35,15 +35,12 @@ class ValidationError(GsoAnalyticsError, ValueError):
     """A tracked call was rejected (bad user id, event name, amount or data).
 
     Raised only with ``strict=True``; in lenient mode the call is counted in
-    ``stats()["rejected"]`` and logged once per kind.
+    ``stats()["rejected"]`` and logged once per (event, field, reason).
     """
 
-    def __init__(self, field: str, message: str, kind: str | None = None) -> None:
+    def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
-        #: What lenient mode logs once: ``field`` without the parts a caller chooses
-        #: (key names inside ``data``), so varying them cannot flood the log.
-        self.kind = kind or field
 
 
 class InvalidTypeError(ValidationError, TypeError):

@@ -119,8 +119,10 @@ class FlushBatch:
 
     ``counters`` holds increments per day (never totals); ``day_users`` and
     ``month_users`` the activity records whose newly inserted count feeds ``dau`` and
-    ``mau``; ``logins`` and ``logouts`` the marks that sessions are computed from
-    (with ``session_timeout_ms``, see :mod:`gso_analytics.sessions`); ``payments`` the
+    ``mau``; ``new_users`` the (day, user) registrations whose newly inserted count
+    feeds ``newUsers`` (a player registered twice in a day counts once); ``logins``
+    and ``logouts`` the marks that sessions are computed from (with
+    ``session_timeout_ms``, see :mod:`gso_analytics.sessions`); ``payments`` the
     ``stripe.payment`` amounts per day and user (increments, like ``counters``), which
     the per-user revenue facts of the KPIs are kept from.
     """
@@ -131,6 +133,7 @@ class FlushBatch:
     months: dict[str, str] = attrs.field(factory=dict)  # day -> month
     day_users: dict[str, set[str]] = attrs.field(factory=dict)
     month_users: dict[str, set[str]] = attrs.field(factory=dict)
+    new_users: dict[str, set[str]] = attrs.field(factory=dict)
     logins: list[Login] = attrs.field(factory=list)
     logouts: list[Logout] = attrs.field(factory=list)
     session_timeout_ms: int = 12 * 3600 * 1000
@@ -146,6 +149,7 @@ class FlushBatch:
         return not (
             self.counters
             or self.day_users
+            or self.new_users
             or self.logins
             or self.logouts
             or self.events

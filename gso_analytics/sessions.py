@@ -15,13 +15,14 @@ A logout whose previous mark is not a login ends nothing.
 
 Because a session depends only on its login and the mark after it, a batch changes
 only the sessions around its own marks: :func:`plan_sessions` merges the batch's
-marks with the stored ones from ``session_timeout`` before the player's earliest new
-mark (older logins cannot be affected, except an open one, which the store returns
-too) and returns the sessions whose end changed and the *difference* their change
-makes to the day and month aggregates. Applied exactly once per batch, those
+marks with the stored ones from the player's earliest new mark on, plus the newest
+stored mark before it (the only older login whose next mark can change, and only
+when it is at most ``session_timeout`` older) and the player's open session, and
+returns the sessions whose end changed and the *difference* their change makes to
+the day and month aggregates. Applied exactly once per batch, those
 differences make the stored figures equal to the walk over all marks, whatever the
-order the batches arrive in. The work is bounded by the marks in that window, not by
-the player's history.
+order the batches arrive in. The work is bounded by the marks since the batch's
+earliest one, not by the player's history.
 """
 
 from __future__ import annotations
@@ -84,13 +85,12 @@ def session_end(
     return SessionEnd(following.at_ms, round_half_up(gap_ms / 1000), False)
 
 
-def windows(marks: Iterable[Mark], timeout_ms: int) -> dict[str, int]:
-    """Per player, the earliest time (ms) a stored mark can matter to ``marks``."""
+def earliest(marks: Iterable[Mark]) -> dict[str, int]:
+    """Per player, the time (ms) of the earliest of ``marks``."""
     since: dict[str, int] = {}
     for mark in marks:
-        start = mark.at_ms - timeout_ms
-        if start < since.get(mark.user_id, start + 1):
-            since[mark.user_id] = start
+        if mark.at_ms < since.get(mark.user_id, mark.at_ms + 1):
+            since[mark.user_id] = mark.at_ms
     return since
 
 
@@ -102,10 +102,10 @@ def plan_sessions(
 ) -> SessionChanges:
     """Merge a batch's marks into the stored ones and say what changes.
 
-    ``stored`` holds, for each player with new marks, at least the stored marks from
-    :func:`windows` on and the player's open session (what
-    :meth:`~gso_analytics.store.Transaction.session_marks` returns). A new mark that is
-    stored already (the same id) counts as stored.
+    ``stored`` holds what :meth:`~gso_analytics.store.Transaction.session_marks`
+    returns for the players with new marks: their stored marks from the earliest new
+    one on, the newest stored mark before it, and their open session. A new mark that
+    is stored already (the same id) counts as stored.
     """
     timelines: defaultdict[str, dict[str, Mark]] = defaultdict(dict)
     current: dict[str, SessionEnd] = {}

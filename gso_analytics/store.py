@@ -21,6 +21,7 @@ from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 from .clock import from_ms, to_ms
+from .counters import NEW_USERS
 from .errors import ConfigurationError
 from .model import (
     ApplyResult,
@@ -34,7 +35,7 @@ from .model import (
     SessionRecord,
     StoredSession,
 )
-from .sessions import SessionChanges, plan_sessions, time_out, windows
+from .sessions import SessionChanges, earliest, plan_sessions, time_out
 
 #: Batch ids are remembered at least this long after the batch was made
 #: (``created_at``, the time :meth:`Transaction.claim_batch` stores), and longer with a
@@ -70,6 +71,11 @@ class Transaction(ABC):
         """Insert the (month, user) records; return how many did not exist before."""
 
     @abstractmethod
+    def add_new_users(self, day: str, users: set[str]) -> int:
+        """Insert the (day, user) registration records; return how many did not exist
+        before (``newUsers`` counts distinct players, as ``dau`` does)."""
+
+    @abstractmethod
     def add_first_seen(self, first_days: dict[str, str]) -> None:
         """Keep, per user, the earliest of the stored first-seen day and ``first_days[user]``.
 
@@ -96,12 +102,15 @@ class Transaction(ABC):
     # -- sessions: the marks and what the walk made of them ----------------------------
 
     @abstractmethod
-    def session_marks(self, since: Mapping[str, int]) -> list[StoredSession | Logout]:
+    def session_marks(
+        self, since: Mapping[str, int], horizon_ms: int
+    ) -> list[StoredSession | Logout]:
         """For each user of ``since``: the stored logins (with their sessions' current
-        ends) and logouts at or after ``since[user]`` (ms), and the user's open
-        sessions whatever their time. More marks may come back, as long as they reach
-        without a gap to the user's newest (a store that reads in bulk may use one
-        ``since`` for all)."""
+        ends) and logouts at or after ``since[user]`` (ms); the newest stored mark
+        before it when it is at most ``horizon_ms`` older; and the user's open session
+        whatever its time. More marks may come back, as long as they reach without a
+        gap to the user's newest (a store that reads in bulk may return everything
+        from ``min(since) - horizon_ms`` on)."""
 
     @abstractmethod
     def save_sessions(self, sessions: list[StoredSession]) -> None:
@@ -348,6 +357,10 @@ def apply_batch(tx: Transaction, batch: FlushBatch) -> ApplyResult:
         if added:
             daily[day]["dau"] += added
             new_day_users += added
+    for day, users in batch.new_users.items():
+        added = tx.add_new_users(day, users)
+        if added:
+            daily[day][NEW_USERS] += added
     for month, users in batch.month_users.items():
         added = tx.add_month_users(month, users)
         if added:
@@ -356,13 +369,14 @@ def apply_batch(tx: Transaction, batch: FlushBatch) -> ApplyResult:
     unmatched = 0
     if batch.logins or batch.logouts:
         marks = (*batch.logins, *batch.logouts)
-        stored = tx.session_marks(windows(marks, batch.session_timeout_ms))
+        stored = tx.session_marks(earliest(marks), batch.session_timeout_ms)
         changes = plan_sessions(stored, batch.logins, batch.logouts, batch.session_timeout_ms)
         tx.write_sessions(changes)
         unmatched = changes.unmatched_logouts
 
     for day, fields in daily.items():
-        tx.increment_daily(day, batch.months[day], dict(fields))
+        if fields:  # a day of repeated registrations only has nothing to add
+            tx.increment_daily(day, batch.months[day], dict(fields))
     for month, fields in monthly.items():
         tx.increment_monthly(month, dict(fields))
     if batch.events:

@@ -19,7 +19,6 @@ import attrs
 from .errors import InvalidTypeError, ValidationError
 
 MAX_AMOUNT = 2**53  # exact in IEEE doubles, JavaScript and BSON alike
-_DATA = "data"  # the kind of every error inside data: its paths are the caller's
 
 
 @attrs.frozen
@@ -63,21 +62,34 @@ def check_amount(value: object, field: str) -> int | float:
     return value
 
 
+#: The amount key of real-money events: USD cents, so an integer.
+CENTS_KEY = "amountCents"
+
+
+def check_cents(value: object, field: str) -> int:
+    """As :func:`check_amount`, but a whole number: ``4.99`` is dollars, not cents."""
+    amount = check_amount(value, field)
+    if type(amount) is not int:
+        raise ValidationError(
+            field,
+            f"must be a whole number of cents, got {amount!r}"
+            f" (a price of {amount} dollars is {round(amount * 100)} cents)",
+        )
+    return amount
+
+
 def _check_tree(value: Any, path: str, depth: int, limits: Limits) -> None:
     """Walk ``data`` and reject what JSON or a document store would misread."""
     if depth > limits.max_data_depth:
-        raise ValidationError(
-            path, f"is nested deeper than {limits.max_data_depth} levels", kind=_DATA
-        )
+        raise ValidationError(path, f"is nested deeper than {limits.max_data_depth} levels")
     if isinstance(value, dict):
         for key, item in value.items():
             if type(key) is not str:
-                raise InvalidTypeError(f"{path} key {key!r}", "must be a string", kind=_DATA)
+                raise InvalidTypeError(f"{path} key {key!r}", "must be a string")
             if not key or key[0] == "$" or "." in key or "\x00" in key:
                 raise ValidationError(
                     f"{path} key {key!r}",
                     "must be non-empty, not start with '$', contain no '.'",
-                    kind=_DATA,
                 )
             _check_tree(item, f"{path}.{key}", depth + 1, limits)
     elif isinstance(value, list | tuple):
@@ -85,12 +97,12 @@ def _check_tree(value: Any, path: str, depth: int, limits: Limits) -> None:
             _check_tree(item, f"{path}[{index}]", depth + 1, limits)
     elif isinstance(value, float):
         if not math.isfinite(value):
-            raise ValidationError(path, f"must be finite, not {value!r}", kind=_DATA)
+            raise ValidationError(path, f"must be finite, not {value!r}")
     elif isinstance(value, int):  # bool included: JSON has it
         if abs(value) > 2**63 - 1:
-            raise ValidationError(path, "is an integer too large for a 64-bit store", kind=_DATA)
+            raise ValidationError(path, "is an integer too large for a 64-bit store")
     elif value is not None and not isinstance(value, str):
-        raise InvalidTypeError(path, f"is a {type(value).__name__}, which is not JSON", kind=_DATA)
+        raise InvalidTypeError(path, f"is a {type(value).__name__}, which is not JSON")
 
 
 #: The fast path of :func:`snapshot_data` takes at most this many keys, each an ASCII

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,7 +25,6 @@ if TYPE_CHECKING:
     from conftest import AnalyticsFactory, FakeClock
 
 TODAY = "2025-03-14"  # the fake clock's start day
-
 
 
 def counter(store: Store, field: str, day: str = TODAY) -> float:
@@ -367,3 +368,64 @@ def test_stats_shape(store: Store, make_analytics: AnalyticsFactory) -> None:
     analytics.on_logout("u2")  # nobody logged u2 in: the logout ends no session
     analytics.flush()
     assert analytics.stats()["logouts_without_session"] == 1
+
+
+# -- calls nobody flushes: stored at exit, or counted aloud -----------------------------
+
+EXIT_SCRIPT = """
+import sys
+from gso_analytics import Analytics, StoreError, open_store
+from gso_analytics.backends.memory import MemoryStore
+
+class Down(MemoryStore):
+    def transaction(self):
+        raise StoreError("the store is down")
+
+case, url = sys.argv[1], sys.argv[2]
+if case == "never-started":
+    analytics = Analytics(url, forwarders=[])
+    analytics.on_login("u1")
+    analytics.track("credits.earn", "u1", {"amount": 5})
+elif case == "store-down":
+    analytics = Analytics(Down(), forwarders=[], stop_timeout=0.3)
+    analytics.on_login("u1")
+    analytics.track("credits.earn", "u1", {"amount": 5})
+else:  # after-stop
+    analytics = Analytics(url, forwarders=[]).start()
+    analytics.stop()
+    analytics.track("credits.earn", "u1", {"amount": 5})
+"""
+
+
+def _run_exit_script(case: str, url: str, cwd: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, case, url],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def test_calls_before_start_are_stored_at_exit_with_a_warning(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A script that forgot ``start()``: its calls were accepted, so they are stored at
+    exit, and the log says why the flush thread never ran."""
+    stderr = _run_exit_script("never-started", sqlite_url, tmp_path)
+    assert "2 calls were made but start() was never called" in stderr
+    with open_store(sqlite_url) as store:
+        (day,) = store.recent_days()
+        assert (day["dau"], day["creditsEarned"]) == (1, 5)
+
+
+def test_calls_that_cannot_be_stored_at_exit_are_counted(tmp_path: Path) -> None:
+    stderr = _run_exit_script("store-down", "memory://", tmp_path)
+    assert "stopping with 2 calls not stored" in stderr
+
+
+def test_calls_after_stop_are_counted_at_exit(sqlite_url: str, tmp_path: Path) -> None:
+    stderr = _run_exit_script("after-stop", sqlite_url, tmp_path)
+    assert "1 calls made after stop() were not stored" in stderr

@@ -16,14 +16,16 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from gso_analytics import Analytics, open_store
+from gso_analytics import DAILY_FIELDS, Analytics, open_store
 from gso_analytics.cli import Progress, main
 from gso_analytics.demo import plan_demo
 from gso_analytics.report import fmt_cents, fmt_duration, render_days
 
+ZEROS = dict.fromkeys(DAILY_FIELDS, 0)
 TODAY = "2026-03-12"  # three demo days, all in March: every player is in the MAU
 END_OF_TODAY = datetime(2026, 3, 12, 23, 0, tzinfo=UTC)
 SMALL_DEMO = ["demo", "--players", "40", "--days", "3", "--today", TODAY]
@@ -145,18 +147,71 @@ def test_demo_is_reproducible_with_a_seed(run: RunCli, tmp_path: Path) -> None:
     assert read_store(first) != read_store(other)
 
 
-def test_demo_reset_starts_over(
-    run: RunCli, store_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_demo_refuses_a_store_with_data_unless_reset_or_append(run: RunCli, store_url: str) -> None:
+    """Running the demo twice (or into a game's real store) must not mix simulated
+    players into existing numbers without being asked."""
     run(*SMALL_DEMO, "--store", store_url)
     once = read_store(store_url)
-    code, _, _ = run(*SMALL_DEMO, "--store", store_url)
+    code, out, err = run(*SMALL_DEMO, "--store", store_url)
+    assert code == 2 and out == ""
+    assert "already holds data" in err and "--reset" in err and "--append" in err
+    assert read_store(store_url) == once  # untouched
+    code, _, _ = run(*SMALL_DEMO, "--store", store_url, "--append")
     assert code == 0
-    assert "already holds data" in caplog.text
     assert read_store(store_url)["days"] != once["days"]  # counters added up
     code, _, _ = run(*SMALL_DEMO, "--store", store_url, "--reset")
     assert code == 0
     assert read_store(store_url) == once
+    with pytest.raises(SystemExit, match="2"):
+        run(*SMALL_DEMO, "--store", store_url, "--reset", "--append")  # argparse: usage error
+
+
+def test_demo_defaults_to_its_own_file(
+    run: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(*SMALL_DEMO)
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gso_demo.db"]
+    assert "--store sqlite:///gso_demo.db" in out
+
+
+def test_demo_and_report_in_the_games_timezone(run: RunCli, store_url: str) -> None:
+    """Day keys follow --tz, as they follow the game's Analytics(tz=...): a Tokyo
+    report of the demo's last day has the Tokyo day's players."""
+    code, out, err = run(*SMALL_DEMO, "--store", store_url, "--tz", "Asia/Tokyo")
+    assert code == 0, err
+    assert "--tz Asia/Tokyo" in out
+    _, utc_out, _ = run("report", "--json", "--store", store_url, "--today", TODAY)
+    _, tokyo_out, _ = run(
+        "report", "--json", "--store", store_url, "--today", TODAY, "--tz", "Asia/Tokyo"
+    )
+    tokyo = json.loads(tokyo_out)
+    assert tokyo["metrics"]["today"]["day"] == TODAY
+    assert tokyo["days"][0]["day"] == TODAY
+    assert tokyo["metrics"] == json.loads(utc_out)["metrics"]  # the stored day asked for
+    tokyo_tz = ZoneInfo("Asia/Tokyo")
+    with open_store(store_url) as store:
+        events = store.get_events(limit=1_000_000)
+    assert all(e.ts.astimezone(tokyo_tz).date().isoformat() == e.day for e in events)
+    assert any(e.ts.date().isoformat() != e.day for e in events)  # not the UTC day
+    with pytest.raises(SystemExit, match="2"):
+        run("report", "--store", store_url, "--tz", "Mars/Olympus")
+
+
+def test_report_into_a_closed_pipe_ends_quietly(run: RunCli, store_url: str) -> None:
+    """``gso-analytics report | head`` prints its lines and no BrokenPipeError."""
+    run(*SMALL_DEMO, "--store", store_url)
+    command = (
+        f"{sys.executable} -m gso_analytics report --store {store_url} --today {TODAY} | head -n 2"
+    )
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.startswith(f"Today {TODAY}")
+    assert len(done.stdout.splitlines()) == 2
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode == 0
 
 
 def test_demo_reset_refuses_other_stores(run: RunCli) -> None:
@@ -208,7 +263,8 @@ def test_report_of_another_day_shows_that_day(run: RunCli, store_url: str) -> No
     run(*SMALL_DEMO, "--store", store_url)
     _, out, _ = run("report", "--json", "--store", store_url, "--today", "2026-03-20")
     metrics = json.loads(out)["metrics"]
-    assert metrics["today"] == {} and metrics["dau"] == 0
+    assert metrics["today"] == {"day": "2026-03-20", "month": "2026-03", **ZEROS}
+    assert metrics["dau"] == 0
     assert metrics["mau"] == 40  # same month
 
 
@@ -381,7 +437,12 @@ def test_console_script_demo_then_python_m_report(tmp_path: Path) -> None:
 def test_console_script_default_store_and_bad_scheme(tmp_path: Path) -> None:
     demo = _run([*_console_script(), "demo", "--players", "20", "--days", "2"], tmp_path)
     assert demo.returncode == 0, demo.stderr
-    assert (tmp_path / "gso_analytics.db").exists()  # the embedded default, in the cwd
+    assert (tmp_path / "gso_demo.db").exists()  # the demo's own default, in the cwd
+    assert not (tmp_path / "gso_analytics.db").exists()  # never the game's store
+    again = _run([*_console_script(), "demo", "--players", "20", "--days", "2"], tmp_path)
+    assert again.returncode == 2 and "already holds data" in again.stderr
+    report = _run([*_console_script(), "report", "--store", "sqlite:///gso_demo.db"], tmp_path)
+    assert report.returncode == 0 and "DAU" in report.stdout
     bad = _run([sys.executable, "-m", "gso_analytics", "report", "--store", "nosql://x"], tmp_path)
     assert bad.returncode == 2
     assert bad.stderr.startswith("gso-analytics: error: unknown store scheme 'nosql'")

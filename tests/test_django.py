@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -30,6 +31,8 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.test import Client, override_settings
 from django.urls import include, path
+from gso_analytics.backends.memory import MemoryStore
+from gso_analytics.backends.sqlite import SQLiteStore
 from test_flask import (
     AUTH,
     COUNTERS,
@@ -46,6 +49,7 @@ from test_flask import (
 from gso_analytics import Analytics, ConfigurationError, StoreError
 from gso_analytics.integrations.django import apps as app_module
 from gso_analytics.integrations.django import get_analytics
+from gso_analytics.testing import assert_tracked
 
 if TYPE_CHECKING:
     from conftest import FakeClock
@@ -123,7 +127,10 @@ def test_override_settings_restarts_and_restores(configure: Callable[..., Analyt
     assert after is not during and after._flusher.interval == 60
 
 
-def test_missing_store_in_a_test_run_uses_memory_with_a_warning() -> None:
+def test_missing_store_in_a_test_run_uses_memory_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(app_module, "is_test_run", lambda: True)
     with (
         pytest.warns(RuntimeWarning, match=r'GSO_ANALYTICS\["STORE"\] is not set; using memory'),
         override_settings(GSO_ANALYTICS={"METRICS_TOKEN": TOKEN}),
@@ -131,6 +138,51 @@ def test_missing_store_in_a_test_run_uses_memory_with_a_warning() -> None:
         analytics = get_analytics()
         analytics.on_login("u1")
         assert analytics.get_metrics().dau == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "modules", "expected"),
+    [
+        (["manage.py", "test"], (), True),
+        (["django-admin", "test", "game"], (), True),
+        (["pytest"], ("pytest_django",), True),
+        (["pytest"], (), False),  # pytest alone is not a Django test run
+        (["manage.py", "runserver"], (), False),
+    ],
+)
+def test_a_test_run_is_djangos_runner_or_pytest_django(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], modules: tuple[str, ...], expected: bool
+) -> None:
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.delitem(sys.modules, "pytest_django", raising=False)
+    for name in modules:
+        monkeypatch.setitem(sys.modules, name, sys.modules[__name__])
+    assert app_module.is_test_run() is expected
+
+
+def test_a_test_run_replaces_the_configured_store_unless_kept(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(app_module, "is_test_run", lambda: True)
+    url = f"sqlite:///{tmp_path}/real.db"
+    with override_settings(GSO_ANALYTICS={**BASE, "STORE": url}):
+        analytics = get_analytics()
+        assert isinstance(analytics.store, MemoryStore)
+        analytics.track("dungeon.complete", "u1")
+        assert_tracked(analytics, "dungeon.complete", "u1")
+    assert not (tmp_path / "real.db").exists()
+    with override_settings(GSO_ANALYTICS={**BASE, "STORE": url, "TEST_STORE": "keep"}):
+        assert isinstance(get_analytics().store, SQLiteStore)
+
+
+@pytest.mark.parametrize("url", ["/metrics/days", "/metrics/days/", "/metrics/stats/"])
+def test_trailing_slash_or_not_the_views_answer(game: Analytics, url: str) -> None:
+    """With or without APPEND_SLASH (CommonMiddleware), never a 404 or a redirect."""
+    for append_slash in (True, False):
+        with override_settings(
+            APPEND_SLASH=append_slash, MIDDLEWARE=["django.middleware.common.CommonMiddleware"]
+        ):
+            assert get(url, headers=AUTH).status_code == 200, (url, append_slash)
 
 
 @pytest.mark.parametrize("value", [{}, None])
@@ -307,10 +359,26 @@ def run_command(*args: str) -> str:
 
 def test_command_report_reads_the_projects_store(game: Analytics) -> None:
     doc = json.loads(run_command("report", "--json", "--days", "1"))
+    assert doc.pop("kpis")["end"] == "2025-03-14"
     assert doc == {"metrics": EXPECTED_METRICS, "days": EXPECTED_DAYS[:1]}
     text = run_command("report")
     assert text.startswith("Today 2025-03-14")
     assert "2025-03-13" in text  # both days listed
+
+
+def test_command_report_has_the_clis_options(game: Analytics, tmp_path: Path) -> None:
+    """KPIs of a range, a past day, the HTML page: what ``gso-analytics report`` takes,
+    and the same output for the same store and options."""
+    page = tmp_path / "report.html"
+    args = ["--today", "2025-03-13", "--start", "2025-03-01", "--end", "2025-03-14"]
+    doc = json.loads(run_command("report", "--json", *args, "--html", str(page)))
+    assert (doc["kpis"]["start"], doc["kpis"]["end"]) == ("2025-03-01", "2025-03-14")
+    assert doc["metrics"]["today"]["day"] == "2025-03-13"
+    assert doc["metrics"]["dau"] == EXPECTED_DAYS[1]["dau"]
+    assert page.read_text().startswith("<!DOCTYPE html>")
+    text = run_command("report", *args)
+    assert text.startswith("Today 2025-03-13") and "\nKPIs 2025-03-01 to 2025-03-14" in text
+    assert get_analytics() is game  # the project's instance is left running
 
 
 def test_command_prune_uses_the_projects_rules(
@@ -392,3 +460,61 @@ def test_example_project_plays_and_reports(tmp_path: Path) -> None:
     )
     assert report.returncode == 0, report.stderr
     assert json.loads(report.stdout)["metrics"] == metrics
+
+
+GAME_TESTS = """
+from django.test import TestCase
+
+from gso_analytics.integrations.django import get_analytics
+from gso_analytics.testing import assert_tracked
+
+
+class GameTests(TestCase):
+    def test_dungeon_and_purchase_are_counted(self):
+        player = {"user_id": "u1", "username": "alice"}
+        purchase = {**player, "pack": "gems_100"}
+        for url, body in [("/login", player), ("/dungeon", player), ("/purchase", purchase)]:
+            response = self.client.post(url, body, content_type="application/json")
+            self.assertEqual(response.status_code, 200)
+        analytics = get_analytics()
+        assert_tracked(analytics, "stripe.payment", "u1", amountCents=199)
+        today = analytics.get_metrics().to_dict()["today"]
+        self.assertEqual((today["creditsEarned"], today["stripeRevenue"]), (50, 199))
+"""
+
+
+def test_manage_py_test_never_writes_into_the_configured_sqlite_file(tmp_path: Path) -> None:
+    """The issue's bug: ``manage.py test`` of a Django project counted into the real
+    store. A copy of the example project with a TestCase runs Django's test runner;
+    the configured SQLite file, holding a day of real numbers, is byte for byte and
+    time for time what it was."""
+    project = tmp_path / "project"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("*.db", "__pycache__"))
+    (project / "game" / "tests.py").write_text(GAME_TESTS)
+    (project / "game" / "test_settings.py").write_text(
+        "from game.settings import *  # noqa: F403\n"
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}}\n"
+    )
+    real = tmp_path / "real.db"
+    with Analytics(f"sqlite:///{real}", forwarders=[]) as analytics:
+        analytics.track("stripe.payment", "payer", {"amountCents": 999})
+    before = (real.read_bytes(), real.stat().st_mtime_ns)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "game.test_settings",
+        "GSO_ANALYTICS_STORE": f"sqlite:///{real}",
+    }
+    env.pop("GSO_ANALYTICS_TEST_STORE", None)
+    ran = subprocess.run(
+        [sys.executable, "manage.py", "test", "game", "-v", "2"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "Ran 1 test" in ran.stderr and "OK" in ran.stderr
+    assert ran.stderr.count("replaced by memory://") == 1
+    assert (real.read_bytes(), real.stat().st_mtime_ns) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project", "real.db"]  # no -wal

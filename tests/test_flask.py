@@ -27,14 +27,17 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from gso_analytics.backends.memory import MemoryStore
+from gso_analytics.backends.sqlite import SQLiteStore
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
 import gso_analytics.integrations
-from gso_analytics import Analytics, ConfigurationError, StoreError
+from gso_analytics import DAILY_FIELDS, Analytics, ConfigurationError, StoreError
 from gso_analytics.forwarding import Delivery, EncodedEvent, ForwardedEvent, Forwarder
+from gso_analytics.integrations import config as config_module
 from gso_analytics.integrations.config import read_settings
 from gso_analytics.integrations.flask import GSOAnalytics, get_analytics
 from gso_analytics.integrations.metrics import Format, negotiate
@@ -44,6 +47,7 @@ from gso_analytics.integrations.prometheus import (
     METRICS_GAUGES,
     TODAY_GAUGES,
 )
+from gso_analytics.testing import RecordingAnalytics, assert_tracked
 
 if TYPE_CHECKING:
     from conftest import FakeClock
@@ -278,6 +282,45 @@ def test_missing_store_under_testing_uses_memory_with_a_warning(
     assert analytics.get_metrics().dau == 1
 
 
+def test_testing_app_counts_into_memory_and_records_its_calls(
+    make_app: Callable[..., Flask],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Under app.testing the configured store is never touched (not even created): the
+    numbers go to memory://, said once per process, and the calls are recorded."""
+    monkeypatch.setattr(config_module, "_replacement_logged", False)
+    url = f"sqlite:///{tmp_path}/real.db"
+    with caplog.at_level(logging.WARNING, logger="gso_analytics"):
+        first = make_app(testing=True, STORE=url)
+        make_app(testing=True, STORE=url)
+    notices = [r.getMessage() for r in caplog.records if "replaced by memory://" in r.message]
+    assert len(notices) == 1
+    assert "sqlite:// store (GSO_ANALYTICS_STORE)" in notices[0]
+    assert "GSO_ANALYTICS_TEST_STORE = 'keep'" in notices[0]
+    analytics = get_analytics(first)
+    assert isinstance(analytics.store, MemoryStore)
+    assert isinstance(analytics, RecordingAnalytics)
+    with first.test_request_context():
+        get_analytics().track("dungeon.complete", "u1", {"dungeon": "crypt"})
+    assert_tracked(analytics, "dungeon.complete", "u1", dungeon="crypt")
+    assert not (tmp_path / "real.db").exists()
+
+
+def test_testing_app_keeps_the_store_when_asked(
+    make_app: Callable[..., Flask], tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/kept.db"
+    kept = get_analytics(make_app(testing=True, STORE=url, TEST_STORE="keep"))
+    assert isinstance(kept.store, SQLiteStore)
+    production = get_analytics(make_app(STORE=url))
+    assert isinstance(production.store, SQLiteStore)
+    assert type(production) is Analytics  # no recording outside tests
+    with pytest.raises(ConfigurationError, match="GSO_ANALYTICS_TEST_STORE must be"):
+        make_app(testing=True, STORE=url, TEST_STORE="sqlite")
+
+
 def test_options_and_flush_interval_reach_analytics(make_app: Callable[..., Flask]) -> None:
     app = make_app(
         STORE="memory://",
@@ -509,8 +552,10 @@ def test_prometheus_before_any_activity_is_all_zeros(make_app: Callable[..., Fla
     client = make_app(STORE="memory://", METRICS_TOKEN=TOKEN).test_client()
     body = client.get("/metrics?format=prometheus", headers=AUTH).get_data(as_text=True)
     exposition = samples(body)
-    assert client.get("/metrics", headers=AUTH).json["today"] == {}
-    assert_same_numbers(exposition, {"today": {}, **dict.fromkeys(METRICS_GAUGES, 0)})
+    today = client.get("/metrics", headers=AUTH).json["today"]
+    fields = {key: value for key, value in today.items() if key not in ("day", "month")}
+    assert fields == dict.fromkeys([*DAILY_FIELDS, "questsCompleted"], 0)  # every field
+    assert_same_numbers(exposition, {"today": today, **dict.fromkeys(METRICS_GAUGES, 0)})
     assert "gso_analytics_last_flush_age_seconds" not in exposition  # nothing flushed yet
 
 

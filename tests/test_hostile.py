@@ -473,6 +473,12 @@ ROWS: list[Row] = [
         lambda a, c: a.track("credits.earn", "u1", {"amount": 1e300}),
     ),
     rejected(
+        "amount-cents-in-dollars",
+        "`amountCents` with a fraction (`4.99`, a price in dollars)",
+        lambda a, c: a.track("stripe.payment", "u1", {"amountCents": 4.99}),
+        why=": a whole number of cents",
+    ),
+    rejected(
         "amount-operator",
         'amount a Mongo operator (`{"amount": {"$inc": 1000}}`)',
         lambda a, c: a.track("credits.earn", "u1", {"amount": {"$inc": 1000}}),

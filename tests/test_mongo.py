@@ -322,6 +322,7 @@ EXPECTED_INDEXES = {
     "monthly": [((("month", 1),), True)],
     "day_users": [((("day", 1), ("userId", 1)), True)],
     "month_users": [((("month", 1), ("userId", 1)), True)],
+    "new_users": [((("day", 1), ("userId", 1)), True)],
     "sessions": [
         ((("userId", 1), ("loginAt", 1)), False),
         ((("open", 1), ("loginAt", 1)), False),

@@ -160,6 +160,7 @@ def expected_days(scenario: Scenario) -> dict[str, dict[str, Any]]:
             docs[key] = {"day": key, "month": month_key(t), **dict.fromkeys(SEED_FIELDS, 0)}
         return docs[key]
 
+    registered: set[tuple[str, str]] = set()
     for s in scenario.sessions:
         d = doc(s.login)  # session seconds belong to the login day
         d["sessionCount"] += 1
@@ -170,7 +171,12 @@ def expected_days(scenario: Scenario) -> dict[str, dict[str, Any]]:
         if rule is None:
             continue  # unknown events go to the stream only
         name, key = rule
-        doc(e.t)[name] += 1 if key is None else e.data[key]
+        if name == "newUsers":  # distinct players registered that day
+            registered.add((doc(e.t)["day"], e.user))
+        else:
+            doc(e.t)[name] += 1 if key is None else e.data[key]
+    for key, _ in registered:
+        docs[key]["newUsers"] += 1
     for key, users in dau.items():
         docs[key]["dau"] = len(users)
     return docs
@@ -222,6 +228,8 @@ def _event(rng: random.Random, t: int, user: str, name: str | None = None) -> Ev
     if amount_key is not None:
         # Dyadic fractions add up exactly in any order, like the integers.
         amount = rng.choice([rng.randint(0, 5000), rng.randint(1, 40) / 4])
+        if amount_key == "amountCents":
+            amount = int(amount)  # real money is whole cents
         data = {amount_key: amount, "source": rng.choice(["quest", "shop", "pvp"])}
     elif name == "shop.open":
         data = None
@@ -473,7 +481,11 @@ def test_three_processes_match_the_oracle(
             today = days.get(day_key(t))
             metrics = Analytics(store, clock=lambda t=t: EPOCH + timedelta(milliseconds=t))
             assert metrics.get_metrics().to_dict() == {
-                "today": today or {},
+                "today": today or {
+                    "day": day_key(t),
+                    "month": month_key(t),
+                    **dict.fromkeys(SEED_FIELDS, 0),
+                },
                 "dau": today["dau"] if today else 0,
                 "mau": mau,
                 "avgSessionMin": avg_min,

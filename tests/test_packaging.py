@@ -148,3 +148,113 @@ def test_install_mode_imports_the_sqlite_backend(mode: str, source: Path, tmp_pa
     assert script.is_file(), "the console script is not installed"
     usage = _run([str(script), "--help"], cwd=workdir, timeout=RUN_TIMEOUT_S)
     assert "usage: gso-analytics" in usage.stdout
+
+
+# -- the testing kit, as a game team gets it -----------------------------------------------
+
+GAME = '''
+"""A tiny game's code under test: it takes the Analytics it reports to."""
+
+DUNGEON_REWARD = {"crypt": 50}
+PACKS = {"gems_100": (100, 199)}
+
+
+def finish_dungeon(analytics, user_id, name):
+    analytics.track("dungeon.complete", user_id, {"dungeon": name})
+    analytics.track("credits.earn", user_id, {"amount": DUNGEON_REWARD[name]})
+
+
+def buy_gems(analytics, user_id, pack):
+    if pack not in PACKS:
+        return False
+    gems, cents = PACKS[pack]
+    analytics.track("stripe.payment", user_id, {"amountCents": cents, "pack": pack})
+    analytics.track("gems.purchase", user_id, {"gems": gems})
+    return True
+'''
+
+GAME_TESTS = """
+import pytest
+from gso_analytics.testing import assert_not_tracked, assert_tracked, cluster
+
+from game import buy_gems, finish_dungeon
+
+
+def test_dungeon_rewards_credits(gso_analytics, gso_clock):
+    gso_analytics.on_login("u1", "alice")
+    gso_clock.advance(minutes=12)
+    finish_dungeon(gso_analytics, "u1", "crypt")
+    assert_tracked(gso_analytics, "dungeon.complete", "u1", dungeon="crypt")
+    today = gso_analytics.get_metrics().to_dict()["today"]
+    assert (today["dungeonsRun"], today["creditsEarned"], today["gemsSpent"]) == (1, 50, 0)
+
+
+@pytest.mark.gso_clock("2025-01-31T23:59:00+00:00")
+def test_a_refused_purchase_is_not_revenue(gso_analytics, gso_clock):
+    assert not buy_gems(gso_analytics, "u1", pack="unknown")
+    assert_not_tracked(gso_analytics, "stripe.payment")
+    assert gso_clock().isoformat() == "2025-01-31T23:59:00+00:00"
+
+
+def test_every_test_starts_empty(gso_analytics):
+    assert gso_analytics.captured == [] and gso_analytics.get_metrics().dau == 0
+
+
+def test_two_workers(gso_clock):
+    with cluster(2, clock=gso_clock) as (a, b):
+        a.on_login("u1")
+        a.flush()
+        gso_clock.advance(minutes=30)
+        b.on_logout("u1")
+        b.flush()
+        assert a.get_metrics().active_sessions == 0
+
+
+def test_a_wrong_expectation_lists_the_calls(gso_analytics):
+    buy_gems(gso_analytics, "u1", pack="gems_100")
+    assert_tracked(gso_analytics, "stripe.payment", "u1", amountCents=999)
+"""
+
+
+@pytest.mark.slow
+def test_a_game_tests_itself_with_the_installed_plugin(source: Path, tmp_path: Path) -> None:
+    """A plain install gives pytest the fixtures (pytest11), a sample game's test file
+    passes, a wrong expectation fails listing the calls made, ``-p no:gso_analytics``
+    turns the plugin off; and the README's ``gso-analytics demo`` prints real numbers
+    into its own file."""
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True, system_site_packages=False, clear=True).create(env_dir)
+    python = str(env_dir / "bin" / "python")
+    _run(
+        [python, "-m", "pip", "install", "--quiet", str(source), "pytest"], tmp_path, PIP_TIMEOUT_S
+    )
+    game = tmp_path / "game_project"
+    game.mkdir()
+    (game / "game.py").write_text(GAME)
+    (game / "test_game.py").write_text(GAME_TESTS)
+    pytest_args = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_game.py"]
+    ran = subprocess.run(
+        pytest_args, cwd=game, env=_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+    )
+    assert "1 failed, 4 passed" in ran.stdout, ran.stdout + ran.stderr
+    assert "expected track('stripe.payment', user_id='u1', amountCents=999)" in ran.stdout
+    assert "track('stripe.payment', 'u1', {'amountCents': 199, 'pack': 'gems_100'})" in ran.stdout
+    off = subprocess.run(
+        [*pytest_args, "-p", "no:gso_analytics"],
+        cwd=game,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert "fixture 'gso_analytics' not found" in off.stdout, off.stdout
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    demo = _run(
+        [str(env_dir / "bin" / "gso-analytics"), "demo", "--players", "30", "--days", "2"],
+        fresh,
+        RUN_TIMEOUT_S,
+    )
+    assert "DAU" in demo.stdout and "--store sqlite:///gso_demo.db" in demo.stdout
+    assert sorted(p.name for p in fresh.iterdir()) == ["gso_demo.db"]

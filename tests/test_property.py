@@ -100,6 +100,7 @@ class Model:
         self.days: dict[str, dict[str, Any]] = {}  # day -> {"month": .., field: value}
         self.day_users: set[tuple[str, str]] = set()
         self.month_users: set[tuple[str, str]] = set()
+        self.new_users: set[tuple[str, str]] = set()
         # user -> stored marks (time, call number, kind, day, month); a user is served by
         # one instance, so the call number orders two marks of one millisecond.
         self.marks: defaultdict[str, list[tuple[Any, ...]]] = defaultdict(list)
@@ -140,7 +141,10 @@ class Model:
         if event in RULES:
             field, key = RULES[event]
             amount = data[key] if key is not None else 1
-            self.buffers[instance].append(("count", day, month, field, amount))
+            if field == "newUsers":  # distinct players registered that day
+                self.buffers[instance].append(("new", day, month, user))
+            else:
+                self.buffers[instance].append(("count", day, month, field, amount))
         self.buffers[instance].append(("event", as_datetime(t), user, event, data, day))
 
     # -- the store --
@@ -151,6 +155,12 @@ class Model:
                 _, day, month, field, amount = op
                 doc = self.days.setdefault(day, {"month": month})
                 doc[field] = doc.get(field, 0) + amount
+            elif kind == "new":
+                _, day, month, user = op
+                if (day, user) not in self.new_users:
+                    self.new_users.add((day, user))
+                    doc = self.days.setdefault(day, {"month": month})
+                    doc["newUsers"] = doc.get("newUsers", 0) + 1
             elif kind == "users":
                 _, day, month, user = op
                 self.day_users.add((day, user))
@@ -210,7 +220,12 @@ class Model:
         today, month = self.keys(self.now_ms)
         count, total = self.timed(month)
         return {
-            "today": self.day_doc(today) if today in self.days else {},
+            "today": {  # every field, custom counters too, zeros before anything moved
+                "day": today,
+                "month": month,
+                **dict.fromkeys([*SEED_FIELDS, "goldLooted", "questsCompleted"], 0),
+                **(self.day_doc(today) if today in self.days else {}),
+            },
             "dau": sum(1 for d, _ in self.day_users if d == today),
             "mau": sum(1 for m, _ in self.month_users if m == month),
             # Math.round(total / count / 60), exactly, in integers
@@ -270,7 +285,8 @@ def step_us(draw: st.DrawFn) -> int:
 def track_op(draw: st.DrawFn) -> tuple[Any, ...]:
     event = draw(st.sampled_from([*RULES, *UNKNOWN_EVENTS]))
     key = RULES[event][1] if event in RULES else None
-    data: dict[str, Any] = {key: draw(amounts)} if key else {"tag": draw(st.sampled_from("ab"))}
+    amount = draw(st.integers(0, 10**6) if key == "amountCents" else amounts)  # whole cents
+    data: dict[str, Any] = {key: amount} if key else {"tag": draw(st.sampled_from("ab"))}
     return ("track", draw(instances), event, draw(users), data)
 
 

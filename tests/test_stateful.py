@@ -52,6 +52,7 @@ HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 SESSION_TIMEOUT_MS = 12 * HOUR_MS
 EVENT_TTL_MS = 7 * DAY_MS
+MAX_RETRY_AGE_MS = 6 * DAY_MS  # a failed batch older than this is set aside
 USERS = ("u0", "u1", "u2")
 
 #: event -> (field, amount key or None for +1): the seed's map (a sample) and two
@@ -108,6 +109,7 @@ def seconds_between(login: int, logout: int) -> int:
 @dataclass
 class Batch:
     ops: list[tuple[Any, ...]]
+    created: int  # the clock when the flush made it
     applied: bool = False  # reached the store (a failure after the write)
     failed: bool = False  # an attempt failed: the next one counts as a retry
 
@@ -130,12 +132,14 @@ class Model:
     # stats()
     flushed: int = 0
     failures: int = 0
+    quarantined: int = 0
     retried: int = 0
     rejected: int = 0
     # the store
     days: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     day_users: set[tuple[str, str]] = field(default_factory=set)
     month_users: set[tuple[str, str]] = field(default_factory=set)
+    new_users: set[tuple[str, str]] = field(default_factory=set)
     # the stored marks: user -> [(time, origin, seq, kind, day, month)]
     marks: defaultdict[str, list[tuple[Any, ...]]] = field(
         default_factory=lambda: defaultdict(list)
@@ -166,39 +170,46 @@ class Model:
         ops: list[tuple[Any, ...]] = [("event", self.now, user, event, data, day)]
         if event in RULES:
             name, key = RULES[event]
-            ops.append(("count", day, name, 1 if key is None else data[key]))
+            if name == "newUsers":  # distinct players registered that day
+                ops.append(("new", day, user))
+            else:
+                ops.append(("count", day, name, 1 if key is None else data[key]))
         self.buffer.append(ops)
 
     # -- flushes: "ok", or an injected failure "before" / "after" the write --
     def flush(self, mode: str = "ok") -> bool:
         """Returns True when the library must raise StoreError."""
         if self.buffer:
-            self.pending.append(Batch([op for call in self.buffer for op in call]))
+            self.pending.append(Batch([op for call in self.buffer for op in call], self.now))
             self.buffer = []
-        if not self.pending:
-            return False
-        if mode == "ok":
-            for batch in self.pending:
-                self.retried += batch.failed
+        while self.pending:
+            batch = self.pending[0]
+            if batch.failed and self.now - batch.created > MAX_RETRY_AGE_MS:
+                # Its id may be pruned by now: set aside, never retried (flusher.py).
+                self.pending.pop(0)
+                self.quarantined += 1
+                continue
+            self.retried += batch.failed
+            if mode == "ok":
                 if not batch.applied:
                     self.apply(batch.ops)
                 self.flushed += batch.size
-            self.pending = []
-            return False
-        batch = self.pending[0]
-        self.retried += batch.failed
-        self.failures += 1
-        if mode == "after" and not batch.applied:
-            self.apply(batch.ops)
-            batch.applied = True
-        batch.failed = True
-        return True
+                self.pending.pop(0)
+                continue
+            self.failures += 1
+            if mode == "after" and not batch.applied:
+                self.apply(batch.ops)
+                batch.applied = True
+            batch.failed = True
+            return True
+        return False
 
     def restart(self, origin: str) -> None:
         """stop() (a successful final flush), then a new process with its own origin."""
         self.flush()
         self.origin, self.seq = origin, 0
         self.flushed = self.failures = self.retried = self.rejected = 0  # stats() is per process
+        self.quarantined = 0
 
     # -- the store's rules --
     def sessions(self) -> list[dict[str, Any]]:
@@ -236,6 +247,9 @@ class Model:
                     self.day_users.add((day, user))
                     self.days[day]["dau"] += 1
                 self.month_users.add((month, user))
+            elif op[0] == "new" and op[1:] not in self.new_users:
+                self.new_users.add(op[1:])
+                self.days[op[1]]["newUsers"] += 1
         for op in ops:
             if op[0] in ("login", "logout"):
                 kind, user, at, origin, seq, day, month = op
@@ -264,10 +278,14 @@ class Model:
     def metrics(self) -> dict[str, Any]:
         day, month = keys(self.now)
         count, total = self.timed(month)
-        today = self.day_doc(day) if day in self.days else {}
+        # Every field, custom counters too, zeros before anything moved.
+        zeros = dict.fromkeys(["goldLooted", "questsCompleted"], 0)
+        today = {"day": day, "month": month, **dict.fromkeys(DAILY_FIELDS, 0), **zeros}
+        if day in self.days:
+            today.update(self.day_doc(day))
         return {
             "today": today,
-            "dau": today["dau"] if today else 0,
+            "dau": today["dau"],
             "mau": sum(1 for m, _ in self.month_users if m == month),
             "avgSessionMin": (2 * total + 60 * count) // (120 * count) if count else 0,
             "activeSessions": self.open_sessions(),
@@ -347,6 +365,8 @@ class AnalyticsMachine(RuleBasedStateMachine):
     )
     def track(self, event: str, user: str, amount: float) -> None:
         key = RULES.get(event, ("", None))[1]
+        if key == "amountCents":
+            amount = int(amount)  # real money is whole cents
         data: dict[str, Any] = {key: amount} if key else {"step": 1}
         self.analytics.track(event, user, data)
         self.model.track(event, user, data)
@@ -467,6 +487,7 @@ class AnalyticsMachine(RuleBasedStateMachine):
         assert stats["flushed"] == model.flushed
         assert stats["flush_failures"] == model.failures
         assert stats["retried"] == model.retried
+        assert stats["quarantined"] == model.quarantined
 
 
 #: Slower backends get fewer examples; every one still gets a few dozen steps each.

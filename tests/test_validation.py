@@ -1,6 +1,7 @@
 """Input validation: every row of the tables below is one test.
 
-A rejected call raises (strict) or is counted and logged once per kind (lenient), and
+A rejected call raises (strict) or is counted and logged once per (event, field,
+reason) (lenient), and
 in both modes leaves the store exactly as a run without it would: other buffered data
 is untouched. Accepted odd input (SQL-looking ids, unicode) is stored verbatim as data.
 """
@@ -22,6 +23,7 @@ from gso_analytics import (
     ValidationError,
     open_store,
 )
+from gso_analytics.analytics import MAX_LOGGED_REJECTIONS
 
 if TYPE_CHECKING:
     from conftest import AnalyticsFactory, FakeClock
@@ -140,6 +142,12 @@ def _amount_rows() -> list[pytest.ParameterSet]:
             "data.amountCents",
             InvalidTypeError,
             "cents-string",
+        ),
+        rejected_row(
+            lambda a: a.track("stripe.payment", "u1", {"amountCents": 4.99}),
+            "data.amountCents",
+            ValidationError,
+            "cents-dollars",
         ),
     ]
     return rows
@@ -264,7 +272,7 @@ def test_lenient_mode_counts_logs_once_and_keeps_other_data(
 def test_each_kind_of_rejection_is_logged_once(
     make_analytics: AnalyticsFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """One warning per kind of bad input, however many calls: loud, never a flood."""
+    """One warning per reason, however many calls: loud, never a flood."""
     analytics = make_analytics(open_store("memory://"))
     with caplog.at_level(logging.WARNING, logger="gso_analytics"):
         for _ in range(50):
@@ -274,19 +282,60 @@ def test_each_kind_of_rejection_is_logged_once(
     assert len(rejection_logs(caplog)) == 2
 
 
-def test_caller_chosen_keys_do_not_make_new_kinds_of_rejection(
+def test_each_reason_is_logged_once_per_event_and_field(
     make_analytics: AnalyticsFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The key names in ``data`` come from the caller (or a client): varying them must
-    not turn "log once per kind" into one warning per call."""
+    """After one NaN, a payload too large is another problem, worth its own line; the
+    same problem again is only counted."""
+    analytics = make_analytics(open_store("memory://"))
+    with caplog.at_level(logging.WARNING, logger="gso_analytics"):
+        for _ in range(3):
+            analytics.track("match.end", "u1", {"score": NAN})
+            analytics.track("match.end", "u1", {"replay": "x" * 20_000})
+            analytics.track("quest.end", "u1", {"score": NAN})
+    assert analytics.stats()["rejected"] == 9
+    logs = [r.getMessage() for r in rejection_logs(caplog)]
+    assert len(logs) == 3
+    assert "match.end" in logs[0] and "data.score" in logs[0] and "finite" in logs[0]
+    assert "20" in logs[1] and "bytes" in logs[1]
+    assert "quest.end" in logs[2]
+
+
+def test_caller_chosen_keys_log_a_bounded_number_of_rejections(
+    make_analytics: AnalyticsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The key names in ``data`` (and event names) come from the caller or a client:
+    each new one is a new line only up to a bound, then one line says the rest is
+    only counted."""
     analytics = make_analytics(open_store("memory://"))
     with caplog.at_level(logging.WARNING, logger="gso_analytics"):
         for i in range(100):
             analytics.track("tutorial.step", "u1", {f"$op{i}": 1})
             analytics.track("tutorial.step", "u1", {f"key{i}": {"x": NAN}})
-            analytics.track("tutorial.step", "u1", {"list": [0] * i + [_Opaque()]})
+            analytics.track(f"event.{i}", "u1", {"list": [_Opaque()]})
     assert analytics.stats()["rejected"] == 300
-    assert 1 <= len(rejection_logs(caplog)) <= 3
+    logs = rejection_logs(caplog)
+    assert len(logs) == MAX_LOGGED_REJECTIONS + 1
+    assert "further ones are only counted" in logs[-1].getMessage()
+
+
+def test_amount_cents_must_be_whole_cents(make_analytics: AnalyticsFactory) -> None:
+    """``4.99`` is a price in dollars: refused, with a message that says so; a whole
+    float (``499.0``, as JSON decoders may give) counts as 499; other amounts keep
+    accepting fractions."""
+    analytics = make_analytics(open_store("memory://"), strict=True)
+    with pytest.raises(ValidationError, match=r"whole number of cents.*4\.99 dollars is 499"):
+        analytics.track("stripe.payment", "u1", {"amountCents": 4.99})
+    analytics.track("stripe.payment", "u1", {"amountCents": 499.0})
+    analytics.track("credits.earn", "u1", {"amount": 12.5})
+    today = analytics.get_metrics().to_dict()["today"]
+    assert (today["stripeRevenue"], today["creditsEarned"]) == (499, 12.5)
+
+
+@pytest.mark.parametrize("url", ["memory://shared", "memory:///tmp/x.db", "memory://?x=1"])
+def test_memory_url_with_anything_after_the_scheme_is_refused(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="memory:// takes nothing after the scheme"):
+        open_store(url)
 
 
 # -- accepted input ---------------------------------------------------------------------

@@ -34,6 +34,7 @@ KEYS: Mapping[str, str] = {
     "METRICS_PUBLIC": "True serves the metrics without a token when none is configured",
     "METRICS_PATH": "where the metrics endpoint is mounted (default '/metrics'; None: not)",
     "OPTIONS": "more keyword arguments for Analytics (tz, session_timeout, counters, ...)",
+    "TEST_STORE": "'memory' (default): tests count into memory://; 'keep': the configured store",
 }
 
 #: Django mounts the endpoint with ``include()`` in the project's urls.py instead.
@@ -42,6 +43,8 @@ DJANGO_KEYS = tuple(key for key in KEYS if key != "METRICS_PATH")
 DEFAULT_FLUSH_INTERVAL = 60.0
 DEFAULT_METRICS_PATH = "/metrics"
 TESTING_STORE = "memory://"
+TEST_STORE_CHOICES = ("memory", "keep")
+_replacement_logged = False  # the test-store notice, once per process
 
 #: ``Analytics`` keyword arguments OPTIONS may carry (``flush_interval`` has its own key).
 ANALYTICS_OPTIONS = frozenset(
@@ -68,6 +71,8 @@ class Settings:
     endpoint: EndpointSettings = attrs.field(factory=EndpointSettings)
     metrics_path: str | None = DEFAULT_METRICS_PATH
     options: Mapping[str, Any] = attrs.field(factory=dict)
+    #: A test run: the app gets a RecordingAnalytics (see :mod:`gso_analytics.testing`).
+    testing: bool = False
 
 
 def read_settings(
@@ -82,7 +87,10 @@ def read_settings(
     ``name`` spells a short key as the user wrote it, for error messages. Under
     ``testing`` a missing store becomes ``memory://`` with a warning, so an app's test
     suite needs no store; anywhere else it is an error, because a production process
-    that silently counted into memory would lose everything at exit.
+    that silently counted into memory would lose everything at exit. Under
+    ``testing`` a configured store URL is replaced by ``memory://`` too (logged once),
+    so a test run never writes into the game's real numbers, unless ``TEST_STORE`` is
+    ``"keep"``; a ``Store`` object is code's own choice and is kept.
     """
     unknown = sorted(set(values) - set(keys))
     if unknown:
@@ -90,8 +98,18 @@ def read_settings(
             f"unknown setting {', '.join(name(key) for key in unknown)};"
             f" known: {', '.join(name(key) for key in keys)}"
         )
+    store = _store(values.get("STORE"), name("STORE"), testing)
+    test_store = values.get("TEST_STORE") or "memory"
+    if test_store not in TEST_STORE_CHOICES:
+        raise ConfigurationError(
+            f"{name('TEST_STORE')} must be 'memory' or 'keep', not {test_store!r}"
+        )
+    if testing and test_store == "memory" and isinstance(store, str) and store != TESTING_STORE:
+        _log_replacement(store, name)
+        store = TESTING_STORE
     return Settings(
-        store=_store(values.get("STORE"), name("STORE"), testing),
+        store=store,
+        testing=testing,
         flush_interval=_flush_interval(values.get("FLUSH_INTERVAL"), name("FLUSH_INTERVAL")),
         endpoint=EndpointSettings(
             token=_token(values.get("METRICS_TOKEN"), name("METRICS_TOKEN")),
@@ -118,6 +136,22 @@ def _store(value: Any, key: str, testing: bool) -> str | Store:
     if not isinstance(value, str):
         raise ConfigurationError(f"{key} must be a store URL or a Store, not {value!r}")
     return value
+
+
+def _log_replacement(url: str, name: Callable[[str], str]) -> None:
+    global _replacement_logged
+    if _replacement_logged:
+        return
+    _replacement_logged = True
+    scheme = url.split("://", 1)[0]  # not the URL: it may carry a password
+    log.warning(
+        "gso_analytics: a test run, so the configured %s:// store (%s) is replaced by %s;"
+        " set %s = 'keep' to test against it",
+        scheme,
+        name("STORE"),
+        TESTING_STORE,
+        name("TEST_STORE"),
+    )
 
 
 def _flush_interval(value: Any, key: str) -> float:
@@ -184,14 +218,19 @@ def check_options(options: Mapping[str, Any], where: str) -> None:
 
 
 def build_analytics(settings: Settings, **overrides: Any) -> Analytics:
-    """The ``Analytics`` of a web application, not started yet.
+    """The ``Analytics`` of a web application, not started yet (in a test run, a
+    :class:`~gso_analytics.testing.RecordingAnalytics`, for ``assert_tracked``).
 
     ``overrides`` are keyword arguments from code (a test's clock, say); they win over
     ``OPTIONS``. The caller starts it once the application is wired, so a failure in
     between leaves no thread behind; ``start()`` registers the exit hook that stops it.
     """
     check_options(overrides, "keyword arguments")
-    analytics = Analytics(
+    # Imported here: the testing kit is only loaded by test runs.
+    from ..testing import RecordingAnalytics
+
+    factory = RecordingAnalytics if settings.testing else Analytics
+    analytics = factory(
         settings.store,
         flush_interval=settings.flush_interval,
         **{**settings.options, **overrides},

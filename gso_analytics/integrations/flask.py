@@ -14,6 +14,11 @@ which includes gunicorn workers (they leave through ``sys.exit`` on SIGTERM, SIG
 SIGQUIT and ``--max-requests``) and ``flask run`` on Ctrl-C. Only a hard kill (SIGKILL,
 ``os._exit``) skips it, losing at most one ``flush_interval`` of that process's calls.
 Tests that create many apps call ``get_analytics(app).stop()`` themselves.
+
+Under ``app.testing`` (``TESTING = True`` before ``init_app``) the configured store URL
+is replaced by ``memory://`` unless ``GSO_ANALYTICS_TEST_STORE = "keep"``, and the
+``Analytics`` is a :class:`~gso_analytics.testing.RecordingAnalytics`, so a test run
+never writes into the game's real numbers and can ``assert_tracked`` what a route did.
 """
 
 from __future__ import annotations

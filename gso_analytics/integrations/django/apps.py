@@ -58,12 +58,14 @@ _running: Running | None = None
 
 
 def is_test_run() -> bool:
-    """``manage.py test`` or pytest: where a missing store may fall back to memory.
+    """Django's test runner (``manage.py test``, ``django-admin test``) or pytest-django:
+    where the configured store is replaced by ``memory://`` (see ``TEST_STORE``).
 
-    Decided from the command line and loaded modules because ``ready()`` runs before
-    Django's test runner sets anything up.
+    Decided from the command and the loaded pytest-django plugin because ``ready()``
+    runs before either sets the test environment up. Any pytest run is not enough: a
+    script that imports pytest, or a project's own conftest, is not a Django test run.
     """
-    return sys.argv[1:2] == ["test"] or "pytest" in sys.modules
+    return sys.argv[1:2] == ["test"] or "pytest_django" in sys.modules
 
 
 def is_autoreloader_watcher() -> bool:

@@ -4,69 +4,119 @@ Why a management command next to the ``gso-analytics`` CLI: it uses the running
 library of the project (``settings.GSO_ANALYTICS``: the store, the timezone, the event
 TTL and session timeout of ``OPTIONS``), so nobody repeats the store URL or the
 retention settings on a command line, and cron runs ``prune`` with exactly the rules
-the web workers use. The output is the CLI's.
+the web workers use. ``report`` takes the CLI's options (``--json``, ``--days``,
+``--today``, ``--start``/``--end`` for the KPIs, ``--html``) and prints what the CLI
+prints (:func:`gso_analytics.cli.report_text`).
 """
 
 from __future__ import annotations
 
-import json
-from argparse import ArgumentParser, ArgumentTypeError
+from argparse import ArgumentParser
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from gso_analytics.analytics import Analytics
+from gso_analytics.cli import (
+    KPI_RANGE_DAYS,
+    MAX_REPORT_DAYS,
+    fixed_clock,
+    iso_date,
+    report_days,
+    report_text,
+)
 from gso_analytics.errors import GsoAnalyticsError
 from gso_analytics.integrations.django import get_analytics
-from gso_analytics.report import fmt_int, render_report
-
-MAX_DAYS = 30
-
-
-def _days(text: str) -> int:
-    value = int(text) if text.isdigit() else 0
-    if not 1 <= value <= MAX_DAYS:
-        raise ArgumentTypeError(f"must be 1 to {MAX_DAYS}, got {text!r}")
-    return value
+from gso_analytics.report import fmt_int
 
 
 class Command(BaseCommand):
     help = (
-        "report: print today's metrics and the last days from the store of"
+        "report: print today's metrics, the last days and the KPIs from the store of"
         " settings.GSO_ANALYTICS; prune: delete expired events and time out stale sessions."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-        report = actions.add_parser("report", help="print today's metrics and the last days")
+        report = actions.add_parser(
+            "report", help="print today's metrics, the last days and the KPIs"
+        )
         report.add_argument("--json", action="store_true", help="print JSON instead of tables")
         report.add_argument(
             "--days",
-            type=_days,
-            default=MAX_DAYS,
-            help=f"how many of the newest days to show (1-{MAX_DAYS}, default: {MAX_DAYS})",
+            type=report_days,
+            default=MAX_REPORT_DAYS,
+            help=f"how many of the newest days to show (1-{MAX_REPORT_DAYS}, default:"
+            f" {MAX_REPORT_DAYS})",
+        )
+        report.add_argument(
+            "--today",
+            type=iso_date,
+            metavar="YYYY-MM-DD",
+            help="report as of this day, in the project's timezone (default: today)",
+        )
+        report.add_argument(
+            "--start",
+            type=iso_date,
+            metavar="YYYY-MM-DD",
+            help=f"first day of the KPI range (default: {KPI_RANGE_DAYS - 1} days before --end)",
+        )
+        report.add_argument(
+            "--end",
+            type=iso_date,
+            metavar="YYYY-MM-DD",
+            help="last day of the KPI range, included (default: today)",
+        )
+        report.add_argument(
+            "--html",
+            type=Path,
+            metavar="FILE",
+            help="also write the KPIs as a self-contained HTML page (charts, no network)",
         )
         actions.add_parser("prune", help="delete expired events, time out stale sessions")
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             if options["action"] == "report":
-                self._report(options["json"], options["days"])
+                self._report(options)
             else:
                 self._prune()
         except GsoAnalyticsError as exc:  # a store down or misconfigured: one line, exit 1
             raise CommandError(str(exc)) from exc
 
-    def _report(self, as_json: bool, days: int) -> None:
+    def _report(self, options: dict[str, Any]) -> None:
         analytics = get_analytics()
-        metrics = analytics.get_metrics()
-        history = analytics.get_last_30_days()[:days]
-        if as_json:
-            doc = {"metrics": metrics.to_dict(), "days": [day.to_dict() for day in history]}
-            self.stdout.write(json.dumps(doc, indent=2))
-        else:
-            today = analytics.clock().astimezone(analytics.tz).strftime("%Y-%m-%d")
-            self.stdout.write(render_report(metrics, today, history), ending="")
+        day = options["today"]
+        if day is None:
+            reader, today = analytics, analytics.clock().astimezone(analytics.tz).date()
+        else:  # the project's rules, on a clock standing at the end of that day
+            analytics.flush()  # this process's calls first, as every read does
+            reader = Analytics(
+                analytics.store,
+                clock=fixed_clock(day, analytics.tz),
+                tz=analytics.tz,
+                counters=analytics.counters,
+                event_ttl=analytics.event_ttl,
+                test_users=analytics.test_users,
+                forwarders=[],
+            )
+            today = day
+        try:
+            text = report_text(
+                reader,
+                today,
+                days=options["days"],
+                start=options["start"],
+                end=options["end"],
+                html=options["html"],
+                as_json=options["json"],
+            )
+        finally:
+            if reader is not analytics:
+                reader.stop()
+        self.stdout.write(text, ending="")
 
     def _prune(self) -> None:
         analytics = get_analytics()
