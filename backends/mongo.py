@@ -81,9 +81,13 @@ again (see :meth:`MongoStore._commit`).
 guarded so that a retry after any failure, with an unknown outcome or half-way,
 completes the batch without counting anything twice:
 
-1. ``batches`` gets ``{_id: batchId, done: false}``. A duplicate key means the batch was
-   tried before: ``done`` means applied (a duplicate, nothing to do), otherwise the
-   retry runs in *recovery* mode.
+1. ``batches`` gets ``{_id: batchId, done: false, intent, owner, leaseUntil}``: the
+   claim records the part itself (``intent``, its :mod:`~gso_analytics.batch_json`
+   text; past :data:`INTENT_CHUNK_CHARS` in ``batch_intents`` chunks written first and
+   counted by ``intentChunks``) and a lease on the server's clock. A duplicate key
+   means the batch was tried before: ``done`` means applied (a duplicate, nothing to
+   do), otherwise the retry takes the batch back (its own lease, or one that ended)
+   and runs in *recovery* mode.
 2. User records carry the ``batchId`` that inserted them. In recovery, a duplicate whose
    ``batchId`` is this batch's was inserted by the earlier attempt and still counts as
    new, so ``dau``/``mau`` get exactly the increments the first attempt computed.
@@ -114,11 +118,13 @@ completes the batch without counting anything twice:
 5. Events get ``_id`` values derived from (batch id, position), so re-inserting them is
    a duplicate-key no-op (outside recovery a duplicate can only be a collision of two
    batches' ids, and those events are inserted again with fresh ids).
-6. The batch document is marked ``done``.
+6. The batch document is marked ``done`` (its intent and lease removed).
 
 A process killed in the middle of a flush (never retried) leaves that batch partly
-applied on a standalone server, except its sessions, which the journal completes; a
-replica set, even a single-node one, applies it whole or not at all.
+applied on a standalone server until its lease ends (:data:`DEFAULT_BATCH_LEASE`,
+renewed before the guarded writes): then the prune job of any process takes it over
+and applies it again from its intent, in recovery mode, exactly once. A replica set,
+even a single-node one, applies it whole or not at all.
 
 Retryable writes are on (``retryWrites=true``) unless the URL or a keyword argument
 turns them off, as with every client option the store defaults; outside transactions
