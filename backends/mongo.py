@@ -83,9 +83,13 @@ again (see :meth:`MongoStore._commit`).
 guarded so that a retry after any failure, with an unknown outcome or half-way,
 completes the batch without counting anything twice:
 
-1. ``batches`` gets ``{_id: batchId, done: false}``. A duplicate key means the batch was
-   tried before: ``done`` means applied (a duplicate, nothing to do), otherwise the
-   retry runs in *recovery* mode.
+1. ``batches`` gets ``{_id: batchId, done: false, intent, owner, leaseUntil}``: the
+   claim records the part itself (``intent``, its :mod:`~gso_analytics.batch_json`
+   text; past :data:`INTENT_CHUNK_CHARS` in ``batch_intents`` chunks written first and
+   counted by ``intentChunks``) and a lease on the server's clock. A duplicate key
+   means the batch was tried before: ``done`` means applied (a duplicate, nothing to
+   do), otherwise the retry takes the batch back (its own lease, or one that ended)
+   and runs in *recovery* mode.
 2. User records carry the ``batchId`` that inserted them. In recovery, a duplicate whose
    ``batchId`` is this batch's was inserted by the earlier attempt and still counts as
    new, so ``dau``/``mau`` get exactly the increments the first attempt computed.
@@ -116,11 +120,13 @@ completes the batch without counting anything twice:
 5. Events get ``_id`` values derived from (batch id, position), so re-inserting them is
    a duplicate-key no-op (outside recovery a duplicate can only be a collision of two
    batches' ids, and those events are inserted again with fresh ids).
-6. The batch document is marked ``done``.
+6. The batch document is marked ``done`` (its intent and lease removed).
 
 A process killed in the middle of a flush (never retried) leaves that batch partly
-applied on a standalone server, except its sessions, which the journal completes; a
-replica set, even a single-node one, applies it whole or not at all.
+applied on a standalone server until its lease ends (:data:`DEFAULT_BATCH_LEASE`,
+renewed before the guarded writes): then the prune job of any process takes it over
+and applies it again from its intent, in recovery mode, exactly once. A replica set,
+even a single-node one, applies it whole or not at all.
 
 Retryable writes are on (``retryWrites=true``) unless the URL or a keyword argument
 turns them off, as with every client option the store defaults; outside transactions
@@ -150,6 +156,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import attrs
 
+from gso_analytics.batch_json import batch_from_json, batch_to_json
 from gso_analytics.clock import from_ms, to_ms
 from gso_analytics.errors import ConfigurationError, InvalidTypeError, StoreError
 from gso_analytics.model import (
@@ -167,7 +174,7 @@ from gso_analytics.model import (
     StoredSession,
 )
 from gso_analytics.sessions import SessionChanges
-from gso_analytics.store import Store, Transaction
+from gso_analytics.store import Store, Transaction, apply_batch
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -191,6 +198,18 @@ DEFAULT_APPLIED_BATCHES_KEPT = 1000
 #: holder died blocks the others.
 DEFAULT_LOCK_WAIT = timedelta(seconds=10)
 DEFAULT_LOCK_LEASE = timedelta(seconds=30)
+#: How long a standalone batch belongs to the process that claimed it (renewed before
+#: its counters): past it, with the batch still not done, its process is taken for
+#: dead and the prune job of any process finishes the batch from its intent. Far
+#: longer than any step of one part, which a lease must outlast.
+DEFAULT_BATCH_LEASE = timedelta(minutes=2)
+#: The intent text (a part as ``batch_json``, ASCII) a claim document holds itself;
+#: a longer one goes to ``batch_intents`` in chunks of this many characters, far below
+#: MongoDB's 16 MiB document limit (a 10,000-player part with its events can pass it).
+INTENT_CHUNK_CHARS = 4 * 1024 * 1024
+#: How often the server's clock is read (``hello``'s ``localTime``); in between it is
+#: advanced by this host's monotonic clock, which no clock step moves.
+SERVER_CLOCK_REFRESH_S = 60.0
 #: How long a process building missing indexes at open holds the lease on them (a
 #: ``locks`` document): the others carry on meanwhile, and past it (the builder died)
 #: the next process to open the store builds them.
@@ -243,6 +262,7 @@ _STORE_KWARGS = frozenset(
         "applied_batches_kept",
         "lock_wait",
         "lock_lease",
+        "batch_lease",
     }
 )
 
@@ -322,6 +342,11 @@ def _event_ids(batch_id: str, created_at: datetime, count: int) -> list[Any]:
             ObjectId(stamp + tag + i.to_bytes(2, "big")) for i in range(min(step, count - start))
         )
     return ids
+
+
+def _chunk_id(batch_id: str, n: int) -> str:
+    """The ``batch_intents`` id of chunk ``n`` of a batch's intent."""
+    return f"{batch_id}/{n}"
 
 
 def _write_errors(exc: Exception) -> list[dict[str, Any]]:
@@ -405,6 +430,13 @@ class _MongoTransaction(Transaction):
         self.recovering = False
         self.duplicate = False
         self._lock_token: str | None = None
+        # Standalone: the part being applied, the token of this attempt's lease on its
+        # batch document, the intent chunks to delete once done, and whether the
+        # batch is resumed from its intent (the prune job took it over).
+        self._intent: FlushBatch | None = None
+        self._owner: str | None = None
+        self._intent_chunks = 0
+        self._resumed = False
         self._daily: dict[str, tuple[str, dict[str, Number]]] = {}
         self._monthly: dict[str, dict[str, int]] = {}
         self._events: list[EventRecord] = []
@@ -450,6 +482,17 @@ class _MongoTransaction(Transaction):
 
     # -- the batch id ---------------------------------------------------------------
 
+    def record_intent(self, batch: FlushBatch) -> None:
+        """Standalone: kept for :meth:`claim_batch`, which writes it with the claim."""
+        if not self.txn:
+            self._intent = batch
+
+    def resume(self, owner: str, chunks: int) -> None:
+        """Apply a batch the prune job took over (its lease is ``owner``): its claim and
+        intent (in ``chunks`` chunks, or none) exist, and it runs in recovery mode."""
+        self._owner, self._intent_chunks = owner, chunks
+        self._resumed = self.recovering = True
+
     def claim_batch(self, batch_id: str, at: datetime) -> bool:
         self._begin()
         self.batch_id, self.created_at = batch_id, at
@@ -463,16 +506,35 @@ class _MongoTransaction(Transaction):
                 self._counters_pending = found.get("countersApplied") is False
                 return False
             return True
+        if self._resumed:
+            return True
         pymongo = _pymongo()
+        claim: dict[str, Any] = {"_id": batch_id, "appliedAt": at, "done": False}
+        if self._intent is not None:
+            # The intent goes first (its chunks before the claim that names them), so a
+            # claim not done always holds what it takes to finish the batch.
+            text = batch_to_json(self._intent)
+            claim.update(self.store._write_intent(batch_id, at, text))
+            self._intent_chunks = claim.get("intentChunks", 0)
+            self._owner = uuid.uuid4().hex
+            claim.update(owner=self._owner, leaseUntil=self.store._lease_end())
         try:
-            batches.insert_one({"_id": batch_id, "appliedAt": at, "done": False})
+            batches.insert_one(claim)
         except pymongo.errors.DuplicateKeyError:
             found = batches.find_one({"_id": batch_id}, {"done": 1})
             if found is None or found.get("done"):
                 self.duplicate = True
+                self._owner = None
                 return False
+            if self._owner is not None and not self.store._take_over(batch_id, self._owner):
+                raise StoreError(
+                    f"MongoDB {self.store.where}: batch {batch_id} is being completed by"
+                    " another process (its lease on the batch has not ended); retried later"
+                ) from None
             self.recovering = True
             log.info("gso_analytics: batch %s was tried before; completing it", batch_id)
+        if self._owner is not None:
+            self.store._claims[batch_id] = self._owner
         return True
 
     # -- (day, user) and (month, user) records --------------------------------------
@@ -634,6 +696,8 @@ class _MongoTransaction(Transaction):
 
     def delete_batches_before(self, cutoff: datetime) -> None:
         self._c("batches").delete_many({"appliedAt": {"$lt": cutoff}}, **self._kw)
+        # Chunks of intents whose claim was never written (the process died between).
+        self._c("batch_intents").delete_many({"at": {"$lt": cutoff}}, **self._kw)
         self._c("session_journal").delete_many({"done": True, "at": {"$lt": cutoff}}, **self._kw)
 
     # -- commit ------------------------------------------------------------------------
@@ -643,6 +707,10 @@ class _MongoTransaction(Transaction):
         if self.txn:
             self._commit_transaction()
             return
+        if self._owner is not None and self.batch_id is not None:
+            # Renewed before the guarded writes: a process that lost its batch to a
+            # takeover (it stalled past the lease) stops here instead of counting it.
+            self.store._renew_lease(self.batch_id, self._owner)
         if self._journal_changes is not None:
             guard = None if self.batch_id is None else f"{self.batch_id}:sessions"
             at = self.created_at or datetime.now(UTC)
@@ -652,7 +720,7 @@ class _MongoTransaction(Transaction):
         self._write_user_facts()
         self._write_events()
         if self.batch_id is not None and not self.duplicate:
-            self._c("batches").update_one({"_id": self.batch_id}, {"$set": {"done": True}})
+            self.store._mark_done(self.batch_id, self._intent_chunks)
 
     def _commit_transaction(self) -> None:
         """Replica set: the events first, outside the transaction (idempotent under
@@ -1033,6 +1101,7 @@ class MongoStore(Store):
         applied_batches_kept: int = DEFAULT_APPLIED_BATCHES_KEPT,
         lock_wait: timedelta = DEFAULT_LOCK_WAIT,
         lock_lease: timedelta = DEFAULT_LOCK_LEASE,
+        batch_lease: timedelta = DEFAULT_BATCH_LEASE,
         where: str | None = None,
         reconnect: Callable[[], Any] | None = None,
     ) -> None:
@@ -1050,6 +1119,11 @@ class MongoStore(Store):
         self.applied_batches_kept = applied_batches_kept
         self.lock_wait = lock_wait
         self.lock_lease = lock_lease
+        self.batch_lease = batch_lease
+        #: batch id -> the lease token of this process's last attempt at it, so the
+        #: flusher's retry takes its own batch back at once, lease or not.
+        self._claims: dict[str, str] = {}
+        self._clock_reading: tuple[datetime, float] | None = None
         self._database = database
         self._reconnect = reconnect
         self._pid = os.getpid()
@@ -1066,6 +1140,7 @@ class MongoStore(Store):
         with self._errors("connecting"):
             database.command("ping")
             hello = self._hello()
+            self._read_clock(hello)
             self.uses_transactions = (
                 _transactions_possible(hello) if transactions is None else bool(transactions)
             )
@@ -1264,6 +1339,11 @@ class MongoStore(Store):
             ("first_seen", [("day", 1)], {}),
             ("first_payments", [("day", 1)], {}),
             ("batches", [("appliedAt", 1)], {}),
+            (
+                "batches",
+                [("leaseUntil", 1)],
+                {"partialFilterExpression": {"done": False}},
+            ),
         ]
 
     def _existing_indexes(self, name: str) -> dict[tuple[tuple[str, Any], ...], dict[str, Any]]:
@@ -1364,7 +1444,7 @@ class MongoStore(Store):
         pymongo = _pymongo()
         locks = self._collection("locks")
         token = uuid.uuid4().hex
-        now = datetime.now(UTC)
+        now = self._server_now()
         lease = {"owner": token, "until": now + INDEX_BUILD_LEASE, "since": now}
         if locks.replace_one({"_id": _INDEX_LEASE_ID, "until": {"$lt": now}}, lease).matched_count:
             return token
@@ -1617,6 +1697,157 @@ class MongoStore(Store):
             log.info("gso_analytics: completing the session writes of batch %s", doc["_id"])
             self._replay(doc)
 
+    # -- the server's clock ---------------------------------------------------------------
+
+    def _read_clock(self, hello: Mapping[str, Any]) -> None:
+        """Keep ``hello``'s ``localTime`` with the monotonic moment it was read. A
+        stand-in that does not send it (mongomock) leaves this host's clock in use."""
+        local = hello.get("localTime")
+        server = _aware(local) if isinstance(local, datetime) else datetime.now(UTC)
+        self._clock_reading = (server, time.monotonic())
+
+    def _server_now(self) -> datetime:
+        """The server's time: leases are written by one host and judged expired by
+        another, so they are all on one clock, the server's, whatever the hosts' clocks
+        say. Read at most every :data:`SERVER_CLOCK_REFRESH_S` (``hello``, one cheap
+        command; nx-27017 and mongomock have no aggregation-pipeline updates, so
+        ``$$NOW`` cannot set a lease's end on them)."""
+        reading = self._clock_reading
+        if reading is None or time.monotonic() - reading[1] > SERVER_CLOCK_REFRESH_S:
+            self._read_clock(self._hello())
+            reading = self._clock_reading
+            assert reading is not None
+        return reading[0] + timedelta(seconds=time.monotonic() - reading[1])
+
+    # -- standalone batch intents and their leases ---------------------------------------
+
+    def _lease_end(self) -> int:
+        """When a batch lease taken now ends, in milliseconds of the server's clock: a
+        number, because nx-27017's ``$set`` stores a date as a string, which no longer
+        compares with dates."""
+        return to_ms(self._server_now() + self.batch_lease)
+
+    def _write_intent(self, batch_id: str, at: datetime, text: str) -> dict[str, Any]:
+        """The fields of a claim document that hold its intent: the text itself, or,
+        past :data:`INTENT_CHUNK_CHARS`, the number of ``batch_intents`` chunks written
+        here first (replaced by id: a retry writes the same chunks)."""
+        if len(text) <= INTENT_CHUNK_CHARS:
+            return {"intent": text}
+        pymongo = _pymongo()
+        chunks = [text[i : i + INTENT_CHUNK_CHARS] for i in range(0, len(text), INTENT_CHUNK_CHARS)]
+        self._collection("batch_intents").bulk_write(
+            [
+                pymongo.ReplaceOne(
+                    {"_id": _chunk_id(batch_id, n)},
+                    {"_id": _chunk_id(batch_id, n), "at": at, "text": chunk},
+                    upsert=True,
+                )
+                for n, chunk in enumerate(chunks)
+            ],
+            ordered=False,
+        )
+        return {"intentChunks": len(chunks)}
+
+    def _load_intent(self, batch_id: str) -> tuple[FlushBatch, int] | None:
+        """The part a claim not done recorded, and in how many chunks; None when it
+        recorded none (claimed by a version before intents) or its chunks are gone."""
+        doc = self._collection("batches").find_one(
+            {"_id": batch_id, "done": False}, {"intent": 1, "intentChunks": 1}
+        )
+        if doc is None:
+            return None
+        text = doc.get("intent")
+        if text is None and doc.get("intentChunks"):
+            ids = [_chunk_id(batch_id, n) for n in range(doc["intentChunks"])]
+            found = {
+                d["_id"]: d["text"]
+                for d in self._collection("batch_intents").find({"_id": {"$in": ids}})
+            }
+            if len(found) == len(ids):
+                text = "".join(found[i] for i in ids)
+        return None if text is None else (batch_from_json(text), doc.get("intentChunks", 0))
+
+    def _take_over(self, batch_id: str, token: str, *, own: bool = True) -> bool:
+        """Make ``token`` the owner of a claim not done, if nobody else holds it: its
+        lease ended (its process died), it has none (claimed before leases), or, with
+        ``own``, this process's last attempt holds it (the flusher retries a batch only
+        once that attempt failed)."""
+        previous = self._claims.get(batch_id) if own else None
+        free: list[dict[str, Any]] = [] if previous is None else [{"owner": previous}]
+        free += [
+            {"leaseUntil": {"$lt": to_ms(self._server_now())}},
+            {"leaseUntil": {"$exists": False}},
+        ]
+        # One compare-and-swap per condition, not one $or: nx-27017 applies an update
+        # whose filter has $or to the first document the $or alone matches.
+        batches = self._collection("batches")
+        for condition in free:
+            taken = batches.update_one(
+                {"_id": batch_id, "done": False, **condition},
+                {"$set": {"owner": token, "leaseUntil": self._lease_end()}},
+            )
+            if taken.matched_count:
+                return True
+        return False
+
+    def _renew_lease(self, batch_id: str, token: str) -> None:
+        renewed = self._collection("batches").update_one(
+            {"_id": batch_id, "done": False, "owner": token},
+            {"$set": {"leaseUntil": self._lease_end()}},
+        )
+        if not renewed.matched_count:
+            raise StoreError(
+                f"MongoDB {self.where}: batch {batch_id} was taken over by another process"
+                f" (this one held it past its {self.batch_lease.total_seconds():g} s lease);"
+                " that process completes it"
+            )
+
+    def _mark_done(self, batch_id: str, chunks: int) -> None:
+        """The batch is applied: its intent and lease are no longer needed."""
+        self._collection("batches").update_one(
+            {"_id": batch_id},
+            {
+                "$set": {"done": True},
+                "$unset": {"intent": "", "intentChunks": "", "owner": "", "leaseUntil": ""},
+            },
+        )
+        if chunks:
+            ids = [_chunk_id(batch_id, n) for n in range(chunks)]
+            self._collection("batch_intents").delete_many({"_id": {"$in": ids}})
+        self._claims.pop(batch_id, None)
+
+    def _complete_abandoned_batches(self) -> int:
+        """The prune job's part on standalone: finish every batch whose process died
+        half-way (not done, lease ended), from its intent, in recovery mode, where the
+        guards make whatever the dead process wrote count once. A batch that fails for
+        good is logged and left for the next prune; a store error (the server is down)
+        ends the prune."""
+        abandoned = [
+            doc["_id"]
+            for doc in self._collection("batches").find(
+                {"done": False, "leaseUntil": {"$lt": to_ms(self._server_now())}}, {"_id": 1}
+            )
+        ]
+        completed = 0
+        for batch_id in abandoned:
+            intent = self._load_intent(batch_id)
+            token = uuid.uuid4().hex
+            if intent is None or not self._take_over(batch_id, token, own=False):
+                continue  # done meanwhile, or taken over by another process
+            log.warning("gso_analytics: completing batch %s, whose process died", batch_id)
+            try:
+                with self.transaction() as tx:
+                    assert isinstance(tx, _MongoTransaction)
+                    tx.resume(token, intent[1])
+                    apply_batch(tx, intent[0])
+            except StoreError as exc:
+                if not exc.permanent:
+                    raise
+                log.exception("gso_analytics: batch %s cannot be completed", batch_id)
+                continue
+            completed += 1
+        return completed
+
     # -- the standalone session lock ------------------------------------------------------
 
     def _acquire_lock(self) -> str:
@@ -1629,7 +1860,7 @@ class MongoStore(Store):
         delay = 0.001
         created = False
         while True:
-            now = datetime.now(UTC)
+            now = self._server_now()
             taken = locks.replace_one(  # free: released (until = epoch) or lease over
                 {"_id": _LOCK_ID, "until": {"$lt": now}},
                 {"owner": token, "until": now + self.lock_lease, "since": now},
@@ -1729,6 +1960,9 @@ class MongoStore(Store):
         if self.uses_transactions:
             with self._errors("completing batches' counters"):
                 self._complete_all_counters()
+        else:
+            with self._errors("completing batches of processes that died"):
+                self._complete_abandoned_batches()
         return super().prune(now, event_ttl, session_timeout)
 
     # -- reads -------------------------------------------------------------------------------

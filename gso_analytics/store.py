@@ -58,6 +58,11 @@ PRUNE_MAX_PAUSE_S = 0.1
 class Transaction(ABC):
     """The writes a backend offers inside one atomic unit of work."""
 
+    def record_intent(self, batch: FlushBatch) -> None:  # noqa: B027 - most stores need none
+        """Called with the batch just before :meth:`claim_batch`. A store whose batch is
+        not one atomic unit (MongoDB without transactions) records it with the claim,
+        so another process can finish it when this one dies half-way."""
+
     @abstractmethod
     def claim_batch(self, batch_id: str, at: datetime) -> bool:
         """Record ``batch_id``; False when it was already recorded (already applied)."""
@@ -338,6 +343,7 @@ def apply_batch(tx: Transaction, batch: FlushBatch) -> ApplyResult:
     created_at = batch.created_at
     if created_at is None:
         raise ValueError("a batch must carry created_at before it is applied")
+    tx.record_intent(batch)
     if not tx.claim_batch(batch.id, created_at):
         return ApplyResult(duplicate=True)
     daily: defaultdict[str, defaultdict[str, Number]] = defaultdict(lambda: defaultdict(int))
