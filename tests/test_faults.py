@@ -166,7 +166,10 @@ def test_hanging_store_blocks_no_caller_keeps_the_bound_and_stop_is_bounded(
             started = time.perf_counter()
             analytics.track("market.sale", "u2")
             slowest = max(slowest, time.perf_counter() - started)
-        assert slowest < 0.05, f"track() waited {slowest:.3f}s on a hanging store"
+        # The store hangs until released (after this loop): a track() that waited on it
+        # would wait here for good. The bound only has to tell that apart from a busy
+        # machine's scheduling (a 71 ms stall was seen on 2 shared CPUs).
+        assert slowest < 1.0, f"track() waited {slowest:.3f}s on a hanging store"
         stats = analytics.stats()
         assert stats["buffered"] <= 50, f"{stats['buffered']} calls held with a bound of 50"
         assert (stats["buffered"], stats["dropped"]) == (50, 40)
@@ -222,11 +225,12 @@ def test_get_metrics_waits_for_a_hanging_flush_then_sees_it(
 def test_slow_store_loses_nothing_and_stop_waits_only_its_bound(
     store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
-    """A store that takes 0.2 s per batch: callers never wait for it, every call is
-    stored once, and ``stop()`` with a shorter bound returns on time (the batch in
-    flight still lands)."""
+    """A store that takes 1 s per batch: callers never wait for it (a call that did
+    would take about a second; the bound of 0.5 s leaves room for a busy machine's
+    scheduling), every call is stored once, and ``stop()`` with a shorter bound returns
+    on time (the batch in flight still lands)."""
     faulty = FaultyStore(store)
-    faulty.slow(0.2)
+    faulty.slow(1.0)
     analytics = make_analytics(faulty, flush_interval=0.01)
     analytics.start()
     slowest = 0.0
@@ -236,7 +240,7 @@ def test_slow_store_loses_nothing_and_stop_waits_only_its_bound(
         slowest = max(slowest, time.perf_counter() - started)
         if n % 10 == 9:
             time.sleep(0.05)  # let batches form while a slow apply is in flight
-    assert slowest < 0.05, f"a call waited {slowest:.3f}s on a slow store"
+    assert slowest < 0.5, f"a call waited {slowest:.3f}s on a slow store"
     analytics.stop_timeout = 0.05
     started = time.monotonic()
     analytics.stop()

@@ -258,7 +258,9 @@ def test_forking_while_a_thread_hammers_track_never_deadlocks(
     within its bound and exits; the parent's own count is exact. A lock (ours, the
     store's) held by another thread at the fork would hang the child here."""
     store = open_store(store_url)
-    analytics = Analytics(store, flush_interval=0.001, stop_timeout=5).start()
+    # A hung child fails at stop_timeout; a slow one (a loaded machine, a Python wire
+    # server) must not: 20 s, inside the 30 s the parent waits for each child.
+    analytics = Analytics(store, flush_interval=0.001, stop_timeout=20).start()
     hammering = threading.Event()
     hammering.set()
     sent = 0

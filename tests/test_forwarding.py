@@ -331,8 +331,9 @@ def test_a_50ms_endpoint_does_not_slow_track(
     for i in range(20):
         analytics.track("pvp.battle", f"u{i}")
     elapsed = time.perf_counter() - started
-    # Waiting for the endpoint would take 20 * 50 ms = 1 s; a quarter of it is plenty.
-    assert elapsed < 0.25, elapsed
+    # Waiting for the endpoint would take 20 * 50 ms = 1 s; half of it leaves room for a
+    # busy machine's scheduling.
+    assert elapsed < 0.5, elapsed
     assert analytics.stop()
     assert len(endpoint.accepted()) == 20
 
