@@ -143,6 +143,42 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=cmd_demo)
 
 
+def add_report_options(parser: argparse.ArgumentParser, today_help: str) -> None:
+    """The report's options, shared with ``manage.py gso_analytics report``."""
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument(
+        "--days",
+        type=report_days,
+        default=MAX_REPORT_DAYS,
+        help=f"how many of the newest days to show (1-{MAX_REPORT_DAYS}, default:"
+        f" {MAX_REPORT_DAYS})",
+    )
+    parser.add_argument(
+        "--today",
+        type=iso_date,
+        metavar="YYYY-MM-DD",
+        help=today_help,
+    )
+    parser.add_argument(
+        "--start",
+        type=iso_date,
+        metavar="YYYY-MM-DD",
+        help=f"first day of the KPI range (default: {KPI_RANGE_DAYS - 1} days before --end)",
+    )
+    parser.add_argument(
+        "--end",
+        type=iso_date,
+        metavar="YYYY-MM-DD",
+        help="last day of the KPI range, included (default: today)",
+    )
+    parser.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="also write the KPIs as a self-contained HTML page (charts, no network)",
+    )
+
+
 def _add_report(commands: argparse._SubParsersAction) -> None:
     report = commands.add_parser(
         "report",
@@ -154,37 +190,8 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
     )
     _add_store(report)
     _add_tz(report)
-    report.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    report.add_argument(
-        "--days",
-        type=report_days,
-        default=MAX_REPORT_DAYS,
-        help=f"how many of the newest days to show (1-{MAX_REPORT_DAYS}, default:"
-        f" {MAX_REPORT_DAYS})",
-    )
-    report.add_argument(
-        "--today",
-        type=iso_date,
-        metavar="YYYY-MM-DD",
-        help="report as of this day, e.g. a demo's last day (default: today, in --tz)",
-    )
-    report.add_argument(
-        "--start",
-        type=iso_date,
-        metavar="YYYY-MM-DD",
-        help=f"first day of the KPI range (default: {KPI_RANGE_DAYS - 1} days before --end)",
-    )
-    report.add_argument(
-        "--end",
-        type=iso_date,
-        metavar="YYYY-MM-DD",
-        help="last day of the KPI range, included (default: today)",
-    )
-    report.add_argument(
-        "--html",
-        type=Path,
-        metavar="FILE",
-        help="also write the KPIs as a self-contained HTML page (charts, no network)",
+    add_report_options(
+        report, today_help="report as of this day, e.g. a demo's last day (default: today, in --tz)"
     )
     report.set_defaults(func=cmd_report)
 

@@ -13,20 +13,12 @@ from __future__ import annotations
 
 from argparse import ArgumentParser
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
 from gso_analytics.analytics import Analytics
-from gso_analytics.cli import (
-    KPI_RANGE_DAYS,
-    MAX_REPORT_DAYS,
-    fixed_clock,
-    iso_date,
-    report_days,
-    report_text,
-)
+from gso_analytics.cli import add_report_options, fixed_clock, report_text
 from gso_analytics.errors import GsoAnalyticsError
 from gso_analytics.integrations.django import get_analytics
 from gso_analytics.report import fmt_int
@@ -43,37 +35,8 @@ class Command(BaseCommand):
         report = actions.add_parser(
             "report", help="print today's metrics, the last days and the KPIs"
         )
-        report.add_argument("--json", action="store_true", help="print JSON instead of tables")
-        report.add_argument(
-            "--days",
-            type=report_days,
-            default=MAX_REPORT_DAYS,
-            help=f"how many of the newest days to show (1-{MAX_REPORT_DAYS}, default:"
-            f" {MAX_REPORT_DAYS})",
-        )
-        report.add_argument(
-            "--today",
-            type=iso_date,
-            metavar="YYYY-MM-DD",
-            help="report as of this day, in the project's timezone (default: today)",
-        )
-        report.add_argument(
-            "--start",
-            type=iso_date,
-            metavar="YYYY-MM-DD",
-            help=f"first day of the KPI range (default: {KPI_RANGE_DAYS - 1} days before --end)",
-        )
-        report.add_argument(
-            "--end",
-            type=iso_date,
-            metavar="YYYY-MM-DD",
-            help="last day of the KPI range, included (default: today)",
-        )
-        report.add_argument(
-            "--html",
-            type=Path,
-            metavar="FILE",
-            help="also write the KPIs as a self-contained HTML page (charts, no network)",
+        add_report_options(
+            report, today_help="report as of this day, in the project's timezone (default: today)"
         )
         actions.add_parser("prune", help="delete expired events, time out stale sessions")
 
