@@ -166,6 +166,8 @@ class FlushBatch:
         a player's marks together); the day counters, which are not per player, go with
         the first part. A batch within the bound is its own single part.
         """
+        if max_users is None:
+            return [self]
         players = sorted(
             {e.user_id for e in self.events}
             | {m.user_id for m in (*self.logins, *self.logouts)}
@@ -173,7 +175,7 @@ class FlushBatch:
             | {u for users in self.month_users.values() for u in users}
             | {u for payers in self.payments.values() for u in payers}
         )
-        if max_users is None or len(players) <= max_users:
+        if len(players) <= max_users:
             return [self]
         groups = [set(players[i : i + max_users]) for i in range(0, len(players), max_users)]
         return [
