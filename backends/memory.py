@@ -23,6 +23,7 @@ from gso_analytics.errors import ConfigurationError
 from gso_analytics.model import (
     DailyStats,
     EventRecord,
+    EventRow,
     Logout,
     MonthStats,
     Number,
@@ -51,7 +52,7 @@ class _State:
     logins_by_user: dict[str, list[tuple[Any, str]]] = attrs.field(factory=dict)
     logouts_by_user: dict[str, list[tuple[Any, str]]] = attrs.field(factory=dict)
     open_ids: set[str] = attrs.field(factory=set)
-    events: list[EventRecord] = attrs.field(factory=list)
+    events: list[EventRow] = attrs.field(factory=list)  # as flushed: readers build records
 
 
 _MISSING = object()
@@ -187,7 +188,7 @@ class _MemoryTransaction(Transaction):
             self._keep(self.state.logouts, logout.id)
             self.state.logouts[logout.id] = logout
 
-    def insert_events(self, events: list[EventRecord]) -> None:
+    def insert_events(self, events: list[EventRow]) -> None:
         stream = self.state.events
         size = len(stream)
         self._undo.append(lambda: stream.__delitem__(slice(size, None)))
@@ -195,10 +196,10 @@ class _MemoryTransaction(Transaction):
 
     def delete_events_until(self, last: datetime, limit: int) -> int:
         last_ms = to_ms(last)
-        kept: list[EventRecord] = []
+        kept: list[EventRow] = []
         deleted = 0
         for event in self.state.events:
-            if event.ts_ms <= last_ms and deleted < limit:
+            if event[0] <= last_ms and deleted < limit:
                 deleted += 1
             else:
                 kept.append(event)
@@ -315,8 +316,8 @@ class MemoryStore(Store):
 
     def get_events(self, user_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
         with self._lock:
-            found = [e for e in self._state.events if user_id is None or e.user_id == user_id]
-        return found[-limit:]
+            found = [e for e in self._state.events if user_id is None or e[1] == user_id]
+        return [EventRecord(*row) for row in found[-limit:]]
 
     # -- KPI range reads: dict scans, which is what a test store can afford ------------
 
@@ -372,10 +373,10 @@ class MemoryStore(Store):
         wanted = set(names)
         with self._lock:
             found = [
-                e
-                for e in self._state.events
-                if e.event in wanted
-                and (start is None or e.day >= start)
-                and (end is None or e.day <= end)
+                EventRecord(*row)
+                for row in self._state.events
+                if row[2] in wanted
+                and (start is None or row[4] >= start)
+                and (end is None or row[4] <= end)
             ]
         return sorted(found, key=lambda e: e.ts_ms)  # stable: flush order among equal times

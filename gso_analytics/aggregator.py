@@ -3,6 +3,13 @@
 A caller thread validates its arguments (see :mod:`.validation`), reads the clock as
 integer milliseconds and appends one tuple to a ``deque``: ``deque.append`` is atomic,
 so the request path takes no lock at all and never waits for the flush thread.
+The tuple holds only strings, numbers and (key, value) pairs of them (see
+:func:`~.validation.snapshot_data`), never a dict, and the pairs sit in the call's
+tuple itself rather than in a tuple of their own: the garbage collector stops
+tracking a tuple once it sees everything in it untracked, one level per collection,
+so a call is untracked by its second young collection and never reaches the old
+generation. A minute of buffered calls then costs the full collections nothing (a
+call holding a dict would stay tracked, and be traversed by each, until flushed).
 
 The flush thread drains the deque in call order and aggregates it (day keys, counter
 increments, (day,user)/(month,user) records, login and logout marks, JSON encoding) into one
@@ -22,15 +29,18 @@ from typing import Any
 
 from .clock import Clock, DayKeys, from_ms, to_ms
 from .counters import NEW_USERS
-from .model import EventRecord, FlushBatch, Login, Logout, Number, new_id
-from .validation import encode_flat
+from .model import FlushBatch, Login, Logout, Number, new_id
+from .pacing import CHECK_EVERY, Pacer
+from .validation import FlatData, encode_flat
 
 #: The event whose amount (``amountCents`` by its counter rule) is real-money revenue:
 #: besides its daily counter it is kept per (day, user) for the KPIs.
 PAYMENT_EVENT = "stripe.payment"
 
 # Kinds of buffered call: (kind, ns, user_id, ...), see Aggregator.event/login/logout.
-_EVENT, _LOGIN, _LOGOUT = 0, 1, 2
+# An event is (kind, ns, user_id, event, field, amount, ...): _EVENT then holds its
+# data's JSON text (or None), _FLAT_EVENT the pairs of its flat data, inline.
+_EVENT, _FLAT_EVENT, _LOGIN, _LOGOUT = 0, 1, 2, 3
 
 
 class BufferFull(Exception):
@@ -89,18 +99,21 @@ class Aggregator:
         self,
         event: str,
         user_id: str,
-        data: dict[str, Any] | str | None,
+        data: FlatData | str | None,
         field: str | None,
         amount: Number,
     ) -> int:
-        """Buffer a validated event; ``data`` is a private copy or its JSON text.
+        """Buffer a validated event; ``data`` is its snapshot (pairs) or its JSON text.
 
         Returns the call's timestamp in nanoseconds since the epoch.
         """
         if len(self._calls) + self.backlog >= self.max_buffered:  # _admit, inlined
             raise BufferFull
         ns = self.now_ns()
-        self._calls.append((_EVENT, ns, user_id, event, data, field, amount))
+        if type(data) is tuple:  # pairs inline, not nested: see the module docstring
+            self._calls.append((_FLAT_EVENT, ns, user_id, event, field, amount, *data))
+        else:
+            self._calls.append((_EVENT, ns, user_id, event, field, amount, data))
         return ns
 
     def login(self, user_id: str, username: str | None) -> None:
@@ -123,7 +136,8 @@ class Aggregator:
         This loop is the flush's per-event cost, so the event case is written out here
         (no call per event, locals for what it looks up): a day's counters are looked
         up once per run of counted events of that day, and the record keeps the
-        call's milliseconds as they are.
+        call's milliseconds as they are. It runs in slices of :data:`.pacing.CHECK_EVERY`
+        calls, letting waiting threads have the GIL between slices (see :mod:`.pacing`).
         """
         batch = FlushBatch(
             created_at=from_ms(self.now_ms()), session_timeout_ms=self.session_timeout_ms
@@ -132,15 +146,20 @@ class Aggregator:
         day_keys = self.day_keys
         counted_day = ""  # the day whose counters ``counters`` is
         counters: dict[str, Number] = {}
-        for _ in range(len(calls)):  # only what is there now; later calls wait
+        pacer = Pacer()
+        for index in range(len(calls)):  # only what is there now; later calls wait
+            if not index % CHECK_EVERY:
+                pacer.tick()
             call = calls.popleft()
             self.backlog += 1  # out of the deque, still in memory: keeps the bound exact
             kind = call[0]
-            if kind == _EVENT:
-                _, ns, user_id, event, data, field, amount = call
+            if kind <= _FLAT_EVENT:
+                _, ns, user_id, event, field, amount = call[:6]
                 ms = ns // 1_000_000
-                # A dict is snapshot_data's private flat copy; anything else is JSON text.
-                text = "{}" if data is None else data if type(data) is str else encode_flat(data)
+                if kind == _FLAT_EVENT:
+                    text = encode_flat(call[6:])
+                else:
+                    text = "{}" if call[6] is None else call[6]
                 day, month = day_keys(ms)
                 if field == NEW_USERS:  # distinct players, counted by the store
                     self._day_counters(batch, day, month)
@@ -153,7 +172,7 @@ class Aggregator:
                     if event == PAYMENT_EVENT:
                         payers = payments.setdefault(day, {})
                         payers[user_id] = payers.get(user_id, 0) + amount
-                events.append(EventRecord(ms, user_id, event, text, day))
+                events.append((ms, user_id, event, text, day))
             elif kind == _LOGIN:
                 self._add_login(batch, call[1] // 1_000_000, call[2], call[3])
             else:
