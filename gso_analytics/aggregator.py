@@ -95,25 +95,32 @@ class Aggregator:
         if len(self._calls) + self.backlog >= self.max_buffered:
             raise BufferFull
 
-    def event(
-        self,
-        event: str,
-        user_id: str,
-        data: FlatData | str | None,
-        field: str | None,
-        amount: Number,
-    ) -> int:
-        """Buffer a validated event; ``data`` is its snapshot (pairs) or its JSON text.
-
-        Returns the call's timestamp in nanoseconds since the epoch.
-        """
+    def event(self, event: str, user_id: str, field: str | None, amount: Number) -> int:
+        """Buffer a validated event without data; returns its timestamp in nanoseconds
+        since the epoch."""
         if len(self._calls) + self.backlog >= self.max_buffered:  # _admit, inlined
             raise BufferFull
         ns = self.now_ns()
-        if type(data) is tuple:  # pairs inline, not nested: see the module docstring
-            self._calls.append((_FLAT_EVENT, ns, user_id, event, field, amount, *data))
-        else:
+        self._calls.append((_EVENT, ns, user_id, event, field, amount, None))
+        return ns
+
+    def data_event(
+        self,
+        event: str,
+        user_id: str,
+        data: FlatData | str,
+        field: str | None,
+        amount: Number,
+    ) -> int:
+        """As :meth:`event`, with ``data``'s snapshot: its pairs (inline in the call, not
+        nested: see the module docstring) or its JSON text."""
+        if len(self._calls) + self.backlog >= self.max_buffered:  # _admit, inlined
+            raise BufferFull
+        ns = self.now_ns()
+        if data.__class__ is str:
             self._calls.append((_EVENT, ns, user_id, event, field, amount, data))
+        else:
+            self._calls.append((_FLAT_EVENT, ns, user_id, event, field, amount, *data))
         return ns
 
     def login(self, user_id: str, username: str | None) -> None:

@@ -80,7 +80,7 @@ def test_a_batch_holds_no_tracked_object_per_event() -> None:
     object per event would be traversed by every collection until it is stored)."""
     aggregator = Aggregator(None, DayKeys(UTC), CALLS + 1)
     for i in range(CALLS):
-        aggregator.event("credits.earn", f"u{i % 50}", (("amount", i),), "creditsEarned", i)
+        aggregator.data_event("credits.earn", f"u{i % 50}", (("amount", i),), "creditsEarned", i)
     batch = aggregator.swap()
     gc.collect()
     assert len(batch.events) == CALLS
