@@ -136,10 +136,15 @@ def _round(
         store(), flush_interval=flush_interval, max_buffered_events=10**7, forwarders=[]
     ).start()
     try:
-        return serve(_handler(analytics, iterations), rate, seconds)
+        latencies = serve(_handler(analytics, iterations), rate, seconds)
+        analytics.stop()
+        stored = len(analytics.store.get_events(limit=10**8))
     finally:
         analytics.stop()
         analytics.store.close()
+    if stored != 3 * len(latencies):  # refuse a figure for work not done
+        raise AssertionError(f"stored {stored} events of {3 * len(latencies)} tracked")
+    return latencies
 
 
 def latency(
