@@ -273,11 +273,17 @@ def _copy_project(tmp_path: Path) -> Path:
     return copy
 
 
+#: What a strict build must refuse: (file, text it ends with or replaces, the new text).
 BREAKAGES = {
-    "a broken link": ("docs/concepts.md", "\nSee [nowhere](no-such-page.md).\n"),
-    "a broken anchor": ("docs/concepts.md", "\nSee [KPIs](kpis.md#no-such-heading).\n"),
-    "an unresolved reference": ("docs/api/models.md", "\n::: gso_analytics.NoSuchModel\n"),
-    "a page missing from the nav": ("docs/orphan.md", "# Orphan\n"),
+    "a broken link": ("docs/concepts.md", None, "\nSee [nowhere](no-such-page.md).\n"),
+    "a broken anchor": ("docs/concepts.md", None, "\nSee [KPIs](kpis.md#no-such-heading).\n"),
+    "an unresolved reference": ("docs/api/models.md", None, "\n::: gso_analytics.NoSuchModel\n"),
+    "a docstring naming what does not exist": (
+        "gso_analytics/analytics.py",
+        '"""Counts players, sessions and the economy; flushes to a :class:`Store`.',
+        '"""Counts players; see :meth:`~gso_analytics.Analytics.no_such_method`.',
+    ),
+    "a page missing from the nav": ("docs/orphan.md", None, "# Orphan\n"),
 }
 
 
@@ -291,8 +297,11 @@ def test_the_copied_site_builds(tmp_path: Path) -> None:
 def test_a_broken_site_fails_the_build(breakage: str, tmp_path: Path) -> None:
     """The strict build above is worth something only if it fails on what it guards."""
     copy = _copy_project(tmp_path)
-    path, addition = BREAKAGES[breakage]
-    with (copy / path).open("a", encoding="utf-8") as file:
-        file.write(addition)
+    path, old, new = BREAKAGES[breakage]
+    target = copy / path
+    text = target.read_text(encoding="utf-8") if target.exists() else ""
+    if old is not None:
+        assert old in text, (path, old)
+    target.write_text(text.replace(old, new) if old is not None else text + new, encoding="utf-8")
     result = _mkdocs_build(copy, tmp_path / "site")
     assert result.returncode != 0, f"{breakage} was not caught:\n{result.stderr}"
