@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import hashlib
 import os
 import statistics
@@ -228,13 +229,18 @@ class Probe:
 
 def _buffered(store: Store, events: int) -> Analytics:
     analytics = Analytics(store, max_buffered_events=events + 1, forwarders=[])
+    _track(analytics, events)
+    return analytics
+
+
+def _track(analytics: Analytics, events: int) -> None:
+    """``events`` calls, a third each: no data, ``{"amount": 50}``, a two-key dict."""
     amount, item = {"amount": 50}, {"item": "sword", "tier": 3}
     for i in range(events // 3):
         user = f"u{i % 5000}"
         analytics.track("dungeon.complete", user)
         analytics.track("credits.earn", user, amount)
         analytics.track("item.craft", user, item)
-    return analytics
 
 
 def _burn_without_gil(seconds: float) -> None:
@@ -289,6 +295,71 @@ def probe(stores: list[str], events: int, rounds: int) -> list[dict[str, object]
     return rows
 
 
+class _Collections:
+    """Counts the collector's passes by generation (``gc.callbacks``) while active."""
+
+    def __init__(self) -> None:
+        self.passes = {0: 0, 1: 0, 2: 0}
+        self.full_ms: list[float] = []
+        self._start = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+            return
+        self.passes[info["generation"]] += 1
+        if info["generation"] == 2:
+            self.full_ms.append((time.perf_counter() - self._start) * 1e3)
+
+    def __enter__(self) -> _Collections:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+
+def collector(events: int) -> list[dict[str, object]]:
+    """What the buffer and a flush give the garbage collector: tracked objects left by
+    buffered calls after two young collections, and the collections (full ones timed)
+    while ``events`` calls are buffered and while they are flushed to SQLite. Counts,
+    not times, are the figure: they do not depend on the machine."""
+    with tempfile.TemporaryDirectory() as tmp:
+        probe_calls = Analytics("memory://", max_buffered_events=3_001, forwarders=[])
+        gc.collect()
+        gc.disable()  # the bench's own process: young collections only when asked
+        try:
+            before = len(gc.get_objects())
+            _track(probe_calls, 3_000)
+            gc.collect(0)
+            gc.collect(1)
+            left = len(gc.get_objects()) - before
+        finally:
+            gc.enable()
+        probe_calls.stop()
+        gc.collect()
+        with _Collections() as buffering:
+            analytics = _buffered(open_store(f"sqlite:///{tmp}/gc.db"), events)
+        tracked = len(gc.get_objects())
+        with _Collections() as flushing:
+            analytics.flush()
+        analytics.stop()
+        analytics.store.close()
+    return [
+        {"figure": "tracked objects left by 3,000 buffered calls", "value": left},
+        {"figure": f"tracked objects with {events:,} calls buffered", "value": tracked},
+        *(
+            {
+                "figure": f"collections while {what} {events:,} calls (gen 0/1/2)",
+                "value": "/".join(str(counted.passes[g]) for g in (0, 1, 2)),
+                "full_ms_total": round(sum(counted.full_ms), 1),
+                "full_ms_longest": round(max(counted.full_ms, default=0.0), 1),
+            }
+            for what, counted in (("buffering", buffering), ("flushing to SQLite", flushing))
+        ),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.__main__ import table
 
@@ -301,16 +372,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flush-interval", type=float, default=1.0)
     parser.add_argument("--probe-events", type=int, default=200_000)
     parser.add_argument("--probe-rounds", type=int, default=3)
-    parser.add_argument("--skip", choices=("latency", "probe"), help="leave one part out")
+    parser.add_argument(
+        "--skip", action="append", default=[], choices=("latency", "probe", "collector")
+    )
     args = parser.parse_args(argv)
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
     print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs", flush=True)
-    if args.skip != "latency":
+    if "latency" not in args.skip:
         rows = latency(
             stores, args.rate, args.work_us, args.seconds, args.rounds, args.flush_interval
         )
         print(table("Request latency, us (medians over rounds)", rows), flush=True)
-    if args.skip != "probe":
+    if "collector" not in args.skip:
+        print(table("Garbage collector", collector(args.probe_events)), flush=True)
+    if "probe" not in args.skip:
         print(
             table("GIL probe during one flush", probe(stores, args.probe_events, args.probe_rounds))
         )

@@ -105,6 +105,6 @@ def test_tail_section_runs_every_arm_and_the_probe() -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    for row in ("none B / none A", "with / none A", "GIL probe during one flush"):
+    for row in ("none B / none A", "with / none A", "GIL probe during one flush", "Garbage"):
         assert row in done.stdout
     assert done.stdout.count("sqlite") >= 6  # 3 arms + 2 ratios + the probe row
