@@ -7,9 +7,10 @@ The tuple holds only strings, numbers and (key, value) pairs of them (see
 :func:`~.validation.snapshot_data`), never a dict, and the pairs sit in the call's
 tuple itself rather than in a tuple of their own: the garbage collector stops
 tracking a tuple once it sees everything in it untracked, one level per collection,
-so a call is untracked by its second young collection and never reaches the old
-generation. A minute of buffered calls then costs the full collections nothing (a
-call holding a dict would stay tracked, and be traversed by each, until flushed).
+so the first young collection untracks the pairs and the next collection of the
+middle generation the call: it never reaches the old generation. A minute of
+buffered calls then costs the full collections nothing (a call holding a dict would
+stay tracked, and be traversed by each, until flushed).
 
 The flush thread drains the deque in call order and aggregates it (day keys, counter
 increments, (day,user)/(month,user) records, login and logout marks, JSON encoding) into one

@@ -39,8 +39,8 @@ class Pacer:
         self._since = time.perf_counter()
 
     def tick(self) -> None:
-        """Called between items (every :data:`CHECK_EVERY` of them): let waiting
-        threads in if this slice has run long enough."""
+        """Called between items (every item where each is costly, else every
+        :data:`CHECK_EVERY`): let waiting threads in if this slice has run long enough."""
         now = time.perf_counter()
         if now - self._since >= SLICE_S:
             # No other thread, nobody to let in: a flush() called with the flush thread
