@@ -360,6 +360,29 @@ def collector(events: int) -> list[dict[str, object]]:
     ]
 
 
+def process_cpu(
+    sizes: tuple[int, ...] = (6_000, 60_000), rounds: int = 8
+) -> list[dict[str, object]]:
+    """Process CPU per call of ``track()`` and the ``flush()`` of what it buffered
+    (memory store, the calls of :func:`_track`), with ``size`` calls buffered per
+    flush: a larger buffer is what a longer ``flush_interval`` holds, and what the
+    collector's full collections traverse when buffered calls are tracked."""
+    rows: list[dict[str, object]] = []
+    for size in sizes:
+        analytics = Analytics("memory://", max_buffered_events=size + 1, forwarders=[])
+        samples = []
+        for _ in range(rounds):
+            start = time.process_time_ns()
+            _track(analytics, size)
+            analytics.flush()
+            samples.append((time.process_time_ns() - start) / size)
+        analytics.stop()
+        rows.append(
+            {"calls_per_flush": size, "process_cpu_ns_per_call": round(statistics.median(samples))}
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.__main__ import table
 
@@ -385,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table("Request latency, us (medians over rounds)", rows), flush=True)
     if "collector" not in args.skip:
         print(table("Garbage collector", collector(args.probe_events)), flush=True)
+        print(table("Process CPU, track() + flush()", process_cpu()), flush=True)
     if "probe" not in args.skip:
         print(
             table("GIL probe during one flush", probe(stores, args.probe_events, args.probe_rounds))

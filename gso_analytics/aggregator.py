@@ -161,30 +161,33 @@ class Aggregator:
             call = calls.popleft()
             self.backlog += 1  # out of the deque, still in memory: keeps the bound exact
             kind = call[0]
-            if kind <= _FLAT_EVENT:
-                _, ns, user_id, event, field, amount = call[:6]
-                ms = ns // 1_000_000
-                if kind == _FLAT_EVENT:
-                    text = encode_flat(call[6:])
-                else:
-                    text = "{}" if call[6] is None else call[6]
-                day, month = day_keys(ms)
-                if field == NEW_USERS:  # distinct players, counted by the store
-                    self._day_counters(batch, day, month)
-                    batch.new_users.setdefault(day, set()).add(user_id)
-                elif field is not None:
-                    if day != counted_day:
-                        counted_day = day
-                        counters = self._day_counters(batch, day, month)
-                    counters[field] = counters.get(field, 0) + amount
-                    if event == PAYMENT_EVENT:
-                        payers = payments.setdefault(day, {})
-                        payers[user_id] = payers.get(user_id, 0) + amount
-                events.append((ms, user_id, event, text, day))
-            elif kind == _LOGIN:
-                self._add_login(batch, call[1] // 1_000_000, call[2], call[3])
+            if kind == _EVENT:
+                _, ns, user_id, event, field, amount, text = call
+                if text is None:
+                    text = "{}"
+            elif kind == _FLAT_EVENT:  # one unpacking takes the pairs too
+                _, ns, user_id, event, field, amount, *pairs = call
+                text = encode_flat(pairs)
             else:
-                self._add_logout(batch, call[1] // 1_000_000, call[2])
+                if kind == _LOGIN:
+                    self._add_login(batch, call[1] // 1_000_000, call[2], call[3])
+                else:
+                    self._add_logout(batch, call[1] // 1_000_000, call[2])
+                continue
+            ms = ns // 1_000_000
+            day, month = day_keys(ms)
+            if field == NEW_USERS:  # distinct players, counted by the store
+                self._day_counters(batch, day, month)
+                batch.new_users.setdefault(day, set()).add(user_id)
+            elif field is not None:
+                if day != counted_day:
+                    counted_day = day
+                    counters = self._day_counters(batch, day, month)
+                counters[field] = counters.get(field, 0) + amount
+                if event == PAYMENT_EVENT:
+                    payers = payments.setdefault(day, {})
+                    payers[user_id] = payers.get(user_id, 0) + amount
+            events.append((ms, user_id, event, text, day))
         return batch
 
     @staticmethod

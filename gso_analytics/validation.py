@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from json.encoder import encode_basestring as _encode_string  # C, ensure_ascii=False
 from typing import Any
 
@@ -176,7 +177,7 @@ def snapshot_data(data: dict[str, Any], limits: Limits) -> FlatData | str:
     return encode_data(data, limits)
 
 
-def encode_flat(data: FlatData) -> str:
+def encode_flat(data: Iterable[tuple[str, Any]]) -> str:
     """The compact JSON of the pairs of a dict accepted by :func:`snapshot_data`'s
     fast path.
 
