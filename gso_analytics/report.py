@@ -353,7 +353,7 @@ KPI_SECTIONS: tuple[KpiSection, ...] = (
                 ),
             ),
         ),
-        total_label="Total (avg DAU)",
+        total_label="Total",
         activity=("revenueCents", "dau"),
     ),
     KpiSection(
