@@ -27,10 +27,10 @@ from typing import TextIO
 
 from .analytics import Analytics
 from .clock import Clock, resolve_tz, utc_now
+from .csv_report import write_csv
 from .dead_letters import replay as replay_dead_letters
 from .demo import DemoPlan, SimClock, plan_demo, replay
 from .errors import ConfigurationError, GsoAnalyticsError
-from .csv_report import write_csv
 from .html_report import render_html
 from .model import DailyStats, Metrics
 from .report import collect_kpis, fmt_int, render_headline, render_kpis, render_report

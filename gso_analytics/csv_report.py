@@ -31,8 +31,12 @@ def write_csv(doc: KpiDoc, directory: Path) -> list[Path]:
         HEADLINE_FILE: (
             ["figure", "value", "previous", "change", "start", "end"],
             [
-                [name, *(_cell(figure[k]) for k in ("value", "previous", "change")),
-                 headline["start"], headline["end"]]
+                [
+                    name,
+                    *(_cell(figure[k]) for k in ("value", "previous", "change")),
+                    headline["start"],
+                    headline["end"],
+                ]
                 for name, figure in headline["figures"].items()
             ],
         )

@@ -37,7 +37,6 @@ from .report import (
     QuietRun,
     Row,
     fmt_cents,
-    fmt_duration,
     headline_change,
     headline_period,
     table_rows,
@@ -146,7 +145,9 @@ def _short_day(day: str) -> str:
     return f"{parsed:%b} {parsed.day}"
 
 
-def _frame(geo: Geometry, days: Sequence[str], axis: Axis, fmt: Callable[[float], str]) -> list[str]:
+def _frame(
+    geo: Geometry, days: Sequence[str], axis: Axis, fmt: Callable[[float], str]
+) -> list[str]:
     """Grid lines with their value labels, and the day labels that fit."""
     parts = []
     for k in range(axis.steps + 1):
@@ -240,7 +241,8 @@ def _bars(geo: Geometry, days: Sequence[str], series: Series, top: Axis, fmt: An
             continue
         h = geo.plot_h * min(value, top.top) / top.top
         parts.append(
-            f'<rect x="{_num(geo.left + slot * i + slot * 0.15)}" y="{_num(geo.top + geo.plot_h - h)}"'
+            f'<rect x="{_num(geo.left + slot * i + slot * 0.15)}"'
+            f' y="{_num(geo.top + geo.plot_h - h)}"'
             f' width="{_num(slot * 0.7)}" height="{_num(h)}" fill="{BAR}">'
             f"<title>{escape(day)}: {escape(fmt(value))}</title></rect>"
         )
@@ -271,8 +273,12 @@ def chart(
             f'<svg class="{name}" viewBox="0 0 {geo.width} {geo.height}" role="img"'
             f' aria-label="{escape(title)}"><title>{escape(title)}</title>{"".join(parts)}</svg>'
         )
-    legend = "" if bars else "".join(
-        f'<span><i style="{s.style.legend()}"></i>{escape(s.name)}</span>' for s in series
+    legend = (
+        ""
+        if bars
+        else "".join(
+            f'<span><i style="{s.style.legend()}"></i>{escape(s.name)}</span>' for s in series
+        )
     )
     return (
         f'<figure class="chart"><figcaption>{escape(title)}</figcaption>'
@@ -404,8 +410,8 @@ def headline_cards(headline: Row) -> str:
         f'<div class="cards">{"".join(cards)}</div>'
         f'<p class="meta">{escape(headline_period(headline))}; changes against'
         f" {headline['previousStart']} to {headline['previousEnd']}."
-        " DAU and MAU30 are the last day's; retention counts the cohorts whose day 1"
-        " (day 7) has come.</p>"
+        " DAU and MAU30 are the last day's; D1 (D7) retention is that of the players"
+        " whose first day was 1 (7) days before a day of the period.</p>"
     )
 
 
@@ -497,8 +503,8 @@ h3 { font-size: 1em; margin: 0.6em 0 0.3em; }
 .card .value { font-size: 1.75em; font-weight: 600; font-variant-numeric: tabular-nums; }
 .card .change { font-size: 0.85em; color: #777; }
 .change.up { color: #1a7f37; } .change.down { color: #c62828; }
-.charts, .tables { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 520px), 1fr));
-          gap: 12px; }
+.charts, .tables { display: grid; gap: 12px;
+                   grid-template-columns: repeat(auto-fit, minmax(min(100%, 520px), 1fr)); }
 .tables section { min-width: 0; }
 .tables section.full { grid-column: 1 / -1; }
 figure.chart { margin: 0; background: #fff; border: 1px solid #e3e3e3; border-radius: 8px;

@@ -415,8 +415,9 @@ class KPIs:
 
     def headline(self, start: DayLike, end: DayLike) -> Headline:
         """The figures a game team reads first, each against the previous period of the
-        same length: DAU and MAU30 of the last day; D1 and D7 retention of the range's
-        cohorts whose day 1 (day 7) has come, taken together; revenue, distinct paying
+        same length: DAU and MAU30 of the last day; D1 and D7 retention of the latest
+        cohorts measurable in the range (those whose day 1, day 7, is one of its days),
+        taken together; revenue, distinct paying
         users and ARPDAU (revenue over the sum of the days' DAU) over the range; and the
         mean duration of the range's closed sessions (timed-out ones measure no play)."""
         first, last = self._range(start, end)
@@ -434,7 +435,6 @@ class KPIs:
     def _period(self, first: date, last: date) -> dict[str, Number | None]:
         """The headline figures of one period (see :meth:`headline`)."""
         closing = self.active_users(last, last)[0]
-        cohorts = self.retention(first, last, (1, 7))
         revenue = self._revenue(first, last)
         cents = sum(sum(payers.values()) for payers in revenue.values())
         user_days = sum(len(users) for users in self._active(first, last).values())
@@ -442,13 +442,22 @@ class KPIs:
         return {
             "dau": closing.dau,
             "mau30": closing.mau30,
-            "d1Rate": pooled_rate((c.users, c.counts[1]) for c in cohorts),
-            "d7Rate": pooled_rate((c.users, c.counts[7]) for c in cohorts),
+            "d1Rate": self._returning(first, last, 1),
+            "d7Rate": self._returning(first, last, 7),
             "revenueCents": cents,
             "payingUsers": len(set[str]().union(*revenue.values())),
             "arpdauCents": ratio(cents, user_days),
-            "avgSessionS": statistics.fmean(durations) if durations else None,
+            "avgSessionS": sum(durations) / len(durations) if durations else None,
         }
+
+    def _returning(self, first: date, last: date, n: int) -> float | None:
+        """Day-``n`` retention measured on the days of [first, last]: of the cohorts of
+        [first - n, last - n] (the latest whose day n falls in the period), the share
+        active on their day n; None when no such cohort has users (or its day n is
+        still ahead)."""
+        offset = timedelta(days=n)
+        cohorts = self.retention(first - offset, last - offset, (n,))
+        return pooled_rate((cohort.users, cohort.counts[n]) for cohort in cohorts)
 
     def funnel(
         self,

@@ -209,8 +209,6 @@ def fmt_maybe_int(value: Number | None) -> str:
     return "-" if value is None else fmt_int(value)
 
 
-
-
 Row = dict[str, Any]
 #: How a table's totals row sums up one column: from the section's rows and the whole
 #: KPI document (for what the rows cannot give, such as distinct payers over the range).
@@ -434,7 +432,9 @@ class QuietRun:
 
     @property
     def label(self) -> str:
-        return f"{self.rows[-1]['day']} to {self.rows[0]['day']}: {len(self.rows)} days, no activity"
+        return (
+            f"{self.rows[-1]['day']} to {self.rows[0]['day']}: {len(self.rows)} days, no activity"
+        )
 
 
 def table_rows(section: KpiSection, rows: Sequence[Row]) -> list[Row | QuietRun]:
@@ -480,7 +480,8 @@ def render_kpi_table(section: KpiSection, rows: Sequence[Row], totals: Row | Non
 
     def aligned(cells: Sequence[str]) -> str:
         return GAP.join(
-            _align(cell, w, c.left) for cell, w, c in zip(cells, widths, section.columns, strict=True)
+            _align(cell, w, c.left)
+            for cell, w, c in zip(cells, widths, section.columns, strict=True)
         ).rstrip()
 
     lines = [section.title, aligned(labels)]
