@@ -135,8 +135,8 @@ def label_days(count: int, plot_w: float, spacing: float = LABEL_SPACING) -> lis
     if count <= 0:
         return []
     slot = plot_w / count
-    step = max(1, -(-spacing // slot))  # ceil
-    return sorted(range(count - 1, -1, -int(step)))
+    step = max(1, math.ceil(spacing / slot - 1e-9))  # 1e-9: 9 steps of 50/9 are 50
+    return sorted(range(count - 1, -1, -step))
 
 
 def _short_day(day: str) -> str:
