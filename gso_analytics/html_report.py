@@ -211,12 +211,12 @@ def _segments(values: Sequence[float | None]) -> list[list[int]]:
     return runs
 
 
-def _line(geo: Geometry, days: Sequence[str], series: Series, top: Axis, fmt: Any) -> list[str]:
+def _line(geo: Geometry, days: Sequence[str], series: Series, axis: Axis, fmt: Any) -> list[str]:
     parts = []
     values = series.values
     for run in _segments(values):
         points = " ".join(
-            f"{_num(_x(geo, i, len(days)))},{_num(_y(geo, values[i] or 0.0, top))}" for i in run
+            f"{_num(_x(geo, i, len(days)))},{_num(_y(geo, values[i] or 0.0, axis))}" for i in run
         )
         parts.append(
             f'<polyline fill="none" {series.style.svg()} stroke-linejoin="round"'
@@ -226,20 +226,20 @@ def _line(geo: Geometry, days: Sequence[str], series: Series, top: Axis, fmt: An
         for i, value in enumerate(values):
             if value is not None:
                 parts.append(
-                    f'<circle cx="{_num(_x(geo, i, len(days)))}" cy="{_num(_y(geo, value, top))}"'
+                    f'<circle cx="{_num(_x(geo, i, len(days)))}" cy="{_num(_y(geo, value, axis))}"'
                     f' r="2.6" fill="{series.style.color}"><title>{escape(series.name)}'
                     f" {escape(days[i])}: {escape(fmt(value))}</title></circle>"
                 )
     return parts
 
 
-def _bars(geo: Geometry, days: Sequence[str], series: Series, top: Axis, fmt: Any) -> list[str]:
+def _bars(geo: Geometry, days: Sequence[str], series: Series, axis: Axis, fmt: Any) -> list[str]:
     slot = geo.plot_w / max(len(days), 1)
     parts = []
     for i, (day, value) in enumerate(zip(days, series.values, strict=True)):
         if value is None:
             continue
-        h = geo.plot_h * min(value, top.top) / top.top
+        h = geo.plot_h * min(value, axis.top) / axis.top
         parts.append(
             f'<rect x="{_num(geo.left + slot * i + slot * 0.15)}"'
             f' y="{_num(geo.top + geo.plot_h - h)}"'
@@ -263,12 +263,12 @@ def chart(
     series as one bar per day; ``cap`` is the axis' greatest possible top (1.0 for a
     ratio). Series are drawn in order, the first underneath."""
     peak = max((v for s in series for v in s.values if v is not None), default=0.0)
-    top = Axis.over(peak, cap)
+    axis = Axis.over(peak, cap)
     drawings = []
     for name, geo in GEOMETRIES.items():
-        parts = _frame(geo, days, top, fmt)
+        parts = _frame(geo, days, axis, fmt)
         for one in series:
-            parts += (_bars if bars else _line)(geo, days, one, top, fmt)
+            parts += (_bars if bars else _line)(geo, days, one, axis, fmt)
         drawings.append(
             f'<svg class="{name}" viewBox="0 0 {geo.width} {geo.height}" role="img"'
             f' aria-label="{escape(title)}"><title>{escape(title)}</title>{"".join(parts)}</svg>'
@@ -452,8 +452,9 @@ def kpi_table(section: KpiSection, rows: Sequence[Row], totals: Row | None) -> s
         return f'<p data-kpi="{section.key}" class="meta">None in this range.</p>'
     key_field = section.columns[0].field
     toggle = f"quiet-{section.key}"
+    items = table_rows(section, rows)
     body = []
-    for item in table_rows(section, rows):
+    for item in items:
         if isinstance(item, QuietRun):
             body.append(
                 f'<tr class="fold"><td class="key" colspan="{len(section.columns)}">'
@@ -477,7 +478,7 @@ def kpi_table(section: KpiSection, rows: Sequence[Row], totals: Row | None) -> s
         if totals is not None
         else ""
     )
-    folds = any(isinstance(item, QuietRun) for item in table_rows(section, rows))
+    folds = any(isinstance(item, QuietRun) for item in items)
     checkbox = f'<input type="checkbox" id="{toggle}" class="unfold">' if folds else ""
     return (
         f'{checkbox}<div class="scroll"><table data-kpi="{section.key}"><thead><tr>{head}'

@@ -11,6 +11,7 @@ laptop's width (1,200 px) and a phone's (390 px).
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import itertools
 import json
@@ -243,6 +244,38 @@ def test_unwritable_output_is_exit_2(store_url: str, tmp_path: Path, option: str
     )
     assert code == 2
     assert err.startswith("gso-analytics: error: cannot write") and "Traceback" not in err
+
+
+# -- CSV -------------------------------------------------------------------------------------
+
+
+def _csv_cell(value: Any) -> str:
+    """How a JSON value reads back from a CSV cell: empty for unknown, else its text."""
+    return "" if value is None else str(value)
+
+
+@pytest.mark.parametrize("which", ["report", "explicit"])
+def test_csv_files_hold_the_json_numbers(which: str, request: pytest.FixtureRequest) -> None:
+    report = request.getfixturevalue(which)
+    doc, directory = report["json"], report["csv"]
+    names = sorted(path.name for path in directory.iterdir())
+    assert names == sorted(["headline.csv", *(f"{key}.csv" for key in SECTIONS)])
+    for section in KPI_SECTIONS:
+        with (directory / f"{section.key}.csv").open(encoding="utf-8", newline="") as file:
+            header, *rows = list(csv.reader(file))
+        assert header == [column.field for column in section.columns]
+        # Every day, oldest first, nothing folded and no totals: the JSON rows exactly.
+        assert rows == [[_csv_cell(row[f]) for f in header] for row in doc["kpis"][section.key]]
+    with (directory / "headline.csv").open(encoding="utf-8", newline="") as file:
+        read = list(csv.DictReader(file))
+    figures = doc["headline"]["figures"]
+    assert [line["figure"] for line in read] == list(figures)
+    for line in read:
+        figure = figures[line["figure"]]
+        assert [line[k] for k in ("value", "previous", "change")] == [
+            _csv_cell(figure[k]) for k in ("value", "previous", "change")
+        ]
+        assert (line["start"], line["end"]) == (doc["headline"]["start"], doc["headline"]["end"])
 
 
 # -- the text report -----------------------------------------------------------------------
