@@ -121,8 +121,10 @@ class Aggregator:
         if data.__class__ is str:
             self._calls.append((_EVENT, ns, user_id, event, field, amount, data))
         else:
-            # Concatenated, not unpacked: unpacking builds a list first (13 ns more).
-            self._calls.append((_FLAT_EVENT, ns, user_id, event, field, amount) + data)  # noqa: RUF005
+            # Concatenated, not unpacked: unpacking builds a list first (13 ns more);
+            # mypy does not narrow on __class__, which is cheaper than type() here.
+            call = (_FLAT_EVENT, ns, user_id, event, field, amount) + data  # type: ignore[operator]  # noqa: RUF005
+            self._calls.append(call)
         return ns
 
     def login(self, user_id: str, username: str | None) -> None:
