@@ -26,6 +26,7 @@ from .dead_letters import DeadLetters
 from .errors import ConfigurationError, StoreError, ValidationError
 from .flusher import Flusher
 from .forwarding import Forwarder
+from .heartbeats import make_heartbeat
 from .http_forwarders import default_forwarders
 from .kpis import KPIs
 from .model import DailyStats, Metrics, Number, PruneResult
@@ -175,6 +176,7 @@ class Analytics:
             housekeeping=self._housekeeping,
             quarantine_after=quarantine_after,
             dead_letters=None if dead_letter_dir is None else DeadLetters(dead_letter_dir),
+            heartbeat=self._heartbeat,
         )
         # None: the seed's ANALYTICS_WEBHOOK_URL, read now (not at import); [] turns it off.
         forwarders = default_forwarders() if forwarders is None else list(forwarders)
@@ -380,6 +382,13 @@ class Analytics:
         ``stats()["internal_errors"]``; nothing is lost then (see :mod:`.flusher` for
         the batches set aside)."""
         self._flusher.flush()
+
+    def _heartbeat(self) -> None:
+        """This process's health, written to the store at each flush (see
+        :mod:`.heartbeats`)."""
+        self.store.save_heartbeat(
+            make_heartbeat(self.stats(), self._now(), self._flusher.interval)
+        )
 
     def _housekeeping(self) -> None:
         if time.monotonic() - self._last_prune < self.prune_interval:

@@ -28,6 +28,7 @@ from .model import (
     DailyStats,
     EventRecord,
     FlushBatch,
+    Heartbeat,
     Logout,
     MonthStats,
     Number,
@@ -47,6 +48,9 @@ MIN_BATCH_RETENTION = timedelta(days=7)
 #: second time, so the batch is set aside instead (see :mod:`.flusher`). The day of
 #: margin covers clocks of different hosts and a prune running meanwhile.
 MAX_RETRY_AGE = MIN_BATCH_RETENTION - timedelta(days=1)
+#: How long the prune job keeps a heartbeat after it expired (it is not read any more;
+#: kept a little for someone looking into the store after a crash).
+HEARTBEAT_KEPT = timedelta(hours=1)
 #: Expired events are deleted at most this many per transaction, so a writer waits for
 #: one chunk, never for the whole prune.
 PRUNE_CHUNK = 5000
@@ -98,11 +102,19 @@ class Transaction(ABC):
 
     @abstractmethod
     def increment_daily(self, day: str, month: str, increments: dict[str, Number]) -> None:
-        """Add ``increments`` to the day's counters, creating the day if needed."""
+        """Add ``increments`` to the day's counters, creating the day if needed, and to
+        the all-time totals (:meth:`Store.get_totals`) in the same atomic unit.
+
+        Why one record of totals kept beside the days rather than a sum of the days at
+        read time: a scrape reads one record whatever the length of history, and since
+        both change in the same unit, the totals are exactly the sum of the days (a
+        day that ends does not take anything back, so they never drop at midnight)."""
 
     @abstractmethod
     def increment_monthly(self, month: str, increments: dict[str, int]) -> None:
-        """Add to the month's ``mau``, ``timedSessions`` and ``timedSessionS``."""
+        """Add to the month's ``mau``, ``timedSessions`` and ``timedSessionS``, and to
+        the all-time totals, as :meth:`increment_daily` does (the totals of the timed
+        sessions are the count and sum of every closed session's seconds)."""
 
     # -- sessions: the marks and what the walk made of them ----------------------------
 
@@ -204,6 +216,11 @@ class Store(ABC):
         """The month's maintained figures (zeros for an unknown month)."""
 
     @abstractmethod
+    def get_totals(self) -> dict[str, Number]:
+        """Every daily and monthly counter summed over all time (see
+        :meth:`Transaction.increment_daily`); empty before the first batch."""
+
+    @abstractmethod
     def count_open_sessions(self) -> int:
         """Open sessions across every process writing to this store."""
 
@@ -254,6 +271,21 @@ class Store(ABC):
         """The retained events named one of ``names`` whose day is in [start, end]
         (None: unbounded on that side), in time order. The event TTL bounds them."""
         raise self._no_kpi_reads("events_between")
+
+    # -- process heartbeats (see :class:`~gso_analytics.model.Heartbeat`) ----------------
+
+    @abstractmethod
+    def save_heartbeat(self, heartbeat: Heartbeat) -> None:
+        """Insert or replace the record of ``heartbeat.process``. Not part of a batch:
+        a flush with nothing to store writes one too."""
+
+    @abstractmethod
+    def live_heartbeats(self, now: datetime) -> list[Heartbeat]:
+        """The records with ``expires_at`` after ``now``, ordered by ``process``."""
+
+    @abstractmethod
+    def forget_heartbeats(self, expired_before: datetime) -> None:
+        """Delete the records whose ``expires_at`` is before ``expired_before``."""
 
     def close(self) -> None:  # noqa: B027 - a store without resources has nothing to close
         """Release connections. Safe to call twice."""
@@ -308,6 +340,7 @@ class Store(ABC):
                 tx.write_sessions(time_out(stale, timeout_ms))
             tx.delete_logouts_before(to_ms(now - retention - session_timeout))
             tx.delete_batches_before(now - retention)
+        self.forget_heartbeats(now - HEARTBEAT_KEPT)
         return PruneResult(events_deleted=deleted, sessions_timed_out=len(stale))
 
     def delete_expired_events(self, last: datetime) -> int:
