@@ -181,6 +181,7 @@ def snapshot(store: Store, users: tuple[str, ...] = ()) -> dict[str, Any]:
     return {
         "days": days,
         "months": {month: store.get_month(month) for month in months},
+        "totals": {field: value for field, value in store.get_totals().items() if value},
         "open_sessions": store.count_open_sessions(),
         "sessions": {
             user: [
