@@ -29,7 +29,7 @@ from .forwarding import Forwarder
 from .heartbeats import make_heartbeat
 from .http_forwarders import default_forwarders
 from .kpis import KPIs
-from .model import DailyStats, Metrics, Number, PruneResult
+from .model import DailyStats, Heartbeat, Metrics, Number, PruneResult
 from .outbox import ForwardingHub
 from .store import Store, open_store
 from .validation import (
@@ -383,12 +383,13 @@ class Analytics:
         the batches set aside)."""
         self._flusher.flush()
 
-    def _heartbeat(self) -> None:
-        """This process's health, written to the store at each flush (see
+    def heartbeat(self) -> Heartbeat:
+        """This process's health now, as each flush writes it to the store (see
         :mod:`.heartbeats`)."""
-        self.store.save_heartbeat(
-            make_heartbeat(self.stats(), self._now(), self._flusher.interval)
-        )
+        return make_heartbeat(self.stats(), self._now(), self._flusher.interval)
+
+    def _heartbeat(self) -> None:
+        self.store.save_heartbeat(self.heartbeat())
 
     def _housekeeping(self) -> None:
         if time.monotonic() - self._last_prune < self.prune_interval:
