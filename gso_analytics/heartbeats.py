@@ -11,7 +11,9 @@ server give; the store is shared by every worker of every host already.
 
 A process is ``host:pid``: stable for its life, distinct across hosts. A record
 expires :data:`LIFETIME_INTERVALS` flush intervals after it was written (at least
-:data:`MIN_LIFETIME`), so a worker that stopped or hangs leaves the scrape soon.
+:data:`MIN_LIFETIME`), so a worker that stopped leaves the scrape soon, but not before
+a staleness alert (no flush for 2 intervals, see ``examples/prometheus/alerts.yml``)
+had time to fire on a worker that hangs.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from typing import Any
 
 from .model import Heartbeat, Number
 
-#: A record lives this many of its process's flush intervals: a worker skipping one
+#: A record lives this many of its process's flush intervals: a worker skipping a
 #: flush (a slow store, a busy machine) stays in the scrape.
-LIFETIME_INTERVALS = 3
-#: ...and at least this long, for very short intervals.
-MIN_LIFETIME = timedelta(seconds=15)
+LIFETIME_INTERVALS = 5
+#: ...and at least this long, so that with short intervals too a hung worker stays
+#: visible long enough for the staleness alert (``for: 30s`` after 2 intervals).
+MIN_LIFETIME = timedelta(minutes=2)
 
 #: ``stats()`` keys kept in a heartbeat (numbers; ``last_error`` and the age are not).
 STATS_KEYS = (
@@ -67,7 +70,10 @@ def make_heartbeat(
         pid=pid,
         at=at,
         expires_at=at + lifetime,
-        stats={key: stats[key] for key in STATS_KEYS if key in stats},
+        stats={
+            **{key: stats[key] for key in STATS_KEYS if key in stats},
+            "flush_interval_s": flush_interval,
+        },
         forwarders={
             name: {k: v for k, v in counts.items() if isinstance(v, int | float)}
             for name, counts in forwarders.items()

@@ -1018,14 +1018,14 @@ def test_heartbeats_are_replaced_per_process_and_read_until_they_expire(
 def test_every_flush_writes_a_heartbeat_an_empty_one_too(
     store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
-    analytics = make_analytics(store, flush_interval=20)
+    analytics = make_analytics(store, flush_interval=30)
     analytics.flush()  # nothing buffered
     first = other_store.live_heartbeats(clock.now)
     assert [(b.pid, b.stats["flushed"], b.at) for b in first] == [(os.getpid(), 0, clock.now)]
-    assert first[0].expires_at == clock.now + timedelta(seconds=60)
+    assert first[0].expires_at == clock.now + timedelta(seconds=150)  # 5 intervals
     analytics.track("credits.earn", "u1", {"amount": 1})
     clock.advance(5)
     analytics.flush()
     (beat,) = other_store.live_heartbeats(clock.now)
     assert (beat.stats["flushed"], beat.at) == (1, clock.now)
-    assert other_store.live_heartbeats(clock.now + timedelta(seconds=60)) == []
+    assert other_store.live_heartbeats(clock.now + timedelta(seconds=150)) == []

@@ -130,6 +130,11 @@ HEALTH: Mapping[str, tuple[str, str, str]] = {
         COUNTER,
         "Logouts of this process that ended no session when stored.",
     ),
+    "flush_interval_s": (
+        "gso_analytics_flush_interval_seconds",
+        GAUGE,
+        "This process's flush interval (a flush older than 2 of them is stale).",
+    ),
 }
 
 LAST_FLUSH = (
