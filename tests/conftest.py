@@ -7,6 +7,8 @@ Adding a backend to every contract test is one more entry in :data:`BACKENDS`.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -93,6 +95,29 @@ if mongo_server.real_mongodb_uri():  # a real mongod or cluster, opt-in
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+RealTool = Callable[..., str]
+
+
+@pytest.fixture
+def real_tool() -> RealTool:
+    """``real_tool("promtool", install="apt-get install prometheus")``: the path of a
+    real program a test runs. Missing, the test skips on a laptop; under ``CI=true`` it
+    fails instead, since ``.ci/run`` installs every such tool: a CI run that skipped
+    them would look green without having tested anything real."""
+
+    def find(*names: str, install: str) -> str:
+        for name in names:
+            found = shutil.which(name) or shutil.which(name, path="/usr/bin:/usr/local/bin")
+            if found:
+                return found
+        message = f"{' or '.join(names)} is not installed ({install})"
+        if os.environ.get("CI", "").strip().lower() == "true":
+            pytest.fail(f"{message}; CI=true: a test whose real tool is missing fails")
+        pytest.skip(message)
+
+    return find
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,12 +14,11 @@ import contextlib
 import io
 import json
 import re
-import shutil
 import subprocess
 from datetime import UTC, date, datetime
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -27,6 +26,9 @@ from gso_analytics import Analytics, open_store
 from gso_analytics.cli import kpi_range, main
 from gso_analytics.html_report import bar_chart, line_chart, read_html_numbers, render_html
 from gso_analytics.report import KPI_SECTIONS, collect_kpis
+
+if TYPE_CHECKING:
+    from conftest import RealTool
 
 TODAY = "2026-03-12"
 END_OF_TODAY = datetime(2026, 3, 12, 23, 0, tzinfo=UTC)
@@ -285,13 +287,6 @@ def test_html_of_an_empty_range_and_flat_charts() -> None:
 # -- a real browser ------------------------------------------------------------------------
 
 
-def _chromium() -> str | None:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None and Path("/usr/bin/chromium").exists():
-        found = "/usr/bin/chromium"
-    return found
-
-
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -306,11 +301,9 @@ CHROMIUM_FLAGS = (
 
 @pytest.mark.slow
 def test_chromium_renders_the_page_with_the_json_numbers(
-    report: dict[str, Any], tmp_path: Path
+    report: dict[str, Any], tmp_path: Path, real_tool: RealTool
 ) -> None:
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("chromium is not installed (apt-get install chromium); see README Reports")
+    browser = real_tool("chromium", "chromium-browser", install="apt-get install chromium")
     base = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     url = report["path"].resolve().as_uri()
     dom = subprocess.run(
