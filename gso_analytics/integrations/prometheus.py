@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import attrs
@@ -40,6 +39,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from .. import __version__
 from ..analytics import Analytics
 from ..model import Heartbeat, Number
 
@@ -200,7 +200,7 @@ def take_scrape(analytics: Analytics, business: bool) -> Scrape:
     heartbeat (this process's is written by the flush ``get_metrics()`` makes first);
     without, this process's health alone, from memory."""
     info = {
-        "version": _version(),
+        "version": __version__,
         "store": (type(analytics.store).schemes or (type(analytics.store).__name__,))[0],
         "tz": str(analytics.tz),
     }
@@ -213,13 +213,6 @@ def take_scrape(analytics: Analytics, business: bool) -> Scrape:
         metrics, analytics.store.get_totals(), kpis.active_users(today, today)[0].mau30
     )
     return Scrape(info, analytics.store.live_heartbeats(kpis.clock()), numbers)
-
-
-def _version() -> str:
-    try:
-        return version("gso-analytics")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
 
 
 class ScrapeCollector(Collector):
@@ -261,7 +254,7 @@ class ScrapeCollector(Collector):
             )
         yield SummaryMetricFamily(
             *SESSION_SUMMARY,
-            count_value=numbers.totals.get(TIMED_SESSIONS, 0),
+            count_value=int(numbers.totals.get(TIMED_SESSIONS, 0)),
             sum_value=numbers.totals.get(TIMED_SESSION_S, 0),
         )
 
