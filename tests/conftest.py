@@ -109,7 +109,7 @@ def real_tool() -> RealTool:
 
     def find(*names: str, install: str) -> str:
         for name in names:
-            found = shutil.which(name) or shutil.which(name, path="/usr/bin:/usr/local/bin")
+            found = shutil.which(name)
             if found:
                 return found
         message = f"{' or '.join(names)} is not installed ({install})"

@@ -9,7 +9,10 @@ gunicorn workers in ``tests/test_prometheus_scrape.py``.
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -299,8 +302,6 @@ def test_dashboard_is_a_grafana_dashboard() -> None:
 def test_dashboard_queries_name_exposed_metrics_only(title: str, expr: str) -> None:
     """Each metric a query names is one the exposition has (the real evaluation is in
     test_prometheus_scrape.py)."""
-    import re
-
     exposed = {
         f"{name}_total" if kind == prometheus.COUNTER else name
         for name, kind, _ in prometheus.HEALTH.values()
@@ -320,3 +321,32 @@ def test_dashboard_queries_name_exposed_metrics_only(title: str, expr: str) -> N
         exposed |= {prometheus.today_gauge(field), prometheus.total_counter(field) + "_total"}
     for name in re.findall(r"gso_analytics_\w+", expr):
         assert name in exposed, (title, name)
+
+
+@pytest.mark.parametrize("ci,outcome", [("true", "1 failed"), ("", "1 skipped")])
+def test_a_missing_tool_fails_under_ci_and_skips_elsewhere(
+    tmp_path: Path, ci: str, outcome: str
+) -> None:
+    """The ``real_tool`` fixture, run by a real pytest whose PATH holds no tool."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = {**os.environ, "PATH": str(empty), "CI": ci}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-rfs",
+            f"{Path(__file__).name}::test_alert_rules_are_valid",
+        ],
+        cwd=Path(__file__).parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert outcome in run.stdout, run.stdout + run.stderr
+    assert "promtool is not installed (apt-get install prometheus)" in run.stdout
