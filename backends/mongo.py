@@ -2089,6 +2089,17 @@ class MongoStore(Store):
     def day_users_between(self, start: str, end: str) -> dict[str, set[str]]:
         return self._grouped("day_users", "userId", start, end)
 
+    def count_day_users(self, start: str, end: str) -> int:
+        days = {"$gte": _check_str(start, "start"), "$lte": _check_str(end, "end")}
+        pipeline = [
+            {"$match": {"day": days}},
+            {"$group": {"_id": "$userId"}},
+            {"$count": "users"},
+        ]
+        with self._errors("counting active users"):
+            found = list(self._collection("day_users").aggregate(pipeline))
+        return int(found[0]["users"]) if found else 0
+
     def first_seen_between(self, start: str, end: str) -> dict[str, set[str]]:
         return self._grouped("first_seen", "_id", start, end)
 

@@ -653,6 +653,13 @@ class SQLiteStore(Store):
             "SELECT day, userId FROM {p}day_users WHERE day BETWEEN ? AND ?", start, end
         )
 
+    def count_day_users(self, start: str, end: str) -> int:
+        rows = self._read(
+            "SELECT COUNT(DISTINCT userId) FROM {p}day_users WHERE day BETWEEN ? AND ?",
+            (start, end),
+        )
+        return int(rows[0][0])
+
     def first_seen_between(self, start: str, end: str) -> dict[str, set[str]]:
         return self._grouped(
             "SELECT day, userId FROM {p}first_seen WHERE day BETWEEN ? AND ?", start, end

@@ -1029,3 +1029,21 @@ def test_every_flush_writes_a_heartbeat_an_empty_one_too(
     (beat,) = other_store.live_heartbeats(clock.now)
     assert (beat.stats["flushed"], beat.at) == (1, clock.now)
     assert other_store.live_heartbeats(clock.now + timedelta(seconds=150)) == []
+
+
+def test_count_day_users_counts_each_user_once_in_the_range(store: Store, clock: FakeClock) -> None:
+    """The rolling MAU30 of a scrape: distinct users of the days in [start, end]."""
+    activity = {"2025-03-01": {"a", "b"}, "2025-03-02": {"b", "c"}, "2025-03-05": {"d"}}
+    for day, users in activity.items():
+        store.apply(
+            FlushBatch(
+                created_at=clock.now,
+                day_users={day: users},
+                months={day: day[:7]},
+                counters={day: {"creditsEarned": 1}},
+            )
+        )
+    assert store.count_day_users("2025-03-01", "2025-03-02") == 3
+    assert store.count_day_users("2025-03-02", "2025-03-05") == 3
+    assert store.count_day_users("2025-03-03", "2025-03-04") == 0
+    assert store.count_day_users("2025-02-01", "2025-03-31") == len(set().union(*activity.values()))

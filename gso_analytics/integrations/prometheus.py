@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 import attrs
@@ -41,6 +42,7 @@ from prometheus_client.registry import Collector
 
 from .. import __version__
 from ..analytics import Analytics
+from ..kpis import MAU30_DAYS
 from ..model import Heartbeat, Number
 
 PREFIX = "gso_analytics_"
@@ -207,12 +209,14 @@ def take_scrape(analytics: Analytics, business: bool) -> Scrape:
     if not business:
         return Scrape(info, [analytics.heartbeat()])
     metrics = analytics.get_metrics().to_dict()
+    store = analytics.store
     kpis = analytics.kpis
     today = kpis.today()
-    numbers = Business(
-        metrics, analytics.store.get_totals(), kpis.active_users(today, today)[0].mau30
-    )
-    return Scrape(info, analytics.store.live_heartbeats(kpis.clock()), numbers)
+    # Counted in the store, like dau and mau (test users included, unlike the KPIs).
+    first = today - timedelta(days=MAU30_DAYS - 1)
+    mau30 = store.count_day_users(first.isoformat(), today.isoformat())
+    numbers = Business(metrics, store.get_totals(), mau30)
+    return Scrape(info, store.live_heartbeats(kpis.clock()), numbers)
 
 
 class ScrapeCollector(Collector):
