@@ -5,7 +5,7 @@ The page is checked three ways: it parses as well-formed HTML, it names no URL a
 loads nothing, and the numbers it embeds (each cell's ``data-value``) equal the JSON
 report of the same store and range. The last check is repeated on the DOM a real
 headless Chromium builds from the file, when Chromium is installed (CI does not
-install it; the README gives the same command to run by hand).
+install it; docs/reports.md gives the same command to run by hand).
 """
 
 from __future__ import annotations
