@@ -23,13 +23,14 @@ from gso_analytics.errors import ConfigurationError
 from gso_analytics.model import (
     DailyStats,
     EventRecord,
+    Heartbeat,
     Logout,
     MonthStats,
     Number,
     SessionRecord,
     StoredSession,
 )
-from gso_analytics.store import Store, Transaction
+from gso_analytics.store import Store, Transaction, total_increments
 
 
 @attrs.define
@@ -38,6 +39,8 @@ class _State:
     daily: dict[str, dict[str, Number]] = attrs.field(factory=dict)
     months_of_day: dict[str, str] = attrs.field(factory=dict)
     monthly: dict[str, dict[str, int]] = attrs.field(factory=dict)
+    totals: dict[str, Number] = attrs.field(factory=dict)  # field -> all-time sum
+    heartbeats: dict[str, Heartbeat] = attrs.field(factory=dict)  # process -> record
     day_users: set[tuple[str, str]] = attrs.field(factory=set)
     month_users: set[tuple[str, str]] = attrs.field(factory=set)
     new_users: set[tuple[str, str]] = attrs.field(factory=set)
@@ -129,13 +132,21 @@ class _MemoryTransaction(Transaction):
             counters[field] = counters.get(field, 0) + amount
         figures[key] = counters
 
+    def _add_totals(self, increments: Mapping[str, Number]) -> None:
+        totals = self.state.totals
+        for field, amount in total_increments(increments).items():
+            self._keep(totals, field)
+            totals[field] = totals.get(field, 0) + amount
+
     def increment_daily(self, day: str, month: str, increments: dict[str, Number]) -> None:
         self._keep(self.state.months_of_day, day)
         self.state.months_of_day[day] = month
         self._increment(self.state.daily, day, increments)
+        self._add_totals(increments)
 
     def increment_monthly(self, month: str, increments: dict[str, int]) -> None:
         self._increment(self.state.monthly, month, increments)
+        self._add_totals(increments)
 
     def session_marks(
         self, since: Mapping[str, int], horizon_ms: int
@@ -302,6 +313,25 @@ class MemoryStore(Store):
     def get_month(self, month: str) -> MonthStats:
         with self._lock:
             return MonthStats.from_fields(month, self._state.monthly.get(month, {}))
+
+    def get_totals(self) -> dict[str, Number]:
+        with self._lock:
+            return dict(self._state.totals)
+
+    def save_heartbeat(self, heartbeat: Heartbeat) -> None:
+        with self._lock:
+            self._state.heartbeats[heartbeat.process] = heartbeat
+
+    def live_heartbeats(self, now: datetime) -> list[Heartbeat]:
+        with self._lock:
+            beats = self._state.heartbeats
+            return [beats[p] for p in sorted(beats) if beats[p].expires_at > now]
+
+    def forget_heartbeats(self, expired_before: datetime) -> None:
+        with self._lock:
+            beats = self._state.heartbeats
+            for process in [p for p, beat in beats.items() if beat.expires_at < expired_before]:
+                del beats[process]
 
     def count_open_sessions(self) -> int:
         with self._lock:

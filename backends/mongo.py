@@ -164,6 +164,7 @@ from gso_analytics.model import (
     DailyStats,
     EventRecord,
     FlushBatch,
+    Heartbeat,
     Login,
     Logout,
     MonthStats,
@@ -174,7 +175,7 @@ from gso_analytics.model import (
     StoredSession,
 )
 from gso_analytics.sessions import SessionChanges
-from gso_analytics.store import Store, Transaction, apply_batch
+from gso_analytics.store import Store, Transaction, apply_batch, total_increments
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -230,6 +231,7 @@ _RESERVED_FIELDS = frozenset({"_id", "day", "month", "appliedBatches"})
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LOCK_ID = "sessions"
+_TOTALS_ID = "all"
 _INDEX_LEASE_ID = "indexes"
 #: ``createIndexes`` with ``commitQuorum`` needs MongoDB 4.4 (wire version 9).
 _COMMIT_QUORUM_WIRE_VERSION = 9
@@ -1618,6 +1620,14 @@ class MongoStore(Store):
         upsert(self, "daily", [op for op in ops if op is not None], {})
         ops = [inc_op({"month": m}, f, None, guard, kept) for m, f in sorted(monthly.items())]
         upsert(self, "monthly", [op for op in ops if op is not None], {})
+        # The all-time totals, under the same guard: exactly the sum of the days and
+        # months, whichever of these writes a stopped process left for a retry.
+        totals: dict[str, Number] = {}
+        for fields in (*(entry["inc"] for entry in daily.values()), *monthly.values()):
+            for field, amount in total_increments(fields).items():
+                totals[field] = totals.get(field, 0) + amount
+        op = inc_op({"_id": _TOTALS_ID}, {f: v for f, v in totals.items() if v}, None, guard, kept)
+        upsert(self, "totals", [] if op is None else [op], {})
 
     def _complete_counters(
         self,
@@ -2001,6 +2011,39 @@ class MongoStore(Store):
             doc = self._collection("monthly").find_one({"month": month}) or {}
         return MonthStats.from_fields(month, doc)
 
+    def get_totals(self) -> dict[str, Number]:
+        with self._errors("reading the totals"):
+            doc = self._collection("totals").find_one({"_id": _TOTALS_ID}) or {}
+        return {k: v for k, v in doc.items() if k not in ("_id", "appliedBatches")}
+
+    def save_heartbeat(self, heartbeat: Heartbeat) -> None:
+        doc = {
+            "_id": heartbeat.process,
+            "host": heartbeat.host,
+            "pid": heartbeat.pid,
+            "at": heartbeat.at,
+            "expiresAt": heartbeat.expires_at,
+            "payload": heartbeat.payload(),
+        }
+        with self._errors("writing a heartbeat"):
+            self._collection("heartbeats").replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+    def live_heartbeats(self, now: datetime) -> list[Heartbeat]:
+        with self._errors("reading the heartbeats"):
+            docs = list(
+                self._collection("heartbeats").find({"expiresAt": {"$gt": now}}).sort("_id", 1)
+            )
+        return [
+            Heartbeat.from_payload(
+                d["_id"], d["host"], d["pid"], _aware(d["at"]), _aware(d["expiresAt"]), d["payload"]
+            )
+            for d in docs
+        ]
+
+    def forget_heartbeats(self, expired_before: datetime) -> None:
+        with self._errors("deleting expired heartbeats"):
+            self._collection("heartbeats").delete_many({"expiresAt": {"$lt": expired_before}})
+
     def count_open_sessions(self) -> int:
         with self._errors("counting open sessions"):
             return int(self._collection("sessions").count_documents({"open": True}))
@@ -2045,6 +2088,17 @@ class MongoStore(Store):
 
     def day_users_between(self, start: str, end: str) -> dict[str, set[str]]:
         return self._grouped("day_users", "userId", start, end)
+
+    def count_day_users(self, start: str, end: str) -> int:
+        days = {"$gte": _check_str(start, "start"), "$lte": _check_str(end, "end")}
+        pipeline = [
+            {"$match": {"day": days}},
+            {"$group": {"_id": "$userId"}},
+            {"$count": "users"},
+        ]
+        with self._errors("counting active users"):
+            found = list(self._collection("day_users").aggregate(pipeline))
+        return int(found[0]["users"]) if found else 0
 
     def first_seen_between(self, start: str, end: str) -> dict[str, set[str]]:
         return self._grouped("first_seen", "_id", start, end)

@@ -26,6 +26,7 @@ from gso_analytics.errors import ConfigurationError, StoreError
 from gso_analytics.model import (
     DailyStats,
     EventRecord,
+    Heartbeat,
     Login,
     Logout,
     MonthStats,
@@ -34,7 +35,7 @@ from gso_analytics.model import (
     SessionRecord,
     StoredSession,
 )
-from gso_analytics.store import Store, Transaction
+from gso_analytics.store import Store, Transaction, total_increments
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS {p}batches (
@@ -79,6 +80,11 @@ CREATE INDEX IF NOT EXISTS {p}first_seen_day ON {p}first_seen (day);
 CREATE TABLE IF NOT EXISTS {p}first_payments (
     userId TEXT PRIMARY KEY, day TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS {p}first_payments_day ON {p}first_payments (day);
+CREATE TABLE IF NOT EXISTS {p}totals (
+    field TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {p}heartbeats (
+    process TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, at TEXT NOT NULL,
+    expiresAt TEXT NOT NULL, payload TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS {p}user_revenue (
     day TEXT NOT NULL, userId TEXT NOT NULL, revenueCents NOT NULL,
     PRIMARY KEY (day, userId)) WITHOUT ROWID;
@@ -137,12 +143,20 @@ class _SQLiteTransaction(Transaction):
             ],
         )
 
+    def _add_totals(self, increments: Mapping[str, Number]) -> None:
+        self.conn.executemany(
+            f"INSERT INTO {self.p}totals (field, value) VALUES (?, ?)"
+            " ON CONFLICT (field) DO UPDATE SET value = value + excluded.value",
+            list(total_increments(increments).items()),
+        )
+
     def increment_daily(self, day: str, month: str, increments: dict[str, Number]) -> None:
         self.conn.executemany(
             f"INSERT INTO {self.p}daily (day, month, field, value) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (day, field) DO UPDATE SET value = value + excluded.value",
             [(day, month, field, amount) for field, amount in increments.items()],
         )
+        self._add_totals(increments)
 
     def increment_monthly(self, month: str, increments: dict[str, int]) -> None:
         self.conn.executemany(
@@ -150,6 +164,7 @@ class _SQLiteTransaction(Transaction):
             " ON CONFLICT (month, field) DO UPDATE SET value = value + excluded.value",
             [(month, field, amount) for field, amount in increments.items()],
         )
+        self._add_totals(increments)
 
     def session_marks(
         self, since: Mapping[str, int], horizon_ms: int
@@ -251,12 +266,27 @@ def _upgrade(conn: sqlite3.Connection, prefix: str) -> None:
     def outdated() -> bool:
         return "origin" not in columns() or f"{prefix}pending_logouts" in tables()
 
-    if not outdated():
+    def without_totals() -> bool:
+        # Counters but no totals: written before the totals existed (every batch since
+        # adds to both in one transaction).
+        found = f"SELECT 1 FROM {prefix}{{}} LIMIT 1"
+        return bool(
+            conn.execute(found.format("totals")).fetchone() is None
+            and conn.execute(found.format("daily")).fetchone()
+        )
+
+    if not outdated() and not without_totals():
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
         if outdated():
             _upgrade_to_marks(conn, prefix, columns(), tables())
+        if without_totals():
+            conn.execute(
+                f"INSERT INTO {prefix}totals (field, value) SELECT field, SUM(value) FROM"
+                f" (SELECT field, value FROM {prefix}daily"
+                f" UNION ALL SELECT field, value FROM {prefix}monthly) GROUP BY field"
+            )
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -527,6 +557,47 @@ class SQLiteStore(Store):
         figures = dict(self._read("SELECT field, value FROM {p}monthly WHERE month = ?", (month,)))
         return MonthStats.from_fields(month, figures)
 
+    def get_totals(self) -> dict[str, Number]:
+        return dict(self._read("SELECT field, value FROM {p}totals"))
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
+        """One statement outside any batch (its own implicit transaction)."""
+        with self._write_lock:
+            try:
+                self._writer().execute(sql.format(p=self.prefix), params)
+            except sqlite3.Error as exc:
+                raise _store_error(self.path, exc) from exc
+
+    def save_heartbeat(self, heartbeat: Heartbeat) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO {p}heartbeats"
+            " (process, host, pid, at, expiresAt, payload) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                heartbeat.process,
+                heartbeat.host,
+                heartbeat.pid,
+                iso_ms(heartbeat.at),
+                iso_ms(heartbeat.expires_at),
+                heartbeat.payload(),
+            ),
+        )
+
+    def live_heartbeats(self, now: datetime) -> list[Heartbeat]:
+        rows = self._read(
+            "SELECT process, host, pid, at, expiresAt, payload FROM {p}heartbeats"
+            " WHERE expiresAt > ? ORDER BY process",
+            (iso_ms(now),),
+        )
+        return [
+            Heartbeat.from_payload(
+                process, host, pid, parse_iso_ms(at), parse_iso_ms(expires), payload
+            )
+            for process, host, pid, at, expires, payload in rows
+        ]
+
+    def forget_heartbeats(self, expired_before: datetime) -> None:
+        self._write("DELETE FROM {p}heartbeats WHERE expiresAt < ?", (iso_ms(expired_before),))
+
     def count_open_sessions(self) -> int:
         return int(self._read("SELECT COUNT(*) FROM {p}sessions WHERE logoutAt IS NULL")[0][0])
 
@@ -581,6 +652,13 @@ class SQLiteStore(Store):
         return self._grouped(
             "SELECT day, userId FROM {p}day_users WHERE day BETWEEN ? AND ?", start, end
         )
+
+    def count_day_users(self, start: str, end: str) -> int:
+        rows = self._read(
+            "SELECT COUNT(DISTINCT userId) FROM {p}day_users WHERE day BETWEEN ? AND ?",
+            (start, end),
+        )
+        return int(rows[0][0])
 
     def first_seen_between(self, start: str, end: str) -> dict[str, set[str]]:
         return self._grouped(

@@ -26,9 +26,10 @@ from .dead_letters import DeadLetters
 from .errors import ConfigurationError, StoreError, ValidationError
 from .flusher import Flusher
 from .forwarding import Forwarder
+from .heartbeats import make_heartbeat
 from .http_forwarders import default_forwarders
 from .kpis import KPIs
-from .model import DailyStats, Metrics, Number, PruneResult
+from .model import DailyStats, Heartbeat, Metrics, Number, PruneResult
 from .outbox import ForwardingHub
 from .store import Store, open_store
 from .validation import (
@@ -204,6 +205,7 @@ class Analytics:
             housekeeping=self._housekeeping,
             quarantine_after=quarantine_after,
             dead_letters=None if dead_letter_dir is None else DeadLetters(dead_letter_dir),
+            heartbeat=self._heartbeat,
         )
         # None: the seed's ANALYTICS_WEBHOOK_URL, read now (not at import); [] turns it off.
         forwarders = default_forwarders() if forwarders is None else list(forwarders)
@@ -409,6 +411,14 @@ class Analytics:
         ``stats()["internal_errors"]``; nothing is lost then (see :mod:`.flusher` for
         the batches set aside)."""
         self._flusher.flush()
+
+    def heartbeat(self) -> Heartbeat:
+        """This process's health now, as each flush writes it to the store (see
+        :mod:`.heartbeats`)."""
+        return make_heartbeat(self.stats(), self._now(), self._flusher.interval)
+
+    def _heartbeat(self) -> None:
+        self.store.save_heartbeat(self.heartbeat())
 
     def _housekeeping(self) -> None:
         if time.monotonic() - self._last_prune < self.prune_interval:

@@ -28,6 +28,7 @@ from .model import (
     DailyStats,
     EventRecord,
     FlushBatch,
+    Heartbeat,
     Logout,
     Mark,
     MonthStats,
@@ -48,6 +49,9 @@ MIN_BATCH_RETENTION = timedelta(days=7)
 #: second time, so the batch is set aside instead (see :mod:`.flusher`). The day of
 #: margin covers clocks of different hosts and a prune running meanwhile.
 MAX_RETRY_AGE = MIN_BATCH_RETENTION - timedelta(days=1)
+#: How long the prune job keeps a heartbeat after it expired (it is not read any more;
+#: kept a little for someone looking into the store after a crash).
+HEARTBEAT_KEPT = timedelta(hours=1)
 #: Expired events are deleted at most this many per transaction, so a writer waits for
 #: one chunk, never for the whole prune.
 PRUNE_CHUNK = 5000
@@ -99,11 +103,19 @@ class Transaction(ABC):
 
     @abstractmethod
     def increment_daily(self, day: str, month: str, increments: dict[str, Number]) -> None:
-        """Add ``increments`` to the day's counters, creating the day if needed."""
+        """Add ``increments`` to the day's counters, creating the day if needed, and to
+        the all-time totals (:meth:`Store.get_totals`) in the same atomic unit.
+
+        Why one record of totals kept beside the days rather than a sum of the days at
+        read time: a scrape reads one record whatever the length of history, and since
+        both change in the same unit, the totals are exactly the sum of the days (a
+        day that ends does not take anything back, so they never drop at midnight)."""
 
     @abstractmethod
     def increment_monthly(self, month: str, increments: dict[str, int]) -> None:
-        """Add to the month's ``mau``, ``timedSessions`` and ``timedSessionS``."""
+        """Add to the month's ``mau``, ``timedSessions`` and ``timedSessionS``, and to
+        the all-time totals, as :meth:`increment_daily` does (the totals of the timed
+        sessions are the count and sum of every closed session's seconds)."""
 
     # -- sessions: the marks and what the walk made of them ----------------------------
 
@@ -205,6 +217,11 @@ class Store(ABC):
         """The month's maintained figures (zeros for an unknown month)."""
 
     @abstractmethod
+    def get_totals(self) -> dict[str, Number]:
+        """Every daily and monthly counter summed over all time (see
+        :meth:`Transaction.increment_daily`); empty before the first batch."""
+
+    @abstractmethod
     def count_open_sessions(self) -> int:
         """Open sessions across every process writing to this store."""
 
@@ -233,6 +250,12 @@ class Store(ABC):
         """The (day, user) activity records of [start, end], as day -> users."""
         raise self._no_kpi_reads("day_users_between")
 
+    def count_day_users(self, start: str, end: str) -> int:
+        """How many distinct users have a (day, user) activity record in [start, end]
+        (the rolling MAU30 of a scrape). From :meth:`day_users_between` here; a store
+        that can count without sending every user id back overrides it."""
+        return len(set().union(*self.day_users_between(start, end).values()))
+
     def first_seen_between(self, start: str, end: str) -> dict[str, set[str]]:
         """The users whose first-seen day is in [start, end], as day -> users."""
         raise self._no_kpi_reads("first_seen_between")
@@ -255,6 +278,21 @@ class Store(ABC):
         """The retained events named one of ``names`` whose day is in [start, end]
         (None: unbounded on that side), in time order. The event TTL bounds them."""
         raise self._no_kpi_reads("events_between")
+
+    # -- process heartbeats (see :class:`~gso_analytics.model.Heartbeat`) ----------------
+
+    @abstractmethod
+    def save_heartbeat(self, heartbeat: Heartbeat) -> None:
+        """Insert or replace the record of ``heartbeat.process``. Not part of a batch:
+        a flush with nothing to store writes one too."""
+
+    @abstractmethod
+    def live_heartbeats(self, now: datetime) -> list[Heartbeat]:
+        """The records with ``expires_at`` after ``now``, ordered by ``process``."""
+
+    @abstractmethod
+    def forget_heartbeats(self, expired_before: datetime) -> None:
+        """Delete the records whose ``expires_at`` is before ``expired_before``."""
 
     def close(self) -> None:  # noqa: B027 - a store without resources has nothing to close
         """Release connections. Safe to call twice."""
@@ -309,6 +347,7 @@ class Store(ABC):
                 tx.write_sessions(time_out(stale, timeout_ms))
             tx.delete_logouts_before(to_ms(now - retention - session_timeout))
             tx.delete_batches_before(now - retention)
+        self.forget_heartbeats(now - HEARTBEAT_KEPT)
         return PruneResult(events_deleted=deleted, sessions_timed_out=len(stale))
 
     def delete_expired_events(self, last: datetime) -> int:
@@ -325,6 +364,31 @@ class Store(ABC):
             if deleted < self.prune_chunk:
                 return total
             time.sleep(min(time.monotonic() - started, PRUNE_MAX_PAUSE_S))
+
+
+#: Suffix of the total that counts what was taken back from a field (see
+#: :func:`total_increments`).
+WITHDRAWN = "Withdrawn"
+
+
+def total_increments(increments: Mapping[str, Number]) -> dict[str, Number]:
+    """What one day's (or month's) ``increments`` add to the all-time totals.
+
+    Why not the increments themselves: a session recomputed when a mark arrives late
+    (a logout from another worker inside a closed session) takes seconds back, so a
+    day's ``totalSessionS`` can go down, and a Prometheus counter that goes down reads
+    as a restart (``increase()`` would count the whole total again). So a negative
+    increment is added, as a positive amount, to ``<field>Withdrawn``: both totals only
+    grow, and the field's exact all-time figure is ``field - fieldWithdrawn`` (the
+    sum of its days). How a correction splits between the two depends on when the
+    late mark arrived; their difference does not."""
+    totals: dict[str, Number] = {}
+    for field, amount in increments.items():
+        if amount < 0:
+            totals[field + WITHDRAWN] = -amount
+        elif amount:
+            totals[field] = amount
+    return totals
 
 
 def batch_retention(event_ttl: timedelta) -> timedelta:

@@ -312,7 +312,7 @@ def test_prometheus_text_parses_and_carries_the_json_numbers(game: Analytics, fm
     exposition = samples(response.content.decode())
     assert_same_numbers(exposition, EXPECTED_METRICS)
     assert_same_numbers(exposition, get("/metrics/", headers=AUTH).json())
-    assert_same_health(exposition, game.stats())
+    assert_same_health(exposition, game)
 
 
 def test_prometheus_scraper_gets_openmetrics(game: Analytics) -> None:

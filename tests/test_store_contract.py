@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,8 @@ import pytest
 
 from gso_analytics import DAILY_FIELDS, FlushBatch, Store
 from gso_analytics.clock import to_ms
-from gso_analytics.model import EventRecord, Login, Logout
+from gso_analytics.model import EventRecord, Heartbeat, Login, Logout
+from gso_analytics.store import WITHDRAWN
 
 if TYPE_CHECKING:
     from conftest import AnalyticsFactory, Backend, FakeClock
@@ -886,3 +888,201 @@ def test_prune_deletes_expired_events_in_chunks_a_flush_gets_between(
     assert flushed_between == [True], "a flush waited for the whole prune"
     assert store.get_day(day)["dungeonsRun"] == 1
     assert [e.event for e in store.get_events()] == ["dungeon.complete"]
+
+
+# -- all-time totals ----------------------------------------------------------------------
+
+
+def _summed(store: Store) -> dict[str, Any]:
+    """The totals as the sum of every stored day and month: the rule they must keep."""
+    summed: dict[str, Any] = {}
+    days = store.recent_days(10_000)
+    for fields in [d.counters for d in days] + [
+        {"mau": m.mau, "timedSessions": m.timed_sessions, "timedSessionS": m.timed_session_s}
+        for m in (store.get_month(month) for month in sorted({d.month for d in days}))
+    ]:
+        for field, value in fields.items():
+            summed[field] = summed.get(field, 0) + value
+    return {field: value for field, value in summed.items() if value}
+
+
+def _net(totals: dict[str, Any]) -> dict[str, Any]:
+    """The exact all-time figures: each field less what was withdrawn from it."""
+    net = {f: v for f, v in totals.items() if not f.endswith(WITHDRAWN)}
+    for field, taken in totals.items():
+        if field.endswith(WITHDRAWN):
+            base = field.removesuffix(WITHDRAWN)
+            net[base] = net.get(base, 0) - taken
+    return {field: value for field, value in net.items() if value}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_totals_are_exact_across_processes_and_never_drop_at_midnight(
+    store: Store,
+    other_store: Store,
+    make_analytics: AnalyticsFactory,
+    clock: FakeClock,
+    seed: int,
+) -> None:
+    """Two processes write random work over three midnights, flushing in a random order:
+    the totals equal an oracle kept from the calls, equal the sum of the days and
+    months, and no counter total ever decreases (a day ending takes nothing back)."""
+    import itertools
+    import random
+
+    rng = random.Random(seed)
+    writers = [make_analytics(store), make_analytics(other_store)]
+    oracle = {"creditsEarned": 0, "dungeonsRun": 0, "sessionCount": 0, "timedSessionS": 0}
+    seen: list[dict[str, Any]] = []
+    clock.now = at("2025-03-13 23:00:00")
+    for step in range(60):
+        writer = rng.choice(writers)
+        user = f"u{rng.randrange(4)}"
+        amount = rng.randrange(1, 500)
+        writer.track("credits.earn", user, {"amount": amount})
+        oracle["creditsEarned"] += amount
+        if rng.random() < 0.3:
+            writer.track("dungeon.complete", user)
+            oracle["dungeonsRun"] += 1
+        if rng.random() < 0.2:
+            # A whole session in one process, so its seconds are known here.
+            writer.on_login(f"s{step}", "p")
+            seconds = rng.randrange(1, 300)
+            clock.advance(seconds)
+            writer.on_logout(f"s{step}")
+            oracle["sessionCount"] += 1
+            oracle["timedSessionS"] += seconds
+        clock.advance(rng.randrange(60, 4 * 3600))
+        if rng.random() < 0.4:
+            rng.choice(writers).flush()
+            seen.append(other_store.get_totals())
+    for writer in rng.sample(writers, 2):
+        writer.flush()
+    seen.append(store.get_totals())
+
+    totals = store.get_totals()
+    assert {field: totals.get(field, 0) for field in oracle} == oracle
+    assert totals["totalSessionS"] == oracle["timedSessionS"]
+    assert len(store.recent_days(10_000)) >= 3  # the work did cross midnights
+    assert _net(totals) == _summed(store)
+    for before, after in itertools.pairwise(seen):
+        for field in ("creditsEarned", "dungeonsRun", "sessionCount", "newUsers", "dau"):
+            assert after.get(field, 0) >= before.get(field, 0), (field, before, after)
+
+
+def test_a_late_logout_is_withdrawn_from_the_totals_never_subtracted(
+    store: Store,
+    other_store: Store,
+    make_analytics: AnalyticsFactory,
+    clock: FakeClock,
+) -> None:
+    """A logout flushed late by another worker ends a stored session earlier: the
+    day's seconds go down, every total only grows, and total minus withdrawn is the
+    sum of the days (what a Prometheus counter needs: a decrease reads as a restart)."""
+    first, late = make_analytics(store), make_analytics(other_store)
+    first.on_login("u1", "alice")
+    clock.advance(100)
+    late.on_logout("u1")  # buffered in the other worker
+    clock.advance(500)
+    first.on_logout("u1")
+    first.flush()
+    before = store.get_totals()
+    assert before["totalSessionS"] == 600
+    late.flush()
+    after = store.get_totals()
+    assert store.recent_days(1)[0].counters["totalSessionS"] == 100
+    for field, value in before.items():
+        assert after.get(field, 0) >= value, (field, before, after)
+    assert after["totalSessionS" + WITHDRAWN] == 500
+    assert after["timedSessionS" + WITHDRAWN] == 500
+    assert _net(after) == _summed(store)
+
+
+def test_a_retried_batch_adds_to_the_totals_once(
+    store: Store, other_store: Store, clock: FakeClock
+) -> None:
+    batch = make_batch(clock.now)
+    store.apply(batch)
+    once = store.get_totals()
+    assert once["creditsEarned"] == 50
+    assert other_store.apply(batch).duplicate
+    assert other_store.get_totals() == once
+
+
+# -- process heartbeats ---------------------------------------------------------------------
+
+
+def _beat(process: str, at_: datetime, lifetime_s: float, flushed: int) -> Heartbeat:
+    host, _, pid = process.partition(":")
+    return Heartbeat(
+        process,
+        host,
+        int(pid),
+        at_,
+        at_ + timedelta(seconds=lifetime_s),
+        {"flushed": flushed, "buffered": 3},
+        {"webhook": {"delivered": 7}},
+    )
+
+
+def test_heartbeats_are_replaced_per_process_and_read_until_they_expire(
+    store: Store, other_store: Store
+) -> None:
+    """Each process keeps one record (the newest), every handle reads every live one,
+    a record is live until its ``expires_at`` (excluded), and prune-time cleanup
+    deletes only records expired before the given moment."""
+    t0 = at("2025-03-14 12:00:00.250")
+    assert store.live_heartbeats(t0) == []
+    store.save_heartbeat(_beat("web-1:10", t0, 30, 5))
+    other_store.save_heartbeat(_beat("web-2:10", t0, 90, 8))
+    store.save_heartbeat(_beat("web-1:10", t0 + timedelta(seconds=10), 30, 9))
+
+    live = other_store.live_heartbeats(t0 + timedelta(seconds=20))
+    assert [(b.process, b.host, b.pid, b.stats["flushed"]) for b in live] == [
+        ("web-1:10", "web-1", 10, 9),
+        ("web-2:10", "web-2", 10, 8),
+    ]
+    assert live[0].at == t0 + timedelta(seconds=10)
+    assert live[0].expires_at == t0 + timedelta(seconds=40)
+    assert live[1].forwarders == {"webhook": {"delivered": 7}}
+    assert live[1].stats == {"flushed": 8, "buffered": 3}
+
+    assert [b.process for b in store.live_heartbeats(t0 + timedelta(seconds=40))] == ["web-2:10"]
+    store.forget_heartbeats(t0 + timedelta(seconds=60))
+    store.save_heartbeat(_beat("web-3:11", t0, 1, 1))
+    store.forget_heartbeats(t0 + timedelta(seconds=60))
+    assert [b.process for b in store.live_heartbeats(t0)] == ["web-2:10"]
+
+
+def test_every_flush_writes_a_heartbeat_an_empty_one_too(
+    store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    analytics = make_analytics(store, flush_interval=30)
+    analytics.flush()  # nothing buffered
+    first = other_store.live_heartbeats(clock.now)
+    assert [(b.pid, b.stats["flushed"], b.at) for b in first] == [(os.getpid(), 0, clock.now)]
+    assert first[0].expires_at == clock.now + timedelta(seconds=150)  # 5 intervals
+    analytics.track("credits.earn", "u1", {"amount": 1})
+    clock.advance(5)
+    analytics.flush()
+    (beat,) = other_store.live_heartbeats(clock.now)
+    assert (beat.stats["flushed"], beat.at) == (1, clock.now)
+    assert other_store.live_heartbeats(clock.now + timedelta(seconds=150)) == []
+
+
+def test_count_day_users_counts_each_user_once_in_the_range(store: Store, clock: FakeClock) -> None:
+    """The rolling MAU30 of a scrape: distinct users of the days in [start, end]."""
+    activity = {"2025-03-01": {"a", "b"}, "2025-03-02": {"b", "c"}, "2025-03-05": {"d"}}
+    for day, users in activity.items():
+        store.apply(
+            FlushBatch(
+                created_at=clock.now,
+                day_users={day: users},
+                months={day: day[:7]},
+                counters={day: {"creditsEarned": 1}},
+            )
+        )
+    assert store.count_day_users("2025-03-01", "2025-03-02") == 3
+    assert store.count_day_users("2025-03-02", "2025-03-05") == 3
+    assert store.count_day_users("2025-03-03", "2025-03-04") == 0
+    assert store.count_day_users("2025-02-01", "2025-03-31") == len(set().union(*activity.values()))
