@@ -305,7 +305,7 @@ class _MemoryTransaction(Transaction):
 
 
 def _time_of(mark: tuple[Any, str]) -> int:
-    return mark[0][0]  # (key, id), key = (at_ms, origin, seq)
+    return int(mark[0][0])  # (key, id), key = (at_ms, origin, seq)
 
 
 def _record(session: StoredSession) -> SessionRecord:

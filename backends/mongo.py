@@ -351,7 +351,8 @@ def _chunk_id(batch_id: str, n: int) -> str:
 
 
 def _write_errors(exc: Exception) -> list[dict[str, Any]]:
-    return (getattr(exc, "details", None) or {}).get("writeErrors", [])
+    errors: list[dict[str, Any]] = (getattr(exc, "details", None) or {}).get("writeErrors", [])
+    return errors
 
 
 def _only_duplicates(exc: Exception) -> list[int]:
@@ -559,13 +560,13 @@ class _MongoTransaction(Transaction):
                 ordered=False,
                 **self._kw,
             )
-            return result.upserted_count
+            return int(result.upserted_count)
         docs = [{key: value, "userId": user, "batchId": self.batch_id} for user in ordered]
         try:
             records.insert_many(docs, ordered=False)
         except pymongo.errors.BulkWriteError as exc:
             duplicates = _only_duplicates(exc)
-            added = exc.details.get("nInserted", len(docs) - len(duplicates))
+            added = int(exc.details.get("nInserted", len(docs) - len(duplicates)))
             if self.recovering and duplicates:
                 # Inserted by this batch's earlier attempt: still new for its counts.
                 added += records.count_documents(
@@ -690,7 +691,7 @@ class _MongoTransaction(Transaction):
         ]
         if not ids:
             return 0
-        return events.delete_many({"_id": {"$in": ids}}, **self._kw).deleted_count
+        return int(events.delete_many({"_id": {"$in": ids}}, **self._kw).deleted_count)
 
     def delete_logouts_before(self, cutoff_ms: int) -> None:
         self._c("logouts").delete_many({"at": {"$lt": _from_ms(cutoff_ms)}}, **self._kw)
@@ -1057,7 +1058,10 @@ def upsert(store: MongoStore, name: str, ops: list[Any], kw: dict[str, Any]) -> 
 
 
 def write_marks(
-    store: MongoStore, logouts: list[dict[str, Any]], sessions: list[dict[str, Any]], kw: dict
+    store: MongoStore,
+    logouts: list[dict[str, Any]],
+    sessions: list[dict[str, Any]],
+    kw: dict[str, Any],
 ) -> None:
     """Insert logout marks and insert or replace sessions: idempotent, so a journal can
     be replayed. (A replacement rather than ``$set``, which on nx-27017 turns dates into
@@ -1146,7 +1150,7 @@ def _transactions_possible(hello: Mapping[str, Any]) -> bool:
     """Transactions need a replica set (4.0+) or mongos (4.2+) with sessions."""
     if hello.get("logicalSessionTimeoutMinutes") is None:
         return False
-    wire = hello.get("maxWireVersion", 0)
+    wire = int(hello.get("maxWireVersion", 0))
     if hello.get("msg") == "isdbgrid":
         return wire >= 8
     return "setName" in hello and wire >= 7
@@ -1327,9 +1331,10 @@ class MongoStore(Store):
         """What the server says it is: a standalone, a replica set member or mongos."""
         pymongo = _pymongo()
         try:
-            return self._database.command("hello")
+            hello: Mapping[str, Any] = self._database.command("hello")
         except pymongo.errors.OperationFailure:  # before MongoDB 4.4.2 (and 5.0)
-            return self._database.command("isMaster")
+            hello = self._database.command("isMaster")
+        return hello
 
     def _client(self) -> Any:
         return self._db().client
@@ -1390,7 +1395,9 @@ class MongoStore(Store):
 
     # -- indexes and the TTL -----------------------------------------------------------
 
-    def _index_plan(self, ttl_seconds: int) -> list[tuple[str, list[tuple[str, int]], dict]]:
+    def _index_plan(
+        self, ttl_seconds: int
+    ) -> list[tuple[str, list[tuple[str, int]], dict[str, Any]]]:
         """Every index the store's queries need: each read or guarded write is an index
         lookup, never a collection scan."""
         ts_options: dict[str, Any] = {"expireAfterSeconds": ttl_seconds} if self.ttl_index else {}
@@ -2121,7 +2128,7 @@ class MongoStore(Store):
 
     def count_open_sessions(self) -> int:
         with self._errors("counting open sessions"):
-            return self._collection("sessions").count_documents({"open": True})
+            return int(self._collection("sessions").count_documents({"open": True}))
 
     def get_sessions(self, user_id: str) -> list[SessionRecord]:
         _check_str(user_id, "user_id")

@@ -166,7 +166,8 @@ class _SQLiteTransaction(Transaction):
     def session_marks(
         self, since: Mapping[str, int], horizon_ms: int
     ) -> list[StoredSession | Logout]:
-        p, found = self.p, []
+        p = self.p
+        found: list[StoredSession | Logout] = []
         sessions = (
             f"SELECT {_SESSION_COLUMNS} FROM {p}sessions WHERE userId = ? AND loginAt >= ?"
             f" UNION SELECT {_SESSION_COLUMNS} FROM {p}sessions"
@@ -623,7 +624,7 @@ class SQLiteStore(Store):
         return MonthStats.from_fields(month, figures)
 
     def count_open_sessions(self) -> int:
-        return self._read("SELECT COUNT(*) FROM {p}sessions WHERE logoutAt IS NULL")[0][0]
+        return int(self._read("SELECT COUNT(*) FROM {p}sessions WHERE logoutAt IS NULL")[0][0])
 
     def get_sessions(self, user_id: str) -> list[SessionRecord]:
         return self._sessions("userId = ? ORDER BY loginAt, origin, seq", (user_id,))

@@ -8,6 +8,10 @@ with Analytics(open_store("sqlite:///gso_analytics.db")) as analytics:
     print(analytics.get_metrics().to_dict())
 """
 
+#: The one place the version is written: setup.cfg reads it, ``gso-analytics --version``
+#: prints it.
+__version__ = "0.2.0"
+
 from .analytics import Analytics
 from .counters import DAILY_FIELDS, DEFAULT_COUNTERS, CounterRule
 from .errors import (

@@ -320,7 +320,7 @@ class Analytics:
             field, amount_key = self._rules.get(event, _NO_COUNTER)
             amount: Number = 1
             if amount_key is not None:
-                amount = data.get(amount_key) if snapshot is not None else None  # type: ignore[union-attr]
+                amount = data.get(amount_key) if snapshot is not None else None  # type: ignore[union-attr,assignment]
                 if not (type(amount) is int and 0 <= amount <= MAX_AMOUNT):
                     amount = self._amount(event, amount_key, data)
             ns = self._aggregator.event(event, user_id, snapshot, field, amount)

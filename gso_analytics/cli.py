@@ -25,6 +25,7 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import TextIO
 
+from . import __version__
 from .analytics import Analytics
 from .clock import Clock, resolve_tz, utc_now
 from .dead_letters import replay as replay_dead_letters
@@ -108,7 +109,7 @@ def _add_tz(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_demo(commands: argparse._SubParsersAction) -> None:
+def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = commands.add_parser(
         "demo",
         help="simulate players through the API, then print the report",
@@ -179,7 +180,7 @@ def add_report_options(parser: argparse.ArgumentParser, today_help: str) -> None
     )
 
 
-def _add_report(commands: argparse._SubParsersAction) -> None:
+def _add_report(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     report = commands.add_parser(
         "report",
         help="print today's metrics, the last days and the KPIs",
@@ -196,7 +197,7 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
     report.set_defaults(func=cmd_report)
 
 
-def _add_prune(commands: argparse._SubParsersAction) -> None:
+def _add_prune(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     prune = commands.add_parser(
         "prune",
         help="delete expired events, time out stale sessions",
@@ -218,7 +219,7 @@ def _add_prune(commands: argparse._SubParsersAction) -> None:
     prune.set_defaults(func=cmd_prune)
 
 
-def _add_mongo_init(commands: argparse._SubParsersAction) -> None:
+def _add_mongo_init(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     mongo_init = commands.add_parser(
         "mongo-init",
         help="create a MongoDB store's missing indexes (a deploy step)",
@@ -239,7 +240,7 @@ def _add_mongo_init(commands: argparse._SubParsersAction) -> None:
     mongo_init.set_defaults(func=cmd_mongo_init)
 
 
-def _add_replay_dead_letters(commands: argparse._SubParsersAction) -> None:
+def _add_replay_dead_letters(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     replay_cmd = commands.add_parser(
         "replay-dead-letters",
         help="apply the batches a worker set aside (a dead-letter file)",
@@ -317,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_demo(commands)
     _add_report(commands)
@@ -603,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s: %(message)s",
     )
     try:
-        code = args.func(args)
+        code: int = args.func(args)
         sys.stdout.flush()  # here, so a closed pipe is caught below, not at exit
         return code
     except BrokenPipeError:

@@ -184,7 +184,7 @@ class Flusher:
 
     def _backoff(self, failures_in_row: int) -> float:
         ceiling = min(self.max_backoff, self.interval, 0.25 * 2**failures_in_row)
-        return ceiling * random.uniform(0.5, 1.0)
+        return float(ceiling * random.uniform(0.5, 1.0))
 
     def _run(self) -> None:
         delay = self.interval

@@ -41,7 +41,7 @@ class ForkSafe(Protocol):
         ...
 
 
-_owners: weakref.WeakSet[ForkSafe] = weakref.WeakSet()  # type: ignore[type-var]
+_owners: weakref.WeakSet[ForkSafe] = weakref.WeakSet()
 _held: list[threading.Lock | threading.RLock] = []
 _not_held: list[ForkSafe] = []
 

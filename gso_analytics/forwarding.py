@@ -130,7 +130,7 @@ class Backoff:
         if retry_after is not None:
             return min(max(0.0, retry_after), self.max_retry_after)
         ceiling = min(self.maximum, self.initial * 2 ** max(0, failures_in_row - 1))
-        return ceiling * random.uniform(0.5, 1.0)
+        return float(ceiling * random.uniform(0.5, 1.0))
 
 
 # -- the interface ------------------------------------------------------------------------

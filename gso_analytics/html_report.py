@@ -251,7 +251,7 @@ class _CellParser(HTMLParser):
         found = dict(attrs)
         if tag == "table" and found.get("data-kpi"):
             self._kpi = found["data-kpi"]
-            self.tables.setdefault(self._kpi, {})
+            self.tables.setdefault(self._kpi or "", {})
         elif tag == "tr" and self._kpi is not None and found.get("data-key") is not None:
             self._row = self.tables[self._kpi].setdefault(found["data-key"] or "", {})
         elif tag == "td" and self._row is not None and found.get("data-field"):

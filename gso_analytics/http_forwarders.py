@@ -276,7 +276,7 @@ class MixpanelForwarder(HttpForwarder):
         if self.project_token:
             auth = (self.project_token, "")
         else:
-            auth = (self.service_account_user, self.service_account_secret)
+            auth = (self.service_account_user or "", self.service_account_secret or "")
             params["project_id"] = self.project_id
         response = self.post(
             self.api_host.rstrip("/") + "/import",

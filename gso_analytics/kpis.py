@@ -21,7 +21,7 @@ import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import date, datetime, timedelta, tzinfo
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -45,7 +45,8 @@ class _Row:
     """``to_dict()`` with the camelCase keys of the public API, in field order."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {_camel(field.name): getattr(self, field.name) for field in attrs.fields(type(self))}
+        fields = attrs.fields(cast("type[attrs.AttrsInstance]", type(self)))
+        return {_camel(field.name): getattr(self, field.name) for field in fields}
 
 
 def ratio(numerator: Number, denominator: Number) -> float:

@@ -170,7 +170,8 @@ class FlushBatch:
             return [self]
         players = sorted(
             {e.user_id for e in self.events}
-            | {m.user_id for m in (*self.logins, *self.logouts)}
+            | {m.user_id for m in self.logins}
+            | {m.user_id for m in self.logouts}
             | {u for users in self.day_users.values() for u in users}
             | {u for users in self.month_users.values() for u in users}
             | {u for payers in self.payments.values() for u in payers}

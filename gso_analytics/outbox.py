@@ -397,7 +397,7 @@ class ForwardingHub:
         self.origin = secrets.token_hex(8)
         self._seq = itertools.count()
         if len(self._outboxes) == 1:
-            self.submit = self._submit_to_one(self._outboxes[0])  # type: ignore[method-assign]
+            self.submit = self._submit_to_one(self._outboxes[0])  # type: ignore[method-assign,assignment]
 
     def _submit_to_one(self, box: _Outbox) -> Callable[[int, str, str, Any], None]:
         """:meth:`submit` for the common case of one forwarder, as a closure over

@@ -117,7 +117,8 @@ def plan_sessions(
             timelines[item.user_id][item.id] = item
     changes = SessionChanges()
     new_logouts: set[str] = set()
-    for mark in (*logins, *logouts):
+    marks: tuple[Mark, ...] = (*logins, *logouts)
+    for mark in marks:
         timeline = timelines[mark.user_id]
         if mark.id not in timeline:
             timeline[mark.id] = mark

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from .clock import from_ms, iso_from_ms, to_ms
 from .counters import NEW_USERS
@@ -40,6 +40,7 @@ from .model import (
     EventRecord,
     FlushBatch,
     Logout,
+    Mark,
     MonthStats,
     Number,
     PruneResult,
@@ -311,7 +312,7 @@ class Store(ABC):
         ``Analytics`` calls it when it is built: the TTL is otherwise first used by the
         prune job, in a background thread, where a mistake would only be logged."""
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -472,7 +473,7 @@ def apply_batch(tx: Transaction, batch: FlushBatch, erasure_key: str) -> ApplyRe
 
     unmatched = 0
     if batch.logins or batch.logouts:
-        marks = (*batch.logins, *batch.logouts)
+        marks: tuple[Mark, ...] = (*batch.logins, *batch.logouts)
         stored = tx.session_marks(earliest(marks), batch.session_timeout_ms)
         changes = plan_sessions(stored, batch.logins, batch.logouts, batch.session_timeout_ms)
         tx.write_sessions(changes)
@@ -481,8 +482,8 @@ def apply_batch(tx: Transaction, batch: FlushBatch, erasure_key: str) -> ApplyRe
     for day, fields in daily.items():
         if fields:  # a day of repeated registrations only has nothing to add
             tx.increment_daily(day, batch.months[day], dict(fields))
-    for month, fields in monthly.items():
-        tx.increment_monthly(month, dict(fields))
+    for month, month_fields in monthly.items():
+        tx.increment_monthly(month, dict(month_fields))
     if batch.events:
         tx.insert_events(batch.events)
     return ApplyResult(new_day_users=new_day_users, unmatched_logouts=unmatched)
@@ -520,7 +521,8 @@ def known_schemes() -> list[str]:
 
 def _load(target: str) -> type[Store]:
     module, _, name = target.partition(":")
-    return getattr(import_module(module), name)
+    found: type[Store] = getattr(import_module(module), name)
+    return found
 
 
 def store_class(scheme: str) -> type[Store]:
@@ -533,7 +535,8 @@ def store_class(scheme: str) -> type[Store]:
             f"unknown store scheme {scheme!r}; known schemes: {', '.join(known_schemes())}"
             f" (more register through the entry-point group {ENTRY_POINT_GROUP!r})"
         )
-    return plugin.load()
+    found: type[Store] = plugin.load()
+    return found
 
 
 def open_store(url: str, **options: Any) -> Store:

@@ -124,6 +124,7 @@ def test_install_mode_imports_the_sqlite_backend(mode: str, source: Path, tmp_pa
         wheel = _build_wheel(source, outdir)
         names = zipfile.ZipFile(wheel).namelist()
         assert "gso_analytics/backends/sqlite.py" in names, names
+        assert "gso_analytics/py.typed" in names, "type checkers would ignore our hints"
         assert not any(n.startswith("backends/") for n in names), "backends/ at top level"
         _run([*pip, str(wheel)], cwd=tmp_path, timeout=PIP_TIMEOUT_S)
 
@@ -148,6 +149,10 @@ def test_install_mode_imports_the_sqlite_backend(mode: str, source: Path, tmp_pa
     assert script.is_file(), "the console script is not installed"
     usage = _run([str(script), "--help"], cwd=workdir, timeout=RUN_TIMEOUT_S)
     assert "usage: gso-analytics" in usage.stdout
+    version = _run([str(script), "--version"], cwd=workdir, timeout=RUN_TIMEOUT_S)
+    ask = "import importlib.metadata as m; print(m.version('gso-analytics'))"
+    metadata = _run([str(python), "-I", "-c", ask], cwd=workdir, timeout=RUN_TIMEOUT_S)
+    assert version.stdout.split() == ["gso-analytics", metadata.stdout.strip()]
 
 
 # -- the testing kit, as a game team gets it -----------------------------------------------

@@ -82,7 +82,8 @@ def get_analytics(app: Flask | None = None) -> Analytics:
     """The ``Analytics`` of ``app``, by default of the current app."""
     app = app if app is not None else current_app
     try:
-        return app.extensions[EXTENSION]
+        analytics: Analytics = app.extensions[EXTENSION]
+        return analytics
     except KeyError:
         raise ConfigurationError(
             f"gso_analytics is not initialised on app {app.name!r}: call GSOAnalytics(app)"
