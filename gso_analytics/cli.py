@@ -253,7 +253,7 @@ def _add_replay_dead_letters(commands: argparse._SubParsersAction[argparse.Argum
     replay_cmd.set_defaults(func=cmd_replay_dead_letters)
 
 
-def _add_data_rights(commands: argparse._SubParsersAction) -> None:
+def _add_data_rights(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for name, func, help_text in (
         ("export-user", cmd_export_user, "print everything stored about one player, as JSON"),
         ("erase", cmd_erase, "erase one player: id and username out, figures kept exact"),

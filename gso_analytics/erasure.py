@@ -52,7 +52,8 @@ def batch_users(batch: FlushBatch) -> set[str]:
     """Every player id a batch carries."""
     return (
         {e.user_id for e in batch.events}
-        | {m.user_id for m in (*batch.logins, *batch.logouts)}
+        | {m.user_id for m in batch.logins}
+        | {m.user_id for m in batch.logouts}
         | {u for users in batch.day_users.values() for u in users}
         | {u for users in batch.month_users.values() for u in users}
         | {u for users in batch.new_users.values() for u in users}
