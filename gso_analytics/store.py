@@ -325,10 +325,11 @@ class Store(ABC):
         its transactions, see :attr:`max_part_players`). A retry of an applied batch,
         or of its applied parts, is a no-op."""
         results = []
-        key = self.erasure_key()
         for part in batch.parts(self.max_part_players):
             with self.transaction() as tx:
+                key = self._erasure_key or tx.erasure_secret(new_secret())
                 results.append(apply_batch(tx, part, key))
+            self._erasure_key = key  # committed: the key is the store's
         return ApplyResult(
             duplicate=all(r.duplicate for r in results),
             new_day_users=sum(r.new_day_users for r in results),
@@ -341,7 +342,8 @@ class Store(ABC):
 
     def erasure_key(self) -> str:
         """The store's erasure secret (made by the first process that needs it, then
-        read once per process): the key of the tombstones' hashes."""
+        read once per process, inside the first batch's transaction when a batch comes
+        first): the key of the tombstones' hashes."""
         if self._erasure_key is None:
             with self.transaction() as tx:
                 self._erasure_key = tx.erasure_secret(new_secret())
