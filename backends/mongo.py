@@ -21,7 +21,10 @@ seed's camelCase documents, so dashboards built on the seed keep working:
   ``session_journal`` (standalone) or ``session_users`` (transactions);
 - the KPIs' per-user facts: ``user_revenue`` (``{day, userId, revenueCents}``, one per
   payer and day), ``first_seen`` and ``first_payments`` (``{_id: userId, day}``), each
-  read by a range on an index of ``day``.
+  read by a range on an index of ``day``;
+- players' data rights (:mod:`gso_analytics.erasure`): ``tombstones`` (``{_id: keyed
+  hash of an erased id, token, erasedAt}``) and ``meta`` (``{_id: "erasureSecret",
+  value}``, the key of those hashes).
 
 What a batch means lives in :func:`gso_analytics.store.apply_batch`; this module only
 translates the :class:`~gso_analytics.store.Transaction` calls into as few round trips

@@ -4,6 +4,8 @@ erase, pseudonymized stores against plain ones, and the CLI commands."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 
 from gso_analytics import open_store
 from gso_analytics.cli import main
+from gso_analytics.clock import utc_now
 from gso_analytics.erasure import keyed_hash
 
 if TYPE_CHECKING:
@@ -53,6 +56,56 @@ def test_sqlite_erase_leaves_no_readable_copy_in_the_files(
     assert SECRET_ID.encode() not in raw
     assert SECRET_NAME.encode() not in raw
     assert b"player-0042" in raw  # the scan reads what is there
+
+
+WORKER = """
+import sys
+from gso_analytics import Analytics
+analytics = Analytics(sys.argv[1], forwarders=[], flush_interval=3600)
+analytics.on_login(sys.argv[2], sys.argv[3])
+analytics.track("stripe.payment", sys.argv[2], {"amountCents": 70})
+print("buffered", flush=True)
+sys.stdin.readline()
+analytics.stop()
+print("stored", flush=True)
+"""
+
+
+def test_a_call_buffered_in_another_process_during_the_erase_stays_erased(
+    tmp_path: Path, make_analytics: AnalyticsFactory
+) -> None:
+    """A real second process holds a login and a payment of the player in its buffer
+    while this one erases the player; it stores them after the erase: they land under
+    the token, and the file never holds the id again."""
+    db = tmp_path / "procs.db"
+    url = f"sqlite:///{db}"
+    a = make_analytics(url, forwarders=[], clock=utc_now)
+    a.on_login(SECRET_ID, SECRET_NAME)
+    a.flush()
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, url, SECRET_ID, SECRET_NAME],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdout is not None and worker.stdin is not None
+        assert worker.stdout.readline().strip() == "buffered"
+        assert a.erase_user(SECRET_ID).pseudonymized["sessions"] == 1
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+        assert worker.stdout.readline().strip() == "stored"
+        assert worker.wait(timeout=60) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    users = {s.user_id for s in a.store.sessions_between("2000-01-01", "2999-12-31")}
+    assert len(users) == 1 and users.pop().startswith("erased-")
+    assert sum(d["stripeRevenue"] for d in a.store.recent_days()) == 70
+    assert len(a.store.user_revenue_between("2000-01-01", "2999-12-31")) == 1
+    a.stop()  # closes the store it opened
+    raw = _file_bytes(db)
+    assert SECRET_ID.encode() not in raw and SECRET_NAME.encode() not in raw
 
 
 @st.composite
