@@ -528,6 +528,10 @@ class SQLiteStore(Store):
                 check_same_thread=False,
             )
             conn.execute("PRAGMA synchronous=NORMAL")
+            # Deleted and rewritten content is zeroed, not left in free space: a row
+            # rewritten before an erase (a session closed, revenue added) must not
+            # keep an old copy of the player's id in the file (see erase_user).
+            conn.execute("PRAGMA secure_delete=ON")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
         return conn
@@ -682,19 +686,13 @@ class SQLiteStore(Store):
         )
 
     def erase_user(self, user_id: str, at: datetime) -> ErasureReceipt:
-        """The shared erase with ``secure_delete`` on (SQLite overwrites what it deletes
-        or moves, in table, index and free pages, instead of leaving it readable in the
-        file), then a ``wal_checkpoint(TRUNCATE)``: the WAL holds the old pages until
-        they are copied back and it is cut to zero bytes. A reader of another process
-        still in a transaction can hold the checkpoint back: then the WAL keeps the
-        old pages until the next checkpoint (the receipt says so, ``walTruncated``)."""
-        with self._write_lock:
-            self._writer().execute("PRAGMA secure_delete = ON")
-        try:
-            receipt = super().erase_user(user_id, at)
-        finally:
-            with self._write_lock:
-                self._writer().execute("PRAGMA secure_delete = OFF")
+        """The shared erase, then a ``wal_checkpoint(TRUNCATE)``: the WAL holds the old
+        pages until they are copied back and it is cut to zero bytes. Every connection
+        runs with ``secure_delete`` on, so no earlier version of a row lingers in free
+        space (the erase alone could not reach those). A reader of another process
+        still in a transaction can hold the checkpoint back: then the WAL keeps the old
+        pages until the next checkpoint (the receipt says so, ``walTruncated``)."""
+        receipt = super().erase_user(user_id, at)
         with self._write_lock:
             busy, _, _ = self._writer().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return attrs.evolve(receipt, wal_truncated=not busy)

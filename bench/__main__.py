@@ -196,7 +196,7 @@ def _memory(quick: bool) -> dict[str, Any]:
 
 
 def _rights(quick: bool) -> dict[str, Any]:
-    players, erased, rounds, days = (1_000, 1_000, 3, 5) if quick else (5_000, 10_000, 5, 20)
+    players, erased, rounds, days = (1_000, 1_000, 5, 5) if quick else (5_000, 10_000, 7, 20)
     return {
         "rows": data_rights.run(players=players, erased=erased, rounds=rounds, days=days),
         "notes": [

@@ -6,7 +6,10 @@ SQLite; timed on a store nobody was erased from, on one holding ``erased`` tombs
 (other players erased before), and with ``pseudonymize_key``. Alternating, best of
 ``rounds``; ratios against the first. erase: one ``erase_user`` (secure_delete and the
 WAL checkpoint included) on a store of ``players`` x ``days`` sessions and events,
-against a ``VACUUM`` of that file, the step the erase does without.
+against a ``VACUUM`` of that file, the step the erase does without. prune: the store
+runs every connection with ``secure_delete`` on (deleted content zeroed, so no old copy
+of an erased id lingers); a prune of ``players`` x 5 x ``days`` expired events is timed
+with it and with it turned off, alternating, best of ``rounds``.
 """
 
 from __future__ import annotations
@@ -94,6 +97,35 @@ def _erase_vs_vacuum(path: Path, players: int, days: int) -> dict[str, float]:
     return {"erase_s": erase, "vacuum_s": vacuum, "size_mb": path.stat().st_size / 1e6}
 
 
+def _prune_seconds(path: Path, players: int, days: int, secure: bool) -> float:
+    now = [START]
+    store = open_store(f"sqlite:///{path}")
+    with store._write_lock:  # the bench's one reach inside: the pragma under test
+        store._writer().execute(f"PRAGMA secure_delete = {int(secure)}")
+    analytics = Analytics(
+        store,
+        clock=lambda: now[0],
+        forwarders=[],
+        flush_interval=3600,
+        max_buffered_events=10 * players + 10,
+    )
+    try:
+        for day in range(days):
+            now[0] = START + timedelta(days=day)
+            _play(analytics, players, "p")
+            analytics.flush()
+        now[0] = START + timedelta(days=days + 30)
+        started = time.perf_counter()
+        result = analytics.prune()
+        elapsed = time.perf_counter() - started
+        if result.events_deleted != 5 * players * days:
+            raise AssertionError(f"the prune deleted {result.events_deleted}")
+        return elapsed
+    finally:
+        analytics.stop()
+        store.close()
+
+
 def run(players: int, erased: int, rounds: int, days: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -103,14 +135,31 @@ def run(players: int, erased: int, rounds: int, days: int) -> list[dict[str, Any
             "pseudonymize_key": (root / "pseudo.db", 0, {"pseudonymize_key": "k" * 32}),
         }
         best = dict.fromkeys(subjects, float("inf"))
-        for _ in range(rounds):
-            for name, (path, gone, options) in subjects.items():
+        names = list(subjects)
+        for n in range(rounds):
+            for name in names[n % len(names) :] + names[: n % len(names)]:  # rotated
+                path, gone, options = subjects[name]
                 best[name] = min(best[name], _flush_seconds(path, players, gone, **options))
         rows: list[dict[str, Any]] = [
-            {"subject": f"flush: {name}", "ms": round(seconds * 1000, 1),
-             "ratio": round(seconds / best["plain"], 2)}
+            {
+                "subject": f"flush: {name}",
+                "ms": round(seconds * 1000, 1),
+                "ratio": round(seconds / best["plain"], 2),
+            }
             for name, seconds in best.items()
         ]
+        prune = {True: float("inf"), False: float("inf")}
+        for n in range(rounds):
+            for secure in (True, False):
+                path = root / f"prune-{n}-{secure}.db"
+                prune[secure] = min(prune[secure], _prune_seconds(path, players, days, secure))
+        rows.append(
+            {
+                "subject": "prune: secure_delete on / off",
+                "ms": round(prune[True] * 1000, 1),
+                "ratio": round(prune[True] / prune[False], 2),
+            }
+        )
         figures = _erase_vs_vacuum(root / "erase.db", players, days)
         rows.append(
             {
