@@ -3,8 +3,8 @@ with ``pseudonymize_key``, and an erase against a ``VACUUM`` on the same SQLite 
 
 flush: ``players`` players each log in and track five events, in one batch, flushed to
 SQLite; timed on a store nobody was erased from, on one holding ``erased`` tombstones
-(other players erased before), and with ``pseudonymize_key``. Alternating, best of
-``rounds``; ratios against the first. erase: one ``erase_user`` (secure_delete and the
+(other players erased before), and with ``pseudonymize_key``; in turn, the order
+rotated each round, best of ``rounds``; ratios against the first. erase: one ``erase_user`` (secure_delete and the
 WAL checkpoint included) on a store of ``players`` x ``days`` sessions and events,
 against a ``VACUUM`` of that file, the step the erase does without. prune: the store
 runs every connection with ``secure_delete`` on (deleted content zeroed, so no old copy
