@@ -5,11 +5,12 @@ flush: ``players`` players each log in and track five events, in one batch, flus
 SQLite; timed on a store nobody was erased from, on one holding ``erased`` tombstones
 (other players erased before), and with ``pseudonymize_key``; in turn, the order
 rotated each round, best of ``rounds``; ratios against the first. erase: one
-``erase_user`` (the WAL checkpoint included) on a store of ``players`` x ``days`` sessions and events,
-against a ``VACUUM`` of that file, the step the erase does without. prune: the store
-runs every connection with ``secure_delete`` on (deleted content zeroed, so no old copy
-of an erased id lingers); a prune of ``players`` x 5 x ``days`` expired events is timed
-with it and with it turned off, alternating, best of ``rounds``.
+``erase_user`` (the WAL checkpoint included) on a store of ``players`` x ``days``
+sessions and events, against a ``VACUUM`` of that file, the step the erase does
+without. prune: the store runs every connection with ``secure_delete`` on (deleted
+content zeroed, so no old copy of an erased id lingers); a prune of ``players`` x 5 x
+``days`` expired events is timed with it and with it turned off, alternating, best of
+``rounds``.
 """
 
 from __future__ import annotations

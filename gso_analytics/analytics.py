@@ -97,6 +97,38 @@ class Analytics:
 
     ``store`` is a :class:`Store` or a URL for :func:`open_store` (then closed by
     :meth:`stop`). ``clock`` returns aware datetimes and drives every timestamp.
+
+    :param store: where the numbers live: a :class:`Store`, or a URL such as
+        ``"sqlite:///gso_analytics.db"``, ``"memory://"``, ``"mongodb://host/db"``.
+    :param flush_interval: seconds between background flushes.
+    :param counters: extra or overriding counter rules, ``{"quest.complete":
+        "questsCompleted"}`` (+1) or ``{"gold.loot": ("goldLooted", "amount")}``.
+    :param tz: timezone of the day and month keys (an IANA name or a ``tzinfo``).
+    :param event_ttl: how long the event stream keeps an event (expired once
+        ``ts + event_ttl <= now``).
+    :param session_timeout: a session with no mark of its player within this time ends
+        timed out (duration 0); give every worker the same value.
+    :param clock: zero-argument callable returning an aware ``datetime`` (UTC now by
+        default).
+    :param strict: raise on bad input instead of counting it as rejected.
+    :param max_buffered_events: calls held in memory while the store is failing; beyond
+        it new calls are dropped and counted.
+    :param stop_timeout: seconds :meth:`stop` waits for the final flush.
+    :param prune_interval: seconds between prune jobs on the flush thread.
+    :param limits: id and event name length, ``data`` size and depth.
+    :param forwarders: where tracked events are also sent; by default a webhook when
+        ``ANALYTICS_WEBHOOK_URL`` is set, ``[]`` for none.
+    :param forward_stop_timeout: seconds :meth:`stop` gives the forwarders to drain,
+        after the final flush.
+    :param test_users: user ids (or a predicate on an id) left out of the KPIs.
+    :param quarantine_after: a batch failing permanently this many times in a row is set
+        aside, so the batches behind it are stored.
+    :param dead_letter_dir: directory where set-aside batches are written as JSON lines.
+    :param pseudonymize_key: a secret (16 characters or bytes at least): the store then
+        keeps ``HMAC-SHA256(key, user id)`` instead of each id, and no username (see the
+        data rights page); lookups such as :meth:`export_user` take the real id.
+    :raises ConfigurationError: an option out of range, a naive clock, a counter field
+        the store reserves.
     """
 
     def __init__(
@@ -506,7 +538,7 @@ class Analytics:
             "retried": flusher.retried,
             "flush_failures": flusher.failures,
             # Failures that were not StoreError (bugs, untranslated driver errors), and
-            # batches set aside (see the README's "Failure behaviour").
+            # batches set aside (see docs/failures.md).
             "internal_errors": flusher.internal_errors,
             "quarantined": flusher.quarantined,
             "dropped": self._dropped,

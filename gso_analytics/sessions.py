@@ -1,6 +1,6 @@
 """Sessions as a function of each player's marks, never of the order workers flush in.
 
-The definition (the README's "Sessions across workers"): take every login and logout
+The definition (docs/concepts.md, "Sessions across workers"): take every login and logout
 of a player, from every worker and thread, ordered by :attr:`~.model.Login.key` (time
 in milliseconds, then process and sequence number). Each login opens a session that
 ends at the player's *next* mark, a logout or another login:

@@ -16,7 +16,7 @@ events, sessions and the (day, user) records, lose at most the killed worker's o
 unflushed calls, and stay writable by the other processes.
 
 SIGTERM: Python runs no atexit handler on SIGTERM by default, so a plain process
-killed with it loses its buffer (pinned below, as the README says). A worker that
+killed with it loses its buffer (pinned below, as docs/failures.md says). A worker that
 turns SIGTERM into a clean exit - gunicorn does this for its workers; a plain script
 installs ``signal.signal(SIGTERM, lambda *a: sys.exit(0))`` - flushes at exit, and
 within ``stop_timeout`` even when the store is locked.
@@ -369,7 +369,7 @@ def test_sigterm_with_a_clean_exit_handler_flushes_the_buffer(tmp_path: Path) ->
 
 def test_sigterm_without_a_handler_loses_the_buffer(tmp_path: Path) -> None:
     """Python's default SIGTERM ends the process without atexit: the buffer is lost.
-    This pins what the README tells users, so a change of behaviour is noticed."""
+    This pins what the docs tell users, so a change of behaviour is noticed."""
     db = tmp_path / "term.db"
     open_store(f"sqlite:///{db}").close()
     code, _, _ = _terminate(db, "term-default")

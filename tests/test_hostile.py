@@ -1,8 +1,9 @@
-"""Hostile input, one test per row of the README's "Bad input" table, on every backend.
+"""Hostile input, one test per row of the "Bad input" table (docs/bad-input.md), on every
+backend.
 
 Why: the seed trusted its input (a dict as user id reached a MongoDB query, NaN and
 negative amounts reached the totals). :data:`ROWS` is the table: each row is an
-input, the behaviour the README promises, and the call that proves it. A test per
+input, the behaviour the docs promise, and the call that proves it. A test per
 row runs it between other players' calls - some already stored, some buffered in
 the same batch, some after - on every backend, and shows that
 
@@ -12,7 +13,7 @@ the same batch, some after - on every backend, and shows that
 - an accepted odd input is stored verbatim as data (never as an operator or SQL),
   with the exact effect the row states and nothing else.
 
-``test_readme_table_is_this_table`` keeps the README's table and :data:`ROWS` equal,
+``test_docs_table_is_this_table`` keeps the docs' table and :data:`ROWS` equal,
 so the table never promises what no test shows. ``tests/test_validation.py`` checks
 the error field names, the log-once rule and more type variations on the memory store
 (its helpers are reused here, not copied).
@@ -44,7 +45,7 @@ from gso_analytics import (
 if TYPE_CHECKING:
     from conftest import AnalyticsFactory, FakeClock
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+BAD_INPUT_PAGE = Path(__file__).resolve().parent.parent / "docs" / "bad-input.md"
 TODAY = "2025-03-14"
 MB = "x" * 1_000_000
 
@@ -55,7 +56,7 @@ Snapshot = Callable[..., dict[str, Any]]
 
 @dataclass(frozen=True)
 class Row:
-    """One row of the README table and its proof.
+    """One row of the docs' table and its proof.
 
     ``error``: the row is rejected (strict mode raises this); ``parts`` are its calls,
     one per example in the ``input`` column, each rejected on its own. Otherwise it is
@@ -660,26 +661,25 @@ def test_the_table_has_at_least_30_rows_of_each_promise() -> None:
 
 
 def readme_table() -> list[tuple[str, str]]:
-    """The (input, behaviour) rows of the README's "Bad input" table."""
-    text = README.read_text(encoding="utf-8")
-    section = text.split("\n## Bad input\n", 1)[1].split("\n## ", 1)[0]
-    lines = [line for line in section.splitlines() if line.startswith("|")]
+    """The (input, behaviour) rows of the table on the docs' "Bad input" page."""
+    text = BAD_INPUT_PAGE.read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line.startswith("|")]
     rows = [tuple(cell.strip() for cell in line.strip()[1:-1].split(" | ")) for line in lines]
     assert rows[:2] == [("input", "behaviour"), ("---", "---")], rows[:2]
     return [(row[0], row[1]) for row in rows[2:]]
 
 
-def test_readme_table_is_this_table() -> None:
-    """The README promises exactly the rows proven above, in the same order."""
+def test_docs_table_is_this_table() -> None:
+    """The docs promise exactly the rows proven above, in the same order."""
     assert readme_table() == [(row.input, row.behaviour) for row in ROWS]
 
 
 def markdown_rows() -> str:
-    """The table body to paste in the README (``python -c`` helper for maintainers)."""
+    """The table body to paste in docs/bad-input.md (``python -c`` helper for maintainers)."""
     return "\n".join(f"| {row.input} | {row.behaviour} |" for row in ROWS)
 
 
 def test_table_cells_have_no_pipe() -> None:
-    """A ``|`` inside a cell would split it; the README parser relies on there being none."""
+    """A ``|`` inside a cell would split it; the docs page parser relies on there being none."""
     for row in ROWS:
         assert "|" not in row.input + row.behaviour, row.id

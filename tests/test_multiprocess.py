@@ -17,7 +17,7 @@ login or holds a stale id of an older session. Two sessions of one player unflus
 at once are out of this oracle's reach: the store gets them right when the second
 login is in the process that opened the first (the test at the end), not in general
 (a logout without its session's id can reach the store before that session's login
-while an older session is still open; README, "What the numbers mean across
+while an older session is still open; docs/concepts.md, "What the numbers mean across
 processes").
 """
 

@@ -176,7 +176,7 @@ class Model:
         for s in self.sessions():
             if s["logout"] is None and s["login"] < now - SESSION_TIMEOUT_MS:
                 self.pruned.add((s["user"], s["login"], s["call"]))
-        # Expired at exactly EVENT_TTL_MS old (the README's boundary): kept while younger.
+        # Expired at exactly EVENT_TTL_MS old (the documented boundary): kept while younger.
         self.events = [e for e in self.events if e[0] > as_datetime(now - EVENT_TTL_MS)]
 
     def sessions(self) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ The page is checked three ways: it parses as well-formed HTML, it names no URL a
 loads nothing, and the numbers it embeds (each cell's ``data-value``) equal the JSON
 report of the same store and range. The last check is repeated on the DOM a real
 headless Chromium builds from the file, when Chromium is installed (CI does not
-install it; the README gives the same command to run by hand).
+install it; docs/reports.md gives the same command to run by hand).
 """
 
 from __future__ import annotations
@@ -310,7 +310,7 @@ def test_chromium_renders_the_page_with_the_json_numbers(
 ) -> None:
     browser = _chromium()
     if browser is None:
-        pytest.skip("chromium is not installed (apt-get install chromium); see README Reports")
+        pytest.skip("chromium is not installed (apt-get install chromium); see docs/reports.md")
     base = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     url = report["path"].resolve().as_uri()
     dom = subprocess.run(

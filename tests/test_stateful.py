@@ -263,7 +263,7 @@ class Model:
         for s in self.sessions():
             if s["logout"] is None and s["login"] < self.now - SESSION_TIMEOUT_MS:
                 self.pruned.add(s["key"])
-        # Expired at exactly EVENT_TTL_MS old (the README's boundary): kept while younger.
+        # Expired at exactly EVENT_TTL_MS old (the documented boundary): kept while younger.
         self.events = [e for e in self.events if e[0] > self.now - EVENT_TTL_MS]
 
     # -- reads --
@@ -428,7 +428,7 @@ class AnalyticsMachine(RuleBasedStateMachine):
         (a retried batch must find its id, which the prune could forget) and with no
         calls buffered from before it: a prune forgets logout marks older than the
         batch-id retention plus the timeout, which a call buffered across a clock jump
-        of days would still need (the README's limit of the guarantee)."""
+        of days would still need (the documented limit of the guarantee)."""
         self.analytics.prune()
         self.model.prune()
 

@@ -806,7 +806,7 @@ def test_two_payments_of_one_player_in_one_flush_add_up(
 def test_an_event_exactly_event_ttl_old_is_expired(
     backend: Backend, store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
-    """The TTL boundary, one definition for every backend (the README's): an event is
+    """The TTL boundary, one definition for every backend (the documented one): an event is
     expired once it is ``event_ttl`` old, the boundary included; younger, it is kept."""
     ttl = timedelta(hours=2)
     analytics = make_analytics(store, event_ttl=ttl)
