@@ -200,7 +200,7 @@ def _rights(quick: bool) -> dict[str, Any]:
     return {
         "rows": data_rights.run(players=players, erased=erased, rounds=rounds, days=days),
         "notes": [
-            f"flush: {players:,} players x (login + 5 events), best of {rounds}, alternating;"
+            f"flush: {players:,} players x (login + 5 events), best of {rounds}, order rotated;"
             " ratio against the plain store",
             f"erase: one player of {players:,} x {days} days; ratio against a VACUUM of the file",
         ],
