@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -28,12 +28,13 @@ from typing import TextIO
 from . import __version__
 from .analytics import Analytics
 from .clock import Clock, resolve_tz, utc_now
+from .csv_report import write_csv
 from .dead_letters import replay as replay_dead_letters
 from .demo import DemoPlan, SimClock, plan_demo, replay
 from .errors import ConfigurationError, GsoAnalyticsError
 from .html_report import render_html
 from .model import DailyStats, Metrics
-from .report import collect_kpis, fmt_int, render_kpis, render_report
+from .report import collect_kpis, fmt_int, render_headline, render_kpis, render_report
 from .store import Store, open_store
 
 log = logging.getLogger("gso_analytics.cli")
@@ -164,7 +165,8 @@ def add_report_options(parser: argparse.ArgumentParser, today_help: str) -> None
         "--start",
         type=iso_date,
         metavar="YYYY-MM-DD",
-        help=f"first day of the KPI range (default: {KPI_RANGE_DAYS - 1} days before --end)",
+        help=f"first day of the KPI range (default: the first day with data among the"
+        f" {KPI_RANGE_DAYS} days ending at --end)",
     )
     parser.add_argument(
         "--end",
@@ -177,6 +179,12 @@ def add_report_options(parser: argparse.ArgumentParser, today_help: str) -> None
         type=Path,
         metavar="FILE",
         help="also write the KPIs as a self-contained HTML page (charts, no network)",
+    )
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        metavar="DIR",
+        help="also write each KPI table as a CSV file in DIR (created if missing)",
     )
 
 
@@ -470,15 +478,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def kpi_range(start: date | None, end: date | None, today: date) -> tuple[date, date]:
-    """The KPI range from ``--start``/``--end``: either may be left out, the other then
-    anchors a window of :data:`KPI_RANGE_DAYS` days (ending today when neither is given).
-    ``--start`` alone stops at today: days ahead would only be rows of zeros."""
+def kpi_range(
+    start: date | None,
+    end: date | None,
+    today: date,
+    first_data: Callable[[date, date], date | None] = lambda _start, _end: None,
+) -> tuple[date, date]:
+    """The KPI range from ``--start``/``--end``, honoured as given. Left out, ``--end``
+    is today, or the last of :data:`KPI_RANGE_DAYS` days from ``--start`` (never after
+    today: days ahead would only be rows of zeros); ``--start`` is the first day with
+    data (``first_data(lo, hi)``) in the :data:`KPI_RANGE_DAYS` days ending at ``end``,
+    so a new game's report is not 23 days of zeros and 7 of play."""
     width = timedelta(days=KPI_RANGE_DAYS - 1)
     if end is None:
         end = today if start is None else max(min(start + width, today), start)
     if start is None:
-        start = end - width
+        start = first_data(end - width, end) or end
     if start > end:
         raise ConfigurationError(f"--start {start} is after --end {end}")
     return start, end
@@ -497,6 +512,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             end=args.end,
             html=args.html,
             as_json=args.json,
+            csv=args.csv,
         )
         analytics.stop()
     print(text, end="")
@@ -512,30 +528,43 @@ def report_text(
     end: date | None,
     html: Path | None,
     as_json: bool,
+    csv: Path | None = None,
 ) -> str:
     """The report of ``analytics``' store as of ``today``: metrics, the newest ``days``
-    days and the KPIs of [start, end] (see :func:`kpi_range`), as text or JSON, and
-    the HTML page written to ``html`` when given. Shared with ``manage.py
+    days and the KPIs of [start, end] (see :func:`kpi_range`), as text or JSON, with
+    the HTML page written to ``html`` and the tables as CSV files into the directory
+    ``csv`` when given. Shared with ``manage.py
     gso_analytics report``, so both print the same thing."""
-    start, end = kpi_range(start, end, today)
+    start, end = kpi_range(start, end, today, analytics.kpis.first_day_with_data)
     metrics, history = _read(analytics, days)
     kpis = collect_kpis(analytics.kpis, start, end)
-    if html is not None:
-        try:
+    written = []
+    try:
+        if html is not None:
             html.write_text(render_html(kpis), encoding="utf-8")
-        except OSError as exc:
-            raise ConfigurationError(f"cannot write {html}: {exc}") from exc
+            written.append(f"Wrote {html} (open it in a browser; it needs no network)")
+        if csv is not None:
+            files = write_csv(kpis, csv)
+            written.append(f"Wrote {len(files)} CSV files to {csv}")
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write {exc.filename}: {exc.strerror}") from exc
     if as_json:
+        headline = kpis.pop("headline")
         doc = {
+            "headline": headline,
             "metrics": metrics.to_dict(),
             "days": [day.to_dict() for day in history],
             "kpis": kpis,
         }
         return json.dumps(doc, indent=2) + "\n"
-    text = render_report(metrics, today.isoformat(), history) + "\n" + render_kpis(kpis)
-    if html is not None:
-        text += f"\nWrote {html} (open it in a browser; it needs no network)\n"
-    return text
+    text = "\n\n".join(
+        [
+            render_headline(kpis["headline"]),
+            render_report(metrics, today.isoformat(), history).rstrip("\n"),
+            render_kpis(kpis),
+        ]
+    )
+    return text + "".join(f"\n{line}\n" for line in written)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

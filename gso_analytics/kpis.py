@@ -139,6 +139,68 @@ class EconomyRow(_Row):
     gems_net: Number
 
 
+#: The headline figures, in the order a report shows them (see :meth:`KPIs.headline`).
+HEADLINE_FIGURES = (
+    "dau",
+    "mau30",
+    "d1Rate",
+    "d7Rate",
+    "revenueCents",
+    "payingUsers",
+    "arpdauCents",
+    "avgSessionS",
+)
+
+
+@attrs.frozen
+class HeadlineFigure(_Row):
+    """One headline number and the same number over the previous period; ``change``
+    is the relative change (0.25 = +25%), None when either is unknown or the previous
+    one is 0 (nothing to compare with)."""
+
+    value: Number | None
+    previous: Number | None
+
+    @property
+    def change(self) -> float | None:
+        if self.value is None or not self.previous:
+            return None
+        return self.value / self.previous - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "previous": self.previous, "change": self.change}
+
+
+@attrs.frozen
+class Headline:
+    """The figures a report opens with, for [start, end] against the period of the
+    same length just before it ([previous_start, previous_end])."""
+
+    start: str
+    end: str
+    previous_start: str
+    previous_end: str
+    figures: Mapping[str, HeadlineFigure]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "start": self.start,
+            "end": self.end,
+            "previousStart": self.previous_start,
+            "previousEnd": self.previous_end,
+            "figures": {name: figure.to_dict() for name, figure in self.figures.items()},
+        }
+
+
+def pooled_rate(cohorts: Iterable[tuple[int, int | None]]) -> float | None:
+    """Day-N retention of several cohorts taken together, from ``(users, returned)``
+    pairs: returning users over cohort users, counting only the cohorts whose day N has
+    come (``returned`` not None); None if none has."""
+    known = [(users, returned) for users, returned in cohorts if returned is not None]
+    users = sum(users for users, _ in known)
+    return ratio(sum(returned for _, returned in known), users) if users else None
+
+
 def parse_day(value: DayLike, name: str = "day") -> date:
     """A ``date`` (a ``datetime`` gives its date) or a ``"YYYY-MM-DD"`` string."""
     if isinstance(value, datetime):
@@ -220,6 +282,30 @@ class KPIs:
             return {}
         return self._real(self.store.day_users_between(_key(start), _key(end)))
 
+    def _revenue(self, first: date, last: date) -> dict[str, dict[str, Number]]:
+        """Revenue of [first, last] as day -> paying user -> cents, without test users."""
+        revenue = self.store.user_revenue_between(_key(first), _key(last))
+        is_test = self._is_test
+        if is_test is None:
+            return revenue
+        return {
+            day: {u: c for u, c in payers.items() if not is_test(u)}
+            for day, payers in revenue.items()
+        }
+
+    def _sessions(self, first: date, last: date) -> list[Any]:
+        """The sessions of login days [first, last], without test users."""
+        sessions = self.store.sessions_between(_key(first), _key(last))
+        is_test = self._is_test
+        return sessions if is_test is None else [s for s in sessions if not is_test(s.user_id)]
+
+    def first_day_with_data(self, start: DayLike, end: DayLike) -> date | None:
+        """The first day of [start, end] with anything recorded, None if there is none:
+        where a report's default range begins, so it never opens on days of zeros."""
+        first, last = self._range(start, end)
+        days = self.store.days_between(_key(first), _key(last))
+        return date.fromisoformat(min(day.day for day in days)) if days else None
+
     # -- the KPIs ------------------------------------------------------------------------
 
     def retention(
@@ -266,13 +352,7 @@ class KPIs:
         """Per day: ``stripe.payment`` revenue, payers, first-time payers, ARPDAU, ARPPU."""
         first, last = self._range(start, end)
         lo, hi = _key(first), _key(last)
-        revenue = self.store.user_revenue_between(lo, hi)
-        if self._is_test is not None:
-            is_test = self._is_test
-            revenue = {
-                day: {u: c for u, c in payers.items() if not is_test(u)}
-                for day, payers in revenue.items()
-            }
+        revenue = self._revenue(first, last)
         first_payers = self._real(self.store.first_payments_between(lo, hi))
         active = self._active(first, last)
         rows = []
@@ -300,16 +380,12 @@ class KPIs:
         first, last = self._range(start, end)
         active = self._active(first, last)
         by_day: dict[str, list[Any]] = {}
-        for session in self.store.sessions_between(_key(first), _key(last)):
-            if self._is_test is not None and self._is_test(session.user_id):
-                continue
+        for session in self._sessions(first, last):
             by_day.setdefault(session.day, []).append(session)
         rows = []
         for day in map(_key, _days(first, last)):
             sessions = by_day.get(day, [])
-            durations = [
-                s.duration_s for s in sessions if s.logout_at is not None and not s.timed_out
-            ]
+            durations = _play_durations(sessions)
             dau = len(active.get(day, ()))
             rows.append(
                 SessionsRow(
@@ -337,6 +413,52 @@ class KPIs:
                 EconomyRow(day, earned, spent, earned - spent, *gems, gems[0] + gems[1] - gems[2])
             )
         return rows
+
+    def headline(self, start: DayLike, end: DayLike) -> Headline:
+        """The figures a game team reads first, each against the previous period of the
+        same length: DAU and MAU30 of the last day; D1 and D7 retention of the latest
+        cohorts measurable in the range (those whose day 1, day 7, is one of its days),
+        taken together; revenue, distinct paying
+        users and ARPDAU (revenue over the sum of the days' DAU) over the range; and the
+        mean duration of the range's closed sessions (timed-out ones measure no play)."""
+        first, last = self._range(start, end)
+        length = last - first + timedelta(days=1)
+        now = self._period(first, last)
+        before = self._period(first - length, last - length)
+        return Headline(
+            _key(first),
+            _key(last),
+            _key(first - length),
+            _key(last - length),
+            {name: HeadlineFigure(now[name], before[name]) for name in HEADLINE_FIGURES},
+        )
+
+    def _period(self, first: date, last: date) -> dict[str, Number | None]:
+        """The headline figures of one period (see :meth:`headline`)."""
+        closing = self.active_users(last, last)[0]
+        revenue = self._revenue(first, last)
+        cents = sum(sum(payers.values()) for payers in revenue.values())
+        user_days = sum(len(users) for users in self._active(first, last).values())
+        durations = _play_durations(self._sessions(first, last))
+        return {
+            "dau": closing.dau,
+            "mau30": closing.mau30,
+            "d1Rate": self._returning(first, last, 1),
+            "d7Rate": self._returning(first, last, 7),
+            "revenueCents": cents,
+            "payingUsers": len(set[str]().union(*revenue.values())),
+            "arpdauCents": ratio(cents, user_days),
+            "avgSessionS": sum(durations) / len(durations) if durations else None,
+        }
+
+    def _returning(self, first: date, last: date, n: int) -> float | None:
+        """Day-``n`` retention measured on the days of [first, last]: of the cohorts of
+        [first - n, last - n] (the latest whose day n falls in the period), the share
+        active on their day n; None when no such cohort has users (or its day n is
+        still ahead)."""
+        offset = timedelta(days=n)
+        cohorts = self.retention(first - offset, last - offset, (n,))
+        return pooled_rate((cohort.users, cohort.counts[n]) for cohort in cohorts)
 
     def funnel(
         self,
@@ -387,6 +509,11 @@ class KPIs:
             datetime.combine(now.date(), datetime.min.time(), now.tzinfo) - self.event_ttl
         ).date()
         return Funnel(rows, truncated=first is None or first < retained_from)
+
+
+def _play_durations(sessions: Iterable[Any]) -> list[int]:
+    """The durations of the closed sessions that measure play (not timed out)."""
+    return [s.duration_s for s in sessions if s.logout_at is not None and not s.timed_out]
 
 
 def _walk(

@@ -11,11 +11,12 @@ sections are declared once (:data:`KPI_SECTIONS`) and drawn both here and in
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import date
+from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .kpis import MAU30_DAYS, pooled_rate, ratio
 from .model import DailyStats, Metrics, Number
 
 if TYPE_CHECKING:
@@ -191,21 +192,6 @@ RETENTION_DAYS = (1, 7, 30)
 KpiDoc = dict[str, Any]
 
 
-def collect_kpis(kpis: KPIs, start: date, end: date) -> KpiDoc:
-    """Every KPI of [start, end] as plain JSON-ready dicts: one read per KPI, shared by
-    the text, JSON and HTML reports so the three can never disagree."""
-    return {
-        "start": start.isoformat(),
-        "end": end.isoformat(),
-        "today": kpis.today().isoformat(),
-        "retention": [r.to_dict() for r in kpis.retention(start, end, RETENTION_DAYS)],
-        "activeUsers": [r.to_dict() for r in kpis.active_users(start, end)],
-        "revenue": [r.to_dict() for r in kpis.revenue(start, end)],
-        "sessions": [r.to_dict() for r in kpis.sessions(start, end)],
-        "economy": [r.to_dict() for r in kpis.economy(start, end)],
-    }
-
-
 def fmt_rate(value: float | None) -> str:
     """A 0-1 ratio as a percentage, ``-`` for unknown (a retention day still ahead)."""
     return "-" if value is None else f"{100 * value:.1f}%"
@@ -223,31 +209,97 @@ def fmt_maybe_int(value: Number | None) -> str:
     return "-" if value is None else fmt_int(value)
 
 
+Row = dict[str, Any]
+#: How a table's totals row sums up one column: from the section's rows and the whole
+#: KPI document (for what the rows cannot give, such as distinct payers over the range).
+Total = Callable[[Sequence[Row], KpiDoc], Any]
+
+
+def _sum(field: str) -> Total:
+    return lambda rows, _doc: sum(row[field] for row in rows)
+
+
+def _mean(field: str) -> Total:
+    return lambda rows, _doc: ratio(sum(row[field] for row in rows), len(rows))
+
+
+def _ratio(numerator: str, denominator: str) -> Total:
+    return lambda rows, _doc: ratio(
+        sum(row[numerator] for row in rows), sum(row[denominator] for row in rows)
+    )
+
+
+def _none(_rows: Sequence[Row], _doc: KpiDoc) -> None:
+    """A column with no meaningful total (a median, a rolling count)."""
+
+
+def _headline(name: str) -> Total:
+    return lambda _rows, doc: doc["headline"]["figures"][name]["value"]
+
+
+def _known_sum(field: str) -> Total:
+    """The sum over the cohorts whose day has come (unknown days are not zeros); None
+    when that day has come for none of them."""
+
+    def total(rows: Sequence[Row], _doc: KpiDoc) -> int | None:
+        known = [row[field] for row in rows if row[field] is not None]
+        return sum(known) if known else None
+
+    return total
+
+
+def _pooled(n: int) -> Total:
+    return lambda rows, _doc: pooled_rate((row["users"], row[f"d{n}"]) for row in rows)
+
+
+def _dau_by_day(doc: KpiDoc) -> dict[str, int]:
+    return {row["day"]: row["dau"] for row in doc["activeUsers"]}
+
+
+def _per_dau(rows: Sequence[Row], doc: KpiDoc, play: bool) -> float:
+    """Sessions (or play time) per DAU over the range: the sum over the sum of DAU."""
+    dau = _dau_by_day(doc)
+    user_days = sum(dau.get(row["day"], 0) for row in rows)
+    if play:
+        total = sum(row["playTimePerDauS"] * dau.get(row["day"], 0) for row in rows)
+    else:
+        total = sum(row["sessions"] for row in rows)
+    return ratio(total, user_days)
+
+
 @attrs.frozen
 class KpiColumn:
-    """One column of a KPI table: the row's ``field``, its header and its formatting."""
+    """One column of a KPI table: the row's ``field``, its header, its formatting and
+    how the totals row sums it up."""
 
     field: str
     label: str
     fmt: Callable[[Any], str] = fmt_int
     left: bool = False
+    total: Total = _none
 
 
 @attrs.frozen
 class KpiSection:
-    """A KPI table: its key in the KPI document, a title, and its columns (the first
-    column is the row's key, ``day`` or ``cohort``)."""
+    """A KPI table: its key in the KPI document, a title, its columns (the first is the
+    row's key, ``day`` or ``cohort``), the label of its totals row, and the fields
+    whose zeros make a day "without activity" (runs of such days are collapsed)."""
 
     key: str
     title: str
     columns: tuple[KpiColumn, ...]
+    total_label: str = "Total"
+    activity: tuple[str, ...] = ()
 
 
 def _retention_columns() -> tuple[KpiColumn, ...]:
-    columns = [KpiColumn("cohort", "Cohort", str, left=True), KpiColumn("users", "Users")]
+    columns = [
+        KpiColumn("cohort", "Cohort", str, left=True),
+        KpiColumn("users", "Users", total=_sum("users")),
+    ]
     for n in RETENTION_DAYS:
-        columns.append(KpiColumn(f"d{n}", f"D{n}", fmt_maybe_int))
-        columns.append(KpiColumn(f"d{n}Rate", f"D{n} %", fmt_rate))
+        columns.append(KpiColumn(f"d{n}", f"D{n}", fmt_maybe_int, total=_known_sum(f"d{n}")))
+        columns.append(KpiColumn(f"d{n}Rate", f"D{n} %", fmt_rate, total=_pooled(n)))
     return tuple(columns)
 
 
@@ -255,82 +307,255 @@ def _day() -> KpiColumn:
     return KpiColumn("day", "Day", str, left=True)
 
 
+def _counter_column(field: str, label: str) -> KpiColumn:
+    return KpiColumn(field, label, total=_sum(field))
+
+
 KPI_SECTIONS: tuple[KpiSection, ...] = (
-    KpiSection("retention", "Retention by cohort (first login day)", _retention_columns()),
+    KpiSection(
+        "retention",
+        "Retention by cohort (first login day)",
+        _retention_columns(),
+        total_label="All cohorts",
+    ),
     KpiSection(
         "activeUsers",
         "Active users (WAU: 7 days, MAU30: 30 days ending that day)",
         (
             _day(),
-            KpiColumn("dau", "DAU"),
-            KpiColumn("wau", "WAU"),
-            KpiColumn("mau30", "MAU30"),
-            KpiColumn("stickiness", "DAU/MAU30", fmt_rate),
+            KpiColumn("dau", "DAU", total=_mean("dau")),
+            KpiColumn("wau", "WAU", total=_mean("wau")),
+            KpiColumn("mau30", "MAU30", total=_mean("mau30")),
+            KpiColumn("stickiness", "DAU/MAU30", fmt_rate, total=_ratio("dau", "mau30")),
         ),
+        total_label="Average",
+        activity=("dau",),
     ),
     KpiSection(
         "revenue",
         "Revenue (stripe.payment)",
         (
             _day(),
-            KpiColumn("revenueCents", "Revenue", fmt_cents),
-            KpiColumn("payingUsers", "Payers"),
-            KpiColumn("firstTimePayers", "New payers"),
-            KpiColumn("dau", "DAU"),
-            KpiColumn("arpdauCents", "ARPDAU", fmt_cents),
-            KpiColumn("arppuCents", "ARPPU", fmt_cents),
+            KpiColumn("revenueCents", "Revenue", fmt_cents, total=_sum("revenueCents")),
+            KpiColumn("payingUsers", "Payers", total=_headline("payingUsers")),
+            _counter_column("firstTimePayers", "New payers"),
+            KpiColumn("dau", "DAU", total=_mean("dau")),
+            KpiColumn("arpdauCents", "ARPDAU", fmt_cents, total=_ratio("revenueCents", "dau")),
+            KpiColumn(
+                "arppuCents",
+                "ARPPU",
+                fmt_cents,
+                total=lambda rows, doc: ratio(
+                    sum(row["revenueCents"] for row in rows),
+                    doc["headline"]["figures"]["payingUsers"]["value"],
+                ),
+            ),
         ),
+        total_label="Total",
+        activity=("revenueCents", "dau"),
     ),
     KpiSection(
         "sessions",
         "Sessions (by login day; timed-out sessions left out of the durations)",
         (
             _day(),
-            KpiColumn("sessions", "Sessions"),
-            KpiColumn("sessionsPerUser", "Per DAU", fmt_ratio),
-            KpiColumn("playTimePerDauS", "Play/DAU", fmt_duration),
+            _counter_column("sessions", "Sessions"),
+            KpiColumn(
+                "sessionsPerUser",
+                "Per DAU",
+                fmt_ratio,
+                total=lambda rows, doc: _per_dau(rows, doc, play=False),
+            ),
+            KpiColumn(
+                "playTimePerDauS",
+                "Play/DAU",
+                fmt_duration,
+                total=lambda rows, doc: _per_dau(rows, doc, play=True),
+            ),
             KpiColumn("medianSessionS", "Median", fmt_maybe_duration),
-            KpiColumn("orphanedSessions", "Timed out"),
+            _counter_column("orphanedSessions", "Timed out"),
         ),
+        activity=("sessions",),
     ),
     KpiSection(
         "economy",
         "Economy",
         (
             _day(),
-            KpiColumn("creditsEarned", "Credits in"),
-            KpiColumn("creditsSpent", "Credits out"),
-            KpiColumn("creditsNet", "Credits net"),
-            KpiColumn("gemsEarned", "Gems earned"),
-            KpiColumn("gemsPurchased", "Gems bought"),
-            KpiColumn("gemsSpent", "Gems spent"),
-            KpiColumn("gemsNet", "Gems net"),
+            _counter_column("creditsEarned", "Credits in"),
+            _counter_column("creditsSpent", "Credits out"),
+            _counter_column("creditsNet", "Credits net"),
+            _counter_column("gemsEarned", "Gems earned"),
+            _counter_column("gemsPurchased", "Gems bought"),
+            _counter_column("gemsSpent", "Gems spent"),
+            _counter_column("gemsNet", "Gems net"),
         ),
+        activity=("creditsEarned", "creditsSpent", "gemsEarned", "gemsPurchased", "gemsSpent"),
     ),
 )
 
 
-def render_kpi_table(section: KpiSection, rows: Sequence[dict[str, Any]]) -> str:
-    """One KPI section as an aligned table, or a line saying it is empty."""
+def collect_kpis(kpis: KPIs, start: date, end: date) -> KpiDoc:
+    """Every KPI of [start, end] as plain JSON-ready dicts: the headline, each section's
+    rows (oldest first) and totals, and the first day with data that the rolling windows
+    of ``start`` can see. One read per KPI, shared by the text, JSON, CSV and HTML
+    reports so they can never disagree."""
+    first = kpis.first_day_with_data(start - timedelta(days=MAU30_DAYS - 1), end)
+    doc: KpiDoc = {
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "today": kpis.today().isoformat(),
+        "firstDataDay": None if first is None else first.isoformat(),
+        "headline": kpis.headline(start, end).to_dict(),
+        "retention": [r.to_dict() for r in kpis.retention(start, end, RETENTION_DAYS)],
+        "activeUsers": [r.to_dict() for r in kpis.active_users(start, end)],
+        "revenue": [r.to_dict() for r in kpis.revenue(start, end)],
+        "sessions": [r.to_dict() for r in kpis.sessions(start, end)],
+        "economy": [r.to_dict() for r in kpis.economy(start, end)],
+    }
+    doc["totals"] = {
+        section.key: {c.field: c.total(doc[section.key], doc) for c in section.columns[1:]}
+        for section in KPI_SECTIONS
+        if doc[section.key]
+    }
+    return doc
+
+
+# -- newest first, quiet days collapsed -------------------------------------------------
+
+
+@attrs.frozen
+class QuietRun:
+    """Consecutive days without activity, newest first: shown as one line."""
+
+    rows: tuple[Row, ...]
+
+    @property
+    def label(self) -> str:
+        return (
+            f"{self.rows[-1]['day']} to {self.rows[0]['day']}: {len(self.rows)} days, no activity"
+        )
+
+
+def table_rows(section: KpiSection, rows: Sequence[Row]) -> list[Row | QuietRun]:
+    """A section's rows as a table shows them: newest first, like the terminal report's
+    days, with each run of two or more days without activity collapsed into one."""
+    shown: list[Row | QuietRun] = []
+    run: list[Row] = []
+
+    def close_run() -> None:
+        shown.extend(run if len(run) < 2 else [QuietRun(tuple(run))])
+        run.clear()
+
+    for row in reversed(rows):
+        if section.activity and not any(row[field] for field in section.activity):
+            run.append(row)
+        else:
+            close_run()
+            shown.append(row)
+    close_run()
+    return shown
+
+
+def render_kpi_table(section: KpiSection, rows: Sequence[Row], totals: Row | None) -> str:
+    """One KPI section as an aligned table (newest first, quiet days collapsed, a totals
+    row), or a line saying it is empty."""
     if not rows:
         return f"{section.title}\n  (none in this range)"
-    cells = [[column.fmt(row[column.field]) for column in section.columns] for row in rows]
-    widths = [
-        max([len(column.label)] + [len(line[i]) for line in cells])
-        for i, column in enumerate(section.columns)
+    items = table_rows(section, rows)
+    lines_of = [
+        [column.fmt(item[column.field]) for column in section.columns]
+        for item in items
+        if not isinstance(item, QuietRun)
     ]
-    lines = [section.title]
-    for line in ([c.label for c in section.columns], *cells):
-        aligned = (
+    total_cells = [section.total_label] + [
+        column.fmt(totals[column.field]) if totals and totals[column.field] is not None else "-"
+        for column in section.columns[1:]
+    ]
+    labels = [c.label for c in section.columns]
+    widths = [
+        max(len(line[i]) for line in (labels, total_cells, *lines_of))
+        for i in range(len(section.columns))
+    ]
+
+    def aligned(cells: Sequence[str]) -> str:
+        return GAP.join(
             _align(cell, w, c.left)
-            for cell, w, c in zip(line, widths, section.columns, strict=True)
-        )
-        lines.append(GAP.join(aligned).rstrip())
+            for cell, w, c in zip(cells, widths, section.columns, strict=True)
+        ).rstrip()
+
+    lines = [section.title, aligned(labels)]
+    cells = iter(lines_of)
+    for item in items:
+        lines.append(f"  ({item.label})" if isinstance(item, QuietRun) else aligned(next(cells)))
+    lines.append("-" * len(aligned(labels)))
+    lines.append(aligned(total_cells))
+    return "\n".join(lines)
+
+
+# -- the headline -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class HeadlineCard:
+    """How a headline figure is shown: label, formatting, and whether it is a rate
+    (its change is then in percentage points, not a percentage of a percentage)."""
+
+    name: str
+    label: str
+    fmt: Callable[[Any], str]
+    rate: bool = False
+
+
+HEADLINE_CARDS: tuple[HeadlineCard, ...] = (
+    HeadlineCard("dau", "DAU (last day)", fmt_maybe_int),
+    HeadlineCard("mau30", "MAU30 (last day)", fmt_maybe_int),
+    HeadlineCard("d1Rate", "D1 retention", fmt_rate, rate=True),
+    HeadlineCard("d7Rate", "D7 retention", fmt_rate, rate=True),
+    HeadlineCard("revenueCents", "Revenue", fmt_cents),
+    HeadlineCard("payingUsers", "Paying players", fmt_maybe_int),
+    HeadlineCard("arpdauCents", "ARPDAU", fmt_cents),
+    HeadlineCard("avgSessionS", "Avg session", fmt_maybe_duration),
+)
+
+
+def headline_change(card: HeadlineCard, figure: Row) -> tuple[str, int]:
+    """The change against the previous period, as words and a direction (-1, 0, 1)."""
+    value, previous = figure["value"], figure["previous"]
+    if value is None:
+        return "not measurable yet", 0
+    if previous is None or (previous == 0 and not card.rate):
+        return "no earlier data", 0
+    direction = (value > previous) - (value < previous)
+    if card.rate:
+        return f"{100 * (value - previous):+.1f} pt", direction
+    return f"{100 * figure['change']:+.0f}%", direction
+
+
+def headline_period(headline: Row) -> str:
+    return f"{headline['start']} to {headline['end']}"
+
+
+def render_headline(headline: Row) -> str:
+    """The headline figures, two a line, each with its change."""
+    cells = []
+    for card in HEADLINE_CARDS:
+        figure = headline["figures"][card.name]
+        change, _ = headline_change(card, figure)
+        cells.append(f"{card.label:<17}{card.fmt(figure['value']):>10}  {change:<18}")
+    lines = [
+        f"Headline {headline_period(headline)}"
+        f" (change vs {headline['previousStart']} to {headline['previousEnd']})"
+    ]
+    lines += ["  " + "  ".join(cells[i : i + 2]).rstrip() for i in range(0, len(cells), 2)]
     return "\n".join(lines)
 
 
 def render_kpis(doc: KpiDoc) -> str:
     """The KPI tables of :func:`collect_kpis`, headed by the range they cover."""
     head = f"KPIs {doc['start']} to {doc['end']} (today {doc['today']})"
-    tables = [render_kpi_table(section, doc[section.key]) for section in KPI_SECTIONS]
+    tables = [
+        render_kpi_table(section, doc[section.key], doc["totals"].get(section.key))
+        for section in KPI_SECTIONS
+    ]
     return "\n\n".join([head, *tables]) + "\n"

@@ -15,6 +15,7 @@ from typing import Any
 
 import mongo_server
 import pytest
+from browser import Chromium, find_chromium
 
 from gso_analytics import Analytics, Store, open_store
 
@@ -88,6 +89,15 @@ if mongo_server.real_mongodb_uri():  # a real mongod or cluster, opt-in
             shared_by_url=True,
         )
     )
+
+
+@pytest.fixture
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Chromium:
+    """A real headless Chromium; the test is skipped when none is installed."""
+    executable = find_chromium()
+    if executable is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return Chromium(executable, tmp_path_factory.mktemp("chromium"))
 
 
 @pytest.fixture

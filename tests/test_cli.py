@@ -119,9 +119,11 @@ def test_demo_report_equals_a_later_report_of_the_store(run: RunCli, store_url: 
     _, demo_out, _ = run(*SMALL_DEMO, "--store", store_url)
     code, report_out, _ = run("report", "--store", store_url, "--today", TODAY, "--days", "3")
     assert code == 0
-    metrics_part, kpis_part = report_out.split("\nKPIs ", 1)  # the report adds the KPIs
+    headline, rest = report_out.split("\n\n", 1)  # the report opens with the headline
+    assert headline.startswith("Headline 2026-03-10 to 2026-03-12")
+    metrics_part, kpis_part = rest.split("\nKPIs ", 1)  # and adds the KPIs
     assert metrics_part in demo_out  # the demo printed the store's numbers, not its own
-    assert kpis_part.startswith("2026-02-11 to 2026-03-12 (today 2026-03-12)")
+    assert kpis_part.startswith("2026-03-10 to 2026-03-12 (today 2026-03-12)")
 
 
 def test_demo_events_fall_on_the_simulated_days(run: RunCli, store_url: str) -> None:
@@ -208,7 +210,7 @@ def test_report_into_a_closed_pipe_ends_quietly(run: RunCli, store_url: str) -> 
     done = subprocess.run(
         ["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=120
     )
-    assert done.stdout.startswith(f"Today {TODAY}")
+    assert done.stdout.startswith("Headline 2026-03-10 to 2026-03-12")
     assert len(done.stdout.splitlines()) == 2
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
     assert done.returncode == 0
@@ -245,7 +247,8 @@ def test_report_json_equals_what_the_store_says(run: RunCli, store_url: str) -> 
     code, out, _ = run("report", "--json", "--store", store_url, "--today", TODAY)
     assert code == 0
     doc = json.loads(out)
-    assert doc.pop("kpis")["start"] == "2026-02-11"  # checked in test_report_html.py
+    assert doc.pop("kpis")["start"] == "2026-03-10"  # the first day with data
+    assert doc.pop("headline")["start"] == "2026-03-10"  # both checked in test_report_html.py
     assert doc == read_store(store_url)
 
 

@@ -360,9 +360,10 @@ def run_command(*args: str) -> str:
 def test_command_report_reads_the_projects_store(game: Analytics) -> None:
     doc = json.loads(run_command("report", "--json", "--days", "1"))
     assert doc.pop("kpis")["end"] == "2025-03-14"
+    assert doc.pop("headline")["end"] == "2025-03-14"
     assert doc == {"metrics": EXPECTED_METRICS, "days": EXPECTED_DAYS[:1]}
     text = run_command("report")
-    assert text.startswith("Today 2025-03-14")
+    assert text.startswith("Headline ") and "\nToday 2025-03-14\n" in text
     assert "2025-03-13" in text  # both days listed
 
 
@@ -377,7 +378,8 @@ def test_command_report_has_the_clis_options(game: Analytics, tmp_path: Path) ->
     assert doc["metrics"]["dau"] == EXPECTED_DAYS[1]["dau"]
     assert page.read_text().startswith("<!DOCTYPE html>")
     text = run_command("report", *args)
-    assert text.startswith("Today 2025-03-13") and "\nKPIs 2025-03-01 to 2025-03-14" in text
+    assert text.startswith("Headline 2025-03-01 to 2025-03-14") and "\nToday 2025-03-13" in text
+    assert "\nKPIs 2025-03-01 to 2025-03-14" in text
     assert get_analytics() is game  # the project's instance is left running
 
 

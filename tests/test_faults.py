@@ -32,7 +32,6 @@ TODAY = "2025-03-14"  # the fake clock's start day
 DEADLINE_S = 15.0
 
 
-
 def day(store: Store, field: str) -> float:
     stats = store.get_day(TODAY)
     return stats[field] if stats is not None else 0

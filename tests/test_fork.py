@@ -302,7 +302,6 @@ def test_forking_while_a_thread_hammers_track_never_deadlocks(
         store.close()
 
 
-
 @pytest.mark.parametrize("kind", ["sqlite", "memory"])
 def test_a_fork_waits_for_a_stuck_transaction_only_its_bound(
     kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
@@ -350,6 +349,7 @@ def test_a_fork_waits_for_a_stuck_transaction_only_its_bound(
     assert "forking while" in caplog.text
     assert store.get_day("2025-03-14") is None  # the parent's store works on
     store.close()
+
 
 if __name__ == "__main__":
     if sys.argv[1] == "preload":

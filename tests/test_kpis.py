@@ -274,6 +274,58 @@ class Oracle:
             )
         return rows
 
+    def period(self, start: date, end: date) -> dict[str, Any]:
+        """The headline figures of one period, from the trace."""
+        closing = self.active_users(end, end)[0]
+
+        def pooled(n: int) -> float | None:
+            back = timedelta(days=n)
+            cohorts = self.retention(start - back, end - back, (n,))
+            known = [row for row in cohorts if row[f"d{n}"] is not None]
+            users = sum(row["users"] for row in known)
+            return sum(row[f"d{n}"] for row in known) / users if users else None
+
+        payments = [(user, cents) for day, user, cents in self.payments if start <= day <= end]
+        cents = sum(c for _, c in payments)
+        user_days = sum(len(self.active[day]) for day in days_of(start, end))
+        closed = [
+            s.duration_s for d, s in self.logins if start <= d <= end and s.duration_s is not None
+        ]
+        return {
+            "dau": closing["dau"],
+            "mau30": closing["mau30"],
+            "d1Rate": pooled(1),
+            "d7Rate": pooled(7),
+            "revenueCents": cents,
+            "payingUsers": len({user for user, _ in payments}),
+            "arpdauCents": div(cents, user_days),
+            "avgSessionS": sum(closed) / len(closed) if closed else None,
+        }
+
+    def headline(self, start: date, end: date) -> dict[str, Any]:
+        length = end - start + timedelta(days=1)
+        now, before = self.period(start, end), self.period(start - length, end - length)
+        return {
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "previousStart": (start - length).isoformat(),
+            "previousEnd": (end - length).isoformat(),
+            "figures": {
+                name: {
+                    "value": value,
+                    "previous": before[name],
+                    "change": None
+                    if value is None or not before[name]
+                    else value / before[name] - 1,
+                }
+                for name, value in now.items()
+            },
+        }
+
+    def first_day_with_data(self, start: date, end: date) -> date | None:
+        days = {d for d, _ in self.logins} | {d for d, _ in self.amounts}
+        return min((d for d in days if start <= d <= end), default=None)
+
     def economy(self, start: date, end: date) -> list[dict[str, Any]]:
         rows = []
         for day in days_of(start, end):
@@ -335,6 +387,13 @@ def check_trace(
         assert as_dicts(kpis.economy(start, end)) == oracle.economy(start, end)
         for ns in ((1, 7, 30), (0, 2, 14)):
             assert as_dicts(kpis.retention(start, end, days=ns)) == oracle.retention(start, end, ns)
+
+    week = (last_day - timedelta(days=6), last_day)
+    for start, end in (whole, recent, week):
+        assert kpis.headline(start, end).to_dict() == oracle.headline(start, end)
+    for start, end in (whole, recent, (last_day + timedelta(days=1), last_day + timedelta(days=9))):
+        assert kpis.first_day_with_data(start, end) == oracle.first_day_with_data(start, end)
+    assert oracle.headline(*week)["figures"]["d7Rate"]["change"] is not None  # compared
 
     # The trace exercised what it claims to: orphans, payers, cross-day windows,
     # not-yet-measurable retention.

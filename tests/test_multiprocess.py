@@ -481,7 +481,8 @@ def test_three_processes_match_the_oracle(
             today = days.get(day_key(t))
             metrics = Analytics(store, clock=lambda t=t: EPOCH + timedelta(milliseconds=t))
             assert metrics.get_metrics().to_dict() == {
-                "today": today or {
+                "today": today
+                or {
                     "day": day_key(t),
                     "month": month_key(t),
                     **dict.fromkeys(SEED_FIELDS, 0),

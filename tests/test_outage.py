@@ -47,7 +47,6 @@ print("released", flush=True)
 """
 
 
-
 def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name.startswith("gso_analytics")]
 

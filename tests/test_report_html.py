@@ -1,36 +1,60 @@
-"""``gso-analytics report`` with KPIs: the date range, the text tables, ``--json``'s
-``kpis`` and the self-contained ``--html`` page.
+"""``gso-analytics report`` with KPIs: the date range, the headline, the text tables,
+``--json``'s ``headline`` and ``kpis``, ``--csv`` and the self-contained ``--html`` page.
 
 The page is checked three ways: it parses as well-formed HTML, it names no URL and
-loads nothing, and the numbers it embeds (each cell's ``data-value``) equal the JSON
-report of the same store and range. The last check is repeated on the DOM a real
-headless Chromium builds from the file, when Chromium is installed (CI does not
-install it; docs/reports.md gives the same command to run by hand).
+loads nothing, and the numbers it embeds (each card's and cell's ``data-value``) equal
+the JSON report of the same store and range. The last check is repeated on the DOM a
+real headless Chromium builds from the file, which also takes the screenshots at a
+laptop's width (1,200 px) and a phone's (390 px).
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
+import itertools
 import json
+import math
 import re
-import shutil
-import subprocess
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from browser import png_size
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gso_analytics import Analytics, open_store
 from gso_analytics.cli import kpi_range, main
-from gso_analytics.html_report import bar_chart, line_chart, read_html_numbers, render_html
-from gso_analytics.report import KPI_SECTIONS, collect_kpis
+from gso_analytics.html_report import (
+    LABEL_SPACING,
+    Axis,
+    Series,
+    _stickiness,
+    chart,
+    label_days,
+    read_html_numbers,
+    render_html,
+)
+from gso_analytics.report import (
+    HEADLINE_CARDS,
+    KPI_SECTIONS,
+    QuietRun,
+    collect_kpis,
+    table_rows,
+)
+
+if TYPE_CHECKING:
+    from browser import Chromium
 
 TODAY = "2026-03-12"
+FIRST_DAY = "2026-03-03"  # the demo's first day (10 days ending TODAY)
 END_OF_TODAY = datetime(2026, 3, 12, 23, 0, tzinfo=UTC)
 SECTIONS = [section.key for section in KPI_SECTIONS]
+EXPLICIT = ("--start", "2026-02-11")  # 30 days, 20 of them before the first player
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
@@ -52,51 +76,135 @@ def store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
+def _report(store_url: str, directory: Path, *options: str) -> dict[str, Any]:
+    page, tables = directory / "report.html", directory / "csv"
+    code, out, err = run_cli(
+        "report", "--json", "--store", store_url, "--today", TODAY,
+        "--html", str(page), "--csv", str(tables), *options,
+    )  # fmt: skip
+    assert code == 0, err
+    return {
+        "json": json.loads(out),
+        "path": page,
+        "html": page.read_text(encoding="utf-8"),
+        "csv": tables,
+    }
+
+
 @pytest.fixture(scope="module")
 def report(store_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One ``report --json --html`` run: its JSON and the page it wrote."""
-    page = tmp_path_factory.mktemp("html") / "report.html"
-    code, out, err = run_cli(
-        "report", "--json", "--store", store_url, "--today", TODAY, "--html", str(page)
-    )
-    assert code == 0, err
-    return {"json": json.loads(out), "path": page, "html": page.read_text(encoding="utf-8")}
+    """One ``report --json --html --csv`` run with the default range: its JSON, page, CSV."""
+    return _report(store_url, tmp_path_factory.mktemp("default"))
 
 
-def kpis_of(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    return {key: doc["kpis"][key] for key in SECTIONS}
+@pytest.fixture(scope="module")
+def explicit(store_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The same with ``--start 2026-02-11``: 20 days without a player, then the demo."""
+    return _report(store_url, tmp_path_factory.mktemp("explicit"), *EXPLICIT)
+
+
+def expected_numbers(doc: dict[str, Any]) -> dict[str, Any]:
+    """What a page must embed, from ``report --json``: every section's rows, the totals
+    rows, and each headline figure's value and previous value."""
+    kpis = doc["kpis"]
+    numbers: dict[str, Any] = {key: kpis[key] for key in SECTIONS if kpis[key]}
+    numbers["totals"] = kpis["totals"]
+    numbers["headline"] = {
+        name: {"value": figure["value"], "previous": figure["previous"]}
+        for name, figure in doc["headline"]["figures"].items()
+    }
+    return numbers
 
 
 # -- the range and the JSON ----------------------------------------------------------------
 
 
-def test_kpi_range_defaults_to_the_30_days_ending_today() -> None:
+def test_kpi_range_starts_at_the_first_day_with_data() -> None:
     today = date(2026, 3, 12)
-    assert kpi_range(None, None, today) == (date(2026, 2, 11), today)
-    assert kpi_range(date(2026, 3, 1), None, today) == (date(2026, 3, 1), today)  # not ahead
-    assert kpi_range(date(2026, 1, 1), None, today) == (date(2026, 1, 1), date(2026, 1, 30))
-    assert kpi_range(date(2026, 4, 1), None, today) == (date(2026, 4, 1), date(2026, 4, 1))
-    assert kpi_range(None, date(2026, 1, 31), today) == (date(2026, 1, 2), date(2026, 1, 31))
-    assert kpi_range(date(2026, 3, 5), date(2026, 3, 5), today) == (
+    asked: list[tuple[date, date]] = []
+
+    def first_data(lo: date, hi: date) -> date | None:
+        asked.append((lo, hi))
+        return date(2026, 3, 6) if lo <= date(2026, 3, 6) <= hi else None
+
+    assert kpi_range(None, None, today, first_data) == (date(2026, 3, 6), today)
+    assert asked == [(date(2026, 2, 11), today)]  # never before the 30 days ending today
+    assert kpi_range(None, date(2026, 3, 8), today, first_data) == (
+        date(2026, 3, 6),
+        date(2026, 3, 8),
+    )
+    # No data in the window: the range is the last day alone, not 30 days of zeros.
+    assert kpi_range(None, date(2026, 3, 5), today, first_data) == (date(2026, 3, 5),) * 2
+    assert kpi_range(None, None, today) == (today, today)
+    # An explicit --start is honoured as given, before the data or not.
+    asked.clear()
+    assert kpi_range(date(2026, 3, 1), None, today, first_data) == (date(2026, 3, 1), today)
+    assert kpi_range(date(2026, 1, 1), None, today, first_data) == (
+        date(2026, 1, 1),
+        date(2026, 1, 30),
+    )
+    assert kpi_range(date(2026, 4, 1), None, today, first_data) == (date(2026, 4, 1),) * 2
+    assert kpi_range(date(2026, 3, 5), date(2026, 3, 5), today, first_data) == (
         date(2026, 3, 5),
         date(2026, 3, 5),
     )
+    assert asked == []
 
 
-def test_json_kpis_equal_the_api(report: dict[str, Any], store_url: str) -> None:
-    doc = report["json"]["kpis"]
-    assert (doc["start"], doc["end"], doc["today"]) == ("2026-02-11", TODAY, TODAY)
+def test_json_equals_the_api(report: dict[str, Any], store_url: str) -> None:
+    doc = report["json"]
+    kpis = doc["kpis"]
+    assert (kpis["start"], kpis["end"], kpis["today"]) == (FIRST_DAY, TODAY, TODAY)
     with open_store(store_url) as store:
         analytics = Analytics(store, clock=lambda: END_OF_TODAY)
-        expected = collect_kpis(analytics.kpis, date(2026, 2, 11), date(2026, 3, 12))
-        days = analytics.kpis.active_users("2026-02-11", TODAY)
+        expected = collect_kpis(analytics.kpis, date(2026, 3, 3), date(2026, 3, 12))
+        headline = analytics.kpis.headline(FIRST_DAY, TODAY).to_dict()
         analytics.stop()
-    assert doc == expected
-    assert [row["day"] for row in doc["activeUsers"]] == [row.day for row in days]
-    assert len(doc["activeUsers"]) == len(doc["economy"]) == 30
-    assert doc["retention"][0]["cohort"] == "2026-03-03"  # the demo's first
-    assert sum(row["users"] for row in doc["retention"]) == 80
-    assert doc["retention"][-1]["d1"] is None  # today's cohort: day 1 is tomorrow
+    assert doc["headline"] == expected.pop("headline") == headline
+    assert kpis == expected
+    assert kpis["activeUsers"][0]["day"] == FIRST_DAY
+    assert len(kpis["activeUsers"]) == len(kpis["economy"]) == 10
+    assert kpis["firstDataDay"] == FIRST_DAY
+    assert kpis["retention"][0]["cohort"] == FIRST_DAY
+    assert sum(row["users"] for row in kpis["retention"]) == 80
+    assert kpis["retention"][-1]["d1"] is None  # today's cohort: day 1 is tomorrow
+    assert list(doc["headline"]["figures"]) == [card.name for card in HEADLINE_CARDS]
+    assert (doc["headline"]["previousStart"], doc["headline"]["previousEnd"]) == (
+        "2026-02-21",
+        "2026-03-02",
+    )
+
+
+def test_explicit_range_is_honoured(explicit: dict[str, Any]) -> None:
+    kpis = explicit["json"]["kpis"]
+    assert (kpis["start"], kpis["end"]) == ("2026-02-11", TODAY)
+    assert len(kpis["activeUsers"]) == 30
+    assert kpis["firstDataDay"] == FIRST_DAY
+
+
+def test_totals_sum_up_the_rows(report: dict[str, Any]) -> None:
+    """Each totals row from the rows themselves (and distinct payers from the store)."""
+    kpis = report["json"]["kpis"]
+    totals = kpis["totals"]
+    for field in ("creditsEarned", "creditsSpent", "gemsNet"):
+        assert totals["economy"][field] == sum(row[field] for row in kpis["economy"])
+    assert totals["sessions"]["sessions"] == sum(row["sessions"] for row in kpis["sessions"])
+    user_days = sum(row["dau"] for row in kpis["activeUsers"])
+    assert totals["sessions"]["sessionsPerUser"] == pytest.approx(
+        totals["sessions"]["sessions"] / user_days
+    )
+    assert totals["activeUsers"]["dau"] == pytest.approx(user_days / len(kpis["activeUsers"]))
+    revenue = sum(row["revenueCents"] for row in kpis["revenue"])
+    payers = report["json"]["headline"]["figures"]["payingUsers"]["value"]
+    assert totals["revenue"]["revenueCents"] == revenue
+    assert totals["revenue"]["payingUsers"] == payers
+    assert 0 < payers <= sum(row["payingUsers"] for row in kpis["revenue"])  # distinct
+    assert totals["revenue"]["arpdauCents"] == pytest.approx(revenue / user_days)
+    known = [row for row in kpis["retention"] if row["d1"] is not None]
+    assert totals["retention"]["d1Rate"] == pytest.approx(
+        sum(row["d1"] for row in known) / sum(row["users"] for row in known)
+    )
+    assert totals["retention"]["d30"] is None and totals["retention"]["d30Rate"] is None
 
 
 def test_start_and_end_choose_the_range(store_url: str) -> None:
@@ -105,13 +213,18 @@ def test_start_and_end_choose_the_range(store_url: str) -> None:
         "--start", "2026-03-05", "--end", "2026-03-07",
     )  # fmt: skip
     assert code == 0, err
-    kpis = json.loads(out)["kpis"]
+    doc = json.loads(out)
+    kpis = doc["kpis"]
     assert [row["day"] for row in kpis["revenue"]] == ["2026-03-05", "2026-03-06", "2026-03-07"]
     assert [row["cohort"] for row in kpis["retention"]] == [
         "2026-03-05",
         "2026-03-06",
         "2026-03-07",
     ]
+    assert (doc["headline"]["start"], doc["headline"]["previousEnd"]) == (
+        "2026-03-05",
+        "2026-03-04",
+    )
 
 
 def test_start_after_end_is_exit_2(store_url: str) -> None:
@@ -122,21 +235,69 @@ def test_start_after_end_is_exit_2(store_url: str) -> None:
     assert "--start 2026-03-07 is after --end 2026-03-05" in err
 
 
-def test_unwritable_html_is_exit_2(store_url: str, tmp_path: Path) -> None:
-    target = tmp_path / "missing-dir" / "out.html"
-    code, _, err = run_cli("report", "--store", store_url, "--today", TODAY, "--html", str(target))
+@pytest.mark.parametrize("option", ["--html", "--csv"])
+def test_unwritable_output_is_exit_2(store_url: str, tmp_path: Path, option: str) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code, _, err = run_cli(
+        "report", "--store", store_url, "--today", TODAY, option, str(blocker / "out")
+    )
     assert code == 2
     assert err.startswith("gso-analytics: error: cannot write") and "Traceback" not in err
+
+
+# -- CSV -------------------------------------------------------------------------------------
+
+
+def _csv_cell(value: Any) -> str:
+    """How a JSON value reads back from a CSV cell: empty for unknown, else its text."""
+    return "" if value is None else str(value)
+
+
+@pytest.mark.parametrize("which", ["report", "explicit"])
+def test_csv_files_hold_the_json_numbers(which: str, request: pytest.FixtureRequest) -> None:
+    report = request.getfixturevalue(which)
+    doc, directory = report["json"], report["csv"]
+    names = sorted(path.name for path in directory.iterdir())
+    assert names == sorted(["headline.csv", *(f"{key}.csv" for key in SECTIONS)])
+    for section in KPI_SECTIONS:
+        with (directory / f"{section.key}.csv").open(encoding="utf-8", newline="") as file:
+            header, *rows = list(csv.reader(file))
+        assert header == [column.field for column in section.columns]
+        # Every day, oldest first, nothing folded and no totals: the JSON rows exactly.
+        assert rows == [[_csv_cell(row[f]) for f in header] for row in doc["kpis"][section.key]]
+    with (directory / "headline.csv").open(encoding="utf-8", newline="") as file:
+        read = list(csv.DictReader(file))
+    figures = doc["headline"]["figures"]
+    assert [line["figure"] for line in read] == list(figures)
+    for line in read:
+        figure = figures[line["figure"]]
+        assert [line[k] for k in ("value", "previous", "change")] == [
+            _csv_cell(figure[k]) for k in ("value", "previous", "change")
+        ]
+        assert (line["start"], line["end"]) == (doc["headline"]["start"], doc["headline"]["end"])
 
 
 # -- the text report -----------------------------------------------------------------------
 
 
+def test_text_report_opens_with_the_headline(store_url: str, report: dict[str, Any]) -> None:
+    code, out, _ = run_cli("report", "--store", store_url, "--today", TODAY)
+    assert code == 0
+    headline = out.split("\n\n", 1)[0].splitlines()
+    assert headline[0] == (f"Headline {FIRST_DAY} to {TODAY} (change vs 2026-02-21 to 2026-03-02)")
+    figures = report["json"]["headline"]["figures"]
+    body = "\n".join(headline[1:])
+    for card in HEADLINE_CARDS:
+        shown = card.fmt(figures[card.name]["value"])
+        assert re.search(rf"{re.escape(card.label)}\s+{re.escape(shown)}\s", body + " "), card
+
+
 def test_text_report_prints_the_kpi_tables_after_the_metrics(store_url: str) -> None:
     code, out, _ = run_cli("report", "--store", store_url, "--today", TODAY)
     assert code == 0
-    metrics, kpis = out.split("\nKPIs 2026-02-11 to 2026-03-12 (today 2026-03-12)\n", 1)
-    assert "Today 2026-03-12" in metrics and "Last 10 days" in metrics
+    metrics, kpis = out.split(f"\nKPIs {FIRST_DAY} to 2026-03-12 (today 2026-03-12)\n", 1)
+    assert "\nToday 2026-03-12" in metrics and "Last 10 days" in metrics
     for section in KPI_SECTIONS:
         assert f"\n{section.title}\n" in f"\n{kpis}"
     assert re.search(r"Cohort\s+Users\s+D1\s+D1 %\s+D7\s+D7 %\s+D30\s+D30 %", kpis)
@@ -146,13 +307,103 @@ def test_text_report_prints_the_kpi_tables_after_the_metrics(store_url: str) -> 
     row = re.search(r"^2026-03-03\s+(\d+)\s+(\d+)\s+([\d.]+)%.*\s-\s+-$", kpis, re.MULTILINE)
     assert row is not None, kpis
     assert float(row[3]) == pytest.approx(100 * int(row[2]) / int(row[1]), abs=0.05)
-    assert max(len(line) for line in kpis.splitlines()) <= 120
+    # Newest first, like the days above, and a totals row at the bottom.
+    table = kpis.split("\nActive users")[1].split("\n\n")[0]
+    days = re.findall(r"^(2026-03-\d\d)  ", table, re.MULTILINE)
+    assert days == sorted(days, reverse=True) and days[0] == TODAY
+    assert re.search(r"^All cohorts\s+80\s", kpis, re.MULTILINE)
+    head = out.split("\n\n", 1)[0]
+    assert max(len(line) for line in f"{head}\n{kpis}".splitlines()) <= 120
+
+
+def test_text_report_folds_days_without_activity(store_url: str) -> None:
+    code, out, _ = run_cli("report", "--store", store_url, "--today", TODAY, *EXPLICIT)
+    assert code == 0
+    kpis = out.split("\nKPIs ", 1)[1]
+    # Every day table but retention (cohorts have players by definition) folds them.
+    assert kpis.count("(2026-02-11 to 2026-03-02: 20 days, no activity)") == 4
+    assert "\n2026-02-20  " not in kpis
 
 
 def test_text_report_of_an_empty_store_says_so() -> None:
     code, out, _ = run_cli("report", "--store", "memory://", "--today", TODAY)
     assert code == 0
     assert "Retention by cohort (first login day)\n  (none in this range)" in out
+    assert re.search(r"D7 retention\s+-  not measurable yet", out)
+
+
+# -- newest first, quiet days folded ---------------------------------------------------------
+
+ACTIVITY = next(section for section in KPI_SECTIONS if section.key == "sessions")
+
+
+@given(st.lists(st.booleans(), max_size=40))
+def test_table_rows_fold_every_quiet_run_and_keep_every_row(active: list[bool]) -> None:
+    rows = [{"day": f"d{i:02d}", "sessions": int(on)} for i, on in enumerate(active)]
+    shown = table_rows(ACTIVITY, rows)
+    flat = [r for item in shown for r in (item.rows if isinstance(item, QuietRun) else [item])]
+    assert flat == rows[::-1]  # all of them, newest first
+    for item in shown:
+        if isinstance(item, QuietRun):
+            assert len(item.rows) >= 2 and not any(r["sessions"] for r in item.rows)
+    for before, after in itertools.pairwise(shown):
+        quiet = [not isinstance(x, QuietRun) and not x["sessions"] for x in (before, after)]
+        assert not all(quiet)  # two quiet days side by side are always folded
+        assert not (isinstance(before, QuietRun) and isinstance(after, QuietRun))
+
+
+# -- charts ------------------------------------------------------------------------------------
+
+
+@given(st.integers(1, 400), st.floats(80, 1000))
+def test_day_labels_never_overlap_and_the_newest_is_labelled(count: int, width: float) -> None:
+    chosen = label_days(count, width)
+    slot = width / count
+    assert chosen[-1] == count - 1
+    assert all((b - a) * slot >= LABEL_SPACING - 1e-9 for a, b in itertools.pairwise(chosen))
+    # Not sparser than needed: one step less would bring two labels too close.
+    if len(chosen) > 1:
+        assert (chosen[1] - chosen[0] - 1) * slot < LABEL_SPACING - 1e-9
+
+
+@given(
+    st.one_of(st.just(0.0), st.floats(1e-6, 1e9)),
+    st.one_of(st.none(), st.just(1.0)),
+)
+def test_axis_covers_the_peak_with_round_steps(peak: float, cap: float | None) -> None:
+    axis = Axis.over(peak, cap)
+    assert 1 <= axis.steps <= 5
+    mantissa = axis.step / 10 ** math.floor(math.log10(axis.step))
+    assert round(mantissa, 6) in (1, 2, 2.5, 5, 10)  # 10: log10 rounding of 10^k
+    if cap is None or peak <= cap:
+        assert axis.top >= peak or axis.top == pytest.approx(peak)
+    if cap is not None:
+        assert axis.top <= cap + 1e-9
+
+
+def test_stickiness_is_a_gap_before_a_week_of_data(explicit: dict[str, Any]) -> None:
+    kpis = explicit["json"]["kpis"]
+    values = _stickiness(kpis)
+    defined_from = date(2026, 3, 3) + timedelta(days=6)
+    for row, value in zip(kpis["activeUsers"], values, strict=True):
+        if date.fromisoformat(row["day"]) < defined_from:
+            assert value is None  # launch day's 100% is not drawn
+        else:
+            assert value == row["stickiness"]
+    assert kpis["activeUsers"][20]["stickiness"] == 1.0  # what the gap hides
+
+
+def test_a_chart_draws_gaps_and_a_legend_entry_per_series() -> None:
+    days = [f"2026-01-{d:02d}" for d in range(1, 8)]
+    page = chart(
+        "t",
+        days,
+        [Series("a", [1.0, 2.0, None, None, 3.0, 4.0, 5.0]), Series("b", [0.0] * 7)],
+    )
+    wide = page.split('<svg class="narrow"')[0]
+    assert wide.count("<polyline") == 3  # a: two runs around the gap; b: one
+    assert page.count("<span><i") == 2
+    assert "nan" not in page.lower()
 
 
 # -- the HTML page -------------------------------------------------------------------------
@@ -196,12 +447,17 @@ def test_html_is_well_formed(report: dict[str, Any]) -> None:
     assert parser.stack == []
     names = [tag for tag, _ in parser.tags]
     assert names[:2] == ["html", "head"]
-    assert names.count("svg") == 3  # active users, stickiness, revenue
-    assert {"polyline", "rect", "table", "style", "title"} <= set(names)
+    # Seven charts (players, stickiness, revenue, sessions, play time, credits, gems),
+    # each drawn for a wide and a narrow screen.
+    assert names.count("figure") == 7 and names.count("svg") == 14
+    assert {"polyline", "rect", "circle", "table", "tfoot", "style", "title"} <= set(names)
+    cards = [attrs["data-kpi"] for tag, attrs in parser.tags if attrs.get("class") == "card"]
+    assert cards == [card.name for card in HEADLINE_CARDS]
 
 
-def test_html_is_self_contained(report: dict[str, Any]) -> None:
-    page = report["html"]
+@pytest.mark.parametrize("which", ["report", "explicit"])
+def test_html_is_self_contained(which: str, request: pytest.FixtureRequest) -> None:
+    page = request.getfixturevalue(which)["html"]
     lowered = page.lower()
     for needle in ("http://", "https://", "//cdn", "<script", "<link", "@import", "url(", "src="):
         assert needle not in lowered, needle
@@ -210,28 +466,38 @@ def test_html_is_self_contained(report: dict[str, Any]) -> None:
     for tag, attrs in parser.tags:
         for name, value in attrs.items():
             assert name not in {"src", "href", "srcset", "action"}, (tag, name, value)
+            assert not name.startswith("on"), (tag, name, value)  # no script in attributes
 
 
-def test_html_numbers_equal_the_json(report: dict[str, Any]) -> None:
-    assert read_html_numbers(report["html"]) == kpis_of(report["json"])
+@pytest.mark.parametrize("which", ["report", "explicit"])
+def test_html_numbers_equal_the_json(which: str, request: pytest.FixtureRequest) -> None:
+    report = request.getfixturevalue(which)
+    assert read_html_numbers(report["html"]) == expected_numbers(report["json"])
 
 
 class CellTexts(HTMLParser):
-    """What a reader sees: each table's visible cell texts, row by row."""
+    """What a reader sees: each table's visible cell texts, row by row (the rows of days
+    and cohorts, in page order), and the fold lines."""
 
     def __init__(self) -> None:
         super().__init__()
         self.tables: dict[str, list[list[str]]] = {}
+        self.folds: list[str] = []
         self._table: list[list[str]] | None = None
+        self._row: list[str] | None = None
         self._cell: list[str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        kpi = dict(attrs).get("data-kpi")
-        if tag == "table" and kpi:
-            self._table = self.tables.setdefault(kpi, [])
+        found = dict(attrs)
+        if tag == "table" and found.get("data-kpi"):
+            self._table = self.tables.setdefault(found["data-kpi"] or "", [])
         elif tag == "tr" and self._table is not None:
-            self._table.append([])
-        elif tag == "td" and self._table is not None:
+            self._row = [] if "data-key" in found else None
+            if self._row is not None:
+                self._table.append(self._row)
+            if found.get("class") == "fold":
+                self._cell = []
+        elif tag == "td" and self._row is not None:
             self._cell = []
 
     def handle_data(self, data: str) -> None:
@@ -239,94 +505,71 @@ class CellTexts(HTMLParser):
             self._cell.append(data)
 
     def handle_endtag(self, tag: str) -> None:
-        if tag == "td" and self._cell is not None and self._table is not None:
-            self._table[-1].append("".join(self._cell))
+        if tag == "td" and self._cell is not None and self._row is not None:
+            self._row.append("".join(self._cell))
+            self._cell = None
+        elif tag == "tr" and self._cell is not None:
+            self.folds.append("".join(self._cell))
             self._cell = None
         elif tag == "table":
             self._table = None
 
 
-def test_html_visible_cells_show_the_json_numbers(report: dict[str, Any]) -> None:
-    """Not only the data attributes: the text a person reads says the same."""
+def test_html_tables_show_the_json_numbers_newest_first(report: dict[str, Any]) -> None:
+    """Not only the data attributes: the text a person reads says the same, newest first."""
     parser = CellTexts()
     parser.feed(report["html"])
-    rows = [row for row in parser.tables["activeUsers"] if row]
-    doc = report["json"]["kpis"]["activeUsers"]
+    doc = report["json"]["kpis"]
+    rows = parser.tables["activeUsers"]
     assert [[int(cell.replace(",", "")) for cell in row[1:4]] for row in rows] == [
-        [day["dau"], day["wau"], day["mau30"]] for day in doc
+        [day["dau"], day["wau"], day["mau30"]] for day in reversed(doc["activeUsers"])
     ]
-    revenue = [row for row in parser.tables["revenue"] if row]
-    assert [row[1] for row in revenue] == [
-        f"${day['revenueCents'] / 100:,.2f}" for day in report["json"]["kpis"]["revenue"]
+    assert [row[0] for row in rows] == [day["day"] for day in reversed(doc["activeUsers"])]
+    assert [row[1] for row in parser.tables["revenue"]] == [
+        f"${day['revenueCents'] / 100:,.2f}" for day in reversed(doc["revenue"])
     ]
+    assert parser.folds == []  # the default range begins with the data: nothing to fold
 
 
-def test_html_of_an_empty_range_and_flat_charts() -> None:
-    doc = {
-        "start": "2026-01-01",
-        "end": "2026-01-02",
-        "today": "2026-01-02",
-        "retention": [],
-        "activeUsers": [
-            {"day": d, "dau": 0, "wau": 0, "mau30": 0, "stickiness": 0.0}
-            for d in ("2026-01-01", "2026-01-02")
-        ],
-        "revenue": [],
-        "sessions": [],
-        "economy": [],
-    }
+def test_html_folds_days_without_activity(explicit: dict[str, Any]) -> None:
+    parser = CellTexts()
+    parser.feed(explicit["html"])
+    assert parser.folds == ["2026-02-11 to 2026-03-02: 20 days, no activity show"] * 4
+    page = explicit["html"]
+    # Folded, not removed: the rows are in the page (hidden by CSS), a checkbox shows them.
+    assert page.count('<tr class="quiet"') == 4 * 20
+    assert page.count('class="unfold"') == 4
+    assert len(parser.tables["activeUsers"]) == 30
+
+
+def test_html_of_an_empty_store() -> None:
+    with open_store("memory://") as store:
+        analytics = Analytics(store, clock=lambda: END_OF_TODAY)
+        doc = collect_kpis(analytics.kpis, date(2026, 3, 12), date(2026, 3, 12))
+        analytics.stop()
     page = render_html(doc)
     assert "None in this range." in page
-    assert read_html_numbers(page) == {"activeUsers": doc["activeUsers"]}
-    assert "nan" not in line_chart("t", ["2026-01-01"], [("a", [0.0])]).lower()
-    assert "<rect" in bar_chart("t", ["2026-01-01", "2026-01-02"], [0, 250])
+    numbers = read_html_numbers(page)
+    assert numbers["activeUsers"] == doc["activeUsers"]
+    assert numbers["headline"]["d1Rate"] == {"value": None, "previous": None}
+    assert "nan" not in page.lower()
 
 
 # -- a real browser ------------------------------------------------------------------------
 
 
-def _chromium() -> str | None:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None and Path("/usr/bin/chromium").exists():
-        found = "/usr/bin/chromium"
-    return found
-
-
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
-
-
 @pytest.mark.slow
+@pytest.mark.parametrize("which", ["report", "explicit"])
 def test_chromium_renders_the_page_with_the_json_numbers(
-    report: dict[str, Any], tmp_path: Path
+    which: str, request: pytest.FixtureRequest, chromium: Chromium, tmp_path: Path
 ) -> None:
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("chromium is not installed (apt-get install chromium); see docs/reports.md")
-    base = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
-    url = report["path"].resolve().as_uri()
-    dom = subprocess.run(
-        [*base, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert read_html_numbers(dom.stdout) == kpis_of(report["json"])
-    assert dom.stdout.count("<svg") == 3
-    shot = tmp_path / "page.png"
-    done = subprocess.run(
-        [*base, "--window-size=1200,1600", f"--screenshot={shot}", url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert shot.stat().st_size > 10_000  # a blank page is a few KB
+    """The DOM Chromium builds holds the JSON's numbers; screenshots at a laptop's and a
+    phone's width (kept in the test's tmp directory; the docs say how to look)."""
+    report = request.getfixturevalue(which)
+    dom = chromium.dump_dom(report["path"])
+    assert read_html_numbers(dom) == expected_numbers(report["json"])
+    assert dom.count("<svg") == 14
+    for width, height in ((1200, 2600), (390, 5200)):
+        shot = chromium.screenshot(report["path"], width, height, tmp_path / f"page-{width}.png")
+        assert png_size(shot) == (width, height)
+        assert shot.stat().st_size > 40_000  # a blank page is a few KB

@@ -88,6 +88,7 @@ class Command(BaseCommand):
                 end=options["end"],
                 html=options["html"],
                 as_json=options["json"],
+                csv=options["csv"],
             )
         finally:
             if reader is not analytics:
