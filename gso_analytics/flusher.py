@@ -48,6 +48,7 @@ class Flusher:
         quarantine_after: int = 5,
         dead_letters: DeadLetters | None = None,
         heartbeat: Callable[[], None] | None = None,
+        prepare: Callable[[FlushBatch], FlushBatch] | None = None,
     ) -> None:
         self.store = store
         self.aggregator = aggregator
@@ -58,6 +59,9 @@ class Flusher:
         self.quarantine_after = quarantine_after
         self.dead_letters = dead_letters
         self.heartbeat = heartbeat
+        #: Applied to each batch as it leaves the buffer (pseudonymous ids), here on
+        #: the flush thread rather than in the caller's ``track()``.
+        self.prepare = prepare
         self._reset()
 
     def _reset(self) -> None:
@@ -98,7 +102,7 @@ class Flusher:
             try:
                 batch = self.aggregator.swap()
                 if not batch.is_empty():
-                    self._pending.append(batch)
+                    self._pending.append(batch if self.prepare is None else self.prepare(batch))
                 # The batch in flight still counts toward max_buffered_events: a store
                 # that hangs must not let a second bufferful in beside it.
                 self.aggregator.backlog = self.pending

@@ -11,6 +11,7 @@ claims the batch id, so a retried batch is never counted twice.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
@@ -20,8 +21,18 @@ from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Self
 
-from .clock import from_ms, to_ms
+from .clock import from_ms, iso_from_ms, to_ms
 from .counters import NEW_USERS
+from .erasure import (
+    ErasureReceipt,
+    UserRecords,
+    batch_users,
+    keyed_hash,
+    new_secret,
+    new_token,
+    rename_users,
+    session_export,
+)
 from .errors import ConfigurationError
 from .model import (
     ApplyResult,
@@ -52,6 +63,8 @@ MAX_RETRY_AGE = MIN_BATCH_RETENTION - timedelta(days=1)
 #: How long the prune job keeps a heartbeat after it expired (it is not read any more;
 #: kept a little for someone looking into the store after a crash).
 HEARTBEAT_KEPT = timedelta(hours=1)
+#: The most events :meth:`Store.export_user` reads (the event TTL bounds them anyway).
+EXPORT_EVENT_LIMIT = 2**31 - 1
 #: Expired events are deleted at most this many per transaction, so a writer waits for
 #: one chunk, never for the whole prune.
 PRUNE_CHUNK = 5000
@@ -175,6 +188,34 @@ class Transaction(ABC):
     def delete_batches_before(self, cutoff: datetime) -> None:
         """Forget batch ids claimed before ``cutoff``."""
 
+    # -- players' data rights (see :mod:`.erasure`) -----------------------------------
+
+    @abstractmethod
+    def erasure_secret(self, candidate: str) -> str:
+        """The store's erasure secret: ``candidate`` is stored when there is none yet
+        (two processes racing keep one of theirs), and the stored one returned."""
+
+    @abstractmethod
+    def tombstones(self, hashes: Mapping[str, str]) -> dict[str, str]:
+        """For ``hashes`` (user -> keyed hash), the erased users: user -> token. A store
+        whose transactions are snapshots must make this read conflict with an erase of
+        the same user (MongoDB writes a document of each user both touch)."""
+
+    @abstractmethod
+    def add_tombstone(self, key_hash: str, token: str, at: datetime) -> str | None:
+        """Record the tombstone ``key_hash -> token`` unless there is one for
+        ``key_hash``; return the token already there, or None when it is new."""
+
+    @abstractmethod
+    def rename_user(self, user_id: str, token: str) -> dict[str, int]:
+        """Replace ``user_id`` by ``token`` in every per-player record (activity
+        records, registrations, first days, revenue, sessions without the username,
+        logout marks); return how many records changed, per collection."""
+
+    @abstractmethod
+    def delete_user_events(self, user_id: str) -> int:
+        """Delete the player's events; return how many."""
+
 
 class Store(ABC):
     """Where aggregates live. Subclasses implement :meth:`transaction` and the reads.
@@ -294,6 +335,10 @@ class Store(ABC):
     def forget_heartbeats(self, expired_before: datetime) -> None:
         """Delete the records whose ``expires_at`` is before ``expired_before``."""
 
+    def user_records(self, user_id: str) -> UserRecords:
+        """What the store keeps about one player besides sessions and events."""
+        raise self._no_kpi_reads("user_records")
+
     def close(self) -> None:  # noqa: B027 - a store without resources has nothing to close
         """Release connections. Safe to call twice."""
 
@@ -320,12 +365,59 @@ class Store(ABC):
         results = []
         for part in batch.parts(self.max_part_players):
             with self.transaction() as tx:
-                results.append(apply_batch(tx, part))
+                key = self._erasure_key or tx.erasure_secret(new_secret())
+                results.append(apply_batch(tx, part, key))
+            self._erasure_key = key  # committed: the key is the store's
         return ApplyResult(
             duplicate=all(r.duplicate for r in results),
             new_day_users=sum(r.new_day_users for r in results),
             unmatched_logouts=sum(r.unmatched_logouts for r in results),
         )
+
+    # -- players' data rights ----------------------------------------------------------
+
+    _erasure_key: str | None = None
+
+    def erasure_key(self) -> str:
+        """The store's erasure secret (made by the first process that needs it, then
+        read once per process, inside the first batch's transaction when a batch comes
+        first): the key of the tombstones' hashes."""
+        if self._erasure_key is None:
+            with self.transaction() as tx:
+                self._erasure_key = tx.erasure_secret(new_secret())
+        return self._erasure_key
+
+    def erase_user(self, user_id: str, at: datetime) -> ErasureReceipt:
+        """Erase one player in one transaction: the tombstone first (an existing one
+        keeps its token, so a second call changes nothing), then the player's id
+        replaced by the token wherever it makes a distinct count, the events deleted.
+        A batch of that player applied later is renamed by :func:`apply_batch`."""
+        key_hash = keyed_hash(self.erasure_key(), user_id)
+        with self.transaction() as tx:
+            token = new_token()
+            existing = tx.add_tombstone(key_hash, token, at)
+            renamed = tx.rename_user(user_id, existing or token)
+            deleted = tx.delete_user_events(user_id)
+        return ErasureReceipt(renamed, {"events": deleted}, already_erased=existing is not None)
+
+    def export_user(self, user_id: str) -> dict[str, Any]:
+        """Everything stored about one player (the id as stored), JSON-ready."""
+        records = self.user_records(user_id)
+        return {
+            "userId": user_id,
+            "sessions": [session_export(s) for s in self.get_sessions(user_id)],
+            "events": [
+                {"ts": iso_from_ms(e.ts_ms), "event": e.event, "data": json.loads(e.data),
+                 "day": e.day}
+                for e in self.get_events(user_id, limit=EXPORT_EVENT_LIMIT)
+            ],
+            "daysActive": records.days_active,
+            "monthsActive": records.months_active,
+            "registeredOn": records.registered_days,
+            "firstSeen": records.first_seen,
+            "firstPayment": records.first_payment,
+            "revenueCents": records.revenue_cents,
+        }
 
     def prune(self, now: datetime, event_ttl: timedelta, session_timeout: timedelta) -> PruneResult:
         """Delete expired events; time out sessions open longer than ``session_timeout``
@@ -403,14 +495,22 @@ def last_expired(now: datetime, event_ttl: timedelta) -> datetime:
     return from_ms(to_ms(now - event_ttl))
 
 
-def apply_batch(tx: Transaction, batch: FlushBatch) -> ApplyResult:
-    """Translate a batch into :class:`Transaction` calls. Shared by every backend."""
+def apply_batch(tx: Transaction, batch: FlushBatch, erasure_key: str) -> ApplyResult:
+    """Translate a batch into :class:`Transaction` calls. Shared by every backend.
+
+    Players erased before (a tombstone under ``erasure_key``, the store's secret) are
+    renamed to their tokens, and their events dropped, inside the transaction that
+    writes their records: an erase committed before it is always seen."""
     created_at = batch.created_at
     if created_at is None:
         raise ValueError("a batch must carry created_at before it is applied")
     tx.record_intent(batch)
     if not tx.claim_batch(batch.id, created_at):
         return ApplyResult(duplicate=True)
+    users = batch_users(batch)
+    if users:
+        erased = tx.tombstones({user: keyed_hash(erasure_key, user) for user in users})
+        batch = rename_users(batch, erased, keep_events=False)
     daily: defaultdict[str, defaultdict[str, Number]] = defaultdict(lambda: defaultdict(int))
     for day, fields in batch.counters.items():
         daily[day].update(fields)

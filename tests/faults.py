@@ -293,8 +293,9 @@ class FaultyStore(Store):
             else:
                 raise fault.error(f"injected failure inside the transaction after {statement}")
 
+        key = self.inner.erasure_key()
         with self.inner.transaction() as tx:
-            result = apply_batch(_FaultyTransaction(tx, hook), batch)  # type: ignore[arg-type]
+            result = apply_batch(_FaultyTransaction(tx, hook), batch, key)  # type: ignore[arg-type]
         if not fired:
             raise AssertionError(f"the batch never called {fault.statement}: bad test setup")
         return result

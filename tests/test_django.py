@@ -394,6 +394,19 @@ def test_command_prune_uses_the_projects_rules(
     assert analytics.get_metrics().active_sessions == 0
 
 
+def test_command_export_user_and_erase(configure: Callable[..., Analytics]) -> None:
+    """``manage.py gso_analytics export-user ID`` and ``erase ID`` on the project's store."""
+    analytics = configure(**BASE)
+    analytics.on_login("u-django", "Dj")
+    analytics.track("credits.earn", "u-django", {"amount": 3})
+    export = json.loads(run_command("export-user", "u-django"))
+    assert export["sessions"][0]["username"] == "Dj" and len(export["events"]) == 1
+    receipt = json.loads(run_command("erase", "u-django"))
+    assert receipt["pseudonymized"]["sessions"] == 1 and receipt["deleted"] == {"events": 1}
+    assert json.loads(run_command("export-user", "u-django"))["sessions"] == []
+    assert analytics.get_metrics().dau == 1  # the day still counts the player
+
+
 @pytest.mark.parametrize("args", [(), ("report", "--days", "31"), ("explode",)])
 def test_command_usage_errors(game: Analytics, args: tuple[str, ...]) -> None:
     with pytest.raises(CommandError):

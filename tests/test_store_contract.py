@@ -1086,3 +1086,161 @@ def test_count_day_users_counts_each_user_once_in_the_range(store: Store, clock:
     assert store.count_day_users("2025-03-02", "2025-03-05") == 3
     assert store.count_day_users("2025-03-03", "2025-03-04") == 0
     assert store.count_day_users("2025-02-01", "2025-03-31") == len(set().union(*activity.values()))
+
+
+# -- players' data rights: erase and export ------------------------------------------------
+
+ALICE, ALICE_NAME = "player-alice-4711", "AliceWonderName"
+
+
+def raw_dump(store: Store) -> str:
+    """Every stored record of ``store``, as text, whatever the backend: what an erase
+    must leave without the player's id or username."""
+    from gso_analytics.backends.memory import MemoryStore
+    from gso_analytics.backends.mongo import MongoStore
+    from gso_analytics.backends.sqlite import SQLiteStore
+
+    if isinstance(store, MemoryStore):
+        return repr(store._state)
+    if isinstance(store, SQLiteStore):
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:
+            sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+            tables = [r[0] for r in conn.execute(sql)]
+            return repr({t: conn.execute(f"SELECT * FROM {t}").fetchall() for t in tables})
+    assert isinstance(store, MongoStore)
+    db = store._db()
+    return repr({name: list(db[name].find()) for name in db.list_collection_names()})
+
+
+def _figures(store: Store, days: tuple[str, str]) -> dict[str, Any]:
+    """The numbers an erase must not change: the days' counters, the month, the
+    distinct counts behind retention and revenue, and the sessions' shape."""
+    start, end = days
+    return {
+        "days": [d.to_dict() for d in store.days_between(start, end)],
+        "month": store.get_month(start[:7]),
+        "active": {d: len(u) for d, u in store.day_users_between(start, end).items()},
+        "cohorts": {d: len(u) for d, u in store.first_seen_between(start, end).items()},
+        "payers": {d: len(u) for d, u in store.first_payments_between(start, end).items()},
+        "revenue": {
+            d: sorted(p.values()) for d, p in store.user_revenue_between(start, end).items()
+        },
+        "users_with_sessions": len({s.user_id for s in store.sessions_between(start, end)}),
+        "open": store.count_open_sessions(),
+    }
+
+
+def _play_two_days(a: Any, clock: FakeClock) -> None:
+    a.on_login(ALICE, ALICE_NAME)
+    a.track("stripe.payment", ALICE, {"amountCents": 499, "note": ALICE_NAME})
+    a.on_login("bob", "Bob")
+    clock.advance(minutes=30)
+    a.on_logout(ALICE)
+    a.track("credits.earn", "bob", {"amount": 5})
+    a.flush()
+    clock.advance(days=1)
+    a.on_login(ALICE, ALICE_NAME)
+    a.track("credits.earn", ALICE, {"amount": 7})
+    a.flush()
+
+
+def test_erase_removes_the_player_and_keeps_every_figure(
+    store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """After the erase, with a call of the player still buffered in another worker and
+    flushed after it: no stored record holds the id or the username, every figure of
+    both days is what it was (plus the late call's own counters), the late call went to
+    the same token, and the other player is untouched."""
+    a = make_analytics(store, forwarders=[])
+    worker = make_analytics(other_store, forwarders=[])
+    _play_two_days(a, clock)
+    clock.advance(minutes=10)
+    worker.track("stripe.payment", ALICE, {"amountCents": 100})  # buffered in "another process"
+    worker.on_logout(ALICE)
+    days = ("2025-03-14", "2025-03-15")
+    before = _figures(store, days)
+    bob_before = store.export_user("bob")
+    assert ALICE in raw_dump(store) and ALICE_NAME in raw_dump(store)
+
+    receipt = a.erase_user(ALICE)
+    assert receipt.pseudonymized["day_users"] == 2
+    assert receipt.pseudonymized["sessions"] == 2
+    assert receipt.deleted["events"] == 2
+    assert not receipt.already_erased
+    worker.flush()  # the late batch: its calls of the player must go to the token
+
+    dump = raw_dump(store)
+    assert ALICE not in dump and ALICE_NAME not in dump
+    after = _figures(store, days)
+    # The late call: one more payment of the same (renamed) payer on day 2, and the
+    # logout closing the renamed open session; the distinct counts do not move.
+    assert after["days"][1]["stripeRevenue"] == before["days"][1]["stripeRevenue"] + 100
+    assert after["revenue"]["2025-03-15"] == [100]
+    for key in ("active", "cohorts", "payers", "users_with_sessions"):
+        assert after[key] == before[key], key
+    assert after["month"].mau == before["month"].mau == 2
+    # The late logout ends the renamed session 10 minutes after its login.
+    assert after["month"].timed_sessions == before["month"].timed_sessions + 1
+    assert after["month"].timed_session_s == before["month"].timed_session_s + 600
+    assert after["days"][0] == before["days"][0]
+    assert after["open"] == before["open"] - 1
+    tokens = {s.user_id for s in store.sessions_between(*days)} - {"bob"}
+    assert len(tokens) == 1 and tokens.pop().startswith("erased-")
+    assert store.export_user("bob") == bob_before
+    again = a.erase_user(ALICE)
+    assert again.already_erased and again.total == 0
+
+
+def test_a_batch_retried_after_the_erase_stays_erased(store: Store, clock: FakeClock) -> None:
+    """A batch applied before the erase and retried after it (an unknown outcome) is a
+    duplicate; one applied for the first time after it (a dead letter replayed later)
+    goes to the same token as the erased records."""
+    from gso_analytics.erasure import keyed_hash
+
+    def batch(n: int) -> FlushBatch:
+        return FlushBatch(
+            id=f"b{n}",
+            created_at=clock(),
+            day_users={"2025-03-14": {ALICE}},
+            month_users={"2025-03": {ALICE}},
+            months={"2025-03-14": "2025-03"},
+            counters={"2025-03-14": {"creditsEarned": n}},
+            events=[EventRecord(to_ms(clock()), ALICE, "credits.earn", "{}", "2025-03-14")],
+        )
+
+    assert not store.apply(batch(1)).duplicate
+    store.erase_user(ALICE, clock())
+    assert store.apply(batch(1)).duplicate
+    store.apply(batch(2))
+    assert ALICE not in raw_dump(store)
+    assert store.get_month("2025-03").mau == 1
+    assert day_dict(store, "2025-03-14")["dau"] == 1
+    assert day_dict(store, "2025-03-14")["creditsEarned"] == 3
+    assert store.get_events(ALICE) == []
+    # The tombstone is a keyed hash: the id is not in it, and only the store's key finds it.
+    assert keyed_hash(store.erasure_key(), ALICE) in raw_dump(store)
+
+
+def test_export_user_has_sessions_events_payments_and_days(
+    store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    a = make_analytics(store, forwarders=[])
+    _play_two_days(a, clock)
+    export = a.export_user(ALICE)
+    json.dumps(export)  # JSON-serializable as it is
+    assert export["userId"] == ALICE
+    assert [s["username"] for s in export["sessions"]] == [ALICE_NAME, ALICE_NAME]
+    assert [s["durationS"] for s in export["sessions"]] == [1800, 0]
+    assert export["sessions"][0]["loginAt"] == "2025-03-14T12:00:00.000Z"
+    assert [(e["event"], e["data"]) for e in export["events"]] == [
+        ("stripe.payment", {"amountCents": 499, "note": ALICE_NAME}),
+        ("credits.earn", {"amount": 7}),
+    ]
+    assert export["daysActive"] == ["2025-03-14", "2025-03-15"]
+    assert export["monthsActive"] == ["2025-03"]
+    assert export["firstSeen"] == "2025-03-14"
+    assert export["firstPayment"] == "2025-03-14"
+    assert export["revenueCents"] == {"2025-03-14": 499}
+    assert store.export_user("nobody")["sessions"] == []
