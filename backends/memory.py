@@ -19,18 +19,20 @@ import attrs
 
 from gso_analytics import forking
 from gso_analytics.clock import from_ms, to_ms
+from gso_analytics.erasure import UserRecords
 from gso_analytics.errors import ConfigurationError
 from gso_analytics.model import (
     DailyStats,
     EventRecord,
     EventRow,
+    Heartbeat,
     Logout,
     MonthStats,
     Number,
     SessionRecord,
     StoredSession,
 )
-from gso_analytics.store import Store, Transaction
+from gso_analytics.store import Store, Transaction, total_increments
 
 
 @attrs.define
@@ -39,6 +41,8 @@ class _State:
     daily: dict[str, dict[str, Number]] = attrs.field(factory=dict)
     months_of_day: dict[str, str] = attrs.field(factory=dict)
     monthly: dict[str, dict[str, int]] = attrs.field(factory=dict)
+    totals: dict[str, Number] = attrs.field(factory=dict)  # field -> all-time sum
+    heartbeats: dict[str, Heartbeat] = attrs.field(factory=dict)  # process -> record
     day_users: set[tuple[str, str]] = attrs.field(factory=set)
     month_users: set[tuple[str, str]] = attrs.field(factory=set)
     new_users: set[tuple[str, str]] = attrs.field(factory=set)
@@ -53,6 +57,8 @@ class _State:
     logouts_by_user: dict[str, list[tuple[Any, str]]] = attrs.field(factory=dict)
     open_ids: set[str] = attrs.field(factory=set)
     events: list[EventRow] = attrs.field(factory=list)  # as flushed: readers build records
+    secret: dict[str, str] = attrs.field(factory=dict)  # "erasure" -> the secret
+    tombstones: dict[str, tuple[str, datetime]] = attrs.field(factory=dict)  # hash -> token
 
 
 _MISSING = object()
@@ -130,13 +136,21 @@ class _MemoryTransaction(Transaction):
             counters[field] = counters.get(field, 0) + amount
         figures[key] = counters
 
+    def _add_totals(self, increments: Mapping[str, Number]) -> None:
+        totals = self.state.totals
+        for field, amount in total_increments(increments).items():
+            self._keep(totals, field)
+            totals[field] = totals.get(field, 0) + amount
+
     def increment_daily(self, day: str, month: str, increments: dict[str, Number]) -> None:
         self._keep(self.state.months_of_day, day)
         self.state.months_of_day[day] = month
         self._increment(self.state.daily, day, increments)
+        self._add_totals(increments)
 
     def increment_monthly(self, month: str, increments: dict[str, int]) -> None:
         self._increment(self.state.monthly, month, increments)
+        self._add_totals(increments)
 
     def session_marks(
         self, since: Mapping[str, int], horizon_ms: int
@@ -224,6 +238,84 @@ class _MemoryTransaction(Transaction):
         self._replace("batches", {k: at for k, at in batches.items() if at >= cutoff})
 
 
+    # -- players' data rights ---------------------------------------------------------
+
+    def erasure_secret(self, candidate: str) -> str:
+        if "erasure" not in self.state.secret:
+            self._keep(self.state.secret, "erasure")
+            self.state.secret["erasure"] = candidate
+        return self.state.secret["erasure"]
+
+    def tombstones(self, hashes: Mapping[str, str]) -> dict[str, str]:
+        stones = self.state.tombstones
+        return {user: stones[h][0] for user, h in hashes.items() if h in stones}
+
+    def add_tombstone(self, key_hash: str, token: str, at: datetime) -> str | None:
+        if key_hash in self.state.tombstones:
+            return self.state.tombstones[key_hash][0]
+        self._keep(self.state.tombstones, key_hash)
+        self.state.tombstones[key_hash] = (token, at)
+        return None
+
+    def _rename_records(self, name: str, user: str, token: str) -> int:
+        records: set[tuple[str, str]] = getattr(self.state, name)
+        mine = {(key, u) for key, u in records if u == user}
+        if mine:
+            self._replace(name, (records - mine) | {(key, token) for key, _ in mine})
+        return len(mine)
+
+    def _rename_fact(self, facts: dict[str, str], user: str, token: str) -> int:
+        if user not in facts:
+            return 0
+        self._keep(facts, user)
+        self._keep(facts, token)
+        day = facts.pop(user)
+        facts[token] = min(day, facts.get(token, day))
+        return 1
+
+    def rename_user(self, user_id: str, token: str) -> dict[str, int]:
+        state = self.state
+        counts = {
+            name: self._rename_records(name, user_id, token)
+            for name in ("day_users", "month_users", "new_users")
+        }
+        counts["first_seen"] = self._rename_fact(state.first_seen, user_id, token)
+        counts["first_payments"] = self._rename_fact(state.first_payments, user_id, token)
+        revenue = {k: c for k, c in state.user_revenue.items() if k[1] == user_id}
+        for (day, user), cents in revenue.items():
+            self._keep(state.user_revenue, (day, user))
+            self._keep(state.user_revenue, (day, token))
+            del state.user_revenue[day, user]
+            state.user_revenue[day, token] = state.user_revenue.get((day, token), 0) + cents
+        counts["user_revenue"] = len(revenue)
+        logins = state.logins_by_user.get(user_id, [])
+        for _, sid in logins:
+            session = state.sessions[sid]
+            self._keep(state.sessions, sid)
+            login = attrs.evolve(session.login, user_id=token, username=None)
+            state.sessions[sid] = attrs.evolve(session, login=login)
+        counts["sessions"] = len(logins)
+        logouts = state.logouts_by_user.get(user_id, [])
+        for _, lid in logouts:
+            self._keep(state.logouts, lid)
+            state.logouts[lid] = attrs.evolve(state.logouts[lid], user_id=token)
+        counts["logouts"] = len(logouts)
+        for by_user in (state.logins_by_user, state.logouts_by_user):
+            if user_id in by_user:
+                self._keep(by_user, user_id)
+                self._keep(by_user, token)
+                marks = sorted(by_user.pop(user_id) + by_user.get(token, []))
+                by_user[token] = marks
+        return counts
+
+    def delete_user_events(self, user_id: str) -> int:
+        kept = [e for e in self.state.events if e[1] != user_id]
+        deleted = len(self.state.events) - len(kept)
+        if deleted:
+            self._replace("events", kept)
+        return deleted
+
+
 def _time_of(mark: tuple[Any, str]) -> int:
     return int(mark[0][0])  # (key, id), key = (at_ms, origin, seq)
 
@@ -304,6 +396,25 @@ class MemoryStore(Store):
         with self._lock:
             return MonthStats.from_fields(month, self._state.monthly.get(month, {}))
 
+    def get_totals(self) -> dict[str, Number]:
+        with self._lock:
+            return dict(self._state.totals)
+
+    def save_heartbeat(self, heartbeat: Heartbeat) -> None:
+        with self._lock:
+            self._state.heartbeats[heartbeat.process] = heartbeat
+
+    def live_heartbeats(self, now: datetime) -> list[Heartbeat]:
+        with self._lock:
+            beats = self._state.heartbeats
+            return [beats[p] for p in sorted(beats) if beats[p].expires_at > now]
+
+    def forget_heartbeats(self, expired_before: datetime) -> None:
+        with self._lock:
+            beats = self._state.heartbeats
+            for process in [p for p, beat in beats.items() if beat.expires_at < expired_before]:
+                del beats[process]
+
     def count_open_sessions(self) -> int:
         with self._lock:
             return len(self._state.open_ids)
@@ -318,6 +429,26 @@ class MemoryStore(Store):
         with self._lock:
             found = [e for e in self._state.events if user_id is None or e[1] == user_id]
         return [EventRecord(*row) for row in found[-limit:]]
+
+    def user_records(self, user_id: str) -> UserRecords:
+        with self._lock:
+            state = self._state
+
+            def keys(records: set[tuple[str, str]]) -> list[str]:
+                return sorted(key for key, user in records if user == user_id)
+
+            return UserRecords(
+                days_active=keys(state.day_users),
+                months_active=keys(state.month_users),
+                registered_days=keys(state.new_users),
+                first_seen=state.first_seen.get(user_id),
+                first_payment=state.first_payments.get(user_id),
+                revenue_cents={
+                    day: cents
+                    for (day, user), cents in sorted(state.user_revenue.items())
+                    if user == user_id
+                },
+            )
 
     # -- KPI range reads: dict scans, which is what a test store can afford ------------
 

@@ -21,7 +21,10 @@ seed's camelCase documents, so dashboards built on the seed keep working:
   ``session_journal`` (standalone) or ``session_users`` (transactions);
 - the KPIs' per-user facts: ``user_revenue`` (``{day, userId, revenueCents}``, one per
   payer and day), ``first_seen`` and ``first_payments`` (``{_id: userId, day}``), each
-  read by a range on an index of ``day``.
+  read by a range on an index of ``day``;
+- players' data rights (:mod:`gso_analytics.erasure`): ``tombstones`` (``{_id: keyed
+  hash of an erased id, token, erasedAt}``) and ``meta`` (``{_id: "erasureSecret",
+  value}``, the key of those hashes).
 
 What a batch means lives in :func:`gso_analytics.store.apply_batch`; this module only
 translates the :class:`~gso_analytics.store.Transaction` calls into as few round trips
@@ -158,6 +161,7 @@ import attrs
 
 from gso_analytics.batch_json import batch_from_json, batch_to_json
 from gso_analytics.clock import from_ms, to_ms
+from gso_analytics.erasure import ErasureReceipt, UserRecords
 from gso_analytics.errors import ConfigurationError, InvalidTypeError, StoreError
 from gso_analytics.model import (
     ApplyResult,
@@ -165,6 +169,7 @@ from gso_analytics.model import (
     EventRecord,
     EventRow,
     FlushBatch,
+    Heartbeat,
     Login,
     Logout,
     MonthStats,
@@ -176,7 +181,7 @@ from gso_analytics.model import (
 )
 from gso_analytics.pacing import paced_slices
 from gso_analytics.sessions import SessionChanges
-from gso_analytics.store import Store, Transaction, apply_batch
+from gso_analytics.store import Store, Transaction, apply_batch, total_increments
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -235,6 +240,7 @@ _RESERVED_FIELDS = frozenset({"_id", "day", "month", "appliedBatches"})
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LOCK_ID = "sessions"
+_TOTALS_ID = "all"
 _INDEX_LEASE_ID = "indexes"
 #: ``createIndexes`` with ``commitQuorum`` needs MongoDB 4.4 (wire version 9).
 _COMMIT_QUORUM_WIRE_VERSION = 9
@@ -706,6 +712,94 @@ class _MongoTransaction(Transaction):
         self._c("batch_intents").delete_many({"at": {"$lt": cutoff}}, **self._kw)
         self._c("session_journal").delete_many({"done": True, "at": {"$lt": cutoff}}, **self._kw)
 
+    # -- players' data rights -------------------------------------------------------------
+
+    def erasure_secret(self, candidate: str) -> str:
+        self._begin()
+        meta = self._c("meta")
+        meta.update_one(
+            {"_id": "erasureSecret"}, {"$setOnInsert": {"value": candidate}}, upsert=True,
+            **self._kw,
+        )
+        found = meta.find_one({"_id": "erasureSecret"}, **self._kw)
+        return str(found["value"])
+
+    def tombstones(self, hashes: Mapping[str, str]) -> dict[str, str]:
+        """In a transaction, each user's ``session_users`` document ``e:<hash>`` is
+        written at commit, as an erase of the user writes it: a batch that read no
+        tombstone and an erase of one of its players conflict, so one of them runs
+        again on a fresh snapshot and the id never comes back."""
+        self._begin()
+        if self.txn:
+            self._touched.update(f"e:{h}" for h in hashes.values())
+        users = {h: user for user, h in hashes.items()}
+        found = self._c("tombstones").find({"_id": {"$in": sorted(users)}}, **self._kw)
+        return {users[doc["_id"]]: doc["token"] for doc in found}
+
+    def add_tombstone(self, key_hash: str, token: str, at: datetime) -> str | None:
+        self._begin()
+        if self.txn:
+            self._touched.add(f"e:{key_hash}")
+        stones = self._c("tombstones")
+        found = stones.find_one({"_id": key_hash}, **self._kw)
+        if found is not None:
+            return str(found["token"])
+        stones.insert_one({"_id": key_hash, "token": token, "erasedAt": at}, **self._kw)
+        return None
+
+    def _rename_first_day(self, name: str, user: str, token: str) -> int:
+        """``first_seen``/``first_payments`` are keyed by the user (``_id``): the day
+        moves to a document of the token (the earliest day wins, as always)."""
+        facts = self._c(name)
+        found = facts.find_one({"_id": user}, **self._kw)
+        if found is None:
+            return 0
+        facts.update_one({"_id": token}, {"$min": {"day": found["day"]}}, upsert=True, **self._kw)
+        return int(facts.delete_one({"_id": user}, **self._kw).deleted_count)
+
+    def _rename_journals(self, user: str, token: str) -> int:
+        """Standalone: the session journals (kept a while after their replay) hold the
+        marks they wrote; the player's are renamed as the marks themselves are."""
+        journal = self._c("session_journal")
+        changed = 0
+        query = {"$or": [{"sessions.userId": user}, {"logouts.userId": user}]}
+        for doc in journal.find(query, **self._kw):
+            for mark in (*doc["sessions"], *doc["logouts"]):
+                if mark.get("userId") == user:
+                    mark["userId"] = token
+                    mark.pop("username", None)
+            journal.replace_one({"_id": doc["_id"]}, doc, **self._kw)
+            changed += 1
+        return changed
+
+    def rename_user(self, user_id: str, token: str) -> dict[str, int]:
+        self._begin()
+        kw = self._kw
+        rename = {"$set": {"userId": token}}
+        counts = {
+            name: int(self._c(name).update_many({"userId": user_id}, rename, **kw).modified_count)
+            for name in ("day_users", "month_users", "new_users", "user_revenue", "logouts")
+        }
+        for name in ("first_seen", "first_payments"):
+            counts[name] = self._rename_first_day(name, user_id, token)
+        counts["sessions"] = int(
+            self._c("sessions")
+            .update_many(
+                {"userId": user_id}, {"$set": {"userId": token}, "$unset": {"username": ""}}, **kw
+            )
+            .modified_count
+        )
+        counts["session_users"] = int(
+            self._c("session_users").delete_one({"_id": user_id}, **kw).deleted_count
+        )
+        if not self.txn:
+            counts["session_journal"] = self._rename_journals(user_id, token)
+        return counts
+
+    def delete_user_events(self, user_id: str) -> int:
+        self._begin()
+        return int(self._c("events").delete_many({"userId": user_id}, **self._kw).deleted_count)
+
     # -- commit ------------------------------------------------------------------------
 
     def commit(self) -> None:
@@ -741,7 +835,7 @@ class _MongoTransaction(Transaction):
                 self.store._complete_counters(self.batch_id)
             return
         self._write_events()
-        if self._sessions or self._logouts:
+        if self._sessions or self._logouts or self._touched:
             self._write_sessions()
         self._write_user_facts()
         daily, monthly = self._counter_docs()
@@ -1484,7 +1578,7 @@ class MongoStore(Store):
         transaction fails on MongoDB before 4.4 and in cross-shard transactions."""
         pymongo = _pymongo()
         present = set(self._db().list_collection_names())
-        for name in ("session_users", "locks", "logouts", "session_journal"):
+        for name in ("session_users", "locks", "logouts", "session_journal", "meta", "tombstones"):
             if f"{self.prefix}{name}" not in present:
                 # CollectionInvalid: another process created it just now.
                 with contextlib.suppress(pymongo.errors.CollectionInvalid):
@@ -1627,6 +1721,14 @@ class MongoStore(Store):
         upsert(self, "daily", [op for op in ops if op is not None], {})
         ops = [inc_op({"month": m}, f, None, guard, kept) for m, f in sorted(monthly.items())]
         upsert(self, "monthly", [op for op in ops if op is not None], {})
+        # The all-time totals, under the same guard: exactly the sum of the days and
+        # months, whichever of these writes a stopped process left for a retry.
+        totals: dict[str, Number] = {}
+        for fields in (*(entry["inc"] for entry in daily.values()), *monthly.values()):
+            for field, amount in total_increments(fields).items():
+                totals[field] = totals.get(field, 0) + amount
+        op = inc_op({"_id": _TOTALS_ID}, {f: v for f, v in totals.items() if v}, None, guard, kept)
+        upsert(self, "totals", [] if op is None else [op], {})
 
     def _complete_counters(
         self,
@@ -1855,7 +1957,7 @@ class MongoStore(Store):
                 with self.transaction() as tx:
                     assert isinstance(tx, _MongoTransaction)
                     tx.resume(token, intent[1])
-                    apply_batch(tx, intent[0])
+                    apply_batch(tx, intent[0], self.erasure_key())
             except StoreError as exc:
                 if not exc.permanent:
                     raise
@@ -1968,6 +2070,42 @@ class MongoStore(Store):
                 if not backoff.sleep():
                     raise
 
+    def erase_user(self, user_id: str, at: datetime) -> ErasureReceipt:
+        """The shared erase; in a transaction that lost a write conflict to a batch of
+        the same player (see :meth:`_MongoTransaction.tombstones`), run again."""
+        _check_str(user_id, "user_id")
+        backoff = _Backoff(TRANSIENT_RETRY_S)
+        while True:
+            try:
+                return super().erase_user(user_id, at)
+            except _Conflict:
+                if not backoff.sleep():
+                    raise
+
+    def user_records(self, user_id: str) -> UserRecords:
+        _check_str(user_id, "user_id")
+
+        def keys(name: str, key: str) -> list[str]:
+            return sorted(doc[key] for doc in self._collection(name).find({"userId": user_id}))
+
+        def first(name: str) -> str | None:
+            found = self._collection(name).find_one({"_id": user_id})
+            return None if found is None else str(found["day"])
+
+        with self._errors("reading a player's records"):
+            revenue = {
+                doc["day"]: doc["revenueCents"]
+                for doc in self._collection("user_revenue").find({"userId": user_id})
+            }
+            return UserRecords(
+                days_active=keys("day_users", "day"),
+                months_active=keys("month_users", "month"),
+                registered_days=keys("new_users", "day"),
+                first_seen=first("first_seen"),
+                first_payment=first("first_payments"),
+                revenue_cents=dict(sorted(revenue.items())),
+            )
+
     def prune(self, now: datetime, event_ttl: timedelta, session_timeout: timedelta) -> PruneResult:
         """Bring the TTL index to ``event_ttl`` (a ``collMod`` when it changed), then the
         shared prune: the TTL monitor runs about once a minute, the prune job makes the
@@ -2009,6 +2147,39 @@ class MongoStore(Store):
         with self._errors(f"reading month {month}"):
             doc = self._collection("monthly").find_one({"month": month}) or {}
         return MonthStats.from_fields(month, doc)
+
+    def get_totals(self) -> dict[str, Number]:
+        with self._errors("reading the totals"):
+            doc = self._collection("totals").find_one({"_id": _TOTALS_ID}) or {}
+        return {k: v for k, v in doc.items() if k not in ("_id", "appliedBatches")}
+
+    def save_heartbeat(self, heartbeat: Heartbeat) -> None:
+        doc = {
+            "_id": heartbeat.process,
+            "host": heartbeat.host,
+            "pid": heartbeat.pid,
+            "at": heartbeat.at,
+            "expiresAt": heartbeat.expires_at,
+            "payload": heartbeat.payload(),
+        }
+        with self._errors("writing a heartbeat"):
+            self._collection("heartbeats").replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+    def live_heartbeats(self, now: datetime) -> list[Heartbeat]:
+        with self._errors("reading the heartbeats"):
+            docs = list(
+                self._collection("heartbeats").find({"expiresAt": {"$gt": now}}).sort("_id", 1)
+            )
+        return [
+            Heartbeat.from_payload(
+                d["_id"], d["host"], d["pid"], _aware(d["at"]), _aware(d["expiresAt"]), d["payload"]
+            )
+            for d in docs
+        ]
+
+    def forget_heartbeats(self, expired_before: datetime) -> None:
+        with self._errors("deleting expired heartbeats"):
+            self._collection("heartbeats").delete_many({"expiresAt": {"$lt": expired_before}})
 
     def count_open_sessions(self) -> int:
         with self._errors("counting open sessions"):
@@ -2054,6 +2225,17 @@ class MongoStore(Store):
 
     def day_users_between(self, start: str, end: str) -> dict[str, set[str]]:
         return self._grouped("day_users", "userId", start, end)
+
+    def count_day_users(self, start: str, end: str) -> int:
+        days = {"$gte": _check_str(start, "start"), "$lte": _check_str(end, "end")}
+        pipeline = [
+            {"$match": {"day": days}},
+            {"$group": {"_id": "$userId"}},
+            {"$count": "users"},
+        ]
+        with self._errors("counting active users"):
+            found = list(self._collection("day_users").aggregate(pipeline))
+        return int(found[0]["users"]) if found else 0
 
     def first_seen_between(self, start: str, end: str) -> dict[str, set[str]]:
         return self._grouped("first_seen", "_id", start, end)

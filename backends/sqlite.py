@@ -20,13 +20,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import attrs
+
 from gso_analytics import forking
 from gso_analytics.clock import iso_from_ms, iso_ms, parse_iso_ms, to_ms
+from gso_analytics.erasure import ErasureReceipt, UserRecords
 from gso_analytics.errors import ConfigurationError, StoreError
 from gso_analytics.model import (
     DailyStats,
     EventRecord,
     EventRow,
+    Heartbeat,
     Login,
     Logout,
     MonthStats,
@@ -36,7 +40,7 @@ from gso_analytics.model import (
     StoredSession,
 )
 from gso_analytics.pacing import paced_slices
-from gso_analytics.store import Store, Transaction
+from gso_analytics.store import Store, Transaction, total_increments
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS {p}batches (
@@ -81,10 +85,24 @@ CREATE INDEX IF NOT EXISTS {p}first_seen_day ON {p}first_seen (day);
 CREATE TABLE IF NOT EXISTS {p}first_payments (
     userId TEXT PRIMARY KEY, day TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS {p}first_payments_day ON {p}first_payments (day);
+CREATE TABLE IF NOT EXISTS {p}totals (
+    field TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {p}heartbeats (
+    process TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, at TEXT NOT NULL,
+    expiresAt TEXT NOT NULL, payload TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS {p}user_revenue (
     day TEXT NOT NULL, userId TEXT NOT NULL, revenueCents NOT NULL,
     PRIMARY KEY (day, userId)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {p}meta (
+    key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {p}tombstones (
+    hash TEXT PRIMARY KEY, token TEXT NOT NULL, erasedAt TEXT NOT NULL) WITHOUT ROWID;
 """
+
+#: Tables whose records a (key, user) pair makes, renamed in place by an erase.
+_USER_RECORD_TABLES = ("day_users", "month_users", "new_users")
+#: Host parameters per ``IN (...)`` list, well below SQLite's limit (32766 since 3.32).
+_IN_CHUNK = 500
 
 
 class _SQLiteTransaction(Transaction):
@@ -139,12 +157,20 @@ class _SQLiteTransaction(Transaction):
             ],
         )
 
+    def _add_totals(self, increments: Mapping[str, Number]) -> None:
+        self.conn.executemany(
+            f"INSERT INTO {self.p}totals (field, value) VALUES (?, ?)"
+            " ON CONFLICT (field) DO UPDATE SET value = value + excluded.value",
+            list(total_increments(increments).items()),
+        )
+
     def increment_daily(self, day: str, month: str, increments: dict[str, Number]) -> None:
         self.conn.executemany(
             f"INSERT INTO {self.p}daily (day, month, field, value) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (day, field) DO UPDATE SET value = value + excluded.value",
             [(day, month, field, amount) for field, amount in increments.items()],
         )
+        self._add_totals(increments)
 
     def increment_monthly(self, month: str, increments: dict[str, int]) -> None:
         self.conn.executemany(
@@ -152,6 +178,7 @@ class _SQLiteTransaction(Transaction):
             " ON CONFLICT (month, field) DO UPDATE SET value = value + excluded.value",
             [(month, field, amount) for field, amount in increments.items()],
         )
+        self._add_totals(increments)
 
     def session_marks(
         self, since: Mapping[str, int], horizon_ms: int
@@ -235,6 +262,90 @@ class _SQLiteTransaction(Transaction):
         self.conn.execute(f"DELETE FROM {self.p}batches WHERE appliedAt < ?", (iso_ms(cutoff),))
 
 
+    # -- players' data rights ---------------------------------------------------------
+
+    def erasure_secret(self, candidate: str) -> str:
+        self.conn.execute(
+            f"INSERT OR IGNORE INTO {self.p}meta (key, value) VALUES ('erasureSecret', ?)",
+            (candidate,),
+        )
+        row = self.conn.execute(
+            f"SELECT value FROM {self.p}meta WHERE key = 'erasureSecret'"
+        ).fetchone()
+        return str(row[0])
+
+    def tombstones(self, hashes: Mapping[str, str]) -> dict[str, str]:
+        users = {h: user for user, h in hashes.items()}
+        keys = sorted(users)
+        found: dict[str, str] = {}
+        for i in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[i : i + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for key_hash, token in self.conn.execute(
+                f"SELECT hash, token FROM {self.p}tombstones WHERE hash IN ({marks})", chunk
+            ):
+                found[users[key_hash]] = token
+        return found
+
+    def add_tombstone(self, key_hash: str, token: str, at: datetime) -> str | None:
+        row = self.conn.execute(
+            f"SELECT token FROM {self.p}tombstones WHERE hash = ?", (key_hash,)
+        ).fetchone()
+        if row is not None:
+            return str(row[0])
+        self.conn.execute(
+            f"INSERT INTO {self.p}tombstones (hash, token, erasedAt) VALUES (?, ?, ?)",
+            (key_hash, token, iso_ms(at)),
+        )
+        return None
+
+    def _merge_into_token(self, table: str, keys: str, merge: str, user: str, token: str) -> int:
+        """Move the user's rows of ``table`` to ``token``, merging with a row the token
+        has already (``merge``: the SET clause of the conflict)."""
+        chosen = keys.replace("userId", "?")
+        self.conn.execute(
+            f"INSERT INTO {self.p}{table} ({keys}) SELECT {chosen} FROM {self.p}{table}"
+            f" WHERE userId = ? ON CONFLICT DO UPDATE SET {merge}",
+            (token, user),
+        )
+        return self.conn.execute(
+            f"DELETE FROM {self.p}{table} WHERE userId = ?", (user,)
+        ).rowcount
+
+    def rename_user(self, user_id: str, token: str) -> dict[str, int]:
+        execute, p = self.conn.execute, self.p
+        counts = {
+            table: execute(
+                f"UPDATE OR REPLACE {p}{table} SET userId = ? WHERE userId = ?", (token, user_id)
+            ).rowcount
+            for table in _USER_RECORD_TABLES
+        }
+        for table in ("first_seen", "first_payments"):
+            counts[table] = self._merge_into_token(
+                table, "userId, day", "day = min(day, excluded.day)", user_id, token
+            )
+        counts["user_revenue"] = self._merge_into_token(
+            "user_revenue",
+            "day, userId, revenueCents",
+            "revenueCents = revenueCents + excluded.revenueCents",
+            user_id,
+            token,
+        )
+        counts["sessions"] = execute(
+            f"UPDATE {p}sessions SET userId = ?, username = NULL WHERE userId = ?",
+            (token, user_id),
+        ).rowcount
+        counts["logouts"] = execute(
+            f"UPDATE {p}logouts SET userId = ? WHERE userId = ?", (token, user_id)
+        ).rowcount
+        return counts
+
+    def delete_user_events(self, user_id: str) -> int:
+        return self.conn.execute(
+            f"DELETE FROM {self.p}events WHERE userId = ?", (user_id,)
+        ).rowcount
+
+
 def _upgrade(conn: sqlite3.Connection, prefix: str) -> None:
     """Bring a file written by an earlier version up to the schema.
 
@@ -258,12 +369,27 @@ def _upgrade(conn: sqlite3.Connection, prefix: str) -> None:
     def outdated() -> bool:
         return "origin" not in columns() or f"{prefix}pending_logouts" in tables()
 
-    if not outdated():
+    def without_totals() -> bool:
+        # Counters but no totals: written before the totals existed (every batch since
+        # adds to both in one transaction).
+        found = f"SELECT 1 FROM {prefix}{{}} LIMIT 1"
+        return bool(
+            conn.execute(found.format("totals")).fetchone() is None
+            and conn.execute(found.format("daily")).fetchone()
+        )
+
+    if not outdated() and not without_totals():
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
         if outdated():
             _upgrade_to_marks(conn, prefix, columns(), tables())
+        if without_totals():
+            conn.execute(
+                f"INSERT INTO {prefix}totals (field, value) SELECT field, SUM(value) FROM"
+                f" (SELECT field, value FROM {prefix}daily"
+                f" UNION ALL SELECT field, value FROM {prefix}monthly) GROUP BY field"
+            )
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -439,6 +565,10 @@ class SQLiteStore(Store):
                 check_same_thread=False,
             )
             conn.execute("PRAGMA synchronous=NORMAL")
+            # Deleted and rewritten content is zeroed, not left in free space: a row
+            # rewritten before an erase (a session closed, revenue added) must not
+            # keep an old copy of the player's id in the file (see erase_user).
+            conn.execute("PRAGMA secure_delete=ON")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
         return conn
@@ -534,6 +664,47 @@ class SQLiteStore(Store):
         figures = dict(self._read("SELECT field, value FROM {p}monthly WHERE month = ?", (month,)))
         return MonthStats.from_fields(month, figures)
 
+    def get_totals(self) -> dict[str, Number]:
+        return dict(self._read("SELECT field, value FROM {p}totals"))
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
+        """One statement outside any batch (its own implicit transaction)."""
+        with self._write_lock:
+            try:
+                self._writer().execute(sql.format(p=self.prefix), params)
+            except sqlite3.Error as exc:
+                raise _store_error(self.path, exc) from exc
+
+    def save_heartbeat(self, heartbeat: Heartbeat) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO {p}heartbeats"
+            " (process, host, pid, at, expiresAt, payload) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                heartbeat.process,
+                heartbeat.host,
+                heartbeat.pid,
+                iso_ms(heartbeat.at),
+                iso_ms(heartbeat.expires_at),
+                heartbeat.payload(),
+            ),
+        )
+
+    def live_heartbeats(self, now: datetime) -> list[Heartbeat]:
+        rows = self._read(
+            "SELECT process, host, pid, at, expiresAt, payload FROM {p}heartbeats"
+            " WHERE expiresAt > ? ORDER BY process",
+            (iso_ms(now),),
+        )
+        return [
+            Heartbeat.from_payload(
+                process, host, pid, parse_iso_ms(at), parse_iso_ms(expires), payload
+            )
+            for process, host, pid, at, expires, payload in rows
+        ]
+
+    def forget_heartbeats(self, expired_before: datetime) -> None:
+        self._write("DELETE FROM {p}heartbeats WHERE expiresAt < ?", (iso_ms(expired_before),))
+
     def count_open_sessions(self) -> int:
         return int(self._read("SELECT COUNT(*) FROM {p}sessions WHERE logoutAt IS NULL")[0][0])
 
@@ -570,6 +741,40 @@ class SQLiteStore(Store):
         )
         return [_event_record(row) for row in reversed(rows)]
 
+    def user_records(self, user_id: str) -> UserRecords:
+        def keys(table: str, key: str) -> list[str]:
+            sql = f"SELECT {key} FROM {{p}}{table} WHERE userId = ? ORDER BY {key}"
+            return [row[0] for row in self._read(sql, (user_id,))]
+
+        def first(table: str) -> str | None:
+            found = keys(table, "day")
+            return found[0] if found else None
+
+        revenue = self._read(
+            "SELECT day, revenueCents FROM {p}user_revenue WHERE userId = ? ORDER BY day",
+            (user_id,),
+        )
+        return UserRecords(
+            days_active=keys("day_users", "day"),
+            months_active=keys("month_users", "month"),
+            registered_days=keys("new_users", "day"),
+            first_seen=first("first_seen"),
+            first_payment=first("first_payments"),
+            revenue_cents=dict(revenue),
+        )
+
+    def erase_user(self, user_id: str, at: datetime) -> ErasureReceipt:
+        """The shared erase, then a ``wal_checkpoint(TRUNCATE)``: the WAL holds the old
+        pages until they are copied back and it is cut to zero bytes. Every connection
+        runs with ``secure_delete`` on, so no earlier version of a row lingers in free
+        space (the erase alone could not reach those). A reader of another process
+        still in a transaction can hold the checkpoint back: then the WAL keeps the old
+        pages until the next checkpoint (the receipt says so, ``walTruncated``)."""
+        receipt = super().erase_user(user_id, at)
+        with self._write_lock:
+            busy, _, _ = self._writer().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return attrs.evolve(receipt, wal_truncated=not busy)
+
     # -- KPI range reads: each an index range on the day key -------------------------
 
     def days_between(self, start: str, end: str) -> list[DailyStats]:
@@ -588,6 +793,13 @@ class SQLiteStore(Store):
         return self._grouped(
             "SELECT day, userId FROM {p}day_users WHERE day BETWEEN ? AND ?", start, end
         )
+
+    def count_day_users(self, start: str, end: str) -> int:
+        rows = self._read(
+            "SELECT COUNT(DISTINCT userId) FROM {p}day_users WHERE day BETWEEN ? AND ?",
+            (start, end),
+        )
+        return int(rows[0][0])
 
     def first_seen_between(self, start: str, end: str) -> dict[str, set[str]]:
         return self._grouped(

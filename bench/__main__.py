@@ -7,13 +7,13 @@ PostHog, Segment and Mixpanel SDKs on a local stub), ``threads`` (8 threads at o
 flush with and without the players' history), ``mongo`` (the same on
 the nx-27017 wire server; skipped when it is not installed), ``reads`` (reads at 1k and
 1M sessions of history), ``kpis`` (each KPI query for 30 days, on 60 days vs a year
-(1M sessions) of the same daily activity), ``memory`` (RSS with a stuck store) and
-``forwarding`` (what a webhook forwarder adds to ``track()``) and ``tail`` (request latency with and
-without analytics, open loop, and a GIL probe during a 200,000-event flush; see
-:mod:`bench.tail`, whose ``python -m bench.tail`` takes the rate, work and stores as
-parameters). Every figure is a ratio,
-or comes with the figure it is compared with, measured in the same run: the machines
-are shared and noisy.
+(1M sessions) of the same daily activity), ``memory`` (RSS with a stuck store),
+``forwarding`` (what a webhook forwarder adds to ``track()``), ``rights`` (a flush
+with erasure tombstones or pseudonymous ids, an erase against a ``VACUUM``) and ``tail``
+(request latency with and without analytics, open loop, and a GIL probe during a
+200,000-event flush; see :mod:`bench.tail`, whose ``python -m bench.tail`` takes the
+rate, work and stores as parameters). Every figure is a ratio, or comes with the figure
+it is compared with, measured in the same run: the machines are shared and noisy.
 Nothing leaves 127.0.0.1: the SDKs post to a stub and any other connection is refused.
 """
 
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    data_rights,
     forwarding,
     hotpath,
     kpis,
@@ -56,6 +57,7 @@ SECTIONS = (
     "kpis",
     "memory",
     "forwarding",
+    "rights",
     "tail",
 )
 PACKAGES = (
@@ -197,6 +199,18 @@ def _memory(quick: bool) -> dict[str, Any]:
     return {"rows": memory.run(bound), "notes": [f"max_buffered_events = {bound:,}"]}
 
 
+def _rights(quick: bool) -> dict[str, Any]:
+    players, erased, rounds, days = (1_000, 1_000, 5, 5) if quick else (5_000, 10_000, 7, 20)
+    return {
+        "rows": data_rights.run(players=players, erased=erased, rounds=rounds, days=days),
+        "notes": [
+            f"flush: {players:,} players x (login + 5 events), best of {rounds}, order rotated;"
+            " ratio against the plain store",
+            f"erase: one player of {players:,} x {days} days; ratio against a VACUUM of the file",
+        ],
+    }
+
+
 def _forwarding(quick: bool) -> dict[str, Any]:
     rounds = 20 if quick else 80
     log = logging.getLogger("gso_analytics")
@@ -242,6 +256,7 @@ TITLES: dict[str, tuple[str, Callable[[bool], dict[str, Any]]]] = {
     "kpis": ("KPI queries for 30 days vs history (SQLite), milliseconds per call", _kpis),
     "memory": ("Memory with a stuck store (RSS)", _memory),
     "forwarding": ("track() with a webhook forwarder (bench.forwarding)", _forwarding),
+    "rights": ("Data rights (SQLite): tombstone lookup, pseudonymous ids, erase", _rights),
     "tail": ("Request latency with and without analytics (bench.tail), us", _tail),
 }
 

@@ -33,7 +33,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gso_analytics import Analytics, FlushBatch, Store, StoreError, open_store
-from gso_analytics.model import ApplyResult, DailyStats, EventRecord, MonthStats, SessionRecord
+from gso_analytics.model import (
+    ApplyResult,
+    DailyStats,
+    EventRecord,
+    Heartbeat,
+    MonthStats,
+    Number,
+    SessionRecord,
+)
 from gso_analytics.store import Transaction
 
 
@@ -83,6 +91,18 @@ class StuckStore(Store):
 
     def count_open_sessions(self) -> int:
         return self.inner.count_open_sessions()
+
+    def get_totals(self) -> dict[str, Number]:
+        return self.inner.get_totals()
+
+    def save_heartbeat(self, heartbeat: Heartbeat) -> None:
+        raise StoreError(f"bench: the store is stuck ({self.mode})")
+
+    def live_heartbeats(self, now: datetime) -> list[Heartbeat]:
+        return self.inner.live_heartbeats(now)
+
+    def forget_heartbeats(self, expired_before: datetime) -> None:
+        raise StoreError("bench: the store is stuck")
 
     def get_sessions(self, user_id: str) -> list[SessionRecord]:
         return self.inner.get_sessions(user_id)

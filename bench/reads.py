@@ -32,6 +32,7 @@ from pathlib import Path
 from gso_analytics.backends.sqlite import SCHEMA, SQLiteStore
 
 from gso_analytics import Analytics
+from gso_analytics.integrations import prometheus
 
 PREFIX = "gso_analytics_"
 LAST_DAY = date(2026, 11, 25)
@@ -187,6 +188,12 @@ def run(large: int = 1_000_000, small: int = 1_000, rounds: int = 300) -> dict[s
             reads = {
                 "get_metrics()": lambda a: a.get_metrics(),
                 "get_last_30_days()": lambda a: a.get_last_30_days(),
+                # What the Prometheus endpoint adds: the totals, every heartbeat, and
+                # the rolling MAU30 (30 days of (day, user) records: it grows with
+                # the players of the last 30 days, not with the history).
+                "Prometheus scrape": lambda a: prometheus.render(
+                    prometheus.take_scrape(a, business=True), None
+                ),
             }
             samples: dict[tuple[str, str], list[int]] = {
                 (name, key): [] for name in reads for key in sizes

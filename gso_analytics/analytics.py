@@ -23,12 +23,14 @@ from .aggregator import Aggregator, BufferFull
 from .clock import Clock, DayKeys, from_ms, resolve_tz, round_half_up, to_ms, utc_now
 from .counters import DAILY_FIELDS, CounterRule, CounterSpec, build_counter_map
 from .dead_letters import DeadLetters
+from .erasure import ErasureReceipt, keyed_hash, pseudonymize
 from .errors import ConfigurationError, StoreError, ValidationError
 from .flusher import Flusher
 from .forwarding import Forwarder
+from .heartbeats import make_heartbeat
 from .http_forwarders import default_forwarders
 from .kpis import KPIs
-from .model import DailyStats, Metrics, Number, PruneResult
+from .model import DailyStats, FlushBatch, Heartbeat, Metrics, Number, PruneResult
 from .outbox import ForwardingHub
 from .store import Store, open_store
 from .validation import (
@@ -123,6 +125,9 @@ class Analytics:
     :param quarantine_after: a batch failing permanently this many times in a row is set
         aside, so the batches behind it are stored.
     :param dead_letter_dir: directory where set-aside batches are written as JSON lines.
+    :param pseudonymize_key: a secret (16 characters or bytes at least): the store then
+        keeps ``HMAC-SHA256(key, user id)`` instead of each id, and no username (see the
+        data rights page); lookups such as :meth:`export_user` take the real id.
     :raises ConfigurationError: an option out of range, a naive clock, a counter field
         the store reserves.
     """
@@ -147,6 +152,7 @@ class Analytics:
         test_users: Iterable[str] | Callable[[str], bool] | None = None,
         quarantine_after: int = 5,
         dead_letter_dir: str | os.PathLike[str] | None = None,
+        pseudonymize_key: str | bytes | None = None,
     ) -> None:
         if flush_interval <= 0:
             raise ConfigurationError(f"flush_interval must be positive, got {flush_interval!r}")
@@ -154,6 +160,15 @@ class Analytics:
             raise ConfigurationError("max_buffered_events must be at least 1")
         if quarantine_after < 1:
             raise ConfigurationError(f"quarantine_after must be at least 1, got {quarantine_after}")
+        if pseudonymize_key is not None and not (
+            isinstance(pseudonymize_key, str | bytes) and len(pseudonymize_key) >= 16
+        ):
+            raise ConfigurationError(
+                "pseudonymize_key must be a secret of at least 16 characters or bytes"
+            )
+        self._pseudonym_key = (
+            pseudonymize_key.encode() if isinstance(pseudonymize_key, str) else pseudonymize_key
+        )
         if clock is not None:
             to_ms(clock())  # a naive clock fails here, at start-up, not in every track()
         self._owns_store = isinstance(store, str)
@@ -204,6 +219,8 @@ class Analytics:
             housekeeping=self._housekeeping,
             quarantine_after=quarantine_after,
             dead_letters=None if dead_letter_dir is None else DeadLetters(dead_letter_dir),
+            heartbeat=self._heartbeat,
+            prepare=None if self._pseudonym_key is None else self._pseudonymize,
         )
         # None: the seed's ANALYTICS_WEBHOOK_URL, read now (not at import); [] turns it off.
         forwarders = default_forwarders() if forwarders is None else list(forwarders)
@@ -413,6 +430,14 @@ class Analytics:
         the batches set aside)."""
         self._flusher.flush()
 
+    def heartbeat(self) -> Heartbeat:
+        """This process's health now, as each flush writes it to the store (see
+        :mod:`.heartbeats`)."""
+        return make_heartbeat(self.stats(), self._now(), self._flusher.interval)
+
+    def _heartbeat(self) -> None:
+        self.store.save_heartbeat(self.heartbeat())
+
     def _housekeeping(self) -> None:
         if time.monotonic() - self._last_prune < self.prune_interval:
             return
@@ -428,6 +453,42 @@ class Analytics:
                 result.events_deleted,
                 result.sessions_timed_out,
             )
+
+    # -- players' data rights (see :mod:`.erasure`) ------------------------------------
+
+    def _pseudonymize(self, batch: FlushBatch) -> FlushBatch:
+        assert self._pseudonym_key is not None
+        return pseudonymize(batch, self._pseudonym_key)
+
+    def stored_id(self, user_id: str) -> str:
+        """The id the store keeps for ``user_id``: its keyed hash with
+        ``pseudonymize_key``, the id itself otherwise."""
+        user_id = check_name(user_id, "user_id", self._max_id)
+        if self._pseudonym_key is None:
+            return user_id
+        return keyed_hash(self._pseudonym_key, user_id)
+
+    def export_user(self, user_id: str) -> dict[str, Any]:
+        """Everything stored about one player (GDPR access and portability), as
+        JSON-ready data; this process's buffered calls are flushed first."""
+        stored = self.stored_id(user_id)
+        self.flush()
+        export = self.store.export_user(stored)
+        export["userId"] = user_id
+        if stored != user_id:
+            export["storedAs"] = stored
+        return export
+
+    def erase_user(self, user_id: str) -> ErasureReceipt:
+        """Erase one player (GDPR erasure): the id and username leave every record, the
+        aggregates stay exact (see :mod:`.erasure`), and calls of the player still
+        buffered anywhere are renamed when they are stored. Each forwarder hears of it
+        (``Forwarder.on_erase``). Idempotent."""
+        stored = self.stored_id(user_id)
+        receipt = self.store.erase_user(stored, self._now())
+        if self._hub is not None:
+            self._hub.erase(user_id, self._aggregator.now_ms())
+        return receipt
 
     def prune(self) -> PruneResult:
         """Delete events older than ``event_ttl``; close sessions open past ``session_timeout``."""

@@ -261,6 +261,62 @@ def _add_replay_dead_letters(commands: argparse._SubParsersAction[argparse.Argum
     replay_cmd.set_defaults(func=cmd_replay_dead_letters)
 
 
+def _add_data_rights(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for name, func, help_text in (
+        ("export-user", cmd_export_user, "print everything stored about one player, as JSON"),
+        ("erase", cmd_erase, "erase one player: id and username out, figures kept exact"),
+    ):
+        command = commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text + " (GDPR access and erasure requests; see the data rights"
+            " page of the documentation).",
+        )
+        command.add_argument("user_id", metavar="ID", help="the player's id, as the game tracks it")
+        command.add_argument("--store", required=True, metavar="URL", help="the store")
+        add_pseudonymize_option(command)
+        command.set_defaults(func=func)
+
+
+def add_pseudonymize_option(parser: argparse.ArgumentParser) -> None:
+    """``--pseudonymize-key-env NAME``: the environment variable holding the key of a
+    store written with ``pseudonymize_key`` (a key never goes on a command line)."""
+    parser.add_argument(
+        "--pseudonymize-key-env",
+        metavar="NAME",
+        help="environment variable holding the pseudonymize_key the store was written with",
+    )
+
+
+def data_rights_analytics(store: Store, key_env: str | None) -> Analytics:
+    """An ``Analytics`` on ``store`` for an export or an erase (no forwarders, not
+    started), with the pseudonymize key named by ``key_env``."""
+    key = None
+    if key_env:
+        key = os.environ.get(key_env)
+        if not key:
+            raise ConfigurationError(f"--pseudonymize-key-env: {key_env} is not set")
+    return Analytics(store, forwarders=[], pseudonymize_key=key)
+
+
+def cmd_export_user(args: argparse.Namespace) -> int:
+    with closing(open_cli_store(args.store, must_exist=True)) as store:
+        analytics = data_rights_analytics(store, args.pseudonymize_key_env)
+        export = analytics.export_user(args.user_id)
+        analytics.stop()
+    print(json.dumps(export, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    with closing(open_cli_store(args.store, must_exist=True)) as store:
+        analytics = data_rights_analytics(store, args.pseudonymize_key_env)
+        receipt = analytics.erase_user(args.user_id)
+        analytics.stop()
+    print(json.dumps(receipt.to_dict(), indent=2, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -277,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prune(commands)
     _add_mongo_init(commands)
     _add_replay_dead_letters(commands)
+    _add_data_rights(commands)
     return parser
 
 

@@ -41,6 +41,13 @@ DAILY_FIELDS: tuple[str, ...] = (
     "sessionCount",
 )
 
+#: Fields the library maintains itself: a counter may not add to them. The monthly
+#: ones too, since the all-time totals hold daily and monthly fields side by side.
+SESSION_FIELDS = frozenset(
+    {"day", "month", "dau", "totalSessionS", "sessionCount"}
+    | {"mau", "timedSessions", "timedSessionS"}
+)
+
 DEFAULT_COUNTERS: Mapping[str, CounterRule] = {
     "dungeon.complete": CounterRule("dungeonsRun"),
     "craft.complete": CounterRule("craftsCompleted"),
@@ -87,7 +94,7 @@ def build_counter_map(extra: Mapping[str, CounterSpec] | None) -> dict[str, Coun
             raise ConfigurationError(
                 f"counters[{event!r}]: field {rule.field!r} is not an identifier"
             )
-        if rule.field in ("day", "month", "dau", "totalSessionS", "sessionCount"):
+        if rule.field in SESSION_FIELDS:
             raise ConfigurationError(
                 f"counters[{event!r}]: field {rule.field!r} is maintained by sessions"
             )

@@ -47,6 +47,8 @@ class Flusher:
         housekeeping: Callable[[], None] | None = None,
         quarantine_after: int = 5,
         dead_letters: DeadLetters | None = None,
+        heartbeat: Callable[[], None] | None = None,
+        prepare: Callable[[FlushBatch], FlushBatch] | None = None,
     ) -> None:
         self.store = store
         self.aggregator = aggregator
@@ -56,6 +58,10 @@ class Flusher:
         self.housekeeping = housekeeping
         self.quarantine_after = quarantine_after
         self.dead_letters = dead_letters
+        self.heartbeat = heartbeat
+        #: Applied to each batch as it leaves the buffer (pseudonymous ids), here on
+        #: the flush thread rather than in the caller's ``track()``.
+        self.prepare = prepare
         self._reset()
 
     def _reset(self) -> None:
@@ -68,7 +74,8 @@ class Flusher:
         self._permanent_in_row = 0  # of the batch at the head
         self.unmatched_logouts = 0  # logouts that ended no session when stored
         self.last_error: str | None = None
-        self.last_flush: float | None = None  # time.time() of the last success
+        # time.time() of the last flush that left nothing pending (an empty one too)
+        self.last_flush: float | None = None
         self._apply_lock = threading.Lock()
         self._pending: deque[FlushBatch] = deque()
         self._failed_ids: set[str] = set()
@@ -95,13 +102,17 @@ class Flusher:
             try:
                 batch = self.aggregator.swap()
                 if not batch.is_empty():
-                    self._pending.append(batch)
+                    self._pending.append(batch if self.prepare is None else self.prepare(batch))
                 # The batch in flight still counts toward max_buffered_events: a store
                 # that hangs must not let a second bufferful in beside it.
                 self.aggregator.backlog = self.pending
                 while self._pending:
                     self._apply(self._pending[0])
                     self._pending.popleft()
+                self.last_flush = time.time()
+                if self.heartbeat is not None:
+                    # Every flush, an empty one too: an idle worker is not a stale one.
+                    self.heartbeat()
             finally:
                 self.aggregator.backlog = self.pending
 
@@ -139,7 +150,6 @@ class Flusher:
         self.unmatched_logouts += result.unmatched_logouts
         self.flushed += batch.size
         self.batches += 1
-        self.last_flush = time.time()
 
     def _set_aside(
         self, batch: FlushBatch, reason: str, error: BaseException | None = None

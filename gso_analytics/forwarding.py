@@ -34,6 +34,9 @@ log = logging.getLogger("gso_analytics.forwarding")
 
 Timeout = float | tuple[float, float]
 
+#: The event a forwarder's :meth:`Forwarder.on_erase` sends to say a player was erased.
+USER_ERASED = "user.erased"
+
 
 # -- what forwarders see and say -----------------------------------------------------------
 
@@ -161,6 +164,14 @@ class Forwarder(abc.ABC):
     @abc.abstractmethod
     def send(self, batch: Sequence[EncodedEvent], timeout: Timeout) -> Delivery:
         """Send one batch within ``timeout`` and say what happened."""
+
+    def on_erase(self, user_id: str) -> Mapping[str, Any] | None:
+        """Called by ``Analytics.erase_user``: return the ``data`` of a
+        :data:`USER_ERASED` event to send through this forwarder's queue (after the
+        player's events already queued), or None to send nothing. A forwarder whose
+        receiver keeps data of its own says here, or in its documentation, how to
+        erase it there."""
+        return None
 
     def after_fork_in_child(self) -> None:
         """Forget connections inherited from the parent (they are the parent's sockets)."""

@@ -182,6 +182,11 @@ class WebhookForwarder(HttpForwarder):
             doc["id"] = event.id
         return _json_bytes(doc)
 
+    def on_erase(self, user_id: str) -> Mapping[str, Any]:
+        """The receiver hears ``{"event": "user.erased", "userId": ..., "data": {}}``
+        through the queue, after the player's events, and erases the player there."""
+        return {}
+
     def send(self, batch: Sequence[EncodedEvent], timeout: Timeout) -> Delivery:
         if self.batch:
             body = b"[" + b",".join(e.body for e in batch) + b"]"
@@ -245,6 +250,18 @@ class MixpanelForwarder(HttpForwarder):
 
     def batch_limits(self) -> tuple[int, int]:
         return self.max_batch_events, self.max_batch_bytes
+
+    def on_erase(self, user_id: str) -> None:
+        """Mixpanel keeps what was imported: erasing it there takes Mixpanel's own GDPR
+        deletion request (``POST https://mixpanel.com/api/app/data-deletions/v3.0/
+        ?token=<project token>`` with ``{"distinct_ids": [...], "compliance_type":
+        "GDPR"}`` and ``Authorization: Bearer <GDPR OAuth token>``), which this
+        forwarder does not send: the OAuth token belongs to a person of the project,
+        not to a server. The warning names no player (logs are kept too)."""
+        log.warning(
+            "gso_analytics: a player was erased; Mixpanel keeps the events forwarded"
+            " to it: file a deletion request with Mixpanel (see docs/data-rights.md)"
+        )
 
     def encode(self, event: ForwardedEvent) -> bytes:
         properties = dict(event.data)

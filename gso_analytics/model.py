@@ -6,6 +6,7 @@ Timestamps are aware UTC datetimes truncated to milliseconds (the seed's JavaScr
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
@@ -322,3 +323,38 @@ class ApplyResult:
 class PruneResult:
     events_deleted: int = 0
     sessions_timed_out: int = 0
+
+
+@attrs.frozen
+class Heartbeat:
+    """One process's health as it was at its last flush, kept in the store.
+
+    Why in the store: a scrape reaches one worker, and only the store is shared by all
+    of them, so every scrape can list every live worker's health (see
+    :mod:`gso_analytics.heartbeats`). ``process`` (``host:pid``) keys the record: a
+    process overwrites its own at each flush. ``stats`` holds numbers only
+    (:meth:`~gso_analytics.Analytics.stats` flattened), ``forwarders`` the per
+    forwarder counts. The record is live until ``expires_at`` (a few flush intervals
+    of its process after ``at``): a worker that stops flushing drops out of the scrape.
+    """
+
+    process: str
+    host: str
+    pid: int
+    at: datetime
+    expires_at: datetime
+    stats: Mapping[str, Number] = attrs.field(factory=dict)
+    forwarders: Mapping[str, Mapping[str, Number]] = attrs.field(factory=dict)
+
+    def payload(self) -> str:
+        """``stats`` and ``forwarders`` as the JSON text a store keeps."""
+        return json.dumps(
+            {"stats": self.stats, "forwarders": self.forwarders}, sort_keys=True
+        )
+
+    @classmethod
+    def from_payload(
+        cls, process: str, host: str, pid: int, at: datetime, expires_at: datetime, text: str
+    ) -> Heartbeat:
+        data = json.loads(text)
+        return cls(process, host, pid, at, expires_at, data["stats"], data["forwarders"])

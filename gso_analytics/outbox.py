@@ -28,6 +28,7 @@ import requests
 
 from .errors import ConfigurationError
 from .forwarding import (
+    USER_ERASED,
     Delivery,
     EncodedEvent,
     ForwardedEvent,
@@ -445,6 +446,22 @@ class ForwardingHub:
             queue.append(item)
             if box.waiting:  # the thread sleeps: wake it, once (the flag is the thread's
                 box.waiting = False  # to set again; clearing it here spares later callers)
+                box.wake.set()
+
+    def erase(self, user_id: str, ms: int) -> None:
+        """Ask each forwarder about an erased player (:meth:`Forwarder.on_erase`) and
+        queue the ``user.erased`` event of those that send one, behind the player's
+        events already queued."""
+        for box in self._outboxes:
+            data = box.forwarder.on_erase(user_id)
+            if data is None:
+                continue
+            queue = box.queue
+            if len(queue) >= box.capacity:
+                box.overflow()
+            queue.append((next(self._seq), ms, USER_ERASED, user_id, dict(data)))
+            if box.waiting:
+                box.waiting = False
                 box.wake.set()
 
     # -- lifecycle ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ claims the batch id, so a retried batch is never counted twice.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
@@ -20,8 +21,18 @@ from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Self
 
-from .clock import from_ms, to_ms
+from .clock import from_ms, iso_from_ms, to_ms
 from .counters import NEW_USERS
+from .erasure import (
+    ErasureReceipt,
+    UserRecords,
+    batch_users,
+    keyed_hash,
+    new_secret,
+    new_token,
+    rename_users,
+    session_export,
+)
 from .errors import ConfigurationError
 from .model import (
     ApplyResult,
@@ -29,6 +40,7 @@ from .model import (
     EventRecord,
     EventRow,
     FlushBatch,
+    Heartbeat,
     Logout,
     Mark,
     MonthStats,
@@ -49,6 +61,11 @@ MIN_BATCH_RETENTION = timedelta(days=7)
 #: second time, so the batch is set aside instead (see :mod:`.flusher`). The day of
 #: margin covers clocks of different hosts and a prune running meanwhile.
 MAX_RETRY_AGE = MIN_BATCH_RETENTION - timedelta(days=1)
+#: How long the prune job keeps a heartbeat after it expired (it is not read any more;
+#: kept a little for someone looking into the store after a crash).
+HEARTBEAT_KEPT = timedelta(hours=1)
+#: The most events :meth:`Store.export_user` reads (the event TTL bounds them anyway).
+EXPORT_EVENT_LIMIT = 2**31 - 1
 #: Expired events are deleted at most this many per transaction, so a writer waits for
 #: one chunk, never for the whole prune.
 PRUNE_CHUNK = 5000
@@ -100,11 +117,19 @@ class Transaction(ABC):
 
     @abstractmethod
     def increment_daily(self, day: str, month: str, increments: dict[str, Number]) -> None:
-        """Add ``increments`` to the day's counters, creating the day if needed."""
+        """Add ``increments`` to the day's counters, creating the day if needed, and to
+        the all-time totals (:meth:`Store.get_totals`) in the same atomic unit.
+
+        Why one record of totals kept beside the days rather than a sum of the days at
+        read time: a scrape reads one record whatever the length of history, and since
+        both change in the same unit, the totals are exactly the sum of the days (a
+        day that ends does not take anything back, so they never drop at midnight)."""
 
     @abstractmethod
     def increment_monthly(self, month: str, increments: dict[str, int]) -> None:
-        """Add to the month's ``mau``, ``timedSessions`` and ``timedSessionS``."""
+        """Add to the month's ``mau``, ``timedSessions`` and ``timedSessionS``, and to
+        the all-time totals, as :meth:`increment_daily` does (the totals of the timed
+        sessions are the count and sum of every closed session's seconds)."""
 
     # -- sessions: the marks and what the walk made of them ----------------------------
 
@@ -165,6 +190,34 @@ class Transaction(ABC):
     def delete_batches_before(self, cutoff: datetime) -> None:
         """Forget batch ids claimed before ``cutoff``."""
 
+    # -- players' data rights (see :mod:`.erasure`) -----------------------------------
+
+    @abstractmethod
+    def erasure_secret(self, candidate: str) -> str:
+        """The store's erasure secret: ``candidate`` is stored when there is none yet
+        (two processes racing keep one of theirs), and the stored one returned."""
+
+    @abstractmethod
+    def tombstones(self, hashes: Mapping[str, str]) -> dict[str, str]:
+        """For ``hashes`` (user -> keyed hash), the erased users: user -> token. A store
+        whose transactions are snapshots must make this read conflict with an erase of
+        the same user (MongoDB writes a document of each user both touch)."""
+
+    @abstractmethod
+    def add_tombstone(self, key_hash: str, token: str, at: datetime) -> str | None:
+        """Record the tombstone ``key_hash -> token`` unless there is one for
+        ``key_hash``; return the token already there, or None when it is new."""
+
+    @abstractmethod
+    def rename_user(self, user_id: str, token: str) -> dict[str, int]:
+        """Replace ``user_id`` by ``token`` in every per-player record (activity
+        records, registrations, first days, revenue, sessions without the username,
+        logout marks); return how many records changed, per collection."""
+
+    @abstractmethod
+    def delete_user_events(self, user_id: str) -> int:
+        """Delete the player's events; return how many."""
+
 
 class Store(ABC):
     """Where aggregates live. Subclasses implement :meth:`transaction` and the reads.
@@ -207,6 +260,11 @@ class Store(ABC):
         """The month's maintained figures (zeros for an unknown month)."""
 
     @abstractmethod
+    def get_totals(self) -> dict[str, Number]:
+        """Every daily and monthly counter summed over all time (see
+        :meth:`Transaction.increment_daily`); empty before the first batch."""
+
+    @abstractmethod
     def count_open_sessions(self) -> int:
         """Open sessions across every process writing to this store."""
 
@@ -235,6 +293,12 @@ class Store(ABC):
         """The (day, user) activity records of [start, end], as day -> users."""
         raise self._no_kpi_reads("day_users_between")
 
+    def count_day_users(self, start: str, end: str) -> int:
+        """How many distinct users have a (day, user) activity record in [start, end]
+        (the rolling MAU30 of a scrape). From :meth:`day_users_between` here; a store
+        that can count without sending every user id back overrides it."""
+        return len(set().union(*self.day_users_between(start, end).values()))
+
     def first_seen_between(self, start: str, end: str) -> dict[str, set[str]]:
         """The users whose first-seen day is in [start, end], as day -> users."""
         raise self._no_kpi_reads("first_seen_between")
@@ -257,6 +321,25 @@ class Store(ABC):
         """The retained events named one of ``names`` whose day is in [start, end]
         (None: unbounded on that side), in time order. The event TTL bounds them."""
         raise self._no_kpi_reads("events_between")
+
+    # -- process heartbeats (see :class:`~gso_analytics.model.Heartbeat`) ----------------
+
+    @abstractmethod
+    def save_heartbeat(self, heartbeat: Heartbeat) -> None:
+        """Insert or replace the record of ``heartbeat.process``. Not part of a batch:
+        a flush with nothing to store writes one too."""
+
+    @abstractmethod
+    def live_heartbeats(self, now: datetime) -> list[Heartbeat]:
+        """The records with ``expires_at`` after ``now``, ordered by ``process``."""
+
+    @abstractmethod
+    def forget_heartbeats(self, expired_before: datetime) -> None:
+        """Delete the records whose ``expires_at`` is before ``expired_before``."""
+
+    def user_records(self, user_id: str) -> UserRecords:
+        """What the store keeps about one player besides sessions and events."""
+        raise self._no_kpi_reads("user_records")
 
     def close(self) -> None:  # noqa: B027 - a store without resources has nothing to close
         """Release connections. Safe to call twice."""
@@ -284,12 +367,59 @@ class Store(ABC):
         results = []
         for part in batch.parts(self.max_part_players):
             with self.transaction() as tx:
-                results.append(apply_batch(tx, part))
+                key = self._erasure_key or tx.erasure_secret(new_secret())
+                results.append(apply_batch(tx, part, key))
+            self._erasure_key = key  # committed: the key is the store's
         return ApplyResult(
             duplicate=all(r.duplicate for r in results),
             new_day_users=sum(r.new_day_users for r in results),
             unmatched_logouts=sum(r.unmatched_logouts for r in results),
         )
+
+    # -- players' data rights ----------------------------------------------------------
+
+    _erasure_key: str | None = None
+
+    def erasure_key(self) -> str:
+        """The store's erasure secret (made by the first process that needs it, then
+        read once per process, inside the first batch's transaction when a batch comes
+        first): the key of the tombstones' hashes."""
+        if self._erasure_key is None:
+            with self.transaction() as tx:
+                self._erasure_key = tx.erasure_secret(new_secret())
+        return self._erasure_key
+
+    def erase_user(self, user_id: str, at: datetime) -> ErasureReceipt:
+        """Erase one player in one transaction: the tombstone first (an existing one
+        keeps its token, so a second call changes nothing), then the player's id
+        replaced by the token wherever it makes a distinct count, the events deleted.
+        A batch of that player applied later is renamed by :func:`apply_batch`."""
+        key_hash = keyed_hash(self.erasure_key(), user_id)
+        with self.transaction() as tx:
+            token = new_token()
+            existing = tx.add_tombstone(key_hash, token, at)
+            renamed = tx.rename_user(user_id, existing or token)
+            deleted = tx.delete_user_events(user_id)
+        return ErasureReceipt(renamed, {"events": deleted}, already_erased=existing is not None)
+
+    def export_user(self, user_id: str) -> dict[str, Any]:
+        """Everything stored about one player (the id as stored), JSON-ready."""
+        records = self.user_records(user_id)
+        return {
+            "userId": user_id,
+            "sessions": [session_export(s) for s in self.get_sessions(user_id)],
+            "events": [
+                {"ts": iso_from_ms(e.ts_ms), "event": e.event, "data": json.loads(e.data),
+                 "day": e.day}
+                for e in self.get_events(user_id, limit=EXPORT_EVENT_LIMIT)
+            ],
+            "daysActive": records.days_active,
+            "monthsActive": records.months_active,
+            "registeredOn": records.registered_days,
+            "firstSeen": records.first_seen,
+            "firstPayment": records.first_payment,
+            "revenueCents": records.revenue_cents,
+        }
 
     def prune(self, now: datetime, event_ttl: timedelta, session_timeout: timedelta) -> PruneResult:
         """Delete expired events; time out sessions open longer than ``session_timeout``
@@ -311,6 +441,7 @@ class Store(ABC):
                 tx.write_sessions(time_out(stale, timeout_ms))
             tx.delete_logouts_before(to_ms(now - retention - session_timeout))
             tx.delete_batches_before(now - retention)
+        self.forget_heartbeats(now - HEARTBEAT_KEPT)
         return PruneResult(events_deleted=deleted, sessions_timed_out=len(stale))
 
     def delete_expired_events(self, last: datetime) -> int:
@@ -329,6 +460,31 @@ class Store(ABC):
             time.sleep(min(time.monotonic() - started, PRUNE_MAX_PAUSE_S))
 
 
+#: Suffix of the total that counts what was taken back from a field (see
+#: :func:`total_increments`).
+WITHDRAWN = "Withdrawn"
+
+
+def total_increments(increments: Mapping[str, Number]) -> dict[str, Number]:
+    """What one day's (or month's) ``increments`` add to the all-time totals.
+
+    Why not the increments themselves: a session recomputed when a mark arrives late
+    (a logout from another worker inside a closed session) takes seconds back, so a
+    day's ``totalSessionS`` can go down, and a Prometheus counter that goes down reads
+    as a restart (``increase()`` would count the whole total again). So a negative
+    increment is added, as a positive amount, to ``<field>Withdrawn``: both totals only
+    grow, and the field's exact all-time figure is ``field - fieldWithdrawn`` (the
+    sum of its days). How a correction splits between the two depends on when the
+    late mark arrived; their difference does not."""
+    totals: dict[str, Number] = {}
+    for field, amount in increments.items():
+        if amount < 0:
+            totals[field + WITHDRAWN] = -amount
+        elif amount:
+            totals[field] = amount
+    return totals
+
+
 def batch_retention(event_ttl: timedelta) -> timedelta:
     """How long a prune keeps batch ids: :data:`MIN_BATCH_RETENTION`, or the event TTL
     when longer (a batch may carry events that old)."""
@@ -341,14 +497,22 @@ def last_expired(now: datetime, event_ttl: timedelta) -> datetime:
     return from_ms(to_ms(now - event_ttl))
 
 
-def apply_batch(tx: Transaction, batch: FlushBatch) -> ApplyResult:
-    """Translate a batch into :class:`Transaction` calls. Shared by every backend."""
+def apply_batch(tx: Transaction, batch: FlushBatch, erasure_key: str) -> ApplyResult:
+    """Translate a batch into :class:`Transaction` calls. Shared by every backend.
+
+    Players erased before (a tombstone under ``erasure_key``, the store's secret) are
+    renamed to their tokens, and their events dropped, inside the transaction that
+    writes their records: an erase committed before it is always seen."""
     created_at = batch.created_at
     if created_at is None:
         raise ValueError("a batch must carry created_at before it is applied")
     tx.record_intent(batch)
     if not tx.claim_batch(batch.id, created_at):
         return ApplyResult(duplicate=True)
+    users = batch_users(batch)
+    if users:
+        erased = tx.tombstones({user: keyed_hash(erasure_key, user) for user in users})
+        batch = rename_users(batch, erased, keep_events=False)
     daily: defaultdict[str, defaultdict[str, Number]] = defaultdict(lambda: defaultdict(int))
     for day, fields in batch.counters.items():
         daily[day].update(fields)

@@ -7,6 +7,8 @@ Adding a backend to every contract test is one more entry in :data:`BACKENDS`.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,7 +17,7 @@ from typing import Any
 
 import mongo_server
 import pytest
-from browser import Chromium, find_chromium
+from browser import Chromium
 
 from gso_analytics import Analytics, Store, open_store
 
@@ -93,16 +95,39 @@ if mongo_server.real_mongodb_uri():  # a real mongod or cluster, opt-in
 
 @pytest.fixture
 def chromium(tmp_path_factory: pytest.TempPathFactory) -> Chromium:
-    """A real headless Chromium; the test is skipped when none is installed."""
-    executable = find_chromium()
-    if executable is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+    """A real headless Chromium, found by the :func:`find_real_tool` rule."""
+    executable = find_real_tool("chromium", "chromium-browser", install="apt-get install chromium")
     return Chromium(executable, tmp_path_factory.mktemp("chromium"))
 
 
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+RealTool = Callable[..., str]
+
+
+def find_real_tool(*names: str, install: str) -> str:
+    """The path of a real program a test runs (the first of ``names`` on PATH). Missing,
+    the test skips on a laptop; under ``CI=true`` it fails instead, since ``.ci/run``
+    installs every such tool: a CI run that skipped them would look green without having
+    tested anything real."""
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    message = f"{' or '.join(names)} is not installed ({install})"
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(f"{message}; CI=true: a test whose real tool is missing fails")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def real_tool() -> RealTool:
+    """``real_tool("promtool", install="apt-get install prometheus")``: see
+    :func:`find_real_tool`."""
+    return find_real_tool
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -191,6 +216,7 @@ def snapshot(store: Store, users: tuple[str, ...] = ()) -> dict[str, Any]:
     return {
         "days": days,
         "months": {month: store.get_month(month) for month in months},
+        "totals": {field: value for field, value in store.get_totals().items() if value},
         "open_sessions": store.count_open_sessions(),
         "sessions": {
             user: [

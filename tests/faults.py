@@ -35,7 +35,9 @@ from gso_analytics.model import (
     ApplyResult,
     DailyStats,
     EventRecord,
+    Heartbeat,
     MonthStats,
+    Number,
     PruneResult,
     SessionRecord,
 )
@@ -128,7 +130,12 @@ class FaultyStore(Store):
         self.inner = inner
         self.reserved_fields = inner.reserved_fields  # type: ignore[misc]
         self._lock = threading.Lock()
-        self._faults: dict[str, list[Fault]] = {"apply": [], "prune": [], "read": []}
+        self._faults: dict[str, list[Fault]] = {
+            "apply": [],
+            "prune": [],
+            "read": [],
+            "heartbeat": [],
+        }
         self._down: ErrorFactory | None = None
         self.attempts: list[Attempt] = []
 
@@ -286,8 +293,9 @@ class FaultyStore(Store):
             else:
                 raise fault.error(f"injected failure inside the transaction after {statement}")
 
+        key = self.inner.erasure_key()
         with self.inner.transaction() as tx:
-            result = apply_batch(_FaultyTransaction(tx, hook), batch)  # type: ignore[arg-type]
+            result = apply_batch(_FaultyTransaction(tx, hook), batch, key)  # type: ignore[arg-type]
         if not fired:
             raise AssertionError(f"the batch never called {fault.statement}: bad test setup")
         return result
@@ -308,6 +316,18 @@ class FaultyStore(Store):
 
     def count_open_sessions(self) -> int:
         return self._run("read", lambda _: self.inner.count_open_sessions())
+
+    def get_totals(self) -> dict[str, Number]:
+        return self._run("read", lambda _: self.inner.get_totals())
+
+    def live_heartbeats(self, now: datetime) -> list[Heartbeat]:
+        return self._run("read", lambda _: self.inner.live_heartbeats(now))
+
+    def save_heartbeat(self, heartbeat: Heartbeat) -> None:
+        self._run("heartbeat", lambda _: self.inner.save_heartbeat(heartbeat))
+
+    def forget_heartbeats(self, expired_before: datetime) -> None:
+        self._run("prune", lambda _: self.inner.forget_heartbeats(expired_before))
 
     def get_sessions(self, user_id: str) -> list[SessionRecord]:
         return self._run("read", lambda _: self.inner.get_sessions(user_id))

@@ -312,7 +312,7 @@ def test_prometheus_text_parses_and_carries_the_json_numbers(game: Analytics, fm
     exposition = samples(response.content.decode())
     assert_same_numbers(exposition, EXPECTED_METRICS)
     assert_same_numbers(exposition, get("/metrics/", headers=AUTH).json())
-    assert_same_health(exposition, game.stats())
+    assert_same_health(exposition, game)
 
 
 def test_prometheus_scraper_gets_openmetrics(game: Analytics) -> None:
@@ -392,6 +392,19 @@ def test_command_prune_uses_the_projects_rules(
     clock.advance(hours=2)
     assert "timed out 1 sessions open longer than 1 hours" in run_command("prune")
     assert analytics.get_metrics().active_sessions == 0
+
+
+def test_command_export_user_and_erase(configure: Callable[..., Analytics]) -> None:
+    """``manage.py gso_analytics export-user ID`` and ``erase ID`` on the project's store."""
+    analytics = configure(**BASE)
+    analytics.on_login("u-django", "Dj")
+    analytics.track("credits.earn", "u-django", {"amount": 3})
+    export = json.loads(run_command("export-user", "u-django"))
+    assert export["sessions"][0]["username"] == "Dj" and len(export["events"]) == 1
+    receipt = json.loads(run_command("erase", "u-django"))
+    assert receipt["pseudonymized"]["sessions"] == 1 and receipt["deleted"] == {"events": 1}
+    assert json.loads(run_command("export-user", "u-django"))["sessions"] == []
+    assert analytics.get_metrics().dau == 1  # the day still counts the player
 
 
 @pytest.mark.parametrize("args", [(), ("report", "--days", "31"), ("explode",)])

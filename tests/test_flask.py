@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import sys
 import time
 import warnings
@@ -37,6 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import gso_analytics.integrations
 from gso_analytics import DAILY_FIELDS, Analytics, ConfigurationError, StoreError
 from gso_analytics.forwarding import Delivery, EncodedEvent, ForwardedEvent, Forwarder
+from gso_analytics.heartbeats import process_identity
 from gso_analytics.integrations import config as config_module
 from gso_analytics.integrations.config import read_settings
 from gso_analytics.integrations.flask import GSOAnalytics, get_analytics
@@ -45,7 +45,8 @@ from gso_analytics.integrations.prometheus import (
     FORWARDING,
     HEALTH,
     METRICS_GAUGES,
-    TODAY_GAUGES,
+    NOT_COUNTERS,
+    today_gauge,
 )
 from gso_analytics.testing import RecordingAnalytics, assert_tracked
 
@@ -172,24 +173,24 @@ def assert_same_numbers(exposition: dict[str, dict[tuple, float]], metrics: dict
     """Every number of the getMetrics() JSON appears, unchanged, in the exposition."""
     for key, (name, _) in METRICS_GAUGES.items():
         assert exposition[name] == {(): metrics[key]}, name
-    for field, (name, _) in TODAY_GAUGES.items():
-        assert exposition[name] == {(): metrics["today"].get(field, 0)}, name
-    custom = {
-        (("field", field),): value
-        for field, value in metrics["today"].items()
-        if field not in TODAY_GAUGES and field not in ("day", "month", "dau")
-    }
-    assert exposition.get("gso_analytics_today_counter", {}) == custom
+    for field, value in metrics["today"].items():
+        if field not in NOT_COUNTERS:
+            assert exposition[today_gauge(field)] == {(): value}, field
 
 
-def assert_same_health(exposition: dict[str, dict[tuple, float]], stats: dict) -> None:
-    """The health series equal ``stats()``, labelled with the answering process's pid."""
-    pid = (("pid", str(os.getpid())),)
+def this_process() -> tuple[tuple[str, str], ...]:
+    """The labels of this process's health series."""
+    _, host, pid = process_identity()
+    return (("host", host), ("pid", str(pid)))
+
+
+def assert_same_health(exposition: dict[str, dict[tuple, float]], analytics: Analytics) -> None:
+    """The health series equal the process's heartbeat (``stats()`` and its flush
+    interval), labelled with the answering process."""
+    stats = analytics.heartbeat().stats
     for key, (name, kind, _) in HEALTH.items():
-        if key in ("last_flush_age_s",) or stats.get(key) is None:
-            continue
         exposed = f"{name}_total" if kind == "counter" else name
-        assert exposition[exposed] == {pid: stats[key]}, exposed
+        assert exposition[exposed] == {this_process(): stats[key]}, exposed
 
 
 # -- fixtures -----------------------------------------------------------------------------
@@ -535,7 +536,7 @@ def test_prometheus_text_parses_and_carries_the_json_numbers(
     exposition = samples(response.get_data(as_text=True))
     assert_same_numbers(exposition, EXPECTED_METRICS)
     assert_same_numbers(exposition, client.get("/metrics", headers=AUTH).json)
-    assert_same_health(exposition, get_analytics(app).stats())
+    assert_same_health(exposition, get_analytics(app))
     assert all(name.startswith("gso_analytics_") for name in exposition)
 
 
@@ -556,14 +557,16 @@ def test_prometheus_before_any_activity_is_all_zeros(make_app: Callable[..., Fla
     fields = {key: value for key, value in today.items() if key not in ("day", "month")}
     assert fields == dict.fromkeys([*DAILY_FIELDS, "questsCompleted"], 0)  # every field
     assert_same_numbers(exposition, {"today": today, **dict.fromkeys(METRICS_GAUGES, 0)})
-    assert "gso_analytics_last_flush_age_seconds" not in exposition  # nothing flushed yet
+    # The scrape's own flush (an empty one) is this worker's heartbeat.
+    assert set(exposition["gso_analytics_last_flush_timestamp_seconds"]) == {this_process()}
+    assert exposition["gso_analytics_credits_earned_total"] == {(): 0}
 
 
 def test_prometheus_stats_view_is_health_only(client: FlaskClient, app: Flask) -> None:
     body = client.get("/metrics/stats?format=prometheus", headers=AUTH).get_data(as_text=True)
     exposition = samples(body)
     assert "gso_analytics_dau" not in exposition
-    assert_same_health(exposition, get_analytics(app).stats())
+    assert_same_health(exposition, get_analytics(app))
 
 
 class RefusingSome(Forwarder):
@@ -598,7 +601,7 @@ def test_prometheus_shows_each_forwarders_counts(
 
     client = app.test_client()
     exposition = samples(client.get("/metrics/stats?format=prometheus", headers=AUTH).text)
-    labels = (("forwarder", "partner"), ("pid", str(os.getpid())))
+    labels = (("forwarder", "partner"), *this_process())
     for key, (name, kind, _) in FORWARDING.items():
         exposed = f"{name}_total" if kind == "counter" else name
         assert exposition[exposed] == {labels: counts[key]}, exposed

@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import socket
@@ -849,3 +850,25 @@ def test_fork_child_forwards_only_its_own_events(
         for r in endpoint.accepted()
     }
     assert origins["child"] != origins["parent"]
+
+
+def test_an_erase_reaches_the_webhook_as_user_erased_after_the_players_events(
+    endpoint: Endpoint, make: Callable[..., Analytics], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The webhook's ``on_erase`` queues a ``user.erased`` event behind the player's
+    events, through the same outbox (retries, idempotency key); Mixpanel, which keeps
+    data we cannot delete, sends nothing and warns without naming the player."""
+    mixpanel = MixpanelForwarder(project_token="t", api_host=endpoint.url + "/mp")
+    analytics = make([WebhookForwarder(endpoint.url + "/hook"), mixpanel]).start()
+    analytics.track("credits.earn", "u-erase-me", {"amount": 1})
+    with caplog.at_level(logging.WARNING, logger="gso_analytics.forwarding"):
+        analytics.erase_user("u-erase-me")
+    hook = lambda: [r for r in endpoint.accepted() if r.path == "/hook"]  # noqa: E731
+    wait_until(lambda: len(hook()) == 2, what="the event and the erase")
+    bodies = [json.loads(r.body) for r in hook()]
+    assert [(b["event"], b["userId"], b["data"]) for b in bodies] == [
+        ("credits.earn", "u-erase-me", {"amount": 1}),
+        ("user.erased", "u-erase-me", {}),
+    ]
+    assert "file a deletion request with Mixpanel" in caplog.text
+    assert "u-erase-me" not in caplog.text

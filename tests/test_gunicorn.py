@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, suppress
 from pathlib import Path
+from typing import Any
 
 import gunicorn
 import pytest
@@ -86,17 +87,27 @@ def _supports_control_socket_flag() -> bool:
 class Gunicorn:
     """One gunicorn master (and its workers), its log, and its port."""
 
-    def __init__(self, tmp_path: Path, db_url: str, preload: bool) -> None:
-        (tmp_path / "gunicorn_app.py").write_text(APP_MODULE, encoding="utf-8")
+    def __init__(
+        self,
+        tmp_path: Path,
+        db_url: str,
+        preload: bool,
+        *,
+        workers: int = WORKERS,
+        app_module: str = APP_MODULE,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        (tmp_path / "gunicorn_app.py").write_text(app_module, encoding="utf-8")
         self.log_path = tmp_path / "gunicorn.log"
         self.tmp_path = tmp_path
         self.preload = preload
+        self.workers = workers
         args = [
             sys.executable,
             "-m",
             "gunicorn",
             "--workers",
-            str(WORKERS),
+            str(workers),
             "--bind",
             "127.0.0.1:0",
             "--chdir",
@@ -119,6 +130,7 @@ class Gunicorn:
             "GSO_ANALYTICS_FLUSH_INTERVAL": str(FLUSH_INTERVAL_S),
             "GSO_ANALYTICS_METRICS_TOKEN": TOKEN,
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         }
         self.log_file = self.log_path.open("w", encoding="utf-8")
         self.proc = subprocess.Popen(
@@ -140,7 +152,7 @@ class Gunicorn:
     def ready(self) -> bool:
         """Every worker has its app: created before the fork, or loaded by each worker."""
         booted = self.booted_workers()
-        if len(booted) < WORKERS:
+        if len(booted) < self.workers:
             return False
         loaded = {int(path.name.split("-")[1]) for path in self.tmp_path.glob("ready-*")}
         return self.proc.pid in loaded if self.preload else booted <= loaded
@@ -160,7 +172,7 @@ class Gunicorn:
                 time.sleep(0.05)
         while not self.ready():
             if time.monotonic() > deadline:
-                pytest.fail(f"{WORKERS} workers did not load the app in time:\n{self.log()}")
+                pytest.fail(f"{self.workers} workers did not load the app in time:\n{self.log()}")
             time.sleep(0.05)
         while True:  # the metrics endpoint, as a scraper would call it; nothing to flush yet
             with suppress(requests.RequestException):
@@ -197,8 +209,8 @@ class Gunicorn:
 def start_gunicorn(tmp_path: Path) -> Iterator:
     started: list[Gunicorn] = []
 
-    def start(db_url: str, preload: bool) -> Gunicorn:
-        server = Gunicorn(tmp_path, db_url, preload)
+    def start(db_url: str, preload: bool, **options: Any) -> Gunicorn:
+        server = Gunicorn(tmp_path, db_url, preload, **options)
         started.append(server)
         return server
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,8 @@ import pytest
 
 from gso_analytics import DAILY_FIELDS, FlushBatch, Store
 from gso_analytics.clock import to_ms
-from gso_analytics.model import EventRecord, Login, Logout
+from gso_analytics.model import EventRecord, Heartbeat, Login, Logout
+from gso_analytics.store import WITHDRAWN
 
 if TYPE_CHECKING:
     from conftest import AnalyticsFactory, Backend, FakeClock
@@ -905,3 +907,359 @@ def test_prune_deletes_expired_events_in_chunks_a_flush_gets_between(
     assert flushed_between == [True], "a flush waited for the whole prune"
     assert store.get_day(day)["dungeonsRun"] == 1
     assert [e.event for e in store.get_events()] == ["dungeon.complete"]
+
+
+# -- all-time totals ----------------------------------------------------------------------
+
+
+def _summed(store: Store) -> dict[str, Any]:
+    """The totals as the sum of every stored day and month: the rule they must keep."""
+    summed: dict[str, Any] = {}
+    days = store.recent_days(10_000)
+    for fields in [d.counters for d in days] + [
+        {"mau": m.mau, "timedSessions": m.timed_sessions, "timedSessionS": m.timed_session_s}
+        for m in (store.get_month(month) for month in sorted({d.month for d in days}))
+    ]:
+        for field, value in fields.items():
+            summed[field] = summed.get(field, 0) + value
+    return {field: value for field, value in summed.items() if value}
+
+
+def _net(totals: dict[str, Any]) -> dict[str, Any]:
+    """The exact all-time figures: each field less what was withdrawn from it."""
+    net = {f: v for f, v in totals.items() if not f.endswith(WITHDRAWN)}
+    for field, taken in totals.items():
+        if field.endswith(WITHDRAWN):
+            base = field.removesuffix(WITHDRAWN)
+            net[base] = net.get(base, 0) - taken
+    return {field: value for field, value in net.items() if value}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_totals_are_exact_across_processes_and_never_drop_at_midnight(
+    store: Store,
+    other_store: Store,
+    make_analytics: AnalyticsFactory,
+    clock: FakeClock,
+    seed: int,
+) -> None:
+    """Two processes write random work over three midnights, flushing in a random order:
+    the totals equal an oracle kept from the calls, equal the sum of the days and
+    months, and no counter total ever decreases (a day ending takes nothing back)."""
+    import itertools
+    import random
+
+    rng = random.Random(seed)
+    writers = [make_analytics(store), make_analytics(other_store)]
+    oracle = {"creditsEarned": 0, "dungeonsRun": 0, "sessionCount": 0, "timedSessionS": 0}
+    seen: list[dict[str, Any]] = []
+    clock.now = at("2025-03-13 23:00:00")
+    for step in range(60):
+        writer = rng.choice(writers)
+        user = f"u{rng.randrange(4)}"
+        amount = rng.randrange(1, 500)
+        writer.track("credits.earn", user, {"amount": amount})
+        oracle["creditsEarned"] += amount
+        if rng.random() < 0.3:
+            writer.track("dungeon.complete", user)
+            oracle["dungeonsRun"] += 1
+        if rng.random() < 0.2:
+            # A whole session in one process, so its seconds are known here.
+            writer.on_login(f"s{step}", "p")
+            seconds = rng.randrange(1, 300)
+            clock.advance(seconds)
+            writer.on_logout(f"s{step}")
+            oracle["sessionCount"] += 1
+            oracle["timedSessionS"] += seconds
+        clock.advance(rng.randrange(60, 4 * 3600))
+        if rng.random() < 0.4:
+            rng.choice(writers).flush()
+            seen.append(other_store.get_totals())
+    for writer in rng.sample(writers, 2):
+        writer.flush()
+    seen.append(store.get_totals())
+
+    totals = store.get_totals()
+    assert {field: totals.get(field, 0) for field in oracle} == oracle
+    assert totals["totalSessionS"] == oracle["timedSessionS"]
+    assert len(store.recent_days(10_000)) >= 3  # the work did cross midnights
+    assert _net(totals) == _summed(store)
+    for before, after in itertools.pairwise(seen):
+        for field in ("creditsEarned", "dungeonsRun", "sessionCount", "newUsers", "dau"):
+            assert after.get(field, 0) >= before.get(field, 0), (field, before, after)
+
+
+def test_a_late_logout_is_withdrawn_from_the_totals_never_subtracted(
+    store: Store,
+    other_store: Store,
+    make_analytics: AnalyticsFactory,
+    clock: FakeClock,
+) -> None:
+    """A logout flushed late by another worker ends a stored session earlier: the
+    day's seconds go down, every total only grows, and total minus withdrawn is the
+    sum of the days (what a Prometheus counter needs: a decrease reads as a restart)."""
+    first, late = make_analytics(store), make_analytics(other_store)
+    first.on_login("u1", "alice")
+    clock.advance(100)
+    late.on_logout("u1")  # buffered in the other worker
+    clock.advance(500)
+    first.on_logout("u1")
+    first.flush()
+    before = store.get_totals()
+    assert before["totalSessionS"] == 600
+    late.flush()
+    after = store.get_totals()
+    assert store.recent_days(1)[0].counters["totalSessionS"] == 100
+    for field, value in before.items():
+        assert after.get(field, 0) >= value, (field, before, after)
+    assert after["totalSessionS" + WITHDRAWN] == 500
+    assert after["timedSessionS" + WITHDRAWN] == 500
+    assert _net(after) == _summed(store)
+
+
+def test_a_retried_batch_adds_to_the_totals_once(
+    store: Store, other_store: Store, clock: FakeClock
+) -> None:
+    batch = make_batch(clock.now)
+    store.apply(batch)
+    once = store.get_totals()
+    assert once["creditsEarned"] == 50
+    assert other_store.apply(batch).duplicate
+    assert other_store.get_totals() == once
+
+
+# -- process heartbeats ---------------------------------------------------------------------
+
+
+def _beat(process: str, at_: datetime, lifetime_s: float, flushed: int) -> Heartbeat:
+    host, _, pid = process.partition(":")
+    return Heartbeat(
+        process,
+        host,
+        int(pid),
+        at_,
+        at_ + timedelta(seconds=lifetime_s),
+        {"flushed": flushed, "buffered": 3},
+        {"webhook": {"delivered": 7}},
+    )
+
+
+def test_heartbeats_are_replaced_per_process_and_read_until_they_expire(
+    store: Store, other_store: Store
+) -> None:
+    """Each process keeps one record (the newest), every handle reads every live one,
+    a record is live until its ``expires_at`` (excluded), and prune-time cleanup
+    deletes only records expired before the given moment."""
+    t0 = at("2025-03-14 12:00:00.250")
+    assert store.live_heartbeats(t0) == []
+    store.save_heartbeat(_beat("web-1:10", t0, 30, 5))
+    other_store.save_heartbeat(_beat("web-2:10", t0, 90, 8))
+    store.save_heartbeat(_beat("web-1:10", t0 + timedelta(seconds=10), 30, 9))
+
+    live = other_store.live_heartbeats(t0 + timedelta(seconds=20))
+    assert [(b.process, b.host, b.pid, b.stats["flushed"]) for b in live] == [
+        ("web-1:10", "web-1", 10, 9),
+        ("web-2:10", "web-2", 10, 8),
+    ]
+    assert live[0].at == t0 + timedelta(seconds=10)
+    assert live[0].expires_at == t0 + timedelta(seconds=40)
+    assert live[1].forwarders == {"webhook": {"delivered": 7}}
+    assert live[1].stats == {"flushed": 8, "buffered": 3}
+
+    assert [b.process for b in store.live_heartbeats(t0 + timedelta(seconds=40))] == ["web-2:10"]
+    store.forget_heartbeats(t0 + timedelta(seconds=60))
+    store.save_heartbeat(_beat("web-3:11", t0, 1, 1))
+    store.forget_heartbeats(t0 + timedelta(seconds=60))
+    assert [b.process for b in store.live_heartbeats(t0)] == ["web-2:10"]
+
+
+def test_every_flush_writes_a_heartbeat_an_empty_one_too(
+    store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    analytics = make_analytics(store, flush_interval=30)
+    analytics.flush()  # nothing buffered
+    first = other_store.live_heartbeats(clock.now)
+    assert [(b.pid, b.stats["flushed"], b.at) for b in first] == [(os.getpid(), 0, clock.now)]
+    assert first[0].expires_at == clock.now + timedelta(seconds=150)  # 5 intervals
+    analytics.track("credits.earn", "u1", {"amount": 1})
+    clock.advance(5)
+    analytics.flush()
+    (beat,) = other_store.live_heartbeats(clock.now)
+    assert (beat.stats["flushed"], beat.at) == (1, clock.now)
+    assert other_store.live_heartbeats(clock.now + timedelta(seconds=150)) == []
+
+
+def test_count_day_users_counts_each_user_once_in_the_range(store: Store, clock: FakeClock) -> None:
+    """The rolling MAU30 of a scrape: distinct users of the days in [start, end]."""
+    activity = {"2025-03-01": {"a", "b"}, "2025-03-02": {"b", "c"}, "2025-03-05": {"d"}}
+    for day, users in activity.items():
+        store.apply(
+            FlushBatch(
+                created_at=clock.now,
+                day_users={day: users},
+                months={day: day[:7]},
+                counters={day: {"creditsEarned": 1}},
+            )
+        )
+    assert store.count_day_users("2025-03-01", "2025-03-02") == 3
+    assert store.count_day_users("2025-03-02", "2025-03-05") == 3
+    assert store.count_day_users("2025-03-03", "2025-03-04") == 0
+    assert store.count_day_users("2025-02-01", "2025-03-31") == len(set().union(*activity.values()))
+
+
+# -- players' data rights: erase and export ------------------------------------------------
+
+ALICE, ALICE_NAME = "player-alice-4711", "AliceWonderName"
+
+
+def raw_dump(store: Store) -> str:
+    """Every stored record of ``store``, as text, whatever the backend: what an erase
+    must leave without the player's id or username."""
+    from gso_analytics.backends.memory import MemoryStore
+    from gso_analytics.backends.mongo import MongoStore
+    from gso_analytics.backends.sqlite import SQLiteStore
+
+    if isinstance(store, MemoryStore):
+        return repr(store._state)
+    if isinstance(store, SQLiteStore):
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:
+            sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+            tables = [r[0] for r in conn.execute(sql)]
+            return repr({t: conn.execute(f"SELECT * FROM {t}").fetchall() for t in tables})
+    assert isinstance(store, MongoStore)
+    db = store._db()
+    return repr({name: list(db[name].find()) for name in db.list_collection_names()})
+
+
+def _figures(store: Store, days: tuple[str, str]) -> dict[str, Any]:
+    """The numbers an erase must not change: the days' counters, the month, the
+    distinct counts behind retention and revenue, and the sessions' shape."""
+    start, end = days
+    return {
+        "days": [d.to_dict() for d in store.days_between(start, end)],
+        "month": store.get_month(start[:7]),
+        "active": {d: len(u) for d, u in store.day_users_between(start, end).items()},
+        "cohorts": {d: len(u) for d, u in store.first_seen_between(start, end).items()},
+        "payers": {d: len(u) for d, u in store.first_payments_between(start, end).items()},
+        "revenue": {
+            d: sorted(p.values()) for d, p in store.user_revenue_between(start, end).items()
+        },
+        "users_with_sessions": len({s.user_id for s in store.sessions_between(start, end)}),
+        "open": store.count_open_sessions(),
+    }
+
+
+def _play_two_days(a: Any, clock: FakeClock) -> None:
+    a.on_login(ALICE, ALICE_NAME)
+    a.track("stripe.payment", ALICE, {"amountCents": 499, "note": ALICE_NAME})
+    a.on_login("bob", "Bob")
+    clock.advance(minutes=30)
+    a.on_logout(ALICE)
+    a.track("credits.earn", "bob", {"amount": 5})
+    a.flush()
+    clock.advance(days=1)
+    a.on_login(ALICE, ALICE_NAME)
+    a.track("credits.earn", ALICE, {"amount": 7})
+    a.flush()
+
+
+def test_erase_removes_the_player_and_keeps_every_figure(
+    store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """After the erase, with a call of the player still buffered in another worker and
+    flushed after it: no stored record holds the id or the username, every figure of
+    both days is what it was (plus the late call's own counters), the late call went to
+    the same token, and the other player is untouched."""
+    a = make_analytics(store, forwarders=[])
+    worker = make_analytics(other_store, forwarders=[])
+    _play_two_days(a, clock)
+    clock.advance(minutes=10)
+    worker.track("stripe.payment", ALICE, {"amountCents": 100})  # buffered in "another process"
+    worker.on_logout(ALICE)
+    days = ("2025-03-14", "2025-03-15")
+    before = _figures(store, days)
+    bob_before = store.export_user("bob")
+    assert ALICE in raw_dump(store) and ALICE_NAME in raw_dump(store)
+
+    receipt = a.erase_user(ALICE)
+    assert receipt.pseudonymized["day_users"] == 2
+    assert receipt.pseudonymized["sessions"] == 2
+    assert receipt.deleted["events"] == 2
+    assert not receipt.already_erased
+    worker.flush()  # the late batch: its calls of the player must go to the token
+
+    dump = raw_dump(store)
+    assert ALICE not in dump and ALICE_NAME not in dump
+    after = _figures(store, days)
+    # The late call: one more payment of the same (renamed) payer on day 2, and the
+    # logout closing the renamed open session; the distinct counts do not move.
+    assert after["days"][1]["stripeRevenue"] == before["days"][1]["stripeRevenue"] + 100
+    assert after["revenue"]["2025-03-15"] == [100]
+    for key in ("active", "cohorts", "payers", "users_with_sessions"):
+        assert after[key] == before[key], key
+    assert after["month"].mau == before["month"].mau == 2
+    # The late logout ends the renamed session 10 minutes after its login.
+    assert after["month"].timed_sessions == before["month"].timed_sessions + 1
+    assert after["month"].timed_session_s == before["month"].timed_session_s + 600
+    assert after["days"][0] == before["days"][0]
+    assert after["open"] == before["open"] - 1
+    tokens = {s.user_id for s in store.sessions_between(*days)} - {"bob"}
+    assert len(tokens) == 1 and tokens.pop().startswith("erased-")
+    assert store.export_user("bob") == bob_before
+    again = a.erase_user(ALICE)
+    assert again.already_erased and again.total == 0
+
+
+def test_a_batch_retried_after_the_erase_stays_erased(store: Store, clock: FakeClock) -> None:
+    """A batch applied before the erase and retried after it (an unknown outcome) is a
+    duplicate; one applied for the first time after it (a dead letter replayed later)
+    goes to the same token as the erased records."""
+    from gso_analytics.erasure import keyed_hash
+
+    def batch(n: int) -> FlushBatch:
+        return FlushBatch(
+            id=f"b{n}",
+            created_at=clock(),
+            day_users={"2025-03-14": {ALICE}},
+            month_users={"2025-03": {ALICE}},
+            months={"2025-03-14": "2025-03"},
+            counters={"2025-03-14": {"creditsEarned": n}},
+            events=[EventRecord(to_ms(clock()), ALICE, "credits.earn", "{}", "2025-03-14").row],
+        )
+
+    assert not store.apply(batch(1)).duplicate
+    store.erase_user(ALICE, clock())
+    assert store.apply(batch(1)).duplicate
+    store.apply(batch(2))
+    assert ALICE not in raw_dump(store)
+    assert store.get_month("2025-03").mau == 1
+    assert day_dict(store, "2025-03-14")["dau"] == 1
+    assert day_dict(store, "2025-03-14")["creditsEarned"] == 3
+    assert store.get_events(ALICE) == []
+    # The tombstone is a keyed hash: the id is not in it, and only the store's key finds it.
+    assert keyed_hash(store.erasure_key(), ALICE) in raw_dump(store)
+
+
+def test_export_user_has_sessions_events_payments_and_days(
+    store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    a = make_analytics(store, forwarders=[])
+    _play_two_days(a, clock)
+    export = a.export_user(ALICE)
+    json.dumps(export)  # JSON-serializable as it is
+    assert export["userId"] == ALICE
+    assert [s["username"] for s in export["sessions"]] == [ALICE_NAME, ALICE_NAME]
+    assert [s["durationS"] for s in export["sessions"]] == [1800, 0]
+    assert export["sessions"][0]["loginAt"] == "2025-03-14T12:00:00.000Z"
+    assert [(e["event"], e["data"]) for e in export["events"]] == [
+        ("stripe.payment", {"amountCents": 499, "note": ALICE_NAME}),
+        ("credits.earn", {"amount": 7}),
+    ]
+    assert export["daysActive"] == ["2025-03-14", "2025-03-15"]
+    assert export["monthsActive"] == ["2025-03"]
+    assert export["firstSeen"] == "2025-03-14"
+    assert export["firstPayment"] == "2025-03-14"
+    assert export["revenueCents"] == {"2025-03-14": 499}
+    assert store.export_user("nobody")["sessions"] == []

@@ -136,12 +136,16 @@ class MetricsEndpoint:
         self, analytics: Analytics, view: View, fmt: Format, accept: str | None
     ) -> MetricsResponse:
         try:
+            if fmt is Format.PROMETHEUS:
+                return self._prometheus(analytics, view, accept)
             if view == "metrics":
                 data: Any = analytics.get_metrics().to_dict()
             elif view == "days":
                 data = [day.to_dict() for day in analytics.get_last_30_days()]
             else:
-                data = None
+                data = analytics.stats()
+        except _Refusal:
+            raise
         except StoreError as exc:
             # The batch stays buffered and is retried; a scraper sees a clean failure.
             log.warning("gso_analytics: metrics endpoint: store unavailable: %s", exc)
@@ -151,9 +155,10 @@ class MetricsEndpoint:
             # flush counts it in stats()["internal_errors"]).
             log.exception("gso_analytics: metrics endpoint: internal error")
             raise _error(500, "internal error") from None
-        stats = analytics.stats()
-        if fmt is Format.JSON:
-            return _json(200, stats if view == "stats" else data)
+        return _json(200, data)
+
+    @staticmethod
+    def _prometheus(analytics: Analytics, view: View, accept: str | None) -> MetricsResponse:
         try:
             from . import prometheus
         except ImportError:
@@ -162,7 +167,8 @@ class MetricsEndpoint:
                 "the Prometheus format needs prometheus_client:"
                 " pip install 'gso-analytics[prometheus]'",
             ) from None
-        body, content_type = prometheus.render(data, stats, accept)
+        scrape = prometheus.take_scrape(analytics, business=view == "metrics")
+        body, content_type = prometheus.render(scrape, accept)
         return MetricsResponse(200, body, content_type)
 
 

@@ -2,82 +2,110 @@
 
 Why a collector over a snapshot instead of module-level ``Gauge`` objects: the numbers
 live in the store and are shared by every worker process, so each scrape reads them
-once (the same ``getMetrics()`` dict the JSON view serves, so both formats carry the
-same numbers) and a fresh :class:`~prometheus_client.CollectorRegistry` renders them.
-Nothing is registered globally, nothing needs ``prometheus_client``'s multiprocess
-mode, and an app's own ``prometheus_client`` metrics are untouched.
+once and a fresh :class:`~prometheus_client.CollectorRegistry` renders them. Nothing is
+registered globally and an app's own ``prometheus_client`` metrics are untouched.
 
-The library's health (:meth:`~gso_analytics.Analytics.stats`) is per process: those
-series carry a ``pid`` label, so the workers behind one endpoint are distinct series
-rather than one counter that seems to reset whenever another worker answers. The
-forwarders' counts add a ``forwarder`` label, so an endpoint that drops events shows.
+Every series of a scrape comes from the store, so any worker answering a scrape gives
+the same, whole answer:
 
+- business numbers: today's counters as ``gso_analytics_today_*`` gauges (they restart
+  at midnight), the same counters as all-time ``gso_analytics_<field>_total`` counters
+  (:meth:`~gso_analytics.Store.get_totals`, never reset, so ``increase()`` and
+  ``rate()`` work over any range), DAU, MAU, the rolling 30-day MAU, and the closed
+  sessions as a summary in seconds (``_sum`` and ``_count``);
+- health: every live worker's :class:`~gso_analytics.model.Heartbeat`, labelled with
+  ``host`` and ``pid`` (not the pid alone: two hosts may share one), so every scrape
+  holds every worker's series instead of the one that answered.
+
+The ``/stats`` view renders this process's health alone, without the store.
 This module imports ``prometheus_client`` (the ``prometheus`` extra); the endpoint
 imports it only when the Prometheus format is asked for.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
+import attrs
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+
+from .. import __version__
+from ..analytics import Analytics
+from ..kpis import MAU30_DAYS
+from ..model import Heartbeat, Number
+from ..store import WITHDRAWN
 
 PREFIX = "gso_analytics_"
 
 #: ``getMetrics()`` keys -> (metric, help). Read from the store: the whole cluster.
 METRICS_GAUGES: Mapping[str, tuple[str, str]] = {
     "dau": ("gso_analytics_dau", "Distinct users with a session today."),
-    "mau": ("gso_analytics_mau", "Distinct users with a session this month."),
+    "mau": ("gso_analytics_mau", "Distinct users with a session this calendar month."),
     "activeSessions": ("gso_analytics_active_sessions", "Sessions open now, in all processes."),
-    "avgSessionMin": (
-        "gso_analytics_avg_session_minutes",
-        "Mean duration of this month's timed sessions, in minutes, rounded.",
-    ),
 }
 
-#: Fields of today's daily document -> (metric, help). Gauges: they restart at 0 every
-#: day (in the configured timezone), which a Prometheus counter must never do.
-TODAY_GAUGES: Mapping[str, tuple[str, str]] = {
-    "newUsers": ("gso_analytics_today_new_users", "Users registered today (user.register)."),
-    "creditsEarned": ("gso_analytics_today_credits_earned", "Credits earned today."),
-    "creditsSpent": ("gso_analytics_today_credits_spent", "Credits spent today."),
-    "gemsEarned": ("gso_analytics_today_gems_earned", "Gems earned today."),
-    "gemsSpent": ("gso_analytics_today_gems_spent", "Gems spent today."),
-    "gemsPurchased": ("gso_analytics_today_gems_purchased", "Gems purchased today."),
-    "stripeRevenue": (
-        "gso_analytics_today_stripe_revenue_cents",
-        "Real-money revenue today (stripe.payment), in USD cents.",
-    ),
-    "dungeonsRun": ("gso_analytics_today_dungeons_run", "Dungeons completed today."),
-    "craftsCompleted": ("gso_analytics_today_crafts_completed", "Crafts completed today."),
-    "pvpBattles": ("gso_analytics_today_pvp_battles", "PvP battles today (ranked or not)."),
-    "raidBattles": ("gso_analytics_today_raid_battles", "Raids completed today."),
-    "marketSales": ("gso_analytics_today_market_sales", "Market sales today."),
-    "totalSessionS": (
-        "gso_analytics_today_session_seconds",
-        "Play time of the closed sessions that started today, in seconds.",
-    ),
-    "sessionCount": ("gso_analytics_today_sessions", "Sessions started today."),
+INFO = ("gso_analytics_info", "The library's version, its store and its timezone (always 1).")
+MAU30 = ("gso_analytics_mau30", "Distinct users active in the 30 days ending today.")
+
+#: Daily fields whose metric name is not simply the field in snake case (the unit, or a
+#: clearer noun). Every other field, a game's own counters too, is snake-cased.
+FIELD_NAMES: Mapping[str, str] = {
+    "stripeRevenue": "stripe_revenue_cents",
+    "totalSessionS": "session_seconds",
+    "sessionCount": "sessions",
 }
 
-#: A game's own counters (``counters={...}``), one series per field name.
-CUSTOM_GAUGE = (
-    "gso_analytics_today_counter",
-    "Today's value of a counter the game added (label: its daily field name).",
+#: Daily fields that are not counters of their own (``dau`` is a distinct count: its
+#: sum over days means nothing to a game team).
+NOT_COUNTERS = frozenset({"day", "month", "dau"})
+
+#: The closed sessions as a summary: all-time count and sum of their seconds.
+SESSION_SUMMARY = (
+    "gso_analytics_session_duration_seconds",
+    "Closed sessions with a duration: their count and the sum of their seconds.",
 )
+TIMED_SESSIONS, TIMED_SESSION_S = "timedSessions", "timedSessionS"
+#: The seconds the summary's ``_sum`` has taken back (see :func:`.store.total_increments`):
+#: closed sessions' exact seconds are ``_sum`` minus this.
+SESSION_WITHDRAWN = (
+    "gso_analytics_session_duration_seconds_withdrawn",
+    "Seconds taken back from the summary's _sum by sessions recomputed from a late mark.",
+)
+#: Daily fields that a late mark can take back from: exposed with a ``_withdrawn_total``.
+WITHDRAWABLE = frozenset({"totalSessionS"})
 
-#: Keys of the today document that are not counters (or are exposed elsewhere).
-_NOT_COUNTERS = frozenset({"day", "month", "dau"})
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def metric_base(field: str) -> str:
+    """``creditsEarned`` -> ``credits_earned`` (see :data:`FIELD_NAMES`)."""
+    return FIELD_NAMES.get(field) or _CAMEL.sub("_", field).lower()
+
+
+def today_gauge(field: str) -> str:
+    return f"{PREFIX}today_{metric_base(field)}"
+
+
+def total_counter(field: str) -> str:
+    """The counter's name without ``_total``, which ``prometheus_client`` appends."""
+    return f"{PREFIX}{metric_base(field)}"
+
 
 GAUGE, COUNTER = "gauge", "counter"
 
-#: ``stats()`` keys -> (metric, type, help). Per process, labelled with ``pid``; a
-#: counter is exposed with the ``_total`` suffix.
+#: Heartbeat ``stats`` keys -> (metric, type, help). Per process, labelled with
+#: ``host`` and ``pid``; a counter is exposed with the ``_total`` suffix.
 HEALTH: Mapping[str, tuple[str, str, str]] = {
     "buffered": (
         "gso_analytics_buffered_calls",
@@ -113,16 +141,21 @@ HEALTH: Mapping[str, tuple[str, str, str]] = {
         COUNTER,
         "Logouts of this process that ended no session when stored.",
     ),
-    "last_flush_age_s": (
-        "gso_analytics_last_flush_age_seconds",
+    "flush_interval_s": (
+        "gso_analytics_flush_interval_seconds",
         GAUGE,
-        "Seconds since this process last stored a batch (absent before its first).",
+        "This process's flush interval (a flush older than 2 of them is stale).",
     ),
 }
 
+LAST_FLUSH = (
+    "gso_analytics_last_flush_timestamp_seconds",
+    "When this process last finished a flush (an empty one too), in Unix seconds.",
+)
 
-#: ``stats()["forwarding"]["forwarders"][name]`` keys -> (metric, type, help). Per
-#: process and forwarder, labelled with ``pid`` and ``forwarder``.
+
+#: Heartbeat ``forwarders[name]`` keys -> (metric, type, help). Per process and
+#: forwarder, labelled with ``host``, ``pid`` and ``forwarder``.
 FORWARDING: Mapping[str, tuple[str, str, str]] = {
     "queued": (
         "gso_analytics_forward_queued_events",
@@ -157,66 +190,128 @@ FORWARDING: Mapping[str, tuple[str, str, str]] = {
 }
 
 
-class SnapshotCollector(Collector):
-    """Yields one scrape's numbers: ``metrics`` (``Metrics.to_dict()``, or None for the
-    health-only view) and this process's ``stats``."""
+@attrs.frozen
+class Scrape:
+    """What one scrape shows: ``business`` None for the health-only ``/stats`` view."""
 
-    def __init__(
-        self, metrics: Mapping[str, Any] | None, stats: Mapping[str, Any], pid: int
-    ) -> None:
-        self.metrics = metrics
-        self.stats = stats
-        self.pid = str(pid)
+    info: Mapping[str, str]
+    heartbeats: Sequence[Heartbeat]
+    business: Business | None = None
+
+
+@attrs.frozen
+class Business:
+    metrics: Mapping[str, Any]  # ``Metrics.to_dict()``, the JSON view's numbers
+    totals: Mapping[str, Number]
+    mau30: int
+
+
+def take_scrape(analytics: Analytics, business: bool) -> Scrape:
+    """Read one scrape: with ``business``, the store's numbers and every live worker's
+    heartbeat (this process's is written by the flush ``get_metrics()`` makes first);
+    without, this process's health alone, from memory."""
+    info = {
+        "version": __version__,
+        "store": (type(analytics.store).schemes or (type(analytics.store).__name__,))[0],
+        "tz": str(analytics.tz),
+    }
+    if not business:
+        return Scrape(info, [analytics.heartbeat()])
+    metrics = analytics.get_metrics().to_dict()
+    store = analytics.store
+    kpis = analytics.kpis
+    today = kpis.today()
+    # Counted in the store, like dau and mau (test users included, unlike the KPIs).
+    first = today - timedelta(days=MAU30_DAYS - 1)
+    mau30 = store.count_day_users(first.isoformat(), today.isoformat())
+    numbers = Business(metrics, store.get_totals(), mau30)
+    return Scrape(info, store.live_heartbeats(kpis.clock()), numbers)
+
+
+class ScrapeCollector(Collector):
+    """Yields one :class:`Scrape`'s series."""
+
+    def __init__(self, scrape: Scrape) -> None:
+        self.scrape = scrape
 
     def collect(self) -> Iterator[Metric]:
-        if self.metrics is not None:
-            yield from self._business(self.metrics)
+        # A gauge of 1, not an OpenMetrics info family: promtool and classic-format
+        # tools know the gauge, and both formats then carry the same series.
+        info = GaugeMetricFamily(*INFO, labels=list(self.scrape.info))
+        info.add_metric(list(self.scrape.info.values()), 1)
+        yield info
+        if self.scrape.business is not None:
+            yield from self._business(self.scrape.business)
         yield from self._health()
 
-    def _business(self, metrics: Mapping[str, Any]) -> Iterator[Metric]:
+    def _business(self, numbers: Business) -> Iterator[Metric]:
+        metrics = numbers.metrics
         for key, (name, doc) in METRICS_GAUGES.items():
             yield GaugeMetricFamily(name, doc, value=metrics[key])
-        today: Mapping[str, Any] = metrics["today"]  # {} before the day's first flush
-        for field, (name, doc) in TODAY_GAUGES.items():
-            yield GaugeMetricFamily(name, doc, value=today.get(field, 0))
-        custom = GaugeMetricFamily(*CUSTOM_GAUGE, labels=["field"])
-        for field, value in today.items():
-            if field not in TODAY_GAUGES and field not in _NOT_COUNTERS:
-                custom.add_metric([field], value)
-        if custom.samples:
-            yield custom
+        yield GaugeMetricFamily(*MAU30, value=numbers.mau30)
+        today: Mapping[str, Any] = metrics["today"]
+        seen: set[str] = set()
+        for field in today:
+            if field in NOT_COUNTERS or today_gauge(field) in seen:
+                continue  # a custom field whose name clashes is shown once
+            seen.add(today_gauge(field))
+            yield GaugeMetricFamily(
+                today_gauge(field),
+                f"Today's {field} (restarts at 0 at midnight; see {total_counter(field)}_total).",
+                value=today[field],
+            )
+            yield CounterMetricFamily(
+                total_counter(field),
+                f"All-time {field}, every worker of the store (never restarts).",
+                value=numbers.totals.get(field, 0),
+            )
+            if field in WITHDRAWABLE:
+                yield CounterMetricFamily(
+                    f"{total_counter(field)}_withdrawn",
+                    f"All-time {field} taken back by sessions recomputed from a late mark:"
+                    f" the exact figure is {total_counter(field)}_total minus this.",
+                    value=numbers.totals.get(field + WITHDRAWN, 0),
+                )
+        yield SummaryMetricFamily(
+            *SESSION_SUMMARY,
+            count_value=int(numbers.totals.get(TIMED_SESSIONS, 0)),
+            sum_value=numbers.totals.get(TIMED_SESSION_S, 0),
+        )
+        yield CounterMetricFamily(
+            *SESSION_WITHDRAWN,
+            value=numbers.totals.get(TIMED_SESSION_S + WITHDRAWN, 0),
+        )
 
     def _health(self) -> Iterator[Metric]:
+        beats = self.scrape.heartbeats
         for key, (name, kind, doc) in HEALTH.items():
-            value = self.stats.get(key)
-            if value is None:
-                continue
             family_type = CounterMetricFamily if kind == COUNTER else GaugeMetricFamily
-            family = family_type(name, doc, labels=["pid"])
-            family.add_metric([self.pid], value)
+            family = family_type(name, doc, labels=["host", "pid"])
+            for beat in beats:
+                family.add_metric([beat.host, str(beat.pid)], beat.stats.get(key, 0))
             yield family
-        forwarders: Mapping[str, Mapping[str, Any]] = self.stats.get("forwarding", {}).get(
-            "forwarders", {}
-        )
-        if not forwarders:
+        last = GaugeMetricFamily(*LAST_FLUSH, labels=["host", "pid"])
+        for beat in beats:
+            last.add_metric([beat.host, str(beat.pid)], beat.at.timestamp())
+        yield last
+        if not any(beat.forwarders for beat in beats):
             return
         for key, (name, kind, doc) in FORWARDING.items():
             family_type = CounterMetricFamily if kind == COUNTER else GaugeMetricFamily
-            family = family_type(name, doc, labels=["pid", "forwarder"])
-            for forwarder, counts in forwarders.items():
-                family.add_metric([self.pid, forwarder], counts[key])
+            family = family_type(name, doc, labels=["host", "pid", "forwarder"])
+            for beat in beats:
+                for forwarder, counts in beat.forwarders.items():
+                    family.add_metric([beat.host, str(beat.pid), forwarder], counts.get(key, 0))
             yield family
 
 
-def render(
-    metrics: Mapping[str, Any] | None, stats: Mapping[str, Any], accept: str | None
-) -> tuple[bytes, str]:
+def render(scrape: Scrape, accept: str | None) -> tuple[bytes, str]:
     """The exposition body and its content type.
 
     ``prometheus_client`` picks the encoding from ``Accept``, as its own handlers do:
     OpenMetrics for a scraper that prefers it, otherwise the classic text format.
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(metrics, stats, os.getpid()))
+    registry.register(ScrapeCollector(scrape))
     encoder, content_type = choose_encoder(accept or "")
     return encoder(registry), content_type

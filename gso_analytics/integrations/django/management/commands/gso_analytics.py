@@ -1,4 +1,4 @@
-"""``manage.py gso_analytics report|prune``: the CLI's commands on the project's store.
+"""``manage.py gso_analytics report|prune|export-user ID|erase ID``: the CLI on the project.
 
 Why a management command next to the ``gso-analytics`` CLI: it uses the running
 library of the project (``settings.GSO_ANALYTICS``: the store, the timezone, the event
@@ -11,6 +11,7 @@ prints (:func:`gso_analytics.cli.report_text`).
 
 from __future__ import annotations
 
+import json
 from argparse import ArgumentParser
 from datetime import timedelta
 from typing import Any
@@ -39,11 +40,23 @@ class Command(BaseCommand):
             report, today_help="report as of this day, in the project's timezone (default: today)"
         )
         actions.add_parser("prune", help="delete expired events, time out stale sessions")
+        for name, help_text in (
+            ("export-user", "print everything stored about one player, as JSON"),
+            ("erase", "erase one player: id and username out, figures kept exact"),
+        ):
+            action = actions.add_parser(name, help=help_text)
+            action.add_argument("user_id", metavar="ID", help="the player's id")
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             if options["action"] == "report":
                 self._report(options)
+            elif options["action"] == "export-user":
+                export = get_analytics().export_user(options["user_id"])
+                self.stdout.write(json.dumps(export, indent=2, sort_keys=True))
+            elif options["action"] == "erase":
+                receipt = get_analytics().erase_user(options["user_id"])
+                self.stdout.write(json.dumps(receipt.to_dict(), indent=2, sort_keys=True))
             else:
                 self._prune()
         except GsoAnalyticsError as exc:  # a store down or misconfigured: one line, exit 1

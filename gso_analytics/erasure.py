@@ -1,0 +1,158 @@
+"""Players' data rights: erasure tombstones, the rewriting of a batch for erased
+players, pseudonymous ids, and what an export or an erase hands back.
+
+An erased player's records are not deleted where they make a distinct count (the
+(day, user) and (month, user) records behind ``dau``/``mau``, registrations, the
+first-seen and first-payment days, revenue per payer and day, sessions and their
+logout marks): the id is replaced by a random *token*, so every figure of the past,
+and every figure recomputed later (retention, ARPPU, sessions per user), stays what
+it was. The username goes; the event stream, which carries free-form ``data``, is
+deleted. A *tombstone* ``HMAC(secret, user id) -> token`` stays behind, so a call of
+that player still buffered in another worker, retried later or replayed from a
+dead-letter file, is mapped to the same token inside the transaction that writes it
+(:func:`~gso_analytics.store.apply_batch`): the id never comes back, and the token's
+records stay one player. The secret is random, made once per store and kept in it,
+so a tombstone cannot be matched against a list of guessed ids without the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from .clock import iso_ms
+from .model import FlushBatch, Login, Logout, Number, SessionRecord
+
+#: The prefix of the tokens that replace an erased player's id.
+TOKEN_PREFIX = "erased-"
+
+
+def new_secret() -> str:
+    """A store's erasure secret (hex; 256 random bits)."""
+    return secrets.token_hex(32)
+
+
+def new_token() -> str:
+    """The random id an erased player's records keep (no function of the id)."""
+    return TOKEN_PREFIX + secrets.token_hex(16)
+
+
+def keyed_hash(key: str | bytes, user_id: str) -> str:
+    """HMAC-SHA256 of ``user_id`` under ``key``, hex: tombstones and pseudonymous ids."""
+    raw = key.encode() if isinstance(key, str) else key
+    return hmac.new(raw, user_id.encode(), hashlib.sha256).hexdigest()
+
+
+def batch_users(batch: FlushBatch) -> set[str]:
+    """Every player id a batch carries."""
+    return (
+        {user for _, user, *_ in batch.events}
+        | {m.user_id for m in batch.logins}
+        | {m.user_id for m in batch.logouts}
+        | {u for users in batch.day_users.values() for u in users}
+        | {u for users in batch.month_users.values() for u in users}
+        | {u for users in batch.new_users.values() for u in users}
+        | {u for payers in batch.payments.values() for u in payers}
+    )
+
+
+def rename_users(batch: FlushBatch, names: Mapping[str, str], *, keep_events: bool) -> FlushBatch:
+    """``batch`` with each id of ``names`` replaced by ``names[id]`` and those players'
+    usernames dropped; their events kept (renamed) or dropped. Counters are anonymous
+    and stay as they are, so the day's figures are the same either way."""
+    if not names:
+        return batch
+
+    def ids(users: Iterable[str]) -> set[str]:
+        return {names.get(u, u) for u in users}
+
+    def login(m: Login) -> Login:
+        if m.user_id not in names:
+            return m
+        return attrs.evolve(m, user_id=names[m.user_id], username=None)
+
+    def logout(m: Logout) -> Logout:
+        return attrs.evolve(m, user_id=names[m.user_id]) if m.user_id in names else m
+
+    events = [
+        (ts_ms, names.get(user, user), name, data, day)
+        for ts_ms, user, name, data, day in batch.events
+        if keep_events or user not in names
+    ]
+    payments: dict[str, dict[str, Number]] = {}
+    for day, payers in batch.payments.items():
+        renamed = payments.setdefault(day, {})
+        for user, cents in payers.items():
+            key = names.get(user, user)
+            renamed[key] = renamed.get(key, 0) + cents
+    return attrs.evolve(
+        batch,
+        day_users={k: ids(v) for k, v in batch.day_users.items()},
+        month_users={k: ids(v) for k, v in batch.month_users.items()},
+        new_users={k: ids(v) for k, v in batch.new_users.items()},
+        logins=[login(m) for m in batch.logins],
+        logouts=[logout(m) for m in batch.logouts],
+        events=events,
+        payments=payments,
+    )
+
+
+def pseudonymize(batch: FlushBatch, key: bytes) -> FlushBatch:
+    """``batch`` with every player id replaced by its keyed hash and no usernames: what
+    ``Analytics(pseudonymize_key=...)`` stores. A hash is one-to-one on the ids in
+    practice, so every distinct count is the same as with the ids themselves."""
+    return rename_users(
+        batch, {u: keyed_hash(key, u) for u in batch_users(batch)}, keep_events=True
+    )
+
+
+@attrs.frozen
+class UserRecords:
+    """What a store keeps about one player besides sessions and events."""
+
+    days_active: list[str] = attrs.field(factory=list)
+    months_active: list[str] = attrs.field(factory=list)
+    registered_days: list[str] = attrs.field(factory=list)
+    first_seen: str | None = None
+    first_payment: str | None = None
+    revenue_cents: dict[str, Number] = attrs.field(factory=dict)  # day -> cents
+
+
+@attrs.frozen
+class ErasureReceipt:
+    """What ``erase_user`` did: records whose id became the token (``pseudonymized``,
+    per collection), records deleted (``deleted``: events), and whether the player was
+    erased before (the same token is kept: the call is idempotent)."""
+
+    pseudonymized: Mapping[str, int]
+    deleted: Mapping[str, int]
+    already_erased: bool
+    #: SQLite: whether the WAL, which holds the pages as they were, was cut to zero
+    #: bytes after the erase (None where the store has no such file).
+    wal_truncated: bool | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.pseudonymized.values()) + sum(self.deleted.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pseudonymized": dict(self.pseudonymized),
+            "deleted": dict(self.deleted),
+            "alreadyErased": self.already_erased,
+            "walTruncated": self.wal_truncated,
+            "total": self.total,
+        }
+
+
+def session_export(session: SessionRecord) -> dict[str, Any]:
+    """A session as JSON-ready data (ISO 8601 times)."""
+    doc = session.to_dict()
+    doc["loginAt"] = iso_ms(session.login_at)
+    doc["logoutAt"] = None if session.logout_at is None else iso_ms(session.logout_at)
+    return doc

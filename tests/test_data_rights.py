@@ -1,0 +1,271 @@
+"""Players' data rights beyond the store contract: the SQLite file's bytes after an
+erase, pseudonymized stores against plain ones, and the CLI commands."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gso_analytics import open_store
+from gso_analytics.cli import main
+from gso_analytics.clock import utc_now
+from gso_analytics.erasure import keyed_hash
+
+if TYPE_CHECKING:
+    from conftest import AnalyticsFactory, FakeClock
+
+SECRET_ID, SECRET_NAME = "zz-player-secret-9931", "QuiteUniqueUsername"
+
+
+def _file_bytes(db: Path) -> bytes:
+    """The database file and its -wal/-shm companions, as a reader of the disk sees them."""
+    return b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
+
+
+@pytest.fixture
+def secure_delete_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections open as with a build of SQLite without ``SQLITE_SECURE_DELETE`` (the
+    upstream default; Debian's Python turns it on, which would hide a missing pragma)."""
+    from gso_analytics.backends import sqlite as sqlite_backend
+
+    connect = sqlite3.connect
+
+    def plain_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        conn.execute("PRAGMA secure_delete = OFF")
+        return conn
+
+    monkeypatch.setattr(sqlite_backend.sqlite3, "connect", plain_connect)
+
+
+def _fill_and_erase(db: Path, make_analytics: AnalyticsFactory, clock: FakeClock) -> bytes:
+    """Three days of 300 players and the one to erase; the erase; the file's bytes."""
+    store = open_store(f"sqlite:///{db}")
+    a = make_analytics(store, forwarders=[])
+    for _day in range(3):
+        for n in range(300):
+            a.on_login(f"player-{n:04d}", f"name-{n}")
+            a.track("credits.earn", f"player-{n:04d}", {"amount": n})
+        a.on_login(SECRET_ID, SECRET_NAME)
+        a.track("stripe.payment", SECRET_ID, {"amountCents": 100, "by": SECRET_NAME})
+        a.flush()
+        # Rows rewritten before the erase (sessions closed, revenue added to), whose
+        # old versions SQLite may have left in free space with secure_delete off.
+        clock.advance(minutes=5)
+        for n in range(0, 300, 2):
+            a.on_logout(f"player-{n:04d}")
+        a.on_logout(SECRET_ID)
+        a.track("stripe.payment", SECRET_ID, {"amountCents": 100})
+        a.flush()
+        clock.advance(days=1)
+    a.prune()
+    assert SECRET_ID.encode() in _file_bytes(db)
+    receipt = a.erase_user(SECRET_ID)
+    assert receipt.wal_truncated is not False
+    a.stop()
+    store.close()
+    return _file_bytes(db)
+
+
+@pytest.mark.usefixtures("secure_delete_off_by_default")
+def test_sqlite_erase_leaves_no_readable_copy_in_the_files(
+    tmp_path: Path, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """Enough other players that the player's rows share pages (and index pages, and
+    pages that split) with theirs; after the erase and close, neither the id nor the
+    username is anywhere in the file's bytes, free pages and WAL included, without a
+    ``VACUUM``."""
+    raw = _fill_and_erase(tmp_path / "rights.db", make_analytics, clock)
+    assert SECRET_ID.encode() not in raw
+    assert SECRET_NAME.encode() not in raw
+    assert b"player-0042" in raw  # the scan reads what is there
+
+
+@pytest.mark.usefixtures("secure_delete_off_by_default")
+def test_without_secure_delete_the_erased_text_stays_in_the_file(
+    tmp_path: Path,
+    make_analytics: AnalyticsFactory,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The control: the same play and erase on connections left without
+    ``secure_delete`` leaves the id readable in free space (old versions of rewritten
+    rows), so the test above can fail."""
+    from gso_analytics.backends.sqlite import SQLiteStore
+
+    original = SQLiteStore._open
+
+    def without(self: SQLiteStore) -> sqlite3.Connection:
+        conn = original(self)
+        conn.execute("PRAGMA secure_delete = OFF")
+        return conn
+
+    monkeypatch.setattr(SQLiteStore, "_open", without)
+    raw = _fill_and_erase(tmp_path / "control.db", make_analytics, clock)
+    assert SECRET_ID.encode() in raw
+
+
+WORKER = """
+import sys
+from gso_analytics import Analytics
+analytics = Analytics(sys.argv[1], forwarders=[], flush_interval=3600)
+analytics.on_login(sys.argv[2], sys.argv[3])
+analytics.track("stripe.payment", sys.argv[2], {"amountCents": 70})
+print("buffered", flush=True)
+sys.stdin.readline()
+analytics.stop()
+print("stored", flush=True)
+"""
+
+
+def test_a_call_buffered_in_another_process_during_the_erase_stays_erased(
+    tmp_path: Path, make_analytics: AnalyticsFactory
+) -> None:
+    """A real second process holds a login and a payment of the player in its buffer
+    while this one erases the player; it stores them after the erase: they land under
+    the token, and the file never holds the id again."""
+    db = tmp_path / "procs.db"
+    url = f"sqlite:///{db}"
+    a = make_analytics(url, forwarders=[], clock=utc_now)
+    a.on_login(SECRET_ID, SECRET_NAME)
+    a.flush()
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, url, SECRET_ID, SECRET_NAME],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdout is not None and worker.stdin is not None
+        assert worker.stdout.readline().strip() == "buffered"
+        assert a.erase_user(SECRET_ID).pseudonymized["sessions"] == 1
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+        assert worker.stdout.readline().strip() == "stored"
+        assert worker.wait(timeout=60) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    users = {s.user_id for s in a.store.sessions_between("2000-01-01", "2999-12-31")}
+    assert len(users) == 1 and users.pop().startswith("erased-")
+    assert sum(d["stripeRevenue"] for d in a.store.recent_days()) == 70
+    assert len(a.store.user_revenue_between("2000-01-01", "2999-12-31")) == 1
+    a.stop()  # closes the store it opened
+    raw = _file_bytes(db)
+    assert SECRET_ID.encode() not in raw and SECRET_NAME.encode() not in raw
+
+
+@st.composite
+def _calls(draw: st.DrawFn) -> list[tuple[str, str, int]]:
+    users = [f"u{n}" for n in range(draw(st.integers(1, 6)))]
+    kinds = st.sampled_from(["login", "logout", "earn", "pay", "day"])
+    return draw(
+        st.lists(st.tuples(kinds, st.sampled_from(users), st.integers(0, 500)), max_size=40)
+    )
+
+
+def _replay(a: Any, calls: list[tuple[str, str, int]], clock: FakeClock) -> None:
+    for kind, user, n in calls:
+        clock.advance(minutes=1)
+        if kind == "login":
+            a.on_login(user, f"name-{user}")
+        elif kind == "logout":
+            a.on_logout(user)
+        elif kind == "earn":
+            a.track("credits.earn", user, {"amount": n})
+        elif kind == "pay":
+            a.track("stripe.payment", user, {"amountCents": n})
+        else:
+            a.flush()
+            clock.advance(days=1)
+    a.flush()
+
+
+def _kpis(a: Any, clock: FakeClock) -> dict[str, Any]:
+    kpis = a.kpis
+    start, end = "2025-03-01", (clock() + timedelta(days=1)).date().isoformat()
+    return {
+        "days": [d.to_dict() for d in a.store.days_between(start, end)],
+        "month": a.get_metrics().to_dict(),
+        "retention": [r.to_dict() for r in kpis.retention(start, end)],
+        "active": [r.to_dict() for r in kpis.active_users(start, end)],
+        "revenue": [r.to_dict() for r in kpis.revenue(start, end)],
+        "sessions": [r.to_dict() for r in kpis.sessions(start, end)],
+    }
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(calls=_calls())
+def test_a_pseudonymized_store_gives_the_kpis_of_a_plain_one(
+    make_analytics: AnalyticsFactory, clock: FakeClock, calls: list[tuple[str, str, int]]
+) -> None:
+    """The same calls into a plain store and a pseudonymized one (each on its own
+    clock from the same start): every KPI is the same, the pseudonymized store holds
+    no id and no username, and its lookups take the real id."""
+    start = clock()
+    plain = make_analytics("memory://", forwarders=[])
+    _replay(plain, calls, clock)
+    expected = _kpis(plain, clock)
+    clock.set(start)
+    key = "k" * 32
+    hidden = make_analytics("memory://", forwarders=[], pseudonymize_key=key)
+    _replay(hidden, calls, clock)
+    assert _kpis(hidden, clock) == expected
+    dump = repr(hidden.store._state)  # type: ignore[attr-defined]
+    for _, user, _ in calls:
+        assert f"'{user}'" not in dump and f"name-{user}" not in dump
+        export = hidden.export_user(user)
+        assert export["storedAs"] == keyed_hash(key.encode(), user)
+        assert export["daysActive"] == plain.export_user(user)["daysActive"]
+
+
+def test_pseudonymized_erase_takes_the_real_id(
+    make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    a = make_analytics("memory://", forwarders=[], pseudonymize_key=b"0123456789abcdef")
+    a.on_login("alice", "Alice")
+    a.flush()
+    assert a.erase_user("alice").pseudonymized["sessions"] == 1
+    assert a.export_user("alice")["sessions"] == []
+
+
+def test_a_short_pseudonymize_key_is_refused() -> None:
+    from gso_analytics import Analytics
+    from gso_analytics.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="pseudonymize_key"):
+        Analytics("memory://", pseudonymize_key="short")
+
+
+def test_cli_export_user_and_erase(
+    tmp_path: Path,
+    make_analytics: AnalyticsFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = f"sqlite:///{tmp_path}/cli.db"
+    monkeypatch.setenv("GSO_KEY", "a-key-of-sixteen-or-more")
+    a = make_analytics(url, forwarders=[], pseudonymize_key="a-key-of-sixteen-or-more")
+    a.on_login(SECRET_ID, SECRET_NAME)
+    a.track("stripe.payment", SECRET_ID, {"amountCents": 250})
+    a.stop()
+    key_env = ["--pseudonymize-key-env", "GSO_KEY"]
+    assert main(["export-user", SECRET_ID, "--store", url, *key_env]) == 0
+    export = json.loads(capsys.readouterr().out)
+    assert export["userId"] == SECRET_ID and export["revenueCents"] == {"2025-03-14": 250}
+    assert main(["erase", SECRET_ID, "--store", url, *key_env]) == 0
+    receipt = json.loads(capsys.readouterr().out)
+    assert receipt["pseudonymized"]["sessions"] == 1 and receipt["deleted"]["events"] == 1
+    assert main(["erase", SECRET_ID, "--store", url, *key_env]) == 0
+    assert json.loads(capsys.readouterr().out)["alreadyErased"] is True
