@@ -24,6 +24,7 @@ from gso_analytics.errors import ConfigurationError
 from gso_analytics.model import (
     DailyStats,
     EventRecord,
+    EventRow,
     Heartbeat,
     Logout,
     MonthStats,
@@ -55,7 +56,7 @@ class _State:
     logins_by_user: dict[str, list[tuple[Any, str]]] = attrs.field(factory=dict)
     logouts_by_user: dict[str, list[tuple[Any, str]]] = attrs.field(factory=dict)
     open_ids: set[str] = attrs.field(factory=set)
-    events: list[EventRecord] = attrs.field(factory=list)
+    events: list[EventRow] = attrs.field(factory=list)  # as flushed: readers build records
     secret: dict[str, str] = attrs.field(factory=dict)  # "erasure" -> the secret
     tombstones: dict[str, tuple[str, datetime]] = attrs.field(factory=dict)  # hash -> token
 
@@ -201,7 +202,7 @@ class _MemoryTransaction(Transaction):
             self._keep(self.state.logouts, logout.id)
             self.state.logouts[logout.id] = logout
 
-    def insert_events(self, events: list[EventRecord]) -> None:
+    def insert_events(self, events: list[EventRow]) -> None:
         stream = self.state.events
         size = len(stream)
         self._undo.append(lambda: stream.__delitem__(slice(size, None)))
@@ -209,10 +210,10 @@ class _MemoryTransaction(Transaction):
 
     def delete_events_until(self, last: datetime, limit: int) -> int:
         last_ms = to_ms(last)
-        kept: list[EventRecord] = []
+        kept: list[EventRow] = []
         deleted = 0
         for event in self.state.events:
-            if event.ts_ms <= last_ms and deleted < limit:
+            if event[0] <= last_ms and deleted < limit:
                 deleted += 1
             else:
                 kept.append(event)
@@ -308,7 +309,7 @@ class _MemoryTransaction(Transaction):
         return counts
 
     def delete_user_events(self, user_id: str) -> int:
-        kept = [e for e in self.state.events if e.user_id != user_id]
+        kept = [e for e in self.state.events if e[1] != user_id]
         deleted = len(self.state.events) - len(kept)
         if deleted:
             self._replace("events", kept)
@@ -426,8 +427,8 @@ class MemoryStore(Store):
 
     def get_events(self, user_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
         with self._lock:
-            found = [e for e in self._state.events if user_id is None or e.user_id == user_id]
-        return found[-limit:]
+            found = [e for e in self._state.events if user_id is None or e[1] == user_id]
+        return [EventRecord(*row) for row in found[-limit:]]
 
     def user_records(self, user_id: str) -> UserRecords:
         with self._lock:
@@ -503,10 +504,10 @@ class MemoryStore(Store):
         wanted = set(names)
         with self._lock:
             found = [
-                e
-                for e in self._state.events
-                if e.event in wanted
-                and (start is None or e.day >= start)
-                and (end is None or e.day <= end)
+                EventRecord(*row)
+                for row in self._state.events
+                if row[2] in wanted
+                and (start is None or row[4] >= start)
+                and (end is None or row[4] <= end)
             ]
         return sorted(found, key=lambda e: e.ts_ms)  # stable: flush order among equal times

@@ -167,6 +167,7 @@ from gso_analytics.model import (
     ApplyResult,
     DailyStats,
     EventRecord,
+    EventRow,
     FlushBatch,
     Heartbeat,
     Login,
@@ -178,6 +179,7 @@ from gso_analytics.model import (
     SessionRecord,
     StoredSession,
 )
+from gso_analytics.pacing import paced_slices
 from gso_analytics.sessions import SessionChanges
 from gso_analytics.store import Store, Transaction, apply_batch, total_increments
 
@@ -228,6 +230,9 @@ TRANSIENT_RETRY_S = 10.0
 #: the majority write concern before the server gives up. A commit that timed out is
 #: not sent again at once (it would wait as long); the flusher retries the batch.
 MAX_COMMIT_TIME_MS = 5000
+#: Event documents per ``insert_many``: the driver encodes each call to BSON holding
+#: the GIL, and this many small documents take about a millisecond.
+EVENT_CHUNK = 1000
 _MAX_TIME_EXPIRED = 50
 
 #: Fields a counter can never be: they key the documents or hold the guard.
@@ -446,7 +451,7 @@ class _MongoTransaction(Transaction):
         self._resumed = False
         self._daily: dict[str, tuple[str, dict[str, Number]]] = {}
         self._monthly: dict[str, dict[str, int]] = {}
-        self._events: list[EventRecord] = []
+        self._events: list[EventRow] = []
         self._first_days: dict[str, dict[str, str]] = {}  # collection -> user -> day
         self._revenue: dict[tuple[str, str], Number] = {}  # (day, user) -> cents
         # Session writes, buffered to commit (transactions) or written at once by
@@ -605,7 +610,7 @@ class _MongoTransaction(Transaction):
         for field, amount in increments.items():
             fields[field] = fields.get(field, 0) + amount
 
-    def insert_events(self, events: list[EventRecord]) -> None:
+    def insert_events(self, events: list[EventRow]) -> None:
         self._events.extend(events)
 
     # -- per-user KPI facts: buffered, sent at commit ---------------------------------
@@ -896,20 +901,29 @@ class _MongoTransaction(Transaction):
 
     def _write_events(self) -> None:
         """Insert the batch's events under ids derived from the batch (outside any
-        transaction), so sending them again is a duplicate-key no-op. A duplicate that
-        is not this batch's event (another batch's id collided) is inserted again under a
-        fresh id."""
+        transaction), so sending them again is a duplicate-key no-op.
+
+        In chunks of :data:`EVENT_CHUNK`, each built and sent on its own: the driver
+        encodes an ``insert_many`` to BSON in C, holding the GIL throughout, so one
+        call for a whole batch would hold it for as long as 200,000 documents take."""
         if not self._events:
             return
+        events = self._c("events")
+        if self.batch_id is None or self.created_at is None:
+            for part in paced_slices(self._events, EVENT_CHUNK):
+                events.insert_many([_event_doc(e) for e in part], ordered=False)
+            return
+        ids = _event_ids(self.batch_id, self.created_at, len(self._events))
+        pairs = list(zip(self._events, ids, strict=True))
+        for chunk in paced_slices(pairs, EVENT_CHUNK):
+            self._insert_events_once(events, [_event_doc(e, _id) for e, _id in chunk])
+
+    def _insert_events_once(self, events: Any, docs: list[dict[str, Any]]) -> None:
+        """Insert ``docs``; a duplicate that is not this batch's event (another batch's
+        id collided) is inserted again under a fresh id."""
         pymongo = _pymongo()
         from bson import ObjectId
 
-        events = self._c("events")
-        if self.batch_id is None or self.created_at is None:
-            events.insert_many([_event_doc(e) for e in self._events], ordered=False)
-            return
-        ids = _event_ids(self.batch_id, self.created_at, len(self._events))
-        docs = [_event_doc(e, _id) for e, _id in zip(self._events, ids, strict=True)]
         while docs:
             try:
                 events.insert_many(docs, ordered=False)
@@ -1105,15 +1119,10 @@ def _event_key(doc: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
     return (to_ms(_aware(doc["ts"])), doc["userId"], doc["event"], doc["day"])
 
 
-def _event_doc(event: EventRecord, _id: Any = None) -> dict[str, Any]:
+def _event_doc(event: EventRow, _id: Any = None) -> dict[str, Any]:
+    ts_ms, user_id, name, data, day = event
     doc: dict[str, Any] = {} if _id is None else {"_id": _id}
-    doc.update(
-        ts=event.ts,
-        userId=event.user_id,
-        event=event.event,
-        data=_data_value(event.data),
-        day=event.day,
-    )
+    doc.update(ts=from_ms(ts_ms), userId=user_id, event=name, data=_data_value(data), day=day)
     return doc
 
 

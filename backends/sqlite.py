@@ -29,6 +29,7 @@ from gso_analytics.errors import ConfigurationError, StoreError
 from gso_analytics.model import (
     DailyStats,
     EventRecord,
+    EventRow,
     Heartbeat,
     Login,
     Logout,
@@ -38,6 +39,7 @@ from gso_analytics.model import (
     SessionRecord,
     StoredSession,
 )
+from gso_analytics.pacing import paced_slices
 from gso_analytics.store import Store, Transaction, total_increments
 
 SCHEMA = """
@@ -226,10 +228,15 @@ class _SQLiteTransaction(Transaction):
             [(m.id, m.user_id, m.at_ms, m.origin, m.seq) for m in logouts],
         )
 
-    def insert_events(self, events: list[EventRecord]) -> None:
+    def insert_events(self, events: list[EventRow]) -> None:
+        # Rows built in paced slices, then one executemany: sqlite3 releases the GIL
+        # while each row is written, so the long run of writes shares it already.
+        rows: list[tuple[str, str, str, str, str]] = []
+        for part in paced_slices(events):
+            rows += [(iso_from_ms(ts), user, name, data, day) for ts, user, name, data, day in part]
         self.conn.executemany(
             f"INSERT INTO {self.p}events (ts, userId, event, data, day) VALUES (?, ?, ?, ?, ?)",
-            [(iso_from_ms(e.ts_ms), e.user_id, e.event, e.data, e.day) for e in events],
+            rows,
         )
 
     def delete_events_until(self, last: datetime, limit: int) -> int:

@@ -8,10 +8,12 @@ flush with and without the players' history), ``mongo`` (the same on
 the nx-27017 wire server; skipped when it is not installed), ``reads`` (reads at 1k and
 1M sessions of history), ``kpis`` (each KPI query for 30 days, on 60 days vs a year
 (1M sessions) of the same daily activity), ``memory`` (RSS with a stuck store),
-``forwarding`` (what a webhook forwarder adds to ``track()``) and ``rights`` (a flush
-with erasure tombstones or pseudonymous ids, an erase against a ``VACUUM``). Every
-figure is a ratio, or comes with the figure it is compared with, measured in the same
-run: the machines are shared and noisy.
+``forwarding`` (what a webhook forwarder adds to ``track()``), ``rights`` (a flush
+with erasure tombstones or pseudonymous ids, an erase against a ``VACUUM``) and ``tail``
+(request latency with and without analytics, open loop, and a GIL probe during a
+200,000-event flush; see :mod:`bench.tail`, whose ``python -m bench.tail`` takes the
+rate, work and stores as parameters). Every figure is a ratio, or comes with the figure
+it is compared with, measured in the same run: the machines are shared and noisy.
 Nothing leaves 127.0.0.1: the SDKs post to a stub and any other connection is refused.
 """
 
@@ -41,6 +43,7 @@ from bench import (
     reads,
     saas,
     sessions,
+    tail,
     threads,
 )
 from bench.stub import loopback_only, stub_server, violations
@@ -55,6 +58,7 @@ SECTIONS = (
     "memory",
     "forwarding",
     "rights",
+    "tail",
 )
 PACKAGES = (
     "gso-analytics",
@@ -224,6 +228,25 @@ def _forwarding(quick: bool) -> dict[str, Any]:
     }
 
 
+def _tail(quick: bool) -> dict[str, Any]:
+    rounds, seconds, probe_rounds = (2, 2.0, 1) if quick else (4, 4.0, 3)
+    stores = ["memory", "sqlite"]
+    rows = tail.latency(
+        stores, rate=1000.0, work_us=150.0, seconds=seconds, rounds=rounds, flush_interval=1.0
+    )
+    return {
+        "rows": rows,
+        "probe": tail.probe(stores, events=200_000, rounds=probe_rounds),
+        "notes": [
+            f"1,000 requests/s open loop, 150 us of Python + 3 track() each, flush every 1 s;"
+            f" {rounds} rounds x {seconds:g} s per arm, arms alternating; quantiles per round,"
+            " medians over rounds; 'none B / none A' is the A/A noise",
+            f"probe: oversleep of a 100 us sleep during one flush of 200,000 events (flush_),"
+            f" a GIL-free CPU burn as long (busy_), nothing (idle_); medians of {probe_rounds}",
+        ],
+    }
+
+
 TITLES: dict[str, tuple[str, Callable[[bool], dict[str, Any]]]] = {
     "hotpath": ("Request path: ns per call, side by side", _hotpath),
     "threads": ("track() from 8 threads at once (and 1 thread for reference)", _threads),
@@ -234,6 +257,7 @@ TITLES: dict[str, tuple[str, Callable[[bool], dict[str, Any]]]] = {
     "memory": ("Memory with a stuck store (RSS)", _memory),
     "forwarding": ("track() with a webhook forwarder (bench.forwarding)", _forwarding),
     "rights": ("Data rights (SQLite): tombstone lookup, pseudonymous ids, erase", _rights),
+    "tail": ("Request latency with and without analytics (bench.tail), us", _tail),
 }
 
 
@@ -246,6 +270,7 @@ def _print_section(name: str, title: str, result: dict[str, Any], seconds: float
         ("delivered", "stub received"),
         ("history", "seeded history"),
         ("sessions", "login-heavy flush, sessions from marks"),
+        ("probe", "GIL probe during one flush, us"),
     ):
         if result.get(extra):
             print(table(f"  {label}:", result[extra]))

@@ -40,7 +40,7 @@ def seed(path: Path, events: int) -> None:
                 FlushBatch(
                     created_at=NOW,
                     events=[
-                        EventRecord(old + i, f"u{i % 1000}", "old", "{}", "2025-03-06")
+                        EventRecord(old + i, f"u{i % 1000}", "old", "{}", "2025-03-06").row
                         for i in range(start, start + count)
                     ],
                 )
@@ -56,7 +56,7 @@ def writer(path: str, stop: multiprocessing.synchronize.Event, out: multiprocess
                 created_at=NOW,
                 counters={"2025-03-14": {"dungeonsRun": 1}},
                 months={"2025-03-14": "2025-03"},
-                events=[EventRecord(to_ms(NOW), "w", "dungeon.complete", "{}", "2025-03-14")],
+                events=[EventRecord(to_ms(NOW), "w", "dungeon.complete", "{}", "2025-03-14").row],
             )
             started = time.perf_counter()
             store.apply(batch)

@@ -357,7 +357,10 @@ class Analytics:
                 amount = data.get(amount_key) if snapshot is not None else None  # type: ignore[union-attr,assignment]
                 if not (type(amount) is int and 0 <= amount <= MAX_AMOUNT):
                     amount = self._amount(event, amount_key, data)
-            ns = self._aggregator.event(event, user_id, snapshot, field, amount)
+            if snapshot is None:  # the event without data: no look at its type at all
+                ns = self._aggregator.event(event, user_id, field, amount)
+            else:
+                ns = self._aggregator.data_event(event, user_id, snapshot, field, amount)
             if self._hub is not None:
                 self._hub.submit(ns // 1_000_000, event, user_id, snapshot)
         except ValidationError as exc:

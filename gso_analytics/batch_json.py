@@ -33,7 +33,7 @@ def batch_to_dict(batch: FlushBatch) -> dict[str, Any]:
         "logins": [attrs.asdict(login) for login in batch.logins],
         "logouts": [attrs.asdict(logout) for logout in batch.logouts],
         "session_timeout_ms": batch.session_timeout_ms,
-        "events": [attrs.asdict(event) for event in batch.events],
+        "events": [attrs.asdict(EventRecord(*row)) for row in batch.events],
         "payments": batch.payments,
     }
 
@@ -52,7 +52,7 @@ def batch_from_dict(data: dict[str, Any]) -> FlushBatch:
         logins=[Login(**login) for login in data["logins"]],
         logouts=[Logout(**logout) for logout in data["logouts"]],
         session_timeout_ms=data["session_timeout_ms"],
-        events=[EventRecord(**event) for event in data["events"]],
+        events=[EventRecord(**event).row for event in data["events"]],
         payments=data["payments"],
     )
 

@@ -51,7 +51,7 @@ def keyed_hash(key: str | bytes, user_id: str) -> str:
 def batch_users(batch: FlushBatch) -> set[str]:
     """Every player id a batch carries."""
     return (
-        {e.user_id for e in batch.events}
+        {user for _, user, *_ in batch.events}
         | {m.user_id for m in batch.logins}
         | {m.user_id for m in batch.logouts}
         | {u for users in batch.day_users.values() for u in users}
@@ -80,9 +80,9 @@ def rename_users(batch: FlushBatch, names: Mapping[str, str], *, keep_events: bo
         return attrs.evolve(m, user_id=names[m.user_id]) if m.user_id in names else m
 
     events = [
-        attrs.evolve(e, user_id=names.get(e.user_id, e.user_id))
-        for e in batch.events
-        if keep_events or e.user_id not in names
+        (ts_ms, names.get(user, user), name, data, day)
+        for ts_ms, user, name, data, day in batch.events
+        if keep_events or user not in names
     ]
     payments: dict[str, dict[str, Number]] = {}
     for day, payers in batch.payments.items():

@@ -21,7 +21,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import requests
@@ -37,6 +37,8 @@ from .forwarding import (
     Timeout,
     log,
 )
+from .pacing import Pacer
+from .validation import FlatData
 
 #: An idle outbox thread re-checks its queue this often even without a wake-up: a
 #: safety net only, submit() wakes it (see :meth:`ForwardingHub.submit`).
@@ -200,11 +202,17 @@ class _Outbox:
             )
 
     def _take(self, token: object) -> bool:
-        """Put the next batch in ``work``: up to the forwarder's bounds, in queue order."""
+        """Put the next batch in ``work``: up to the forwarder's bounds, in queue order.
+
+        Encoding a batch (up to thousands of events) is Python work: paced, so a
+        request thread waiting for the GIL gets it between slices (see :mod:`.pacing`).
+        """
         max_events, max_bytes = self.forwarder.batch_limits()
         batch: list[EncodedEvent] = []
         size = 2  # the brackets of a JSON array
+        pacer = Pacer()
         while len(batch) < max_events and self.token is token:
+            pacer.tick()
             encoded, self.carry = self.carry, None
             if encoded is None:
                 try:
@@ -229,7 +237,7 @@ class _Outbox:
         event = ForwardedEvent(f"{self.hub.origin}-{seq}", ms, name, user_id, {})
         try:
             if data is not None:
-                event.data = json.loads(data) if isinstance(data, str) else data
+                event.data = json.loads(data) if isinstance(data, str) else dict(data)
             return EncodedEvent(event, self.forwarder.encode(event))
         except (TypeError, ValueError, RuntimeError) as exc:
             # Validated at track(): only a forwarder that cannot represent it gets here.
@@ -420,14 +428,14 @@ class ForwardingHub:
     # -- the hot path ---------------------------------------------------------------------
 
     def submit(
-        self, ms: int, event: str, user_id: str, data: Mapping[str, Any] | str | None
+        self, ms: int, event: str, user_id: str, data: FlatData | str | None
     ) -> None:
         """Queue one validated event for every forwarder; never blocks.
 
         ``ms`` is the call's time (milliseconds since the epoch, from the library's
         clock). ``data`` must be a snapshot nobody changes afterwards: what
-        ``track()`` hands the buffer is one (a private copy of a flat dict of scalars,
-        or the JSON text of anything else), so it is shared here, not copied again;
+        ``track()`` hands the buffer is one (the pairs of a flat dict of scalars, as
+        a tuple, or the JSON text of anything else), so it is shared here, not copied again;
         the forwarder thread only reads it.
         """
         item = (next(self._seq), ms, event, user_id, data)

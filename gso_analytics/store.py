@@ -38,6 +38,7 @@ from .model import (
     ApplyResult,
     DailyStats,
     EventRecord,
+    EventRow,
     FlushBatch,
     Heartbeat,
     Logout,
@@ -175,8 +176,9 @@ class Transaction(ABC):
         """Forget logout marks older than ``cutoff_ms``: no batch that late is taken."""
 
     @abstractmethod
-    def insert_events(self, events: list[EventRecord]) -> None:
-        """Append to the event stream."""
+    def insert_events(self, events: list[EventRow]) -> None:
+        """Append to the event stream. A backend builds its rows or documents from a
+        long list in :func:`~.pacing.paced_slices`, so the flush shares the GIL."""
 
     @abstractmethod
     def delete_events_until(self, last: datetime, limit: int) -> int:

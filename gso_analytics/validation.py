@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from json.encoder import encode_basestring as _encode_string  # C, ensure_ascii=False
 from typing import Any
 
@@ -128,21 +129,32 @@ def _plain_key(key: str) -> bool:
     return True
 
 
-def snapshot_data(data: dict[str, Any], limits: Limits) -> dict[str, Any] | str:
+#: A flat ``data`` as the buffer keeps it: its (key, value) pairs, in order.
+FlatData = tuple[tuple[str, Any], ...]
+
+
+def snapshot_data(data: dict[str, Any], limits: Limits) -> FlatData | str:
     """Validate ``data`` and return a private snapshot of it for the buffer.
 
     The common case, a small flat dict of short plain keys and scalar values, is
-    checked in one cheap pass and copied (a shallow copy is a full snapshot of
-    scalars); its JSON is written later, on the flush thread, by :func:`encode_flat`,
-    and is bounded by ``_FAST_WORST_BYTES``. Anything else takes the full check and
-    is snapshotted as its JSON text.
+    checked in one cheap pass over its items, taken as a tuple of pairs (a full
+    snapshot of scalars); its JSON is written later, on the flush thread, by
+    :func:`encode_flat`, and is bounded by ``_FAST_WORST_BYTES``. Anything else takes
+    the full check and is snapshotted as its JSON text.
+
+    Pairs of strings and numbers, not a copy of the dict: the cyclic garbage
+    collector stops tracking such tuples, and the buffered call holding them, while a
+    call holding a dict stays tracked until it is flushed (see :mod:`.aggregator`). A
+    minute of buffered calls would otherwise be traversed by every full collection in
+    that minute, each holding the GIL on whichever thread triggers it.
     """
     if (
         type(data) is dict
         and len(data) <= _FAST_KEYS
         and limits.max_data_bytes >= _FAST_WORST_BYTES
     ):
-        for key, value in data.items():
+        items = tuple(data.items())
+        for key, value in items:
             if type(key) is not str or (key not in _PLAIN_KEYS and not _plain_key(key)):
                 break
             kind = type(value)
@@ -161,12 +173,13 @@ def snapshot_data(data: dict[str, Any], limits: Limits) -> dict[str, Any] | str:
             if kind is not bool and value is not None:
                 break
         else:
-            return data.copy()
+            return items
     return encode_data(data, limits)
 
 
-def encode_flat(data: dict[str, Any]) -> str:
-    """The compact JSON of a dict accepted by :func:`snapshot_data`'s fast path.
+def encode_flat(data: Iterable[tuple[str, Any]]) -> str:
+    """The compact JSON of the pairs of a dict accepted by :func:`snapshot_data`'s
+    fast path.
 
     Its keys are ASCII identifiers (nothing to escape) and its values plain scalars, so
     the text is assembled directly: about twice as fast as ``json.dumps``, which builds
@@ -174,7 +187,7 @@ def encode_flat(data: dict[str, Any]) -> str:
     separators=(",", ":"), ensure_ascii=False)``.
     """
     parts = []
-    for key, value in data.items():
+    for key, value in data:
         kind = type(value)
         if kind is str:
             text = _encode_string(value)

@@ -75,3 +75,36 @@ def test_instruction_count_children_run_their_subject(subject: str) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_tail_section_runs_every_arm_and_the_probe() -> None:
+    """The tail bench serves requests in each arm (with analytics, it refuses a figure
+    unless every event was stored) and probes a flush; its figures are not asserted,
+    only that they were produced."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.tail",
+            "--stores",
+            "memory,sqlite",
+            "--rate",
+            "200",
+            "--seconds",
+            "0.3",
+            "--rounds",
+            "1",
+            "--probe-events",
+            "3000",
+            "--probe-rounds",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    for row in ("none B / none A", "with / none A", "GIL probe during one flush", "Garbage"):
+        assert row in done.stdout
+    assert done.stdout.count("sqlite") >= 6  # 3 arms + 2 ratios + the probe row

@@ -61,7 +61,7 @@ def test_snapshot_is_a_copy() -> None:
     data = {"amount": 5, "item": "sword"}
     snapshot = snapshot_data(data, Limits())
     data["amount"] = 6
-    assert snapshot == {"amount": 5, "item": "sword"}
+    assert snapshot == (("amount", 5), ("item", "sword"))
 
 
 def test_small_limits_take_the_exact_path() -> None:

@@ -664,8 +664,8 @@ def _old_and_new_events(store: MongoStore) -> None:
         FlushBatch(
             created_at=NOW,
             events=[
-                EventRecord(to_ms(old), "u1", "old.event", "{}", old.date().isoformat()),
-                EventRecord(to_ms(NOW), "u1", "new.event", "{}", NOW.date().isoformat()),
+                EventRecord(to_ms(old), "u1", "old.event", "{}", old.date().isoformat()).row,
+                EventRecord(to_ms(NOW), "u1", "new.event", "{}", NOW.date().isoformat()).row,
             ],
         )
     )
@@ -774,7 +774,7 @@ def test_data_with_unstorable_keys_is_kept_as_text(mongo_store: MongoStore) -> N
     mongo_store.apply(
         FlushBatch(
             created_at=NOW,
-            events=[EventRecord(to_ms(NOW), "u1", "raw", text, NOW.date().isoformat())],
+            events=[EventRecord(to_ms(NOW), "u1", "raw", text, NOW.date().isoformat()).row],
         )
     )
     assert raw(mongo_store, "events").find_one({"event": "raw"})["data"] == text
@@ -1365,7 +1365,7 @@ def test_real_mongodb_when_configured() -> None:
             month_users={month: {"u1"}},
             logins=[Login("o-1", "u1", to_ms(NOW), "o", 1, "alice", day, month)],
             logouts=[Logout("o-2", "u1", to_ms(NOW) + 30_000, "o", 2)],
-            events=[EventRecord(to_ms(NOW), "u1", "credits.earn", '{"amount":5}', day)],
+            events=[EventRecord(to_ms(NOW), "u1", "credits.earn", '{"amount":5}', day).row],
         )
         assert not store.apply(batch).duplicate
         assert store.apply(batch).duplicate

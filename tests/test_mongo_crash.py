@@ -332,7 +332,7 @@ def _big_part(players: int, events_per_player: int) -> FlushBatch:
         logouts=[],
         session_timeout_ms=12 * 3600 * 1000,
         events=[
-            EventRecord(ms + j, u, "credits.earn", '{"amount":25,"source":"quest"}', day)
+            EventRecord(ms + j, u, "credits.earn", '{"amount":25,"source":"quest"}', day).row
             for u in users
             for j in range(events_per_player)
         ],

@@ -74,7 +74,7 @@ def test_a_batch_failing_with_a_bug_is_set_aside_and_replayed_once(
     (path,) = (tmp_path / "dead").iterdir()
     (letter,) = read_dead_letters(path)
     assert "RuntimeError" in letter.reason
-    assert [e.user_id for e in letter.batch.events] == ["u1"]
+    assert [user for _, user, *_ in letter.batch.events] == ["u1"]
     if backend.shared_by_url:  # the CLI opens the store by URL, as another process
         assert main(["replay-dead-letters", str(path), "--store", store_url]) == 0
         assert "Applied 1 batches" in capsys.readouterr().out

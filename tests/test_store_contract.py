@@ -117,7 +117,7 @@ def make_batch(clock_at: datetime) -> FlushBatch:
         month_users={month: {"u1"}},
         logins=[Login("a-1", "u1", to_ms(clock_at), "a", 1, "alice", day, month)],
         logouts=[Logout("a-2", "u1", to_ms(clock_at) + 90_000, "a", 2)],
-        events=[EventRecord(to_ms(clock_at), "u1", "credits.earn", '{"amount":50}', day)],
+        events=[EventRecord(to_ms(clock_at), "u1", "credits.earn", '{"amount":50}', day).row],
     )
 
 
@@ -246,6 +246,25 @@ def test_apply_is_atomic(
 
 
 # -- events -----------------------------------------------------------------------------
+
+
+def test_a_batch_of_many_events_is_stored_whole_and_once(store: Store, clock: FakeClock) -> None:
+    """A batch longer than every write slice of a backend (rows built in slices,
+    MongoDB's inserts sent in chunks, see ``gso_analytics.pacing``) is stored whole and
+    in order; applied again (a retry) it adds nothing."""
+    day = clock.now.strftime("%Y-%m-%d")
+    start = to_ms(clock.now)
+    rows = [
+        EventRecord(start + i, f"u{i % 7}", "credits.earn", f'{{"amount":{i}}}', day).row
+        for i in range(2_600)
+    ]
+    batch = FlushBatch(created_at=clock.now, events=rows)
+    store.apply(batch)
+    store.apply(batch)
+    stored = store.get_events(limit=10_000)
+    assert [(e.ts_ms, e.user_id, e.event, json.loads(e.data), e.day) for e in stored] == [
+        (ts, user, name, json.loads(data), d) for ts, user, name, data, d in rows
+    ]
 
 
 def test_event_stream_keeps_data_and_prune_drops_expired(
@@ -847,7 +866,7 @@ def test_prune_deletes_expired_events_in_chunks_a_flush_gets_between(
     store.apply(
         FlushBatch(
             created_at=clock.now,
-            events=[EventRecord(old + i, "u1", "old", "{}", day) for i in range(130)],
+            events=[EventRecord(old + i, "u1", "old", "{}", day).row for i in range(130)],
         )
     )
     clock.advance(hours=3)
@@ -1207,7 +1226,7 @@ def test_a_batch_retried_after_the_erase_stays_erased(store: Store, clock: FakeC
             month_users={"2025-03": {ALICE}},
             months={"2025-03-14": "2025-03"},
             counters={"2025-03-14": {"creditsEarned": n}},
-            events=[EventRecord(to_ms(clock()), ALICE, "credits.earn", "{}", "2025-03-14")],
+            events=[EventRecord(to_ms(clock()), ALICE, "credits.earn", "{}", "2025-03-14").row],
         )
 
     assert not store.apply(batch(1)).duplicate

@@ -1,0 +1,421 @@
+"""``python -m bench.tail [--rate 1000] [--work-us 150] [--stores memory,sqlite]
+[--seconds 4] [--rounds 4] [--flush-interval 1] [--probe-events 200000]``: what a request
+thread feels while the flush thread works, the tail of the latency distribution.
+
+Latency: one request thread serves open-loop arrivals, ``rate`` per second on a fixed
+schedule, each ``work_us`` of pure-Python work plus three ``track()`` calls (one plain,
+one with an amount, one with a small ``data`` dict). A request's latency is its finish
+minus its *scheduled* arrival, so a stall delays every request queued behind it, as a
+server's clients see it (a closed loop would hide that). Three arms alternate round by
+round, their order rotating: ``none A`` and ``none B`` (the handler without analytics:
+their ratio is the A/A noise of the machine) and ``with`` (a started ``Analytics`` on
+the store, flushing every ``flush_interval`` seconds, created before the round and
+stopped after it, both off the clock). p50/p99/p99.9/max are taken per round; the
+table gives their medians over rounds and the ratio of ``with`` to ``none A``.
+
+GIL probe: a thread sleeps 100 us in a loop and records by how much each sleep
+overslept (how long it waited for the GIL after waking), while another thread runs one
+``flush()`` of ``probe_events`` buffered events. The same probe with no flush running
+is the floor (the machine's own scheduling). The longest oversleep is the longest
+stall a request thread can meet during a flush.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import gc
+import hashlib
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from gso_analytics import Analytics, open_store
+from gso_analytics.store import Store
+
+NONE_A, NONE_B, WITH = "none A", "none B", "with"
+QUANTILES = (("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999), ("max", 1.0))
+PROBE_SLEEP_NS = 100_000
+
+
+def _quantile(ordered: list[int], q: float) -> int:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def calibrate(work_us: float) -> int:
+    """Iterations of :func:`_work`'s loop that take ``work_us`` here (best of 5)."""
+    n = 20_000
+    best = min(_timed_work(n) for _ in range(5))
+    return max(1, round(n * work_us * 1_000 / best))
+
+
+def _timed_work(n: int) -> int:
+    start = time.perf_counter_ns()
+    _work(n)
+    return time.perf_counter_ns() - start
+
+
+def _work(n: int) -> int:
+    """Pure-Python work that holds the GIL, as a request handler's own code does."""
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+def _handler(analytics: Analytics | None, iterations: int) -> Callable[[int], None]:
+    amount, item = {"amount": 50}, {"item": "sword", "tier": 3}
+
+    def handle(i: int) -> None:
+        _work(iterations)
+        if analytics is not None:
+            user = f"u{i % 1000}"
+            analytics.track("dungeon.complete", user)
+            analytics.track("credits.earn", user, amount)
+            analytics.track("item.craft", user, item)
+
+    return handle
+
+
+def serve(handle: Callable[[int], None], rate: float, seconds: float) -> list[int]:
+    """Open loop: request i is due at ``start + i / rate``; returns latencies in ns."""
+    period = 1e9 / rate
+    count = int(rate * seconds)
+    latencies = []
+    clock = time.perf_counter_ns
+    start = clock() + 1_000_000
+    for i in range(count):
+        due = start + int(i * period)
+        ahead = due - clock()
+        if ahead > 0:
+            time.sleep(ahead / 1e9)
+        handle(i)
+        latencies.append(clock() - due)
+    return latencies
+
+
+@contextlib.contextmanager
+def _stores(names: list[str], tmp: Path) -> Iterator[dict[str, Callable[[], Store]]]:
+    """A factory of fresh stores per name (a new file or database per round)."""
+    factories: dict[str, Callable[[], Store]] = {}
+    counter = iter(range(10**9))
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            if name == "memory":
+                factories[name] = lambda: open_store("memory://")
+            elif name == "sqlite":
+                factories[name] = lambda: open_store(f"sqlite:///{tmp}/tail{next(counter)}.db")
+            elif name == "mongo":
+                from bench import mongo_flush
+
+                base = stack.enter_context(mongo_flush.nx_27017())
+                factories[name] = lambda base=base: open_store(  # type: ignore[misc]
+                    mongo_flush.database_url(base, f"tail{next(counter)}_{os.getpid()}")
+                )
+            else:
+                raise ValueError(f"unknown store {name!r}: memory, sqlite or mongo")
+        yield factories
+
+
+def _round(
+    arm: str,
+    store: Callable[[], Store],
+    iterations: int,
+    rate: float,
+    seconds: float,
+    flush_interval: float,
+) -> list[int]:
+    if arm != WITH:
+        return serve(_handler(None, iterations), rate, seconds)
+    analytics = Analytics(
+        store(), flush_interval=flush_interval, max_buffered_events=10**7, forwarders=[]
+    ).start()
+    try:
+        latencies = serve(_handler(analytics, iterations), rate, seconds)
+        analytics.stop()
+        stored = len(analytics.store.get_events(limit=10**8))
+    finally:
+        analytics.stop()
+        analytics.store.close()
+    if stored != 3 * len(latencies):  # refuse a figure for work not done
+        raise AssertionError(f"stored {stored} events of {3 * len(latencies)} tracked")
+    return latencies
+
+
+def latency(
+    stores: list[str],
+    rate: float,
+    work_us: float,
+    seconds: float,
+    rounds: int,
+    flush_interval: float,
+) -> list[dict[str, object]]:
+    """One row per store and arm: medians over rounds of each round's quantiles, in us."""
+    iterations = calibrate(work_us)
+    rows: list[dict[str, object]] = []
+    arms = [NONE_A, NONE_B, WITH]
+    with tempfile.TemporaryDirectory() as tmp, _stores(stores, Path(tmp)) as factories:
+        for name, store in factories.items():
+            samples: dict[str, dict[str, list[int]]] = {
+                arm: {q: [] for q, _ in QUANTILES} for arm in arms
+            }
+            _round(WITH, store, iterations, rate, min(seconds, 1.0), flush_interval)  # warm-up
+            for index in range(rounds):
+                shift = index % len(arms)
+                for arm in arms[shift:] + arms[:shift]:
+                    ordered = sorted(_round(arm, store, iterations, rate, seconds, flush_interval))
+                    for q, at in QUANTILES:
+                        samples[arm][q].append(_quantile(ordered, at))
+            medians = {
+                arm: {q: statistics.median(v) for q, v in per.items()}
+                for arm, per in samples.items()
+            }
+            for arm in arms:
+                row: dict[str, object] = {"store": name, "arm": arm}
+                row.update({f"{q}_us": round(medians[arm][q] / 1e3) for q, _ in QUANTILES})
+                rows.append(row)
+            for arm in (NONE_B, WITH):
+                rows.append(
+                    {
+                        "store": name,
+                        "arm": f"{arm} / {NONE_A}",
+                        **{
+                            f"x_{q}": round(medians[arm][q] / medians[NONE_A][q], 2)
+                            for q, _ in QUANTILES
+                        },
+                    }
+                )
+    return rows
+
+
+class Probe:
+    """A thread that sleeps ``PROBE_SLEEP_NS`` in a loop and records each oversleep."""
+
+    def __init__(self) -> None:
+        self.oversleeps: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-gil-probe", daemon=True)
+
+    def _loop(self) -> None:
+        clock, sleep, seconds = time.perf_counter_ns, time.sleep, PROBE_SLEEP_NS / 1e9
+        oversleeps, stopped = self.oversleeps, self._stop.is_set
+        while not stopped():
+            before = clock()
+            sleep(seconds)
+            oversleeps.append(clock() - before - PROBE_SLEEP_NS)
+
+    def __enter__(self) -> Probe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def figures(self) -> dict[str, object]:
+        ordered = sorted(self.oversleeps)
+        return {
+            "p99_us": round(_quantile(ordered, 0.99) / 1e3),
+            "max_us": round(ordered[-1] / 1e3),
+            "over_1ms": sum(1 for v in ordered if v > 1_000_000),
+        }
+
+
+def _buffered(store: Store, events: int) -> Analytics:
+    analytics = Analytics(store, max_buffered_events=events + 1, forwarders=[])
+    _track(analytics, events)
+    return analytics
+
+
+def _track(analytics: Analytics, events: int) -> None:
+    """``events`` calls, a third each: no data, ``{"amount": 50}``, a two-key dict."""
+    amount, item = {"amount": 50}, {"item": "sword", "tier": 3}
+    for i in range(events // 3):
+        user = f"u{i % 5000}"
+        analytics.track("dungeon.complete", user)
+        analytics.track("credits.earn", user, amount)
+        analytics.track("item.craft", user, item)
+
+
+def _burn_without_gil(seconds: float) -> None:
+    """CPU work that releases the GIL (hashlib on large buffers): the machine as busy
+    as during a flush, the GIL free."""
+    block, deadline = b"x" * (1 << 20), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        hashlib.sha256(block).digest()
+
+
+def _probed(target: Callable[[], object]) -> tuple[float, dict[str, object]]:
+    worker = threading.Thread(target=target, name="bench-probed")
+    with Probe() as watching:
+        time.sleep(0.01)
+        start = time.perf_counter()
+        worker.start()
+        worker.join()
+        elapsed = time.perf_counter() - start
+    return elapsed, watching.figures()
+
+
+def probe(stores: list[str], events: int, rounds: int) -> list[dict[str, object]]:
+    """Per store, medians over ``rounds``: the probe's oversleep during one flush of
+    ``events`` (``flush_``), while a thread burns CPU for as long without holding the
+    GIL (``busy_``: the machine's share of a stall) and with nothing running
+    (``idle_``)."""
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as tmp, _stores(stores, Path(tmp)) as factories:
+        for name, store in factories.items():
+            figures: dict[str, list[dict[str, Any]]] = {"flush_": [], "busy_": [], "idle_": []}
+            flush_s: list[float] = []
+            for _ in range(rounds):
+                analytics = _buffered(store(), events)
+                elapsed, during = _probed(analytics.flush)
+                analytics.stop()
+                analytics.store.close()
+                flush_s.append(elapsed)
+                figures["flush_"].append(during)
+                busy = functools.partial(_burn_without_gil, elapsed)
+                figures["busy_"].append(_probed(busy)[1])
+                figures["idle_"].append(_probed(functools.partial(time.sleep, elapsed))[1])
+            row: dict[str, object] = {
+                "store": name,
+                "events": events,
+                "flush_ms": round(statistics.median(flush_s) * 1e3),
+            }
+            for prefix, measured in figures.items():
+                for key in measured[0]:
+                    row[prefix + key] = round(statistics.median(f[key] for f in measured))
+            row["flush_worst_max_us"] = max(f["max_us"] for f in figures["flush_"])
+            rows.append(row)
+    return rows
+
+
+class _Collections:
+    """Counts the collector's passes by generation (``gc.callbacks``) while active."""
+
+    def __init__(self) -> None:
+        self.passes = {0: 0, 1: 0, 2: 0}
+        self.full_ms: list[float] = []
+        self._start = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+            return
+        self.passes[info["generation"]] += 1
+        if info["generation"] == 2:
+            self.full_ms.append((time.perf_counter() - self._start) * 1e3)
+
+    def __enter__(self) -> _Collections:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+
+def collector(events: int) -> list[dict[str, object]]:
+    """What the buffer and a flush give the garbage collector: tracked objects left by
+    buffered calls after two young collections, and the collections (full ones timed)
+    while ``events`` calls are buffered and while they are flushed to SQLite. Counts,
+    not times, are the figure: they do not depend on the machine."""
+    with tempfile.TemporaryDirectory() as tmp:
+        probe_calls = Analytics("memory://", max_buffered_events=3_001, forwarders=[])
+        gc.collect()
+        gc.disable()  # the bench's own process: young collections only when asked
+        try:
+            before = len(gc.get_objects())
+            _track(probe_calls, 3_000)
+            gc.collect(0)
+            gc.collect(1)
+            left = len(gc.get_objects()) - before
+        finally:
+            gc.enable()
+        probe_calls.stop()
+        gc.collect()
+        with _Collections() as buffering:
+            analytics = _buffered(open_store(f"sqlite:///{tmp}/gc.db"), events)
+        tracked = len(gc.get_objects())
+        with _Collections() as flushing:
+            analytics.flush()
+        analytics.stop()
+        analytics.store.close()
+    return [
+        {"figure": "tracked objects left by 3,000 buffered calls", "value": left},
+        {"figure": f"tracked objects with {events:,} calls buffered", "value": tracked},
+        *(
+            {
+                "figure": f"collections while {what} {events:,} calls (gen 0/1/2)",
+                "value": "/".join(str(counted.passes[g]) for g in (0, 1, 2)),
+                "full_ms_total": round(sum(counted.full_ms), 1),
+                "full_ms_longest": round(max(counted.full_ms, default=0.0), 1),
+            }
+            for what, counted in (("buffering", buffering), ("flushing to SQLite", flushing))
+        ),
+    ]
+
+
+def process_cpu(
+    sizes: tuple[int, ...] = (6_000, 60_000), rounds: int = 8
+) -> list[dict[str, object]]:
+    """Process CPU per call of ``track()`` and the ``flush()`` of what it buffered
+    (memory store, the calls of :func:`_track`), with ``size`` calls buffered per
+    flush: a larger buffer is what a longer ``flush_interval`` holds, and what the
+    collector's full collections traverse when buffered calls are tracked."""
+    rows: list[dict[str, object]] = []
+    for size in sizes:
+        analytics = Analytics("memory://", max_buffered_events=size + 1, forwarders=[])
+        samples = []
+        for _ in range(rounds):
+            start = time.process_time_ns()
+            _track(analytics, size)
+            analytics.flush()
+            samples.append((time.process_time_ns() - start) / size)
+        analytics.stop()
+        rows.append(
+            {"calls_per_flush": size, "process_cpu_ns_per_call": round(statistics.median(samples))}
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.__main__ import table
+
+    parser = argparse.ArgumentParser(prog="python -m bench.tail", description=__doc__)
+    parser.add_argument("--rate", type=float, default=1000.0, help="requests per second")
+    parser.add_argument("--work-us", type=float, default=150.0, help="Python work per request")
+    parser.add_argument("--stores", default="memory,sqlite", help="memory,sqlite,mongo")
+    parser.add_argument("--seconds", type=float, default=4.0, help="per round and arm")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--flush-interval", type=float, default=1.0)
+    parser.add_argument("--probe-events", type=int, default=200_000)
+    parser.add_argument("--probe-rounds", type=int, default=3)
+    parser.add_argument(
+        "--skip", action="append", default=[], choices=("latency", "probe", "collector")
+    )
+    args = parser.parse_args(argv)
+    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs", flush=True)
+    if "latency" not in args.skip:
+        rows = latency(
+            stores, args.rate, args.work_us, args.seconds, args.rounds, args.flush_interval
+        )
+        print(table("Request latency, us (medians over rounds)", rows), flush=True)
+    if "collector" not in args.skip:
+        print(table("Garbage collector", collector(args.probe_events)), flush=True)
+        print(table("Process CPU, track() + flush()", process_cpu()), flush=True)
+    if "probe" not in args.skip:
+        print(
+            table("GIL probe during one flush", probe(stores, args.probe_events, args.probe_rounds))
+        )
+    print(f"load average {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

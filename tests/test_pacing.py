@@ -1,0 +1,148 @@
+"""The flush shares the GIL, and the buffer gives the garbage collector nothing to do.
+
+Why: a request thread waits for the GIL while the flush thread runs Python, and a
+collection (which holds the GIL, on whichever thread triggers it) traverses every
+object the collector tracks. So the buffered calls and a batch's events must be
+objects it stops tracking (tuples of strings and numbers), and the flush's long loops
+must let waiting threads in between slices. Timings are not asserted here (the
+machines are shared); ``python -m bench.tail`` measures the stalls.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import types
+from collections.abc import Iterator
+from datetime import UTC
+from pathlib import Path
+
+import pytest
+
+from gso_analytics import Analytics, open_store, pacing
+from gso_analytics.aggregator import Aggregator
+from gso_analytics.clock import DayKeys
+
+CALLS = 3_000
+
+
+def _track_mix(analytics: Analytics, n: int) -> None:
+    """Every kind of buffered call: plain, flat data, nested data (JSON text), sessions."""
+    for i in range(n):
+        user = f"u{i % 50}"
+        kind = i % 5
+        if kind == 0:
+            analytics.track("dungeon.complete", user)
+        elif kind == 1:
+            analytics.track("credits.earn", user, {"amount": i, "source": "quest"})
+        elif kind == 2:
+            analytics.track("item.craft", user, {"item": {"name": "sword", "tier": [1, 2]}})
+        elif kind == 3:
+            analytics.on_login(user, "Name")
+        else:
+            analytics.on_logout(user)
+
+
+@pytest.fixture
+def collector_paused() -> Iterator[None]:
+    """Collections only when the test asks (the test's own, restored after)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def test_buffered_calls_are_untracked_before_the_old_generation(
+    collector_paused: None,
+) -> None:
+    """3,000 buffered calls of every kind are untracked by two young collections (the
+    first promotes them, the second untracks them), so they never reach the old
+    generation every full collection traverses; a call holding a dict would stay
+    tracked until it is flushed."""
+    analytics = Analytics("memory://", forwarders=[], max_buffered_events=CALLS + 1)
+    try:
+        before = len(gc.get_objects())
+        _track_mix(analytics, CALLS)
+        gc.collect(0)
+        gc.collect(1)
+        added = len(gc.get_objects()) - before
+        assert analytics.stats()["buffered"] == CALLS
+        assert added < CALLS // 30, f"{added} tracked objects for {CALLS} buffered calls"
+    finally:
+        analytics.stop()
+
+
+def test_a_batch_holds_no_tracked_object_per_event() -> None:
+    """The events of a batch are plain tuples the collector drops after one look (an
+    object per event would be traversed by every collection until it is stored)."""
+    aggregator = Aggregator(None, DayKeys(UTC), CALLS + 1)
+    for i in range(CALLS):
+        aggregator.data_event("credits.earn", f"u{i % 50}", (("amount", i),), "creditsEarned", i)
+    batch = aggregator.swap()
+    gc.collect()
+    assert len(batch.events) == CALLS
+    assert not any(gc.is_tracked(event) for event in batch.events)
+
+
+@pytest.fixture
+def yields(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
+    """Every pause of the pacer, which pauses at every look (a slice of no length)."""
+    pauses: list[float] = []
+    monkeypatch.setattr(pacing, "SLICE_S", 0.0)
+    monkeypatch.setattr(
+        pacing, "time", types.SimpleNamespace(perf_counter=time.perf_counter, sleep=pauses.append)
+    )
+    yield pauses
+
+
+@pytest.fixture
+def other_thread() -> Iterator[None]:
+    """A second thread alive: someone the flush could let in."""
+    done = threading.Event()
+    thread = threading.Thread(target=done.wait, name="test-waiting")
+    thread.start()
+    yield
+    done.set()
+    thread.join()
+
+
+def test_a_long_flush_lets_waiting_threads_in_between_slices(
+    tmp_path: Path, yields: list[float], other_thread: None
+) -> None:
+    """Aggregating the buffer and building the SQLite rows pause once per slice of
+    ``CHECK_EVERY`` items, releasing the GIL (``time.sleep(0)``)."""
+    store = open_store(f"sqlite:///{tmp_path}/paced.db")
+    analytics = Analytics(store, forwarders=[], max_buffered_events=CALLS + 1)
+    for i in range(CALLS):
+        analytics.track("credits.earn", f"u{i % 50}", {"amount": 1})
+    analytics.flush()
+    slices = -(-CALLS // pacing.CHECK_EVERY)
+    assert len(yields) >= 2 * slices  # the aggregation's slices, then the rows'
+    assert set(yields) == {0}
+    assert analytics.get_metrics().today["creditsEarned"] == CALLS
+    analytics.stop()
+    store.close()
+
+
+def test_alone_the_flush_does_not_pause(
+    yields: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no other thread (a script flushing by hand) a pause would only cost time."""
+    monkeypatch.setattr(pacing, "threading", types.SimpleNamespace(active_count=lambda: 1))
+    analytics = Analytics("memory://", forwarders=[], max_buffered_events=CALLS + 1)
+    for i in range(CALLS):
+        analytics.track("credits.earn", f"u{i % 50}", {"amount": 1})
+    analytics.flush()
+    analytics.stop()
+    assert yields == []
+
+
+def test_paced_slices_cover_every_item_in_order(yields: list[float], other_thread: None) -> None:
+    items = list(range(1000))
+    slices = list(pacing.paced_slices(items, 300))
+    assert [len(s) for s in slices] == [300, 300, 300, 100]
+    assert [x for s in slices for x in s] == items
+    assert len(yields) == 4
