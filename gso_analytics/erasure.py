@@ -48,19 +48,6 @@ def keyed_hash(key: str | bytes, user_id: str) -> str:
     return hmac.new(raw, user_id.encode(), hashlib.sha256).hexdigest()
 
 
-def batch_users(batch: FlushBatch) -> set[str]:
-    """Every player id a batch carries."""
-    return (
-        {user for _, user, *_ in batch.events}
-        | {m.user_id for m in batch.logins}
-        | {m.user_id for m in batch.logouts}
-        | {u for users in batch.day_users.values() for u in users}
-        | {u for users in batch.month_users.values() for u in users}
-        | {u for users in batch.new_users.values() for u in users}
-        | {u for payers in batch.payments.values() for u in payers}
-    )
-
-
 def rename_users(batch: FlushBatch, names: Mapping[str, str], *, keep_events: bool) -> FlushBatch:
     """``batch`` with each id of ``names`` replaced by ``names[id]`` and those players'
     usernames dropped; their events kept (renamed) or dropped. Counters are anonymous
@@ -107,7 +94,7 @@ def pseudonymize(batch: FlushBatch, key: bytes) -> FlushBatch:
     ``Analytics(pseudonymize_key=...)`` stores. A hash is one-to-one on the ids in
     practice, so every distinct count is the same as with the ids themselves."""
     return rename_users(
-        batch, {u: keyed_hash(key, u) for u in batch_users(batch)}, keep_events=True
+        batch, {u: keyed_hash(key, u) for u in batch.players()}, keep_events=True
     )
 
 

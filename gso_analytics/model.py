@@ -160,6 +160,18 @@ class FlushBatch:
         """The number of buffered calls this batch carries (its weight in the bound)."""
         return len(self.events) + len(self.logins) + len(self.logouts)
 
+    def players(self) -> set[str]:
+        """Every player id the batch carries, in any of its parts."""
+        return (
+            {user for _, user, *_ in self.events}
+            | {m.user_id for m in self.logins}
+            | {m.user_id for m in self.logouts}
+            | {u for users in self.day_users.values() for u in users}
+            | {u for users in self.month_users.values() for u in users}
+            | {u for users in self.new_users.values() for u in users}
+            | {u for payers in self.payments.values() for u in payers}
+        )
+
     def is_empty(self) -> bool:
         return not (
             self.counters
@@ -183,14 +195,7 @@ class FlushBatch:
         """
         if max_users is None:
             return [self]
-        players = sorted(
-            {user for _, user, *_ in self.events}
-            | {m.user_id for m in self.logins}
-            | {m.user_id for m in self.logouts}
-            | {u for users in self.day_users.values() for u in users}
-            | {u for users in self.month_users.values() for u in users}
-            | {u for payers in self.payments.values() for u in payers}
-        )
+        players = sorted(self.players())
         if len(players) <= max_users:
             return [self]
         groups = [set(players[i : i + max_users]) for i in range(0, len(players), max_users)]
@@ -202,6 +207,7 @@ class FlushBatch:
                 months=self.months,
                 day_users=_only(self.day_users, group),
                 month_users=_only(self.month_users, group),
+                new_users=_only(self.new_users, group),
                 logins=[m for m in self.logins if m.user_id in group],
                 logouts=[m for m in self.logouts if m.user_id in group],
                 session_timeout_ms=self.session_timeout_ms,

@@ -26,7 +26,6 @@ from .counters import NEW_USERS
 from .erasure import (
     ErasureReceipt,
     UserRecords,
-    batch_users,
     keyed_hash,
     new_secret,
     new_token,
@@ -509,7 +508,7 @@ def apply_batch(tx: Transaction, batch: FlushBatch, erasure_key: str) -> ApplyRe
     tx.record_intent(batch)
     if not tx.claim_batch(batch.id, created_at):
         return ApplyResult(duplicate=True)
-    users = batch_users(batch)
+    users = batch.players()
     if users:
         erased = tx.tombstones({user: keyed_hash(erasure_key, user) for user in users})
         batch = rename_users(batch, erased, keep_events=False)

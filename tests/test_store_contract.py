@@ -1263,3 +1263,50 @@ def test_export_user_has_sessions_events_payments_and_days(
     assert export["firstPayment"] == "2025-03-14"
     assert export["revenueCents"] == {"2025-03-14": 499}
     assert store.export_user("nobody")["sessions"] == []
+
+
+# -- a batch applied in parts ----------------------------------------------------------------
+
+
+def test_a_batch_applied_in_parts_stores_what_it_stores_whole(
+    store: Store,
+    make_analytics: AnalyticsFactory,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Registrations, activity, payments, sessions and events of 7 players in one batch
+    applied in parts of 2 players (every backend may split: MongoDB does above
+    ``max_part_players``) give the figures of the same calls applied whole to a memory
+    store. Registrations were once left out of the parts, losing ``newUsers``."""
+    from gso_analytics import open_store
+
+    whole = open_store("memory://")
+    monkeypatch.setattr(type(store), "max_part_players", 2)
+    writers = [make_analytics(store, forwarders=[]), make_analytics(whole, forwarders=[])]
+    for n in range(7):
+        for analytics in writers:
+            analytics.track("user.register", f"p{n}")
+            analytics.on_login(f"p{n}", f"name{n}")
+            analytics.track("stripe.payment", f"p{n}", {"amountCents": 100 + n})
+    clock.advance(minutes=5)
+    for analytics in writers:
+        for n in range(0, 7, 2):
+            analytics.on_logout(f"p{n}")
+        analytics.flush()
+
+    def figures(s: Store) -> dict[str, Any]:
+        day = clock.now.strftime("%Y-%m-%d")
+        return {
+            "days": [d.to_dict() for d in s.recent_days(2)],
+            "month": s.get_month(day[:7]),
+            "cohort": {d: sorted(u) for d, u in s.first_seen_between(day, day).items()},
+            "payers": {d: sorted(u) for d, u in s.first_payments_between(day, day).items()},
+            "revenue": s.user_revenue_between(day, day),
+            "sessions": sorted((r.user_id, r.duration_s) for r in s.sessions_between(day, day)),
+            "events": len(s.get_events(limit=1000)),
+            "open": s.count_open_sessions(),
+        }
+
+    split = figures(store)
+    assert split == figures(whole)
+    assert split["days"][0]["newUsers"] == 7
