@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -423,7 +424,10 @@ def test_calls_before_start_are_stored_at_exit_with_a_warning(
 
 def test_calls_that_cannot_be_stored_at_exit_are_counted(tmp_path: Path) -> None:
     stderr = _run_exit_script("store-down", "memory://", tmp_path)
-    assert "stopping with 2 calls not stored" in stderr
+    # Which of the two says it depends on scheduling: the drain thread, giving up at the
+    # deadline ("stopping with 2 calls not stored"), or stop(), whose join of the same
+    # length can end first ("... at stop; 2 calls not stored"). Both count the calls.
+    assert re.search(r"\b2 calls not stored", stderr), stderr
 
 
 def test_calls_after_stop_are_counted_at_exit(sqlite_url: str, tmp_path: Path) -> None:
