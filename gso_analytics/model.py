@@ -16,6 +16,7 @@ import attrs
 
 from .clock import from_ms
 from .counters import DAILY_FIELDS
+from .pacing import CHECK_EVERY, paced_slices
 
 Number = int | float
 
@@ -161,9 +162,13 @@ class FlushBatch:
         return len(self.events) + len(self.logins) + len(self.logouts)
 
     def players(self) -> set[str]:
-        """Every player id the batch carries, in any of its parts."""
+        """Every player id the batch carries, in any of its parts. Read on the flush
+        thread from a batch of up to a minute of events: paced (see :mod:`.pacing`)."""
+        players: set[str] = set()
+        for events in paced_slices(self.events, 4 * CHECK_EVERY):
+            players.update([event[1] for event in events])
         return (
-            {user for _, user, *_ in self.events}
+            players
             | {m.user_id for m in self.logins}
             | {m.user_id for m in self.logouts}
             | {u for users in self.day_users.values() for u in users}
