@@ -39,7 +39,7 @@ from gso_analytics.model import (
     SessionRecord,
     StoredSession,
 )
-from gso_analytics.pacing import paced_slices
+from gso_analytics.pacing import paced_slices, release
 from gso_analytics.store import Store, Transaction, total_increments
 
 SCHEMA = """
@@ -238,6 +238,7 @@ class _SQLiteTransaction(Transaction):
             f"INSERT INTO {self.p}events (ts, userId, event, data, day) VALUES (?, ?, ?, ?, ?)",
             rows,
         )
+        release(rows)
 
     def delete_events_until(self, last: datetime, limit: int) -> int:
         cur = self.conn.execute(

@@ -28,6 +28,7 @@ from .aggregator import Aggregator
 from .dead_letters import DeadLetters
 from .errors import StoreError
 from .model import FlushBatch
+from .pacing import release
 from .store import MAX_RETRY_AGE, Store
 
 log = logging.getLogger("gso_analytics")
@@ -108,7 +109,8 @@ class Flusher:
                 self.aggregator.backlog = self.pending
                 while self._pending:
                     self._apply(self._pending[0])
-                    self._pending.popleft()
+                    release(self._pending.popleft().events)
+                release(batch.events)  # the buffer's own batch, when prepare made another
                 self.last_flush = time.time()
                 if self.heartbeat is not None:
                     # Every flush, an empty one too: an idle worker is not a stale one.
