@@ -24,7 +24,6 @@ stretch; :func:`release` frees it a slice at a time. The application's own setti
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -56,8 +55,6 @@ class Pacer:
             # No other thread, nobody to let in: a flush() called with the flush thread
             # not started (a script, a test) is not slowed by pauses it does not need.
             if threading.active_count() > 1:
-                if gc.isenabled():
-                    gc.collect(0)  # this slice's young objects, not the whole flush's
                 time.sleep(0)  # releases the GIL: a waiting thread takes it now
             self._since = time.perf_counter()
 
