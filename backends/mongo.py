@@ -154,7 +154,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import attrs
@@ -236,6 +236,7 @@ EVENT_CHUNK = 1000
 _MAX_TIME_EXPIRED = 50
 
 #: Fields a counter can never be: they key the documents or hold the guard.
+_T = TypeVar("_T")
 _RESERVED_FIELDS = frozenset({"_id", "day", "month", "appliedBatches"})
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -1151,6 +1152,18 @@ class _Index:
         return f"{prefix}{self.name} {{{keys}}}" + (f" {shown}" if shown else "")
 
 
+def _until_no_conflict(attempt: Callable[[], _T]) -> _T:
+    """``attempt()``, run again after a short backoff while it loses a write conflict
+    to a concurrent transaction (:class:`_Conflict`), within :data:`TRANSIENT_RETRY_S`."""
+    backoff = _Backoff(TRANSIENT_RETRY_S)
+    while True:
+        try:
+            return attempt()
+        except _Conflict:
+            if not backoff.sleep():
+                raise
+
+
 def mongo_init(url: str, *, event_ttl: timedelta | None = None, **options: Any) -> list[str]:
     """Create every missing index of the store ``url`` names (and, with ``event_ttl``,
     set the TTL index to it): the deploy step of ``gso-analytics mongo-init``, after
@@ -2062,25 +2075,13 @@ class MongoStore(Store):
     def apply(self, batch: FlushBatch) -> ApplyResult:
         """Apply exactly once; a transaction or write that lost to a concurrent one is
         tried again after a short backoff (the guards make the retry exact)."""
-        backoff = _Backoff(TRANSIENT_RETRY_S)
-        while True:
-            try:
-                return super().apply(batch)
-            except _Conflict:
-                if not backoff.sleep():
-                    raise
+        return _until_no_conflict(lambda: super(MongoStore, self).apply(batch))
 
     def erase_user(self, user_id: str, at: datetime) -> ErasureReceipt:
         """The shared erase; in a transaction that lost a write conflict to a batch of
         the same player (see :meth:`_MongoTransaction.tombstones`), run again."""
         _check_str(user_id, "user_id")
-        backoff = _Backoff(TRANSIENT_RETRY_S)
-        while True:
-            try:
-                return super().erase_user(user_id, at)
-            except _Conflict:
-                if not backoff.sleep():
-                    raise
+        return _until_no_conflict(lambda: super(MongoStore, self).erase_user(user_id, at))
 
     def user_records(self, user_id: str) -> UserRecords:
         _check_str(user_id, "user_id")
