@@ -69,20 +69,27 @@ def _flush_seconds(path: Path, players: int, erased: int, **options: Any) -> flo
         analytics.store.close()
 
 
-def _erase_vs_vacuum(path: Path, players: int, days: int) -> dict[str, float]:
-    clock_now = [START]
+def _played_days(store: Any, players: int, days: int) -> tuple[Analytics, list[datetime]]:
+    """An Analytics on ``store`` whose players played ``days`` days from START, flushed
+    day by day; its clock is the returned one-item list (move it to move time)."""
+    now = [START]
     analytics = Analytics(
-        open_store(f"sqlite:///{path}"),
-        clock=lambda: clock_now[0],
+        store,
+        clock=lambda: now[0],
         forwarders=[],
         flush_interval=3600,
         max_buffered_events=10 * players + 10,
     )
+    for day in range(days):
+        now[0] = START + timedelta(days=day)
+        _play(analytics, players, "p")
+        analytics.flush()
+    return analytics, now
+
+
+def _erase_vs_vacuum(path: Path, players: int, days: int) -> dict[str, float]:
+    analytics, _ = _played_days(open_store(f"sqlite:///{path}"), players, days)
     try:
-        for day in range(days):
-            clock_now[0] = START + timedelta(days=day)
-            _play(analytics, players, "p")
-            analytics.flush()
         started = time.perf_counter()
         receipt = analytics.erase_user("p7")
         erase = time.perf_counter() - started
@@ -99,22 +106,11 @@ def _erase_vs_vacuum(path: Path, players: int, days: int) -> dict[str, float]:
 
 
 def _prune_seconds(path: Path, players: int, days: int, secure: bool) -> float:
-    now = [START]
     store = open_store(f"sqlite:///{path}")
     with store._write_lock:  # the bench's one reach inside: the pragma under test
         store._writer().execute(f"PRAGMA secure_delete = {int(secure)}")
-    analytics = Analytics(
-        store,
-        clock=lambda: now[0],
-        forwarders=[],
-        flush_interval=3600,
-        max_buffered_events=10 * players + 10,
-    )
+    analytics, now = _played_days(store, players, days)
     try:
-        for day in range(days):
-            now[0] = START + timedelta(days=day)
-            _play(analytics, players, "p")
-            analytics.flush()
         now[0] = START + timedelta(days=days + 30)
         started = time.perf_counter()
         result = analytics.prune()
