@@ -719,7 +719,9 @@ class _MongoTransaction(Transaction):
         self._begin()
         meta = self._c("meta")
         meta.update_one(
-            {"_id": "erasureSecret"}, {"$setOnInsert": {"value": candidate}}, upsert=True,
+            {"_id": "erasureSecret"},
+            {"$setOnInsert": {"value": candidate}},
+            upsert=True,
             **self._kw,
         )
         found = meta.find_one({"_id": "erasureSecret"}, **self._kw)

@@ -55,9 +55,7 @@ def process_identity(pid: int | None = None) -> tuple[str, str, int]:
     return f"{host}:{pid}", host, pid
 
 
-def make_heartbeat(
-    stats: Mapping[str, Any], at: datetime, flush_interval: float
-) -> Heartbeat:
+def make_heartbeat(stats: Mapping[str, Any], at: datetime, flush_interval: float) -> Heartbeat:
     """This process's record, as of a flush that ended at ``at``."""
     process, host, pid = process_identity()
     lifetime = max(timedelta(seconds=LIFETIME_INTERVALS * flush_interval), MIN_LIFETIME)

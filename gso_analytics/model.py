@@ -359,9 +359,7 @@ class Heartbeat:
 
     def payload(self) -> str:
         """``stats`` and ``forwarders`` as the JSON text a store keeps."""
-        return json.dumps(
-            {"stats": self.stats, "forwarders": self.forwarders}, sort_keys=True
-        )
+        return json.dumps({"stats": self.stats, "forwarders": self.forwarders}, sort_keys=True)
 
     @classmethod
     def from_payload(

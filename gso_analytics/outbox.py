@@ -427,9 +427,7 @@ class ForwardingHub:
 
     # -- the hot path ---------------------------------------------------------------------
 
-    def submit(
-        self, ms: int, event: str, user_id: str, data: FlatData | str | None
-    ) -> None:
+    def submit(self, ms: int, event: str, user_id: str, data: FlatData | str | None) -> None:
         """Queue one validated event for every forwarder; never blocks.
 
         ``ms`` is the call's time (milliseconds since the epoch, from the library's
