@@ -32,6 +32,7 @@ from gso_analytics.model import (
     SessionRecord,
     StoredSession,
 )
+from gso_analytics.pacing import CHECK_EVERY, paced
 from gso_analytics.store import Store, Transaction, total_increments
 
 
@@ -157,7 +158,7 @@ class _MemoryTransaction(Transaction):
     ) -> list[StoredSession | Logout]:
         state = self.state
         found: list[StoredSession | Logout] = []
-        for user, start in since.items():
+        for user, start in paced(since.items(), CHECK_EVERY):
             logins = state.logins_by_user.get(user, [])
             logouts = state.logouts_by_user.get(user, [])
             first_in = bisect.bisect_left(logins, start, key=_time_of)
@@ -212,7 +213,7 @@ class _MemoryTransaction(Transaction):
         last_ms = to_ms(last)
         kept: list[EventRow] = []
         deleted = 0
-        for event in self.state.events:
+        for event in paced(self.state.events, CHECK_EVERY):  # the whole stream: paced
             if event[0] <= last_ms and deleted < limit:
                 deleted += 1
             else:
@@ -236,7 +237,6 @@ class _MemoryTransaction(Transaction):
     def delete_batches_before(self, cutoff: datetime) -> None:
         batches = self.state.batches
         self._replace("batches", {k: at for k, at in batches.items() if at >= cutoff})
-
 
     # -- players' data rights ---------------------------------------------------------
 

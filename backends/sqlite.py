@@ -39,7 +39,7 @@ from gso_analytics.model import (
     SessionRecord,
     StoredSession,
 )
-from gso_analytics.pacing import paced_slices, release
+from gso_analytics.pacing import CHECK_EVERY, paced, paced_slices
 from gso_analytics.store import Store, Transaction, total_increments
 
 SCHEMA = """
@@ -201,7 +201,7 @@ class _SQLiteTransaction(Transaction):
             " AND atMs >= ? ORDER BY atMs DESC, origin DESC, seq DESC LIMIT 1"
         )
         execute = self.conn.execute
-        for user, start in since.items():
+        for user, start in paced(since.items()):  # four queries a player
             text, horizon = iso_from_ms(start), start - horizon_ms
             found += [_stored_session(row) for row in execute(sessions, (user, text, user))]
             found += [Logout(*row) for row in execute(logouts, (user, start))]
@@ -229,16 +229,17 @@ class _SQLiteTransaction(Transaction):
         )
 
     def insert_events(self, events: list[EventRow]) -> None:
-        # Rows built in paced slices, then one executemany: sqlite3 releases the GIL
-        # while each row is written, so the long run of writes shares it already.
-        rows: list[tuple[str, str, str, str, str]] = []
-        for part in paced_slices(events):
-            rows += [(iso_from_ms(ts), user, name, data, day) for ts, user, name, data, day in part]
-        self.conn.executemany(
-            f"INSERT INTO {self.p}events (ts, userId, event, data, day) VALUES (?, ?, ?, ?, ?)",
-            rows,
+        # Rows built and written a slice at a time (sqlite3 releases the GIL while it
+        # writes each row): no list of every row of the batch, tens of MB for a minute
+        # of events, to build and then free while holding the GIL.
+        insert = (
+            f"INSERT INTO {self.p}events (ts, userId, event, data, day) VALUES (?, ?, ?, ?, ?)"
         )
-        release(rows)
+        for part in paced_slices(events, 4 * CHECK_EVERY):
+            self.conn.executemany(
+                insert,
+                [(iso_from_ms(ts), user, name, data, day) for ts, user, name, data, day in part],
+            )
 
     def delete_events_until(self, last: datetime, limit: int) -> int:
         cur = self.conn.execute(
@@ -261,7 +262,6 @@ class _SQLiteTransaction(Transaction):
 
     def delete_batches_before(self, cutoff: datetime) -> None:
         self.conn.execute(f"DELETE FROM {self.p}batches WHERE appliedAt < ?", (iso_ms(cutoff),))
-
 
     # -- players' data rights ---------------------------------------------------------
 
@@ -309,9 +309,7 @@ class _SQLiteTransaction(Transaction):
             f" WHERE userId = ? ON CONFLICT DO UPDATE SET {merge}",
             (token, user),
         )
-        return self.conn.execute(
-            f"DELETE FROM {self.p}{table} WHERE userId = ?", (user,)
-        ).rowcount
+        return self.conn.execute(f"DELETE FROM {self.p}{table} WHERE userId = ?", (user,)).rowcount
 
     def rename_user(self, user_id: str, token: str) -> dict[str, int]:
         execute, p = self.conn.execute, self.p

@@ -165,40 +165,45 @@ class Aggregator:
         # the collector runs its usual small young collections along the loop.
         taken: list[tuple[Any, ...]] = []
         keep = taken.append
-        for index in range(len(calls)):  # only what is there now; later calls wait
-            if not index % CHECK_EVERY:
-                pacer.tick()
-            call = calls.popleft()
-            keep(call)
-            self.backlog += 1  # out of the deque, still in memory: keeps the bound exact
-            kind = call[0]
-            if kind == _EVENT:
-                _, ns, user_id, event, field, amount, text = call
-                if text is None:
-                    text = "{}"
-            elif kind == _FLAT_EVENT:  # one unpacking takes the pairs too
-                _, ns, user_id, event, field, amount, *pairs = call
-                text = encode_flat(pairs)
-            else:
-                if kind == _LOGIN:
-                    self._add_login(batch, call[1] // 1_000_000, call[2], call[3])
+        remaining = len(calls)  # only what is there now; later calls wait
+        while remaining:
+            pacer.tick()
+            step = min(CHECK_EVERY, remaining)
+            remaining -= step
+            # Counted before they leave the deque, so the bound never lets a call past
+            # (it may refuse one a slice early); out of the deque they are still memory.
+            self.backlog += step
+            for _ in range(step):
+                call = calls.popleft()
+                keep(call)
+                kind = call[0]
+                if kind == _EVENT:
+                    _, ns, user_id, event, field, amount, text = call
+                    if text is None:
+                        text = "{}"
+                elif kind == _FLAT_EVENT:  # one unpacking takes the pairs too
+                    _, ns, user_id, event, field, amount, *pairs = call
+                    text = encode_flat(pairs)
                 else:
-                    self._add_logout(batch, call[1] // 1_000_000, call[2])
-                continue
-            ms = ns // 1_000_000
-            day, month = day_keys(ms)
-            if field == NEW_USERS:  # distinct players, counted by the store
-                self._day_counters(batch, day, month)
-                batch.new_users.setdefault(day, set()).add(user_id)
-            elif field is not None:
-                if day != counted_day:
-                    counted_day = day
-                    counters = self._day_counters(batch, day, month)
-                counters[field] = counters.get(field, 0) + amount
-                if event == PAYMENT_EVENT:
-                    payers = payments.setdefault(day, {})
-                    payers[user_id] = payers.get(user_id, 0) + amount
-            events.append((ms, user_id, event, text, day))
+                    if kind == _LOGIN:
+                        self._add_login(batch, call[1] // 1_000_000, call[2], call[3])
+                    else:
+                        self._add_logout(batch, call[1] // 1_000_000, call[2])
+                    continue
+                ms = ns // 1_000_000
+                day, month = day_keys(ms)
+                if field == NEW_USERS:  # distinct players, counted by the store
+                    self._day_counters(batch, day, month)
+                    batch.new_users.setdefault(day, set()).add(user_id)
+                elif field is not None:
+                    if day != counted_day:
+                        counted_day = day
+                        counters = self._day_counters(batch, day, month)
+                    counters[field] = counters.get(field, 0) + amount
+                    if event == PAYMENT_EVENT:
+                        payers = payments.setdefault(day, {})
+                        payers[user_id] = payers.get(user_id, 0) + amount
+                events.append((ms, user_id, event, text, day))
         release(taken)
         return batch
 

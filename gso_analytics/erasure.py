@@ -17,7 +17,7 @@ so a tombstone cannot be matched against a list of guessed ids without the store
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import hmac
 import secrets
 from collections.abc import Iterable, Mapping
@@ -31,6 +31,9 @@ from .model import FlushBatch, Login, Logout, Number, SessionRecord
 #: The prefix of the tokens that replace an erased player's id.
 TOKEN_PREFIX = "erased-"
 
+#: Recent (key, player) hashes kept by :func:`keyed_hash`: about 300 bytes each.
+HASH_CACHE = 16_384
+
 
 def new_secret() -> str:
     """A store's erasure secret (hex; 256 random bits)."""
@@ -42,10 +45,15 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_hex(16)
 
 
+@functools.lru_cache(maxsize=HASH_CACHE)
 def keyed_hash(key: str | bytes, user_id: str) -> str:
-    """HMAC-SHA256 of ``user_id`` under ``key``, hex: tombstones and pseudonymous ids."""
+    """HMAC-SHA256 of ``user_id`` under ``key``, hex: tombstones and pseudonymous ids.
+
+    Every flush hashes each of its players to look for tombstones, on the flush
+    thread, holding the GIL: about 2 µs each, a third of a memory-store flush. The
+    same players come back flush after flush, so recent hashes are kept."""
     raw = key.encode() if isinstance(key, str) else key
-    return hmac.new(raw, user_id.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(raw, user_id.encode(), "sha256").hex()
 
 
 def rename_users(batch: FlushBatch, names: Mapping[str, str], *, keep_events: bool) -> FlushBatch:
@@ -93,9 +101,7 @@ def pseudonymize(batch: FlushBatch, key: bytes) -> FlushBatch:
     """``batch`` with every player id replaced by its keyed hash and no usernames: what
     ``Analytics(pseudonymize_key=...)`` stores. A hash is one-to-one on the ids in
     practice, so every distinct count is the same as with the ids themselves."""
-    return rename_users(
-        batch, {u: keyed_hash(key, u) for u in batch.players()}, keep_events=True
-    )
+    return rename_users(batch, {u: keyed_hash(key, u) for u in batch.players()}, keep_events=True)
 
 
 @attrs.frozen

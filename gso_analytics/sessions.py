@@ -34,6 +34,7 @@ import attrs
 
 from .clock import round_half_up
 from .model import OPEN, Login, Logout, Mark, SessionEnd, StoredSession
+from .pacing import paced
 
 
 @attrs.define
@@ -125,7 +126,7 @@ def plan_sessions(
             if isinstance(mark, Logout):
                 changes.logouts.append(mark)
                 new_logouts.add(mark.id)
-    for timeline in timelines.values():
+    for timeline in paced(timelines.values()):  # a sort and a walk per player
         ordered = sorted(timeline.values(), key=lambda m: m.key)
         previous: Mark | None = None
         for index, mark in enumerate(ordered):

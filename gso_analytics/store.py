@@ -48,7 +48,7 @@ from .model import (
     SessionRecord,
     StoredSession,
 )
-from .pacing import Pacer
+from .pacing import Pacer, paced_slices
 from .sessions import SessionChanges, earliest, plan_sessions, time_out
 
 #: Batch ids are remembered at least this long after the batch was made
@@ -409,8 +409,12 @@ class Store(ABC):
             "userId": user_id,
             "sessions": [session_export(s) for s in self.get_sessions(user_id)],
             "events": [
-                {"ts": iso_from_ms(e.ts_ms), "event": e.event, "data": json.loads(e.data),
-                 "day": e.day}
+                {
+                    "ts": iso_from_ms(e.ts_ms),
+                    "event": e.event,
+                    "data": json.loads(e.data),
+                    "day": e.day,
+                }
                 for e in self.get_events(user_id, limit=EXPORT_EVENT_LIMIT)
             ],
             "daysActive": records.days_active,
@@ -509,14 +513,20 @@ def apply_batch(tx: Transaction, batch: FlushBatch, erasure_key: str) -> ApplyRe
     tx.record_intent(batch)
     if not tx.claim_batch(batch.id, created_at):
         return ApplyResult(duplicate=True)
+    # Each step below is one store call over the whole batch (a few hundred µs for
+    # thousands of players); the pacer lets waiting threads in between steps, so the
+    # steps do not add up to one stretch the length of the interpreter's switch
+    # interval (see .pacing).
+    pacer = Pacer()
     users = batch.players()
     if users:
-        pacer, hashes = Pacer(), {}
-        for user in users:  # a few µs each, for every player of the batch: paced
-            hashes[user] = keyed_hash(erasure_key, user)
-            pacer.tick()
+        hashes: dict[str, str] = {}
+        for part in paced_slices(list(users)):  # every player (cached, else ~2 µs each)
+            hashes.update([(user, keyed_hash(erasure_key, user)) for user in part])
         erased = tx.tombstones(hashes)
+        pacer.tick()
         batch = rename_users(batch, erased, keep_events=False)
+        pacer.tick()
     daily: defaultdict[str, defaultdict[str, Number]] = defaultdict(lambda: defaultdict(int))
     for day, fields in batch.counters.items():
         daily[day].update(fields)
@@ -524,22 +534,27 @@ def apply_batch(tx: Transaction, batch: FlushBatch, erasure_key: str) -> ApplyRe
 
     if batch.day_users:
         tx.add_first_seen(_first_days(batch.day_users))
+        pacer.tick()
     if batch.payments:
         tx.add_user_revenue(batch.payments)
         tx.add_first_payments(_first_days(batch.payments))
+        pacer.tick()
 
     new_day_users = 0
     for day, users in batch.day_users.items():
         added = tx.add_day_users(day, users)
+        pacer.tick()
         if added:
             daily[day]["dau"] += added
             new_day_users += added
     for day, users in batch.new_users.items():
         added = tx.add_new_users(day, users)
+        pacer.tick()
         if added:
             daily[day][NEW_USERS] += added
     for month, users in batch.month_users.items():
         added = tx.add_month_users(month, users)
+        pacer.tick()
         if added:
             monthly[month]["mau"] += added
 
@@ -550,12 +565,14 @@ def apply_batch(tx: Transaction, batch: FlushBatch, erasure_key: str) -> ApplyRe
         changes = plan_sessions(stored, batch.logins, batch.logouts, batch.session_timeout_ms)
         tx.write_sessions(changes)
         unmatched = changes.unmatched_logouts
+        pacer.tick()
 
     for day, fields in daily.items():
         if fields:  # a day of repeated registrations only has nothing to add
             tx.increment_daily(day, batch.months[day], dict(fields))
     for month, month_fields in monthly.items():
         tx.increment_monthly(month, dict(month_fields))
+    pacer.tick()
     if batch.events:
         tx.insert_events(batch.events)
     return ApplyResult(new_day_users=new_day_users, unmatched_logouts=unmatched)

@@ -10,13 +10,16 @@ machines are shared); ``python -m bench.tail`` measures the stalls.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import itertools
 import threading
 import time
 import types
 from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -169,11 +172,57 @@ def test_the_swap_leaves_no_young_generation_for_one_long_collection(
     assert len(gc.get_objects(generation=0)) < CALLS // 10
 
 
-def test_release_empties_a_list_a_slice_at_a_time(
-    yields: list[float], other_thread: None
-) -> None:
+def test_release_empties_a_list_a_slice_at_a_time(yields: list[float], other_thread: None) -> None:
     """Freeing a batch's rows or events in one ``del`` holds the GIL for the whole of it."""
     items = list(range(5_000))
     pacing.release(items)
     assert items == []
     assert len(yields) == -(-5_000 // (4 * pacing.CHECK_EVERY))
+
+
+def test_apply_batch_lets_waiting_threads_in_between_its_store_calls(
+    yields: list[float], other_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each bulk store call of a batch takes a few hundred µs for thousands of players;
+    without a pause between them they would add up to one stretch holding the GIL."""
+    store = open_store("memory://")
+    analytics = Analytics(store, forwarders=[], max_buffered_events=CALLS + 3)
+    _track_mix(analytics, CALLS)
+    analytics.track("user.register", "newcomer")
+    analytics.track("stripe.payment", "u1", {"amountCents": 499})
+    bulk = (
+        "tombstones",
+        "add_first_seen",
+        "add_first_payments",
+        "add_day_users",
+        "add_new_users",
+        "add_month_users",
+        "write_sessions",
+        "insert_events",
+    )
+    calls: list[tuple[str, int]] = []
+    real_transaction = store.transaction
+
+    @contextlib.contextmanager
+    def transaction() -> Iterator[Any]:
+        with real_transaction() as tx:
+            for name in bulk:
+                monkeypatch.setattr(tx, name, _recording(name, getattr(tx, name), calls, yields))
+            yield tx
+
+    monkeypatch.setattr(store, "transaction", transaction)
+    analytics.flush()
+    assert {name for name, _ in calls} == set(bulk)
+    pauses_before = [seen for _, seen in calls]
+    assert all(a < b for a, b in itertools.pairwise(pauses_before)), calls
+    analytics.stop()
+
+
+def _recording(name: str, method: Any, calls: list[tuple[str, int]], pauses: list[float]) -> Any:
+    """``method``, noting its name and the pauses so far at each call."""
+
+    def recorded(*args: Any) -> Any:
+        calls.append((name, len(pauses)))
+        return method(*args)
+
+    return recorded
