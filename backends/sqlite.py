@@ -232,9 +232,7 @@ class _SQLiteTransaction(Transaction):
         # Rows built and written a slice at a time (sqlite3 releases the GIL while it
         # writes each row): no list of every row of the batch, tens of MB for a minute
         # of events, to build and then free while holding the GIL.
-        insert = (
-            f"INSERT INTO {self.p}events (ts, userId, event, data, day) VALUES (?, ?, ?, ?, ?)"
-        )
+        insert = f"INSERT INTO {self.p}events (ts, userId, event, data, day) VALUES (?, ?, ?, ?, ?)"
         for part in paced_slices(events, 4 * CHECK_EVERY):
             self.conn.executemany(
                 insert,

@@ -59,6 +59,7 @@ class Pacer:
                 time.sleep(0)  # releases the GIL: a waiting thread takes it now
             self._since = time.perf_counter()
 
+
 def release(items: list[Any]) -> None:
     """Empty ``items`` in paced slices, from the end. Dropping a list of 200,000 rows at
     once frees them all in one stretch of C code that holds the GIL for 10-20 ms, as

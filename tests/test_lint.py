@@ -27,7 +27,6 @@ def test_ruff_check_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-
 def test_mypy_strict_passes() -> None:
     """``py.typed`` tells our users' type checkers to read our hints: they must hold.
     The files and the strictness are in pyproject.toml's ``[tool.mypy]``."""

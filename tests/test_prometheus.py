@@ -162,9 +162,7 @@ def test_info_mau30_and_the_session_summary(
     assert "gso_analytics_today_counter" not in exposition
 
 
-def test_both_formats_carry_the_same_series(
-    store: Any, make_analytics: AnalyticsFactory
-) -> None:
+def test_both_formats_carry_the_same_series(store: Any, make_analytics: AnalyticsFactory) -> None:
     analytics = make_analytics(store, counters=COUNTERS)
     analytics.track("quest.complete", "u1")
     store.save_heartbeat(other_worker(analytics, "web-2", 7))
@@ -247,14 +245,19 @@ def test_every_alert_has_a_case_that_fires_and_one_that_does_not(real_tool: Real
         for case in test["alert_rule_test"]
         if not case.get("exp_alerts")
     }
-    assert firing == quiet == alerts == {
-        "GsoAnalyticsTargetDown",
-        "GsoAnalyticsCallsDropped",
-        "GsoAnalyticsFlushFailing",
-        "GsoAnalyticsBufferGrowing",
-        "GsoAnalyticsFlushStale",
-        "GsoAnalyticsBatchesQuarantined",
-    }
+    assert (
+        firing
+        == quiet
+        == alerts
+        == {
+            "GsoAnalyticsTargetDown",
+            "GsoAnalyticsCallsDropped",
+            "GsoAnalyticsFlushFailing",
+            "GsoAnalyticsBufferGrowing",
+            "GsoAnalyticsFlushStale",
+            "GsoAnalyticsBatchesQuarantined",
+        }
+    )
 
 
 # -- the Grafana dashboard -----------------------------------------------------------------------
