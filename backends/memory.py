@@ -32,7 +32,7 @@ from gso_analytics.model import (
     SessionRecord,
     StoredSession,
 )
-from gso_analytics.pacing import CHECK_EVERY, paced
+from gso_analytics.pacing import CHECK_EVERY, paced, paced_slices
 from gso_analytics.store import Store, Transaction, total_increments
 
 
@@ -207,7 +207,8 @@ class _MemoryTransaction(Transaction):
         stream = self.state.events
         size = len(stream)
         self._undo.append(lambda: stream.__delitem__(slice(size, None)))
-        stream.extend(events)
+        for part in paced_slices(events, 4 * CHECK_EVERY):  # a minute's: paced
+            stream.extend(part)
 
     def delete_events_until(self, last: datetime, limit: int) -> int:
         last_ms = to_ms(last)
