@@ -1,5 +1,5 @@
 """``python -m bench.tail [--rate 1000] [--work-us 150] [--stores memory,sqlite]
-[--seconds 4] [--rounds 4] [--flush-interval 1] [--probe-events 200000]``: what a request
+[--seconds 4] [--rounds 4] [--flush-interval 1] [--floor] [--probe-events 200000]``: what a request
 thread feels while the flush thread works, the tail of the latency distribution.
 
 Latency: one request thread serves open-loop arrivals, ``rate`` per second on a fixed
@@ -10,8 +10,12 @@ server's clients see it (a closed loop would hide that). Three arms alternate ro
 round, their order rotating: ``none A`` and ``none B`` (the handler without analytics:
 their ratio is the A/A noise of the machine) and ``with`` (a started ``Analytics`` on
 the store, flushing every ``flush_interval`` seconds, created before the round and
-stopped after it, both off the clock). p50/p99/p99.9/max are taken per round; the
-table gives their medians over rounds and the ratio of ``with`` to ``none A``.
+stopped after it, both off the clock). With ``--floor``, a fourth arm, ``other
+process``: the handler without analytics while another process does the ``with``
+arm's analytics work (the machine's share of ``with``: CPUs, and on MongoDB the
+server's own CPU, shared with that work; everything but the GIL). p50/p99/p99.9/max
+are taken per round; the table gives their medians over rounds and the ratio of each
+arm to ``none A``.
 
 GIL probe: a thread sleeps 100 us in a loop and records by how much each sleep
 overslept (how long it waited for the GIL after waking), while another thread runs one
@@ -27,6 +31,7 @@ import contextlib
 import functools
 import gc
 import hashlib
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -39,7 +44,7 @@ from typing import Any
 from gso_analytics import Analytics, open_store
 from gso_analytics.store import Store
 
-NONE_A, NONE_B, WITH = "none A", "none B", "with"
+NONE_A, NONE_B, WITH, OTHER = "none A", "none B", "with", "other process"
 QUANTILES = (("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999), ("max", 1.0))
 PROBE_SLEEP_NS = 100_000
 
@@ -123,6 +128,21 @@ def _stores(names: list[str], tmp: Path) -> Iterator[dict[str, Callable[[], Stor
         yield factories
 
 
+def _other_process(
+    store: Callable[[], Store], rate: float, seconds: float, flush_interval: float, ready: Any
+) -> None:
+    """The ``with`` arm's analytics work, in a process of its own: the same calls at the
+    same rate into a fresh store, flushed as often."""
+    analytics = Analytics(
+        store(), flush_interval=flush_interval, max_buffered_events=10**7, forwarders=[]
+    ).start()
+    track = _handler(analytics, 0)
+    ready.set()
+    serve(track, rate, seconds)
+    analytics.stop()
+    analytics.store.close()
+
+
 def _round(
     arm: str,
     store: Callable[[], Store],
@@ -131,6 +151,18 @@ def _round(
     seconds: float,
     flush_interval: float,
 ) -> list[int]:
+    if arm == OTHER:
+        context = multiprocessing.get_context("fork")
+        ready = context.Event()
+        other = context.Process(
+            target=_other_process, args=(store, rate, seconds + 0.5, flush_interval, ready)
+        )
+        other.start()
+        ready.wait()
+        try:
+            return serve(_handler(None, iterations), rate, seconds)
+        finally:
+            other.join()
     if arm != WITH:
         return serve(_handler(None, iterations), rate, seconds)
     analytics = Analytics(
@@ -155,11 +187,17 @@ def latency(
     seconds: float,
     rounds: int,
     flush_interval: float,
+    floor: bool = False,
 ) -> list[dict[str, object]]:
-    """One row per store and arm: medians over rounds of each round's quantiles, in us."""
+    """One row per store and arm: medians over rounds of each round's quantiles, in us.
+
+    With ``floor``, a fourth arm serves without analytics while another process does
+    the ``with`` arm's analytics work: what the machine alone (CPUs shared with that
+    work, and with the store's server for MongoDB) does to the request thread, the
+    part of ``with`` that is not the GIL."""
     iterations = calibrate(work_us)
     rows: list[dict[str, object]] = []
-    arms = [NONE_A, NONE_B, WITH]
+    arms = [NONE_A, NONE_B, WITH] + ([OTHER] if floor else [])
     with tempfile.TemporaryDirectory() as tmp, _stores(stores, Path(tmp)) as factories:
         for name, store in factories.items():
             samples: dict[str, dict[str, list[int]]] = {
@@ -180,7 +218,7 @@ def latency(
                 row: dict[str, object] = {"store": name, "arm": arm}
                 row.update({f"{q}_us": round(medians[arm][q] / 1e3) for q, _ in QUANTILES})
                 rows.append(row)
-            for arm in (NONE_B, WITH):
+            for arm in arms[1:]:
                 rows.append(
                     {
                         "store": name,
@@ -366,21 +404,37 @@ def process_cpu(
     """Process CPU per call of ``track()`` and the ``flush()`` of what it buffered
     (memory store, the calls of :func:`_track`), with ``size`` calls buffered per
     flush: a larger buffer is what a longer ``flush_interval`` holds, and what the
-    collector's full collections traverse when buffered calls are tracked."""
+    collector's full collections traverse when buffered calls are tracked. Measured
+    alone (the flush then never pauses) and beside an idle thread, as in a server
+    (the flush pauses every :data:`~gso_analytics.pacing.SLICE_S`: the pauses' cost)."""
     rows: list[dict[str, object]] = []
     for size in sizes:
-        analytics = Analytics("memory://", max_buffered_events=size + 1, forwarders=[])
-        samples = []
-        for _ in range(rounds):
-            start = time.process_time_ns()
-            _track(analytics, size)
-            analytics.flush()
-            samples.append((time.process_time_ns() - start) / size)
-        analytics.stop()
-        rows.append(
-            {"calls_per_flush": size, "process_cpu_ns_per_call": round(statistics.median(samples))}
-        )
+        row: dict[str, object] = {"calls_per_flush": size}
+        for column, beside in (("alone_ns_per_call", False), ("beside_a_thread_ns", True)):
+            with _idle_thread() if beside else contextlib.nullcontext():
+                analytics = Analytics("memory://", max_buffered_events=size + 1, forwarders=[])
+                samples = []
+                for _ in range(rounds):
+                    start = time.process_time_ns()
+                    _track(analytics, size)
+                    analytics.flush()
+                    samples.append((time.process_time_ns() - start) / size)
+                analytics.stop()
+            row[column] = round(statistics.median(samples))
+        rows.append(row)
     return rows
+
+
+@contextlib.contextmanager
+def _idle_thread() -> Iterator[None]:
+    done = threading.Event()
+    thread = threading.Thread(target=done.wait, name="bench-idle")
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -396,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-events", type=int, default=200_000)
     parser.add_argument("--probe-rounds", type=int, default=3)
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="a fourth arm: the analytics work in another process (the machine's share)",
+    )
+    parser.add_argument(
         "--skip", action="append", default=[], choices=("latency", "probe", "collector")
     )
     args = parser.parse_args(argv)
@@ -403,7 +462,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs", flush=True)
     if "latency" not in args.skip:
         rows = latency(
-            stores, args.rate, args.work_us, args.seconds, args.rounds, args.flush_interval
+            stores,
+            args.rate,
+            args.work_us,
+            args.seconds,
+            args.rounds,
+            args.flush_interval,
+            floor=args.floor,
         )
         print(table("Request latency, us (medians over rounds)", rows), flush=True)
     if "collector" not in args.skip:
