@@ -22,6 +22,9 @@ overslept (how long it waited for the GIL after waking), while another thread ru
 ``flush()`` of ``probe_events`` buffered events. The same probe with no flush running
 is the floor (the machine's own scheduling). The longest oversleep is the longest
 stall a request thread can meet during a flush.
+
+Pauses: why the pacer pauses with ``time.sleep(0)`` and what a pause costs; see
+:func:`pauses`.
 """
 
 from __future__ import annotations
@@ -115,7 +118,9 @@ def _stores(names: list[str], tmp: Path) -> Iterator[dict[str, Callable[[], Stor
             if name == "memory":
                 factories[name] = lambda: open_store("memory://")
             elif name == "sqlite":
-                factories[name] = lambda: open_store(f"sqlite:///{tmp}/tail{next(counter)}.db")
+                factories[name] = lambda: open_store(
+                    f"sqlite:///{tmp}/tail{next(counter)}_{os.getpid()}.db"
+                )
             elif name == "mongo":
                 from bench import mongo_flush
 
@@ -259,6 +264,7 @@ class Probe:
     def figures(self) -> dict[str, object]:
         ordered = sorted(self.oversleeps)
         return {
+            "turns": len(ordered),
             "p99_us": round(_quantile(ordered, 0.99) / 1e3),
             "max_us": round(ordered[-1] / 1e3),
             "over_1ms": sum(1 for v in ordered if v > 1_000_000),
@@ -399,7 +405,7 @@ def collector(events: int) -> list[dict[str, object]]:
 
 
 def process_cpu(
-    sizes: tuple[int, ...] = (6_000, 60_000), rounds: int = 8
+    sizes: tuple[int, ...] = (6_000, 60_000), rounds: int = 12
 ) -> list[dict[str, object]]:
     """Process CPU per call of ``track()`` and the ``flush()`` of what it buffered
     (memory store, the calls of :func:`_track`), with ``size`` calls buffered per
@@ -420,7 +426,7 @@ def process_cpu(
                     analytics.flush()
                     samples.append((time.process_time_ns() - start) / size)
                 analytics.stop()
-            row[column] = round(statistics.median(samples))
+            row[column] = round(min(samples))  # interference only ever adds
         rows.append(row)
     return rows
 
@@ -435,6 +441,56 @@ def _idle_thread() -> Iterator[None]:
     finally:
         done.set()
         thread.join()
+
+
+#: Ways to let another thread have the GIL, compared by :func:`pauses`.
+PAUSES: dict[str, Callable[[], object]] = {
+    "time.sleep(0)": functools.partial(time.sleep, 0),
+    "os.sched_yield()": getattr(os, "sched_yield", functools.partial(time.sleep, 0)),
+    "no pause": lambda: None,
+}
+
+
+def pauses(seconds: float = 1.0, slice_s: float = 0.0001) -> list[dict[str, object]]:
+    """Why the pacer pauses with ``time.sleep(0)``: a thread runs Python for
+    ``seconds``, pausing every ``slice_s`` each way, while the probe sleeps 100 us in a
+    loop. A pause that hands the GIL over gives the probe a turn at (nearly) every
+    pause; one that returns at once lets the pausing thread take the GIL back before
+    the woken waiter can. Then each pause's own cost with nobody waiting."""
+    rows: list[dict[str, object]] = []
+    for name, pause in PAUSES.items():
+        count = 0
+
+        def busy(pause: Callable[[], object] = pause) -> None:
+            nonlocal count
+            clock = time.perf_counter
+            end = since = clock()
+            end += seconds
+            while (now := clock()) < end:
+                sum(range(20))
+                if now - since >= slice_s:
+                    pause()
+                    count += 1
+                    since = clock()
+
+        _, figures = _probed(busy)
+        with _idle_thread():
+            wall, cpu = time.perf_counter(), time.thread_time()
+            for _ in range(10_000):
+                pause()
+            wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+        rows.append(
+            {
+                "pause": name,
+                "pauses": count,
+                "probe_turns": figures["turns"],
+                "probe_p99_us": figures["p99_us"],
+                "probe_max_us": figures["max_us"],
+                "pause_wall_us": round(wall / 10_000 * 1e6, 1),
+                "pause_cpu_us": round(cpu / 10_000 * 1e6, 1),
+            }
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -455,7 +511,10 @@ def main(argv: list[str] | None = None) -> int:
         help="a fourth arm: the analytics work in another process (the machine's share)",
     )
     parser.add_argument(
-        "--skip", action="append", default=[], choices=("latency", "probe", "collector")
+        "--skip",
+        action="append",
+        default=[],
+        choices=("latency", "probe", "collector", "pauses"),
     )
     args = parser.parse_args(argv)
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
@@ -474,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     if "collector" not in args.skip:
         print(table("Garbage collector", collector(args.probe_events)), flush=True)
         print(table("Process CPU, track() + flush()", process_cpu()), flush=True)
+    if "pauses" not in args.skip:
+        print(table("Ways to pause, every 0.1 ms for 1 s (bench.tail.pauses)", pauses()))
     if "probe" not in args.skip:
         print(
             table("GIL probe during one flush", probe(stores, args.probe_events, args.probe_rounds))
