@@ -39,7 +39,7 @@ from gso_analytics.model import (
     SessionRecord,
     StoredSession,
 )
-from gso_analytics.pacing import paced
+from gso_analytics.pacing import Pacer, paced
 from gso_analytics.store import Store, Transaction, total_increments
 
 SCHEMA = """
@@ -105,8 +105,19 @@ _USER_RECORD_TABLES = ("day_users", "month_users", "new_users")
 _IN_CHUNK = 500
 
 
-#: Rows written between two looks at the clock: each costs SQLite about 10 µs.
-ROWS_PER_LOOK = 8
+#: Rows written between two looks at the clock: each costs SQLite about 12 µs, so a
+#: slice ends within 25 µs of its length (with 8, eight rows fell just short of it and
+#: slices ran to ~190 µs: request p99 1.35x without analytics, 1.07-1.29x with 2).
+ROWS_PER_LOOK = 2
+
+
+def _rows(events: list[EventRow]) -> Iterator[tuple[str, str, str, str, str]]:
+    """The events table's rows, looking at the clock every :data:`ROWS_PER_LOOK`."""
+    tick = Pacer().tick
+    for index, (ts, user, name, data, day) in enumerate(events):
+        if not index % ROWS_PER_LOOK:
+            tick()
+        yield iso_from_ms(ts), user, name, data, day
 
 
 class _SQLiteTransaction(Transaction):
@@ -237,13 +248,9 @@ class _SQLiteTransaction(Transaction):
         # the GIL while it writes each row, but only for a few µs, and a waiting
         # thread woken then mostly finds it taken again for the next row; the pauses
         # between rows hand it over (see .pacing). No list of every row is built.
-        rows = (
-            (iso_from_ms(ts), user, name, data, day)
-            for ts, user, name, data, day in paced(events, ROWS_PER_LOOK)
-        )
         self.conn.executemany(
             f"INSERT INTO {self.p}events (ts, userId, event, data, day) VALUES (?, ?, ?, ?, ?)",
-            rows,
+            _rows(events),
         )
 
     def delete_events_until(self, last: datetime, limit: int) -> int:
