@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from .model import EventRecord, FlushBatch, Login, Logout
-from .pacing import CHECK_EVERY, paced_slices
+from .pacing import paced_slices
 
 #: Bumped when the shape changes; :func:`batch_from_json` refuses what it cannot read.
 FORMAT = 1
@@ -73,7 +73,7 @@ def batch_to_json(batch: FlushBatch) -> str:
     del head["events"], head["payments"]
     events = ",".join(
         _encode([dict(zip(_EVENT_FIELDS, row, strict=True)) for row in part])[1:-1]
-        for part in paced_slices(batch.events, 4 * CHECK_EVERY)
+        for part in paced_slices(batch.events)  # ~2 µs an event
     )
     return f'{_encode(head)[:-1]},"events":[{events}],"payments":{_encode(batch.payments)}}}'
 
