@@ -19,7 +19,7 @@ import attrs
 
 from gso_analytics import forking
 from gso_analytics.clock import from_ms, to_ms
-from gso_analytics.erasure import UserRecords
+from gso_analytics.erasure import UserRecords, read_user_records
 from gso_analytics.errors import ConfigurationError
 from gso_analytics.model import (
     DailyStats,
@@ -435,21 +435,16 @@ class MemoryStore(Store):
         with self._lock:
             state = self._state
 
-            def keys(records: set[tuple[str, str]]) -> list[str]:
+            def keys(name: str, _column: str) -> list[str]:
+                records: set[tuple[str, str]] = getattr(state, name)
                 return sorted(key for key, user in records if user == user_id)
 
-            return UserRecords(
-                days_active=keys(state.day_users),
-                months_active=keys(state.month_users),
-                registered_days=keys(state.new_users),
-                first_seen=state.first_seen.get(user_id),
-                first_payment=state.first_payments.get(user_id),
-                revenue_cents={
-                    day: cents
-                    for (day, user), cents in sorted(state.user_revenue.items())
-                    if user == user_id
-                },
-            )
+            def first(name: str) -> str | None:
+                days: dict[str, str] = getattr(state, name)
+                return days.get(user_id)
+
+            revenue = {day: c for (day, user), c in state.user_revenue.items() if user == user_id}
+            return read_user_records(keys, first, revenue)
 
     # -- KPI range reads: dict scans, which is what a test store can afford ------------
 

@@ -162,7 +162,7 @@ import attrs
 
 from gso_analytics.batch_json import batch_from_json, batch_to_json
 from gso_analytics.clock import from_ms, to_ms
-from gso_analytics.erasure import ErasureReceipt, UserRecords
+from gso_analytics.erasure import ErasureReceipt, UserRecords, read_user_records
 from gso_analytics.errors import ConfigurationError, InvalidTypeError, StoreError
 from gso_analytics.model import (
     ApplyResult,
@@ -2118,14 +2118,7 @@ class MongoStore(Store):
                 doc["day"]: doc["revenueCents"]
                 for doc in self._collection("user_revenue").find({"userId": user_id})
             }
-            return UserRecords(
-                days_active=keys("day_users", "day"),
-                months_active=keys("month_users", "month"),
-                registered_days=keys("new_users", "day"),
-                first_seen=first("first_seen"),
-                first_payment=first("first_payments"),
-                revenue_cents=dict(sorted(revenue.items())),
-            )
+            return read_user_records(keys, first, revenue)
 
     def prune(self, now: datetime, event_ttl: timedelta, session_timeout: timedelta) -> PruneResult:
         """Bring the TTL index to ``event_ttl`` (a ``collMod`` when it changed), then the

@@ -24,7 +24,7 @@ import attrs
 
 from gso_analytics import forking
 from gso_analytics.clock import iso_from_ms, iso_ms, parse_iso_ms, to_ms
-from gso_analytics.erasure import ErasureReceipt, UserRecords
+from gso_analytics.erasure import ErasureReceipt, UserRecords, read_user_records
 from gso_analytics.errors import ConfigurationError, StoreError
 from gso_analytics.model import (
     DailyStats,
@@ -765,14 +765,7 @@ class SQLiteStore(Store):
             "SELECT day, revenueCents FROM {p}user_revenue WHERE userId = ? ORDER BY day",
             (user_id,),
         )
-        return UserRecords(
-            days_active=keys("day_users", "day"),
-            months_active=keys("month_users", "month"),
-            registered_days=keys("new_users", "day"),
-            first_seen=first("first_seen"),
-            first_payment=first("first_payments"),
-            revenue_cents=dict(revenue),
-        )
+        return read_user_records(keys, first, dict(revenue))
 
     def erase_user(self, user_id: str, at: datetime) -> ErasureReceipt:
         """The shared erase, then a ``wal_checkpoint(TRUNCATE)``: the WAL holds the old

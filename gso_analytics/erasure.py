@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import hmac
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -114,6 +114,25 @@ class UserRecords:
     first_seen: str | None = None
     first_payment: str | None = None
     revenue_cents: dict[str, Number] = attrs.field(factory=dict)  # day -> cents
+
+
+def read_user_records(
+    keys: Callable[[str, str], list[str]],
+    first: Callable[[str], str | None],
+    revenue: Mapping[str, Number],
+) -> UserRecords:
+    """A player's :class:`UserRecords` from a store's reads, which name the records as
+    every backend does: ``keys(name, column)`` is the player's keys in the (key, player)
+    records ``name``, sorted; ``first(name)`` the player's day in ``first_seen`` or
+    ``first_payments``; ``revenue`` day -> cents."""
+    return UserRecords(
+        days_active=keys("day_users", "day"),
+        months_active=keys("month_users", "month"),
+        registered_days=keys("new_users", "day"),
+        first_seen=first("first_seen"),
+        first_payment=first("first_payments"),
+        revenue_cents=dict(sorted(revenue.items())),
+    )
 
 
 @attrs.frozen

@@ -19,10 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
-from prometheus_client.openmetrics.parser import (
-    text_string_to_metric_families as openmetrics_families,
-)
-from prometheus_client.parser import text_string_to_metric_families
+from test_flask import samples
 
 from gso_analytics import Analytics
 from gso_analytics.heartbeats import process_identity
@@ -38,15 +35,6 @@ ALERT_TESTS = ROOT / "examples" / "prometheus" / "alerts_test.yml"
 DASHBOARD = ROOT / "examples" / "grafana" / "gso_analytics.json"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 COUNTERS = {"quest.complete": "questsCompleted", "boss.kill": "bossKills"}
-
-
-def samples(text: str, openmetrics: bool = False) -> dict[str, dict[tuple, float]]:
-    parse = openmetrics_families if openmetrics else text_string_to_metric_families
-    found: dict[str, dict[tuple, float]] = {}
-    for family in parse(text):
-        for sample in family.samples:
-            found.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return found
 
 
 def scrape(analytics: Analytics, accept: str | None = None) -> str:
