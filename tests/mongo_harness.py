@@ -8,8 +8,9 @@ one) so that a test can see and provoke what a replica set would do to the store
 - every data write is recorded with its transaction (:class:`WriteRecord`), so a test
   can fail on a write made outside one;
 - MongoDB's first-writer-wins rule: a transaction writing a document that another
-  transaction wrote and committed after the first one began gets a ``WriteConflict``
-  (code 112, label ``TransientTransactionError``), so retry paths run;
+  transaction (or a write outside any) wrote and committed after the first one began
+  gets a ``WriteConflict`` (code 112, label ``TransientTransactionError``), so retry
+  paths run;
 - optional seeded random conflicts (``conflict_rate``), for the same reason;
 - sessions and transactions for mongomock (an abort restores a snapshot).
 
@@ -18,11 +19,18 @@ thread lock plus ``flock``): nx-27017 cannot run two at once, and one at a time 
 makes aborts and isolation honest on the stand-ins. A transaction's begin point is taken
 *before* it waits for its turn, so transactions that overlap in time still conflict.
 
-What it does not simulate: reads inside a transaction see commits made after it began
-(a real transaction reads a snapshot); only write-write conflicts are simulated; a write
-outside a transaction made while another thread's mongomock transaction is open is undone
-if that transaction aborts (as nx-27017 does), and other threads see a mongomock
-transaction's writes before it commits.
+What it does not simulate:
+
+- snapshot reads: reads inside a transaction see commits made after it began;
+- conflicts other than write-write ones (no read/write or DDL conflicts);
+- a second writer's conflict while the first writer is still uncommitted: the second
+  waits for its turn instead, and goes ahead without a conflict if the first aborts;
+- retrying a commit that failed (the driver allows it; here a failed commit is final);
+- concurrency inside the server: code in which one transaction waits on another thread's
+  transaction deadlocks here, and fails after ``LOCK_TIMEOUT_S``;
+- on mongomock, isolation: other threads see an open transaction's writes, and a write
+  outside a transaction, to a collection an open transaction wrote, is undone if that
+  transaction aborts (as nx-27017 does for any write).
 
 Worker processes of a multi-process test call :func:`activate_from_env` (the parent passes
 :meth:`Harness.env`); the parent reads every process's writes with
@@ -34,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import functools
 import inspect
 import json
 import os
@@ -150,7 +159,9 @@ def _is_mongomock(obj: Any) -> bool:
     return type(obj).__module__.startswith("mongomock")
 
 
+@functools.cache
 def _database_types() -> tuple[type, ...]:
+    """What a call may return that must come back wrapped (mongomock is optional)."""
     types: list[type] = [pymongo.database.Database]
     with contextlib.suppress(ImportError):
         import mongomock
@@ -159,6 +170,7 @@ def _database_types() -> tuple[type, ...]:
     return tuple(types)
 
 
+@functools.cache
 def _collection_types() -> tuple[type, ...]:
     types: list[type] = [pymongo.collection.Collection]
     with contextlib.suppress(ImportError):
@@ -239,13 +251,62 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in complete.splitlines()]
 
 
+@dataclass(frozen=True)
+class _Commit:
+    txn: int | None  # None: a write made outside a transaction
+    pid: int
+    writes: frozenset[WriteKey]
+
+
+class _CommitLog:
+    """``commits.jsonl``, the write keys of every commit in commit order, shared by the
+    processes; each process parses only what was appended since it last looked (a
+    transaction checks it before each write)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._mutex = threading.Lock()
+        self._commits: list[_Commit] = []
+        self._offset = 0
+
+    def append(self, txn: int | None, writes: set[WriteKey]) -> None:
+        _append_line(self._path, {"txn": txn, "pid": os.getpid(), "writes": sorted(writes)})
+
+    def since(self, position: int) -> list[_Commit]:
+        """The commits after ``position`` (a past :meth:`position`)."""
+        with self._mutex:
+            self._refresh()
+            return self._commits[position:]
+
+    def position(self) -> int:
+        """How many commits there are so far: a transaction's begin point."""
+        with self._mutex:
+            self._refresh()
+            return len(self._commits)
+
+    def _refresh(self) -> None:
+        try:
+            with open(self._path, "rb") as file:
+                file.seek(self._offset)
+                data = file.read()
+        except FileNotFoundError:
+            return
+        complete = data[: data.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        for line in complete.splitlines():
+            entry = json.loads(line)
+            writes = frozenset((db, coll, key) for db, coll, key in entry["writes"])
+            self._commits.append(_Commit(entry["txn"], entry["pid"], writes))
+
+
 class Harness:
     """The shared state of the stand-in: see the module docstring.
 
     ``state_dir`` holds what processes share: ``txn.lock``, ``commits.jsonl`` (the write
-    keys of each committed transaction, in commit order), ``writes.jsonl`` (every
-    process's :class:`WriteRecord`) and ``txn.counter``. ``ignore``: collections (matched
-    on the name's end, whatever its prefix) whose writes outside transactions are expected.
+    keys of each committed transaction and of each write outside one, in commit order),
+    ``writes.jsonl`` (every process's :class:`WriteRecord`) and ``txn.counter``.
+    ``ignore``: collections (matched on the name's end, whatever its prefix) whose writes
+    outside transactions are expected.
     """
 
     def __init__(
@@ -266,7 +327,7 @@ class Harness:
         self._random = random.Random(seed)
         self._mutex = threading.Lock()
         self._lock = _TransactionLock(self.state_dir / "txn.lock")
-        self._commits = self.state_dir / "commits.jsonl"
+        self._commits = _CommitLog(self.state_dir / "commits.jsonl")
         self._writes = self.state_dir / "writes.jsonl"
         self._counter = self.state_dir / "txn.counter"
 
@@ -349,14 +410,6 @@ class Harness:
 
     # -- transactions -----------------------------------------------------------------
 
-    def _commit_position(self) -> int:
-        """How many transactions have committed (writes) so far: a begin point."""
-        try:
-            data = self._commits.read_bytes()
-        except FileNotFoundError:
-            return 0
-        return data.count(b"\n")
-
     def _begin(self) -> int:
         """Take the transaction turn; the new transaction's harness-wide number."""
         self._lock.acquire()
@@ -372,22 +425,23 @@ class Harness:
         """Log a committed transaction's writes (None: aborted) and give the turn up."""
         try:
             if writes:
-                _append_line(
-                    self._commits, {"txn": txn, "pid": os.getpid(), "writes": sorted(writes)}
-                )
+                self._commits.append(txn, writes)
         finally:
             self._lock.release()
 
     def _check(self, begun_at: int, txn: int, keys: set[WriteKey]) -> None:
         """First writer wins: fail a write to a key committed after ``begun_at``; or
         inject a conflict at the configured rate."""
-        for commit in _read_lines(self._commits)[begun_at:]:
-            clash = keys.intersection(tuple(w) for w in commit["writes"])
+        for commit in self._commits.since(begun_at):
+            clash = keys & commit.writes
             if clash:
-                db, coll, key = sorted(clash)[0]
+                db, coll, key = min(clash)
+                writer = "a write outside any transaction"
+                if commit.txn is not None:
+                    writer = f"transaction {commit.txn}"
                 raise write_conflict(
-                    f"transaction {txn} writes {db}.{coll} {key}, which transaction "
-                    f"{commit['txn']} (pid {commit['pid']}) committed after it began"
+                    f"transaction {txn} writes {db}.{coll} {key}, which {writer} "
+                    f"(pid {commit.pid}) committed after it began"
                 )
         if self.conflict_rate > 0:
             with self._mutex:
@@ -418,6 +472,7 @@ class SessionProxy:
         self.begun_at: int | None = None
         #: The harness-wide number of the current (or last) transaction.
         self.txn: int | None = None
+        #: What the current transaction wrote, logged when it commits.
         self.writes: set[WriteKey] = set()
         #: ``(database, collection)`` the current transaction wrote.
         self.collections: set[tuple[str, str]] = set()
@@ -446,7 +501,7 @@ class SessionProxy:
             raise InvalidOperation("Cannot use ended session")
         if self.in_transaction:
             raise InvalidOperation("Transaction already in progress")
-        self.begun_at = self._harness._commit_position()
+        self.begun_at = self._harness._commits.position()
         txn = self._harness._begin()
         try:
             if self._real is not None:
@@ -464,7 +519,8 @@ class SessionProxy:
 
     def commit_transaction(self) -> None:
         """Commit, log this transaction's write keys, give the turn up. A transaction
-        that hit a conflict cannot commit (the server already aborted it)."""
+        that hit a conflict cannot commit (the server already aborted it). A commit that
+        fails ends the transaction here: unlike pymongo, it cannot be retried."""
         self._require_transaction("commitTransaction")
         assert self.txn is not None
         if self._doomed is not None:
@@ -608,6 +664,13 @@ class _Proxy:
             return self._wrap_result(value(*args, **kwargs))
 
         return call
+
+    def __eq__(self, other: object) -> bool:
+        """As the wrapped objects compare (pymongo's databases and collections by name)."""
+        return isinstance(other, _Proxy) and self._target == other._target
+
+    def __hash__(self) -> int:
+        return hash(self._target)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._target!r})"
@@ -803,10 +866,13 @@ class CollectionProxy(_Proxy):
             if new_upserts:
                 keys.update(self._upserted(result, new_upserts, real_session))
         finally:
+            written = {(database, name, k) for k in keys}
             if session is not None and txn is not None:
-                session.writes.update((database, name, k) for k in keys)
+                session.writes.update(written)
                 session.collections.add((database, name))
             self._harness._record(WriteRecord(name, op, frozenset(keys), txn, os.getpid()))
+        if txn is None and written:  # a write outside a transaction commits at once
+            self._harness._commits.append(None, written)
         return result
 
     def _exists(self, session: SessionProxy | None, collection: tuple[str, str]) -> bool:

@@ -18,6 +18,8 @@ from typing import Any
 import mongo_server
 import pymongo
 import pytest
+from bson import json_util
+from bson.json_util import CANONICAL_JSON_OPTIONS
 from mongo_harness import ClientProxy, CollectionProxy, Harness, SessionProxy, WriteRecord
 from pymongo.errors import OperationFailure
 
@@ -30,12 +32,12 @@ class Setup:
 
     harness: Harness
     url: str
-    clients: list[ClientProxy]
+    teardown: contextlib.ExitStack
 
     def client(self) -> ClientProxy:
         client = pymongo.MongoClient(self.url)
         assert isinstance(client, ClientProxy), "harness.patched() must wrap every client"
-        self.clients.append(client)
+        self.teardown.callback(client.close)
         return client
 
     def collection(self, name: str = "docs") -> CollectionProxy:
@@ -46,25 +48,19 @@ class Setup:
 def make_setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Setup]]:
     """``make_setup(**harness_options)``: on mongomock, the harness is entered inside
     ``mongomock_patched()``, as the store's tests will do."""
-    made: list[Setup] = []
+    with contextlib.ExitStack() as teardown:
 
-    def make(**options: Any) -> Setup:
-        assert not made, "one setup per test"
-        harness = Harness(tmp_path / "harness", **options)
-        if request.param == "mongomock":
-            stack.enter_context(mongo_server.mongomock_patched())
-            url = mongo_server.mongomock_url()
-        else:
-            url = request.getfixturevalue("nx_27017").url()
-        stack.enter_context(harness.patched())
-        made.append(Setup(harness, url, []))
-        return made[0]
+        def make(**options: Any) -> Setup:
+            harness = Harness(tmp_path / "harness", **options)
+            if request.param == "mongomock":
+                teardown.enter_context(mongo_server.mongomock_patched())
+                url = mongo_server.mongomock_url()
+            else:
+                url = request.getfixturevalue("nx_27017").url()
+            teardown.enter_context(harness.patched())
+            return Setup(harness, url, teardown)
 
-    with contextlib.ExitStack() as stack:
         yield make
-        for setup in made:
-            for client in setup.clients:
-                client.close()
 
 
 def _is_conflict(exc: BaseException) -> bool:
@@ -115,8 +111,9 @@ def test_an_aborted_transaction_leaves_nothing_behind(make_setup: Callable[..., 
     docs.insert_one({"_id": 3}, session=session)
     docs.update_one({"_id": 1}, {"$set": {"n": 10}}, session=session)
     docs.delete_one({"_id": 2}, session=session)
-    docs.bulk_write([pymongo.UpdateOne({"k": "new"}, {"$set": {"v": 1}}, upsert=True)],
-                    session=session)  # fmt: skip
+    docs.bulk_write(
+        [pymongo.UpdateOne({"k": "new"}, {"$set": {"v": 1}}, upsert=True)], session=session
+    )
     assert docs.count_documents({}, session=session) == 3
     session.abort_transaction()
     assert not session.in_transaction
@@ -126,7 +123,9 @@ def test_an_aborted_transaction_leaves_nothing_behind(make_setup: Callable[..., 
 
 
 def _overlap(
-    setup: Setup, first_write: Callable[[Any, SessionProxy], Any], second_write: Callable[..., Any]
+    setup: Setup,
+    first_write: Callable[[Any, SessionProxy], Any],
+    second_write: Callable[[Any, SessionProxy], Any],
 ) -> tuple[list[BaseException], SessionProxy, SessionProxy]:
     """Transaction A writes; transaction B begins (in a thread) before A commits, waits for
     its turn, then writes, and on a conflict aborts and retries once. What B raised."""
@@ -183,9 +182,10 @@ def test_writers_of_different_documents_both_commit(make_setup: Callable[..., Se
     raised, session_a, session_b = _overlap(
         setup,
         lambda docs, session: docs.insert_one({"_id": "a"}, session=session),
-        lambda docs, session: docs.replace_one({"_id": "b"}, {"_id": "b", "v": 1}, upsert=True,
-                                               session=session),
-    )  # fmt: skip
+        lambda docs, session: docs.replace_one(
+            {"_id": "b"}, {"_id": "b", "v": 1}, upsert=True, session=session
+        ),
+    )
 
     assert raised == []
     sets = setup.harness.write_sets()
@@ -199,8 +199,9 @@ def test_upserts_of_the_same_new_document_conflict(make_setup: Callable[..., Set
     setup = make_setup()
 
     def upsert(docs: Any, session: SessionProxy) -> None:
-        docs.update_one({"day": "2025-03-14", "page": "/"}, {"$inc": {"views": 1}},
-                        upsert=True, session=session)  # fmt: skip
+        docs.update_one(
+            {"day": "2025-03-14", "page": "/"}, {"$inc": {"views": 1}}, upsert=True, session=session
+        )
 
     raised, session_a, _ = _overlap(setup, upsert, upsert)
 
@@ -211,6 +212,57 @@ def test_upserts_of_the_same_new_document_conflict(make_setup: Callable[..., Set
     assert session_a.txn is not None
     keys = {key for _, key in setup.harness.write_sets()[session_a.txn]}
     assert any(k.startswith("filter:") for k in keys) and len(keys) == 2
+
+
+def test_a_write_outside_transactions_after_one_began_conflicts_with_it(
+    make_setup: Callable[..., Setup],
+) -> None:
+    """A write outside a transaction is a transaction of its own to the server."""
+    setup = make_setup()
+    docs = setup.collection()
+    docs.insert_one({"_id": "x", "n": 0})
+    with docs.database.client.start_session() as session:
+        session.start_transaction()
+        docs.update_one({"_id": "x"}, {"$inc": {"n": 1}})  # no session: outside
+        with pytest.raises(OperationFailure) as caught:
+            docs.update_one({"_id": "x"}, {"$inc": {"n": 1}}, session=session)
+        assert _is_conflict(caught.value)
+        assert "outside any transaction" in str(caught.value)
+        session.abort_transaction()
+    assert docs.find_one({"_id": "x"}) == {"_id": "x", "n": 1}
+
+
+def test_the_keys_each_write_method_records(make_setup: Callable[..., Setup]) -> None:
+    setup = make_setup()
+    docs = setup.collection()
+    new = [{"n": 1}, {"n": 2}, {"n": 3}]
+    docs.insert_many(new)
+    ids = [d["_id"] for d in new]  # assigned before the write, as pymongo does
+    docs.delete_many({"n": {"$gte": 2}})
+    docs.find_one_and_update({"n": 1}, {"$set": {"m": 1}})
+    docs.find_one_and_update({"k": "new"}, {"$set": {"m": 1}}, upsert=True)
+    docs.bulk_write(
+        [
+            pymongo.InsertOne({"_id": "i"}),
+            pymongo.UpdateMany({"n": 1}, {"$set": {"m": 2}}),
+            pymongo.ReplaceOne({"_id": "r"}, {"_id": "r"}, upsert=True),
+            pymongo.DeleteOne({"_id": "i"}),
+        ]
+    )
+    docs.find_one_and_delete({"_id": "r"})
+
+    def key(value: Any) -> str:
+        return json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS)
+
+    [upserted] = docs.find({"k": "new"})
+    assert [(r.op, r.keys) for r in setup.harness.records] == [
+        ("insert_many", frozenset(map(key, ids))),
+        ("delete_many", frozenset(map(key, ids[1:]))),
+        ("find_one_and_update", frozenset({key(ids[0])})),
+        ("find_one_and_update", frozenset({key(upserted["_id"]), 'filter:{"k": "new"}'})),
+        ("bulk_write", frozenset({'"i"', '"r"', key(ids[0])})),
+        ("find_one_and_delete", frozenset({'"r"'})),
+    ]
 
 
 def test_conflict_rate_injects_on_a_transactional_write(make_setup: Callable[..., Setup]) -> None:
