@@ -223,21 +223,27 @@ class _MemoryTransaction(Transaction):
             self._replace("events", kept)
         return deleted
 
-    def open_sessions_before(self, cutoff_ms: int) -> list[StoredSession]:
+    def open_sessions_before(self, cutoff_ms: int, limit: int) -> list[StoredSession]:
         found = (self.state.sessions[sid] for sid in self.state.open_ids)
-        return [s for s in found if s.login.at_ms < cutoff_ms]
+        return [s for s in found if s.login.at_ms < cutoff_ms][:limit]
 
-    def delete_logouts_before(self, cutoff_ms: int) -> None:
-        kept = {k: m for k, m in self.state.logouts.items() if m.at_ms >= cutoff_ms}
+    def delete_logouts_before(self, cutoff_ms: int, limit: int) -> int:
+        logouts = self.state.logouts
+        gone = {k for k, m in logouts.items() if m.at_ms < cutoff_ms}
+        gone = set(sorted(gone)[:limit]) if len(gone) > limit else gone
+        kept = {k: m for k, m in logouts.items() if k not in gone}
         by_user: dict[str, list[tuple[Any, str]]] = {}
         for logout in sorted(kept.values(), key=lambda m: m.key):
             by_user.setdefault(logout.user_id, []).append((logout.key, logout.id))
         self._replace("logouts", kept)
         self._replace("logouts_by_user", by_user)
+        return len(gone)
 
-    def delete_batches_before(self, cutoff: datetime) -> None:
+    def delete_batches_before(self, cutoff: datetime, limit: int) -> int:
         batches = self.state.batches
-        self._replace("batches", {k: at for k, at in batches.items() if at >= cutoff})
+        gone = set(sorted(k for k, at in batches.items() if at < cutoff)[:limit])
+        self._replace("batches", {k: at for k, at in batches.items() if k not in gone})
+        return len(gone)
 
     # -- players' data rights ---------------------------------------------------------
 

@@ -261,19 +261,27 @@ class _SQLiteTransaction(Transaction):
         )
         return cur.rowcount
 
-    def open_sessions_before(self, cutoff_ms: int) -> list[StoredSession]:
+    def open_sessions_before(self, cutoff_ms: int, limit: int) -> list[StoredSession]:
         rows = self.conn.execute(
             f"SELECT {_SESSION_COLUMNS} FROM {self.p}sessions"
-            " WHERE logoutAt IS NULL AND loginAt < ?",
-            (iso_from_ms(cutoff_ms),),
+            " WHERE logoutAt IS NULL AND loginAt < ? LIMIT ?",
+            (iso_from_ms(cutoff_ms), limit),
         ).fetchall()
         return [_stored_session(row) for row in rows]
 
-    def delete_logouts_before(self, cutoff_ms: int) -> None:
-        self.conn.execute(f"DELETE FROM {self.p}logouts WHERE atMs < ?", (cutoff_ms,))
+    def delete_logouts_before(self, cutoff_ms: int, limit: int) -> int:
+        return self.conn.execute(
+            f"DELETE FROM {self.p}logouts WHERE id IN"
+            f" (SELECT id FROM {self.p}logouts WHERE atMs < ? LIMIT ?)",
+            (cutoff_ms, limit),
+        ).rowcount
 
-    def delete_batches_before(self, cutoff: datetime) -> None:
-        self.conn.execute(f"DELETE FROM {self.p}batches WHERE appliedAt < ?", (iso_ms(cutoff),))
+    def delete_batches_before(self, cutoff: datetime, limit: int) -> int:
+        return self.conn.execute(
+            f"DELETE FROM {self.p}batches WHERE id IN"
+            f" (SELECT id FROM {self.p}batches WHERE appliedAt < ? LIMIT ?)",
+            (iso_ms(cutoff), limit),
+        ).rowcount
 
     # -- players' data rights ---------------------------------------------------------
 

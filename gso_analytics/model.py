@@ -7,6 +7,7 @@ Timestamps are aware UTC datetimes truncated to milliseconds (the seed's JavaScr
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
@@ -188,22 +189,58 @@ class FlushBatch:
             or self.payments
         )
 
-    def parts(self, max_users: int | None) -> list[FlushBatch]:
-        """The batch split by player into parts of at most ``max_users`` players each.
+    def parts(
+        self,
+        max_users: int | None,
+        max_events: int | None = None,
+        max_bytes: int | None = None,
+    ) -> list[FlushBatch]:
+        """The batch split into parts of at most ``max_users`` players, ``max_events``
+        events and about ``max_bytes`` bytes of events each.
 
-        A store whose transactions must stay bounded (MongoDB: lifetime, cache) applies
-        the parts one by one, each claimed under its own id (``<id>:<n>``), so a
-        retried batch skips the parts already applied and the whole is applied exactly
-        once. Everything of one player goes to one part (the session walk needs all of
-        a player's marks together); the day counters, which are not per player, go with
-        the first part. A batch within the bound is its own single part.
+        A store whose transactions must stay bounded (MongoDB: lifetime, cache, the
+        oplog) applies the parts one by one, each claimed under its own id
+        (``<id>:<n>``), so a retried batch skips the parts already applied and the
+        whole is applied exactly once. Everything of one player but events goes to one
+        part (the session walk needs all of a player's marks together); a player with
+        more events than a part holds has the rest in parts of events alone. The day
+        counters, which are not per player, go with the first part. A batch within
+        every bound is its own single part. The split depends on the bounds, so a store
+        records them with a split batch and splits a retry the same way.
         """
         if max_users is None:
             return [self]
+        event_cap = max_events or len(self.events) + 1
+        byte_cap = max_bytes or math.inf
+        by_player: dict[str, list[int]] = {}
+        for start, events in enumerate(paced_slices(self.events, 4 * CHECK_EVERY)):
+            base = start * 4 * CHECK_EVERY
+            for offset, event in enumerate(events):
+                by_player.setdefault(event[1], []).append(base + offset)
         players = sorted(self.players())
-        if len(players) <= max_users:
+        total_bytes = sum(event_bytes(event) for event in self.events)
+        if len(players) <= max_users and len(self.events) <= event_cap and total_bytes <= byte_cap:
             return [self]
-        groups = [set(players[i : i + max_users]) for i in range(0, len(players), max_users)]
+        groups: list[tuple[set[str], list[int]]] = [(set(), [])]
+        size = 0
+        for player in players:
+            indexes = by_player.get(player, [])
+            group, events = groups[-1]
+            if group and (
+                len(group) >= max_users
+                or len(events) + len(indexes) > event_cap
+                or size + sum(event_bytes(self.events[i]) for i in indexes) > byte_cap
+            ):
+                groups.append((set(), []))
+                size = 0
+            groups[-1][0].add(player)
+            for index in indexes:
+                weight = event_bytes(self.events[index])
+                if groups[-1][1] and (len(groups[-1][1]) >= event_cap or size + weight > byte_cap):
+                    groups.append((set(), []))  # the rest of this player's events
+                    size = 0
+                groups[-1][1].append(index)
+                size += weight
         return [
             FlushBatch(
                 id=f"{self.id}:{n}",
@@ -216,15 +253,21 @@ class FlushBatch:
                 logins=[m for m in self.logins if m.user_id in group],
                 logouts=[m for m in self.logouts if m.user_id in group],
                 session_timeout_ms=self.session_timeout_ms,
-                events=[e for e in self.events if e[1] in group],
+                events=[self.events[i] for i in sorted(indexes)],
                 payments={
                     day: kept
                     for day, payers in self.payments.items()
                     if (kept := {u: c for u, c in payers.items() if u in group})
                 },
             )
-            for n, group in enumerate(groups)
+            for n, (group, indexes) in enumerate(groups)
         ]
+
+
+def event_bytes(event: EventRow) -> int:
+    """About what one event weighs in a store's transaction: its strings and a fixed
+    overhead for its field names, time and id."""
+    return len(event[1]) + len(event[2]) + len(event[3]) + 64
 
 
 def _only(by_key: dict[str, set[str]], group: set[str]) -> dict[str, set[str]]:

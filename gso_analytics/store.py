@@ -15,11 +15,11 @@ import json
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 from .clock import from_ms, iso_from_ms, to_ms
 from .counters import NEW_USERS
@@ -51,6 +51,8 @@ from .model import (
 from .pacing import Pacer, paced_slices
 from .sessions import SessionChanges, earliest, plan_sessions, time_out
 
+T = TypeVar("T")
+
 #: Batch ids are remembered at least this long after the batch was made
 #: (``created_at``, the time :meth:`Transaction.claim_batch` stores), and longer with a
 #: longer ``event_ttl``. Every process's prune job uses at least this bound, whatever
@@ -76,11 +78,6 @@ PRUNE_MAX_PAUSE_S = 0.1
 
 class Transaction(ABC):
     """The writes a backend offers inside one atomic unit of work."""
-
-    def record_intent(self, batch: FlushBatch) -> None:  # noqa: B027 - most stores need none
-        """Called with the batch just before :meth:`claim_batch`. A store whose batch is
-        not one atomic unit (MongoDB without transactions) records it with the claim,
-        so another process can finish it when this one dies half-way."""
 
     @abstractmethod
     def claim_batch(self, batch_id: str, at: datetime) -> bool:
@@ -154,8 +151,7 @@ class Transaction(ABC):
 
     def write_sessions(self, changes: SessionChanges) -> None:
         """Store what :func:`~.sessions.plan_sessions` decided and add its differences
-        to the aggregates. A store that must make these writes recoverable on their
-        own (MongoDB without transactions) overrides this."""
+        to the aggregates."""
         if changes.logouts:
             self.insert_logouts(changes.logouts)
         if changes.sessions:
@@ -168,12 +164,14 @@ class Transaction(ABC):
                 self.increment_monthly(month, dict(fields))
 
     @abstractmethod
-    def open_sessions_before(self, cutoff_ms: int) -> list[StoredSession]:
-        """Open sessions whose login is before ``cutoff_ms``."""
+    def open_sessions_before(self, cutoff_ms: int, limit: int) -> list[StoredSession]:
+        """At most ``limit`` open sessions whose login is before ``cutoff_ms`` (any of
+        them: the prune job times them out a chunk per transaction)."""
 
     @abstractmethod
-    def delete_logouts_before(self, cutoff_ms: int) -> None:
-        """Forget logout marks older than ``cutoff_ms``: no batch that late is taken."""
+    def delete_logouts_before(self, cutoff_ms: int, limit: int) -> int:
+        """Forget at most ``limit`` logout marks older than ``cutoff_ms`` (no batch that
+        late is taken); return how many."""
 
     @abstractmethod
     def insert_events(self, events: list[EventRow]) -> None:
@@ -187,8 +185,8 @@ class Transaction(ABC):
         its own transaction, so no transaction holds the store for the whole prune."""
 
     @abstractmethod
-    def delete_batches_before(self, cutoff: datetime) -> None:
-        """Forget batch ids claimed before ``cutoff``."""
+    def delete_batches_before(self, cutoff: datetime, limit: int) -> int:
+        """Forget at most ``limit`` batch ids claimed before ``cutoff``; return how many."""
 
     # -- players' data rights (see :mod:`.erasure`) -----------------------------------
 
@@ -229,6 +227,10 @@ class Store(ABC):
     #: The most players one transaction may touch; a batch with more is applied as
     #: parts (:meth:`FlushBatch.parts`). None: any batch is one transaction.
     max_part_players: ClassVar[int | None] = None
+    #: The most events, and about the most bytes of events, one part carries (with
+    #: :attr:`max_part_players`; None: no bound).
+    max_part_events: ClassVar[int | None] = None
+    max_part_bytes: ClassVar[int | None] = None
     #: Counter field names the store cannot hold (they key its records or hold its
     #: guards). ``Analytics`` refuses a counter map using one when it is built: a
     #: batch carrying one would fail on every flush.
@@ -365,7 +367,7 @@ class Store(ABC):
         its transactions, see :attr:`max_part_players`). A retry of an applied batch,
         or of its applied parts, is a no-op."""
         results = []
-        for part in batch.parts(self.max_part_players):
+        for part in batch.parts(self.max_part_players, self.max_part_events, self.max_part_bytes):
             with self.transaction() as tx:
                 key = self._erasure_key or tx.erasure_secret(new_secret())
                 results.append(apply_batch(tx, part, key))
@@ -385,8 +387,7 @@ class Store(ABC):
         read once per process, inside the first batch's transaction when a batch comes
         first): the key of the tombstones' hashes."""
         if self._erasure_key is None:
-            with self.transaction() as tx:
-                self._erasure_key = tx.erasure_secret(new_secret())
+            self._erasure_key = self.run_in_transaction(lambda tx: tx.erasure_secret(new_secret()))
         return self._erasure_key
 
     def erase_user(self, user_id: str, at: datetime) -> ErasureReceipt:
@@ -435,18 +436,43 @@ class Store(ABC):
 
         Batch ids are kept :func:`batch_retention` after their batch was made, and
         logout marks that long plus the timeout: a batch retried within that time is
-        recognised, and still finds every mark its walk needs."""
+        recognised, and still finds every mark its walk needs. Sessions, marks and ids
+        go a chunk per transaction (:meth:`in_chunks`)."""
         deleted = self.delete_expired_events(last_expired(now, event_ttl))
         retention = batch_retention(event_ttl)
         timeout_ms = session_timeout // timedelta(milliseconds=1)
-        with self.transaction() as tx:
-            stale = tx.open_sessions_before(to_ms(now) - timeout_ms)
+        cutoff_ms = to_ms(now) - timeout_ms
+
+        def time_out_stale(tx: Transaction) -> int:
+            stale = tx.open_sessions_before(cutoff_ms, self.prune_chunk)
             if stale:
                 tx.write_sessions(time_out(stale, timeout_ms))
-            tx.delete_logouts_before(to_ms(now - retention - session_timeout))
-            tx.delete_batches_before(now - retention)
+            return len(stale)
+
+        logouts_ms = to_ms(now - retention - session_timeout)
+        timed_out = self.in_chunks(time_out_stale)
+        self.in_chunks(lambda tx: tx.delete_logouts_before(logouts_ms, self.prune_chunk))
+        self.in_chunks(lambda tx: tx.delete_batches_before(now - retention, self.prune_chunk))
         self.forget_heartbeats(now - HEARTBEAT_KEPT)
-        return PruneResult(events_deleted=deleted, sessions_timed_out=len(stale))
+        return PruneResult(events_deleted=deleted, sessions_timed_out=timed_out)
+
+    def in_chunks(self, step: Callable[[Transaction], int]) -> int:
+        """Run ``step`` (which handles at most :attr:`prune_chunk` records and says how
+        many) in one transaction after another until a chunk falls short, so no
+        transaction of the prune grows with the backlog (MongoDB bounds a transaction's
+        lifetime; SQLite's writers wait for it). Returns the records handled."""
+        total = 0
+        while True:
+            done = self.run_in_transaction(step)
+            total += done
+            if done < self.prune_chunk:
+                return total
+
+    def run_in_transaction(self, step: Callable[[Transaction], T]) -> T:
+        """``step(tx)`` in a transaction of its own. A store whose transactions can lose
+        to a concurrent one (MongoDB's write conflicts) runs it again."""
+        with self.transaction() as tx:
+            return step(tx)
 
     def delete_expired_events(self, last: datetime) -> int:
         """Delete the events until ``last`` in chunks, each its own transaction,
@@ -456,8 +482,9 @@ class Store(ABC):
         total = 0
         while True:
             started = time.monotonic()
-            with self.transaction() as tx:
-                deleted = tx.delete_events_until(last, self.prune_chunk)
+            deleted = self.run_in_transaction(
+                lambda tx: tx.delete_events_until(last, self.prune_chunk)
+            )
             total += deleted
             if deleted < self.prune_chunk:
                 return total
@@ -510,7 +537,6 @@ def apply_batch(tx: Transaction, batch: FlushBatch, erasure_key: str) -> ApplyRe
     created_at = batch.created_at
     if created_at is None:
         raise ValueError("a batch must carry created_at before it is applied")
-    tx.record_intent(batch)
     if not tx.claim_batch(batch.id, created_at):
         return ApplyResult(duplicate=True)
     # Each step below is one store call over the whole batch (a few hundred µs for

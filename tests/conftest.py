@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from typing import Any
 import mongo_server
 import pytest
 from browser import Chromium
+from mongo_harness import Harness
 
 from gso_analytics import Analytics, Store, open_store
 
@@ -65,21 +67,21 @@ class Backend:
 BACKENDS = [
     Backend("memory", lambda tmp: "memory://", shared_by_url=False),
     Backend("sqlite", lambda tmp: f"sqlite:///{tmp}/contract.db", shared_by_url=True),
-    # MongoDB over the wire (nx-27017, a standalone server: the guarded path) and
-    # mongomock in-process; tests/test_mongo.py adds the transaction path. Each test
-    # gets a fresh database. The suite replays 2025 on a fake clock, which a server-side
+    # MongoDB over the wire (nx-27017, which runs transactions though it says it is
+    # standalone: ``transactions=true``) and mongomock in-process, both through the
+    # harness (``_mongo_harness_for_its_backend``). Each test gets a fresh database. The suite replays 2025 on a fake clock, which a server-side
     # TTL on real time would expire at once (nx-27017 and mongomock hide expired
     # documents from reads, MongoDB deletes them within a minute), so the TTL index is
     # off here, on the real server too; tests/test_mongo.py tests it on real time, on
     # every server (its ``ttl_kind`` parameter), with the index on.
     Backend(
         "mongo",
-        lambda tmp: mongo_server.nx_server().url(query="ttlIndex=false"),
+        lambda tmp: mongo_server.nx_server().url(query="ttlIndex=false&transactions=true"),
         shared_by_url=True,
     ),
     Backend(
         "mongomock",
-        lambda tmp: mongo_server.mongomock_url(query="ttlIndex=false"),
+        lambda tmp: mongo_server.mongomock_url(query="ttlIndex=false&transactions=true"),
         shared_by_url=True,
     ),
 ]
@@ -143,16 +145,42 @@ def nx_27017() -> mongo_server.NxServer:
     return mongo_server.nx_server()
 
 
+#: Share of the transactional writes in which the harness injects a write conflict on
+#: the contract suite's Mongo backends, so every test also runs the retry paths.
+CONFLICT_RATE = 0.03
+#: Collections a batch, prune or erase may write outside a transaction: none but these.
+OUTSIDE_TRANSACTIONS = frozenset({"heartbeats", "locks"})
+
+
 @pytest.fixture(autouse=True)
-def _mongomock_for_its_backend(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The mongomock parameter's URLs reach mongomock only while its patch is active."""
+def _mongo_harness_for_its_backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Harness | None]:
+    """The Mongo parameters run through :class:`mongo_harness.Harness`: transactions one
+    at a time with first-writer-wins conflicts and random injected ones, every write
+    recorded. A test ends by checking that no write of the store was made outside a
+    transaction (heartbeats and the index lease aside). mongomock's URLs reach
+    mongomock only while its patch is active."""
     callspec = getattr(request.node, "callspec", None)
     backend = callspec.params.get("backend") if callspec is not None else None
-    if getattr(backend, "name", None) != "mongomock":
-        yield
+    name = getattr(backend, "name", None)
+    if name not in ("mongo", "mongomock", "mongodb-uri"):
+        yield None
         return
-    with mongo_server.mongomock_patched():
-        yield
+    with contextlib.ExitStack() as stack:
+        if name == "mongomock":
+            stack.enter_context(mongo_server.mongomock_patched())
+        harness = Harness(
+            tmp_path_factory.mktemp("harness"),
+            conflict_rate=CONFLICT_RATE,
+            seed=zlib.crc32(request.node.nodeid.encode()),
+            ignore=OUTSIDE_TRANSACTIONS,
+        )
+        if name != "mongodb-uri":  # a real server isolates and conflicts by itself
+            stack.enter_context(harness.patched())
+        yield harness
+        outside = harness.writes_outside_transactions(harness.records)
+        assert not outside, f"writes outside a transaction: {outside[:5]}"
 
 
 @pytest.fixture(params=BACKENDS, ids=[b.name for b in BACKENDS])

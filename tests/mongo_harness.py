@@ -642,6 +642,10 @@ class _Proxy:
         real_session = proxy.real if proxy is not None else session
         if real_session is not None and not self._mongomock:
             kwargs["session"] = real_session
+        if self._mongomock:
+            # An index build's vote among members: the replica set mongomock now plays
+            # has none, and its createIndexes does not take the option.
+            kwargs.pop("commitQuorum", None)
         args = tuple(a._target if isinstance(a, _Proxy) else a for a in args)
         return args, kwargs, proxy
 

@@ -1,0 +1,138 @@
+"""Documents and the records they are: sessions, logout marks and events as MongoDB
+holds them (the seed's camelCase fields), and back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from gso_analytics.clock import from_ms, to_ms
+from gso_analytics.model import (
+    EventRecord,
+    EventRow,
+    Login,
+    Logout,
+    SessionEnd,
+    SessionRecord,
+    StoredSession,
+)
+
+from .options import aware
+
+
+def safe_keys(value: Any) -> bool:
+    """True when every key of a JSON value can be a BSON field name as it is."""
+    if isinstance(value, dict):
+        return all(
+            isinstance(key, str)
+            and key
+            and key[0] != "$"
+            and "." not in key
+            and "\x00" not in key
+            and safe_keys(item)
+            for key, item in value.items()
+        )
+    if isinstance(value, list):
+        return all(safe_keys(item) for item in value)
+    return True
+
+
+def data_value(text: str) -> Any:
+    """``data`` as a subdocument (queryable as ``data.amount``, like the seed's), or as
+    its JSON text when MongoDB could not hold it field for field."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, dict) and safe_keys(value) else text
+
+
+def data_text(value: Any) -> str:
+    """The JSON text ``encode_data`` produced: compact, key order kept by BSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def event_doc(event: EventRow) -> dict[str, Any]:
+    ts_ms, user_id, name, data, day = event
+    return {
+        "ts": from_ms(ts_ms),
+        "userId": user_id,
+        "event": name,
+        "data": data_value(data),
+        "day": day,
+    }
+
+
+def event_record(doc: Mapping[str, Any]) -> EventRecord:
+    ts_ms = to_ms(aware(doc["ts"]))
+    return EventRecord(ts_ms, doc["userId"], doc["event"], data_text(doc["data"]), doc["day"])
+
+
+def session_record(doc: Mapping[str, Any]) -> SessionRecord:
+    return SessionRecord(
+        doc["_id"],
+        doc["userId"],
+        doc.get("username"),
+        aware(doc["loginAt"]),
+        aware(doc["logoutAt"]) if doc.get("logoutAt") is not None else None,
+        int(doc.get("durationS", 0)),
+        doc["day"],
+        doc["month"],
+        bool(doc.get("timedOut", False)),
+    )
+
+
+def stored_session(doc: Mapping[str, Any]) -> StoredSession:
+    logout = doc.get("logoutAt")
+    return StoredSession(
+        Login(
+            doc["_id"],
+            doc["userId"],
+            to_ms(aware(doc["loginAt"])),
+            doc.get("origin", ""),
+            doc.get("seq", 0),
+            doc.get("username"),
+            doc["day"],
+            doc["month"],
+        ),
+        SessionEnd(
+            None if logout is None else to_ms(aware(logout)),
+            int(doc.get("durationS", 0)),
+            bool(doc.get("timedOut", False)),
+        ),
+    )
+
+
+def session_doc(session: StoredSession) -> dict[str, Any]:
+    login, end = session.login, session.end
+    return {
+        "_id": login.id,
+        "userId": login.user_id,
+        "username": login.username,
+        "loginAt": from_ms(login.at_ms),
+        "logoutAt": None if end.logout_ms is None else from_ms(end.logout_ms),
+        "durationS": end.duration_s,
+        "day": login.day,
+        "month": login.month,
+        "timedOut": end.timed_out,
+        "open": end.open,
+        "origin": login.origin,
+        "seq": login.seq,
+    }
+
+
+def logout_mark(doc: Mapping[str, Any]) -> Logout:
+    return Logout(doc["_id"], doc["userId"], to_ms(aware(doc["at"])), doc["origin"], doc["seq"])
+
+
+def logout_doc(logout: Logout) -> dict[str, Any]:
+    return {
+        "_id": logout.id,
+        "userId": logout.user_id,
+        "at": from_ms(logout.at_ms),
+        "origin": logout.origin,
+        "seq": logout.seq,
+    }

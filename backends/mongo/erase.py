@@ -1,0 +1,106 @@
+"""Erasing a player on MongoDB, replica set or sharded cluster.
+
+Where a player's id is part of a shard key (``userId`` leads the keys of the per-user
+collections), changing it in place is refused on a sharded cluster, so a record is
+*moved*: the token's record is upserted (merged into one that exists, as the other
+stores merge) and the player's deleted, in one transaction. An erase runs in bounded
+transactions: first the tombstone alone, then chunks of at most :data:`ERASE_CHUNK`
+records per collection until a chunk finds nothing; each chunk is idempotent.
+
+The fence against a batch of the same player applied meanwhile costs the batches
+nothing shared: a part reads the tombstones of its players in its snapshot (an erase
+committed before is always seen, and the part renames its writes), and, after its
+commit, looks once more for tombstones of the players it wrote under their real ids.
+An erase whose tombstone committed while the part ran is found there, and the part's
+process moves the records itself. Either the part committed before the erase's
+chunks began (they see its records) or after the tombstone committed (its check sees
+the tombstone), so no record is left under the real id. One window stays: a process
+killed between its commit and its check; the batch's retry (from the outbox) runs the
+check again, and a second ``erase`` of the player finds what is left.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .options import READ_TIMEOUT_MS, pymongo
+
+if TYPE_CHECKING:
+    from .batch import BatchTransaction
+
+#: Records moved per collection in one erase transaction.
+ERASE_CHUNK = 1000
+#: The (user, key) records: collection -> the key beside ``userId``.
+_KEYED = {"day_users": "day", "month_users": "month", "new_users": "day"}
+_FIRST_DAYS = ("first_seen", "first_payments")
+#: Records keyed by their own ``_id`` that carry ``userId`` (moved with the same id).
+_MARKS = ("sessions", "logouts")
+
+
+def rename_chunk(tx: BatchTransaction, user: str, token: str) -> dict[str, int]:
+    """Move at most :data:`ERASE_CHUNK` records of each collection from ``user`` to
+    ``token``, in ``tx``'s transaction; per collection, how many moved."""
+    driver = pymongo()
+    s = tx.session
+
+    def mine(name: str, fields: Any = None) -> list[Any]:
+        cursor = tx.store._collection(name).find(
+            {"userId": user}, fields, session=s, max_time_ms=READ_TIMEOUT_MS
+        )
+        return list(cursor.limit(ERASE_CHUNK))
+
+    def send(name: str, ops: list[Any]) -> None:
+        if ops:
+            tx.store._collection(name).bulk_write(ops, ordered=True, session=s)
+
+    counts: dict[str, int] = {}
+    for name, key in _KEYED.items():
+        docs = mine(name, {key: 1, "batchId": 1})
+        ops: list[Any] = []
+        for doc in docs:
+            ops.append(driver.DeleteOne({"_id": doc["_id"]}))
+            ops.append(
+                driver.UpdateOne(
+                    {"userId": token, key: doc[key]},
+                    {"$setOnInsert": {"batchId": doc.get("batchId")}},
+                    upsert=True,
+                )
+            )
+        send(name, ops)
+        counts[name] = len(docs)
+    docs = mine("user_revenue", {"day": 1, "revenueCents": 1})
+    ops = []
+    for doc in docs:
+        ops.append(driver.DeleteOne({"_id": doc["_id"]}))
+        ops.append(
+            driver.UpdateOne(
+                {"userId": token, "day": doc["day"]},
+                {"$inc": {"revenueCents": doc.get("revenueCents", 0)}},
+                upsert=True,
+            )
+        )
+    send("user_revenue", ops)
+    counts["user_revenue"] = len(docs)
+    for name in _FIRST_DAYS:
+        facts = tx.store._collection(name)
+        found = facts.find_one({"_id": user}, session=s)
+        counts[name] = 0
+        if found is not None:
+            facts.delete_one({"_id": user}, session=s)
+            facts.update_one(
+                {"_id": token}, {"$min": {"day": found["day"]}}, upsert=True, session=s
+            )
+            counts[name] = 1
+    for name in _MARKS:
+        docs = mine(name)
+        ops = []
+        for doc in docs:
+            moved = {**doc, "userId": token}
+            moved.pop("username", None)
+            ops.append(driver.DeleteOne({"_id": doc["_id"], "userId": user}))
+            ops.append(driver.ReplaceOne({"_id": doc["_id"], "userId": token}, moved, upsert=True))
+        send(name, ops)
+        counts[name] = len(docs)
+    gone = tx.store._collection("session_users").delete_one({"_id": user}, session=s)
+    counts["session_users"] = int(gone.deleted_count)
+    return counts

@@ -1,0 +1,140 @@
+"""The shared figures (``daily``, ``monthly``, ``totals``) as folded deltas.
+
+No batch's transaction writes a document every worker writes: each part inserts its
+own delta (its ``batches`` document, see :mod:`.batch`). The roll-up folds deltas into
+the day, month and all-time documents, in small transactions of its own (each reads a
+few hundred deltas not folded yet, adds them up, ``$inc``s the figures and marks the
+deltas folded), run in the flush thread after a batch and by the prune job. Two
+rollers at once conflict on those documents and one gives up: the other folds. A read
+adds, in one snapshot, the folded figures and the deltas not folded yet, so every
+figure is exact at any moment, however far behind the roll-up is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from gso_analytics.errors import StoreError
+from gso_analytics.model import Number
+from gso_analytics.store import total_increments
+
+from .connection import Conflict
+from .options import READ_TIMEOUT_MS, pymongo
+
+if TYPE_CHECKING:
+    from .store import MongoStore
+
+log = logging.getLogger("gso_analytics")
+
+#: Deltas folded per roll-up transaction: a few hundred small documents, a few
+#: milliseconds of work, far under any transaction limit.
+FOLD_CHUNK = 200
+TOTALS_ID = "all"
+
+#: day -> (month, field -> amount); month -> field -> amount; field -> amount.
+Sums = tuple[
+    dict[str, tuple[str, dict[str, Number]]], dict[str, dict[str, Number]], dict[str, Number]
+]
+
+
+def _add(into: dict[str, Number], fields: Mapping[str, Number]) -> None:
+    for field, amount in fields.items():
+        into[field] = into.get(field, 0) + amount
+
+
+def add_up(deltas: Iterable[Mapping[str, Any]]) -> Sums:
+    """The day, month and all-time increments of ``deltas`` added up (the totals as
+    :func:`~gso_analytics.store.total_increments` makes them: only ever growing)."""
+    daily: dict[str, tuple[str, dict[str, Number]]] = {}
+    monthly: dict[str, dict[str, Number]] = {}
+    totals: dict[str, Number] = {}
+    for delta in deltas:
+        for day, entry in (delta.get("daily") or {}).items():
+            _add(daily.setdefault(day, (entry["month"], {}))[1], entry["inc"])
+            _add(totals, total_increments(entry["inc"]))
+        for month, fields in (delta.get("monthly") or {}).items():
+            _add(monthly.setdefault(month, {}), fields)
+            _add(totals, total_increments(fields))
+    return daily, monthly, totals
+
+
+def unfolded(store: MongoStore, session: Any, fields: dict[str, int] | None = None) -> list[Any]:
+    """The deltas not folded yet, in ``session``'s snapshot."""
+    found = store._collection("batches").find(
+        {"folded": False},
+        fields or {"daily": 1, "monthly": 1},
+        session=session,
+        max_time_ms=READ_TIMEOUT_MS,
+    )
+    return list(found)
+
+
+def _fold_chunk(store: MongoStore) -> int:
+    """Fold up to :data:`FOLD_CHUNK` deltas, oldest first, in one transaction."""
+    driver = pymongo()
+    with store._session_transaction("folding deltas into the day and month figures") as s:
+        batches = store._collection("batches")
+        docs = list(
+            batches.find({"folded": False}, {"daily": 1, "monthly": 1}, session=s)
+            .sort("appliedAt", 1)
+            .limit(FOLD_CHUNK)
+        )
+        if not docs:
+            return 0
+        daily, monthly, totals = add_up(docs)
+        ops = [
+            driver.UpdateOne(
+                {"day": day}, {"$inc": fields, "$setOnInsert": {"month": month}}, upsert=True
+            )
+            for day, (month, fields) in sorted(daily.items())
+            if fields
+        ]
+        if ops:
+            store._collection("daily").bulk_write(ops, ordered=False, session=s)
+        ops = [
+            driver.UpdateOne({"month": month}, {"$inc": fields}, upsert=True)
+            for month, fields in sorted(monthly.items())
+            if fields
+        ]
+        if ops:
+            store._collection("monthly").bulk_write(ops, ordered=False, session=s)
+        if totals:
+            store._collection("totals").update_one(
+                {"_id": TOTALS_ID}, {"$inc": totals}, upsert=True, session=s
+            )
+        ids = [doc["_id"] for doc in docs]
+        marked = batches.update_many(
+            {"_id": {"$in": ids}, "folded": False},
+            {"$set": {"folded": True}, "$unset": {"daily": "", "monthly": ""}},
+            session=s,
+        )
+        if marked.modified_count != len(ids):  # a stand-in without isolation; never MongoDB
+            raise Conflict(f"MongoDB {store.where}: deltas folded by another roller meanwhile")
+        return len(ids)
+
+
+def roll_up(store: MongoStore, *, quiet: bool) -> int:
+    """Fold every delta not folded yet, a chunk per transaction. A conflict means
+    another process is folding: it stops here, leaving the rest to that one. With
+    ``quiet`` (after a batch, in the flush thread) a store error is logged, not raised:
+    the batch is applied, and reads are exact without the roll-up."""
+    folded = 0
+    try:
+        while True:
+            done = _fold_chunk(store)
+            folded += done
+            if done < FOLD_CHUNK:
+                return folded
+    except Conflict:
+        return folded
+    except StoreError as exc:
+        if not quiet:
+            raise
+        log.warning(
+            "gso_analytics: folding deltas on %s failed (%s); the next flush or prune retries",
+            store.where,
+            exc,
+        )
+        return folded

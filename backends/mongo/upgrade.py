@@ -1,0 +1,74 @@
+"""Stores written by earlier versions, brought to this one when opened."""
+
+from __future__ import annotations
+
+import logging
+
+from .indexes import Indexes
+from .options import pymongo
+
+log = logging.getLogger("gso_analytics")
+_DUPLICATE_KEY = 11000
+
+
+def upgrade_pairing_sessions(store: Indexes) -> None:
+    """Stores written before sessions were computed from marks (up to 0.1 of
+    2026-11-25) get a logout mark for each session a logout closed and for each
+    logout still waiting for its login, and lose the pairing fields those versions
+    kept. Idempotent (marks are keyed by the session or pending logout), so
+    processes opening the store at once may all run it."""
+    driver = pymongo()
+    pending = f"{store.prefix}pending_logouts"
+    if pending not in store._db().list_collection_names():
+        return
+    log.info("gso_analytics: upgrading %s sessions to login/logout marks", store.where)
+    sessions = store._collection("sessions")
+    marks = [
+        {
+            "_id": f"{doc['_id']}-logout",
+            "userId": doc["userId"],
+            "at": doc["logoutAt"],
+            "origin": doc["_id"],
+            "seq": 1,
+        }
+        for doc in sessions.find(
+            {"open": False, "timedOut": False, "reloginBy": None},
+            {"userId": 1, "logoutAt": 1},
+        )
+    ]
+    marks += [
+        {
+            "_id": f"pending-{doc['_id']}",
+            "userId": doc["userId"],
+            "at": doc["logoutAt"],
+            "origin": "pending",
+            "seq": 0,
+        }
+        for doc in store._db()[pending].find({"takenBy": ""})
+    ]
+    if marks:
+        try:
+            store._collection("logouts").insert_many(marks, ordered=False)
+        except driver.errors.BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if exc.details.get("writeConcernErrors") or any(
+                e.get("code") != _DUPLICATE_KEY for e in errors
+            ):
+                raise
+            # Duplicates only: another process upgrading at the same time.
+    sessions.update_many(
+        {},
+        {
+            "$unset": {
+                field: ""
+                for field in (
+                    "closedBy",
+                    "reloginBy",
+                    "correctedBy",
+                    "reloginLogoutAt",
+                    "reloginDurationS",
+                )
+            }
+        },
+    )
+    store._db().drop_collection(pending)
