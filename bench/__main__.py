@@ -5,7 +5,9 @@ Sections: ``hotpath`` (``track()`` against a locked dict, prometheus_client and 
 PostHog, Segment and Mixpanel SDKs on a local stub), ``threads`` (8 threads at once),
 ``sqlite`` (persistence end to end against a raw ``executemany``, and a login-heavy
 flush with and without the players' history), ``mongo`` (the same on
-the nx-27017 wire server; skipped when it is not installed), ``reads`` (reads at 1k and
+the nx-27017 wire server, and the commands one flush sends, before and after with
+``--before-python``, see :mod:`bench.mongo_commands`; skipped when nx-27017 is not
+installed), ``reads`` (reads at 1k and
 1M sessions of history), ``kpis`` (each KPI query for 30 days, on 60 days vs a year
 (1M sessions) of the same daily activity), ``memory`` (RSS with a stuck store),
 ``forwarding`` (what a webhook forwarder adds to ``track()``), ``rights`` (a flush
@@ -38,6 +40,7 @@ from bench import (
     hotpath,
     kpis,
     memory,
+    mongo_commands,
     mongo_section,
     persist,
     reads,
@@ -161,7 +164,7 @@ def _sqlite(quick: bool) -> dict[str, Any]:
     }
 
 
-def _mongo(quick: bool) -> dict[str, Any]:
+def _mongo(quick: bool, before_python: str | None = None) -> dict[str, Any]:
     reason = mongo_section.unavailable()
     if reason is not None:
         return {"skipped": reason}
@@ -170,7 +173,20 @@ def _mongo(quick: bool) -> dict[str, Any]:
         rows = mongo_section.run(sizes, rounds)
     except (Exception, SystemExit) as exc:  # nx_27017() ends with SystemExit if it cannot start
         return {"skipped": f"failed: {type(exc).__name__}: {exc}"}
-    return {"rows": rows, "notes": [f"nx-27017, median of {rounds} rounds per size"]}
+    notes = [f"nx-27017 (?transactions=true), median of {rounds} rounds per size"]
+    result: dict[str, Any] = {"rows": rows, "notes": notes}
+    # What one flush sends, command by command (bench.mongo_commands); the 'before'
+    # column from another interpreter's store when --before-python names one.
+    warmup = 100 if quick else mongo_commands.WARMUP
+    try:
+        commands = mongo_commands.compare(before_python, warmup)
+    except (Exception, SystemExit) as exc:
+        notes.append(f"commands per flush: failed: {type(exc).__name__}: {exc}")
+        return result
+    result["commands"] = commands["rows"]
+    result["commands_detail"] = commands["results"]
+    notes += [f"commands: {note}" for note in commands["notes"]]
+    return result
 
 
 def _reads(quick: bool) -> dict[str, Any]:
@@ -251,7 +267,10 @@ TITLES: dict[str, tuple[str, Callable[[bool], dict[str, Any]]]] = {
     "hotpath": ("Request path: ns per call, side by side", _hotpath),
     "threads": ("track() from 8 threads at once (and 1 thread for reference)", _threads),
     "sqlite": ("SQLite persistence, end to end (track + flush) vs raw executemany", _sqlite),
-    "mongo": ("MongoDB wire server (nx-27017): flush() vs raw insert_many", _mongo),
+    "mongo": (
+        "MongoDB wire server (nx-27017): flush() vs raw insert_many; commands per flush",
+        _mongo,
+    ),
     "reads": ("Read cost vs history (SQLite), microseconds per call", _reads),
     "kpis": ("KPI queries for 30 days vs history (SQLite), milliseconds per call", _kpis),
     "memory": ("Memory with a stuck store (RSS)", _memory),
@@ -271,6 +290,7 @@ def _print_section(name: str, title: str, result: dict[str, Any], seconds: float
         ("history", "seeded history"),
         ("sessions", "login-heavy flush, sessions from marks"),
         ("probe", "GIL probe during one flush, us"),
+        ("commands", "one flush's commands and written documents (bench.mongo_commands)"),
     ):
         if result.get(extra):
             print(table(f"  {label}:", result[extra]))
@@ -288,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller sizes")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--only", help="comma-separated sections to run (default: all)")
+    parser.add_argument(
+        "--before-python",
+        help="mongo section: a python whose installed store is the 'before' column of the"
+        " commands-per-flush table (e.g. a venv of 0.2; see bench.mongo_commands)",
+    )
     args = parser.parse_args(argv)
     chosen = SECTIONS if not args.only else tuple(s.strip() for s in args.only.split(","))
     unknown = [s for s in chosen if s not in SECTIONS]
@@ -310,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         title, section = TITLES[name]
         section_start = time.perf_counter()
-        result = section(args.quick)
+        # The mongo section alone takes an option: the 'before' interpreter.
+        result = _mongo(args.quick, args.before_python) if name == "mongo" else section(args.quick)
         seconds = time.perf_counter() - section_start
         result["seconds"] = round(seconds, 1)
         results["sections"][name] = result

@@ -162,9 +162,11 @@ def main() -> None:
                     created.append(name)
                     url = database_url(base, name)
                     if subject == "flush":
-                        # ttlIndex=false: the raw collection has a plain ts index too.
+                        # ttlIndex=false: the raw collection has a plain ts index too;
+                        # on nx-27017, transactions=true (it runs them, says standalone).
                         sep = "&" if "?" in url else "?"
-                        seconds = run_flush(f"{url}{sep}ttlIndex=false", size, start)
+                        query = "ttlIndex=false" + ("&transactions=true" if not args.url else "")
+                        seconds = run_flush(f"{url}{sep}{query}", size, start)
                         flush_rates.append(size / seconds)
                     else:
                         raw_rates.append(size / run_raw(url, size, start))

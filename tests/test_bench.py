@@ -110,3 +110,64 @@ def test_tail_section_runs_every_arm_and_the_probe() -> None:
         assert row in done.stdout
     assert "Garbage" in done.stdout
     assert done.stdout.count("sqlite") >= 8  # 4 arms + 3 ratios + the probe row
+
+
+def test_mongo_commands_counts_what_one_flush_sends(tmp_path: Path) -> None:
+    """bench.mongo_commands on nx-27017, 'after' column only: it refuses a figure unless
+    the flushes' events and counters were all stored; the commands it counted include
+    the events' inserts and the commit."""
+    from bench import mongo_section
+
+    reason = mongo_section.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    out = tmp_path / "commands.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.mongo_commands", "--warmup", "5", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pass --before-python" in done.stdout
+    (result,) = json.loads(out.read_text())["results"].values()
+    assert result["commands"]["insert"] >= 12  # 3,000 events, 256 per insert_many
+    assert result["commands"]["commitTransaction"] >= 1
+    assert result["flush_commands"] == sum(result["commands"].values())
+    assert result["flush_command_bytes"] > 3_000 * 50
+
+
+def test_mongo_commands_tells_the_roll_up_from_the_batch() -> None:
+    """A transaction that writes daily/monthly/totals is the roll-up's; a hot write
+    outside any transaction (0.2's guarded upserts) is the batch's own."""
+    from bench.mongo_commands import PREFIX, _summarize
+
+    def command(name: str, collection: str, txn: object, written: list[int]) -> dict[str, object]:
+        return {
+            "name": name,
+            "bytes": 100,
+            "collection": f"{PREFIX}{collection}",
+            "txn": txn,
+            "written": written,
+        }
+
+    summary = _summarize(
+        [
+            command("insert", "events", ("a", 1), [120, 130]),
+            command("insert", "batches", ("a", 1), [300]),
+            command("update", "daily", ("b", 1), [90]),  # roll-up transaction
+            command("update", "batches", ("b", 1), [60]),
+            command("update", "totals", None, [200]),  # outside transactions: the batch's
+        ]
+    )
+    assert summary["flush_commands"] == 5
+    assert summary["transactions"] == 2
+    assert summary["rollup_commands"] == 2
+    assert summary["largest_rollup_write_bytes"] == 90
+    assert summary["largest_txn_write_bytes"] == 300
+    assert summary["largest_txn_write_in"] == "insert batches"
+    assert summary["largest_outside_write_bytes"] == 200
+    assert summary["largest_hot_write_bytes"] == 200
+    assert summary["hot_update_statements"] == 1
+    assert summary["own_hot_written"] == ["totals"]
