@@ -68,20 +68,21 @@ BACKENDS = [
     Backend("memory", lambda tmp: "memory://", shared_by_url=False),
     Backend("sqlite", lambda tmp: f"sqlite:///{tmp}/contract.db", shared_by_url=True),
     # MongoDB over the wire (nx-27017, which runs transactions though it says it is
-    # standalone: ``transactions=true``) and mongomock in-process, both through the
-    # harness (``_mongo_harness_for_its_backend``). Each test gets a fresh database. The suite replays 2025 on a fake clock, which a server-side
-    # TTL on real time would expire at once (nx-27017 and mongomock hide expired
+    # standalone: its URLs carry ``transactions=true``) and mongomock in-process, both
+    # through the harness (the ``mongo_harness`` fixture). Each test gets a fresh
+    # database. The suite replays 2025 on a fake clock, which a server-side TTL on real
+    # time would expire at once (nx-27017 and mongomock hide expired
     # documents from reads, MongoDB deletes them within a minute), so the TTL index is
     # off here, on the real server too; tests/test_mongo.py tests it on real time, on
     # every server (its ``ttl_kind`` parameter), with the index on.
     Backend(
         "mongo",
-        lambda tmp: mongo_server.nx_server().url(query="ttlIndex=false&transactions=true"),
+        lambda tmp: mongo_server.nx_server().url(query="ttlIndex=false"),
         shared_by_url=True,
     ),
     Backend(
         "mongomock",
-        lambda tmp: mongo_server.mongomock_url(query="ttlIndex=false&transactions=true"),
+        lambda tmp: mongo_server.mongomock_url(query="ttlIndex=false"),
         shared_by_url=True,
     ),
 ]
@@ -153,32 +154,39 @@ OUTSIDE_TRANSACTIONS = frozenset({"heartbeats", "locks"})
 
 
 @pytest.fixture(autouse=True)
-def _mongo_harness_for_its_backend(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+def mongo_harness(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Harness | None]:
-    """The Mongo parameters run through :class:`mongo_harness.Harness`: transactions one
-    at a time with first-writer-wins conflicts and random injected ones, every write
-    recorded. A test ends by checking that no write of the store was made outside a
-    transaction (heartbeats and the index lease aside). mongomock's URLs reach
-    mongomock only while its patch is active."""
+    """Every MongoDB client a test makes (nx-27017's, mongomock's) runs through a
+    :class:`mongo_harness.Harness`: transactions one at a time, first-writer-wins write
+    conflicts, every write recorded; worker processes started by the test inherit it
+    (:meth:`Harness.env`). On the contract suite's Mongo parameters it also injects
+    random conflicts and ends the test by checking that no write of the store was made
+    outside a transaction (heartbeats and the index lease aside). A real server
+    (``MONGODB_URI``) isolates and conflicts by itself and is not wrapped."""
     callspec = getattr(request.node, "callspec", None)
     backend = callspec.params.get("backend") if callspec is not None else None
     name = getattr(backend, "name", None)
-    if name not in ("mongo", "mongomock", "mongodb-uri"):
+    if request.node.get_closest_marker("own_harness"):
         yield None
         return
+    contract = name in ("mongo", "mongomock")
+    harness = Harness(
+        tmp_path_factory.mktemp("harness"),
+        conflict_rate=CONFLICT_RATE if contract else 0.0,
+        seed=zlib.crc32(request.node.nodeid.encode()),
+        ignore=OUTSIDE_TRANSACTIONS,
+    )
+    for variable, value in harness.env().items():
+        monkeypatch.setenv(variable, value)
     with contextlib.ExitStack() as stack:
-        if name == "mongomock":
+        stack.enter_context(harness.patched())
+        if name == "mongomock":  # its URLs reach mongomock only while its patch is active
             stack.enter_context(mongo_server.mongomock_patched())
-        harness = Harness(
-            tmp_path_factory.mktemp("harness"),
-            conflict_rate=CONFLICT_RATE,
-            seed=zlib.crc32(request.node.nodeid.encode()),
-            ignore=OUTSIDE_TRANSACTIONS,
-        )
-        if name != "mongodb-uri":  # a real server isolates and conflicts by itself
-            stack.enter_context(harness.patched())
         yield harness
+    if contract:
         outside = harness.writes_outside_transactions(harness.records)
         assert not outside, f"writes outside a transaction: {outside[:5]}"
 

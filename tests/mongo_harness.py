@@ -48,7 +48,7 @@ import json
 import os
 import random
 import threading
-import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,6 +72,8 @@ from pymongo.operations import (
 
 #: The environment variable naming a harness's ``state_dir`` for worker processes.
 ENV_VAR = "GSO_MONGO_HARNESS"
+#: The share of transactional writes a worker process's harness fails with a conflict.
+RATE_ENV_VAR = "GSO_MONGO_HARNESS_CONFLICTS"
 #: A transaction waiting longer than this for its turn means one was never ended: fail
 #: loudly instead of hanging the test run.
 LOCK_TIMEOUT_S = 30.0
@@ -145,6 +147,18 @@ def _equality_fields(query: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
+_FILTER_PREFIX = "filter:"
+
+
+def _mongomock_id(value: Any) -> Any:
+    """The key mongomock files a document under (a dict ``_id`` becomes its hashdict)."""
+    if isinstance(value, dict):
+        from mongomock.helpers import hashdict
+
+        return hashdict(value)
+    return value
+
+
 def upsert_key(query: Mapping[str, Any]) -> str:
     """The key of the document an upsert that matched nothing creates: its ``_id``'s key
     when the filter names one (so it conflicts with an insert of that ``_id``), else the
@@ -152,7 +166,7 @@ def upsert_key(query: Mapping[str, Any]) -> str:
     fields = _equality_fields(query)
     if "_id" in fields:
         return _canonical(fields["_id"])
-    return "filter:" + _canonical(dict(sorted(fields.items())))
+    return _FILTER_PREFIX + _canonical(dict(sorted(fields.items())))
 
 
 def _is_mongomock(obj: Any) -> bool:
@@ -189,6 +203,17 @@ class _TransactionLock:
         self._thread_lock = threading.Lock()
         self._fd: int | None = None
         self._owner: int | None = None
+        _forkable.add(self)
+
+    def fork_locks(self) -> list[threading.Lock]:
+        return [self._thread_lock]
+
+    def after_fork_in_child(self, held: bool) -> None:
+        """A child forked while another thread held the turn (a flush inside its
+        transaction) has no such thread: the turn is free in the child, and the parent's
+        ``flock`` is the parent's (the child opens a file of its own at each turn)."""
+        if held:
+            self._fd = self._owner = None
 
     def acquire(self) -> None:
         if self._owner == threading.get_ident():
@@ -201,18 +226,11 @@ class _TransactionLock:
         fd = -1
         try:
             fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-            deadline = time.monotonic() + LOCK_TIMEOUT_S
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(
-                            f"mongo harness: another process held {self._path} for "
-                            f"{LOCK_TIMEOUT_S}s"
-                        ) from None
-                    time.sleep(0.002)
+            # Blocking: the kernel wakes a waiting process when the holder unlocks, where
+            # polling let a process that takes turns back to back (a flush thread every
+            # millisecond) starve the others. No timeout across processes: the test's own
+            # bound on its workers catches a hang.
+            fcntl.flock(fd, fcntl.LOCK_EX)
         except BaseException:
             if fd >= 0:
                 os.close(fd)
@@ -229,6 +247,42 @@ class _TransactionLock:
             os.close(fd)
         finally:
             self._thread_lock.release()
+
+
+#: The harness's objects that hold thread locks (``fork_locks()``). A child forked while
+#: another thread held one has no such thread to release it: the locks held at the fork
+#: are released in the child. Not replaced by new locks: the library's own at-fork
+#: handler (registered first, by its pytest plugin) may already have started a thread
+#: that waits on the old one.
+_forkable: weakref.WeakSet[Any] = weakref.WeakSet()
+_held_at_fork: list[tuple[Any, list[threading.Lock]]] = []
+
+
+def _before_fork() -> None:
+    """Runs in the forking thread, holding the GIL until the fork: no other thread can
+    take or release a lock between this look and the fork."""
+    _held_at_fork[:] = [
+        (holder, held)
+        for holder in list(_forkable)
+        if (held := [lock for lock in holder.fork_locks() if lock.locked()])
+    ]
+
+
+def _after_fork_in_parent() -> None:
+    _held_at_fork.clear()
+
+
+def _after_fork_in_child() -> None:
+    for holder, locks in _held_at_fork:
+        for lock in locks:
+            lock.release()
+        holder.after_fork_in_child(True)
+    _held_at_fork.clear()
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)
 
 
 def _append_line(path: Path, entry: Mapping[str, Any]) -> None:
@@ -268,6 +322,13 @@ class _CommitLog:
         self._mutex = threading.Lock()
         self._commits: list[_Commit] = []
         self._offset = 0
+        _forkable.add(self)
+
+    def fork_locks(self) -> list[threading.Lock]:
+        return [self._mutex]
+
+    def after_fork_in_child(self, held: bool) -> None:
+        pass
 
     def append(self, txn: int | None, writes: set[WriteKey]) -> None:
         _append_line(self._path, {"txn": txn, "pid": os.getpid(), "writes": sorted(writes)})
@@ -326,6 +387,7 @@ class Harness:
         self.injected = 0
         self._random = random.Random(seed)
         self._mutex = threading.Lock()
+        _forkable.add(self)
         self._lock = _TransactionLock(self.state_dir / "txn.lock")
         self._commits = _CommitLog(self.state_dir / "commits.jsonl")
         self._writes = self.state_dir / "writes.jsonl"
@@ -336,6 +398,12 @@ class Harness:
     def wrap(self, client: Any) -> ClientProxy:
         """``client`` (pymongo or mongomock) with its writes recorded and checked."""
         return ClientProxy(self, client)
+
+    def fork_locks(self) -> list[threading.Lock]:
+        return [self._mutex]
+
+    def after_fork_in_child(self, held: bool) -> None:
+        pass
 
     @contextlib.contextmanager
     def patched(self) -> Iterator[Harness]:
@@ -351,11 +419,16 @@ class Harness:
                 return harness.wrap(original(*args, **kwargs))
 
         with mock.patch.object(pymongo, "MongoClient", _WrappedMongoClient):
-            yield self
+            _current.append(self)
+            try:
+                yield self
+            finally:
+                _current.remove(self)
 
     def env(self) -> dict[str, str]:
-        """The environment a worker process needs for :func:`activate_from_env`."""
-        return {ENV_VAR: str(self.state_dir)}
+        """The environment a worker process needs for :func:`activate_from_env` (the
+        conflict rate too, each process seeding its injections by its pid)."""
+        return {ENV_VAR: str(self.state_dir), RATE_ENV_VAR: repr(self.conflict_rate)}
 
     # -- records ----------------------------------------------------------------------
 
@@ -466,7 +539,7 @@ class SessionProxy:
         self._ended = False
         self._state = "none"  # none | in_progress | committed | aborted
         self._doomed: OperationFailure | None = None
-        self._snapshots: dict[int, tuple[Any, Any]] = {}
+        self._snapshots: dict[int, tuple[Any, Any, dict[Any, Any]]] = {}
         #: The commit-log position the current (or last) transaction began at, set
         #: before it waits for its turn.
         self.begun_at: int | None = None
@@ -571,9 +644,15 @@ class SessionProxy:
         try:
             if self._real is not None:
                 self._real.abort_transaction()
-            for store, documents in self._snapshots.values():
+            for store, prior, saved in self._snapshots.values():
+                restored = prior.copy()
+                for doc_id, doc in saved.items():
+                    if doc is None:
+                        restored.pop(doc_id, None)
+                    else:
+                        restored[doc_id] = doc
                 with store._rwlock.writer():
-                    store._documents = documents
+                    store._documents = restored
         finally:
             self._snapshots = {}
             self._harness._end(self.txn, None)
@@ -590,10 +669,24 @@ class SessionProxy:
             self._doomed = exc
             raise
         if self._real is None:
-            store = real_collection._store
-            if id(store) not in self._snapshots:
-                with store._rwlock.reader():
-                    self._snapshots[id(store)] = (store, copy.deepcopy(store._documents))
+            self._save_before(real_collection._store, keys)
+
+    def _save_before(self, store: Any, keys: set[WriteKey]) -> None:
+        """mongomock: at a collection's first write in the transaction, its mapping of
+        documents (a shallow copy: the documents it holds are shared); before each write,
+        a deep copy of each document about to change (mongomock changes them in place),
+        or None for one that does not exist yet. An abort puts both back: O(written
+        documents), where a deep copy of the collection made each flush O(history)."""
+        if id(store) not in self._snapshots:
+            self._snapshots[id(store)] = (store, store._documents.copy(), {})
+        _, _, saved = self._snapshots[id(store)]
+        for _, _, key in keys:
+            if key.startswith(_FILTER_PREFIX):
+                continue  # a document the write creates: absent from the mapping saved
+            doc_id = _mongomock_id(json_util.loads(key))
+            if doc_id not in saved:
+                current = store._documents.get(doc_id)
+                saved[doc_id] = None if current is None else copy.deepcopy(current)
 
     def __enter__(self) -> SessionProxy:
         return self
@@ -925,6 +1018,13 @@ class CollectionProxy(_Proxy):
 
 
 _active: list[contextlib.AbstractContextManager[Harness]] = []
+_current: list[Harness] = []
+
+
+def current() -> Harness | None:
+    """The harness whose :meth:`Harness.patched` is innermost now, if any: a stand-in
+    patched in later (mongomock's) wraps its clients with it too."""
+    return _current[-1] if _current else None
 
 
 def activate_from_env() -> Harness | None:
@@ -933,7 +1033,8 @@ def activate_from_env() -> Harness | None:
     state_dir = os.environ.get(ENV_VAR)
     if not state_dir or not Path(state_dir).is_dir():
         return None
-    patch = Harness(Path(state_dir)).patched()
+    rate = float(os.environ.get(RATE_ENV_VAR) or 0.0)
+    patch = Harness(Path(state_dir), conflict_rate=rate, seed=os.getpid()).patched()
     harness = patch.__enter__()
     _active.append(patch)  # kept referenced: a collected generator would undo the patch
     return harness

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import mongo_harness
 import pytest
 
 #: Starting a Python server takes about a second; this only stops a hang.
@@ -71,9 +72,12 @@ class NxServer:
         return f"127.0.0.1:{self.port}"
 
     def url(self, database: str | None = None, query: str = "") -> str:
-        """``mongodb://127.0.0.1:PORT/<database>?<query>`` (a fresh database by default)."""
+        """``mongodb://127.0.0.1:PORT/<database>?<query>`` (a fresh database by default).
+
+        With ``transactions=true`` unless ``query`` sets it: nx-27017 runs transactions
+        but its ``hello`` says it is a standalone server, which the store refuses."""
         url = f"mongodb://{self.address}/{database or fresh_db_name()}"
-        return f"{url}?{query}" if query else url
+        return with_query(url, _with_transactions(query))
 
     @property
     def log(self) -> str:
@@ -290,10 +294,18 @@ def _patch_mongomock_gaps() -> None:
     mongomock.database.Database.command = command_with_more
 
 
+def _with_transactions(query: str) -> str:
+    if "transactions=" in query.lower():
+        return query
+    return f"{query}&transactions=true" if query else "transactions=true"
+
+
 def mongomock_url(query: str = "") -> str:
-    """A fresh database on the mongomock "server" (see :func:`mongomock_patched`)."""
+    """A fresh database on the mongomock "server" (see :func:`mongomock_patched`), with
+    ``transactions=true`` as :meth:`NxServer.url` has it (the harness gives mongomock
+    its sessions)."""
     url = f"mongodb://{MONGOMOCK_HOST}:27017/{fresh_db_name()}"
-    return f"{url}?{query}" if query else url
+    return with_query(url, _with_transactions(query))
 
 
 @contextlib.contextmanager
@@ -306,4 +318,9 @@ def mongomock_patched() -> Iterator[None]:
         _unavailable("mongomock is not installed")
     _patch_mongomock_gaps()
     with mongomock.patch(servers=((MONGOMOCK_HOST, 27017),), on_new="pymongo"):
-        yield
+        harness = mongo_harness.current()
+        if harness is None:
+            yield
+        else:  # mongomock has no sessions: the harness gives it some
+            with harness.patched():
+                yield

@@ -47,7 +47,10 @@ from gso_analytics.store import store_class
 STORE_URL_ENV = "GSO_TEST_STORE_URL"
 
 if __name__ == "__main__":  # the multi-process worker: procs.py on a Mongo store
+    import mongo_harness
     import procs
+
+    mongo_harness.activate_from_env()  # the parent's harness, shared through its files
 
     procs.open_store = lambda _sqlite_url, **options: open_store(
         os.environ[STORE_URL_ENV], **options
@@ -56,11 +59,19 @@ if __name__ == "__main__":  # the multi-process worker: procs.py on a Mongo stor
     sys.exit(0)
 
 pymongo = pytest.importorskip("pymongo")
-import test_store_contract  # noqa: E402
-from conftest import Backend  # noqa: E402
+import bson  # noqa: E402
+import mongo_harness as mongo_harness_module  # noqa: E402
 from gso_analytics.backends import mongo as mongo_backend  # noqa: E402
 from gso_analytics.backends.mongo import MongoStore  # noqa: E402
+from gso_analytics.backends.mongo import batch as mongo_batch  # noqa: E402
+from gso_analytics.backends.mongo import connection as mongo_connection  # noqa: E402
+from gso_analytics.backends.mongo import indexes as mongo_indexes  # noqa: E402
+from gso_analytics.backends.mongo import rollup as mongo_rollup  # noqa: E402
+from gso_analytics.backends.mongo import store as mongo_store_module  # noqa: E402
+from gso_analytics.backends.mongo.options import MAX_COMMIT_TIME_MS, WRITE_TIMEOUT_MS  # noqa: E402
+from mongo_harness import Harness  # noqa: E402
 from pymongo import monitoring  # noqa: E402
+from pymongo.mongo_client import MongoClient as RealMongoClient  # noqa: E402
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 NOW_0 = datetime(1970, 1, 1, tzinfo=UTC)
@@ -139,6 +150,11 @@ def raw_database(url: str) -> Iterator[Any]:
 def raw(store: MongoStore, name: str) -> Any:
     """The raw collection (for assertions on documents and indexes)."""
     return store._collection(name)
+
+
+def driver_type(collection: Any) -> type:
+    """The driver's (or mongomock's) collection class behind the harness's proxy."""
+    return type(getattr(collection, "_target", collection))
 
 
 def index_keys(store: MongoStore, name: str) -> dict[tuple[tuple[str, Any], ...], dict]:
@@ -270,15 +286,15 @@ def test_prefix_names_the_collections(nx_27017: mongo_server.NxServer) -> None:
 
 def test_open_from_the_applications_client(nx_27017: mongo_server.NxServer) -> None:
     """An app's own MongoClient is used as it is, and not closed with the store."""
-    client = pymongo.MongoClient(nx_27017.url(database=""), serverSelectionTimeoutMS=2000)
+    client = pymongo.MongoClient(f"mongodb://{nx_27017.address}/", serverSelectionTimeoutMS=2000)
     try:
         name = mongo_server.fresh_db_name()
-        with MongoStore.from_client(client, name) as store:
+        with MongoStore.from_client(client, name, transactions=True) as store:
             analytics = Analytics(store)
             analytics.track("credits.earn", "u1", {"amount": 5})
             analytics.flush()
         assert client[name]["gso_analytics_daily"].find_one()["creditsEarned"] == 5
-        with MongoStore(client[name]) as again:
+        with MongoStore(client[name], transactions=True) as again:
             assert again.recent_days()[0]["creditsEarned"] == 5
     finally:
         client.close()
@@ -320,18 +336,18 @@ def test_a_forked_child_uses_a_client_of_its_own(nx_27017: mongo_server.NxServer
 EXPECTED_INDEXES = {
     "daily": [((("day", 1),), True), ((("month", 1),), False)],
     "monthly": [((("month", 1),), True)],
-    "day_users": [((("day", 1), ("userId", 1)), True)],
-    "month_users": [((("month", 1), ("userId", 1)), True)],
-    "new_users": [((("day", 1), ("userId", 1)), True)],
+    "day_users": [((("userId", 1), ("day", 1)), True), ((("day", 1), ("userId", 1)), False)],
+    "month_users": [((("userId", 1), ("month", 1)), True)],
+    "new_users": [((("userId", 1), ("day", 1)), True)],
+    "user_revenue": [((("userId", 1), ("day", 1)), True), ((("day", 1), ("userId", 1)), False)],
     "sessions": [
         ((("userId", 1), ("loginAt", 1)), False),
         ((("open", 1), ("loginAt", 1)), False),
         ((("open", 1), ("userId", 1), ("loginAt", 1)), False),
     ],
     "logouts": [((("userId", 1), ("at", 1)), False), ((("at", 1),), False)],
-    "session_journal": [((("done", 1), ("journaledAt", 1)), False)],
     "events": [((("ts", 1),), False), ((("userId", 1), ("ts", 1)), False)],
-    "batches": [((("appliedAt", 1),), False)],
+    "batches": [((("appliedAt", 1),), False), ((("folded", 1), ("appliedAt", 1)), False)],
 }
 
 
@@ -362,9 +378,9 @@ def test_an_index_under_another_name_is_reused(mongo_url: str) -> None:
 
 
 def test_a_non_unique_key_index_is_an_error(mongo_url: str) -> None:
-    """Exact dau needs the (day, user) index unique: say so instead of counting wrong."""
+    """Exact dau needs the (user, day) index unique: say so instead of counting wrong."""
     with raw_database(mongo_url) as database:
-        database["gso_analytics_day_users"].create_index([("day", 1), ("userId", 1)])
+        database["gso_analytics_day_users"].create_index([("userId", 1), ("day", 1)])
     with pytest.raises(StoreError, match="without unique"):
         open_store(mongo_url)
 
@@ -444,19 +460,23 @@ def test_a_store_that_finds_the_lease_taken_warns_and_carries_on(
         assert EVENTS_BY_USER in _index_names(mongo_url, "events")
 
 
-def test_a_missing_unique_index_is_waited_for_never_skipped(mongo_url: str) -> None:
-    """Exact dau needs the unique (day, user) index: a process that cannot build it
-    (another holds the lease) waits up to ``lock_wait`` for it, then fails clearly; once
-    the lease is free, it builds the indexes itself."""
+def test_a_missing_unique_index_is_waited_for_never_skipped(
+    mongo_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exact dau needs the unique (user, day) index: a process that cannot build it
+    (another holds the lease) waits up to ``UNIQUE_INDEX_WAIT`` for it, then fails
+    clearly; once the lease is free, it builds the indexes itself."""
     lease_filter = {"_id": "indexes"}
     with raw_database(mongo_url) as database:
         database["gso_analytics_locks"].insert_one(
             {**lease_filter, "owner": "other", "until": datetime.now(UTC) + timedelta(hours=1)}
         )
     started = time.monotonic()
+    monkeypatch.setattr(mongo_indexes, "UNIQUE_INDEX_WAIT", timedelta(seconds=0.3))
     with pytest.raises(StoreError, match=r"unique indexes .* still missing after 0\.3 s"):
-        MongoStore.from_url(mongo_url, lock_wait=timedelta(seconds=0.3))
+        MongoStore.from_url(mongo_url)
     assert 0.25 < time.monotonic() - started < 5
+    monkeypatch.setattr(mongo_indexes, "UNIQUE_INDEX_WAIT", timedelta(seconds=20))
 
     def release() -> None:
         time.sleep(0.3)
@@ -466,8 +486,8 @@ def test_a_missing_unique_index_is_waited_for_never_skipped(mongo_url: str) -> N
     releaser = threading.Thread(target=release)
     releaser.start()
     try:
-        with MongoStore.from_url(mongo_url, lock_wait=timedelta(seconds=20)) as store:
-            assert (("day", 1), ("userId", 1)) in index_keys(store, "day_users")
+        with MongoStore.from_url(mongo_url) as store:
+            assert (("userId", 1), ("day", 1)) in index_keys(store, "day_users")
             _works(store)
     finally:
         releaser.join()
@@ -479,17 +499,18 @@ def test_create_indexes_false_never_builds_and_mongo_init_does(
     """``createIndexes=false`` for deployments that build indexes in a deploy step: a
     missing index is a warning naming it and mongo-init (a missing unique one an error,
     the store cannot count without it); ``mongo_init`` creates exactly what is missing."""
+    no_builds = mongo_server.with_query(mongo_url, "createIndexes=false")
     with pytest.raises(StoreError, match=r"unique indexes .*missing.*mongo-init"):
-        open_store(mongo_url + "?createIndexes=false")
-    assert (("day", 1), ("userId", 1)) not in _index_names(mongo_url, "day_users")
+        open_store(no_builds)
+    assert (("userId", 1), ("day", 1)) not in _index_names(mongo_url, "day_users")
     created = mongo_backend.mongo_init(mongo_url, event_ttl=timedelta(hours=3))
-    assert "gso_analytics_day_users {day: 1, userId: 1} unique" in created
+    assert "gso_analytics_day_users {userId: 1, day: 1} unique" in created
     assert "gso_analytics_events {ts: 1} TTL" in created
     assert "gso_analytics_events {userId: 1, ts: 1}" in created
     assert mongo_backend.mongo_init(mongo_url) == []  # again: nothing to create
     _drop_index(mongo_url, "events", EVENTS_BY_USER)
     for opened in (
-        lambda: open_store(mongo_url + "?createIndexes=false"),
+        lambda: open_store(no_builds),
         lambda: MongoStore.from_url(mongo_url, create_indexes=False),
     ):
         caplog.clear()
@@ -515,12 +536,14 @@ def test_indexes_are_built_with_a_majority_commit_quorum_on_a_replica_set(
     nx-27017 is one: the replica set is simulated by the detection), unique indexes in
     the first commands."""
     replica = {"setName": "rs0", "maxWireVersion": 21, "logicalSessionTimeoutMinutes": 30}
-    assert mongo_backend._commit_quorum_possible(replica)
-    assert mongo_backend._commit_quorum_possible({"msg": "isdbgrid", "maxWireVersion": 9})
-    assert not mongo_backend._commit_quorum_possible({**replica, "maxWireVersion": 8})  # 4.2
-    assert not mongo_backend._commit_quorum_possible({"maxWireVersion": 21})  # standalone
+    assert mongo_indexes._commit_quorum_possible(replica)
+    assert mongo_indexes._commit_quorum_possible({"msg": "isdbgrid", "maxWireVersion": 9})
+    assert not mongo_indexes._commit_quorum_possible({**replica, "maxWireVersion": 8})  # 4.2
+    assert not mongo_indexes._commit_quorum_possible({"maxWireVersion": 21})  # standalone
     for quorum in (False, True):
-        monkeypatch.setattr(mongo_backend, "_commit_quorum_possible", lambda hello, q=quorum: q)
+        monkeypatch.setattr(
+            mongo_store_module, "_commit_quorum_possible", lambda hello, q=quorum: q
+        )
         listener = _Commands()
         MongoStore.from_url(nx_27017.url(), event_listeners=[listener]).close()
         creates = [c for c in listener.sent if "createIndexes" in c]
@@ -540,10 +563,10 @@ def test_mongo_init_cli(
     assert main(["mongo-init", "--store", url, "--event-ttl-days", "2"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Created ")
-    assert "gso_analytics_day_users {day: 1, userId: 1} unique" in out
+    assert "gso_analytics_day_users {userId: 1, day: 1} unique" in out
     assert main(["mongo-init", "--store", url]) == 0
     assert "nothing to create" in capsys.readouterr().out
-    with open_store(f"{url}?createIndexes=false") as store:
+    with open_store(mongo_server.with_query(url, "createIndexes=false")) as store:
         assert store.event_ttl_index()["expireAfterSeconds"] == 2 * 86400
     for argv, message in [
         (["--store", "sqlite:///x.db"], "mongo-init prepares MongoDB stores"),
@@ -574,7 +597,7 @@ def test_ttl_index_follows_event_ttl_with_collmod(
     ) as store:
         assert store.event_ttl_index()["expireAfterSeconds"] == 3600
         dropped: list[Any] = []
-        collection_type = type(raw(store, "events"))
+        collection_type = driver_type(raw(store, "events"))
         for name in ("drop_index", "drop_indexes"):
             monkeypatch.setattr(collection_type, name, lambda *a, **k: dropped.append(a))
         analytics = Analytics(store, event_ttl=timedelta(hours=2))
@@ -787,7 +810,7 @@ def test_data_with_unstorable_keys_is_kept_as_text(mongo_store: MongoStore) -> N
 def test_reads_never_use_distinct(mongo_store: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """mau and activeSessions come from maintained counts (the seed's distinct() broke
     past 16 MB)."""
-    collection_type = type(raw(mongo_store, "sessions"))
+    collection_type = driver_type(raw(mongo_store, "sessions"))
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("distinct() must not be used")
@@ -821,17 +844,14 @@ class _Commands(monitoring.CommandListener):
         pass
 
 
-@pytest.mark.parametrize("mode", ["standalone", "transactions"])
-def test_a_flush_is_a_handful_of_round_trips(nx_27017: mongo_server.NxServer, mode: str) -> None:
+def test_a_flush_is_a_handful_of_round_trips(nx_27017: mongo_server.NxServer) -> None:
     """2,000 events, 100 logins and then 100 re-logins (100 closes) cost the same score
     of commands as a tiny batch: bulk writes and three queries for the users' marks,
-    never a command per event, user, login or logout. (Standalone adds the lock and
-    the session journal: a find, an insert, the replay's writes and its done mark; a
-    transaction, the counters after its commit and their "applied" mark. Both: the
-    all-time totals' upsert beside the counters, and the process's heartbeat.)"""
+    never a command per event, user, login or logout. (A client of its own, not the
+    harness's, whose look-ups before each write would be counted too.)"""
     listener = _Commands()
-    query = "ttlIndex=false" + ("&transactions=true" if mode == "transactions" else "")
-    store = MongoStore.from_url(nx_27017.url(query=query), event_listeners=[listener])
+    client = RealMongoClient(nx_27017.url(), event_listeners=[listener])
+    store = MongoStore.from_client(client, client.get_default_database().name, transactions=True)
     try:
         analytics = Analytics(store)
 
@@ -848,16 +868,13 @@ def test_a_flush_is_a_handful_of_round_trips(nx_27017: mongo_server.NxServer, mo
         large = flush_counting(100, 2000)
         relogins = flush_counting(100, 20)
     finally:
-        store.close()
-    # Every batch adds to the all-time totals (one upsert) and looks up its players'
-    # erasure tombstones (one find); every flush writes the process's heartbeat (one
-    # upsert); the first batch of a process also reads the store's erasure secret (an
-    # upsert and a find).
-    # The events go in insert_many calls of EVENT_CHUNK documents (each encoded holding
-    # the GIL, so bounded): 2,000 events take this many more than 3 do.
-    more_inserts = -(-2000 // mongo_backend.EVENT_CHUNK) - 1
+        client.close()
+    # One transaction per batch (its claim, records, marks, events, delta, commit), then
+    # the roll-up's transaction (read the deltas, fold, mark them, commit), the tombstone
+    # re-check, the heartbeat. Events go EVENT_CHUNK per insert_many.
+    more_inserts = -(-2000 // mongo_batch.EVENT_CHUNK) - 1
     for names in (tiny, large, relogins):
-        assert len(names) <= (21 if mode == "transactions" else 27) + more_inserts, names
+        assert len(names) <= 24 + more_inserts, names
     assert len(large) <= len(tiny) + 2 + more_inserts, (tiny, large)
     assert len(relogins) <= len(tiny) + 2, (tiny, relogins)
 
@@ -887,7 +904,10 @@ def test_every_transaction_has_its_own_concerns(nx_27017: mongo_server.NxServer)
     try:
         assert client.read_concern.level == "linearizable"
         with MongoStore.from_client(
-            client, client.get_default_database().name, transactions=True, ttl_index=False
+            RealMongoClient(url, event_listeners=[listener]),
+            client.get_default_database().name,
+            transactions=True,
+            ttl_index=False,
         ) as store:
             clock = [NOW]
             analytics = Analytics(store, clock=lambda: clock[0], forwarders=[])
@@ -912,8 +932,8 @@ def test_every_transaction_has_its_own_concerns(nx_27017: mongo_server.NxServer)
         assert all("readConcern" not in c and "startTransaction" not in c for c in rest)
         commit = commands[-1]
         assert "commitTransaction" in commit, list(commit)
-        assert commit["writeConcern"] == {"w": "majority"}
-        assert commit["maxTimeMS"] == mongo_backend.MAX_COMMIT_TIME_MS
+        assert commit["writeConcern"] == {"w": "majority", "wtimeout": WRITE_TIMEOUT_MS}
+        assert commit["maxTimeMS"] == MAX_COMMIT_TIME_MS
         assert all("writeConcern" not in c for c in commands[:-1])
 
 
@@ -962,7 +982,7 @@ def test_a_commit_that_ran_out_of_max_commit_time_is_not_sent_again(
 def test_commit_and_conflict_retries_stop_within_their_budget(
     mongo_store: MongoStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(mongo_backend, "TRANSIENT_RETRY_S", 0.2)
+    monkeypatch.setattr(mongo_connection, "TRANSIENT_RETRY_S", 0.2)
     session = _FlakyCommits(*[_commit_error(91) for _ in range(10_000)])
     started = time.monotonic()
     with pytest.raises(pymongo.errors.OperationFailure):
@@ -971,11 +991,11 @@ def test_commit_and_conflict_retries_stop_within_their_budget(
     assert 2 <= session.commits < 100  # backed off, not a busy loop
     attempts: list[int] = []
 
-    def conflicting(self: Any, batch: FlushBatch) -> Any:
+    def conflicting(self: Any, *args: Any) -> Any:
         attempts.append(1)
-        raise mongo_backend._Conflict("injected write conflict")
+        raise mongo_connection.Conflict("injected write conflict")
 
-    monkeypatch.setattr(mongo_backend.Store, "apply", conflicting)
+    monkeypatch.setattr(MongoStore, "_apply_part", conflicting)
     started = time.monotonic()
     with pytest.raises(StoreError, match="injected write conflict"):
         mongo_store.apply(FlushBatch(created_at=NOW))
@@ -986,86 +1006,89 @@ def test_commit_and_conflict_retries_stop_within_their_budget(
 # -- exactly once under failures ----------------------------------------------------------
 
 
+#: Where a flush fails, after the writes before that point were sent: inside the
+#: part's transaction (its records, its sessions, its events), at its commit (before it,
+#: or after it with the acknowledgement lost: an unknown outcome), and at the roll-up.
 FAILURE_POINTS = [
-    "after_commit",
-    "mid_sessions",
+    "after_records",
     "after_sessions",
-    "between_counters",
-    "before_events",
+    "mid_events",
+    "before_commit",
+    "after_commit",
+    "rollup",
 ]
 
 
 def _inject(monkeypatch: pytest.MonkeyPatch, point: str) -> list[str]:
     """Raise a connection error once at ``point``, after the writes before it were sent."""
     fired: list[str] = []
-    tx_type = mongo_backend._MongoTransaction
 
     def fail_once() -> None:
         if not fired:
             fired.append(point)
             raise pymongo.errors.AutoReconnect(f"injected: connection lost {point}")
 
-    if point == "after_commit":
-        original = tx_type.commit
+    tx = mongo_batch.BatchTransaction
 
-        def commit(self: Any) -> None:
-            original(self)
+    def after(owner: Any, name: str) -> None:
+        original = getattr(owner, name)
+
+        def failing(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(self, *args, **kwargs)
             fail_once()
+            return result
 
-        monkeypatch.setattr(tx_type, "commit", commit)
-    elif point == "mid_sessions":
-        # After the marks and sessions, before the increments they make (standalone:
-        # inside the journal's replay; transactions: inside the transaction).
-        original_marks = mongo_backend.write_marks
+        monkeypatch.setattr(owner, name, failing)
 
-        def write_marks(*args: Any) -> None:
-            original_marks(*args)
-            fail_once()
-
-        monkeypatch.setattr(mongo_backend, "write_marks", write_marks)
+    if point == "after_records":
+        after(tx, "add_month_users")
     elif point == "after_sessions":
-        original_sessions = mongo_backend.MongoStore._replay
-        original_tx_sessions = tx_type._write_sessions
+        after(tx, "_write_sessions")
+    elif point == "mid_events":  # one event per insert_many: fail after the first
+        monkeypatch.setattr(mongo_batch, "EVENT_CHUNK", 1)
+        monkeypatch.setattr(mongo_batch, "DOCS_PER_LOOK", 1)
+        original_doc = mongo_batch.event_doc
+        built: list[int] = []
 
-        def replay(self: Any, doc: Any) -> None:
-            original_sessions(self, doc)
-            fail_once()
-
-        def write_sessions(self: Any) -> None:
-            original_tx_sessions(self)
-            fail_once()
-
-        monkeypatch.setattr(mongo_backend.MongoStore, "_replay", replay)
-        monkeypatch.setattr(tx_type, "_write_sessions", write_sessions)
-    elif point == "between_counters":
-        original_upsert = mongo_backend.upsert
-
-        def upsert(store: Any, name: str, *args: Any) -> None:
-            original_upsert(store, name, *args)
-            if name == "daily":
+        def event_doc(event: Any) -> Any:
+            built.append(1)
+            if len(built) == 2:
                 fail_once()
+            return original_doc(event)
 
-        monkeypatch.setattr(mongo_backend, "upsert", upsert)
-    else:
-        original_events = tx_type._write_events
+        monkeypatch.setattr(mongo_batch, "event_doc", event_doc)
+    elif point in ("before_commit", "after_commit"):
+        original_commit = mongo_connection.Connection._commit
 
-        def write_events(self: Any) -> None:
+        def commit(self: Any, session: Any) -> None:
+            if point == "after_commit":
+                original_commit(self, session)
             fail_once()
-            original_events(self)
+            if point == "before_commit":
+                original_commit(self, session)
 
-        monkeypatch.setattr(tx_type, "_write_events", write_events)
+        monkeypatch.setattr(mongo_connection.Connection, "_commit", commit)
+    else:
+        original_fold = mongo_rollup._fold_chunk
+
+        def fold(store: Any) -> int:
+            with store._errors("folding"):  # as an error inside the roll-up would be
+                fail_once()
+            return original_fold(store)
+
+        monkeypatch.setattr(mongo_rollup, "_fold_chunk", fold)
     return fired
 
 
 @pytest.mark.parametrize("point", FAILURE_POINTS)
-@pytest.mark.parametrize("mode", ["standalone", "transactions"])
 def test_a_retried_batch_never_double_counts(
-    nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch, point: str, mode: str
+    nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch, point: str
 ) -> None:
-    """A failure after (part of) the writes, then the flusher's retry of the same batch:
-    every number exactly once, on both the guarded path and the transaction path."""
-    query = "ttlIndex=false" + ("&transactions=true" if mode == "transactions" else "")
-    url = nx_27017.url(query=query)
+    """A failure at any point of a flush, then the flusher's retry of the same batch:
+    every number exactly once, every event once. Inside the transaction nothing of the
+    failed attempt stays (the retry is a clean re-run); after the commit the retry is a
+    duplicate; a failed roll-up loses nothing (reads add the deltas not folded)."""
+    url = nx_27017.url(query="ttlIndex=false")
     clock = [NOW]
     with open_store(url) as store, open_store(url) as other:
         a = Analytics(store, clock=lambda: clock[0])
@@ -1075,18 +1098,22 @@ def test_a_retried_batch_never_double_counts(
         a.on_login("u1", "alice")
         a.on_login("u2")
         a.track("credits.earn", "u1", {"amount": 40})
-        a.track("tutorial.step", "u2", {"step": 1})
+        for step in range(3):
+            a.track("tutorial.step", "u2", {"step": step})
         clock[0] += timedelta(seconds=90)
         a.on_logout("u1")
         a.on_logout("cross")
         a.on_logout("nobody")  # ends no session
         fired = _inject(monkeypatch, point)
-        with pytest.raises(StoreError, match="injected"):
-            a.flush()
+        if point == "rollup":
+            a.flush()  # applied; the roll-up's failure is logged, the batch is not kept
+        else:
+            with pytest.raises(StoreError, match="injected"):
+                a.flush()
         assert fired == [point]
         monkeypatch.undo()
         a.flush()  # the retry of the same batch
-        assert a.stats()["retried"] == 1
+        assert a.stats()["retried"] == (0 if point == "rollup" else 1)
         a.flush()
 
         today = store.get_day(NOW.date().isoformat())
@@ -1098,45 +1125,16 @@ def test_a_retried_batch_never_double_counts(
         assert [s.duration_s for s in store.get_sessions("u1")] == [90]
         assert [s.duration_s for s in store.get_sessions("cross")] == [90]
         assert store.count_open_sessions() == 1  # u2
-        assert sorted(e.event for e in store.get_events()) == ["credits.earn", "tutorial.step"]
+        events = sorted((e.event, e.data) for e in store.get_events())
+        assert events == sorted(
+            [("credits.earn", '{"amount":40}')]
+            + [("tutorial.step", f'{{"step":{step}}}') for step in range(3)]
+        )
         assert raw(store, "logouts").count_documents({"userId": "nobody"}) == 1
+        totals = store.get_totals()
+        assert (totals["creditsEarned"], totals["dau"], totals["mau"]) == (40, 3, 3)
         a.stop()
         b.stop()
-
-
-def test_a_dead_batchs_session_journal_is_completed_by_the_next_batch(
-    nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Standalone: a process dies half-way through its session writes (the marks are
-    written, the increments they make are not). The next batch of any process, before
-    it reads marks, completes that journal: the session and its seconds count once."""
-    url = nx_27017.url(query="ttlIndex=false&transactions=false")
-    clock = [NOW]
-    with open_store(url) as dying_store, open_store(url) as store:
-        dying = Analytics(dying_store, clock=lambda: clock[0])
-        dying.on_login("u1")
-        clock[0] += timedelta(seconds=90)
-        dying.on_logout("u1")
-        fired = _inject(monkeypatch, "mid_sessions")
-        with pytest.raises(StoreError, match="injected"):
-            dying.flush()
-        monkeypatch.undo()
-        assert fired == ["mid_sessions"]
-        assert raw(store, "session_journal").count_documents({"done": False}) == 1
-        dying._flusher._pending.clear()  # the process dies: its batch is never retried
-
-        other = Analytics(store, clock=lambda: clock[0])
-        other.on_login("u2")
-        other.flush()
-        assert raw(store, "session_journal").count_documents({"done": False}) == 0
-        assert [s.duration_s for s in store.get_sessions("u1")] == [90]
-        assert store.get_day(NOW.date().isoformat())["totalSessionS"] == 90
-        month = store.get_month(NOW.strftime("%Y-%m"))
-        assert (month.timed_sessions, month.timed_session_s) == (1, 90)
-        other.on_login("u1")  # later marks of the player see the completed session
-        other.flush()
-        assert [s.duration_s for s in store.get_sessions("u1")] == [90, 0]
-        assert store.get_day(NOW.date().isoformat())["totalSessionS"] == 90
 
 
 def test_a_store_of_the_pairing_version_is_upgraded_to_marks(
@@ -1205,49 +1203,6 @@ def test_a_store_of_the_pairing_version_is_upgraded_to_marks(
 # -- the standalone session lock -------------------------------------------------------------
 
 
-def test_a_held_lock_makes_a_batch_wait_then_fail_clearly(
-    nx_27017: mongo_server.NxServer,
-) -> None:
-    url = nx_27017.url(query="ttlIndex=false&transactions=false")
-    with MongoStore.from_url(url, lock_wait=timedelta(seconds=0.3)) as store:
-        token = store._acquire_lock()  # another process is inside its session phase
-        analytics = Analytics(store)
-        analytics.on_login("u1")
-        analytics.track("credits.earn", "u1", {"amount": 1})
-        started = time.monotonic()
-        with pytest.raises(StoreError, match="session lock"):
-            analytics.flush()
-        assert 0.25 < time.monotonic() - started < 5
-        store._release_lock(token)
-        analytics.flush()  # the kept batch goes through once the lock is free
-        assert store.count_open_sessions() == 1
-        assert store.recent_days()[0]["creditsEarned"] == 1
-
-
-def test_a_dead_holders_lock_is_taken_over_after_its_lease(
-    nx_27017: mongo_server.NxServer,
-) -> None:
-    url = nx_27017.url(query="ttlIndex=false&transactions=false")
-    with MongoStore.from_url(url, lock_lease=timedelta(milliseconds=50)) as store:
-        store._acquire_lock()  # never released: its process "died"
-        time.sleep(0.1)
-        analytics = Analytics(store)
-        analytics.on_login("u1")
-        analytics.flush()
-        assert store.count_open_sessions() == 1
-
-
-def test_batches_without_sessions_never_take_the_lock(nx_27017: mongo_server.NxServer) -> None:
-    url = nx_27017.url(query="ttlIndex=false&transactions=false")
-    with MongoStore.from_url(url, lock_wait=timedelta(seconds=0.1)) as store:
-        token = store._acquire_lock()
-        analytics = Analytics(store)
-        analytics.track("credits.earn", "u1", {"amount": 3})
-        analytics.flush()
-        assert store.recent_days()[0]["creditsEarned"] == 3
-        store._release_lock(token)
-
-
 # -- several OS processes, the CLI --------------------------------------------------------------
 
 
@@ -1279,7 +1234,7 @@ def _three_processes_on(
     assert not list(tmp_path.glob("*.db")), "the run must not have touched SQLite"
     with open_store(url) as store:
         assert store.recent_days(), "the workers wrote to the Mongo database"
-        assert raw(store, "batches").count_documents({"done": True}) >= 3
+        assert raw(store, "batches").count_documents({}) >= 3
 
 
 @pytest.mark.slow
@@ -1292,11 +1247,11 @@ def test_three_processes_on_the_wire_server_match_the_oracle(
     flush_each_op: bool,
     seed: int,
 ) -> None:
-    """On nx-27017's standalone path. Not with transactions forced: nx-27017 runs
-    concurrent transactions without isolation, so two processes' batches of one player
-    each miss the other's marks (the write skew MongoDB turns into a write conflict on
-    the player's ``session_users`` document); the ``MONGODB_URI`` run below covers it."""
-    url = nx_27017.url(query="ttlIndex=false&transactions=false")
+    """On nx-27017 through the harness, shared by the three worker processes: their
+    transactions one at a time, first-writer-wins conflicts between them (two batches
+    of one player's marks) and 5% more injected at random, every one retried."""
+    monkeypatch.setenv(mongo_harness_module.RATE_ENV_VAR, "0.05")
+    url = nx_27017.url(query="ttlIndex=false")
     _three_processes_on(url, tmp_path, monkeypatch, flush_interval, flush_each_op, seed)
 
 
@@ -1377,55 +1332,16 @@ def test_real_mongodb_when_configured() -> None:
         assert len(store.get_events("u1")) == 1
 
 
-# -- the store contract, once more on the transaction path -------------------------------------
-
-#: nx-27017 runs multi-document transactions (on SQLite), so the replica-set code path
-#: can be tested there; it does not isolate them from concurrent operations on the same
-#: database, so this parameter is not in conftest's BACKENDS (which other suites run with
-#: threads) but here, where every contract test uses one handle at a time.
-TRANSACTIONS_BACKEND = Backend(
-    "mongo-txn",
-    lambda tmp: mongo_server.nx_server().url(query="ttlIndex=false&transactions=true"),
-    shared_by_url=True,
-)
-
-
-@pytest.fixture(params=[TRANSACTIONS_BACKEND], ids=[TRANSACTIONS_BACKEND.name])
-def backend(request: pytest.FixtureRequest) -> Backend:
-    """Overrides conftest's ``backend`` for this module's copies of the contract tests."""
-    return request.param
-
-
-for _name, _test in vars(test_store_contract).items():
-    if _name.startswith("test_") and callable(_test):
-        globals()[f"test_contract_{_name.removeprefix('test_')}"] = _test
-
-
-@pytest.mark.parametrize("mode", ["standalone", "transactions"])
 @pytest.mark.parametrize("point", ["before", "after"])
 def test_a_retried_batch_that_changes_a_stored_session_counts_once(
-    nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch, mode: str, point: str
+    nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch, point: str
 ) -> None:
-    """The connection drops just before or after the daily counters of a batch whose
-    logout ends, at an earlier time, a session another process's second login ended;
-    the retry (on standalone, with the session already changed through the journal)
-    takes the same decision and counts the durations once."""
-    url = nx_27017.url(
-        query=f"ttlIndex=false&transactions={'true' if mode != 'standalone' else 'false'}"
-    )
-    fired: list[str] = []
-    original = MongoStore._apply_counters
-
-    def apply_counters(self: Any, guard: Any, daily: Any, monthly: Any) -> None:
-        if point == "after":
-            original(self, guard, daily, monthly)
-        if guard == failing[0] and not fired:
-            fired.append(point)
-            raise pymongo.errors.AutoReconnect(f"injected: connection lost {point}")
-        original(self, guard, daily, monthly)
-
+    """The connection drops just before or after the commit of a batch whose logout
+    ends, at an earlier time, a session another process's second login ended; the retry
+    (a clean re-run, or a duplicate) takes the same decision and counts the durations
+    once."""
+    url = nx_27017.url(query="ttlIndex=false")
     now = [datetime(2025, 3, 14, 12, tzinfo=UTC)]
-    failing: list[str | None] = [None]
     with open_store(url) as store, open_store(url) as other:
         a = Analytics(store, clock=lambda: now[0], forwarders=[], flush_interval=3600)
         b = Analytics(other, clock=lambda: now[0], forwarders=[], flush_interval=3600)
@@ -1437,19 +1353,12 @@ def test_a_retried_batch_that_changes_a_stored_session_counts_once(
         now[0] += timedelta(seconds=120)
         a.on_logout("u1")
         a.flush()
-        monkeypatch.setattr(MongoStore, "_apply_counters", apply_counters)
-        real_apply = other.apply
-
-        def apply(batch: Any) -> Any:
-            failing[0] = batch.id
-            return real_apply(batch)
-
-        monkeypatch.setattr(other, "apply", apply)
+        fired = _inject(monkeypatch, f"{point}_commit")
         with pytest.raises(StoreError, match="injected"):
             b.flush()
         monkeypatch.undo()
         b.flush()
-        assert fired == [point]
+        assert fired == [f"{point}_commit"]
         assert b.stats()["retried"] == 1
         assert [s.duration_s for s in store.get_sessions("u1")] == [60, 120]
         assert store.get_day("2025-03-14")["totalSessionS"] == 180
@@ -1459,43 +1368,32 @@ def test_a_retried_batch_that_changes_a_stored_session_counts_once(
         b.stop()
 
 
-# -- transactions that stay small and conflict-free (replica-set path) ------------------------
+# -- transactions that stay small and conflict-free (through the harness) ---------------------
 
 
-def _write_sets(sent: list[dict[str, Any]]) -> dict[tuple[Any, ...], set[tuple[str, str]]]:
-    """Each transaction's write set, from the commands sent: (collection, document) for
-    every insert, update and delete inside it. A command is in a transaction when it
-    carries ``autocommit`` (with the session id and transaction number that name it)."""
-    found: dict[tuple[Any, ...], set[tuple[str, str]]] = {}
-    for command in sent:
-        name = next(iter(command))
-        if "autocommit" not in command or name not in ("insert", "update", "delete"):
-            continue
-        txn = (repr(command["lsid"]), command["txnNumber"])
-        collection = command[name]
-        if name == "insert":
-            targets = [repr({"_id": doc["_id"]}) for doc in command["documents"]]
-        else:
-            key = "updates" if name == "update" else "deletes"
-            targets = [repr(dict(op["q"])) for op in command[key]]
-        found.setdefault(txn, set()).update((collection, target) for target in targets)
-    return found
+def _batch_transactions(harness: Harness) -> dict[int, set[tuple[str, str]]]:
+    """The write sets of the transactions that applied a batch part (each inserts its
+    part's document into ``batches``; the roll-up's only update them)."""
+    records = harness.records
+    parts = {
+        r.txn
+        for r in records
+        if r.txn is not None and r.op == "insert_one" and r.collection.endswith("batches")
+    }
+    return {txn: writes for txn, writes in harness.write_sets(records).items() if txn in parts}
 
 
-def test_two_workers_transactions_write_no_common_document(
-    nx_27017: mongo_server.NxServer,
+def test_two_workers_write_no_common_document(
+    nx_27017: mongo_server.NxServer, mongo_harness: Harness
 ) -> None:
-    """Two workers flushing batches for different players on the same day: the write
-    sets of their transactions (computed from the commands sent) are disjoint, so on a
-    replica set neither aborts the other. The day's and month's counters are written
-    after the commits, outside any transaction, and still count both batches once."""
-    listener = _Commands()
-    url = nx_27017.url(query="ttlIndex=false&transactions=true")
+    """Two workers flushing at once, each for its own players (logins, credits,
+    payments) and both for the same 50 players who only tracked events: the write sets
+    of their parts' transactions are disjoint (so on a replica set neither aborts the
+    other), none writes a day, month or totals document, and nothing of a flush is
+    written outside a transaction. The figures count both once."""
+    url = nx_27017.url(query="ttlIndex=false")
     clock = [NOW]
-    with (
-        MongoStore.from_url(url, event_listeners=[listener]) as store,
-        open_store(url) as reader,
-    ):
+    with open_store(url) as store, open_store(url) as reader:
         workers = [Analytics(store, clock=lambda: clock[0], forwarders=[]) for _ in "ab"]
         for w, worker in enumerate(workers):
             for i in range(5):
@@ -1503,98 +1401,349 @@ def test_two_workers_transactions_write_no_common_document(
                 worker.on_login(player)
                 worker.track("credits.earn", player, {"amount": 10})
                 worker.track("stripe.payment", player, {"amountCents": 99})
+            for i in range(50):
+                worker.track("dungeon.complete", f"shared{i}", {"dungeon": "crypt"})
         clock[0] += timedelta(seconds=90)
         for w, worker in enumerate(workers):
             worker.on_logout(f"w{w}-p0")
-        listener.sent.clear()
-        for worker in workers:
-            worker.flush()
-        sets = list(_write_sets(listener.sent).values())
+        mongo_harness.clear()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda worker: worker.flush(), workers))
+        sets = list(_batch_transactions(mongo_harness).values())
         assert len(sets) == 2, sets
-        assert sets[0] and sets[1]
         assert not sets[0] & sets[1], sets[0] & sets[1]
-        hot = {"gso_analytics_daily", "gso_analytics_monthly"}
-        assert not any(collection in hot for writes in sets for collection, _ in writes)
+        hot = ("daily", "monthly", "totals")
+        assert not [w for writes in sets for w in writes if w[0].endswith(hot)]
+        assert not mongo_harness.writes_outside_transactions(mongo_harness.records)
         day = reader.get_day(NOW.date().isoformat())
         assert (day["dau"], day["creditsEarned"], day["stripeRevenue"]) == (10, 100, 990)
-        assert day["totalSessionS"] == 180
-        assert raw(reader, "batches").count_documents({"countersApplied": False}) == 0
+        assert (day["dungeonsRun"], day["totalSessionS"]) == (100, 180)
 
 
-def test_counters_of_a_batch_committed_by_a_dead_process_are_completed_by_prune(
+def test_two_batches_of_one_players_marks_conflict_and_both_count(
+    nx_27017: mongo_server.NxServer, mongo_harness: Harness
+) -> None:
+    """Where the meaning needs it they do conflict: two workers' batches with marks of
+    the same player write that player's fence document, the second loses (first writer
+    wins), is run again on what the first committed, and the session is exact."""
+    url = nx_27017.url(query="ttlIndex=false")
+    clock = [NOW]
+    with open_store(url) as store:
+        a = Analytics(store, clock=lambda: clock[0], forwarders=[])
+        b = Analytics(store, clock=lambda: clock[0], forwarders=[])
+        a.on_login("u1")
+        clock[0] += timedelta(seconds=40)
+        b.on_logout("u1")
+        mongo_harness.clear()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda worker: worker.flush(), [a, b]))
+        sets = list(_batch_transactions(mongo_harness).values())
+        fence = ("gso_analytics_session_users", '"u1"')
+        assert len([writes for writes in sets if fence in writes]) >= 2, sets
+        assert [s.duration_s for s in store.get_sessions("u1")] == [40]
+        assert store.get_day(NOW.date().isoformat())["totalSessionS"] == 40
+
+
+def test_deltas_are_counted_once_however_late_they_are_folded(
     nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The process commits a batch's transaction and dies before its day counters:
-    the batch document holds them, and the next prune (any process) applies them once."""
-    url = nx_27017.url(query="ttlIndex=false&transactions=true")
+    """A process that committed its batch and died before the roll-up (here: 40 batches
+    whose roll-up never ran, as from 40 dead processes): every read already counts them
+    once, the next prune folds them, a second prune changes nothing, and the day,
+    month and totals documents carry no guard ids (they stay a few hundred bytes)."""
+    url = nx_27017.url(query="ttlIndex=false")
+    monkeypatch.setattr(mongo_store_module, "roll_up", lambda store, quiet: 0)
     with open_store(url) as store:
         analytics = Analytics(store, clock=lambda: NOW, forwarders=[])
-        analytics.on_login("u1")
-        analytics.track("credits.earn", "u1", {"amount": 7})
-        monkeypatch.setattr(MongoStore, "_complete_counters", lambda *args: None)  # "killed"
-        analytics.flush()
+        for i in range(40):
+            analytics.on_login(f"u{i}")
+            analytics.track("credits.earn", f"u{i}", {"amount": 7})
+            analytics.flush()
         monkeypatch.undo()
-        assert store.get_day(NOW.date().isoformat()) is None
-        assert raw(store, "batches").count_documents({"countersApplied": False}) == 1
-        for _ in range(2):  # a second prune finds nothing left to do
+        day_key = NOW.date().isoformat()
+        assert raw(store, "daily").count_documents({}) == 0  # nothing folded yet
+        assert raw(store, "batches").count_documents({"folded": False}) == 40
+        for _ in range(3):
+            day = store.get_day(day_key)
+            assert (day["dau"], day["creditsEarned"], day["sessionCount"]) == (40, 280, 40)
+            assert store.get_totals()["creditsEarned"] == 280
+            assert store.get_month(NOW.strftime("%Y-%m")).mau == 40
+            assert [d.day for d in store.recent_days()] == [day_key]
             analytics.prune()
-            day = store.get_day(NOW.date().isoformat())
-            assert (day["dau"], day["creditsEarned"], day["sessionCount"]) == (1, 7, 1)
+        assert raw(store, "batches").count_documents({"folded": False}) == 0
+        for name in ("daily", "monthly", "totals"):
+            doc = raw(store, name).find_one()
+            assert "appliedBatches" not in doc
+            assert len(bson.encode(doc)) < 1000, doc
+        analytics.stop()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("mode", "per_player"), [("transactions", 50), ("standalone", 5)])
-def test_a_large_batch_is_applied_in_bounded_parts_exactly_once(
-    nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch, mode: str, per_player: int
+def test_a_batch_retried_after_an_erase_stores_each_remaining_event_once(
+    nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """150,000 events of 3,000 players in one batch (15,000 on standalone, whose journal
-    path is the same per part): applied as parts of at most
-    ``max_part_players`` players (1,000 here, 10,000 by default: nx-27017 answers
-    10,000 upserts in minutes where MongoDB takes a second), each its own transaction
-    (or journal); a failure between two parts, then the retry: the parts already
-    applied are skipped, every event and every counter is stored exactly once."""
-    players = 3_000
-    monkeypatch.setattr(MongoStore, "max_part_players", 1_000)
+    """The batch fails before its commit, the erase of one of its players commits, then
+    the retry: the other players' events are stored exactly once, the erased player's
+    not at all, and his records are under the token only."""
+    url = nx_27017.url(query="ttlIndex=false")
+    with open_store(url) as store, open_store(url) as other:
+        a = Analytics(store, clock=lambda: NOW, forwarders=[])
+        for user in ("u1", "u2", "u3"):
+            a.on_login(user)
+            for step in range(3):
+                a.track("tutorial.step", user, {"step": step})
+        fired = _inject(monkeypatch, "before_commit")
+        with pytest.raises(StoreError, match="injected"):
+            a.flush()
+        monkeypatch.undo()
+        assert fired and not store.get_events()
+        Analytics(other, clock=lambda: NOW, forwarders=[]).erase_user("u2")
+        a.flush()
+        users = sorted(e.user_id for e in store.get_events())
+        assert users == ["u1"] * 3 + ["u3"] * 3
+        assert store.get_sessions("u2") == []
+        assert store.get_day(NOW.date().isoformat())["dau"] == 3
+        assert raw(store, "day_users").count_documents({"userId": "u2"}) == 0
+        a.stop()
+
+
+def test_an_erase_committed_while_a_batch_ran_is_caught_after_its_commit(
+    nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The erase commits after the batch's snapshot (simulated: the batch's read of
+    the tombstones sees none), so the batch writes the player under his real id; its
+    check after the commit finds the tombstone and moves everything to the token."""
+    url = nx_27017.url(query="ttlIndex=false")
+    with open_store(url) as store:
+        a = Analytics(store, clock=lambda: NOW, forwarders=[])
+        a.on_login("keep")
+        a.flush()
+        a.erase_user("gone")  # tombstone first (no records yet)
+        original = mongo_batch.BatchTransaction.tombstones
+
+        def blind(self: Any, hashes: Any) -> dict[str, str]:
+            original(self, {})  # nothing found: the erase is not in this snapshot
+            self.unerased.update(hashes)
+            return {}
+
+        monkeypatch.setattr(mongo_batch.BatchTransaction, "tombstones", blind)
+        a.on_login("gone", "Gone Person")
+        a.track("credits.earn", "gone", {"amount": 5})
+        a.track("stripe.payment", "gone", {"amountCents": 300})
+        a.flush()
+        monkeypatch.undo()
+        for name in ("day_users", "month_users", "sessions", "events", "user_revenue"):
+            assert raw(store, name).count_documents({"userId": "gone"}) == 0, name
+        assert raw(store, "first_seen").count_documents({"_id": "gone"}) == 0
+        assert raw(store, "sessions").count_documents({"username": "Gone Person"}) == 0
+        day = store.get_day(NOW.date().isoformat())
+        assert (day["dau"], day["stripeRevenue"]) == (2, 300)  # figures keep the player
+        a.stop()
+
+
+def test_erase_moves_records_without_changing_a_shard_key_in_place(
+    nx_27017: mongo_server.NxServer,
+) -> None:
+    """At the command level: an erase never updates ``userId`` (a shard key on the
+    documented layout: MongoDB refuses to change one with a multi-update) and never
+    runs a multi-update; every write is inside a transaction."""
     listener = _Commands()
-    query = "ttlIndex=false" + ("&transactions=true" if mode == "transactions" else "")
-    with MongoStore.from_url(nx_27017.url(query=query), event_listeners=[listener]) as store:
+    client = RealMongoClient(nx_27017.url(), event_listeners=[listener])
+    try:
+        with MongoStore.from_client(
+            client, client.get_default_database().name, transactions=True
+        ) as store:
+            a = Analytics(store, clock=lambda: NOW, forwarders=[])
+            a.on_login("u1", "alice")
+            a.track("stripe.payment", "u1", {"amountCents": 100})
+            a.on_logout("u1")
+            a.flush()
+            listener.sent.clear()
+            receipt = a.erase_user("u1")
+            assert receipt.pseudonymized["sessions"] == 1
+            assert receipt.pseudonymized["user_revenue"] == 1
+    finally:
+        client.close()
+    writes = [c for c in listener.sent if next(iter(c)) in ("insert", "update", "delete")]
+    assert writes
+    for command in writes:
+        assert command.get("autocommit") is False, command  # in a transaction
+        for update in command.get("updates", []):
+            assert not update.get("multi"), update
+            assert "userId" not in (update["u"].get("$set") or {}), update
+
+
+def test_every_write_is_majority_and_every_read_bounded(nx_27017: mongo_server.NxServer) -> None:
+    """With ``w=1`` in the URL: every commit and every write outside a transaction
+    carries ``w: majority`` and a ``wtimeout``; every query carries ``maxTimeMS``."""
+    listener = _Commands()
+    client = RealMongoClient(nx_27017.url(query="w=1"), event_listeners=[listener])
+    try:
+        with MongoStore.from_client(
+            client, client.get_default_database().name, transactions=True
+        ) as store:
+            a = Analytics(store, clock=lambda: NOW, forwarders=[])
+            listener.sent.clear()
+            a.on_login("u1")
+            a.track("credits.earn", "u1", {"amount": 1})
+            a.flush()
+            a.get_metrics()
+            store.get_events("u1")
+            store.get_sessions("u1")
+            a.prune()
+            a.erase_user("u1")
+    finally:
+        client.close()
+    majority = {"w": "majority", "wtimeout": WRITE_TIMEOUT_MS}
+    for command in listener.sent:
+        name = next(iter(command))
+        if name == "commitTransaction" or (
+            name in ("insert", "update", "delete") and "autocommit" not in command
+        ):
+            assert command.get("writeConcern") == majority, command
+        if name in ("find", "aggregate", "count"):
+            assert command.get("maxTimeMS"), command
+
+
+def test_a_standalone_server_is_refused_with_how_to_start_a_replica_set(
+    nx_27017: mongo_server.NxServer,
+) -> None:
+    """nx-27017 says it is a standalone server: without ``transactions=true`` the store
+    refuses it, and says how to make a single-node replica set; ``transactions=false``
+    (0.2's guarded path) is gone."""
+    with pytest.raises(ConfigurationError, match=r"rs\.initiate\(\)") as caught:
+        open_store(nx_27017.url(query="transactions=auto"))
+    assert "--replSet" in str(caught.value) and "sqlite" in str(caught.value)
+    with pytest.raises(ConfigurationError, match="no standalone mode"):
+        open_store(nx_27017.url(query="transactions=false"))
+
+
+def test_every_collection_exists_before_the_first_transaction(mongo_store: MongoStore) -> None:
+    """Creating a collection inside a transaction fails on MongoDB before 4.4 and in
+    cross-shard transactions: opening the store creates them all."""
+    names = set(mongo_store._db().list_collection_names())
+    assert {f"gso_analytics_{name}" for name in mongo_indexes.COLLECTIONS} <= names
+
+
+def test_prune_runs_in_bounded_transactions(
+    nx_27017: mongo_server.NxServer, mongo_harness: Harness
+) -> None:
+    """35 stale sessions, their logouts and batch ids, pruned with a chunk of 10: every
+    prune transaction writes at most a chunk's worth of records (a backlog after months
+    without a prune never makes one transaction outlive MongoDB's 60 s)."""
+    url = nx_27017.url(query="ttlIndex=false")
+    clock = [NOW - timedelta(days=30)]
+    with open_store(url) as store:
+        store.prune_chunk = 10
+        a = Analytics(
+            store, clock=lambda: clock[0], forwarders=[], session_timeout=timedelta(hours=1)
+        )
+        for i in range(35):
+            a.on_login(f"u{i}")
+            a.track("credits.earn", f"u{i}", {"amount": 1})
+            a.flush()
+        clock[0] = NOW
+        mongo_harness.clear()
+        result = a.prune()
+        assert result.sessions_timed_out == 35
+        sets = mongo_harness.write_sets(mongo_harness.records)
+        assert len(sets) >= 4
+        assert max(len(writes) for writes in sets.values()) <= 3 * store.prune_chunk + 2
+        assert store.count_open_sessions() == 0
+        assert store.get_day((NOW - timedelta(days=30)).date().isoformat())["sessionCount"] == 35
+        a.stop()
+
+
+def test_a_large_batch_is_applied_in_bounded_parts_exactly_once(
+    nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch, mongo_harness: Harness
+) -> None:
+    """30,000 events of 3,000 players in one batch, parts bounded at 1,000 players and
+    4,000 events (5,000 and 10,000 by default): each part its own transaction; a failure
+    between two parts, then the retry with *other* bounds (a new setting, or version):
+    the batch is split as its first attempt split it (its plan), the parts already
+    applied are skipped, every event and counter is stored exactly once."""
+    players, per_player = 3_000, 10
+    monkeypatch.setattr(MongoStore, "max_part_players", 1_000)
+    monkeypatch.setattr(MongoStore, "max_part_events", 4_000)
+    with open_store(nx_27017.url(query="ttlIndex=false")) as store:
         analytics = Analytics(store, clock=lambda: NOW, forwarders=[], max_buffered_events=200_000)
         for i in range(players):
             analytics.on_login(f"p{i}")
-            for _ in range(per_player - 1):
+            for _ in range(per_player):
                 analytics.track("credits.earn", f"p{i}", {"amount": 1})
-        original = store.transaction
         parts_done: list[int] = []
+        original = MongoStore._apply_part
 
-        @contextlib.contextmanager
-        def failing_after_two_parts() -> Iterator[Any]:
-            with original() as tx:
-                yield tx
-            parts_done.append(1)
+        def failing_after_two_parts(self: Any, *args: Any) -> Any:
             if len(parts_done) == 2:
                 raise StoreError("injected: connection lost between two parts")
+            parts_done.append(1)
+            return original(self, *args)
 
-        monkeypatch.setattr(store, "transaction", failing_after_two_parts)
-        listener.sent.clear()
+        monkeypatch.setattr(MongoStore, "_apply_part", failing_after_two_parts)
+        mongo_harness.clear()
         with pytest.raises(StoreError, match="between two parts"):
             analytics.flush()
-        monkeypatch.setattr(store, "transaction", original)
-        analytics.flush()  # the retry: parts 0 and 1 are duplicates
+        monkeypatch.setattr(MongoStore, "_apply_part", original)
+        monkeypatch.setattr(MongoStore, "max_part_players", 2_000)  # another setting
+        analytics.flush()  # the retry: split as before, parts 0 and 1 are duplicates
         assert analytics.stats()["retried"] == 1
 
-        parts = -(-players // MongoStore.max_part_players)
-        assert parts >= 3
-        claimed = raw(store, "batches").count_documents({})
-        assert claimed == parts
-        if mode == "transactions":
-            sets = _write_sets(listener.sent)
-            assert len(sets) >= parts
-            # A constant number of documents per player (records, facts, the session,
-            # its lock document and its erasure guard), never the events: they are outside.
-            biggest = max(len(writes) for writes in sets.values())
-            assert biggest <= 7 * MongoStore.max_part_players, biggest
+        parts = [s for s in _batch_transactions(mongo_harness).values()]
+        assert len(parts) == -(-players * per_player // 4_000)  # the events bound the parts
+        events_per_part = [len([w for w in writes if w[0].endswith("events")]) for writes in parts]
+        assert max(events_per_part) <= 4_000, events_per_part
         day = store.get_day(NOW.date().isoformat())
         assert (day["dau"], day["sessionCount"]) == (players, players)
-        assert day["creditsEarned"] == players * (per_player - 1)
-        assert raw(store, "events").count_documents({}) == players * (per_player - 1)
+        assert day["creditsEarned"] == players * per_player
+        assert raw(store, "events").count_documents({}) == players * per_player
         assert store.count_open_sessions() == players
+        analytics.stop()
+
+
+# -- stores of 0.2 --------------------------------------------------------------------------
+
+
+def test_mongo_init_migrates_a_store_of_0_2(nx_27017: mongo_server.NxServer) -> None:
+    """0.2's day-first unique indexes (which no shard key could serve) become user-first
+    ones, the guard arrays and the standalone collections go, and the figures stay."""
+    url = nx_27017.url(query="ttlIndex=false")
+    with raw_database(url) as db:
+        db["gso_analytics_day_users"].create_index([("day", 1), ("userId", 1)], unique=True)
+        db["gso_analytics_new_users"].create_index([("day", 1), ("userId", 1)], unique=True)
+        db["gso_analytics_day_users"].insert_one(
+            {"day": "2025-01-01", "userId": "old", "batchId": "b0"}
+        )
+        db["gso_analytics_daily"].insert_one(
+            {"day": "2025-01-01", "month": "2025-01", "dau": 1, "appliedBatches": ["b0"]}
+        )
+        db["gso_analytics_batches"].insert_one({"_id": "b0", "done": True, "countersApplied": True})
+        db["gso_analytics_session_journal"].insert_one({"_id": "b0:sessions", "done": True})
+    created = mongo_backend.mongo_init(url)
+    assert any("dropped 0.2's unique gso_analytics_day_users" in c for c in created), created
+    with open_store(url) as store:
+        keys = index_keys(store, "day_users")
+        assert keys[(("userId", 1), ("day", 1))].get("unique")
+        assert not keys[(("day", 1), ("userId", 1))].get("unique")
+        assert (("day", 1), ("userId", 1)) not in {
+            k for k, v in index_keys(store, "new_users").items() if v.get("unique")
+        }
+        assert "appliedBatches" not in raw(store, "daily").find_one()
+        assert "gso_analytics_session_journal" not in store._db().list_collection_names()
+        assert store.get_day("2025-01-01")["dau"] == 1
+        a = Analytics(store, clock=lambda: datetime(2025, 1, 1, 12, tzinfo=UTC), forwarders=[])
+        a.on_login("old")
+        a.on_login("new")
+        a.flush()
+        assert store.get_day("2025-01-01")["dau"] == 2
+        a.stop()
+    assert mongo_backend.mongo_init(url) == []  # idempotent
+
+
+def test_a_store_0_2_left_half_applied_is_refused(nx_27017: mongo_server.NxServer) -> None:
+    url = nx_27017.url(query="ttlIndex=false")
+    with raw_database(url) as db:
+        db["gso_analytics_batches"].insert_one(
+            {"_id": "b1", "done": True, "countersApplied": False, "daily": {}}
+        )
+    with pytest.raises(StoreError, match="gso-analytics prune"):
+        open_store(url)

@@ -26,6 +26,9 @@ from pymongo.errors import OperationFailure
 TESTS = Path(__file__).resolve().parent
 
 
+pytestmark = pytest.mark.own_harness
+
+
 @dataclass
 class Setup:
     """A harness, its patch active, and a way to open wrapped clients on one database."""

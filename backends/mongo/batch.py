@@ -264,7 +264,9 @@ class BatchTransaction(Transaction):
 
     def erasure_secret(self, candidate: str) -> str:
         meta = self._c("meta")
-        found = meta.find_one({"_id": "erasureSecret"}, session=self.session)
+        found = meta.find_one(
+            {"_id": "erasureSecret"}, session=self.session, max_time_ms=READ_TIMEOUT_MS
+        )
         if found is not None:
             return str(found["value"])
         meta.insert_one({"_id": "erasureSecret", "value": candidate}, session=self.session)
@@ -281,7 +283,9 @@ class BatchTransaction(Transaction):
 
     def add_tombstone(self, key_hash: str, token: str, at: datetime) -> str | None:
         stones = self._c("tombstones")
-        found = stones.find_one({"_id": key_hash}, session=self.session)
+        found = stones.find_one(
+            {"_id": key_hash}, session=self.session, max_time_ms=READ_TIMEOUT_MS
+        )
         if found is not None:
             return str(found["token"])
         stones.insert_one({"_id": key_hash, "token": token, "erasedAt": at}, session=self.session)

@@ -15,8 +15,9 @@ An erase whose tombstone committed while the part ran is found there, and the pa
 process moves the records itself. Either the part committed before the erase's
 chunks began (they see its records) or after the tombstone committed (its check sees
 the tombstone), so no record is left under the real id. One window stays: a process
-killed between its commit and its check; the batch's retry (from the outbox) runs the
-check again, and a second ``erase`` of the player finds what is left.
+killed between its commit and its check leaves that part's records under the real id;
+a retry of the batch (the same process after a lost connection) runs the check again,
+and erasing the player again finds what is left.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def rename_chunk(tx: BatchTransaction, user: str, token: str) -> dict[str, int]:
     counts["user_revenue"] = len(docs)
     for name in _FIRST_DAYS:
         facts = tx.store._collection(name)
-        found = facts.find_one({"_id": user}, session=s)
+        found = facts.find_one({"_id": user}, session=s, max_time_ms=READ_TIMEOUT_MS)
         counts[name] = 0
         if found is not None:
             facts.delete_one({"_id": user}, session=s)

@@ -32,7 +32,7 @@ import attrs
 from gso_analytics.errors import ConfigurationError, StoreError
 
 from .connection import Connection
-from .options import majority, pymongo
+from .options import READ_TIMEOUT_MS, majority, pymongo
 
 log = logging.getLogger("gso_analytics")
 
@@ -353,10 +353,11 @@ class Indexes(Connection):
         journals not finished. 0.3 has no code for them (it keeps no guards): 0.2's
         prune finishes them."""
         batches = self._collection("batches")
-        left = batches.find_one({"countersApplied": False}, {"_id": 1}) or batches.find_one(
-            {"done": False}, {"_id": 1}
+        bound = {"max_time_ms": READ_TIMEOUT_MS}
+        left = batches.find_one({"countersApplied": False}, {"_id": 1}, **bound) or (
+            batches.find_one({"done": False}, {"_id": 1}, **bound)
         )
-        journal = self._collection("session_journal").find_one({"done": False}, {"_id": 1})
+        journal = self._collection("session_journal").find_one({"done": False}, {"_id": 1}, **bound)
         if left is not None or journal is not None:
             raise StoreError(
                 f"MongoDB {self.where}: version 0.2 left batches half applied (e.g."

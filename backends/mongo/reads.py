@@ -83,7 +83,8 @@ class Reads(Connection):
         check_str(month, "month")
 
         def read(s: Any) -> dict[str, Number]:
-            doc = self._collection("monthly").find_one({"month": month}, session=s) or {}
+            doc = self._find("monthly", {"month": month}, session=s).limit(1)
+            doc = next(iter(doc), {})
             _, pending, _ = add_up(unfolded(self, s, {"monthly": 1}))  # type: ignore[arg-type]
             fields = {k: v for k, v in doc.items() if k not in _NOT_COUNTERS}
             for field, value in pending.get(month, {}).items():
@@ -95,7 +96,7 @@ class Reads(Connection):
 
     def get_totals(self) -> dict[str, Number]:
         def read(s: Any) -> dict[str, Number]:
-            doc = self._collection("totals").find_one({"_id": TOTALS_ID}, session=s) or {}
+            doc = next(iter(self._find("totals", {"_id": TOTALS_ID}, session=s).limit(1)), {})
             _, _, pending = add_up(unfolded(self, s))  # type: ignore[arg-type]
             totals = {k: v for k, v in doc.items() if k not in _NOT_COUNTERS}
             for field, value in pending.items():
@@ -233,7 +234,7 @@ class Reads(Connection):
             return sorted(doc[key] for doc in self._find(name, {"userId": user_id}, {key: 1}))
 
         def first(name: str) -> str | None:
-            found = self._collection(name).find_one({"_id": user_id})
+            found = next(iter(self._find(name, {"_id": user_id}).limit(1)), None)
             return None if found is None else str(found["day"])
 
         with self._errors("reading a player's records"):

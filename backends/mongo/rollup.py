@@ -77,7 +77,12 @@ def _fold_chunk(store: MongoStore) -> int:
     with store._session_transaction("folding deltas into the day and month figures") as s:
         batches = store._collection("batches")
         docs = list(
-            batches.find({"folded": False}, {"daily": 1, "monthly": 1}, session=s)
+            batches.find(
+                {"folded": False},
+                {"daily": 1, "monthly": 1},
+                session=s,
+                max_time_ms=READ_TIMEOUT_MS,
+            )
             .sort("appliedAt", 1)
             .limit(FOLD_CHUNK)
         )
