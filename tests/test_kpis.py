@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import attrs
 import mongo_server
 import pytest
+from mongo_harness import Harness
 
 from gso_analytics import (
     Analytics,
@@ -418,12 +419,18 @@ def test_kpis_match_an_independent_computation_of_the_trace(
 
 
 def test_kpis_on_the_mongo_transaction_path(
-    nx_27017: mongo_server.NxServer, make_analytics: AnalyticsFactory, clock: FakeClock
+    nx_27017: mongo_server.NxServer,
+    make_analytics: AnalyticsFactory,
+    clock: FakeClock,
+    mongo_harness: Harness,
 ) -> None:
-    """The replica-set code path (multi-document transactions), on nx-27017."""
-    url = nx_27017.url(query="ttlIndex=false&transactions=true")
+    """Two handles on one nx-27017 database, through the harness with 5% of the
+    transactional writes failing with an injected write conflict (each retried)."""
+    mongo_harness.conflict_rate = 0.05
+    url = nx_27017.url(query="ttlIndex=false")
     with open_store(url) as store, open_store(url) as other:
         check_trace([store, other], make_analytics, clock, users=MONGO_USERS)
+    assert mongo_harness.injected > 0, "no conflict was injected: the retries ran for nothing"
 
 
 def test_kpis_in_the_configured_timezone(
@@ -491,21 +498,19 @@ def test_first_days_keep_the_earliest_whatever_the_flush_order(
     }
 
 
-@pytest.mark.parametrize("mode", ["standalone", "transactions"])
 @pytest.mark.parametrize("point", ["before", "after"])
 def test_mongo_retry_after_a_failure_counts_revenue_once(
-    nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch, mode: str, point: str
+    nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch, point: str
 ) -> None:
-    """The connection drops just before or after the per-user facts were sent; the
-    flusher's retry of the same batch (recovery mode on standalone) counts them once."""
+    """The connection drops just before or after the per-user facts were sent, inside
+    the part's transaction; the flusher's retry of the same batch (a clean re-run: the
+    aborted attempt left nothing) counts them once."""
     pymongo = pytest.importorskip("pymongo")
-    from gso_analytics.backends import mongo as mongo_backend
+    from gso_analytics.backends.mongo import batch as mongo_batch
 
-    url = nx_27017.url(
-        query=f"ttlIndex=false&transactions={'true' if mode != 'standalone' else 'false'}"
-    )
+    url = nx_27017.url(query="ttlIndex=false")
     fired: list[str] = []
-    tx_type = mongo_backend._MongoTransaction
+    tx_type = mongo_batch.BatchTransaction
     original = tx_type._write_user_facts
 
     def write_user_facts(self: Any) -> None:

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis
-import mongo_server
 import pytest
 from conftest import BACKENDS, START, Backend, FakeClock
 from faults import FaultyStore
@@ -63,24 +62,17 @@ MONTH_END = datetime(2025, 3, 31, 23, 0, tzinfo=UTC)
 #: Bound on a thread handshake of the race test; it takes microseconds.
 HANDSHAKE_S = 10.0
 
-#: MongoDB's transaction path on nx-27017, as tests/test_mongo.py builds it. It is not
-#: in conftest's BACKENDS because nx-27017 does not isolate concurrent transactions;
-#: every test here has at most one flush in flight at a time.
-MONGO_TRANSACTIONS = Backend(
-    "mongo-txn",
-    lambda tmp: mongo_server.nx_server().url(query="ttlIndex=false&transactions=true"),
-    shared_by_url=True,
-)
-ALL_BACKENDS = [*BACKENDS, MONGO_TRANSACTIONS]
-backends = pytest.mark.parametrize("backend", ALL_BACKENDS, ids=[b.name for b in ALL_BACKENDS])
+#: Conftest's backends: the Mongo ones (nx-27017 and mongomock) run through its harness,
+#: with write conflicts injected at random and retried.
+backends = pytest.mark.parametrize("backend", BACKENDS, ids=[b.name for b in BACKENDS])
 
 #: Hypothesis examples per backend: the whole module stays well under a minute, and
 #: every flush costs a few round trips on the Mongo servers.
-EXAMPLES = {"memory": 40, "sqlite": 30, "mongomock": 25, "mongo": 20, "mongo-txn": 20}
+EXAMPLES = {"memory": 40, "sqlite": 30, "mongomock": 25, "mongo": 20}
 #: Over the wire, shrinking a counterexample takes minutes: one found there is reported
 #: as found. The in-process backends run first and shrink theirs, and the example
 #: database replays it on every backend.
-UNSHRUNK = {"mongo", "mongo-txn", "mongodb-uri"}
+UNSHRUNK = {"mongo", "mongodb-uri"}
 
 
 # -- the oracle --------------------------------------------------------------------------
