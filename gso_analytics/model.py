@@ -225,10 +225,10 @@ class FlushBatch:
         size = 0
         for player in players:
             indexes = by_player.get(player, [])
-            group, events = groups[-1]
+            group, taken = groups[-1]
             if group and (
                 len(group) >= max_users
-                or len(events) + len(indexes) > event_cap
+                or len(taken) + len(indexes) > event_cap
                 or size + sum(event_bytes(self.events[i]) for i in indexes) > byte_cap
             ):
                 groups.append((set(), []))

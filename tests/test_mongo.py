@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -65,6 +66,7 @@ from gso_analytics.backends import mongo as mongo_backend  # noqa: E402
 from gso_analytics.backends.mongo import MongoStore  # noqa: E402
 from gso_analytics.backends.mongo import batch as mongo_batch  # noqa: E402
 from gso_analytics.backends.mongo import connection as mongo_connection  # noqa: E402
+from gso_analytics.backends.mongo import erase as mongo_erase  # noqa: E402
 from gso_analytics.backends.mongo import indexes as mongo_indexes  # noqa: E402
 from gso_analytics.backends.mongo import rollup as mongo_rollup  # noqa: E402
 from gso_analytics.backends.mongo import store as mongo_store_module  # noqa: E402
@@ -1747,3 +1749,67 @@ def test_a_store_0_2_left_half_applied_is_refused(nx_27017: mongo_server.NxServe
         )
     with pytest.raises(StoreError, match="gso-analytics prune"):
         open_store(url)
+
+
+def test_an_erase_runs_in_bounded_transactions(
+    nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch, mongo_harness: Harness
+) -> None:
+    """A player with five days of history, erased with chunks of two records per
+    collection: several transactions, none moving more than a chunk of any collection,
+    and every record moved (a long history never makes one transaction outlive 60 s)."""
+    monkeypatch.setattr(mongo_erase, "ERASE_CHUNK", 2)
+    clock = [NOW - timedelta(days=5)]
+    with open_store(nx_27017.url(query="ttlIndex=false")) as store:
+        a = Analytics(store, clock=lambda: clock[0], forwarders=[])
+        for _ in range(5):
+            a.on_login("u1")
+            a.track("credits.earn", "u1", {"amount": 1})
+            a.flush()
+            clock[0] += timedelta(days=1)
+        mongo_harness.clear()
+        receipt = a.erase_user("u1")
+        assert receipt.pseudonymized["day_users"] == 5
+        assert receipt.pseudonymized["sessions"] == 5
+        assert receipt.deleted["events"] == 5
+        sets = mongo_harness.write_sets(mongo_harness.records)
+        assert len(sets) >= 4, sets
+        for writes in filter(None, sets.values()):  # the last chunk finds nothing to write
+            per_collection = Counter(collection for collection, _ in writes)
+            # A moved record is the player's document deleted and the token's upserted
+            # (the harness counts an upsert's filter and the document it created).
+            assert max(per_collection.values()) <= 3 * 2, per_collection
+        for name in ("day_users", "sessions", "events"):
+            assert raw(store, name).count_documents({"userId": "u1"}) == 0, name
+        assert a.erase_user("u1").total == 0  # again: nothing left
+        a.stop()
+
+
+def test_a_document_too_large_is_a_permanent_error(mongo_store: MongoStore) -> None:
+    """MongoDB's 16 MiB limit: retrying the same write can never succeed, so the
+    flusher sets the batch aside at once instead of retrying it for a week."""
+    error = mongo_store._translate("applying a batch", pymongo.errors.DocumentTooLarge("17 MB"))
+    assert isinstance(error, StoreError) and error.permanent
+    assert "16 MiB" in str(error)
+
+
+def test_the_index_build_lease_is_renewed_while_the_build_runs(
+    nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build longer than the lease (a large collection) keeps its lease, so no other
+    process takes it over and builds the same indexes meanwhile."""
+    monkeypatch.setattr(mongo_indexes, "INDEX_BUILD_LEASE", timedelta(seconds=0.4))
+    url = nx_27017.url()
+    seen: list[Any] = []
+    original = mongo_indexes.Indexes._build_indexes
+
+    def slow_build(self: Any, missing: Any) -> None:
+        for _ in range(4):
+            time.sleep(0.2)
+            seen.append(raw(self, "locks").find_one({"_id": "indexes"})["until"])
+        original(self, missing)
+
+    monkeypatch.setattr(mongo_indexes.Indexes, "_build_indexes", slow_build)
+    with open_store(url) as store:
+        assert len(seen) == 4
+        assert seen[-1] > seen[0], seen  # renewed during the build
+        assert raw(store, "locks").find_one({"_id": "indexes"})["owner"] == ""  # released

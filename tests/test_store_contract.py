@@ -1280,19 +1280,23 @@ def test_a_batch_applied_in_parts_stores_what_it_stores_whole(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Registrations, activity, payments, sessions and events of 7 players in one batch
-    applied in parts of 2 players (every backend may split: MongoDB does above
-    ``max_part_players``) give the figures of the same calls applied whole to a memory
-    store. Registrations were once left out of the parts, losing ``newUsers``."""
+    applied in parts of 2 players and 3 events (every backend may split: MongoDB does
+    above ``max_part_players`` or ``max_part_events``; a player's 4 events then span two
+    parts) give the figures of the same calls applied whole to a memory store.
+    Registrations were once left out of the parts, losing ``newUsers``."""
     from gso_analytics import open_store
 
     whole = open_store("memory://")
     monkeypatch.setattr(type(store), "max_part_players", 2)
+    monkeypatch.setattr(type(store), "max_part_events", 3)
     writers = [make_analytics(store, forwarders=[]), make_analytics(whole, forwarders=[])]
     for n in range(7):
         for analytics in writers:
             analytics.track("user.register", f"p{n}")
             analytics.on_login(f"p{n}", f"name{n}")
             analytics.track("stripe.payment", f"p{n}", {"amountCents": 100 + n})
+            for step in range(n % 5):
+                analytics.track("tutorial.step", f"p{n}", {"step": step})
     clock.advance(minutes=5)
     for analytics in writers:
         for n in range(0, 7, 2):

@@ -305,22 +305,14 @@ class BatchTransaction(Transaction):
 
     def delta(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The buffered day and month increments as a delta holds them:
-        ``{day: {month, inc}}`` and ``{month: inc}``, zeros left out."""
+        ``{day: {month, inc}}`` and ``{month: inc}``. Zeros are kept: a day whose only
+        counter is a valid amount of 0 exists on every store."""
         for _, fields in self._daily.values():
             _check_fields(fields)
         for fields in self._monthly.values():
             _check_fields(fields)
-        daily = {
-            day: {"month": month, "inc": {k: v for k, v in f.items() if v}}
-            for day, (month, f) in self._daily.items()
-            if any(f.values())
-        }
-        monthly = {
-            m: {k: v for k, v in f.items() if v}
-            for m, f in self._monthly.items()
-            if any(f.values())
-        }
-        return daily, monthly
+        daily = {day: {"month": month, "inc": dict(f)} for day, (month, f) in self._daily.items()}
+        return daily, {month: dict(f) for month, f in self._monthly.items()}
 
     def flush_writes(self, delta_id: str | None) -> None:
         """Send every buffered write, in the transaction: the part's own document first

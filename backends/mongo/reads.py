@@ -50,7 +50,7 @@ class Reads(Connection):
         def read(s: Any) -> list[DailyStats]:
             cursor = self._find("daily", query, {"appliedBatches": 0}, session=s).sort("day", -1)
             docs = {doc["day"]: doc for doc in cursor.limit(limit)}
-            pending, _, _ = add_up(unfolded(self, s, {"daily": 1}))  # type: ignore[arg-type]
+            pending, _, _ = add_up(unfolded(self, s, {"daily": 1}))
             days = sorted(set(docs) | {d for d in pending if keep(d)}, reverse=True)
             if limit:
                 days = days[:limit]
@@ -64,8 +64,7 @@ class Reads(Connection):
                 for day in days
             ]
 
-        with self._errors("reading days"):
-            return self._snapshot("reading days", read)
+        return self._snapshot("reading days", read)
 
     def get_day(self, day: str) -> DailyStats | None:
         check_str(day, "day")
@@ -82,29 +81,28 @@ class Reads(Connection):
     def get_month(self, month: str) -> MonthStats:
         check_str(month, "month")
 
-        def read(s: Any) -> dict[str, Number]:
-            doc = self._find("monthly", {"month": month}, session=s).limit(1)
-            doc = next(iter(doc), {})
-            _, pending, _ = add_up(unfolded(self, s, {"monthly": 1}))  # type: ignore[arg-type]
-            fields = {k: v for k, v in doc.items() if k not in _NOT_COUNTERS}
+        def read(s: Any) -> dict[str, int]:
+            found = self._find("monthly", {"month": month}, session=s).limit(1)
+            doc: Mapping[str, Any] = next(iter(found), {})
+            _, pending, _ = add_up(unfolded(self, s, {"monthly": 1}))
+            fields = {k: int(v) for k, v in doc.items() if k not in _NOT_COUNTERS}
             for field, value in pending.get(month, {}).items():
-                fields[field] = fields.get(field, 0) + value
+                fields[field] = fields.get(field, 0) + int(value)
             return fields
 
-        with self._errors(f"reading month {month}"):
-            return MonthStats.from_fields(month, self._snapshot(f"reading month {month}", read))
+        return MonthStats.from_fields(month, self._snapshot(f"reading month {month}", read))
 
     def get_totals(self) -> dict[str, Number]:
         def read(s: Any) -> dict[str, Number]:
-            doc = next(iter(self._find("totals", {"_id": TOTALS_ID}, session=s).limit(1)), {})
-            _, _, pending = add_up(unfolded(self, s))  # type: ignore[arg-type]
+            found = self._find("totals", {"_id": TOTALS_ID}, session=s).limit(1)
+            doc: Mapping[str, Any] = next(iter(found), {})
+            _, _, pending = add_up(unfolded(self, s))
             totals = {k: v for k, v in doc.items() if k not in _NOT_COUNTERS}
             for field, value in pending.items():
                 totals[field] = totals.get(field, 0) + value
             return totals
 
-        with self._errors("reading the totals"):
-            return self._snapshot("reading the totals", read)
+        return self._snapshot("reading the totals", read)
 
     # -- heartbeats (not part of any batch) ------------------------------------------------------
 

@@ -20,7 +20,7 @@ from gso_analytics.errors import StoreError
 from gso_analytics.model import Number
 from gso_analytics.store import total_increments
 
-from .connection import Conflict
+from .connection import Conflict, Connection
 from .options import READ_TIMEOUT_MS, pymongo
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def add_up(deltas: Iterable[Mapping[str, Any]]) -> Sums:
     return daily, monthly, totals
 
 
-def unfolded(store: MongoStore, session: Any, fields: dict[str, int] | None = None) -> list[Any]:
+def unfolded(store: Connection, session: Any, fields: dict[str, int] | None = None) -> list[Any]:
     """The deltas not folded yet, in ``session``'s snapshot."""
     found = store._collection("batches").find(
         {"folded": False},
