@@ -11,8 +11,8 @@ Per size N and round, alternating the two subjects:
 
 - ``flush``: N ``track("credits.earn", ...)`` calls over 500 users (buffered, not
   timed), then ``Analytics.flush()`` timed: what the library sends for the batch
-  (claim, (day, user) and (month, user) records, the daily and monthly ``$inc``
-  upserts, the events' ``insert_many``, the done mark on a standalone server);
+  (one transaction: its claim, (day, user) and (month, user) records, the events'
+  ``insert_many``, its delta; then the roll-up's transaction folding the delta);
 - ``raw insert_many``: the same N event documents (built before the clock starts),
   one unordered ``insert_many`` into a collection with the same indexes.
 

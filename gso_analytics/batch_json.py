@@ -9,14 +9,12 @@ sorted lists and ``created_at`` is ISO 8601 text; everything else is plain JSON.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
 import attrs
 
 from .model import EventRecord, FlushBatch, Login, Logout
-from .pacing import paced_slices
 
 #: Bumped when the shape changes; :func:`batch_from_json` refuses what it cannot read.
 FORMAT = 1
@@ -56,27 +54,3 @@ def batch_from_dict(data: dict[str, Any]) -> FlushBatch:
         events=[EventRecord(**event).row for event in data["events"]],
         payments=data["payments"],
     )
-
-
-_encode = json.JSONEncoder(separators=(",", ":")).encode
-_EVENT_FIELDS = tuple(field.name for field in attrs.fields(EventRecord))
-
-
-def batch_to_json(batch: FlushBatch) -> str:
-    """One line of ASCII JSON (no newline inside; a lone surrogate survives too).
-
-    The text of :func:`batch_to_dict`, with its events (nearly all of a batch)
-    encoded a slice at a time: MongoDB's standalone claim holds this text, made on
-    the flush thread, and one ``json.dumps`` of a minute of events would hold the GIL
-    for hundreds of milliseconds (see :mod:`.pacing`)."""
-    head = batch_to_dict(attrs.evolve(batch, events=[], payments={}))
-    del head["events"], head["payments"]
-    events = ",".join(
-        _encode([dict(zip(_EVENT_FIELDS, row, strict=True)) for row in part])[1:-1]
-        for part in paced_slices(batch.events)  # ~2 µs an event
-    )
-    return f'{_encode(head)[:-1]},"events":[{events}],"payments":{_encode(batch.payments)}}}'
-
-
-def batch_from_json(text: str) -> FlushBatch:
-    return batch_from_dict(json.loads(text))
