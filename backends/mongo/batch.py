@@ -35,11 +35,12 @@ from gso_analytics.model import EventRow, Logout, Number, StoredSession
 from gso_analytics.pacing import paced_slices
 from gso_analytics.store import Transaction
 
+from . import erase
 from .documents import event_doc, logout_doc, logout_mark, session_doc, stored_session
 from .options import READ_TIMEOUT_MS, pymongo
 
 if TYPE_CHECKING:
-    from .store import MongoStore
+    from .connection import Connection
 
 #: Event documents per ``insert_many``: the driver encodes each call to BSON holding
 #: the GIL, and this many small documents take about a quarter of a millisecond.
@@ -72,7 +73,7 @@ class BatchTransaction(Transaction):
     """A part (or a chunk of the prune) in one transaction: reads in its snapshot,
     writes buffered and sent by :meth:`flush_writes` before the commit."""
 
-    def __init__(self, store: MongoStore, session: Any) -> None:
+    def __init__(self, store: Connection, session: Any) -> None:
         self.store = store
         self.session = session
         #: Ids whose document means this part is applied too (the whole batch's id).
@@ -292,14 +293,11 @@ class BatchTransaction(Transaction):
         return None
 
     def rename_user(self, user_id: str, token: str) -> dict[str, int]:
-        from .erase import rename_chunk
-
-        return rename_chunk(self, user_id, token)
+        """A chunk of the player's records moved (:mod:`.erase`)."""
+        return erase.rename_chunk(self.store, self.session, user_id, token)
 
     def delete_user_events(self, user_id: str) -> int:
-        from .erase import ERASE_CHUNK
-
-        return self._delete_chunk("events", {"userId": user_id}, ERASE_CHUNK)
+        return self._delete_chunk("events", {"userId": user_id}, erase.ERASE_CHUNK)
 
     # -- before the commit ------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .options import READ_TIMEOUT_MS, pymongo
 
 if TYPE_CHECKING:
-    from .batch import BatchTransaction
+    from .connection import Connection
 
 #: Records moved per collection in one erase transaction.
 ERASE_CHUNK = 1000
@@ -38,21 +38,20 @@ _FIRST_DAYS = ("first_seen", "first_payments")
 _MARKS = ("sessions", "logouts")
 
 
-def rename_chunk(tx: BatchTransaction, user: str, token: str) -> dict[str, int]:
+def rename_chunk(store: Connection, s: Any, user: str, token: str) -> dict[str, int]:
     """Move at most :data:`ERASE_CHUNK` records of each collection from ``user`` to
-    ``token``, in ``tx``'s transaction; per collection, how many moved."""
+    ``token``, in the transaction of session ``s``; per collection, how many moved."""
     driver = pymongo()
-    s = tx.session
 
     def mine(name: str, fields: Any = None) -> list[Any]:
-        cursor = tx.store._collection(name).find(
+        cursor = store._collection(name).find(
             {"userId": user}, fields, session=s, max_time_ms=READ_TIMEOUT_MS
         )
         return list(cursor.limit(ERASE_CHUNK))
 
     def send(name: str, ops: list[Any]) -> None:
         if ops:
-            tx.store._collection(name).bulk_write(ops, ordered=True, session=s)
+            store._collection(name).bulk_write(ops, ordered=True, session=s)
 
     counts: dict[str, int] = {}
     for name, key in _KEYED.items():
@@ -83,7 +82,7 @@ def rename_chunk(tx: BatchTransaction, user: str, token: str) -> dict[str, int]:
     send("user_revenue", ops)
     counts["user_revenue"] = len(docs)
     for name in _FIRST_DAYS:
-        facts = tx.store._collection(name)
+        facts = store._collection(name)
         found = facts.find_one({"_id": user}, session=s, max_time_ms=READ_TIMEOUT_MS)
         counts[name] = 0
         if found is not None:
@@ -102,6 +101,6 @@ def rename_chunk(tx: BatchTransaction, user: str, token: str) -> dict[str, int]:
             ops.append(driver.ReplaceOne({"_id": doc["_id"], "userId": token}, moved, upsert=True))
         send(name, ops)
         counts[name] = len(docs)
-    gone = tx.store._collection("session_users").delete_one({"_id": user}, session=s)
+    gone = store._collection("session_users").delete_one({"_id": user}, session=s)
     counts["session_users"] = int(gone.deleted_count)
     return counts

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gso_analytics.errors import StoreError
 from gso_analytics.model import Number
@@ -22,9 +22,6 @@ from gso_analytics.store import total_increments
 
 from .connection import Conflict, Connection
 from .options import READ_TIMEOUT_MS, pymongo
-
-if TYPE_CHECKING:
-    from .store import MongoStore
 
 log = logging.getLogger("gso_analytics")
 
@@ -71,7 +68,7 @@ def unfolded(store: Connection, session: Any, fields: dict[str, int] | None = No
     return list(found)
 
 
-def _fold_chunk(store: MongoStore) -> int:
+def _fold_chunk(store: Connection) -> int:
     """Fold up to :data:`FOLD_CHUNK` deltas, oldest first, in one transaction."""
     driver = pymongo()
     with store._session_transaction("folding deltas into the day and month figures") as s:
@@ -120,7 +117,7 @@ def _fold_chunk(store: MongoStore) -> int:
         return len(ids)
 
 
-def roll_up(store: MongoStore, *, quiet: bool) -> int:
+def roll_up(store: Connection, *, quiet: bool) -> int:
     """Fold every delta not folded yet, a chunk per transaction. A conflict means
     another process is folding: it stops here, leaving the rest to that one. With
     ``quiet`` (after a batch, in the flush thread) a store error is logged, not raised:
