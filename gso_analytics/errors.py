@@ -31,6 +31,23 @@ class StoreError(GsoAnalyticsError):
         self.permanent = permanent
 
 
+#: The most characters of caller-supplied text (a ``data`` path, which holds the
+#: caller's keys) an error message carries: rejections are logged and a few dozen are
+#: kept for the process's life, so a 4 MiB key must not become a 4 MiB log line.
+SHOWN_CHARS = 64
+
+
+def shown(text: str) -> str:
+    """``text`` as a message may show it: as it is when short and printable; otherwise
+    its ``repr`` (newlines, terminal escapes and other control characters escaped, so
+    no forged log line) cut to :data:`SHOWN_CHARS`, with its length."""
+    if len(text) <= SHOWN_CHARS and text.isprintable():
+        return text
+    if len(text) <= SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:SHOWN_CHARS]!r}... ({len(text)} characters)"
+
+
 class ValidationError(GsoAnalyticsError, ValueError):
     """A tracked call was rejected (bad user id, event name, amount or data).
 
@@ -39,8 +56,8 @@ class ValidationError(GsoAnalyticsError, ValueError):
     """
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
+        super().__init__(f"{shown(field)}: {message}")
+        self.field = field if len(field) <= SHOWN_CHARS else field[:SHOWN_CHARS] + "..."
 
 
 class InvalidTypeError(ValidationError, TypeError):

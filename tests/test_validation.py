@@ -282,6 +282,31 @@ def test_each_kind_of_rejection_is_logged_once(
     assert len(rejection_logs(caplog)) == 2
 
 
+def test_a_rejection_shows_caller_text_short_and_escaped(
+    make_analytics: AnalyticsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A data key of 4 MiB once made a 4 MiB log line (and up to 64 of them stayed in
+    memory for the process's life); a key with a newline or a terminal escape forged
+    log lines. The message shows at most 64 characters of caller text, escaped, with
+    its length; strict mode raises the same short message."""
+    analytics = make_analytics(open_store("memory://"))
+    huge = "k" * (4 * 1024 * 1024)
+    with caplog.at_level(logging.WARNING, logger="gso_analytics"):
+        analytics.track("match.end", "u1", {huge: NAN})
+        analytics.track("match.end", "u1", {"x\nFAKE gso_analytics: all good\x1b[2J": NAN})
+    logs = [r.getMessage() for r in rejection_logs(caplog)]
+    assert len(logs) == 2
+    assert all(len(line) < 400 for line in logs), [len(line) for line in logs]
+    assert f"({len('data.' + huge)} characters)" in logs[0]
+    assert "\n" not in logs[1] and "\x1b" not in logs[1]  # escaped, not raw
+    assert "\\n" in logs[1] and "\\x1b" in logs[1]
+    assert sum(len(key[1]) for key in analytics._logged_rejections) < 2000
+    strict = make_analytics(open_store("memory://"), strict=True)
+    with pytest.raises(ValidationError) as caught:
+        strict.track("match.end", "u1", {huge: NAN})
+    assert len(str(caught.value)) < 400 and len(caught.value.field) < 100
+
+
 def test_each_reason_is_logged_once_per_event_and_field(
     make_analytics: AnalyticsFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
