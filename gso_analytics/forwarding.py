@@ -165,6 +165,11 @@ class Forwarder(abc.ABC):
     def send(self, batch: Sequence[EncodedEvent], timeout: Timeout) -> Delivery:
         """Send one batch within ``timeout`` and say what happened."""
 
+    def describe_error(self, exc: BaseException) -> str:
+        """``send()``'s exception as ``stats()["last_error"]`` and the logs show it; a
+        forwarder whose errors may quote a secret (a webhook URL) takes it out here."""
+        return f"{type(exc).__name__}: {exc}"
+
     def on_erase(self, user_id: str) -> Mapping[str, Any] | None:
         """Called by ``Analytics.erase_user``: return the ``data`` of a
         :data:`USER_ERASED` event to send through this forwarder's queue (after the

@@ -63,8 +63,39 @@ def _check_timeout(instance: Any, attribute: attrs.Attribute[Any], value: Any) -
 def _check_http_url(url: str, what: str) -> str:
     parts = urlsplit(url) if isinstance(url, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError(f"{what} must be an http(s) URL, got {url!r}")
+        shown = redact_url(url) if isinstance(url, str) else repr(url)
+        raise ConfigurationError(f"{what} must be an http(s) URL, got {shown}")
     return url
+
+
+#: Hosts a plain ``http://`` credential may go to: the machine itself (a local relay,
+#: a test endpoint), where nothing crosses a network.
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]/...``: a URL as logs, errors, ``stats()`` and ``repr()``
+    show it. A webhook URL's path or query is often its secret (Slack, Discord,
+    Zapier put the token there), and a userinfo part is a password."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<an invalid URL>"
+    hidden = "/..." if parts.path not in ("", "/") or parts.query else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{hidden}"
+
+
+def scrub_url(text: str, url: str) -> str:
+    """``text`` (an exception's message) with ``url``, and its path and query as
+    requests' messages quote them (``... with url: /services/T0/B0/XXXX``), replaced by
+    :func:`redact_url`'s form."""
+    parts = urlsplit(url)
+    secret_parts = [url, parts.path + (f"?{parts.query}" if parts.query else ""), parts.path]
+    for secret in secret_parts:
+        if len(secret) > 1:
+            text = text.replace(secret, redact_url(url) if secret == url else "/...")
+    return text
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -102,6 +133,17 @@ class HttpForwarder(Forwarder):
             allow_redirects=False,
             **kw,
         )
+
+    def describe_error(self, exc: BaseException) -> str:
+        """As :meth:`Forwarder.describe_error`, with this forwarder's URL secrets out."""
+        text = super().describe_error(exc)
+        for url in self.secret_urls():
+            text = scrub_url(text, url)
+        return text
+
+    def secret_urls(self) -> list[str]:
+        """URLs whose path or query may be a secret (none by default)."""
+        return []
 
     def classify(self, response: requests.Response, batch: Sequence[EncodedEvent]) -> Delivery:
         status = response.status_code
@@ -153,7 +195,7 @@ class WebhookForwarder(HttpForwarder):
     ``sha256=<hex HMAC-SHA256(secret, raw body bytes)>``.
     """
 
-    url: str = attrs.field(kw_only=False)
+    url: str = attrs.field(kw_only=False, repr=redact_url)
     batch: bool = False
     max_batch_events: int = attrs.field(default=100, validator=_check_count)
     max_batch_bytes: int = attrs.field(default=1_000_000, validator=_check_count)
@@ -165,6 +207,9 @@ class WebhookForwarder(HttpForwarder):
         _check_http_url(self.url, "WebhookForwarder url")
         if isinstance(self.secret, str):
             self.secret = self.secret.encode()
+
+    def secret_urls(self) -> list[str]:
+        return [self.url]
 
     def batch_limits(self) -> tuple[int, int]:
         if not self.batch:
@@ -231,10 +276,20 @@ class MixpanelForwarder(HttpForwarder):
     max_batch_events: int = attrs.field(default=MIXPANEL_MAX_EVENTS, validator=_check_count)
     max_batch_bytes: int = attrs.field(default=MIXPANEL_MAX_BYTES, validator=_check_count)
     gzip_level: int = 6
+    #: ``http://`` sends the project token or the service account's secret in clear:
+    #: refused unless the host is this machine, or this says so.
+    allow_http: bool = False
     name: str = "mixpanel"
 
     def __attrs_post_init__(self) -> None:
         _check_http_url(self.api_host, "MixpanelForwarder api_host")
+        parts = urlsplit(self.api_host)
+        if parts.scheme == "http" and parts.hostname not in _LOOPBACK and not self.allow_http:
+            raise ConfigurationError(
+                f"MixpanelForwarder api_host {redact_url(self.api_host)} is http://: the"
+                " project token or service account secret would cross the network in"
+                " clear; use https://, or allow_http=True"
+            )
         service = (self.service_account_user, self.service_account_secret, self.project_id)
         if self.project_token and any(v is not None for v in service):
             raise ConfigurationError("MixpanelForwarder: give a project_token or a service account")

@@ -272,10 +272,10 @@ class _Outbox:
             try:
                 result = self.forwarder.send(current, self._timeout())
             except requests.RequestException as exc:
-                result = Delivery.retry(f"{type(exc).__name__}: {exc}")
-            except Exception as exc:
+                result = Delivery.retry(self.forwarder.describe_error(exc))
+            except Exception as exc:  # a bug: its traceback matters more than its text
                 log.exception("gso_analytics: %s forwarder: send() raised", name)
-                result = Delivery.retry(f"{type(exc).__name__}: {exc}")
+                result = Delivery.retry(self.forwarder.describe_error(exc))
             if not self._settle(work, result, token):
                 return False  # stop() gave up on this thread and counted the batch
             if result.outcome is not Outcome.RETRY:

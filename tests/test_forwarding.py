@@ -579,6 +579,38 @@ def test_bad_configuration_is_refused() -> None:
     assert "s3cret" not in repr(WebhookForwarder("http://h/", secret="s3cret"))
 
 
+def test_a_webhook_urls_secret_stays_out_of_logs_stats_and_repr(
+    make: Callable[..., Analytics], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Slack-style webhook URL carries its secret in the path (and a token in the
+    query, a password in userinfo): a down endpoint's errors, ``stats()["last_error"]``
+    (served by /metrics/stats), the warnings and ``repr()`` show the host only."""
+    url = f"http://user:pw@127.0.0.1:{free_port()}/services/T0SECRET/B0SECRET?token=QSECRET"
+    forwarder = WebhookForwarder(url, backoff=FAST)
+    analytics = make([forwarder], forward_stop_timeout=0.3).start()
+    with caplog.at_level(logging.INFO):
+        analytics.track("pvp.battle", "u1")
+        wait_until(lambda: forwarding(analytics)["retried"] >= 2, what="connection retries")
+        analytics.stop()
+    last_error = forwarding(analytics)["forwarders"]["webhook"]["last_error"]
+    assert "ConnectionError" in last_error and "127.0.0.1" in last_error
+    shown = [last_error, repr(forwarder), *(r.getMessage() for r in caplog.records)]
+    for secret in ("T0SECRET", "B0SECRET", "QSECRET", "pw@"):
+        assert not [text for text in shown if secret in text], secret
+    with pytest.raises(ConfigurationError) as caught:
+        WebhookForwarder("hxxp://host/services/T0SECRET")
+    assert "T0SECRET" not in str(caught.value)
+
+
+def test_mixpanel_refuses_plain_http_beyond_this_machine() -> None:
+    """Over ``http://`` the project token would cross the network in clear."""
+    with pytest.raises(ConfigurationError, match="in clear"):
+        MixpanelForwarder(project_token="t", api_host="http://api.mixpanel.com")
+    MixpanelForwarder(project_token="t", api_host="http://api.mixpanel.com", allow_http=True)
+    MixpanelForwarder(project_token="t", api_host="http://127.0.0.1:9")  # loopback: a test
+    MixpanelForwarder(project_token="t", api_host="https://api-eu.mixpanel.com")
+
+
 # -- Mixpanel ----------------------------------------------------------------------------------
 
 
