@@ -10,6 +10,7 @@ counters need no schema change.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -40,6 +41,7 @@ from gso_analytics.model import (
     StoredSession,
 )
 from gso_analytics.pacing import Pacer, paced
+from gso_analytics.private_files import create_private
 from gso_analytics.store import Store, Transaction, total_increments
 
 SCHEMA = """
@@ -548,6 +550,11 @@ class SQLiteStore(Store):
         self._idle: list[sqlite3.Connection] = []
         self.after_fork_in_child(new_locks=True)  # the locks; no connection yet
         forking.register(self)
+        if self.path != ":memory:":
+            # A new database starts 0600, and SQLite gives -wal and -shm its mode. A
+            # path we cannot create is left to sqlite3, whose error names it.
+            with contextlib.suppress(OSError):
+                create_private(self.path)
         try:
             with self._write_lock:
                 conn = self._writer()

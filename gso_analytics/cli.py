@@ -34,6 +34,7 @@ from .demo import DemoPlan, SimClock, plan_demo, replay
 from .errors import ConfigurationError, GsoAnalyticsError
 from .html_report import render_html
 from .model import DailyStats, Metrics
+from .private_files import open_private
 from .report import collect_kpis, fmt_int, render_headline, render_kpis, render_report
 from .store import Store, open_store
 
@@ -541,7 +542,8 @@ def report_text(
     written = []
     try:
         if html is not None:
-            html.write_text(render_html(kpis), encoding="utf-8")
+            with open_private(html, "w", encoding="utf-8") as page:
+                page.write(render_html(kpis))
             written.append(f"Wrote {html} (open it in a browser; it needs no network)")
         if csv is not None:
             files = write_csv(kpis, csv)

@@ -13,6 +13,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from .private_files import open_private
 from .report import KPI_SECTIONS, KpiDoc
 
 HEADLINE_FILE = "headline.csv"
@@ -48,7 +49,7 @@ def write_csv(doc: KpiDoc, directory: Path) -> list[Path]:
     written = []
     for name, (header, rows) in tables.items():
         path = directory / name
-        with path.open("w", encoding="utf-8", newline="") as file:
+        with open_private(path, "w", encoding="utf-8", newline="") as file:
             writer = csv.writer(file)
             writer.writerow(header)
             writer.writerows(rows)

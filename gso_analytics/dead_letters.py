@@ -23,6 +23,7 @@ import attrs
 
 from .batch_json import batch_from_dict, batch_to_dict
 from .model import FlushBatch
+from .private_files import open_private
 from .store import Store
 
 
@@ -55,7 +56,7 @@ class DeadLetters:
         )
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path()
-        with path.open("a", encoding="ascii") as file:
+        with open_private(path, "a", encoding="ascii") as file:
             file.write(line + "\n")
             file.flush()
             os.fsync(file.fileno())
