@@ -382,6 +382,23 @@ def test_token_never_appears_in_reprs() -> None:
     assert TOKEN not in repr(settings)
 
 
+def test_no_secret_of_the_settings_appears_in_their_repr() -> None:
+    """A debug page or a log line may show the settings: the store's password and a
+    pseudonymization key (Django's ``OPTIONS``) stay out, the rest is there to read."""
+    settings = read_settings(
+        {
+            "STORE": "mongodb://app:hunter2-secret@db1:27017/gso?replicaSet=rs0",
+            "OPTIONS": {"pseudonymize_key": "k" * 20 + "-secret", "strict": True},
+        },
+        name=str,
+        testing=False,
+    )
+    shown = repr(settings)
+    assert "secret" not in shown, shown
+    assert "mongodb://app:***@db1:27017/gso?replicaSet=rs0" in shown
+    assert "'pseudonymize_key': '<hidden>'" in shown and "'strict': True" in shown
+
+
 # -- access ---------------------------------------------------------------------------------
 
 

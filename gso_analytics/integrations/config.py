@@ -17,6 +17,7 @@ import math
 import warnings
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
@@ -62,15 +63,37 @@ class EndpointSettings:
     public: bool = False
 
 
+#: ``Analytics`` options whose value is a secret: shown as ``<hidden>`` in ``repr``.
+SECRET_OPTIONS = frozenset({"pseudonymize_key"})
+
+
+def _store_repr(store: str | Store) -> str:
+    """A store URL without its password (a MongoDB URL's userinfo)."""
+    if not isinstance(store, str):
+        return repr(store)
+    parts = urlsplit(store)
+    if parts.password is None:
+        return repr(store)
+    netloc = f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
+    return repr(urlunsplit(parts._replace(netloc=netloc)))
+
+
+def _options_repr(options: Mapping[str, Any]) -> str:
+    shown = {k: "<hidden>" if k in SECRET_OPTIONS else v for k, v in options.items()}
+    return repr(shown)
+
+
 @attrs.frozen
 class Settings:
-    """Validated settings, whatever framework they came from."""
+    """Validated settings, whatever framework they came from. Their ``repr`` (in a
+    debug page, a log line) shows no secret: the token, a store password, a
+    pseudonymization key."""
 
-    store: str | Store
+    store: str | Store = attrs.field(repr=_store_repr)
     flush_interval: float = DEFAULT_FLUSH_INTERVAL
     endpoint: EndpointSettings = attrs.field(factory=EndpointSettings)
     metrics_path: str | None = DEFAULT_METRICS_PATH
-    options: Mapping[str, Any] = attrs.field(factory=dict)
+    options: Mapping[str, Any] = attrs.field(factory=dict, repr=_options_repr)
     #: A test run: the app gets a RecordingAnalytics (see :mod:`gso_analytics.testing`).
     testing: bool = False
 
