@@ -23,6 +23,7 @@ made at.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,11 +33,18 @@ from .clock import Clock, DayKeys, from_ms, to_ms
 from .counters import NEW_USERS
 from .model import FlushBatch, Login, Logout, Number, new_id
 from .pacing import CHECK_EVERY, Pacer, release
-from .validation import FlatData, encode_flat
+from .validation import MAX_AMOUNT, FlatData, encode_flat
+
+log = logging.getLogger("gso_analytics")
 
 #: The event whose amount (``amountCents`` by its counter rule) is real-money revenue:
 #: besides its daily counter it is kept per (day, user) for the KPIs.
 PAYMENT_EVENT = "stripe.payment"
+#: The most a batch adds to one counter of one day. Every amount is at most 2**53, but
+#: 1,025 of them in one batch passed the stores' 64-bit integers (SQLite's bind raised
+#: OverflowError) and took every honest player's calls of the batch down with them; at
+#: 2**53 no store overflows within a batch and float sums stay exact to the unit.
+MAX_BATCH_SUM = MAX_AMOUNT
 
 # Kinds of buffered call: (kind, ns, user_id, ...), see Aggregator.event/login/logout.
 # An event is (kind, ns, user_id, event, field, amount, ...): _EVENT then holds its
@@ -75,6 +83,8 @@ class Aggregator:
         self.max_buffered = max_buffered
         self.session_timeout_ms = session_timeout_ms
         self.backlog = 0
+        #: Calls rejected at a flush because they would overflow their batch's sum.
+        self.overflowed = 0
         self.reset()
 
     def reset(self) -> None:
@@ -199,13 +209,30 @@ class Aggregator:
                     if day != counted_day:
                         counted_day = day
                         counters = self._day_counters(batch, day, month)
-                    counters[field] = counters.get(field, 0) + amount
+                    total = counters.get(field, 0) + amount
+                    if total > MAX_BATCH_SUM:
+                        self._overflow(event, field, day)
+                        continue  # the whole call: no counter, payment or event of it
+                    counters[field] = total
                     if event == PAYMENT_EVENT:
                         payers = payments.setdefault(day, {})
                         payers[user_id] = payers.get(user_id, 0) + amount
                 events.append((ms, user_id, event, text, day))
         release(taken)
         return batch
+
+    def _overflow(self, event: str, field: str, day: str) -> None:
+        """A call that would take its batch's ``field`` of ``day`` past
+        :data:`MAX_BATCH_SUM` is rejected: counted, and logged the first time."""
+        self.overflowed += 1
+        if self.overflowed == 1:
+            log.warning(
+                "gso_analytics: rejected track(%r): the batch's %s of %s would pass 2**53;"
+                " such calls are only counted in stats()['rejected'] from now on",
+                event,
+                field,
+                day,
+            )
 
     @staticmethod
     def _day_counters(batch: FlushBatch, day: str, month: str) -> dict[str, Number]:

@@ -555,7 +555,7 @@ class Analytics:
             "internal_errors": flusher.internal_errors,
             "quarantined": flusher.quarantined,
             "dropped": self._dropped,
-            "rejected": self._rejected,
+            "rejected": self._rejected + self._aggregator.overflowed,
             "last_error": flusher.last_error,
             "last_flush_age_s": None
             if flusher.last_flush is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -1319,3 +1320,34 @@ def test_a_batch_applied_in_parts_stores_what_it_stores_whole(
     split = figures(store)
     assert split == figures(whole)
     assert split["days"][0]["newUsers"] == 7
+
+
+def test_calls_that_would_overflow_their_batch_are_rejected_alone(
+    store: Store,
+    make_analytics: AnalyticsFactory,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each amount is at most 2**53, but 1,025 of them from one player in one batch
+    passed the stores' 64-bit integers: the batch failed, was retried, then set aside
+    with 50 honest players' logins and payments in it. Now the calls that would take the
+    batch's counter past 2**53 are rejected (counted once each, logged once), and
+    everything else of the batch is stored, on every backend."""
+    analytics = make_analytics(store, forwarders=[])
+    for n in range(50):
+        analytics.on_login(f"honest{n}")
+        analytics.track("stripe.payment", f"honest{n}", {"amountCents": 499})
+    for _ in range(1025):
+        analytics.track("credits.earn", "whale", {"amount": 2**53})
+    with caplog.at_level(logging.WARNING, logger="gso_analytics"):
+        analytics.flush()
+    day = store.get_day(clock.now.strftime("%Y-%m-%d"))
+    assert day is not None
+    assert (day["dau"], day["stripeRevenue"]) == (50, 50 * 499)
+    assert day["creditsEarned"] == 2**53  # the first call fits, the 1,024 others do not
+    stats = analytics.stats()
+    assert (stats["rejected"], stats["quarantined"], stats["flush_failures"]) == (1024, 0, 0)
+    assert len([r for r in caplog.records if "would pass 2**53" in r.getMessage()]) == 1
+    events = store.get_events(limit=2000)
+    assert len([e for e in events if e.user_id == "whale"]) == 1
+    assert len(events) == 51
