@@ -206,7 +206,7 @@ def test_alert_rules_are_valid(real_tool: RealTool) -> None:
         [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 6 rules found" in checked.stdout
+    assert "SUCCESS: 7 rules found" in checked.stdout
 
 
 def test_every_alert_has_a_case_that_fires_and_one_that_does_not(real_tool: RealTool) -> None:
@@ -240,6 +240,7 @@ def test_every_alert_has_a_case_that_fires_and_one_that_does_not(real_tool: Real
         == {
             "GsoAnalyticsTargetDown",
             "GsoAnalyticsCallsDropped",
+            "GsoAnalyticsCallsRejected",
             "GsoAnalyticsFlushFailing",
             "GsoAnalyticsBufferGrowing",
             "GsoAnalyticsFlushStale",
