@@ -1078,6 +1078,22 @@ def test_heartbeats_are_replaced_per_process_and_read_until_they_expire(
     assert [b.process for b in store.live_heartbeats(t0)] == ["web-2:10"]
 
 
+def test_a_withdrawn_heartbeat_leaves_at_once_and_only_its_own(
+    store: Store, other_store: Store
+) -> None:
+    """A worker that stops withdraws its record: gone for every handle before it expires,
+    the other workers' records untouched; withdrawing a record that is not there (never
+    written, or already expired and pruned) is no error."""
+    t0 = at("2025-03-14 12:00:00.250")
+    store.save_heartbeat(_beat("web-1:10", t0, 300, 5))
+    store.save_heartbeat(_beat("web-1:11", t0, 300, 6))
+    other_store.withdraw_heartbeat("web-1:10")
+    assert [b.process for b in store.live_heartbeats(t0)] == ["web-1:11"]
+    store.withdraw_heartbeat("web-1:10")
+    store.withdraw_heartbeat("web-9:99")
+    assert [b.process for b in other_store.live_heartbeats(t0)] == ["web-1:11"]
+
+
 def test_every_flush_writes_a_heartbeat_an_empty_one_too(
     store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
