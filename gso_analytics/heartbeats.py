@@ -4,10 +4,13 @@ A Prometheus scrape reaches one worker of a pool; health kept in that worker's m
 would make every other worker's series vanish for that scrape. So each flush (an
 empty one too) writes this process's :meth:`~gso_analytics.Analytics.stats` as a
 :class:`~gso_analytics.model.Heartbeat` record, and the metrics endpoint reads every
-live record. Why not ``prometheus_client``'s multiprocess mode: it needs a directory
-shared by the workers (one host, set up before the server forks, wiped at start),
-which neither several hosts nor a Django or Flask app started by someone else's
-server give; the store is shared by every worker of every host already.
+live record. Only workers write one: an :class:`~gso_analytics.Analytics` that was
+started (a command or a script that never starts it is not counted among the workers),
+and a worker's graceful ``stop()`` withdraws its record, so a retired worker does not
+linger as a stale one. Why not ``prometheus_client``'s multiprocess mode: it needs a
+directory shared by the workers (one host, set up before the server forks, wiped at
+start), which neither several hosts nor a Django or Flask app started by someone
+else's server give; the store is shared by every worker of every host already.
 
 A process is ``host:pid``: stable for its life, distinct across hosts. A record
 expires :data:`LIFETIME_INTERVALS` flush intervals after it was written (at least

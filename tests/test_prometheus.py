@@ -92,7 +92,7 @@ def test_totals_equal_the_store_and_never_drop_across_a_replayed_midnight(
 def test_every_live_worker_is_in_every_scrape_and_an_expired_one_leaves(
     store: Any, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
-    analytics = make_analytics(store, flush_interval=10)
+    analytics = make_analytics(store, flush_interval=10).start()  # a worker
     store.save_heartbeat(other_worker(analytics, "web-2", 4242, flushed=17))
     exposition = samples(scrape(analytics))
     _, host, pid = process_identity()
@@ -114,7 +114,7 @@ def test_last_flush_timestamp_moves_with_empty_flushes(
     store: Any, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
     """An idle worker is not a stale one: its empty flushes move the timestamp."""
-    analytics = make_analytics(store)
+    analytics = make_analytics(store).start()
     first = samples(scrape(analytics))["gso_analytics_last_flush_timestamp_seconds"]
     clock.advance(30)
     analytics.flush()  # nothing buffered

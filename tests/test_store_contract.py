@@ -20,6 +20,7 @@ import pytest
 
 from gso_analytics import DAILY_FIELDS, FlushBatch, Store
 from gso_analytics.clock import to_ms
+from gso_analytics.heartbeats import process_identity
 from gso_analytics.model import EventRecord, Heartbeat, Login, Logout
 from gso_analytics.store import WITHDRAWN
 
@@ -1094,10 +1095,10 @@ def test_a_withdrawn_heartbeat_leaves_at_once_and_only_its_own(
     assert [b.process for b in other_store.live_heartbeats(t0)] == ["web-1:11"]
 
 
-def test_every_flush_writes_a_heartbeat_an_empty_one_too(
+def test_a_workers_every_flush_writes_a_heartbeat_an_empty_one_too(
     store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
-    analytics = make_analytics(store, flush_interval=30)
+    analytics = make_analytics(store, flush_interval=30).start()
     analytics.flush()  # nothing buffered
     first = other_store.live_heartbeats(clock.now)
     assert [(b.pid, b.stats["flushed"], b.at) for b in first] == [(os.getpid(), 0, clock.now)]
@@ -1108,6 +1109,30 @@ def test_every_flush_writes_a_heartbeat_an_empty_one_too(
     (beat,) = other_store.live_heartbeats(clock.now)
     assert (beat.stats["flushed"], beat.at) == (1, clock.now)
     assert other_store.live_heartbeats(clock.now + timedelta(seconds=150)) == []
+
+
+def test_only_a_started_instance_is_a_worker_and_stop_withdraws_its_heartbeat(
+    store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """A command or a script that flushes by hand (never started) writes no heartbeat,
+    so it is not counted among the workers; a worker's graceful stop() withdraws its
+    own record at once, the other workers' records untouched."""
+    one_off = make_analytics(store)
+    one_off.track("credits.earn", "u1", {"amount": 1})
+    one_off.flush()
+    one_off.get_metrics()
+    assert other_store.live_heartbeats(clock.now) == []
+    other_store.save_heartbeat(_beat("web-2:7", clock.now, 300, 1))
+    worker = make_analytics(store, flush_interval=30).start()
+    worker.flush()
+    _, host, pid = process_identity()
+    assert {(b.host, b.pid) for b in other_store.live_heartbeats(clock.now)} == {
+        (host, pid),
+        ("web-2", 7),
+    }
+    assert worker.stop()
+    assert [b.process for b in other_store.live_heartbeats(clock.now)] == ["web-2:7"]
+    assert [b.process for b in store.live_heartbeats(clock.now)] == ["web-2:7"]
 
 
 def test_count_day_users_counts_each_user_once_in_the_range(store: Store, clock: FakeClock) -> None:
