@@ -17,8 +17,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from faults import FaultyStore
 
-from gso_analytics import DAILY_FIELDS, FlushBatch, Store
+from gso_analytics import DAILY_FIELDS, FlushBatch, Store, StoreError
 from gso_analytics.clock import to_ms
 from gso_analytics.heartbeats import process_identity
 from gso_analytics.model import EventRecord, Heartbeat, Login, Logout
@@ -507,6 +508,37 @@ def test_a_logout_after_a_logout_changes_nothing(
     assert [s.duration_s for s in store.get_sessions("u1")] == [60, 20]
     assert store.get_day("2025-03-14")["totalSessionS"] == 80
     assert b.stats()["logouts_without_session"] == 1
+
+
+def test_logouts_without_session_are_counted_once_as_of_when_they_were_stored(
+    store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """The figure is per process and counts a logout when it is stored: one whose
+    player's login another worker has not flushed yet ends no session *then* and is
+    counted, though that login, stored later, ends its session at this logout (the
+    figure only grows). So summed over the workers it can exceed the logouts that end
+    no session in the end. A retried batch never counts its logouts a second time."""
+    a = make_analytics(store)
+    faulty = FaultyStore(other_store)
+    b = make_analytics(faulty)
+    a.on_login("u1")
+    clock.advance(10)
+    b.on_logout("u1")
+    b.flush()  # before the login reaches the store
+    a.flush()
+    assert [s.duration_s for s in store.get_sessions("u1")] == [10]
+    assert (a.stats()["logouts_without_session"], b.stats()["logouts_without_session"]) == (0, 1)
+
+    b.on_logout("ghost")  # no login anywhere
+    faulty.fail_after(1)  # committed, then an error: the retry is a duplicate
+    with pytest.raises(StoreError):
+        b.flush()
+    b.flush()
+    b.on_logout("ghost")
+    b.flush()
+    # u1's, and the second ghost's (after a logout); the first ghost's batch reported an
+    # error after its commit, and its retry is a duplicate that counts nothing.
+    assert b.stats()["logouts_without_session"] == 2
 
 
 def test_late_logouts_end_the_session_they_fall_in(store: Store, clock: FakeClock) -> None:
