@@ -422,6 +422,10 @@ class MemoryStore(Store):
             for process in [p for p, beat in beats.items() if beat.expires_at < expired_before]:
                 del beats[process]
 
+    def withdraw_heartbeat(self, process: str) -> None:
+        with self._lock:
+            self._state.heartbeats.pop(process, None)
+
     def count_open_sessions(self) -> int:
         with self._lock:
             return len(self._state.open_ids)

@@ -731,6 +731,9 @@ class SQLiteStore(Store):
     def forget_heartbeats(self, expired_before: datetime) -> None:
         self._write("DELETE FROM {p}heartbeats WHERE expiresAt < ?", (iso_ms(expired_before),))
 
+    def withdraw_heartbeat(self, process: str) -> None:
+        self._write("DELETE FROM {p}heartbeats WHERE process = ?", (process,))
+
     def count_open_sessions(self) -> int:
         return int(self._read("SELECT COUNT(*) FROM {p}sessions WHERE logoutAt IS NULL")[0][0])
 

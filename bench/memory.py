@@ -104,6 +104,9 @@ class StuckStore(Store):
     def forget_heartbeats(self, expired_before: datetime) -> None:
         raise StoreError("bench: the store is stuck")
 
+    def withdraw_heartbeat(self, process: str) -> None:
+        raise StoreError("bench: the store is stuck")
+
     def get_sessions(self, user_id: str) -> list[SessionRecord]:
         return self.inner.get_sessions(user_id)
 

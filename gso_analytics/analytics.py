@@ -27,7 +27,7 @@ from .erasure import ErasureReceipt, keyed_hash, pseudonymize
 from .errors import ConfigurationError, StoreError, ValidationError
 from .flusher import Flusher
 from .forwarding import Forwarder
-from .heartbeats import make_heartbeat
+from .heartbeats import make_heartbeat, process_identity
 from .http_forwarders import default_forwarders
 from .kpis import KPIs
 from .model import DailyStats, FlushBatch, Heartbeat, Metrics, Number, PruneResult
@@ -242,7 +242,13 @@ class Analytics:
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> Analytics:
-        """Start the flush thread (every ``flush_interval`` seconds) and the exit hook."""
+        """Start the flush thread (every ``flush_interval`` seconds) and the exit hook.
+
+        A started instance is a *worker*: its flushes write this process's heartbeat
+        (see :mod:`.heartbeats`), so the metrics endpoint counts it among the workers.
+        An instance never started (the ``gso-analytics`` commands, a script that
+        reads or flushes by hand) writes none, and so never shows as a worker.
+        """
         if not self._started:
             self._started = True
             self._flusher.start()
@@ -257,12 +263,20 @@ class Analytics:
         Then the forwarders drain their queues, bounded by ``forward_stop_timeout``
         (what they could not deliver is in ``stats()["forwarding"]``).
         Returns True when everything buffered reached the store.
+
+        A worker (started) then withdraws its heartbeat, so that it leaves the metrics
+        at once (a gunicorn reload retires every worker) instead of showing as a stale
+        worker until the record expires. Only after a final flush that succeeded:
+        with the store failing, the record is left to expire.
         """
+        worker = self._started
         if self._started:
-            self._started = False
+            self._started = False  # the final flush below writes no heartbeat
             atexit.unregister(self.stop)
         self._stopped = True
         stored = self._flusher.stop(self.stop_timeout)
+        if worker and stored:
+            self._withdraw_heartbeat()
         if self._hub is not None:  # after the store's final flush, in its own bound
             self._hub.stop()
         if self._owns_store:
@@ -436,7 +450,16 @@ class Analytics:
         return make_heartbeat(self.stats(), self._now(), self._flusher.interval)
 
     def _heartbeat(self) -> None:
-        self.store.save_heartbeat(self.heartbeat())
+        """After each flush: a worker's record; nothing for an instance never started."""
+        if self._started:
+            self.store.save_heartbeat(self.heartbeat())
+
+    def _withdraw_heartbeat(self) -> None:
+        process, _, _ = process_identity()
+        try:
+            self.store.withdraw_heartbeat(process)
+        except StoreError as exc:
+            log.warning("gso_analytics: heartbeat not withdrawn, it will expire: %s", exc)
 
     def _housekeeping(self) -> None:
         if time.monotonic() - self._last_prune < self.prune_interval:

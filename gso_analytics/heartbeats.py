@@ -4,16 +4,20 @@ A Prometheus scrape reaches one worker of a pool; health kept in that worker's m
 would make every other worker's series vanish for that scrape. So each flush (an
 empty one too) writes this process's :meth:`~gso_analytics.Analytics.stats` as a
 :class:`~gso_analytics.model.Heartbeat` record, and the metrics endpoint reads every
-live record. Why not ``prometheus_client``'s multiprocess mode: it needs a directory
-shared by the workers (one host, set up before the server forks, wiped at start),
-which neither several hosts nor a Django or Flask app started by someone else's
-server give; the store is shared by every worker of every host already.
+live record. Only workers write one: an :class:`~gso_analytics.Analytics` that was
+started (a command or a script that never starts it is not counted among the workers),
+and a worker's graceful ``stop()`` withdraws its record, so a retired worker does not
+linger as a stale one. Why not ``prometheus_client``'s multiprocess mode: it needs a
+directory shared by the workers (one host, set up before the server forks, wiped at
+start), which neither several hosts nor a Django or Flask app started by someone
+else's server give; the store is shared by every worker of every host already.
 
 A process is ``host:pid``: stable for its life, distinct across hosts. A record
 expires :data:`LIFETIME_INTERVALS` flush intervals after it was written (at least
 :data:`MIN_LIFETIME`), so a worker that stopped leaves the scrape soon, but not before
-a staleness alert (no flush for 2 intervals, see ``examples/prometheus/alerts.yml``)
-had time to fire on a worker that hangs.
+a staleness alert (a flush older than 2 intervals, 30 s at least, when scraped; see
+``examples/prometheus/alerts.yml``) had time to fire on a worker that hangs: with a
+1 minute scrape interval, at least one scrape shows such a worker's old flush.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from .model import Heartbeat, Number
 #: flush (a slow store, a busy machine) stays in the scrape.
 LIFETIME_INTERVALS = 5
 #: ...and at least this long, so that with short intervals too a hung worker stays
-#: visible long enough for the staleness alert (``for: 30s`` after 2 intervals).
+#: visible long enough for the staleness alert (a flush older than 30 s when scraped).
 MIN_LIFETIME = timedelta(minutes=2)
 
 #: ``stats()`` keys kept in a heartbeat (numbers; ``last_error`` and the age are not).

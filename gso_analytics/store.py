@@ -339,6 +339,12 @@ class Store(ABC):
     def forget_heartbeats(self, expired_before: datetime) -> None:
         """Delete the records whose ``expires_at`` is before ``expired_before``."""
 
+    @abstractmethod
+    def withdraw_heartbeat(self, process: str) -> None:
+        """Delete the record of ``process`` (none: nothing to do). A worker that stops
+        gracefully withdraws its own, so it leaves the scrape at once instead of
+        showing as a stale worker until its record expires."""
+
     def user_records(self, user_id: str) -> UserRecords:
         """What the store keeps about one player besides sessions and events."""
         raise self._no_kpi_reads("user_records")

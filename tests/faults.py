@@ -329,6 +329,9 @@ class FaultyStore(Store):
     def forget_heartbeats(self, expired_before: datetime) -> None:
         self._run("prune", lambda _: self.inner.forget_heartbeats(expired_before))
 
+    def withdraw_heartbeat(self, process: str) -> None:
+        self._run("heartbeat", lambda _: self.inner.withdraw_heartbeat(process))
+
     def get_sessions(self, user_id: str) -> list[SessionRecord]:
         return self._run("read", lambda _: self.inner.get_sessions(user_id))
 

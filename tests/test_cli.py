@@ -310,6 +310,23 @@ def test_prune_deletes_old_events_and_times_out_stale_sessions(run: RunCli, stor
 # -- errors -------------------------------------------------------------------------------
 
 
+def test_commands_are_not_workers_they_write_no_heartbeat(run: RunCli, store_url: str) -> None:
+    """After the commands, the metrics count the workers only: no command writes a
+    heartbeat (each would have shown as one more worker, and a stale one once gone)."""
+    for argv in (
+        SMALL_DEMO,
+        ["report"],
+        ["report", "--json", "--today", TODAY],
+        ["prune"],
+        ["export-user", "u1"],
+        ["erase", "u1"],
+    ):
+        code, _, err = run(*argv, "--store", store_url)
+        assert code == 0, (argv, err)
+    with open_store(store_url) as store:
+        assert store.live_heartbeats(datetime(2000, 1, 1, tzinfo=UTC)) == []
+
+
 def test_unknown_scheme_is_one_line_and_exit_2(run: RunCli) -> None:
     code, out, err = run("report", "--store", "redis://localhost:6379/0")
     assert code == 2

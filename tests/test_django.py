@@ -234,6 +234,29 @@ def test_autoreloader_watcher_does_not_start(monkeypatch: pytest.MonkeyPatch) ->
     assert get_analytics()
 
 
+def test_the_libraries_own_command_is_not_a_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``manage.py gso_analytics report`` builds the library without starting it: its
+    flushes write no heartbeat, so the command is not counted among the workers."""
+    app_module.stop()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(sys, "argv", ["manage.py", "gso_analytics", "report"])
+            command = app_module.start()
+            assert command is not None
+            command.flush()
+            assert command.store.live_heartbeats(command.clock()) == []
+            app_module.stop()
+            patch.setattr(sys, "argv", ["manage.py", "runserver", "--noreload"])
+            worker = app_module.start()
+            assert worker is not None
+            worker.flush()
+            assert len(worker.store.live_heartbeats(worker.clock())) == 1
+            app_module.stop()
+    finally:
+        app_module.start()
+    assert get_analytics()
+
+
 # -- access ------------------------------------------------------------------------------
 
 

@@ -235,6 +235,21 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     assert "gso-analytics demo" in commands[0] and "pip install ." in commands[0], commands[0]
 
 
+def test_readme_says_how_to_run_the_real_tool_tests_as_ci_does() -> None:
+    """The README's test command skips the tests of the programs ``.ci/run`` installs:
+    its one-line way to run them installs the same packages and sets ``CI=true``."""
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    tools = re.search(r"^TOOLS=\((.*)\)$", ci, re.MULTILINE)
+    assert tools is not None and "CI=true" in ci
+    line = re.search(
+        r"`sudo apt-get install -y ([^`&]*) && CI=true python -m pytest`",
+        README.read_text(encoding="utf-8"),
+    )
+    assert line is not None, "README: no one-line way to run the real-tool tests"
+    assert line.group(1).split() == tools.group(1).split()
+    assert "exactly what CI runs" not in README.read_text(encoding="utf-8")
+
+
 def _mkdocs_build(root: Path, site: Path) -> subprocess.CompletedProcess[str]:
     """``mkdocs build --strict`` with every proxy pointing at a closed port: a build that
     fetched anything (fonts, social cards) would fail here as it would offline."""

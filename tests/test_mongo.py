@@ -1583,7 +1583,7 @@ def test_every_write_is_majority_and_every_read_bounded(nx_27017: mongo_server.N
         with MongoStore.from_client(
             client, client.get_default_database().name, transactions=True
         ) as store:
-            a = Analytics(store, clock=lambda: NOW, forwarders=[])
+            a = Analytics(store, clock=lambda: NOW, forwarders=[]).start()  # heartbeats too
             listener.sent.clear()
             a.on_login("u1")
             a.track("credits.earn", "u1", {"amount": 1})
@@ -1593,6 +1593,7 @@ def test_every_write_is_majority_and_every_read_bounded(nx_27017: mongo_server.N
             store.get_sessions("u1")
             a.prune()
             a.erase_user("u1")
+            assert a.stop()  # withdraws the heartbeat
     finally:
         client.close()
     majority = {"w": "majority", "wtimeout": WRITE_TIMEOUT_MS}
@@ -1604,6 +1605,9 @@ def test_every_write_is_majority_and_every_read_bounded(nx_27017: mongo_server.N
             assert command.get("writeConcern") == majority, command
         if name in ("find", "aggregate", "count"):
             assert command.get("maxTimeMS"), command
+    beats = [c for c in listener.sent if "gso_analytics_heartbeats" in c.values()]
+    assert {"update", "delete"} <= {next(iter(c)) for c in beats}  # saved, withdrawn at stop
+    assert any(d["q"].get("_id") for c in beats for d in c.get("deletes", ()))
 
 
 def test_a_standalone_server_is_refused_with_how_to_start_a_replica_set(

@@ -92,7 +92,7 @@ def test_totals_equal_the_store_and_never_drop_across_a_replayed_midnight(
 def test_every_live_worker_is_in_every_scrape_and_an_expired_one_leaves(
     store: Any, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
-    analytics = make_analytics(store, flush_interval=10)
+    analytics = make_analytics(store, flush_interval=10).start()  # a worker
     store.save_heartbeat(other_worker(analytics, "web-2", 4242, flushed=17))
     exposition = samples(scrape(analytics))
     _, host, pid = process_identity()
@@ -114,7 +114,7 @@ def test_last_flush_timestamp_moves_with_empty_flushes(
     store: Any, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
     """An idle worker is not a stale one: its empty flushes move the timestamp."""
-    analytics = make_analytics(store)
+    analytics = make_analytics(store).start()
     first = samples(scrape(analytics))["gso_analytics_last_flush_timestamp_seconds"]
     clock.advance(30)
     analytics.flush()  # nothing buffered
@@ -206,7 +206,7 @@ def test_alert_rules_are_valid(real_tool: RealTool) -> None:
         [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 6 rules found" in checked.stdout
+    assert "SUCCESS: 7 rules found" in checked.stdout
 
 
 def test_every_alert_has_a_case_that_fires_and_one_that_does_not(real_tool: RealTool) -> None:
@@ -240,6 +240,7 @@ def test_every_alert_has_a_case_that_fires_and_one_that_does_not(real_tool: Real
         == {
             "GsoAnalyticsTargetDown",
             "GsoAnalyticsCallsDropped",
+            "GsoAnalyticsCallsRejected",
             "GsoAnalyticsFlushFailing",
             "GsoAnalyticsBufferGrowing",
             "GsoAnalyticsFlushStale",

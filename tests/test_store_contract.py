@@ -18,9 +18,11 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from faults import FaultyStore
 
-from gso_analytics import DAILY_FIELDS, FlushBatch, Store
+from gso_analytics import DAILY_FIELDS, FlushBatch, Store, StoreError
 from gso_analytics.clock import to_ms
+from gso_analytics.heartbeats import process_identity
 from gso_analytics.model import EventRecord, Heartbeat, Login, Logout
 from gso_analytics.store import WITHDRAWN
 
@@ -507,6 +509,37 @@ def test_a_logout_after_a_logout_changes_nothing(
     assert [s.duration_s for s in store.get_sessions("u1")] == [60, 20]
     assert store.get_day("2025-03-14")["totalSessionS"] == 80
     assert b.stats()["logouts_without_session"] == 1
+
+
+def test_logouts_without_session_are_counted_once_as_of_when_they_were_stored(
+    store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """The figure is per process and counts a logout when it is stored: one whose
+    player's login another worker has not flushed yet ends no session *then* and is
+    counted, though that login, stored later, ends its session at this logout (the
+    figure only grows). So summed over the workers it can exceed the logouts that end
+    no session in the end. A retried batch never counts its logouts a second time."""
+    a = make_analytics(store)
+    faulty = FaultyStore(other_store)
+    b = make_analytics(faulty)
+    a.on_login("u1")
+    clock.advance(10)
+    b.on_logout("u1")
+    b.flush()  # before the login reaches the store
+    a.flush()
+    assert [s.duration_s for s in store.get_sessions("u1")] == [10]
+    assert (a.stats()["logouts_without_session"], b.stats()["logouts_without_session"]) == (0, 1)
+
+    b.on_logout("ghost")  # no login anywhere
+    faulty.fail_after(1)  # committed, then an error: the retry is a duplicate
+    with pytest.raises(StoreError):
+        b.flush()
+    b.flush()
+    b.on_logout("ghost")
+    b.flush()
+    # u1's, and the second ghost's (after a logout); the first ghost's batch reported an
+    # error after its commit, and its retry is a duplicate that counts nothing.
+    assert b.stats()["logouts_without_session"] == 2
 
 
 def test_late_logouts_end_the_session_they_fall_in(store: Store, clock: FakeClock) -> None:
@@ -1079,10 +1112,26 @@ def test_heartbeats_are_replaced_per_process_and_read_until_they_expire(
     assert [b.process for b in store.live_heartbeats(t0)] == ["web-2:10"]
 
 
-def test_every_flush_writes_a_heartbeat_an_empty_one_too(
+def test_a_withdrawn_heartbeat_leaves_at_once_and_only_its_own(
+    store: Store, other_store: Store
+) -> None:
+    """A worker that stops withdraws its record: gone for every handle before it expires,
+    the other workers' records untouched; withdrawing a record that is not there (never
+    written, or already expired and pruned) is no error."""
+    t0 = at("2025-03-14 12:00:00.250")
+    store.save_heartbeat(_beat("web-1:10", t0, 300, 5))
+    store.save_heartbeat(_beat("web-1:11", t0, 300, 6))
+    other_store.withdraw_heartbeat("web-1:10")
+    assert [b.process for b in store.live_heartbeats(t0)] == ["web-1:11"]
+    store.withdraw_heartbeat("web-1:10")
+    store.withdraw_heartbeat("web-9:99")
+    assert [b.process for b in other_store.live_heartbeats(t0)] == ["web-1:11"]
+
+
+def test_a_workers_every_flush_writes_a_heartbeat_an_empty_one_too(
     store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
-    analytics = make_analytics(store, flush_interval=30)
+    analytics = make_analytics(store, flush_interval=30).start()
     analytics.flush()  # nothing buffered
     first = other_store.live_heartbeats(clock.now)
     assert [(b.pid, b.stats["flushed"], b.at) for b in first] == [(os.getpid(), 0, clock.now)]
@@ -1093,6 +1142,30 @@ def test_every_flush_writes_a_heartbeat_an_empty_one_too(
     (beat,) = other_store.live_heartbeats(clock.now)
     assert (beat.stats["flushed"], beat.at) == (1, clock.now)
     assert other_store.live_heartbeats(clock.now + timedelta(seconds=150)) == []
+
+
+def test_only_a_started_instance_is_a_worker_and_stop_withdraws_its_heartbeat(
+    store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """A command or a script that flushes by hand (never started) writes no heartbeat,
+    so it is not counted among the workers; a worker's graceful stop() withdraws its
+    own record at once, the other workers' records untouched."""
+    one_off = make_analytics(store)
+    one_off.track("credits.earn", "u1", {"amount": 1})
+    one_off.flush()
+    one_off.get_metrics()
+    assert other_store.live_heartbeats(clock.now) == []
+    other_store.save_heartbeat(_beat("web-2:7", clock.now, 300, 1))
+    worker = make_analytics(store, flush_interval=30).start()
+    worker.flush()
+    _, host, pid = process_identity()
+    assert {(b.host, b.pid) for b in other_store.live_heartbeats(clock.now)} == {
+        (host, pid),
+        ("web-2", 7),
+    }
+    assert worker.stop()
+    assert [b.process for b in other_store.live_heartbeats(clock.now)] == ["web-2:7"]
+    assert [b.process for b in store.live_heartbeats(clock.now)] == ["web-2:7"]
 
 
 def test_count_day_users_counts_each_user_once_in_the_range(store: Store, clock: FakeClock) -> None:

@@ -134,6 +134,11 @@ class Reads(Connection):
             beats = self._collection("heartbeats").with_options(write_concern=majority())
             beats.delete_many({"expiresAt": {"$lt": expired_before}})
 
+    def withdraw_heartbeat(self, process: str) -> None:
+        with self._errors("withdrawing a heartbeat"):
+            beats = self._collection("heartbeats").with_options(write_concern=majority())
+            beats.delete_one({"_id": process})
+
     # -- sessions and events ---------------------------------------------------------------------
 
     def count_open_sessions(self) -> int:

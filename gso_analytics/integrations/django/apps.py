@@ -10,6 +10,9 @@ Why the guards:
 - ``runserver`` with its autoreloader runs ``ready()`` in two processes: a file
   watcher that never serves a request, and the child that does (``RUN_MAIN=true``).
   Only the child starts the library, so the watcher holds no store and no thread.
+- ``manage.py gso_analytics ...`` (report, prune, export-user, erase) is a one-off
+  command, not a worker: the library is built but not started, so the command writes
+  no heartbeat and is not counted among the workers (see ``Analytics.start()``).
 - ``ready()`` may run again (``apps.populate`` after a reset); a second start is a
   no-op.
 - ``override_settings(GSO_ANALYTICS=...)`` in a test restarts the library with the
@@ -79,6 +82,11 @@ def is_autoreloader_watcher() -> bool:
     )
 
 
+def is_own_command() -> bool:
+    """True in ``manage.py gso_analytics ...``: a one-off command, not a worker."""
+    return sys.argv[1:2] == ["gso_analytics"]
+
+
 def _key(name: str) -> str:
     return f'{SETTING}["{name}"]'
 
@@ -105,7 +113,7 @@ def start(**overrides: Any) -> Analytics | None:
         app_settings = read_django_settings()
         analytics = build_analytics(app_settings, **overrides)
         _running = Running(analytics, MetricsEndpoint(app_settings.endpoint))
-        return analytics.start()
+        return analytics if is_own_command() else analytics.start()
 
 
 def stop() -> bool:
