@@ -20,14 +20,14 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import date, datetime, timedelta, tzinfo
+from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Any, cast
 
 import attrs
 
 from .clock import Clock, resolve_tz, utc_now
 from .model import Number
-from .store import Store
+from .store import Store, last_expired
 
 #: The rolling windows of :meth:`KPIs.active_users`, in days ending on the day reported.
 WAU_DAYS = 7
@@ -504,11 +504,15 @@ class KPIs:
                     None if k == 0 or not gaps[k] else statistics.median(gaps[k]),
                 )
             )
-        now = self.clock().astimezone(self.tz)
-        retained_from = (
-            datetime.combine(now.date(), datetime.min.time(), now.tzinfo) - self.event_ttl
-        ).date()
-        return Funnel(rows, truncated=first is None or first < retained_from)
+        return Funnel(rows, truncated=first is None or self._pruned_on(first))
+
+    def _pruned_on(self, day: date) -> bool:
+        """Whether events of ``day`` may already be pruned: its first instant (local
+        midnight) is expired now by the prune's own rule (:func:`~.store.last_expired`,
+        ``ts + event_ttl <= now``), so the day, and a range starting on it, is no
+        longer whole."""
+        midnight = datetime.combine(day, time.min, self.tz)
+        return midnight <= last_expired(self.clock(), self.event_ttl)
 
 
 def _play_durations(sessions: Iterable[Any]) -> list[int]:
