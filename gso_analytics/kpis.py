@@ -58,7 +58,9 @@ def ratio(numerator: Number, denominator: Number) -> float:
 @attrs.frozen
 class RetentionRow:
     """One cohort: ``counts[N]`` users active exactly N days after their first-seen
-    day, None while that day is still in the future (unknown, never 0)."""
+    day, None until that day is over in the store's timezone: players still have the
+    rest of the day to come back, so a count read during it is not yet the figure
+    (unknown, never 0)."""
 
     cohort: str
     users: int
@@ -313,14 +315,15 @@ class KPIs:
     ) -> list[RetentionRow]:
         """One row per cohort (first-seen day in [start, end]) with at least one user:
         ``dN`` = how many of them were active exactly N days after their first-seen day
-        (classic, "day N" retention), ``dNRate`` = dN / users."""
+        (classic, "day N" retention), ``dNRate`` = dN / users; both None until day N
+        is over (see :class:`RetentionRow`)."""
         first, last = self._range(start, end)
         offsets = list(dict.fromkeys(days))  # the caller's order, once each
         if not offsets or any(type(n) is not int or n < 0 for n in offsets):
             raise ValueError(f"days must be non-negative ints, got {days!r}")
-        today = self.today()
+        measured_until = self.today() - timedelta(days=1)  # the last day that is over
         cohorts = self._real(self.store.first_seen_between(_key(first), _key(last)))
-        reach = min(last + timedelta(days=max(offsets)), today)
+        reach = min(last + timedelta(days=max(offsets)), measured_until)
         active = self._active(first + timedelta(days=min(offsets)), reach)
         rows = []
         for cohort in sorted(cohorts):
@@ -328,7 +331,11 @@ class KPIs:
             counts: dict[int, int | None] = {}
             for n in offsets:
                 target = date.fromisoformat(cohort) + timedelta(days=n)
-                counts[n] = None if target > today else len(users & active.get(_key(target), set()))
+                counts[n] = (
+                    None
+                    if target > measured_until
+                    else len(users & active.get(_key(target), set()))
+                )
             rows.append(RetentionRow(cohort, len(users), counts))
         return rows
 
@@ -455,7 +462,7 @@ class KPIs:
         """Day-``n`` retention measured on the days of [first, last]: of the cohorts of
         [first - n, last - n] (the latest whose day n falls in the period), the share
         active on their day n; None when no such cohort has users (or its day n is
-        still ahead)."""
+        not over yet)."""
         offset = timedelta(days=n)
         cohorts = self.retention(first - offset, last - offset, (n,))
         return pooled_rate((cohort.users, cohort.counts[n]) for cohort in cohorts)

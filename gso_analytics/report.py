@@ -193,7 +193,7 @@ KpiDoc = dict[str, Any]
 
 
 def fmt_rate(value: float | None) -> str:
-    """A 0-1 ratio as a percentage, ``-`` for unknown (a retention day still ahead)."""
+    """A 0-1 ratio as a percentage, ``-`` for unknown (a retention day not over yet)."""
     return "-" if value is None else f"{100 * value:.1f}%"
 
 

@@ -210,7 +210,8 @@ class Oracle:
             row: dict[str, Any] = {"cohort": cohort.isoformat(), "users": len(users)}
             for n in ns:
                 target = cohort + timedelta(days=n)
-                count = None if target > self.today else len(users & self.active[target])
+                over = target < self.today  # day N is over: measurable
+                count = len(users & self.active[target]) if over else None
                 row[f"d{n}"] = count
                 row[f"d{n}Rate"] = None if count is None else count / len(users)
             rows.append(row)
@@ -574,6 +575,41 @@ def test_retention_counts_exact_day_n_and_none_after_today(small: tuple[Any, Any
         {"cohort": "2025-03-01", "users": 2, "d1": 1, "d1Rate": 0.5, "d7": 1, "d7Rate": 0.5,
          "d30": None, "d30Rate": None},
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("tz", ["America/Los_Angeles", "Asia/Kolkata", "UTC"])
+def test_retention_is_none_until_day_n_is_over_in_the_store_timezone(
+    tz: str, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """Day N is measurable once it is over, locally: D1 of the 1 March cohort is None
+    all of 2 March (00:05 and its last millisecond), a count from 3 March 00:00; D0
+    likewise from 2 March 00:00. A 0 read during the day would be a drop to zero."""
+    zone = ZoneInfo(tz)
+
+    def local(moment: str) -> datetime:
+        return datetime.fromisoformat(moment).replace(tzinfo=zone)
+
+    a = make_analytics(open_store("memory://"), forwarders=[], tz=zone)
+    for at, users in (("2025-03-01T23:00", ("u1", "u2")), ("2025-03-02T23:00", ("u1",))):
+        clock.set(local(at))
+        for user in users:
+            a.on_login(user)
+    a.flush()
+
+    def figures(at: str) -> tuple[Any, ...]:
+        clock.set(local(at))
+        (row,) = as_dicts(a.kpis.retention("2025-03-01", "2025-03-01", days=(0, 1)))
+        return row["users"], row["d0"], row["d1"], row["d1Rate"]
+
+    assert figures("2025-03-01T23:59:59.999") == (2, None, None, None)
+    assert figures("2025-03-02T00:00") == (2, 2, None, None)
+    assert figures("2025-03-02T00:05") == (2, 2, None, None)
+    assert figures("2025-03-02T23:59:59.999") == (2, 2, None, None)
+    assert figures("2025-03-03T00:00") == (2, 2, 1, 0.5)
+    clock.set(local("2025-03-02T00:05"))
+    assert a.kpis.headline("2025-03-02", "2025-03-02").figures["d1Rate"].value is None
+    clock.set(local("2025-03-03T00:00"))
+    assert a.kpis.headline("2025-03-02", "2025-03-02").figures["d1Rate"].value == 0.5
 
 
 def test_zero_days_are_rows_with_zero_ratios(small: tuple[Any, Any]) -> None:
