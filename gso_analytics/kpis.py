@@ -196,8 +196,8 @@ class Headline:
 
 def pooled_rate(cohorts: Iterable[tuple[int, int | None]]) -> float | None:
     """Day-N retention of several cohorts taken together, from ``(users, returned)``
-    pairs: returning users over cohort users, counting only the cohorts whose day N has
-    come (``returned`` not None); None if none has."""
+    pairs: returning users over cohort users, counting only the cohorts whose day N is
+    over (``returned`` not None); None if none is."""
     known = [(users, returned) for users, returned in cohorts if returned is not None]
     users = sum(users for users, _ in known)
     return ratio(sum(returned for _, returned in known), users) if users else None
