@@ -46,7 +46,7 @@ class _State:
     heartbeats: dict[str, Heartbeat] = attrs.field(factory=dict)  # process -> record
     day_users: set[tuple[str, str]] = attrs.field(factory=set)
     month_users: set[tuple[str, str]] = attrs.field(factory=set)
-    new_users: set[tuple[str, str]] = attrs.field(factory=set)
+    new_users: dict[str, str] = attrs.field(factory=dict)  # user -> registration day
     first_seen: dict[str, str] = attrs.field(factory=dict)  # user -> day
     first_payments: dict[str, str] = attrs.field(factory=dict)  # user -> day
     user_revenue: dict[tuple[str, str], Number] = attrs.field(factory=dict)  # (day, user)
@@ -108,8 +108,12 @@ class _MemoryTransaction(Transaction):
     def add_month_users(self, month: str, users: set[str]) -> int:
         return self._add(self.state.month_users, month, users)
 
-    def add_new_users(self, day: str, users: set[str]) -> int:
-        return self._add(self.state.new_users, day, users)
+    def registration_days(self, users: set[str]) -> dict[str, str]:
+        days = self.state.new_users
+        return {user: days[user] for user in users if user in days}
+
+    def set_registration_days(self, days: dict[str, str]) -> None:
+        self._keep_first(self.state.new_users, days)
 
     def _keep_first(self, facts: dict[str, str], first_days: dict[str, str]) -> None:
         for user, day in first_days.items():
@@ -284,8 +288,9 @@ class _MemoryTransaction(Transaction):
         state = self.state
         counts = {
             name: self._rename_records(name, user_id, token)
-            for name in ("day_users", "month_users", "new_users")
+            for name in ("day_users", "month_users")
         }
+        counts["new_users"] = self._rename_fact(state.new_users, user_id, token)
         counts["first_seen"] = self._rename_fact(state.first_seen, user_id, token)
         counts["first_payments"] = self._rename_fact(state.first_payments, user_id, token)
         revenue = {k: c for k, c in state.user_revenue.items() if k[1] == user_id}

@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS {p}day_users (
 CREATE TABLE IF NOT EXISTS {p}month_users (
     month TEXT NOT NULL, userId TEXT NOT NULL, PRIMARY KEY (month, userId)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS {p}new_users (
-    day TEXT NOT NULL, userId TEXT NOT NULL, PRIMARY KEY (day, userId)) WITHOUT ROWID;
+    userId TEXT PRIMARY KEY, day TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS {p}sessions (
     id TEXT PRIMARY KEY, userId TEXT NOT NULL, username TEXT,
     loginAt TEXT NOT NULL, logoutAt TEXT, durationS INTEGER NOT NULL DEFAULT 0,
@@ -102,7 +102,9 @@ CREATE TABLE IF NOT EXISTS {p}tombstones (
 """
 
 #: Tables whose records a (key, user) pair makes, renamed in place by an erase.
-_USER_RECORD_TABLES = ("day_users", "month_users", "new_users")
+_USER_RECORD_TABLES = ("day_users", "month_users")
+#: Tables of one day per player (the earliest), merged into the token's by an erase.
+_FIRST_DAY_TABLES = ("first_seen", "first_payments", "new_users")
 #: Host parameters per ``IN (...)`` list, well below SQLite's limit (32766 since 3.32).
 _IN_CHUNK = 500
 
@@ -146,8 +148,12 @@ class _SQLiteTransaction(Transaction):
     def add_month_users(self, month: str, users: set[str]) -> int:
         return self._add_users("month_users", month, users)
 
-    def add_new_users(self, day: str, users: set[str]) -> int:
-        return self._add_users("new_users", day, users)
+    def registration_days(self, users: set[str]) -> dict[str, str]:
+        sql = f"SELECT userId, day FROM {self.p}new_users WHERE userId IN ({{marks}})"
+        return dict(self._select_in(sql, users))
+
+    def set_registration_days(self, days: dict[str, str]) -> None:
+        self._keep_first("new_users", days)
 
     def _keep_first(self, table: str, first_days: dict[str, str]) -> None:
         self.conn.executemany(
@@ -297,18 +303,18 @@ class _SQLiteTransaction(Transaction):
         ).fetchone()
         return str(row[0])
 
+    def _select_in(self, sql: str, keys: set[str]) -> Iterator[Any]:
+        """The rows of ``sql`` whose ``IN ({marks})`` list is filled with ``keys``, a
+        chunk of :data:`_IN_CHUNK` at a time."""
+        ordered = sorted(keys)
+        for i in range(0, len(ordered), _IN_CHUNK):
+            chunk = ordered[i : i + _IN_CHUNK]
+            yield from self.conn.execute(sql.format(marks=",".join("?" * len(chunk))), chunk)
+
     def tombstones(self, hashes: Mapping[str, str]) -> dict[str, str]:
         users = {h: user for user, h in hashes.items()}
-        keys = sorted(users)
-        found: dict[str, str] = {}
-        for i in range(0, len(keys), _IN_CHUNK):
-            chunk = keys[i : i + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for key_hash, token in self.conn.execute(
-                f"SELECT hash, token FROM {self.p}tombstones WHERE hash IN ({marks})", chunk
-            ):
-                found[users[key_hash]] = token
-        return found
+        sql = f"SELECT hash, token FROM {self.p}tombstones WHERE hash IN ({{marks}})"
+        return {users[key_hash]: token for key_hash, token in self._select_in(sql, set(users))}
 
     def add_tombstone(self, key_hash: str, token: str, at: datetime) -> str | None:
         row = self.conn.execute(
@@ -341,7 +347,7 @@ class _SQLiteTransaction(Transaction):
             ).rowcount
             for table in _USER_RECORD_TABLES
         }
-        for table in ("first_seen", "first_payments"):
+        for table in _FIRST_DAY_TABLES:
             counts[table] = self._merge_into_token(
                 table, "userId, day", "day = min(day, excluded.day)", user_id, token
             )
@@ -378,7 +384,8 @@ def _upgrade(conn: sqlite3.Connection, prefix: str) -> None:
     the ``origin``/``seq`` columns (their sessions order by time and id), a logout mark
     for each session a logout closed and for each logout still waiting for its login,
     and lose the pairing machinery those versions kept (``pending_logouts``,
-    ``reloginBy``).
+    ``reloginBy``). Files that kept a registration per (day, player) (up to 0.2) keep
+    each player's earliest day (:func:`_upgrade_registrations`).
     """
 
     def columns() -> set[str]:
@@ -399,12 +406,18 @@ def _upgrade(conn: sqlite3.Connection, prefix: str) -> None:
             and conn.execute(found.format("daily")).fetchone()
         )
 
-    if not outdated() and not without_totals():
+    def registrations_by_day() -> bool:
+        found = conn.execute(f"PRAGMA table_info({prefix}new_users)")
+        return any(name == "day" and pk for _, name, _, _, _, pk in found)
+
+    if not outdated() and not without_totals() and not registrations_by_day():
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
         if outdated():
             _upgrade_to_marks(conn, prefix, columns(), tables())
+        if registrations_by_day():
+            _upgrade_registrations(conn, prefix)
         if without_totals():
             conn.execute(
                 f"INSERT INTO {prefix}totals (field, value) SELECT field, SUM(value) FROM"
@@ -444,6 +457,22 @@ def _upgrade_to_marks(
     if relogin:
         conn.execute(f"DROP INDEX IF EXISTS {p}sessions_relogin")
         conn.execute(f"ALTER TABLE {p}sessions DROP COLUMN reloginBy")
+
+
+def _upgrade_registrations(conn: sqlite3.Connection, p: str) -> None:
+    """``new_users`` keyed by (day, player) becomes one row per player with their
+    earliest day, the day ``newUsers`` counts them in from now on. The daily
+    ``newUsers`` already counted stay as they are."""
+    conn.execute(
+        f"CREATE TABLE {p}new_users_by_player (userId TEXT PRIMARY KEY, day TEXT NOT NULL)"
+        " WITHOUT ROWID"
+    )
+    conn.execute(
+        f"INSERT INTO {p}new_users_by_player (userId, day)"
+        f" SELECT userId, MIN(day) FROM {p}new_users GROUP BY userId"
+    )
+    conn.execute(f"DROP TABLE {p}new_users")
+    conn.execute(f"ALTER TABLE {p}new_users_by_player RENAME TO {p}new_users")
 
 
 def _event_record(row: tuple[Any, ...]) -> EventRecord:

@@ -4,7 +4,7 @@ Why CSV as well as HTML: a game team pastes numbers into a spreadsheet to chart 
 against their own plans. So each file holds one table with raw numbers (cents, seconds,
 0-1 rates, exactly the values of ``report --json``), every day of the range oldest first
 (sortable, nothing collapsed), a header of the JSON field names, and an empty cell for
-an unknown value (a retention day still ahead), never a 0.
+an unknown value (a retention day not over yet), never a 0.
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ class UserRecords:
 
     days_active: list[str] = attrs.field(factory=list)
     months_active: list[str] = attrs.field(factory=list)
-    registered_days: list[str] = attrs.field(factory=list)
+    registered_on: str | None = None  # the earliest registration (one record a player)
     first_seen: str | None = None
     first_payment: str | None = None
     revenue_cents: dict[str, Number] = attrs.field(factory=dict)  # day -> cents
@@ -123,12 +123,13 @@ def read_user_records(
 ) -> UserRecords:
     """A player's :class:`UserRecords` from a store's reads, which name the records as
     every backend does: ``keys(name, column)`` is the player's keys in the (key, player)
-    records ``name``, sorted; ``first(name)`` the player's day in ``first_seen`` or
-    ``first_payments``; ``revenue`` day -> cents."""
+    records ``name``, sorted; ``first(name)`` the player's day in the per-player day
+    records ``first_seen``, ``first_payments`` or ``new_users``; ``revenue`` day ->
+    cents."""
     return UserRecords(
         days_active=keys("day_users", "day"),
         months_active=keys("month_users", "month"),
-        registered_days=keys("new_users", "day"),
+        registered_on=first("new_users"),
         first_seen=first("first_seen"),
         first_payment=first("first_payments"),
         revenue_cents=dict(sorted(revenue.items())),

@@ -546,7 +546,7 @@ def render_html(doc: KpiDoc, title: str = "Game KPIs") -> str:
     notes = {
         "retention": "Classic day-N retention: users of the cohort active exactly N days"
         f" after their first login (D{', D'.join(map(str, RETENTION_DAYS))}); a dash is a"
-        " day still in the future.",
+        " day not over yet.",
         "revenue": "Totals row: DAU is the average day's; payers are distinct players.",
         "activeUsers": "Last row: the average day.",
     }

@@ -20,14 +20,14 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import date, datetime, timedelta, tzinfo
+from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Any, cast
 
 import attrs
 
 from .clock import Clock, resolve_tz, utc_now
 from .model import Number
-from .store import Store
+from .store import Store, last_expired
 
 #: The rolling windows of :meth:`KPIs.active_users`, in days ending on the day reported.
 WAU_DAYS = 7
@@ -58,7 +58,9 @@ def ratio(numerator: Number, denominator: Number) -> float:
 @attrs.frozen
 class RetentionRow:
     """One cohort: ``counts[N]`` users active exactly N days after their first-seen
-    day, None while that day is still in the future (unknown, never 0)."""
+    day, None until that day is over in the store's timezone: players still have the
+    rest of the day to come back, so a count read during it is not yet the figure
+    (unknown, never 0)."""
 
     cohort: str
     users: int
@@ -194,8 +196,8 @@ class Headline:
 
 def pooled_rate(cohorts: Iterable[tuple[int, int | None]]) -> float | None:
     """Day-N retention of several cohorts taken together, from ``(users, returned)``
-    pairs: returning users over cohort users, counting only the cohorts whose day N has
-    come (``returned`` not None); None if none has."""
+    pairs: returning users over cohort users, counting only the cohorts whose day N is
+    over (``returned`` not None); None if none is."""
     known = [(users, returned) for users, returned in cohorts if returned is not None]
     users = sum(users for users, _ in known)
     return ratio(sum(returned for _, returned in known), users) if users else None
@@ -313,14 +315,15 @@ class KPIs:
     ) -> list[RetentionRow]:
         """One row per cohort (first-seen day in [start, end]) with at least one user:
         ``dN`` = how many of them were active exactly N days after their first-seen day
-        (classic, "day N" retention), ``dNRate`` = dN / users."""
+        (classic, "day N" retention), ``dNRate`` = dN / users; both None until day N
+        is over (see :class:`RetentionRow`)."""
         first, last = self._range(start, end)
         offsets = list(dict.fromkeys(days))  # the caller's order, once each
         if not offsets or any(type(n) is not int or n < 0 for n in offsets):
             raise ValueError(f"days must be non-negative ints, got {days!r}")
-        today = self.today()
+        measured_until = self.today() - timedelta(days=1)  # the last day that is over
         cohorts = self._real(self.store.first_seen_between(_key(first), _key(last)))
-        reach = min(last + timedelta(days=max(offsets)), today)
+        reach = min(last + timedelta(days=max(offsets)), measured_until)
         active = self._active(first + timedelta(days=min(offsets)), reach)
         rows = []
         for cohort in sorted(cohorts):
@@ -328,7 +331,11 @@ class KPIs:
             counts: dict[int, int | None] = {}
             for n in offsets:
                 target = date.fromisoformat(cohort) + timedelta(days=n)
-                counts[n] = None if target > today else len(users & active.get(_key(target), set()))
+                counts[n] = (
+                    None
+                    if target > measured_until
+                    else len(users & active.get(_key(target), set()))
+                )
             rows.append(RetentionRow(cohort, len(users), counts))
         return rows
 
@@ -455,7 +462,7 @@ class KPIs:
         """Day-``n`` retention measured on the days of [first, last]: of the cohorts of
         [first - n, last - n] (the latest whose day n falls in the period), the share
         active on their day n; None when no such cohort has users (or its day n is
-        still ahead)."""
+        not over yet)."""
         offset = timedelta(days=n)
         cohorts = self.retention(first - offset, last - offset, (n,))
         return pooled_rate((cohort.users, cohort.counts[n]) for cohort in cohorts)
@@ -504,11 +511,15 @@ class KPIs:
                     None if k == 0 or not gaps[k] else statistics.median(gaps[k]),
                 )
             )
-        now = self.clock().astimezone(self.tz)
-        retained_from = (
-            datetime.combine(now.date(), datetime.min.time(), now.tzinfo) - self.event_ttl
-        ).date()
-        return Funnel(rows, truncated=first is None or first < retained_from)
+        return Funnel(rows, truncated=first is None or self._pruned_on(first))
+
+    def _pruned_on(self, day: date) -> bool:
+        """Whether events of ``day`` may already be pruned: its first instant (local
+        midnight) is expired now by the prune's own rule (:func:`~.store.last_expired`,
+        ``ts + event_ttl <= now``), so the day, and a range starting on it, is no
+        longer whole."""
+        midnight = datetime.combine(day, time.min, self.tz)
+        return midnight <= last_expired(self.clock(), self.event_ttl)
 
 
 def _play_durations(sessions: Iterable[Any]) -> list[int]:

@@ -136,8 +136,9 @@ class FlushBatch:
 
     ``counters`` holds increments per day (never totals); ``day_users`` and
     ``month_users`` the activity records whose newly inserted count feeds ``dau`` and
-    ``mau``; ``new_users`` the (day, user) registrations whose newly inserted count
-    feeds ``newUsers`` (a player registered twice in a day counts once); ``logins``
+    ``mau``; ``new_users`` the (day, user) registrations, from which the store keeps
+    each player's earliest registration day, the day ``newUsers`` counts them (once,
+    see :func:`gso_analytics.store.apply_batch`); ``logins``
     and ``logouts`` the marks that sessions are computed from (with
     ``session_timeout_ms``, see :mod:`gso_analytics.sessions`); ``payments`` the
     ``stripe.payment`` amounts per day and user (increments, like ``counters``), which

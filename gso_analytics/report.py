@@ -193,7 +193,7 @@ KpiDoc = dict[str, Any]
 
 
 def fmt_rate(value: float | None) -> str:
-    """A 0-1 ratio as a percentage, ``-`` for unknown (a retention day still ahead)."""
+    """A 0-1 ratio as a percentage, ``-`` for unknown (a retention day not over yet)."""
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
@@ -238,8 +238,8 @@ def _headline(name: str) -> Total:
 
 
 def _known_sum(field: str) -> Total:
-    """The sum over the cohorts whose day has come (unknown days are not zeros); None
-    when that day has come for none of them."""
+    """The sum over the cohorts whose day is over (unknown days are not zeros); None
+    when that day is over for none of them."""
 
     def total(rows: Sequence[Row], _doc: KpiDoc) -> int | None:
         known = [row[field] for row in rows if row[field] is not None]

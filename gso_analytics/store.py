@@ -92,9 +92,20 @@ class Transaction(ABC):
         """Insert the (month, user) records; return how many did not exist before."""
 
     @abstractmethod
-    def add_new_users(self, day: str, users: set[str]) -> int:
-        """Insert the (day, user) registration records; return how many did not exist
-        before (``newUsers`` counts distinct players, as ``dau`` does)."""
+    def registration_days(self, users: set[str]) -> dict[str, str]:
+        """The stored registration day of each of ``users`` that has one: the day of
+        their earliest ``user.register`` the store has seen, one record per player."""
+
+    @abstractmethod
+    def set_registration_days(self, days: dict[str, str]) -> None:
+        """Keep, per user, the earliest of the stored registration day and
+        ``days[user]``, creating the record (as :meth:`add_first_seen`).
+
+        :func:`apply_batch` moves the ``newUsers`` counts from what
+        :meth:`registration_days` read in the same transaction, so a store whose
+        transactions are snapshots must make this write conflict with another
+        transaction's write of the same player's record (MongoDB: one document per
+        player, under a unique index on ``userId``)."""
 
     @abstractmethod
     def add_first_seen(self, first_days: dict[str, str]) -> None:
@@ -426,7 +437,7 @@ class Store(ABC):
             ],
             "daysActive": records.days_active,
             "monthsActive": records.months_active,
-            "registeredOn": records.registered_days,
+            "registeredOn": records.registered_on,
             "firstSeen": records.first_seen,
             "firstPayment": records.first_payment,
             "revenueCents": records.revenue_cents,
@@ -579,11 +590,10 @@ def apply_batch(tx: Transaction, batch: FlushBatch, erasure_key: str) -> ApplyRe
         if added:
             daily[day]["dau"] += added
             new_day_users += added
-    for day, users in batch.new_users.items():
-        added = tx.add_new_users(day, users)
+    if batch.new_users:
+        for day, moved in _registrations(tx, _first_days(batch.new_users), pacer).items():
+            daily[day][NEW_USERS] += moved
         pacer.tick()
-        if added:
-            daily[day][NEW_USERS] += added
     for month, users in batch.month_users.items():
         added = tx.add_month_users(month, users)
         pacer.tick()
@@ -601,13 +611,42 @@ def apply_batch(tx: Transaction, batch: FlushBatch, erasure_key: str) -> ApplyRe
 
     for day, fields in daily.items():
         if fields:  # a day of repeated registrations only has nothing to add
-            tx.increment_daily(day, batch.months[day], dict(fields))
+            tx.increment_daily(day, batch.months.get(day, month_of(day)), dict(fields))
     for month, month_fields in monthly.items():
         tx.increment_monthly(month, dict(month_fields))
     pacer.tick()
     if batch.events:
         tx.insert_events(batch.events)
     return ApplyResult(new_day_users=new_day_users, unmatched_logouts=unmatched)
+
+
+def _registrations(tx: Transaction, registering: dict[str, str], pacer: Pacer) -> dict[str, int]:
+    """Store the batch's registrations (user -> the batch's earliest day for them) and
+    return what moves in ``newUsers``, day -> +/- players.
+
+    ``newUsers`` of a day counts the players whose earliest registration ever is that
+    day. A player already stored with a later day moves: -1 there, +1 on the earlier
+    day. So the figures equal that definition whatever order workers flush in (a
+    later flush may carry an earlier registration), and a player counts once."""
+    stored = tx.registration_days(set(registering))
+    pacer.tick()
+    earlier = {
+        user: day for user, day in registering.items() if user not in stored or day < stored[user]
+    }
+    moves: defaultdict[str, int] = defaultdict(int)
+    for user, day in earlier.items():
+        moves[day] += 1
+        if user in stored:
+            moves[stored[user]] -= 1
+    if earlier:
+        tx.set_registration_days(earlier)
+    return moves
+
+
+def month_of(day: str) -> str:
+    """The ``YYYY-MM`` month of a ``YYYY-MM-DD`` day key (both in the store's timezone):
+    a registration can move a count to a day the batch does not carry."""
+    return day[:7]
 
 
 def _first_days(by_day: Mapping[str, Iterable[str]]) -> dict[str, str]:

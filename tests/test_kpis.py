@@ -13,13 +13,15 @@ from __future__ import annotations
 import random
 import statistics
 from collections import defaultdict
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import attrs
 import mongo_server
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mongo_harness import Harness
 
 from gso_analytics import (
@@ -208,7 +210,8 @@ class Oracle:
             row: dict[str, Any] = {"cohort": cohort.isoformat(), "users": len(users)}
             for n in ns:
                 target = cohort + timedelta(days=n)
-                count = None if target > self.today else len(users & self.active[target])
+                over = target < self.today  # day N is over: measurable
+                count = len(users & self.active[target]) if over else None
                 row[f"d{n}"] = count
                 row[f"d{n}Rate"] = None if count is None else count / len(users)
             rows.append(row)
@@ -574,6 +577,41 @@ def test_retention_counts_exact_day_n_and_none_after_today(small: tuple[Any, Any
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("tz", ["America/Los_Angeles", "Asia/Kolkata", "UTC"])
+def test_retention_is_none_until_day_n_is_over_in_the_store_timezone(
+    tz: str, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """Day N is measurable once it is over, locally: D1 of the 1 March cohort is None
+    all of 2 March (00:05 and its last millisecond), a count from 3 March 00:00; D0
+    likewise from 2 March 00:00. A 0 read during the day would be a drop to zero."""
+    zone = ZoneInfo(tz)
+
+    def local(moment: str) -> datetime:
+        return datetime.fromisoformat(moment).replace(tzinfo=zone)
+
+    a = make_analytics(open_store("memory://"), forwarders=[], tz=zone)
+    for at, users in (("2025-03-01T23:00", ("u1", "u2")), ("2025-03-02T23:00", ("u1",))):
+        clock.set(local(at))
+        for user in users:
+            a.on_login(user)
+    a.flush()
+
+    def figures(at: str) -> tuple[Any, ...]:
+        clock.set(local(at))
+        (row,) = as_dicts(a.kpis.retention("2025-03-01", "2025-03-01", days=(0, 1)))
+        return row["users"], row["d0"], row["d1"], row["d1Rate"]
+
+    assert figures("2025-03-01T23:59:59.999") == (2, None, None, None)
+    assert figures("2025-03-02T00:00") == (2, 2, None, None)
+    assert figures("2025-03-02T00:05") == (2, 2, None, None)
+    assert figures("2025-03-02T23:59:59.999") == (2, 2, None, None)
+    assert figures("2025-03-03T00:00") == (2, 2, 1, 0.5)
+    clock.set(local("2025-03-02T00:05"))
+    assert a.kpis.headline("2025-03-02", "2025-03-02").figures["d1Rate"].value is None
+    clock.set(local("2025-03-03T00:00"))
+    assert a.kpis.headline("2025-03-02", "2025-03-02").figures["d1Rate"].value == 0.5
+
+
 def test_zero_days_are_rows_with_zero_ratios(small: tuple[Any, Any]) -> None:
     a, _ = small
     kpis = a.kpis
@@ -701,13 +739,75 @@ def test_funnel_truncated_when_the_range_reaches_past_the_event_ttl(
     today = FUNNEL_TODAY.date()
     kpis = a.kpis
     assert kpis.funnel(["a", "b"]).truncated
-    assert kpis.funnel(["a", "b"], start=today - timedelta(days=8)).truncated
-    assert not kpis.funnel(["a", "b"], start=today - timedelta(days=7)).truncated
+    # 18:00 today: the prune has taken day -7 up to 18:00 (ts + 7 days <= now); day -6
+    # is the first whole day kept.
+    assert kpis.funnel(["a", "b"], start=today - timedelta(days=7)).truncated
+    assert not kpis.funnel(["a", "b"], start=today - timedelta(days=6)).truncated
     first = kpis.funnel(["a", "b"], start=today).steps[0].to_dict()
     assert first == {"step": "a", "users": 0, "pctOfFirst": 0.0, "pctOfPrevious": 100.0,
                      "medianTimeFromPreviousS": None}  # fmt: skip
     with pytest.raises(ValueError, match="distinct"):
         kpis.funnel(["a", "b", "a"])
+
+
+@pytest.mark.parametrize("tz", ["UTC", "America/Los_Angeles", "Asia/Kolkata"])
+@pytest.mark.parametrize(
+    ("now", "start", "truncated"),
+    [
+        # A 7-day TTL read at midnight: midnight of day -7 is exactly 7 days old, expired.
+        ("2025-05-20T00:00:00.000", "2025-05-13", True),
+        ("2025-05-20T00:00:00.000", "2025-05-14", False),
+        # A millisecond before: day -7's midnight is 1 ms short of expired, day -8's
+        # (the last day partly pruned) is long gone.
+        ("2025-05-19T23:59:59.999", "2025-05-12", True),
+        ("2025-05-19T23:59:59.999", "2025-05-13", False),
+    ],
+)
+def test_funnel_truncated_at_the_first_and_last_retained_day(
+    tz: str, now: str, start: str, truncated: bool
+) -> None:
+    """At the prune's own boundary, in the store's timezone: a start day is whole
+    exactly while its first event (at local midnight) would survive a prune now."""
+    zone = ZoneInfo(tz)
+    moment = datetime.fromisoformat(now).replace(tzinfo=zone)
+    survives = prune_keeps(zone, moment, timedelta(days=7), date.fromisoformat(start))
+    assert survives is not truncated
+    kpis = KPIs(open_store("memory://"), tz=zone, clock=lambda: moment)
+    assert kpis.funnel(["a"], start=start).truncated is truncated
+
+
+def prune_keeps(zone: tzinfo, now: datetime, ttl: timedelta, day: date) -> bool:
+    """The oracle: whether a prune at ``now`` keeps an event at ``day``'s local
+    midnight (the earliest event of the day), asked of a store."""
+    store = open_store("memory://")
+    midnight = datetime.combine(day, time.min, zone)
+    store.apply(
+        FlushBatch(
+            created_at=now,
+            events=[(int(midnight.timestamp() * 1000), "u1", "a", "{}", day.isoformat())],
+        )
+    )
+    store.prune(now, ttl, timedelta(hours=1))
+    return bool(store.get_events())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tz=st.sampled_from(["UTC", "America/Los_Angeles", "Asia/Kolkata", "Pacific/Chatham"]),
+    now_ms=st.integers(1_735_689_600_000, 1_767_225_600_000),  # 2025
+    ttl_ms=st.integers(1, 40 * 86_400_000),
+    back=st.integers(-2, 45),
+)
+def test_funnel_truncated_exactly_when_the_prune_took_part_of_the_start_day(
+    tz: str, now_ms: int, ttl_ms: int, back: int
+) -> None:
+    zone = ZoneInfo(tz)
+    now = datetime.fromtimestamp(now_ms / 1000, UTC)
+    ttl = timedelta(milliseconds=ttl_ms)
+    start = now.astimezone(zone).date() - timedelta(days=back)
+    kpis = KPIs(open_store("memory://"), tz=zone, clock=lambda: now, event_ttl=ttl)
+    truncated = kpis.funnel(["a"], start=start).truncated
+    assert truncated is not prune_keeps(zone, now, ttl, start)
 
 
 def test_test_users_are_left_out_of_every_per_user_kpi(

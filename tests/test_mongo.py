@@ -340,7 +340,7 @@ EXPECTED_INDEXES = {
     "monthly": [((("month", 1),), True)],
     "day_users": [((("userId", 1), ("day", 1)), True), ((("day", 1), ("userId", 1)), False)],
     "month_users": [((("userId", 1), ("month", 1)), True)],
-    "new_users": [((("userId", 1), ("day", 1)), True)],
+    "new_users": [((("userId", 1),), True)],
     "user_revenue": [((("userId", 1), ("day", 1)), True), ((("day", 1), ("userId", 1)), False)],
     "sessions": [
         ((("userId", 1), ("loginAt", 1)), False),
@@ -1709,30 +1709,47 @@ def test_a_large_batch_is_applied_in_bounded_parts_exactly_once(
 # -- stores of 0.2 --------------------------------------------------------------------------
 
 
-def test_mongo_init_migrates_a_store_of_0_2(nx_27017: mongo_server.NxServer) -> None:
+@pytest.mark.parametrize("registration_key", [("day", "userId"), ("userId", "day")])
+def test_mongo_init_migrates_a_store_of_0_2(
+    nx_27017: mongo_server.NxServer, registration_key: tuple[str, str]
+) -> None:
     """0.2's day-first unique indexes (which no shard key could serve) become user-first
-    ones, the guard arrays and the standalone collections go, and the figures stay."""
+    ones, registrations by (day, player) (0.2's, or the first 0.3 stores' user-first
+    key) one per player at their earliest day, the guard arrays and the standalone
+    collections go, and the figures stay (``newUsers`` as counted)."""
     url = nx_27017.url(query="ttlIndex=false")
     with raw_database(url) as db:
         db["gso_analytics_day_users"].create_index([("day", 1), ("userId", 1)], unique=True)
-        db["gso_analytics_new_users"].create_index([("day", 1), ("userId", 1)], unique=True)
+        registered = db["gso_analytics_new_users"]
+        registered.create_index([(field, 1) for field in registration_key], unique=True)
+        registered.insert_many(
+            [
+                {"day": day, "userId": user, "batchId": "b0"}
+                for user, days in (("old", ("2025-01-01", "2024-12-30")), ("once", ("2025-01-01",)))
+                for day in days
+            ]
+        )
         db["gso_analytics_day_users"].insert_one(
             {"day": "2025-01-01", "userId": "old", "batchId": "b0"}
         )
         db["gso_analytics_daily"].insert_one(
-            {"day": "2025-01-01", "month": "2025-01", "dau": 1, "appliedBatches": ["b0"]}
-        )
+            {"day": "2025-01-01", "month": "2025-01", "dau": 1, "newUsers": 2,
+             "appliedBatches": ["b0"]}
+        )  # fmt: skip
         db["gso_analytics_batches"].insert_one({"_id": "b0", "done": True, "countersApplied": True})
         db["gso_analytics_session_journal"].insert_one({"_id": "b0:sessions", "done": True})
     created = mongo_backend.mongo_init(url)
-    assert any("dropped 0.2's unique gso_analytics_day_users" in c for c in created), created
+    assert any("dropped the replaced unique gso_analytics_day_users" in c for c in created)
+    assert any("(1 later ones removed)" in c for c in created), created
     with open_store(url) as store:
         keys = index_keys(store, "day_users")
         assert keys[(("userId", 1), ("day", 1))].get("unique")
         assert not keys[(("day", 1), ("userId", 1))].get("unique")
-        assert (("day", 1), ("userId", 1)) not in {
-            k for k, v in index_keys(store, "new_users").items() if v.get("unique")
-        }
+        unique = {k for k, v in index_keys(store, "new_users").items() if v.get("unique")}
+        assert unique == {(("userId", 1),)}
+        assert store.export_user("old")["registeredOn"] == "2024-12-30"
+        assert store.export_user("once")["registeredOn"] == "2025-01-01"
+        assert store.get_day("2025-01-01")["newUsers"] == 2  # as counted before
         assert "appliedBatches" not in raw(store, "daily").find_one()
         assert "gso_analytics_session_journal" not in store._db().list_collection_names()
         assert store.get_day("2025-01-01")["dau"] == 1
@@ -1743,6 +1760,39 @@ def test_mongo_init_migrates_a_store_of_0_2(nx_27017: mongo_server.NxServer) -> 
         assert store.get_day("2025-01-01")["dau"] == 2
         a.stop()
     assert mongo_backend.mongo_init(url) == []  # idempotent
+
+
+def test_a_store_of_registrations_by_day_opens_with_one_per_player(
+    nx_27017: mongo_server.NxServer,
+) -> None:
+    """Without ``mongo-init``: the first open merges a player's registrations into the
+    earliest before it builds the ``{userId: 1}`` unique index, and counting goes on
+    under it (the old (player, day) index, left for ``mongo-init``, is no hindrance)."""
+    url = nx_27017.url(query="ttlIndex=false")
+    with raw_database(url) as db:
+        registered = db["gso_analytics_new_users"]
+        registered.create_index([("userId", 1), ("day", 1)], unique=True)
+        registered.insert_many(
+            [{"day": "2025-01-02", "userId": "u1"}, {"day": "2025-01-01", "userId": "u1"}]
+        )
+        db["gso_analytics_daily"].insert_many(  # as the old version counted u1: twice
+            [{"day": d, "month": "2025-01", "newUsers": 1} for d in ("2025-01-01", "2025-01-02")]
+        )
+    with open_store(url) as store:
+        assert raw(store, "new_users").count_documents({}) == 1
+        assert index_keys(store, "new_users")[(("userId", 1),)].get("unique")
+        store.apply(
+            FlushBatch(
+                created_at=datetime(2025, 1, 3, tzinfo=UTC),
+                months={"2024-12-31": "2024-12", "2025-01-03": "2025-01"},
+                new_users={"2024-12-31": {"u1"}, "2025-01-03": {"u2"}},
+            )
+        )
+        assert store.export_user("u1")["registeredOn"] == "2024-12-31"
+        assert store.get_day("2024-12-31")["newUsers"] == 1  # u1 moved from 1 January
+        assert store.get_day("2025-01-01")["newUsers"] == 0
+        assert store.get_day("2025-01-02")["newUsers"] == 1  # as counted before
+        assert store.get_day("2025-01-03")["newUsers"] == 1  # u2
 
 
 def test_a_store_0_2_left_half_applied_is_refused(nx_27017: mongo_server.NxServer) -> None:

@@ -160,7 +160,7 @@ def expected_days(scenario: Scenario) -> dict[str, dict[str, Any]]:
             docs[key] = {"day": key, "month": month_key(t), **dict.fromkeys(SEED_FIELDS, 0)}
         return docs[key]
 
-    registered: set[tuple[str, str]] = set()
+    registered: dict[str, str] = {}  # user -> the day of their first registration
     for s in scenario.sessions:
         d = doc(s.login)  # session seconds belong to the login day
         d["sessionCount"] += 1
@@ -171,11 +171,12 @@ def expected_days(scenario: Scenario) -> dict[str, dict[str, Any]]:
         if rule is None:
             continue  # unknown events go to the stream only
         name, key = rule
-        if name == "newUsers":  # distinct players registered that day
-            registered.add((doc(e.t)["day"], e.user))
+        if name == "newUsers":  # players on the day of their first registration ever
+            day = doc(e.t)["day"]
+            registered[e.user] = min(day, registered.get(e.user, day))
         else:
             doc(e.t)[name] += 1 if key is None else e.data[key]
-    for key, _ in registered:
+    for key in registered.values():
         docs[key]["newUsers"] += 1
     for key, users in dau.items():
         docs[key]["dau"] = len(users)

@@ -89,6 +89,25 @@ def test_totals_equal_the_store_and_never_drop_across_a_replayed_midnight(
         assert last[prometheus.total_counter(field) + "_total"][()] == totals.get(field, 0)
 
 
+def test_a_registration_moved_to_an_earlier_day_is_withdrawn_never_subtracted(
+    store: Any, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """A worker flushing late an earlier registration of a player counted on a later
+    day moves them: ``new_users_total`` only grows, the move is also counted in
+    ``new_users_withdrawn_total``, and their difference is the players registered."""
+    a = make_analytics(store)
+    b = make_analytics(store)
+    b.track("user.register", "u1")  # buffered in b: the earlier registration
+    clock.advance(days=1)
+    a.track("user.register", "u1")
+    a.flush()
+    b.flush()
+    exposition = samples(scrape(a))
+    total = exposition[prometheus.total_counter("newUsers") + "_total"][()]
+    withdrawn = exposition[prometheus.total_counter("newUsers") + "_withdrawn_total"][()]
+    assert (total, withdrawn) == (2, 1)
+
+
 def test_every_live_worker_is_in_every_scrape_and_an_expired_one_leaves(
     store: Any, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
@@ -308,6 +327,7 @@ def test_dashboard_queries_name_exposed_metrics_only(title: str, expr: str) -> N
         "gso_analytics_session_duration_seconds_count",
         prometheus.SESSION_WITHDRAWN[0] + "_total",
         prometheus.total_counter("totalSessionS") + "_withdrawn_total",
+        prometheus.total_counter("newUsers") + "_withdrawn_total",
     }
     for field in ("newUsers", "stripeRevenue", "sessionCount", "creditsEarned", "creditsSpent",
                   "gemsEarned", "gemsSpent", "gemsPurchased", "dungeonsRun", "craftsCompleted",

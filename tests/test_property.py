@@ -100,7 +100,7 @@ class Model:
         self.days: dict[str, dict[str, Any]] = {}  # day -> {"month": .., field: value}
         self.day_users: set[tuple[str, str]] = set()
         self.month_users: set[tuple[str, str]] = set()
-        self.new_users: set[tuple[str, str]] = set()
+        self.registered: dict[str, str] = {}  # user -> day of their first registration
         # user -> stored marks (time, call number, kind, day, month); a user is served by
         # one instance, so the call number orders two marks of one millisecond.
         self.marks: defaultdict[str, list[tuple[Any, ...]]] = defaultdict(list)
@@ -141,7 +141,7 @@ class Model:
         if event in RULES:
             field, key = RULES[event]
             amount = data[key] if key is not None else 1
-            if field == "newUsers":  # distinct players registered that day
+            if field == "newUsers":  # players on the day of their first registration ever
                 self.buffers[instance].append(("new", day, month, user))
             else:
                 self.buffers[instance].append(("count", day, month, field, amount))
@@ -149,6 +149,7 @@ class Model:
 
     # -- the store --
     def flush(self, instance: int) -> None:
+        registering: dict[str, tuple[str, str]] = {}  # user -> the batch's earliest
         for op in self.buffers[instance]:
             kind = op[0]
             if kind == "count":
@@ -157,10 +158,7 @@ class Model:
                 doc[field] = doc.get(field, 0) + amount
             elif kind == "new":
                 _, day, month, user = op
-                if (day, user) not in self.new_users:
-                    self.new_users.add((day, user))
-                    doc = self.days.setdefault(day, {"month": month})
-                    doc["newUsers"] = doc.get("newUsers", 0) + 1
+                registering[user] = min((day, month), registering.get(user, (day, month)))
             elif kind == "users":
                 _, day, month, user = op
                 self.day_users.add((day, user))
@@ -169,6 +167,14 @@ class Model:
                 self.marks[op[1]].append(op[2:])
             elif kind == "event":
                 self.events.append(op[1:])
+        for user, (day, month) in registering.items():
+            first = self.registered.get(user)
+            if first is None or day < first:  # the player moves to the earlier day
+                if first is not None:
+                    self.days[first]["newUsers"] -= 1
+                self.registered[user] = day
+                doc = self.days.setdefault(day, {"month": month})
+                doc["newUsers"] = doc.get("newUsers", 0) + 1
         self.buffers[instance] = []
 
     def prune(self) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gso_analytics.backends.sqlite import SQLiteStore
 
-from gso_analytics import Analytics
+from gso_analytics import Analytics, FlushBatch
 
 PREFIX = "gso_analytics_"
 #: The session tables of gso-analytics 0.1 as of 2026-11-25 (pairing in arrival order).
@@ -105,3 +105,47 @@ def test_opening_an_up_to_date_file_needs_no_write_lock(tmp_path: Path) -> None:
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_registrations_by_day_keep_each_players_earliest(tmp_path: Path) -> None:
+    """A file of 0.2 kept a registration per (day, player): opened, it keeps one per
+    player, their earliest day, and the daily ``newUsers`` already counted stay; a
+    registration on an earlier day then moves the player there."""
+    path = tmp_path / "registrations.db"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        f"CREATE TABLE {PREFIX}new_users (day TEXT NOT NULL, userId TEXT NOT NULL,"
+        " PRIMARY KEY (day, userId)) WITHOUT ROWID"
+    )
+    conn.executemany(
+        f"INSERT INTO {PREFIX}new_users VALUES (?, ?)",
+        [("2026-01-30", "u1"), ("2026-01-28", "u1"), ("2026-01-30", "u2")],
+    )
+    conn.execute(
+        f"CREATE TABLE {PREFIX}daily (day TEXT NOT NULL, month TEXT NOT NULL,"
+        " field TEXT NOT NULL, value NOT NULL, PRIMARY KEY (day, field)) WITHOUT ROWID"
+    )
+    conn.executemany(
+        f"INSERT INTO {PREFIX}daily VALUES (?, '2026-01', 'newUsers', ?)",
+        [("2026-01-28", 1), ("2026-01-30", 2)],
+    )
+    conn.commit()
+    conn.close()
+    with SQLiteStore(path) as store:
+        assert store.export_user("u1")["registeredOn"] == "2026-01-28"
+        assert store.export_user("u2")["registeredOn"] == "2026-01-30"
+        assert store.get_day("2026-01-30")["newUsers"] == 2  # as counted before
+        store.apply(
+            FlushBatch(
+                created_at=datetime(2026, 1, 31, tzinfo=UTC),
+                months={"2026-01-27": "2026-01"},
+                new_users={"2026-01-27": {"u2"}},
+            )
+        )
+        assert store.get_day("2026-01-27")["newUsers"] == 1
+        assert store.get_day("2026-01-30")["newUsers"] == 1
+    conn = sqlite3.connect(path)
+    key = [row[1] for row in conn.execute(f"PRAGMA table_info({PREFIX}new_users)") if row[5]]
+    conn.close()
+    assert key == ["userId"]
+    SQLiteStore(path).close()  # a second open finds nothing to do

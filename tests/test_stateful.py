@@ -139,7 +139,7 @@ class Model:
     days: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     day_users: set[tuple[str, str]] = field(default_factory=set)
     month_users: set[tuple[str, str]] = field(default_factory=set)
-    new_users: set[tuple[str, str]] = field(default_factory=set)
+    registered: dict[str, str] = field(default_factory=dict)  # user -> first registration
     # the stored marks: user -> [(time, origin, seq, kind, day, month)]
     marks: defaultdict[str, list[tuple[Any, ...]]] = field(
         default_factory=lambda: defaultdict(list)
@@ -170,7 +170,7 @@ class Model:
         ops: list[tuple[Any, ...]] = [("event", self.now, user, event, data, day)]
         if event in RULES:
             name, key = RULES[event]
-            if name == "newUsers":  # distinct players registered that day
+            if name == "newUsers":  # players on the day of their first registration ever
                 ops.append(("new", day, user))
             else:
                 ops.append(("count", day, name, 1 if key is None else data[key]))
@@ -247,9 +247,18 @@ class Model:
                     self.day_users.add((day, user))
                     self.days[day]["dau"] += 1
                 self.month_users.add((month, user))
-            elif op[0] == "new" and op[1:] not in self.new_users:
-                self.new_users.add(op[1:])
-                self.days[op[1]]["newUsers"] += 1
+        registering: dict[str, str] = {}  # user -> the batch's earliest registration
+        for op in ops:
+            if op[0] == "new":
+                _, day, user = op
+                registering[user] = min(day, registering.get(user, day))
+        for user, day in registering.items():
+            first = self.registered.get(user)
+            if first is None or day < first:  # the player moves to the earlier day
+                if first is not None:
+                    self.days[first]["newUsers"] -= 1
+                self.registered[user] = day
+                self.days[day]["newUsers"] += 1
         for op in ops:
             if op[0] in ("login", "logout"):
                 kind, user, at, origin, seq, day, month = op

@@ -11,10 +11,12 @@ import contextlib
 import json
 import logging
 import os
+import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -125,12 +127,11 @@ def make_batch(clock_at: datetime) -> FlushBatch:
     )
 
 
-def test_new_users_count_each_player_once_a_day(
+def test_new_users_count_each_player_once_ever(
     store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
-    """``newUsers`` counts distinct players registered that day: a second
-    ``user.register`` of a player (same batch, a later batch, another process) adds
-    nothing that day; the next day it counts again, as ``dau`` would."""
+    """``newUsers`` counts a player on the day of their first ``user.register`` ever:
+    a repeat (same batch, a later batch, another process, a later day) adds nothing."""
     a = make_analytics(store)
     b = make_analytics(other_store)
     a.track("user.register", "u1")
@@ -144,10 +145,74 @@ def test_new_users_count_each_player_once_a_day(
     assert store.get_day("2025-03-14")["newUsers"] == 2
     clock.advance(days=1)
     b.track("user.register", "u1")
+    b.track("user.register", "u3")
     b.flush()
-    assert other_store.get_day("2025-03-15")["newUsers"] == 1
+    assert other_store.get_day("2025-03-15")["newUsers"] == 1  # u3 only
     assert store.get_day("2025-03-14")["newUsers"] == 2
-    assert len(store.get_events(limit=100)) == 6  # every call is still in the stream
+    assert store.export_user("u1")["registeredOn"] == "2025-03-14"
+    assert len(store.get_events(limit=100)) == 7  # every call is still in the stream
+
+
+def registrations(created: str, by_day: dict[str, set[str]]) -> FlushBatch:
+    """A batch of registrations only (as a worker's flush of ``user.register`` calls)."""
+    return FlushBatch(
+        created_at=at(created),
+        months={day: day[:7] for day in by_day},
+        new_users=by_day,
+    )
+
+
+def test_new_users_are_each_players_earliest_registration_in_any_flush_order(
+    store: Store, other_store: Store
+) -> None:
+    """The day's ``newUsers`` is the number of players whose earliest registration
+    ever is that day, whatever order two workers' batches reach the store in: a batch
+    flushed later carrying an earlier registration moves the player (-1 on the later
+    day, +1 on the earlier). Checked after every flush (retries included) against that
+    definition computed from the batches applied so far, over a month's end."""
+    rng = random.Random(27)
+    days = [(date(2025, 2, 25) + timedelta(days=n)).isoformat() for n in range(9)]
+    players = [f"p{n}" for n in range(10)]
+    batches = [
+        registrations(
+            "2025-03-06 00:00:00",
+            {day: set(rng.sample(players, rng.randint(1, 4))) for day in rng.sample(days, 2)},
+        )
+        for _ in range(14)
+    ]
+    applied: list[FlushBatch] = []
+    for batch in rng.sample(batches, len(batches)):
+        retry = [rng.choice(applied)] if applied and rng.random() < 0.3 else []
+        for flushed in [batch, *retry]:
+            rng.choice([store, other_store]).apply(flushed)
+        applied.append(batch)
+        earliest: dict[str, str] = {}
+        for done in applied:
+            for day, users in done.new_users.items():
+                for user in users:
+                    earliest[user] = min(day, earliest.get(user, day))
+        expected = Counter(earliest.values())
+        assert {day: day_dict(store, day).get("newUsers", 0) for day in days} == {
+            day: expected[day] for day in days
+        }
+    totals = other_store.get_totals()
+    assert totals["newUsers"] - totals.get("newUsers" + WITHDRAWN, 0) == len(earliest)
+    assert totals.get("newUsers" + WITHDRAWN, 0) > 0, "no registration moved: a weak order"
+    for user, day in earliest.items():
+        assert store.export_user(user)["registeredOn"] == day
+
+
+def test_an_erased_players_earlier_registration_moves_the_tokens(store: Store) -> None:
+    """An erase merges the registration into the token's record (the earliest day, as
+    first-seen), and a batch of the erased player applied later, renamed to the
+    token, still moves the count to its earlier day."""
+    store.apply(registrations("2025-03-05 12:00:00", {"2025-03-05": {"u1", "u2"}}))
+    store.erase_user("u1", at("2025-03-06 00:00:00"))
+    assert store.export_user("u1")["registeredOn"] is None
+    store.apply(registrations("2025-03-03 12:00:00", {"2025-03-03": {"u1"}}))
+    assert store.get_day("2025-03-05")["newUsers"] == 1  # u2
+    assert store.get_day("2025-03-03")["newUsers"] == 1  # u1's token, moved
+    assert store.export_user("u2")["registeredOn"] == "2025-03-05"
 
 
 def test_same_batch_applied_twice_is_a_duplicate(

@@ -135,7 +135,7 @@ class Oracle:
 
     days: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     day_users: set[tuple[str, str]] = field(default_factory=set)
-    new_users: set[tuple[str, str]] = field(default_factory=set)
+    registered: dict[str, str] = field(default_factory=dict)  # user -> first registration
     month_users: set[tuple[str, str]] = field(default_factory=set)
     sessions: defaultdict[str, list[tuple[int, int, int, str]]] = field(
         default_factory=lambda: defaultdict(list)
@@ -169,14 +169,15 @@ class Oracle:
                     _, _, _, event, data = call
                     if event in RULES:
                         name, key = RULES[event]
-                        if name == "newUsers":  # distinct players registered that day
-                            oracle.new_users.add((day, user))
+                        if name == "newUsers":  # the day of the first registration
+                            first = oracle.registered.setdefault(user, day)
+                            oracle.registered[user] = min(first, day)
                         else:
                             oracle.days[day][name] += 1 if key is None else data[key]
                     oracle.events.append((ms, user, event, data, day))
         for day, _ in oracle.day_users:
             oracle.days[day]["dau"] += 1
-        for day, _ in oracle.new_users:
+        for day in oracle.registered.values():
             oracle.days[day]["newUsers"] += 1
         return oracle
 

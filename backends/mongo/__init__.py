@@ -9,9 +9,10 @@ seed's camelCase documents, so dashboards built on the seed keep working:
   folded figures, written only by the roll-up (:mod:`.rollup`);
 - ``batches``: one document per applied batch part, its exactly-once guard, holding
   the part's increments (its *delta*) until they are folded;
-- ``day_users``, ``month_users``, ``new_users`` (``{userId, day|month}``, one per active
-  or registered player: ``dau``, ``mau`` and ``newUsers`` count the records newly
-  inserted, so no read runs ``distinct()``), ``user_revenue`` (``{userId, day,
+- ``day_users``, ``month_users`` (``{userId, day|month}``, one per active player:
+  ``dau`` and ``mau`` count the records newly inserted, so no read runs
+  ``distinct()``), ``new_users`` (``{userId, day}``, one per registered player, the
+  earliest day: ``newUsers`` follows its changes), ``user_revenue`` (``{userId, day,
   revenueCents}``), ``first_seen`` and ``first_payments`` (``{_id: userId, day}``);
 - ``sessions`` (``{_id: sessionId, userId, username, loginAt, logoutAt, durationS, day,
   month, timedOut, open, origin, seq}``: a login mark with the end the walk gives it,

@@ -7,9 +7,12 @@ duplicate (the part's document in ``batches`` exists) or a clean re-run, and not
 of an aborted attempt is left behind. What two workers' parts may both write decides
 whether they conflict, so a part writes only:
 
-- documents of its own players: the (day, user), (month, user) and registration
-  records (upserts keyed by ``{userId, day|month}``, whose ``upsertedCount`` says how
-  many players are new), revenue and first days, sessions and logout marks, and, for
+- documents of its own players: the (day, user) and (month, user) records (upserts
+  keyed by ``{userId, day|month}``, whose ``upsertedCount`` says how many players are
+  new), the registration record (one per player, ``{userId, day}``: a part that
+  moves a player's ``newUsers`` writes it, so two parts that would both move the
+  same player conflict, and the later one reads the other's day when retried),
+  revenue and first days, sessions and logout marks, and, for
   players with session marks only, their ``session_users`` document (two parts that
   both read one player's marks then conflict instead of each missing the other's: the
   write skew snapshot isolation would otherwise allow);
@@ -168,8 +171,27 @@ class BatchTransaction(Transaction):
     def add_month_users(self, month: str, users: set[str]) -> int:
         return self._add_users("month_users", "month", month, users)
 
-    def add_new_users(self, day: str, users: set[str]) -> int:
-        return self._add_users("new_users", "day", day, users)
+    def registration_days(self, users: set[str]) -> dict[str, str]:
+        found = self._find("new_users", {"userId": {"$in": sorted(users)}}, {"day": 1, "userId": 1})
+        return {doc["userId"]: doc["day"] for doc in found}
+
+    def set_registration_days(self, days: dict[str, str]) -> None:
+        """Sent at once, as the activity records: the part read these documents in
+        its snapshot, and this write is what makes a concurrent part's write of the
+        same player conflict."""
+        driver = pymongo()
+        self._c("new_users").bulk_write(
+            [
+                driver.UpdateOne(
+                    {"userId": user},
+                    {"$min": {"day": day}, "$setOnInsert": {"batchId": self.part_id}},
+                    upsert=True,
+                )
+                for user, day in sorted(days.items())
+            ],
+            ordered=False,
+            session=self.session,
+        )
 
     # -- counters (the part's delta), events and per-user facts: sent before commit ----
 

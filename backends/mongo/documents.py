@@ -20,6 +20,11 @@ from gso_analytics.model import (
 
 from .options import aware
 
+#: The collections of one day per player (the earliest: first login, first payment,
+#: registration) -> the field holding the player. ``new_users`` keeps ``userId``, as
+#: the (day, user) records do, so it can be sharded like them.
+FIRST_DAYS = {"first_seen": "_id", "first_payments": "_id", "new_users": "userId"}
+
 
 def safe_keys(value: Any) -> bool:
     """True when every key of a JSON value can be a BSON field name as it is."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .documents import FIRST_DAYS
 from .options import READ_TIMEOUT_MS, pymongo
 
 if TYPE_CHECKING:
@@ -32,8 +33,7 @@ if TYPE_CHECKING:
 #: Records moved per collection in one erase transaction.
 ERASE_CHUNK = 1000
 #: The (user, key) records: collection -> the key beside ``userId``.
-_KEYED = {"day_users": "day", "month_users": "month", "new_users": "day"}
-_FIRST_DAYS = ("first_seen", "first_payments")
+_KEYED = {"day_users": "day", "month_users": "month"}
 #: Records keyed by their own ``_id`` that carry ``userId`` (moved with the same id).
 _MARKS = ("sessions", "logouts")
 
@@ -81,14 +81,14 @@ def rename_chunk(store: Connection, s: Any, user: str, token: str) -> dict[str, 
         )
     send("user_revenue", ops)
     counts["user_revenue"] = len(docs)
-    for name in _FIRST_DAYS:
+    for name, player in FIRST_DAYS.items():  # the earliest day kept, as the other stores
         facts = store._collection(name)
-        found = facts.find_one({"_id": user}, session=s, max_time_ms=READ_TIMEOUT_MS)
+        found = facts.find_one({player: user}, session=s, max_time_ms=READ_TIMEOUT_MS)
         counts[name] = 0
         if found is not None:
-            facts.delete_one({"_id": user}, session=s)
+            facts.delete_one({"_id": found["_id"]}, session=s)
             facts.update_one(
-                {"_id": token}, {"$min": {"day": found["day"]}}, upsert=True, session=s
+                {player: token}, {"$min": {"day": found["day"]}}, upsert=True, session=s
             )
             counts[name] = 1
     for name in _MARKS:

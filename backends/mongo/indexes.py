@@ -12,7 +12,9 @@ The per-player unique keys lead with ``userId`` (``{userId: 1, day: 1}`` enforce
 same uniqueness as ``{day: 1, userId: 1}``), so they can be shard keys that spread a
 day's inserts over every shard and send each player's records to one; the KPIs' day
 ranges have indexes of their own. Stores of 0.2 had the day first: ``mongo-init``
-migrates them (see :meth:`Indexes.migrate`).
+migrates them (see :meth:`Indexes._migrate_from_0_2`). Registrations are one document
+per player (``{userId: 1}`` unique): a store that kept one per (day, player) keeps each
+player's earliest before that index is built (:meth:`Indexes._merge_registrations`).
 """
 
 from __future__ import annotations
@@ -72,13 +74,19 @@ COLLECTIONS = (
     "heartbeats",
     "locks",
 )
-#: 0.2's day-first unique keys, replaced by user-first ones (``migrate``).
-_DAY_FIRST = {
-    "day_users": ("day", "userId"),
-    "new_users": ("day", "userId"),
-    "user_revenue": ("day", "userId"),
-    "month_users": ("month", "userId"),
-}
+#: Unique keys of earlier stores that the plan replaced, dropped by ``mongo-init``
+#: (:meth:`Indexes._migrate_from_0_2`): 0.2's day-first keys (user-first since: a unique
+#: index on a sharded collection must begin with the shard key), and the registrations
+#: by (player, day) of 0.2 and the first 0.3 stores (one per player since).
+_REPLACED_UNIQUE = (
+    ("day_users", ("day", "userId")),
+    ("new_users", ("day", "userId")),
+    ("new_users", ("userId", "day")),
+    ("user_revenue", ("day", "userId")),
+    ("month_users", ("month", "userId")),
+)
+#: The registrations' unique key: one document per player.
+_ONE_REGISTRATION = ("new_users", (("userId", 1),))
 
 
 def _ttl_seconds(event_ttl: timedelta, ttl_index: bool) -> int:
@@ -152,7 +160,7 @@ class Indexes(Connection):
             ("day_users", [("userId", 1), ("day", 1)], unique),
             ("day_users", [("day", 1), ("userId", 1)], {}),
             ("month_users", [("userId", 1), ("month", 1)], unique),
-            ("new_users", [("userId", 1), ("day", 1)], unique),
+            ("new_users", [("userId", 1)], unique),
             ("user_revenue", [("userId", 1), ("day", 1)], unique),
             ("user_revenue", [("day", 1), ("userId", 1)], {}),
             ("first_seen", [("day", 1)], {}),
@@ -203,11 +211,21 @@ class Indexes(Connection):
                 )
         return sorted(missing, key=lambda index: not index.unique)
 
-    def _build_indexes(self, missing: list[_Index]) -> None:
+    def _build_indexes(self, missing: list[_Index]) -> list[str]:
         """``createIndexes``, unique indexes first (the processes waiting for them go on
         sooner), with ``commitQuorum: "majority"`` where the deployment has members to
-        vote (the default waits for every voting member)."""
+        vote (the default waits for every voting member). Returns what was changed
+        besides: the registrations merged before their unique index."""
         driver = pymongo()
+        changed = []
+        if any((index.name, index.keys) == _ONE_REGISTRATION for index in missing):
+            merged = self._merge_registrations()
+            if merged:
+                changed.append(
+                    f"kept the earliest of {self.prefix}new_users' registrations of a player"
+                    f" ({merged} later ones removed)"
+                )
+                log.info("gso_analytics: MongoDB %s: %s", self.where, changed[-1])
         options = {"commitQuorum": "majority"} if self._commit_quorum else {}
         groups: dict[tuple[bool, str], list[Any]] = {}
         for index in missing:
@@ -215,6 +233,27 @@ class Indexes(Connection):
             groups.setdefault((not index.unique, index.name), []).append(model)
         for (_, name), models in groups.items():
             self._collection(name).create_indexes(models, **options)
+        return changed
+
+    def _merge_registrations(self) -> int:
+        """Keep one registration document per player, the earliest day: stores before
+        one per player kept one per (day, player), and the unique ``{userId: 1}`` index
+        cannot be built over them. The ``newUsers`` already counted stay as stored.
+        Writers of such a version must be stopped: one could add a second document
+        before the index exists. Returns how many documents went."""
+        registrations = self._collection("new_users")
+        repeated = registrations.aggregate(
+            [
+                {"$group": {"_id": "$userId", "day": {"$min": "$day"}, "n": {"$sum": 1}}},
+                {"$match": {"n": {"$gt": 1}}},
+            ]
+        )
+        return sum(
+            registrations.delete_many(
+                {"userId": doc["_id"], "day": {"$gt": doc["day"]}}
+            ).deleted_count
+            for doc in repeated
+        )
 
     def _describe_indexes(self, indexes: list[_Index]) -> str:
         return ", ".join(index.describe(self.prefix) for index in indexes)
@@ -340,8 +379,8 @@ class Indexes(Connection):
         with self._errors("creating indexes"):
             self._create_collections()
             missing = self._missing_indexes(event_ttl)
-            self._build_indexes(missing)
-            created = [index.describe(self.prefix) for index in missing]
+            changed = self._build_indexes(missing)
+            created = changed + [index.describe(self.prefix) for index in missing]
             created += self._migrate_from_0_2()
             if event_ttl is not None:
                 self._sync_event_ttl(event_ttl)
@@ -369,19 +408,19 @@ class Indexes(Connection):
 
     def _migrate_from_0_2(self) -> list[str]:
         """``mongo-init``'s upgrade of a 0.2 store, after the new indexes exist: the
-        day-first unique indexes dropped (a unique index on a sharded collection must
-        begin with the shard key, and the user-first ones enforce the same), the guard
-        arrays of the day, month and totals documents removed, the standalone
-        collections dropped. Idempotent; returns what it changed."""
+        replaced unique indexes dropped (:data:`_REPLACED_UNIQUE`: the user-first ones,
+        and one registration per player, enforce as much), the guard arrays of the day,
+        month and totals documents removed, the standalone collections dropped.
+        Idempotent; returns what it changed."""
         self._check_not_mid_0_2()
         changed: list[str] = []
-        for name, keys in _DAY_FIRST.items():
+        for name, keys in _REPLACED_UNIQUE:
             key = tuple((field, 1) for field in keys)
             found = self._existing_indexes(name).get(key)
             if found is not None and found.get("unique"):
                 self._collection(name).drop_index(found["name"])
-                changed.append(f"dropped 0.2's unique {self.prefix}{name} {dict(key)}")
-        self._build_indexes(self._missing_indexes(None))  # the day ranges' own indexes
+                changed.append(f"dropped the replaced unique {self.prefix}{name} {dict(key)}")
+        changed += self._build_indexes(self._missing_indexes(None))  # the day ranges' own
         for name in ("daily", "monthly", "totals"):
             result = self._collection(name).update_many(
                 {"appliedBatches": {"$exists": True}}, {"$unset": {"appliedBatches": ""}}

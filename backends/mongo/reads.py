@@ -19,7 +19,7 @@ from gso_analytics.model import (
 )
 
 from .connection import Connection
-from .documents import event_record, session_record
+from .documents import FIRST_DAYS, event_record, session_record
 from .options import READ_TIMEOUT_MS, aware, check_str, majority
 from .rollup import TOTALS_ID, add_up, unfolded
 
@@ -237,7 +237,8 @@ class Reads(Connection):
             return sorted(doc[key] for doc in self._find(name, {"userId": user_id}, {key: 1}))
 
         def first(name: str) -> str | None:
-            found = next(iter(self._find(name, {"_id": user_id}).limit(1)), None)
+            player = FIRST_DAYS[name]
+            found = next(iter(self._find(name, {player: user_id}).limit(1)), None)
             return None if found is None else str(found["day"])
 
         with self._errors("reading a player's records"):

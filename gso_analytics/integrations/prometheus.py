@@ -82,8 +82,10 @@ SESSION_WITHDRAWN = (
     "gso_analytics_session_duration_seconds_withdrawn",
     "Seconds taken back from the summary's _sum by sessions recomputed from a late mark.",
 )
-#: Daily fields that a late mark can take back from: exposed with a ``_withdrawn_total``.
-WITHDRAWABLE = frozenset({"totalSessionS"})
+#: Daily fields a late arrival can take back from, exposed with a ``_withdrawn_total``:
+#: seconds of a session a late mark ended earlier, and a player's registration moved
+#: to an earlier day (another worker flushed it late).
+WITHDRAWABLE = frozenset({"totalSessionS", "newUsers"})
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
@@ -268,8 +270,9 @@ class ScrapeCollector(Collector):
             if field in WITHDRAWABLE:
                 yield CounterMetricFamily(
                     f"{total_counter(field)}_withdrawn",
-                    f"All-time {field} taken back by sessions recomputed from a late mark:"
-                    f" the exact figure is {total_counter(field)}_total minus this.",
+                    f"All-time {field} taken back by a late arrival (a session recomputed"
+                    " from a late mark, a registration moved to an earlier day): the exact"
+                    f" figure is {total_counter(field)}_total minus this.",
                     value=numbers.totals.get(field + WITHDRAWN, 0),
                 )
         yield SummaryMetricFamily(
