@@ -301,7 +301,11 @@ def test_apply_is_atomic(
     monkeypatch.setattr(store, "transaction", crashing)
     with pytest.raises(RuntimeError, match="injected crash"):
         analytics.flush()
-    assert fail_at in reached[0], "the injected failure point was never reached"
+    # Any attempt: on MongoDB an attempt may lose an (injected) write conflict before the
+    # point and be run again.
+    assert any(fail_at in calls for calls in reached), (
+        "the injected failure point was never reached"
+    )
     assert take_snapshot(store, ("u1",)) == empty
 
     monkeypatch.undo()
