@@ -12,12 +12,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from gso_analytics.errors import StoreError
 
-from .options import MAX_COMMIT_TIME_MS, STANDALONE_REFUSED, aware, majority, pymongo
+from .options import (
+    MAX_COMMIT_TIME_MS,
+    STANDALONE_REFUSED,
+    aware,
+    describe,
+    majority,
+    pymongo,
+)
 
 #: The time budget of retries: a transaction run again after it lost a write conflict
 #: (``TransientTransactionError``), and a commit sent again while its outcome is
@@ -94,8 +101,6 @@ class Connection:
         self._fork_lock = threading.Lock()
         self._closed = False
         self._clock_reading: tuple[datetime, float] | None = None
-        from .options import describe
-
         self.where = where or describe(database)
 
     # -- the handle ---------------------------------------------------------------------
@@ -239,8 +244,6 @@ class Connection:
     def _read_clock(self, hello: Mapping[str, Any]) -> None:
         """Keep ``hello``'s ``localTime`` with the monotonic moment it was read. A
         stand-in that does not send it (mongomock) leaves this host's clock in use."""
-        from datetime import UTC
-
         local = hello.get("localTime")
         server = aware(local) if isinstance(local, datetime) else datetime.now(UTC)
         self._clock_reading = (server, time.monotonic())

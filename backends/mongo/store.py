@@ -5,6 +5,7 @@ the prune job. What a batch means lives in :func:`gso_analytics.store.apply_batc
 from __future__ import annotations
 
 import logging
+import os
 import re
 import uuid
 from collections import Counter
@@ -280,8 +281,6 @@ class MongoStore(Reads, Indexes, Store):
 
     def close(self) -> None:
         """Close the client when the store opened it (from a URL); safe to call twice."""
-        import os
-
         if self._closed:
             return
         self._closed = True
