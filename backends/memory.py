@@ -441,6 +441,11 @@ class MemoryStore(Store):
             found = [self._state.sessions[sid] for _, sid in logins]
         return [_record(s) for s in found]
 
+    def get_logouts(self, user_id: str) -> list[Logout]:
+        with self._lock:
+            marks = self._state.logouts_by_user.get(user_id, [])
+            return [self._state.logouts[mark_id] for _, mark_id in marks]
+
     def get_events(self, user_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
         with self._lock:
             found = [e for e in self._state.events if user_id is None or e[1] == user_id]

@@ -769,6 +769,14 @@ class SQLiteStore(Store):
     def get_sessions(self, user_id: str) -> list[SessionRecord]:
         return self._sessions("userId = ? ORDER BY loginAt, origin, seq", (user_id,))
 
+    def get_logouts(self, user_id: str) -> list[Logout]:
+        rows = self._read(
+            "SELECT id, userId, atMs, origin, seq FROM {p}logouts WHERE userId = ?"
+            " ORDER BY atMs, origin, seq",
+            (user_id,),
+        )
+        return [Logout(*row) for row in rows]
+
     def _sessions(self, where: str, params: tuple[Any, ...]) -> list[SessionRecord]:
         rows = self._read(
             "SELECT id, userId, username, loginAt, logoutAt, durationS, day, month, timedOut"

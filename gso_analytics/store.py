@@ -289,6 +289,11 @@ class Store(ABC):
     def get_events(self, user_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
         """The newest events (of one user, when given), oldest first."""
 
+    def get_logouts(self, user_id: str) -> list[Logout]:
+        """A user's stored logout marks, oldest first (kept as long as a late batch may
+        need them: see :meth:`prune`). Not abstract, as the KPI reads."""
+        raise self._no_kpi_reads("get_logouts")
+
     # -- range reads for the KPIs (days are inclusive ``YYYY-MM-DD`` keys) -----------------
     #
     # Not abstract, so a wrapper or a third-party store written before the KPIs still
@@ -426,6 +431,9 @@ class Store(ABC):
         return {
             "userId": user_id,
             "sessions": [session_export(s) for s in self.get_sessions(user_id)],
+            # The marks sessions are computed from: a logout is a record of the player's
+            # too, kept a while after its session closed.
+            "logouts": [iso_from_ms(m.at_ms) for m in self.get_logouts(user_id)],
             "events": [
                 {
                     "ts": iso_from_ms(e.ts_ms),

@@ -1410,7 +1410,9 @@ def test_export_user_has_sessions_events_payments_and_days(
     assert export["firstSeen"] == "2025-03-14"
     assert export["firstPayment"] == "2025-03-14"
     assert export["revenueCents"] == {"2025-03-14": 499}
+    assert export["logouts"] == ["2025-03-14T12:30:00.000Z"]  # the marks are records too
     assert store.export_user("nobody")["sessions"] == []
+    assert store.export_user("nobody")["logouts"] == []
 
 
 # -- a batch applied in parts ----------------------------------------------------------------

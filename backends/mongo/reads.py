@@ -13,13 +13,14 @@ from gso_analytics.model import (
     DailyStats,
     EventRecord,
     Heartbeat,
+    Logout,
     MonthStats,
     Number,
     SessionRecord,
 )
 
 from .connection import Connection
-from .documents import FIRST_DAYS, event_record, session_record
+from .documents import FIRST_DAYS, event_record, logout_mark, session_record
 from .options import READ_TIMEOUT_MS, aware, check_str, majority
 from .rollup import TOTALS_ID, add_up, unfolded
 
@@ -158,6 +159,12 @@ class Reads(Connection):
                 )
             )
         return [session_record(doc) for doc in docs]
+
+    def get_logouts(self, user_id: str) -> list[Logout]:
+        query = {"userId": check_str(user_id, "user_id")}
+        with self._errors("reading logout marks"):
+            docs = list(self._find("logouts", query).sort([("at", 1), ("origin", 1), ("seq", 1)]))
+        return [logout_mark(doc) for doc in docs]
 
     def get_events(self, user_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
         """Newest first by time, ties by ``_id`` (so the order is total): the index of
