@@ -1454,7 +1454,7 @@ def test_deltas_are_counted_once_however_late_they_are_folded(
     once, the next prune folds them, a second prune changes nothing, and the day,
     month and totals documents carry no guard ids (they stay a few hundred bytes)."""
     url = nx_27017.url(query="ttlIndex=false")
-    monkeypatch.setattr(mongo_store_module, "roll_up", lambda store, quiet: 0)
+    monkeypatch.setattr(mongo_store_module, "roll_up", lambda store: 0)
     with open_store(url) as store:
         analytics = Analytics(store, clock=lambda: NOW, forwarders=[])
         for i in range(40):
@@ -1867,3 +1867,34 @@ def test_the_index_build_lease_is_renewed_while_the_build_runs(
         assert len(seen) == 4
         assert seen[-1] > seen[0], seen  # renewed during the build
         assert raw(store, "locks").find_one({"_id": "indexes"})["owner"] == ""  # released
+
+
+def test_a_failing_roll_up_never_stops_the_prune(
+    nx_27017: mongo_server.NxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A roll-up that fails (here on every attempt) is logged; the prune still deletes
+    expired events and times sessions out, and every figure reads exact from the deltas
+    not folded, until a later roll-up folds them."""
+    clock = [NOW - timedelta(days=10)]
+    with open_store(nx_27017.url(query="ttlIndex=false")) as store:
+        a = Analytics(store, clock=lambda: clock[0], forwarders=[])
+        a.on_login("u1")
+        a.track("credits.earn", "u1", {"amount": 3})
+
+        def failing(store: Any) -> int:
+            with store._errors("folding"):
+                raise pymongo.errors.AutoReconnect("injected: roll-up failing")
+
+        monkeypatch.setattr(mongo_rollup, "_fold_chunk", failing)
+        a.flush()
+        clock[0] = NOW
+        result = a.prune()
+        assert result.events_deleted == 1 and result.sessions_timed_out == 1
+        day = store.get_day((NOW - timedelta(days=10)).date().isoformat())
+        assert (day["creditsEarned"], day["dau"], day["sessionCount"]) == (3, 1, 1)
+        assert raw(store, "batches").count_documents({"folded": False}) >= 1
+        monkeypatch.undo()
+        a.prune()
+        assert raw(store, "batches").count_documents({"folded": False}) == 0
+        assert store.get_totals()["creditsEarned"] == 3
+        a.stop()

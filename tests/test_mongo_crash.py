@@ -68,7 +68,7 @@ def _park(point: str) -> None:
     elif point == "events":
         after(tx, "_write_events")
     else:
-        rollup.roll_up = lambda store, quiet: park()  # type: ignore[assignment]
+        rollup.roll_up = lambda store: park()  # type: ignore[assignment]
         from gso_analytics.backends.mongo import store as store_module
 
         store_module.roll_up = rollup.roll_up  # type: ignore[attr-defined]

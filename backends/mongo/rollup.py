@@ -117,11 +117,11 @@ def _fold_chunk(store: Connection) -> int:
         return len(ids)
 
 
-def roll_up(store: Connection, *, quiet: bool) -> int:
+def roll_up(store: Connection) -> int:
     """Fold every delta not folded yet, a chunk per transaction. A conflict means
-    another process is folding: it stops here, leaving the rest to that one. With
-    ``quiet`` (after a batch, in the flush thread) a store error is logged, not raised:
-    the batch is applied, and reads are exact without the roll-up."""
+    another process is folding: it stops here, leaving the rest to that one. A store
+    error is logged, not raised: the batch (or the prune) it follows is done, reads are
+    exact without the roll-up, and the next flush or prune tries again."""
     folded = 0
     try:
         while True:
@@ -132,8 +132,6 @@ def roll_up(store: Connection, *, quiet: bool) -> int:
     except Conflict:
         return folded
     except StoreError as exc:
-        if not quiet:
-            raise
         log.warning(
             "gso_analytics: folding deltas on %s failed (%s); the next flush or prune retries",
             store.where,

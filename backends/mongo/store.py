@@ -172,7 +172,7 @@ class MongoStore(Reads, Indexes, Store):
             except Replan as replan:
                 log.info("gso_analytics: batch %s split as before: %s", batch.id, replan.bounds)
                 bounds = replan.bounds
-        roll_up(self, quiet=True)
+        roll_up(self)
         return result
 
     def _apply_parts(self, batch: FlushBatch, bounds: tuple[int, int, int]) -> ApplyResult:
@@ -272,11 +272,12 @@ class MongoStore(Reads, Indexes, Store):
         """The TTL index brought to ``event_ttl`` (the TTL monitor runs about once a
         minute; the prune job makes the contract exact at any moment), the deltas
         folded, the shared prune (each step a chunk per transaction), the deltas its
-        timeouts made folded too."""
+        timeouts made folded too. A roll-up that fails is logged and the prune goes on:
+        reads are exact without it, and expired events must go whatever it meets."""
         self._sync_event_ttl(event_ttl)
-        roll_up(self, quiet=False)
+        roll_up(self)
         result = super().prune(now, event_ttl, session_timeout)
-        roll_up(self, quiet=False)
+        roll_up(self)
         return result
 
     def close(self) -> None:
