@@ -485,13 +485,18 @@ class Store(ABC):
         """Run ``step`` (which handles at most :attr:`prune_chunk` records and says how
         many) in one transaction after another until a chunk falls short, so no
         transaction of the prune grows with the backlog (MongoDB bounds a transaction's
-        lifetime; SQLite's writers wait for it). Returns the records handled."""
+        lifetime; SQLite's writers wait for it). After a full chunk it pauses as long as
+        the chunk took (at most :data:`PRUNE_MAX_PAUSE_S`): a writer polling for the
+        lock (SQLite's busy handler) needs a gap to find it. Returns the records
+        handled."""
         total = 0
         while True:
+            started = time.monotonic()
             done = self.run_in_transaction(step)
             total += done
             if done < self.prune_chunk:
                 return total
+            time.sleep(min(time.monotonic() - started, PRUNE_MAX_PAUSE_S))
 
     def run_in_transaction(self, step: Callable[[Transaction], T]) -> T:
         """``step(tx)`` in a transaction of its own. A store whose transactions can lose
@@ -500,20 +505,9 @@ class Store(ABC):
             return step(tx)
 
     def delete_expired_events(self, last: datetime) -> int:
-        """Delete the events until ``last`` in chunks, each its own transaction,
-        pausing after each as long as it took (at most :data:`PRUNE_MAX_PAUSE_S`): a
-        million expired events must not hold every writer for the whole delete, and a
-        writer polling for the lock (SQLite's busy handler) needs a gap to find it."""
-        total = 0
-        while True:
-            started = time.monotonic()
-            deleted = self.run_in_transaction(
-                lambda tx: tx.delete_events_until(last, self.prune_chunk)
-            )
-            total += deleted
-            if deleted < self.prune_chunk:
-                return total
-            time.sleep(min(time.monotonic() - started, PRUNE_MAX_PAUSE_S))
+        """Delete the events until ``last`` in chunks (:meth:`in_chunks`): a million
+        expired events must not hold every writer for the whole delete."""
+        return self.in_chunks(lambda tx: tx.delete_events_until(last, self.prune_chunk))
 
 
 #: Suffix of the total that counts what was taken back from a field (see

@@ -208,12 +208,11 @@ class _TransactionLock:
     def fork_locks(self) -> list[threading.Lock]:
         return [self._thread_lock]
 
-    def after_fork_in_child(self, held: bool) -> None:
+    def after_fork_in_child(self) -> None:
         """A child forked while another thread held the turn (a flush inside its
         transaction) has no such thread: the turn is free in the child, and the parent's
         ``flock`` is the parent's (the child opens a file of its own at each turn)."""
-        if held:
-            self._fd = self._owner = None
+        self._fd = self._owner = None
 
     def acquire(self) -> None:
         if self._owner == threading.get_ident():
@@ -276,7 +275,9 @@ def _after_fork_in_child() -> None:
     for holder, locks in _held_at_fork:
         for lock in locks:
             lock.release()
-        holder.after_fork_in_child(True)
+        after = getattr(holder, "after_fork_in_child", None)
+        if after is not None:  # state besides the lock that the gone thread left
+            after()
     _held_at_fork.clear()
 
 
@@ -326,9 +327,6 @@ class _CommitLog:
 
     def fork_locks(self) -> list[threading.Lock]:
         return [self._mutex]
-
-    def after_fork_in_child(self, held: bool) -> None:
-        pass
 
     def append(self, txn: int | None, writes: set[WriteKey]) -> None:
         _append_line(self._path, {"txn": txn, "pid": os.getpid(), "writes": sorted(writes)})
@@ -401,9 +399,6 @@ class Harness:
 
     def fork_locks(self) -> list[threading.Lock]:
         return [self._mutex]
-
-    def after_fork_in_child(self, held: bool) -> None:
-        pass
 
     @contextlib.contextmanager
     def patched(self) -> Iterator[Harness]:

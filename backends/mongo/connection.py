@@ -37,7 +37,7 @@ SERVER_CLOCK_REFRESH_S = 60.0
 _MAX_TIME_EXPIRED = 50
 _AUTH_FAILED = 18
 _UNAUTHORIZED = 13
-_DUPLICATE_KEY = 11000
+DUPLICATE_KEY = 11000
 #: "Transaction numbers are only allowed on a replica set member or mongos".
 _ILLEGAL_OPERATION = 20
 
@@ -173,7 +173,7 @@ class Connection:
             "TransientTransactionError"
         ):
             return Conflict(f"MongoDB {self.where}: transaction conflict while {action}: {exc}")
-        if code == _DUPLICATE_KEY or _duplicate_in_bulk(exc):
+        if code == DUPLICATE_KEY or _duplicate_in_bulk(exc):
             # Inside a transaction: another transaction inserted the same unique key
             # first and committed; a fresh attempt sees its document.
             return Conflict(f"MongoDB {self.where}: concurrent insert while {action}: {exc}")
@@ -262,4 +262,4 @@ class Connection:
 
 def _duplicate_in_bulk(exc: Exception) -> bool:
     errors = (getattr(exc, "details", None) or {}).get("writeErrors", [])
-    return bool(errors) and all(e.get("code") == _DUPLICATE_KEY for e in errors)
+    return bool(errors) and all(e.get("code") == DUPLICATE_KEY for e in errors)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
+from .connection import DUPLICATE_KEY
 from .indexes import Indexes
 from .options import pymongo
 
 log = logging.getLogger("gso_analytics")
-_DUPLICATE_KEY = 11000
 
 
 def upgrade_pairing_sessions(store: Indexes) -> None:
@@ -52,7 +52,7 @@ def upgrade_pairing_sessions(store: Indexes) -> None:
         except driver.errors.BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
             if exc.details.get("writeConcernErrors") or any(
-                e.get("code") != _DUPLICATE_KEY for e in errors
+                e.get("code") != DUPLICATE_KEY for e in errors
             ):
                 raise
             # Duplicates only: another process upgrading at the same time.
