@@ -22,6 +22,7 @@ from gso_analytics.clock import from_ms, to_ms
 from gso_analytics.erasure import UserRecords, read_user_records
 from gso_analytics.errors import ConfigurationError
 from gso_analytics.model import (
+    ActivityRun,
     DailyStats,
     EventRecord,
     EventRow,
@@ -52,9 +53,11 @@ class _State:
     user_revenue: dict[tuple[str, str], Number] = attrs.field(factory=dict)  # (day, user)
     sessions: dict[str, StoredSession] = attrs.field(factory=dict)
     logouts: dict[str, Logout] = attrs.field(factory=dict)
-    # Each player's marks as (key, id), sorted: a batch reads its players' recent marks
-    # by bisection, never every session of the store (nor of the player).
+    # Each player's sessions (by start) and logouts as (key, id), sorted: a batch reads
+    # its players' recent ones by bisection, never every session of the store (nor of
+    # the player).
     logins_by_user: dict[str, list[tuple[Any, str]]] = attrs.field(factory=dict)
+    activity: dict[str, list[ActivityRun]] = attrs.field(factory=dict)  # user -> runs
     logouts_by_user: dict[str, list[tuple[Any, str]]] = attrs.field(factory=dict)
     open_ids: set[str] = attrs.field(factory=set)
     events: list[EventRow] = attrs.field(factory=list)  # as flushed: readers build records
@@ -157,28 +160,66 @@ class _MemoryTransaction(Transaction):
         self._increment(self.state.monthly, month, increments)
         self._add_totals(increments)
 
-    def session_marks(
-        self, since: Mapping[str, int], horizon_ms: int
-    ) -> list[StoredSession | Logout]:
+    def sessions_since(self, users: set[str], since_ms: int) -> list[StoredSession]:
         state = self.state
-        found: list[StoredSession | Logout] = []
-        for user, start in paced(since.items(), CHECK_EVERY):
-            logins = state.logins_by_user.get(user, [])
-            logouts = state.logouts_by_user.get(user, [])
-            first_in = bisect.bisect_left(logins, start, key=_time_of)
-            first_out = bisect.bisect_left(logouts, start, key=_time_of)
-            found += [state.sessions[sid] for _, sid in logins[first_in:]]
-            found += [state.logouts[lid] for _, lid in logouts[first_out:]]
-            before = logins[first_in - 1 : first_in] + logouts[first_out - 1 : first_out]
-            if before:
-                key, mark_id = max(before)
-                if key[0] >= start - horizon_ms:
-                    found.append(state.sessions.get(mark_id) or state.logouts[mark_id])
-            # An open session is its player's newest login (any older one has a next
-            # mark), so one of any age is the last of the list.
-            if logins and logins[-1][1] in state.open_ids:
-                found.append(state.sessions[logins[-1][1]])
+        found: list[StoredSession] = []
+        for user in paced(users, CHECK_EVERY):
+            starts = state.logins_by_user.get(user, [])
+            # Sessions do not overlap: those ending at or after since_ms are the ones
+            # starting at or after it, and perhaps the one before.
+            first = bisect.bisect_left(starts, since_ms, key=_time_of)
+            if first and _last_of(state.sessions[starts[first - 1][1]]) >= since_ms:
+                first -= 1
+            found += [state.sessions[sid] for _, sid in starts[first:]]
+            found += [state.sessions[sid] for _, sid in starts[:first] if sid in state.open_ids]
         return found
+
+    def logouts_since(self, users: set[str], since_ms: int) -> list[Logout]:
+        state = self.state
+        found: list[Logout] = []
+        for user in paced(users, CHECK_EVERY):
+            logouts = state.logouts_by_user.get(user, [])
+            first = bisect.bisect_left(logouts, since_ms, key=_time_of)
+            found += [state.logouts[lid] for _, lid in logouts[first:]]
+        return found
+
+    def activity_runs(self, user_id: str, first_ms: int, last_ms: int) -> list[ActivityRun]:
+        runs = self.state.activity.get(user_id, [])
+        return [r for r in runs if r.first_ms <= last_ms and r.last_ms >= first_ms]
+
+    def insert_activity(self, runs: list[ActivityRun]) -> None:
+        for run in runs:
+            self._keep(self.state.activity, run.user_id)
+            self.state.activity[run.user_id] = [*self.state.activity.get(run.user_id, []), run]
+
+    def delete_activity_before(self, cutoff_ms: int, limit: int) -> int:
+        kept: dict[str, list[ActivityRun]] = {}
+        deleted = 0
+        for user, runs in self.state.activity.items():
+            mine = []
+            for run in runs:
+                if run.last_ms < cutoff_ms and deleted < limit:
+                    deleted += 1
+                else:
+                    mine.append(run)
+            if mine:
+                kept[user] = mine
+        if deleted:
+            self._replace("activity", kept)
+        return deleted
+
+    def delete_sessions(self, ids: list[str]) -> None:
+        state = self.state
+        for sid in ids:
+            session = state.sessions[sid]
+            self._keep(state.sessions, sid)
+            del state.sessions[sid]
+            starts = state.logins_by_user[session.login.user_id]
+            item = (session.login.key, sid)
+            starts.remove(item)
+            self._undo.append(lambda starts=starts, item=item: bisect.insort(starts, item))
+            if sid in state.open_ids:
+                self._toggle_open(sid)
 
     def _insort(self, by_user: dict[str, list[tuple[Any, str]]], user: str, item: Any) -> None:
         marks = by_user.setdefault(user, [])
@@ -229,7 +270,7 @@ class _MemoryTransaction(Transaction):
 
     def open_sessions_before(self, cutoff_ms: int, limit: int) -> list[StoredSession]:
         found = (self.state.sessions[sid] for sid in self.state.open_ids)
-        return [s for s in found if s.login.at_ms < cutoff_ms][:limit]
+        return [s for s in found if _last_of(s) < cutoff_ms][:limit]
 
     def delete_logouts_before(self, cutoff_ms: int, limit: int) -> int:
         logouts = self.state.logouts
@@ -312,6 +353,13 @@ class _MemoryTransaction(Transaction):
             self._keep(state.logouts, lid)
             state.logouts[lid] = attrs.evolve(state.logouts[lid], user_id=token)
         counts["logouts"] = len(logouts)
+        runs = state.activity.get(user_id, [])
+        if runs:
+            self._keep(state.activity, user_id)
+            self._keep(state.activity, token)
+            renamed = [attrs.evolve(run, user_id=token) for run in state.activity.pop(user_id)]
+            state.activity[token] = [*state.activity.get(token, []), *renamed]
+        counts["activity"] = len(runs)
         for by_user in (state.logins_by_user, state.logouts_by_user):
             if user_id in by_user:
                 self._keep(by_user, user_id)
@@ -332,6 +380,14 @@ def _time_of(mark: tuple[Any, str]) -> int:
     return int(mark[0][0])  # (key, id), key = (at_ms, origin, seq)
 
 
+def _last_of(session: StoredSession) -> int:
+    """A session's last mark (a frozen one's end)."""
+    end = session.end
+    last = end.last_ms if end.last_ms is not None else end.logout_ms
+    assert last is not None
+    return last
+
+
 def _record(session: StoredSession) -> SessionRecord:
     login, end = session.login, session.end
     return SessionRecord(
@@ -344,6 +400,7 @@ def _record(session: StoredSession) -> SessionRecord:
         login.day,
         login.month,
         end.timed_out,
+        None if end.last_ms is None else from_ms(end.last_ms),
     )
 
 
@@ -431,9 +488,10 @@ class MemoryStore(Store):
         with self._lock:
             self._state.heartbeats.pop(process, None)
 
-    def count_open_sessions(self) -> int:
+    def count_active_sessions(self, since_ms: int) -> int:
         with self._lock:
-            return len(self._state.open_ids)
+            state = self._state
+            return sum(_last_of(state.sessions[sid]) >= since_ms for sid in state.open_ids)
 
     def get_sessions(self, user_id: str) -> list[SessionRecord]:
         with self._lock:

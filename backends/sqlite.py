@@ -11,6 +11,7 @@ counters need no schema change.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
@@ -24,10 +25,11 @@ from urllib.parse import parse_qsl, urlsplit
 import attrs
 
 from gso_analytics import forking
-from gso_analytics.clock import iso_from_ms, iso_ms, parse_iso_ms, to_ms
+from gso_analytics.clock import from_ms, iso_from_ms, iso_ms, parse_iso_ms, to_ms
 from gso_analytics.erasure import ErasureReceipt, UserRecords, read_user_records
 from gso_analytics.errors import ConfigurationError, StoreError
 from gso_analytics.model import (
+    ActivityRun,
     DailyStats,
     EventRecord,
     EventRow,
@@ -42,6 +44,7 @@ from gso_analytics.model import (
 )
 from gso_analytics.pacing import Pacer, paced
 from gso_analytics.private_files import create_private
+from gso_analytics.sessions import decode_marks, encode_marks
 from gso_analytics.store import Store, Transaction, total_increments
 
 SCHEMA = """
@@ -64,11 +67,14 @@ CREATE TABLE IF NOT EXISTS {p}sessions (
     id TEXT PRIMARY KEY, userId TEXT NOT NULL, username TEXT,
     loginAt TEXT NOT NULL, logoutAt TEXT, durationS INTEGER NOT NULL DEFAULT 0,
     day TEXT NOT NULL, month TEXT NOT NULL, timedOut INTEGER NOT NULL DEFAULT 0,
-    origin TEXT NOT NULL DEFAULT '', seq INTEGER NOT NULL DEFAULT 0);
+    origin TEXT NOT NULL DEFAULT '', seq INTEGER NOT NULL DEFAULT 0,
+    lastMs INTEGER NOT NULL, frozen INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS {p}sessions_user ON {p}sessions (userId, loginAt);
-CREATE INDEX IF NOT EXISTS {p}sessions_open ON {p}sessions (loginAt) WHERE logoutAt IS NULL;
-CREATE INDEX IF NOT EXISTS {p}sessions_open_user ON {p}sessions (userId)
-    WHERE logoutAt IS NULL;
+CREATE TABLE IF NOT EXISTS {p}activity (
+    id INTEGER PRIMARY KEY, userId TEXT NOT NULL, firstMs INTEGER NOT NULL,
+    lastMs INTEGER NOT NULL, marks BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS {p}activity_user ON {p}activity (userId, lastMs);
+CREATE INDEX IF NOT EXISTS {p}activity_last ON {p}activity (lastMs);
 CREATE TABLE IF NOT EXISTS {p}logouts (
     id TEXT PRIMARY KEY, userId TEXT NOT NULL, atMs INTEGER NOT NULL, origin TEXT NOT NULL,
     seq INTEGER NOT NULL) WITHOUT ROWID;
@@ -99,6 +105,13 @@ CREATE TABLE IF NOT EXISTS {p}meta (
     key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS {p}tombstones (
     hash TEXT PRIMARY KEY, token TEXT NOT NULL, erasedAt TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+#: Indexes on columns a file from 0.2 gets at its upgrade (made after :func:`_upgrade`).
+INDEXES = """
+CREATE INDEX IF NOT EXISTS {p}sessions_last ON {p}sessions (userId, lastMs);
+CREATE INDEX IF NOT EXISTS {p}sessions_idle ON {p}sessions (lastMs) WHERE logoutAt IS NULL;
+CREATE INDEX IF NOT EXISTS {p}sessions_open_user ON {p}sessions (userId) WHERE logoutAt IS NULL;
 """
 
 #: Tables whose records a (key, user) pair makes, renamed in place by an erase.
@@ -203,52 +216,58 @@ class _SQLiteTransaction(Transaction):
         )
         self._add_totals(increments)
 
-    def session_marks(
-        self, since: Mapping[str, int], horizon_ms: int
-    ) -> list[StoredSession | Logout]:
-        p = self.p
-        found: list[StoredSession | Logout] = []
-        sessions = (
-            f"SELECT {_SESSION_COLUMNS} FROM {p}sessions WHERE userId = ? AND loginAt >= ?"
-            f" UNION SELECT {_SESSION_COLUMNS} FROM {p}sessions"
-            " WHERE userId = ? AND logoutAt IS NULL"
+    def sessions_since(self, users: set[str], since_ms: int) -> list[StoredSession]:
+        # One query for the batch: the players as a JSON array, each looked up by the
+        # (userId, lastMs) index.
+        players = json.dumps(sorted(users))
+        rows = self.conn.execute(
+            f"SELECT {_SESSION_COLUMNS} FROM {self.p}sessions WHERE userId IN"
+            " (SELECT value FROM json_each(?)) AND lastMs >= ?"
+            f" UNION SELECT {_SESSION_COLUMNS} FROM {self.p}sessions WHERE userId IN"
+            " (SELECT value FROM json_each(?)) AND logoutAt IS NULL",
+            (players, since_ms, players),
         )
-        logouts = f"SELECT {_LOGOUT_COLUMNS} FROM {p}logouts WHERE userId = ? AND atMs >= ?"
-        # The newest mark before the batch's earliest: a login whose next mark may change.
-        login_before = (
-            f"SELECT {_SESSION_COLUMNS} FROM {p}sessions WHERE userId = ? AND loginAt < ?"
-            " AND loginAt >= ? ORDER BY loginAt DESC, origin DESC, seq DESC LIMIT 1"
+        return [_stored_session(row) for row in rows]
+
+    def logouts_since(self, users: set[str], since_ms: int) -> list[Logout]:
+        rows = self.conn.execute(
+            f"SELECT {_LOGOUT_COLUMNS} FROM {self.p}logouts WHERE userId IN"
+            " (SELECT value FROM json_each(?)) AND atMs >= ?",
+            (json.dumps(sorted(users)), since_ms),
         )
-        logout_before = (
-            f"SELECT {_LOGOUT_COLUMNS} FROM {p}logouts WHERE userId = ? AND atMs < ?"
-            " AND atMs >= ? ORDER BY atMs DESC, origin DESC, seq DESC LIMIT 1"
+        return [Logout(*row) for row in rows]
+
+    def activity_runs(self, user_id: str, first_ms: int, last_ms: int) -> list[ActivityRun]:
+        rows = self.conn.execute(
+            f"SELECT userId, firstMs, lastMs, marks FROM {self.p}activity"
+            " WHERE userId = ? AND lastMs >= ? AND firstMs <= ?",
+            (user_id, first_ms, last_ms),
         )
-        execute = self.conn.execute
-        for user, start in paced(since.items()):  # four queries a player
-            text, horizon = iso_from_ms(start), start - horizon_ms
-            found += [_stored_session(row) for row in execute(sessions, (user, text, user))]
-            found += [Logout(*row) for row in execute(logouts, (user, start))]
-            before: list[StoredSession | Logout] = [
-                _stored_session(row)
-                for row in execute(login_before, (user, text, iso_from_ms(horizon)))
-            ]
-            before += [Logout(*row) for row in execute(logout_before, (user, start, horizon))]
-            if before:
-                found.append(max(before, key=_mark_key))
-        return found
+        return [ActivityRun(u, f, la, decode_marks(m)) for u, f, la, m in rows]
 
     def save_sessions(self, sessions: list[StoredSession]) -> None:
         self.conn.executemany(
-            f"INSERT INTO {self.p}sessions ({_SESSION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            f"INSERT INTO {self.p}sessions ({_SESSION_COLUMNS})"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT (id) DO UPDATE SET logoutAt = excluded.logoutAt,"
-            " durationS = excluded.durationS, timedOut = excluded.timedOut",
+            " durationS = excluded.durationS, timedOut = excluded.timedOut,"
+            " lastMs = excluded.lastMs, username = excluded.username",
             [_session_row(session) for session in sessions],
         )
+
+    def delete_sessions(self, ids: list[str]) -> None:
+        self.conn.executemany(f"DELETE FROM {self.p}sessions WHERE id = ?", [(i,) for i in ids])
 
     def insert_logouts(self, logouts: list[Logout]) -> None:
         self.conn.executemany(
             f"INSERT INTO {self.p}logouts (id, userId, atMs, origin, seq) VALUES (?, ?, ?, ?, ?)",
             [(m.id, m.user_id, m.at_ms, m.origin, m.seq) for m in logouts],
+        )
+
+    def insert_activity(self, runs: list[ActivityRun]) -> None:
+        self.conn.executemany(
+            f"INSERT INTO {self.p}activity (userId, firstMs, lastMs, marks) VALUES (?, ?, ?, ?)",
+            [(r.user_id, r.first_ms, r.last_ms, encode_marks(r.marks)) for r in paced(runs)],
         )
 
     def insert_events(self, events: list[EventRow]) -> None:
@@ -272,8 +291,8 @@ class _SQLiteTransaction(Transaction):
     def open_sessions_before(self, cutoff_ms: int, limit: int) -> list[StoredSession]:
         rows = self.conn.execute(
             f"SELECT {_SESSION_COLUMNS} FROM {self.p}sessions"
-            " WHERE logoutAt IS NULL AND loginAt < ? LIMIT ?",
-            (iso_from_ms(cutoff_ms), limit),
+            " WHERE logoutAt IS NULL AND lastMs < ? LIMIT ?",
+            (cutoff_ms, limit),
         ).fetchall()
         return [_stored_session(row) for row in rows]
 
@@ -281,6 +300,13 @@ class _SQLiteTransaction(Transaction):
         return self.conn.execute(
             f"DELETE FROM {self.p}logouts WHERE id IN"
             f" (SELECT id FROM {self.p}logouts WHERE atMs < ? LIMIT ?)",
+            (cutoff_ms, limit),
+        ).rowcount
+
+    def delete_activity_before(self, cutoff_ms: int, limit: int) -> int:
+        return self.conn.execute(
+            f"DELETE FROM {self.p}activity WHERE id IN"
+            f" (SELECT id FROM {self.p}activity WHERE lastMs < ? LIMIT ?)",
             (cutoff_ms, limit),
         ).rowcount
 
@@ -365,6 +391,9 @@ class _SQLiteTransaction(Transaction):
         counts["logouts"] = execute(
             f"UPDATE {p}logouts SET userId = ? WHERE userId = ?", (token, user_id)
         ).rowcount
+        counts["activity"] = execute(
+            f"UPDATE {p}activity SET userId = ? WHERE userId = ?", (token, user_id)
+        ).rowcount
         return counts
 
     def delete_user_events(self, user_id: str) -> int:
@@ -385,7 +414,8 @@ def _upgrade(conn: sqlite3.Connection, prefix: str) -> None:
     for each session a logout closed and for each logout still waiting for its login,
     and lose the pairing machinery those versions kept (``pending_logouts``,
     ``reloginBy``). Files that kept a registration per (day, player) (up to 0.2) keep
-    each player's earliest day (:func:`_upgrade_registrations`).
+    each player's earliest day (:func:`_upgrade_registrations`). Sessions of 0.2 get
+    their last mark (:func:`_upgrade_to_activity`).
     """
 
     def columns() -> set[str]:
@@ -410,12 +440,17 @@ def _upgrade(conn: sqlite3.Connection, prefix: str) -> None:
         found = conn.execute(f"PRAGMA table_info({prefix}new_users)")
         return any(name == "day" and pk for _, name, _, _, _, pk in found)
 
-    if not outdated() and not without_totals() and not registrations_by_day():
+    def without_activity() -> bool:
+        return "lastMs" not in columns()
+
+    if not (outdated() or without_totals() or registrations_by_day() or without_activity()):
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
         if outdated():
             _upgrade_to_marks(conn, prefix, columns(), tables())
+        if without_activity():
+            _upgrade_to_activity(conn, prefix)
         if registrations_by_day():
             _upgrade_registrations(conn, prefix)
         if without_totals():
@@ -459,6 +494,22 @@ def _upgrade_to_marks(
         conn.execute(f"ALTER TABLE {p}sessions DROP COLUMN reloginBy")
 
 
+def _upgrade_to_activity(conn: sqlite3.Connection, p: str) -> None:
+    """Sessions of 0.2 get their last mark: an open one its login (it goes on under the
+    activity rules), a closed one its end, and ``frozen`` (kept as it is, see
+    :mod:`gso_analytics.sessions`)."""
+    conn.execute(f"ALTER TABLE {p}sessions ADD COLUMN lastMs INTEGER NOT NULL DEFAULT 0")
+    conn.execute(f"ALTER TABLE {p}sessions ADD COLUMN frozen INTEGER NOT NULL DEFAULT 0")
+    rows = conn.execute(f"SELECT id, loginAt, logoutAt FROM {p}sessions").fetchall()
+    conn.executemany(
+        f"UPDATE {p}sessions SET lastMs = ?, frozen = ? WHERE id = ?",
+        [
+            (to_ms(parse_iso_ms(logout or login)), int(logout is not None), sid)
+            for sid, login, logout in rows
+        ],
+    )
+
+
 def _upgrade_registrations(conn: sqlite3.Connection, p: str) -> None:
     """``new_users`` keyed by (day, player) becomes one row per player with their
     earliest day, the day ``newUsers`` counts them in from now on. The daily
@@ -482,20 +533,20 @@ def _event_record(row: tuple[Any, ...]) -> EventRecord:
 
 _LOGOUT_COLUMNS = "id, userId, atMs, origin, seq"
 _SESSION_COLUMNS = (
-    "id, userId, username, loginAt, logoutAt, durationS, day, month, timedOut, origin, seq"
+    "id, userId, username, loginAt, logoutAt, durationS, day, month, timedOut, origin, seq,"
+    " lastMs, frozen"
 )
 
 
-def _mark_key(item: StoredSession | Logout) -> tuple[int, str, int]:
-    return item.login.key if isinstance(item, StoredSession) else item.key
-
-
 def _stored_session(row: tuple[Any, ...]) -> StoredSession:
-    sid, user, name, login, logout, duration, day, month, timed_out, origin, seq = row
+    sid, user, name, login, logout, duration, day, month, timed_out, origin, seq, last, frozen = row
     return StoredSession(
         Login(sid, user, to_ms(parse_iso_ms(login)), origin, seq, name, day, month),
         SessionEnd(
-            None if logout is None else to_ms(parse_iso_ms(logout)), duration, bool(timed_out)
+            None if logout is None else to_ms(parse_iso_ms(logout)),
+            duration,
+            bool(timed_out),
+            None if frozen else last,
         ),
     )
 
@@ -515,6 +566,8 @@ def _session_row(session: StoredSession) -> tuple[Any, ...]:
         int(end.timed_out),
         login.origin,
         login.seq,
+        end.logout_ms if end.last_ms is None else end.last_ms,
+        int(end.frozen),
     )
 
 
@@ -590,6 +643,7 @@ class SQLiteStore(Store):
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.executescript(SCHEMA.format(p=prefix))
                 _upgrade(conn, prefix)
+                conn.executescript(INDEXES.format(p=prefix))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot prepare SQLite database {self.path}: {exc}") from exc
 
@@ -763,8 +817,11 @@ class SQLiteStore(Store):
     def withdraw_heartbeat(self, process: str) -> None:
         self._write("DELETE FROM {p}heartbeats WHERE process = ?", (process,))
 
-    def count_open_sessions(self) -> int:
-        return int(self._read("SELECT COUNT(*) FROM {p}sessions WHERE logoutAt IS NULL")[0][0])
+    def count_active_sessions(self, since_ms: int) -> int:
+        found = self._read(
+            "SELECT COUNT(*) FROM {p}sessions WHERE logoutAt IS NULL AND lastMs >= ?", (since_ms,)
+        )
+        return int(found[0][0])
 
     def get_sessions(self, user_id: str) -> list[SessionRecord]:
         return self._sessions("userId = ? ORDER BY loginAt, origin, seq", (user_id,))
@@ -779,8 +836,8 @@ class SQLiteStore(Store):
 
     def _sessions(self, where: str, params: tuple[Any, ...]) -> list[SessionRecord]:
         rows = self._read(
-            "SELECT id, userId, username, loginAt, logoutAt, durationS, day, month, timedOut"
-            f" FROM {{p}}sessions WHERE {where}",
+            "SELECT id, userId, username, loginAt, logoutAt, durationS, day, month, timedOut,"
+            f" lastMs, frozen FROM {{p}}sessions WHERE {where}",
             params,
         )
         return [
@@ -794,8 +851,9 @@ class SQLiteStore(Store):
                 day,
                 month,
                 bool(timed_out),
+                None if frozen else from_ms(last),
             )
-            for sid, uid, name, login, logout, duration, day, month, timed_out in rows
+            for sid, uid, name, login, logout, duration, day, month, timed_out, last, frozen in rows
         ]
 
     def get_events(self, user_id: str | None = None, limit: int = 1000) -> list[EventRecord]:

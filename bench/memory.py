@@ -89,8 +89,8 @@ class StuckStore(Store):
     def get_month(self, month: str) -> MonthStats:
         return self.inner.get_month(month)
 
-    def count_open_sessions(self) -> int:
-        return self.inner.count_open_sessions()
+    def count_active_sessions(self, since_ms: int) -> int:
+        return self.inner.count_active_sessions(since_ms)
 
     def get_totals(self) -> dict[str, Number]:
         return self.inner.get_totals()
@@ -113,7 +113,7 @@ class StuckStore(Store):
     def get_events(self, user_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
         return self.inner.get_events(user_id, limit)
 
-    def prune(self, now: datetime, event_ttl: timedelta, session_timeout: timedelta) -> Any:
+    def prune(self, now: datetime, event_ttl: timedelta, idle_timeout: timedelta) -> Any:
         raise StoreError("bench: the store is stuck")
 
 

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .clock import Clock, DayKeys, from_ms, to_ms
+from .clock import Clock, DayKeys, from_ms, to_ms, tz_name
 from .counters import NEW_USERS
 from .model import FlushBatch, Login, Logout, Number, new_id
 from .pacing import CHECK_EVERY, Pacer, release
@@ -49,7 +49,11 @@ MAX_BATCH_SUM = MAX_AMOUNT
 # Kinds of buffered call: (kind, ns, user_id, ...), see Aggregator.event/login/logout.
 # An event is (kind, ns, user_id, event, field, amount, ...): _EVENT then holds its
 # data's JSON text (or None), _FLAT_EVENT the pairs of its flat data, inline.
-_EVENT, _FLAT_EVENT, _LOGIN, _LOGOUT = 0, 1, 2, 3
+_EVENT, _FLAT_EVENT, _LOGIN, _LOGOUT, _TOUCH = 0, 1, 2, 3, 4
+
+#: ``active_on``: any mark makes a player active (and tracked calls are activity), or
+#: only logins (the seed's definitions).
+ACTIVE_ON = ("any", "login")
 
 
 class BufferFull(Exception):
@@ -70,7 +74,9 @@ class Aggregator:
         clock: Clock | None,
         day_keys: DayKeys,
         max_buffered: int,
-        session_timeout_ms: int = 12 * 3600 * 1000,
+        idle_timeout_ms: int = 30 * 60 * 1000,
+        active_on: str = "any",
+        passive_events: frozenset[str] = frozenset(),
     ) -> None:
         # The default clock reads integer milliseconds directly: no datetime on the
         # request path. An injected clock (tests, replays) is converted exactly.
@@ -81,7 +87,10 @@ class Aggregator:
         )
         self.day_keys = day_keys
         self.max_buffered = max_buffered
-        self.session_timeout_ms = session_timeout_ms
+        self.idle_timeout_ms = idle_timeout_ms
+        #: Tracked calls are activity marks (``active_on="any"``), except these events.
+        self.marks_activity = active_on == "any"
+        self.passive_events = passive_events
         self.backlog = 0
         #: Calls rejected at a flush because they would overflow their batch's sum.
         self.overflowed = 0
@@ -145,6 +154,10 @@ class Aggregator:
         self._admit()
         self._calls.append((_LOGOUT, self.now_ns(), user_id))
 
+    def touch(self, user_id: str) -> None:
+        self._admit()
+        self._calls.append((_TOUCH, self.now_ns(), user_id))
+
     def now_ms(self) -> int:
         """The clock, in milliseconds since the epoch (for readers, not the hot path)."""
         return self.now_ns() // 1_000_000
@@ -161,12 +174,18 @@ class Aggregator:
         calls, letting waiting threads have the GIL between slices (see :mod:`.pacing`).
         """
         batch = FlushBatch(
-            created_at=from_ms(self.now_ms()), session_timeout_ms=self.session_timeout_ms
+            created_at=from_ms(self.now_ms()),
+            idle_timeout_ms=self.idle_timeout_ms,
+            tz=tz_name(self.day_keys.tz),
         )
         calls, events, payments = self._calls, batch.events, batch.payments
+        activity, passive = batch.activity, self.passive_events
+        marks = self.marks_activity
         day_keys = self.day_keys
         counted_day = ""  # the day whose counters ``counters`` is
         counters: dict[str, Number] = {}
+        active_day = ""  # the day whose active players ``active`` is
+        active: set[str] = set()
         pacer = Pacer()
         # The calls are kept until the batch is made, then freed in slices: freed one by
         # one as each event is made, they would keep the interpreter's allocation count
@@ -195,10 +214,14 @@ class Aggregator:
                     _, ns, user_id, event, field, amount, *pairs = call
                     text = encode_flat(pairs)
                 else:
+                    ms = call[1] // 1_000_000
                     if kind == _LOGIN:
-                        self._add_login(batch, call[1] // 1_000_000, call[2], call[3])
-                    else:
-                        self._add_logout(batch, call[1] // 1_000_000, call[2])
+                        self._add_login(batch, ms, call[2], call[3])
+                    elif kind == _LOGOUT:
+                        self._add_logout(batch, ms, call[2])
+                    elif marks:  # a touch: activity only
+                        activity.setdefault(call[2], []).append(ms)
+                        self._active(batch, ms).add(call[2])
                     continue
                 ms = ns // 1_000_000
                 day, month = day_keys(ms)
@@ -217,8 +240,22 @@ class Aggregator:
                     if event == PAYMENT_EVENT:
                         payers = payments.setdefault(day, {})
                         payers[user_id] = payers.get(user_id, 0) + amount
+                if marks and event not in passive:
+                    times = activity.get(user_id)
+                    if times is None:
+                        activity[user_id] = [ms]
+                    else:
+                        times.append(ms)
+                    if day != active_day:
+                        active_day = day
+                        active = self._active(batch, ms)
+                    active.add(user_id)
                 events.append((ms, user_id, event, text, day))
         release(taken)
+        for times in activity.values():
+            times.sort()  # threads append out of order by a few microseconds
+        for day, users in batch.day_users.items():
+            batch.month_users.setdefault(batch.months[day], set()).update(users)
         return batch
 
     def _overflow(self, event: str, field: str, day: str) -> None:
@@ -242,19 +279,25 @@ class Aggregator:
             batch.months[day] = month
         return counters
 
+    def _active(self, batch: FlushBatch, ms: int) -> set[str]:
+        """The players active on the day of ``ms`` (their month's follow at the end)."""
+        day, month = self.day_keys(ms)
+        batch.months.setdefault(day, month)
+        return batch.day_users.setdefault(day, set())
+
     def _add_login(self, batch: FlushBatch, ms: int, user_id: str, username: str | None) -> None:
-        # No pairing here: which session a logout ends is the store's walk over the
-        # marks of every process (see .sessions), so this process keeps no session state.
+        # No pairing here: which session a mark starts, extends or ends is the store's
+        # walk over the marks of every process (see .sessions), so this process keeps
+        # no session state. A login is an activity mark that carries the username.
         day, month = self.day_keys(ms)
         seq = next(self._mark_numbers)
         batch.logins.append(
             Login(f"{self.origin}-{seq}", user_id, ms, self.origin, seq, username, day, month)
         )
-        counters = self._day_counters(batch, day, month)
-        counters["sessionCount"] = counters.get("sessionCount", 0) + 1
-        batch.day_users.setdefault(day, set()).add(user_id)
-        batch.month_users.setdefault(month, set()).add(user_id)
+        self._active(batch, ms).add(user_id)
 
     def _add_logout(self, batch: FlushBatch, ms: int, user_id: str) -> None:
         seq = next(self._mark_numbers)
         batch.logouts.append(Logout(f"{self.origin}-{seq}", user_id, ms, self.origin, seq))
+        if self.marks_activity:  # active_on="any": a logout is a mark of the day too
+            self._active(batch, ms).add(user_id)

@@ -14,12 +14,13 @@ import os
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
-from .aggregator import Aggregator, BufferFull
+from .aggregator import ACTIVE_ON, Aggregator, BufferFull
 from .clock import Clock, DayKeys, from_ms, resolve_tz, round_half_up, to_ms, utc_now
 from .counters import DAILY_FIELDS, CounterRule, CounterSpec, build_counter_map
 from .dead_letters import DeadLetters
@@ -74,6 +75,16 @@ def _stop_at_multiprocessing_exit(instance: Analytics) -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _idle_timeout(value: timedelta | float) -> timedelta:
+    """``idle_timeout`` as a positive timedelta (seconds accepted)."""
+    if isinstance(value, bool) or not isinstance(value, timedelta | int | float):
+        raise ConfigurationError(f"idle_timeout must be a timedelta or seconds, got {value!r}")
+    idle = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    if idle <= timedelta(0):
+        raise ConfigurationError(f"idle_timeout must be positive, got {value!r}")
+    return idle
+
+
 def _check_reserved(counters: Mapping[str, CounterRule], store: Store) -> None:
     """A counter field the store cannot hold would fail every flush: refuse it now."""
     for event, rule in counters.items():
@@ -107,8 +118,19 @@ class Analytics:
     :param tz: timezone of the day and month keys (an IANA name or a ``tzinfo``).
     :param event_ttl: how long the event stream keeps an event (expired once
         ``ts + event_ttl <= now``).
-    :param session_timeout: a session with no mark of its player within this time ends
-        timed out (duration 0); give every worker the same value.
+    :param idle_timeout: a play session ends at its player's last mark once this much
+        time passes with no mark (30 minutes by default, as GA4 and Amplitude): a
+        ``timedelta`` or seconds. Give every worker the same value.
+    :param active_on: ``"any"`` (default): every mark (tracked call, ``touch()``,
+        login, logout) makes its player active that day and month, and tracked calls
+        are activity that starts and extends sessions; ``"login"``: only logins, the
+        seed's definitions (tracked calls are neither).
+    :param passive_events: event names the server sends on a player's behalf (a payment
+        webhook, a scheduled reward): counted toward their counters and kept in the
+        event stream, but not activity (they neither make the player active nor start
+        or extend a session).
+    :param session_timeout: deprecated and ignored (sessions end after ``idle_timeout``
+        without a mark); passing it warns.
     :param clock: zero-argument callable returning an aware ``datetime`` (UTC now by
         default).
     :param strict: raise on bad input instead of counting it as rejected.
@@ -140,7 +162,10 @@ class Analytics:
         counters: Mapping[str, CounterSpec] | None = None,
         tz: str | tzinfo = "UTC",
         event_ttl: timedelta = timedelta(days=7),
-        session_timeout: timedelta = timedelta(hours=12),
+        idle_timeout: timedelta | float = timedelta(minutes=30),
+        active_on: str = "any",
+        passive_events: Iterable[str] = (),
+        session_timeout: timedelta | None = None,
         clock: Clock | None = None,
         strict: bool = False,
         max_buffered_events: int = 100_000,
@@ -196,7 +221,22 @@ class Analytics:
         self.test_users = (
             test_users if test_users is None or callable(test_users) else frozenset(test_users)
         )
-        self.session_timeout = session_timeout
+        if session_timeout is not None:
+            warnings.warn(
+                "session_timeout is deprecated and ignored: a session ends after"
+                " idle_timeout (30 minutes by default) without a mark of its player",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        self.idle_timeout = _idle_timeout(idle_timeout)
+        if active_on not in ACTIVE_ON:
+            raise ConfigurationError(f"active_on must be one of {ACTIVE_ON}, got {active_on!r}")
+        self.active_on = active_on
+        if isinstance(passive_events, str):
+            raise ConfigurationError(
+                f"passive_events must be a list of event names, not {passive_events!r}"
+            )
+        self.passive_events = frozenset(passive_events)
         self.clock: Clock = clock or utc_now
         self.strict = strict
         self.stop_timeout = stop_timeout
@@ -209,7 +249,9 @@ class Analytics:
             clock,
             self._day_keys,
             max_buffered_events,
-            session_timeout // timedelta(milliseconds=1),
+            self.idle_timeout // timedelta(milliseconds=1),
+            active_on,
+            self.passive_events,
         )
         self._flusher = Flusher(
             self.store,
@@ -322,7 +364,8 @@ class Analytics:
     # -- recording (caller threads: validation and one deque append, no lock, no I/O) ---
 
     def on_login(self, user_id: str, username: str | None = None) -> None:
-        """A player logged in: one session, counted once toward today's dau and the mau."""
+        """A player logged in: activity that starts a session unless one is open, and
+        makes the player active today (counted once toward the dau and the mau)."""
         try:
             if not (
                 type(user_id) is str and 0 < len(user_id) <= self._max_id and user_id.isprintable()
@@ -336,8 +379,23 @@ class Analytics:
         except BufferFull:
             self._drop()
 
+    def touch(self, user_id: str) -> None:
+        """The player did something worth no event (a request that tracks nothing):
+        activity, as a tracked call is, with ``active_on="any"``; nothing otherwise."""
+        try:
+            if not (
+                type(user_id) is str and 0 < len(user_id) <= self._max_id and user_id.isprintable()
+            ):
+                user_id = check_name(user_id, "user_id", self._max_id)
+            self._aggregator.touch(user_id)
+        except ValidationError as exc:
+            self._reject(exc)
+        except BufferFull:
+            self._drop()
+
     def on_logout(self, user_id: str) -> None:
-        """A player logged out: closes their session, here or in another process."""
+        """A player logged out: ends their open session, whichever process holds its
+        other marks."""
         try:
             if not (
                 type(user_id) is str and 0 < len(user_id) <= self._max_id and user_id.isprintable()
@@ -514,8 +572,8 @@ class Analytics:
         return receipt
 
     def prune(self) -> PruneResult:
-        """Delete events older than ``event_ttl``; close sessions open past ``session_timeout``."""
-        return self.store.prune(self._now(), self.event_ttl, self.session_timeout)
+        """Delete events older than ``event_ttl``; close sessions idle past ``idle_timeout``."""
+        return self.store.prune(self._now(), self.event_ttl, self.idle_timeout)
 
     def _now(self) -> datetime:
         return from_ms(self._aggregator.now_ms())
@@ -540,7 +598,9 @@ class Analytics:
             dau=int(today["dau"]),
             mau=figures.mau,
             avg_session_min=avg_min,
-            active_sessions=self.store.count_open_sessions(),
+            active_sessions=self.store.count_active_sessions(
+                to_ms(self._now() - self.idle_timeout)
+            ),
         )
 
     def get_last_30_days(self) -> list[DailyStats]:

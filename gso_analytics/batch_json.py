@@ -16,8 +16,10 @@ import attrs
 
 from .model import EventRecord, FlushBatch, Login, Logout
 
-#: Bumped when the shape changes; :func:`batch_from_json` refuses what it cannot read.
-FORMAT = 1
+#: Bumped when the shape changes; :func:`batch_from_json` refuses what it cannot read,
+#: and reads the formats before it: 1 had no activity marks, registrations nor
+#: timezone (its logins were sessions of their own; they are activity marks now).
+FORMAT = 2
 
 
 def batch_to_dict(batch: FlushBatch) -> dict[str, Any]:
@@ -31,14 +33,17 @@ def batch_to_dict(batch: FlushBatch) -> dict[str, Any]:
         "month_users": {key: sorted(users) for key, users in batch.month_users.items()},
         "logins": [attrs.asdict(login) for login in batch.logins],
         "logouts": [attrs.asdict(logout) for logout in batch.logouts],
-        "session_timeout_ms": batch.session_timeout_ms,
+        "new_users": {key: sorted(users) for key, users in batch.new_users.items()},
+        "activity": batch.activity,
+        "idle_timeout_ms": batch.idle_timeout_ms,
+        "tz": batch.tz,
         "events": [attrs.asdict(EventRecord(*row)) for row in batch.events],
         "payments": batch.payments,
     }
 
 
 def batch_from_dict(data: dict[str, Any]) -> FlushBatch:
-    if data.get("format") != FORMAT:
+    if data.get("format") not in (1, FORMAT):
         raise ValueError(f"not a batch of format {FORMAT}: format {data.get('format')!r}")
     created_at = data["created_at"]
     return FlushBatch(
@@ -50,7 +55,10 @@ def batch_from_dict(data: dict[str, Any]) -> FlushBatch:
         month_users={key: set(users) for key, users in data["month_users"].items()},
         logins=[Login(**login) for login in data["logins"]],
         logouts=[Logout(**logout) for logout in data["logouts"]],
-        session_timeout_ms=data["session_timeout_ms"],
+        new_users={key: set(users) for key, users in data.get("new_users", {}).items()},
+        activity=data.get("activity", {}),
+        idle_timeout_ms=data.get("idle_timeout_ms", FlushBatch().idle_timeout_ms),
+        tz=data.get("tz", "UTC"),
         events=[EventRecord(**event).row for event in data["events"]],
         payments=data["payments"],
     )

@@ -209,21 +209,21 @@ def _add_report(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def _add_prune(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     prune = commands.add_parser(
         "prune",
-        help="delete expired events, time out stale sessions",
+        help="delete expired events, close idle sessions",
         description="Run the prune job once (e.g. from cron): delete events older than the"
-        " event TTL and close sessions open longer than the session timeout, flagged"
-        " timedOut and not counted as play time.",
+        " event TTL and close sessions idle longer than the idle timeout (ended at their"
+        " last mark, flagged timedOut; their seconds were counted already).",
     )
     _add_store(prune)
     prune.add_argument(
         "--event-ttl-days", type=_positive_float, default=7.0, metavar="N", help="default: 7"
     )
     prune.add_argument(
-        "--session-timeout-hours",
+        "--idle-timeout-minutes",
         type=_positive_float,
-        default=12.0,
-        metavar="H",
-        help="default: 12",
+        default=30.0,
+        metavar="M",
+        help="sessions idle this long are closed (default: 30, the workers' idle_timeout)",
     )
     prune.set_defaults(func=cmd_prune)
 
@@ -571,15 +571,15 @@ def report_text(
 
 def cmd_prune(args: argparse.Namespace) -> int:
     ttl = timedelta(days=args.event_ttl_days)
-    timeout = timedelta(hours=args.session_timeout_hours)
+    idle = timedelta(minutes=args.idle_timeout_minutes)
     with closing(open_cli_store(args.store, must_exist=True)) as store:
-        analytics = Analytics(store, event_ttl=ttl, session_timeout=timeout)
+        analytics = Analytics(store, event_ttl=ttl, idle_timeout=idle)
         result = analytics.prune()
         analytics.stop()
     print(
         f"Deleted {fmt_int(result.events_deleted)} events older than"
-        f" {args.event_ttl_days:g} days; timed out {fmt_int(result.sessions_timed_out)}"
-        f" sessions open longer than {args.session_timeout_hours:g} hours."
+        f" {args.event_ttl_days:g} days; closed {fmt_int(result.sessions_timed_out)}"
+        f" sessions idle for {args.idle_timeout_minutes:g} minutes."
     )
     return 0
 

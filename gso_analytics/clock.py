@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
 from .errors import ConfigurationError
@@ -24,10 +24,32 @@ def utc_now() -> datetime:
 def resolve_tz(tz: str | tzinfo) -> tzinfo:
     if isinstance(tz, tzinfo):
         return tz
+    if tz[:1] in ("+", "-") and tz[1:3].isdigit() and tz[3:4] == ":" and tz[4:].isdigit():
+        minutes = int(tz[1:3]) * 60 + int(tz[4:])
+        return timezone(timedelta(minutes=-minutes if tz[0] == "-" else minutes))
     try:
         return UTC if tz.upper() == "UTC" else ZoneInfo(tz)
     except (KeyError, ValueError) as exc:  # ZoneInfoNotFoundError is a KeyError
         raise ConfigurationError(f"unknown timezone {tz!r}") from exc
+
+
+def tz_name(tz: tzinfo) -> str:
+    """A name :func:`resolve_tz` gives ``tz`` back from: batches carry their timezone
+    by name, so a store (or a replay in another process) finds a session's day."""
+    if tz is UTC:
+        return "UTC"
+    key = getattr(tz, "key", None)
+    if isinstance(key, str):
+        return key
+    offset = tz.utcoffset(None)
+    if isinstance(tz, timezone) and offset is not None:
+        minutes = offset // timedelta(minutes=1)
+        sign = "-" if minutes < 0 else "+"
+        return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    raise ConfigurationError(
+        f"tz {tz!r}: give a zone name ('Europe/Paris'), a ZoneInfo or a fixed offset"
+        " (datetime.timezone)"
+    )
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -103,10 +125,18 @@ class DayKeys:
         start, end, keys = self._cached
         if start <= ms < end:
             return keys
+        return self.bounds(ms)[2:]
+
+    def bounds(self, ms: int) -> tuple[int, int, str, str]:
+        """The day of ``ms``: ``(start_ms, end_ms, day, month)``, its local midnights
+        in milliseconds and its keys (a batch carries them for its sessions' days)."""
+        start, end, keys = self._cached
+        if start <= ms < end:
+            return (start, end, *keys)
         local = from_ms(ms).astimezone(self.tz)
         midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
         # Next local midnight, robust to DST: step past it, then truncate.
         next_midnight = (midnight + timedelta(hours=26)).replace(hour=0)
         keys = (local.strftime("%Y-%m-%d"), local.strftime("%Y-%m"))
         self._cached = (to_ms(midnight), to_ms(next_midnight), keys)
-        return keys
+        return (*self._cached[:2], *keys)

@@ -85,8 +85,12 @@ def rename_users(batch: FlushBatch, names: Mapping[str, str], *, keep_events: bo
         for user, cents in payers.items():
             key = names.get(user, user)
             renamed[key] = renamed.get(key, 0) + cents
+    activity: dict[str, list[int]] = {}
+    for user, marks in batch.activity.items():
+        activity.setdefault(names.get(user, user), []).extend(marks)
     return attrs.evolve(
         batch,
+        activity={user: sorted(marks) for user, marks in activity.items()},
         day_users={k: ids(v) for k, v in batch.day_users.items()},
         month_users={k: ids(v) for k, v in batch.month_users.items()},
         new_users={k: ids(v) for k, v in batch.new_users.items()},
@@ -168,4 +172,5 @@ def session_export(session: SessionRecord) -> dict[str, Any]:
     doc = session.to_dict()
     doc["loginAt"] = iso_ms(session.login_at)
     doc["logoutAt"] = None if session.logout_at is None else iso_ms(session.logout_at)
+    doc["lastAt"] = None if session.last_at is None else iso_ms(session.last_at)
     return doc

@@ -6,6 +6,7 @@ Timestamps are aware UTC datetimes truncated to milliseconds (the seed's JavaScr
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import uuid
@@ -15,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from .clock import from_ms
+from .clock import DayKeys, from_ms, resolve_tz
 from .counters import DAILY_FIELDS
 from .pacing import CHECK_EVERY, paced_slices
 
@@ -29,7 +30,11 @@ def new_id() -> str:
 
 @attrs.frozen
 class Login:
-    """A login call as flushed: a mark on the player's timeline that opens a session.
+    """A login call as flushed, or the first mark of a stored session.
+
+    A login is an activity mark that carries a username (see :mod:`.sessions`); a
+    session keeps the mark it started at in this shape (an activity mark has no
+    origin: ``origin`` is empty and ``seq`` 0 there).
 
     Marks are ordered by :attr:`key`, their time in milliseconds and then the process
     (``origin``) and its sequence number: one order for every worker, whatever the
@@ -70,20 +75,41 @@ Mark = Login | Logout
 
 
 @attrs.frozen
+class ActivityRun:
+    """One player's activity marks (logins included) of one batch part, sorted: what a
+    store keeps so that a logout arriving late inside a stored session can split it
+    at the right marks (see :func:`gso_analytics.sessions.plan_sessions`)."""
+
+    user_id: str
+    first_ms: int
+    last_ms: int
+    marks: tuple[int, ...]
+
+
+@attrs.frozen
 class SessionEnd:
-    """How a session ends in the walk of its player's marks (open: no ``logout_ms``)."""
+    """Where a session stands in the walk of its player's marks.
+
+    ``last_ms`` is its last activity mark; ``logout_ms`` when it ended (its logout, or
+    its last mark once ``idle_timeout`` passed with no mark: ``timed_out``), None while
+    open; ``duration_s`` its seconds so far (end, or last mark, minus start).
+    ``last_ms`` is None only for a session closed by version 0.2 (before activity
+    marks): such a session is kept as it was (see :mod:`.sessions`).
+    """
 
     logout_ms: int | None = None
     duration_s: int = 0
     timed_out: bool = False
+    last_ms: int | None = None
 
     @property
     def open(self) -> bool:
         return self.logout_ms is None
 
-
-#: The state of a session no later mark has ended yet.
-OPEN = SessionEnd()
+    @property
+    def frozen(self) -> bool:
+        """A 0.2 session closed before its store was upgraded: never walked again."""
+        return self.last_ms is None
 
 
 @attrs.frozen
@@ -140,7 +166,10 @@ class FlushBatch:
     each player's earliest registration day, the day ``newUsers`` counts them (once,
     see :func:`gso_analytics.store.apply_batch`); ``logins``
     and ``logouts`` the marks that sessions are computed from (with
-    ``session_timeout_ms``, see :mod:`gso_analytics.sessions`); ``payments`` the
+    ``activity`` (user -> the times of their tracked calls and touches, sorted) the
+    marks that sessions are computed from with ``idle_timeout_ms`` (see
+    :mod:`gso_analytics.sessions`), ``tz`` the timezone of its day keys (a session's
+    day is its first mark's); ``payments`` the
     ``stripe.payment`` amounts per day and user (increments, like ``counters``), which
     the per-user revenue facts of the KPIs are kept from.
     """
@@ -154,7 +183,9 @@ class FlushBatch:
     new_users: dict[str, set[str]] = attrs.field(factory=dict)
     logins: list[Login] = attrs.field(factory=list)
     logouts: list[Logout] = attrs.field(factory=list)
-    session_timeout_ms: int = 12 * 3600 * 1000
+    activity: dict[str, list[int]] = attrs.field(factory=dict)
+    idle_timeout_ms: int = 30 * 60 * 1000
+    tz: str = "UTC"
     events: list[EventRow] = attrs.field(factory=list)  # see EventRow
     payments: dict[str, dict[str, Number]] = attrs.field(factory=dict)  # day -> user -> cents
 
@@ -173,6 +204,7 @@ class FlushBatch:
             players
             | {m.user_id for m in self.logins}
             | {m.user_id for m in self.logouts}
+            | set(self.activity)
             | {u for users in self.day_users.values() for u in users}
             | {u for users in self.month_users.values() for u in users}
             | {u for users in self.new_users.values() for u in users}
@@ -186,9 +218,14 @@ class FlushBatch:
             or self.new_users
             or self.logins
             or self.logouts
+            or self.activity
             or self.events
             or self.payments
         )
+
+    def day_of(self, ms: int) -> tuple[str, str]:
+        """The (day, month) of ``ms`` in the batch's timezone."""
+        return day_keys(self.tz)(ms)
 
     def parts(
         self,
@@ -253,7 +290,9 @@ class FlushBatch:
                 new_users=_only(self.new_users, group),
                 logins=[m for m in self.logins if m.user_id in group],
                 logouts=[m for m in self.logouts if m.user_id in group],
-                session_timeout_ms=self.session_timeout_ms,
+                activity={u: marks for u, marks in self.activity.items() if u in group},
+                idle_timeout_ms=self.idle_timeout_ms,
+                tz=self.tz,
                 events=[self.events[i] for i in sorted(indexes)],
                 payments={
                     day: kept
@@ -263,6 +302,12 @@ class FlushBatch:
             )
             for n, (group, indexes) in enumerate(groups)
         ]
+
+
+@functools.lru_cache(maxsize=8)
+def day_keys(tz: str) -> DayKeys:
+    """The day keys of a timezone name (as :func:`~.clock.tz_name` gives it)."""
+    return DayKeys(resolve_tz(tz))
 
 
 def event_bytes(event: EventRow) -> int:
@@ -288,6 +333,8 @@ class SessionRecord:
     day: str
     month: str
     timed_out: bool = False
+    #: The session's last activity mark (None for a session closed by version 0.2).
+    last_at: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -300,6 +347,7 @@ class SessionRecord:
             "day": self.day,
             "month": self.month,
             "timedOut": self.timed_out,
+            "lastAt": self.last_at,
         }
 
 
@@ -326,7 +374,8 @@ class DailyStats:
 
 @attrs.frozen
 class MonthStats:
-    """Maintained per-month figures: distinct users and the timed sessions' sum."""
+    """Maintained per-month figures: distinct users, and the sessions that started in
+    the month with their seconds (so far), behind ``avgSessionMin``."""
 
     month: str
     mau: int = 0

@@ -1,49 +1,71 @@
-"""Sessions as a function of each player's marks, never of the order workers flush in.
+"""Play sessions as a function of each player's marks, never of the order workers flush in.
 
-The definition (docs/concepts.md, "Sessions across workers"): take every login and logout
-of a player, from every worker and thread, ordered by :attr:`~.model.Login.key` (time
-in milliseconds, then process and sequence number). Each login opens a session that
-ends at the player's *next* mark, a logout or another login:
+The definition (docs/concepts.md, "Play sessions"): take every mark of a player, from
+every worker and thread, in time order: **activity** (a tracked call that is not
+passive, a ``touch()``, a login) and **logouts**; at one millisecond, activity comes
+before a logout. Walking them with ``idle_timeout``:
 
-- within ``session_timeout``: closed there, ``durationS`` = the rounded seconds,
-  added to ``totalSessionS`` of the login's day (and, when positive, to the login
-  month's timed sessions behind ``avgSessionMin``);
-- later than ``session_timeout``: timed out at ``login + session_timeout``, 0 seconds;
-- no next mark: open, until the prune job times it out the same way.
+- a session is open and the mark comes more than ``idle_timeout`` after its last mark:
+  the session ended at its last mark;
+- then activity with no session open starts a session (it counts in ``sessionCount``
+  of its day); with a session open it only moves the session's last mark;
+- a logout ends the open session at the logout (with none open it ends nothing).
 
-A logout whose previous mark is not a login ends nothing.
+A session's seconds are its end (or, while it is open, its last mark) minus its start,
+rounded half up, and count in ``totalSessionS`` of its start day, so play time grows
+while a player plays and never depends on when anyone looks. A session whose last mark
+is more than ``idle_timeout`` ago has ended there: the prune job records it
+(:func:`close_idle`), which changes no figure.
 
-Because a session depends only on its login and the mark after it, a batch changes
-only the sessions around its own marks: :func:`plan_sessions` merges the batch's
-marks with the stored ones from the player's earliest new mark on, plus the newest
-stored mark before it (the only older login whose next mark can change, and only
-when it is at most ``session_timeout`` older) and the player's open session, and
-returns the sessions whose end changed and the *difference* their change makes to
-the day and month aggregates. Applied exactly once per batch, those
-differences make the stored figures equal to the walk over all marks, whatever the
-order the batches arrive in. The work is bounded by the marks since the batch's
-earliest one, not by the player's history.
+Why a batch need not walk a player's whole history: sessions never overlap, and a
+stored session is a run of marks with no gap over ``idle_timeout`` and no logout inside
+(one inside would have split it). So the walk treats each stored session as one span,
+``[start, last mark]``, and needs only the sessions from the last one before the
+batch's earliest mark minus ``idle_timeout`` on, the logouts from there on, and the
+batch's own marks. Only a logout arriving late *inside* a stored span needs the marks
+themselves (the last one before it, the first one after): stores keep each batch's
+activity per player (:class:`~.model.ActivityRun`) for as long as a batch can be
+retried. :func:`plan_sessions` returns the sessions whose state changed and the
+difference they make to the day and month figures; applied exactly once per batch, those
+differences make the stored figures equal to the walk over all marks, whatever the order
+the batches arrive in.
+
+Sessions closed by version 0.2 (``SessionEnd.frozen``) keep their stored seconds: marks
+within such a session's login and end belong to it and change nothing; a session still
+open at the upgrade goes on under these rules.
 """
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
 from .clock import round_half_up
-from .model import OPEN, Login, Logout, Mark, SessionEnd, StoredSession
+from .model import ActivityRun, FlushBatch, Login, Logout, SessionEnd, StoredSession, new_id
 from .pacing import paced
+
+#: Sorted first at one millisecond: activity, then logouts.
+_ACTIVITY, _LOGOUT = 0, 1
+
+#: ``marks_between(user, first_ms, last_ms)``: the player's stored activity marks in
+#: that range, sorted (see :meth:`~gso_analytics.store.Transaction.activity_runs`).
+MarksBetween = Callable[[str, int, int], list[int]]
 
 
 @attrs.define
 class SessionChanges:
-    """What one batch does to sessions: the marks to store, the sessions to save in
-    their new state (new or changed), and the increments that change makes."""
+    """What one batch (or the prune job) does to sessions: the marks to store, the
+    sessions to save in their new state (new or changed), the ones merged away, and the
+    increments that change makes to the days and months."""
 
     logouts: list[Logout] = attrs.field(factory=list)
+    activity: list[ActivityRun] = attrs.field(factory=list)
     sessions: list[StoredSession] = attrs.field(factory=list)
+    deleted: list[str] = attrs.field(factory=list)
     daily: defaultdict[str, defaultdict[str, int]] = attrs.field(
         factory=lambda: defaultdict(lambda: defaultdict(int))
     )
@@ -54,99 +76,262 @@ class SessionChanges:
     unmatched_logouts: int = 0
 
     def is_empty(self) -> bool:
-        return not (self.logouts or self.sessions)
+        return not (self.logouts or self.activity or self.sessions or self.deleted)
 
-    def count(self, login: Login, end: SessionEnd, sign: int) -> None:
-        """Add (``sign`` 1) or take back (-1) what a session's end contributes."""
-        self.daily[login.day]["totalSessionS"] += sign * end.duration_s
-        self.months[login.day] = login.month
-        if end.duration_s > 0:
-            self.monthly[login.month]["timedSessions"] += sign
-            self.monthly[login.month]["timedSessionS"] += sign * end.duration_s
-
-
-def timed_out(login: Login, timeout_ms: int) -> SessionEnd:
-    """The end of a session no mark ended within ``timeout_ms``."""
-    return SessionEnd(login.at_ms + timeout_ms, 0, True)
+    def count(self, session: StoredSession, sign: int) -> None:
+        """Add (``sign`` 1) or take back (-1) what a session contributes: one session and
+        its seconds on its start day, and in its month (behind ``avgSessionMin``)."""
+        start, seconds = session.login, session.end.duration_s
+        self.daily[start.day]["sessionCount"] += sign
+        self.daily[start.day]["totalSessionS"] += sign * seconds
+        self.months[start.day] = start.month
+        self.monthly[start.month]["timedSessions"] += sign
+        self.monthly[start.month]["timedSessionS"] += sign * seconds
 
 
-def session_end(
-    login: Login, following: Mark | None, timeout_ms: int, current: SessionEnd | None
-) -> SessionEnd:
-    """The end the walk gives ``login`` when ``following`` is its player's next mark.
+@attrs.define
+class _Piece:
+    """One thing on a player's timeline: a mark, or a stored session walked as a span."""
 
-    Without a next mark a session is open, unless the prune job has timed it out
-    already (``current``): time only moves forward, so that stays true.
-    """
-    if following is None:
-        return current if current is not None and current.timed_out else OPEN
-    gap_ms = following.at_ms - login.at_ms
-    if gap_ms > timeout_ms:
-        return timed_out(login, timeout_ms)
-    return SessionEnd(following.at_ms, round_half_up(gap_ms / 1000), False)
+    at: int
+    last: int
+    kind: int
+    username: str | None = None
+    stored: StoredSession | None = None  # the stored session this span starts
+    new: bool = False  # a logout of this batch (counted when it ends nothing)
 
 
-def earliest(marks: Iterable[Mark]) -> dict[str, int]:
-    """Per player, the time (ms) of the earliest of ``marks``."""
+@attrs.define
+class _Run:
+    """A session as the walk builds it."""
+
+    start: int
+    last: int
+    username: str | None
+    end: int | None = None
+    timed_out: bool = False
+    kept: StoredSession | None = None  # a frozen (0.2) session, passed through as is
+
+
+def seconds(start_ms: int, end_ms: int) -> int:
+    """A session's rounded seconds (halves up, as the seed's ``Math.round``)."""
+    return round_half_up((end_ms - start_ms) / 1000)
+
+
+def encode_marks(marks: Iterable[int]) -> bytes:
+    """Marks as little-endian 64-bit integers: how SQLite and MongoDB keep a run."""
+    packed = array("q", marks)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def decode_marks(data: bytes) -> tuple[int, ...]:
+    packed = array("q")
+    packed.frombytes(data)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return tuple(packed)
+
+
+def batch_marks(batch: FlushBatch) -> dict[str, list[tuple[int, str | None]]]:
+    """Per player, the batch's activity marks as (time, username of a login)."""
+    marks: dict[str, list[tuple[int, str | None]]] = {
+        user: [(ms, None) for ms in times] for user, times in batch.activity.items()
+    }
+    for login in batch.logins:
+        marks.setdefault(login.user_id, []).append((login.at_ms, login.username))
+    return marks
+
+
+def activity_runs(marks: Mapping[str, list[tuple[int, str | None]]]) -> list[ActivityRun]:
+    """One run per player: what the store keeps of the batch's activity."""
+    runs = []
+    for user, timed in marks.items():
+        times = tuple(sorted(ms for ms, _ in timed))
+        runs.append(ActivityRun(user, times[0], times[-1], times))
+    return runs
+
+
+def earliest_marks(batch: FlushBatch) -> dict[str, int]:
+    """Per player with marks in the batch, the time of the earliest."""
     since: dict[str, int] = {}
-    for mark in marks:
+    for user, times in batch.activity.items():
+        since[user] = min(times)
+    for mark in (*batch.logins, *batch.logouts):
         if mark.at_ms < since.get(mark.user_id, mark.at_ms + 1):
             since[mark.user_id] = mark.at_ms
     return since
 
 
 def plan_sessions(
-    stored: Iterable[StoredSession | Logout],
-    logins: Iterable[Login],
-    logouts: Iterable[Logout],
-    timeout_ms: int,
+    batch: FlushBatch,
+    stored: Iterable[StoredSession],
+    stored_logouts: Iterable[Logout],
+    marks_between: MarksBetween,
 ) -> SessionChanges:
     """Merge a batch's marks into the stored ones and say what changes.
 
-    ``stored`` holds what :meth:`~gso_analytics.store.Transaction.session_marks`
-    returns for the players with new marks: their stored marks from the earliest new
-    one on, the newest stored mark before it, and their open session. A new mark that
-    is stored already (the same id) counts as stored.
+    ``stored`` holds the stored sessions of the batch's players whose last mark (or
+    end, for a frozen one) is at or after their earliest new mark minus
+    ``idle_timeout`` (more, later ones are welcome: they are walked unchanged), and
+    ``stored_logouts`` their logouts from the earliest of those sessions on. A new
+    logout already stored (the same id) counts as stored.
     """
-    timelines: defaultdict[str, dict[str, Mark]] = defaultdict(dict)
-    current: dict[str, SessionEnd] = {}
-    for item in stored:
-        if isinstance(item, StoredSession):
-            timelines[item.login.user_id][item.login.id] = item.login
-            current[item.login.id] = item.end
-        else:
-            timelines[item.user_id][item.id] = item
-    changes = SessionChanges()
-    new_logouts: set[str] = set()
-    marks: tuple[Mark, ...] = (*logins, *logouts)
-    for mark in marks:
-        timeline = timelines[mark.user_id]
-        if mark.id not in timeline:
-            timeline[mark.id] = mark
-            if isinstance(mark, Logout):
-                changes.logouts.append(mark)
-                new_logouts.add(mark.id)
-    for timeline in paced(timelines.values()):  # a sort and a walk per player
-        ordered = sorted(timeline.values(), key=lambda m: m.key)
-        previous: Mark | None = None
-        for index, mark in enumerate(ordered):
-            if isinstance(mark, Login):
-                following = ordered[index + 1] if index + 1 < len(ordered) else None
-                old = current.get(mark.id)
-                end = session_end(mark, following, timeout_ms, old)
-                if end != old:
-                    changes.sessions.append(StoredSession(mark, end))
-                    changes.count(mark, old or OPEN, -1)
-                    changes.count(mark, end, 1)
-            elif mark.id in new_logouts and not isinstance(previous, Login):
-                changes.unmatched_logouts += 1
-            previous = mark
+    idle_ms = batch.idle_timeout_ms
+    marks = batch_marks(batch)
+    changes = SessionChanges(activity=activity_runs(marks))
+    sessions: defaultdict[str, list[StoredSession]] = defaultdict(list)
+    for session in stored:
+        sessions[session.login.user_id].append(session)
+    logouts: defaultdict[str, dict[str, Logout]] = defaultdict(dict)
+    for logout in stored_logouts:
+        logouts[logout.user_id][logout.id] = logout
+    new_logouts: defaultdict[str, list[Logout]] = defaultdict(list)
+    for logout in batch.logouts:
+        if logout.id not in logouts[logout.user_id]:
+            new_logouts[logout.user_id].append(logout)
+            changes.logouts.append(logout)
+    players = set(marks) | set(new_logouts)
+    for user in paced(sorted(players)):  # a sort and a walk per player
+        pieces = _spans(user, sessions[user], new_logouts[user], marks_between)
+        pieces += [_Piece(ms, ms, _ACTIVITY, name) for ms, name in marks.get(user, ())]
+        pieces += [_Piece(m.at_ms, m.at_ms, _LOGOUT) for m in logouts[user].values()]
+        pieces += [_Piece(m.at_ms, m.at_ms, _LOGOUT, new=True) for m in new_logouts[user]]
+        runs, unmatched = _walk(pieces, idle_ms)
+        changes.unmatched_logouts += unmatched
+        _compare(changes, user, sessions[user], runs, batch)
     return changes
 
 
-def time_out(stale: Iterable[StoredSession], timeout_ms: int) -> SessionChanges:
-    """The prune job's changes: open sessions older than the timeout end timed out,
-    as they would at any later mark (no seconds counted either way)."""
+def _spans(
+    user: str,
+    sessions: list[StoredSession],
+    new_logouts: list[Logout],
+    marks_between: MarksBetween,
+) -> list[_Piece]:
+    """The stored sessions as spans, each split at the new logouts that fall inside it
+    (at or after its start, before its last mark) by its stored marks."""
+    pieces = []
+    for session in sessions:
+        start, end = session.login.at_ms, session.end
+        if end.frozen:
+            assert end.logout_ms is not None  # a frozen session is a closed one
+            pieces.append(_Piece(start, end.logout_ms, _ACTIVITY, stored=session))
+            continue
+        last = end.last_ms
+        assert last is not None
+        inside = sorted(m.at_ms for m in new_logouts if start <= m.at_ms < last)
+        stored_marks = marks_between(user, start, last) if inside else []
+        if not stored_marks:  # nothing inside, or its marks are no longer kept
+            pieces.append(_Piece(start, last, _ACTIVITY, session.login.username, session))
+            continue
+        segments: list[list[int]] = [[]]
+        for ms in stored_marks:
+            while inside and ms > inside[0]:
+                inside.pop(0)
+                segments.append([])
+            segments[-1].append(ms)
+        for n, segment in enumerate(s for s in segments if s):
+            first = n == 0 and segment[0] == start
+            pieces.append(
+                _Piece(
+                    segment[0],
+                    segment[-1],
+                    _ACTIVITY,
+                    session.login.username if first else None,
+                    session if first else None,
+                )
+            )
+    return pieces
+
+
+def _walk(pieces: list[_Piece], idle_ms: int) -> tuple[list[_Run], int]:
+    """The definition, over one player's pieces: the sessions, and how many new
+    logouts ended nothing."""
+    runs: list[_Run] = []
+    run: _Run | None = None
+    wall = -1  # the end of the last frozen session: marks up to it belong to it
+    unmatched = 0
+    for piece in sorted(pieces, key=lambda p: (p.at, p.kind)):
+        if piece.stored is not None and piece.stored.end.frozen:
+            if run is not None:
+                run.end, run.timed_out = run.last, True
+                runs.append(run)
+                run = None
+            runs.append(_Run(piece.at, piece.last, None, kept=piece.stored))
+            wall = max(wall, piece.last)
+            continue
+        if piece.at <= wall:
+            continue
+        if run is not None and piece.at - run.last > idle_ms:
+            run.end, run.timed_out = run.last, True
+            runs.append(run)
+            run = None
+        if piece.kind == _LOGOUT:
+            if run is not None:
+                run.end = piece.at
+                runs.append(run)
+                run = None
+            elif piece.new:
+                unmatched += 1
+        elif run is None:
+            run = _Run(piece.at, piece.last, piece.username)
+        else:
+            run.last = max(run.last, piece.last)
+            run.username = run.username or piece.username
+    if run is not None:
+        runs.append(run)
+    return runs, unmatched
+
+
+def _compare(
+    changes: SessionChanges,
+    user: str,
+    before: list[StoredSession],
+    runs: list[_Run],
+    batch: FlushBatch,
+) -> None:
+    """Record what differs between the stored sessions and the walk's, by start."""
+    old = {session.login.at_ms: session for session in before}
+    for run in runs:
+        if run.kept is not None:
+            old.pop(run.start, None)
+            continue
+        previous = old.pop(run.start, None)
+        end = _end(run, previous)
+        if previous is not None:
+            if previous.end == end and (previous.login.username or run.username is None):
+                continue
+            username = previous.login.username or run.username
+            start = attrs.evolve(previous.login, username=username)
+            changes.count(previous, -1)
+        else:
+            day, month = batch.day_of(run.start)
+            start = Login(new_id(), user, run.start, "", 0, run.username, day, month)
+        session = StoredSession(start, end)
+        changes.sessions.append(session)
+        changes.count(session, 1)
+    for gone in old.values():  # merged into an earlier session
+        changes.deleted.append(gone.login.id)
+        changes.count(gone, -1)
+
+
+def _end(run: _Run, previous: StoredSession | None) -> SessionEnd:
+    if run.end is not None:
+        return SessionEnd(run.end, seconds(run.start, run.end), run.timed_out, run.last)
+    if previous is not None and previous.end.timed_out and previous.end.last_ms == run.last:
+        return previous.end  # closed by the clock already: time only moves forward
+    return SessionEnd(None, seconds(run.start, run.last), False, run.last)
+
+
+def close_idle(stale: Iterable[StoredSession]) -> SessionChanges:
+    """The prune job's changes: open sessions whose last mark is more than
+    ``idle_timeout`` ago ended there, as a later mark would end them. Their seconds
+    were counted already: no figure changes."""
     return SessionChanges(
-        sessions=[StoredSession(s.login, timed_out(s.login, timeout_ms)) for s in stale]
+        sessions=[
+            StoredSession(s.login, attrs.evolve(s.end, logout_ms=s.end.last_ms, timed_out=True))
+            for s in stale
+        ]
     )

@@ -34,6 +34,7 @@ from .erasure import (
 )
 from .errors import ConfigurationError
 from .model import (
+    ActivityRun,
     ApplyResult,
     DailyStats,
     EventRecord,
@@ -41,7 +42,6 @@ from .model import (
     FlushBatch,
     Heartbeat,
     Logout,
-    Mark,
     MonthStats,
     Number,
     PruneResult,
@@ -49,7 +49,7 @@ from .model import (
     StoredSession,
 )
 from .pacing import Pacer, paced_slices
-from .sessions import SessionChanges, earliest, plan_sessions, time_out
+from .sessions import SessionChanges, close_idle, earliest_marks, plan_sessions
 
 T = TypeVar("T")
 
@@ -142,29 +142,45 @@ class Transaction(ABC):
     # -- sessions: the marks and what the walk made of them ----------------------------
 
     @abstractmethod
-    def session_marks(
-        self, since: Mapping[str, int], horizon_ms: int
-    ) -> list[StoredSession | Logout]:
-        """For each user of ``since``: the stored logins (with their sessions' current
-        ends) and logouts at or after ``since[user]`` (ms); the newest stored mark
-        before it when it is at most ``horizon_ms`` older; and the user's open session
-        whatever its time. More marks may come back, as long as they reach without a
-        gap to the user's newest (a store that reads in bulk may return everything
-        from ``min(since) - horizon_ms`` on)."""
+    def sessions_since(self, users: set[str], since_ms: int) -> list[StoredSession]:
+        """The stored sessions of ``users`` whose last mark is at or after ``since_ms``
+        (for a frozen one, see :class:`~.model.SessionEnd`, its end), and their open
+        sessions whatever their age (a new mark ends one left open by the clock)."""
+
+    @abstractmethod
+    def logouts_since(self, users: set[str], since_ms: int) -> list[Logout]:
+        """The stored logout marks of ``users`` at or after ``since_ms``."""
+
+    @abstractmethod
+    def activity_runs(self, user_id: str, first_ms: int, last_ms: int) -> list[ActivityRun]:
+        """The player's stored activity runs that have a mark in [first_ms, last_ms]
+        (or more: runs overlapping that range)."""
 
     @abstractmethod
     def save_sessions(self, sessions: list[StoredSession]) -> None:
         """Store each session in the state given, inserting it or replacing it by id."""
 
     @abstractmethod
+    def delete_sessions(self, ids: list[str]) -> None:
+        """Forget sessions merged into an earlier one."""
+
+    @abstractmethod
     def insert_logouts(self, logouts: list[Logout]) -> None:
         """Store logout marks (new ids)."""
+
+    @abstractmethod
+    def insert_activity(self, runs: list[ActivityRun]) -> None:
+        """Store activity runs (a batch part's, one per player)."""
 
     def write_sessions(self, changes: SessionChanges) -> None:
         """Store what :func:`~.sessions.plan_sessions` decided and add its differences
         to the aggregates."""
         if changes.logouts:
             self.insert_logouts(changes.logouts)
+        if changes.activity:
+            self.insert_activity(changes.activity)
+        if changes.deleted:
+            self.delete_sessions(changes.deleted)
         if changes.sessions:
             self.save_sessions(changes.sessions)
         for day, fields in changes.daily.items():
@@ -174,15 +190,29 @@ class Transaction(ABC):
             if any(fields.values()):
                 self.increment_monthly(month, dict(fields))
 
+    def marks_between(self, user_id: str, first_ms: int, last_ms: int) -> list[int]:
+        """The player's stored activity marks in [first_ms, last_ms], sorted."""
+        return sorted(
+            ms
+            for run in self.activity_runs(user_id, first_ms, last_ms)
+            for ms in run.marks
+            if first_ms <= ms <= last_ms
+        )
+
     @abstractmethod
     def open_sessions_before(self, cutoff_ms: int, limit: int) -> list[StoredSession]:
-        """At most ``limit`` open sessions whose login is before ``cutoff_ms`` (any of
-        them: the prune job times them out a chunk per transaction)."""
+        """At most ``limit`` open sessions whose last mark is before ``cutoff_ms`` (any
+        of them: the prune job closes them a chunk per transaction)."""
 
     @abstractmethod
     def delete_logouts_before(self, cutoff_ms: int, limit: int) -> int:
         """Forget at most ``limit`` logout marks older than ``cutoff_ms`` (no batch that
         late is taken); return how many."""
+
+    @abstractmethod
+    def delete_activity_before(self, cutoff_ms: int, limit: int) -> int:
+        """Forget at most ``limit`` activity runs whose last mark is older than
+        ``cutoff_ms``; return how many."""
 
     @abstractmethod
     def insert_events(self, events: list[EventRow]) -> None:
@@ -278,8 +308,9 @@ class Store(ABC):
         :meth:`Transaction.increment_daily`); empty before the first batch."""
 
     @abstractmethod
-    def count_open_sessions(self) -> int:
-        """Open sessions across every process writing to this store."""
+    def count_active_sessions(self, since_ms: int) -> int:
+        """Sessions not ended whose last mark is at or after ``since_ms`` (now minus
+        ``idle_timeout``: ``activeSessions``), across every process."""
 
     @abstractmethod
     def get_sessions(self, user_id: str) -> list[SessionRecord]:
@@ -451,9 +482,9 @@ class Store(ABC):
             "revenueCents": records.revenue_cents,
         }
 
-    def prune(self, now: datetime, event_ttl: timedelta, session_timeout: timedelta) -> PruneResult:
-        """Delete expired events; time out sessions open longer than ``session_timeout``
-        (ended at ``login + session_timeout``, as a later mark would end them).
+    def prune(self, now: datetime, event_ttl: timedelta, idle_timeout: timedelta) -> PruneResult:
+        """Delete expired events; close the sessions whose last mark is more than
+        ``idle_timeout`` ago (ended at that mark, as a later mark would end them).
 
         An event is expired once it is ``event_ttl`` old: at ``ts + event_ttl <= now``,
         the boundary included, the same on every store. Events go in chunks of
@@ -461,22 +492,23 @@ class Store(ABC):
 
         Batch ids are kept :func:`batch_retention` after their batch was made, and
         logout marks that long plus the timeout: a batch retried within that time is
-        recognised, and still finds every mark its walk needs. Sessions, marks and ids
-        go a chunk per transaction (:meth:`in_chunks`)."""
+        recognised, and still finds every mark its walk needs (logouts and activity
+        runs are kept that long plus ``idle_timeout``). Sessions, marks and ids go a
+        chunk per transaction (:meth:`in_chunks`)."""
         deleted = self.delete_expired_events(last_expired(now, event_ttl))
         retention = batch_retention(event_ttl)
-        timeout_ms = session_timeout // timedelta(milliseconds=1)
-        cutoff_ms = to_ms(now) - timeout_ms
+        cutoff_ms = to_ms(now - idle_timeout)
 
-        def time_out_stale(tx: Transaction) -> int:
+        def close_stale(tx: Transaction) -> int:
             stale = tx.open_sessions_before(cutoff_ms, self.prune_chunk)
             if stale:
-                tx.write_sessions(time_out(stale, timeout_ms))
+                tx.write_sessions(close_idle(stale))
             return len(stale)
 
-        logouts_ms = to_ms(now - retention - session_timeout)
-        timed_out = self.in_chunks(time_out_stale)
-        self.in_chunks(lambda tx: tx.delete_logouts_before(logouts_ms, self.prune_chunk))
+        marks_ms = to_ms(now - retention - idle_timeout)
+        timed_out = self.in_chunks(close_stale)
+        self.in_chunks(lambda tx: tx.delete_logouts_before(marks_ms, self.prune_chunk))
+        self.in_chunks(lambda tx: tx.delete_activity_before(marks_ms, self.prune_chunk))
         self.in_chunks(lambda tx: tx.delete_batches_before(now - retention, self.prune_chunk))
         self.forget_heartbeats(now - HEARTBEAT_KEPT)
         return PruneResult(events_deleted=deleted, sessions_timed_out=timed_out)
@@ -603,10 +635,8 @@ def apply_batch(tx: Transaction, batch: FlushBatch, erasure_key: str) -> ApplyRe
             monthly[month]["mau"] += added
 
     unmatched = 0
-    if batch.logins or batch.logouts:
-        marks: tuple[Mark, ...] = (*batch.logins, *batch.logouts)
-        stored = tx.session_marks(earliest(marks), batch.session_timeout_ms)
-        changes = plan_sessions(stored, batch.logins, batch.logouts, batch.session_timeout_ms)
+    if batch.logins or batch.logouts or batch.activity:
+        changes = plan_sessions(batch, *_session_window(tx, batch), tx.marks_between)
         tx.write_sessions(changes)
         unmatched = changes.unmatched_logouts
         pacer.tick()
@@ -620,6 +650,18 @@ def apply_batch(tx: Transaction, batch: FlushBatch, erasure_key: str) -> ApplyRe
     if batch.events:
         tx.insert_events(batch.events)
     return ApplyResult(new_day_users=new_day_users, unmatched_logouts=unmatched)
+
+
+def _session_window(tx: Transaction, batch: FlushBatch) -> tuple[list[StoredSession], list[Logout]]:
+    """What the walk of the batch's players needs from the store (see
+    :func:`~.sessions.plan_sessions`): two range reads over all of them, from the
+    earliest new mark minus ``idle_timeout`` (one bound for the batch, whose marks lie
+    within a flush interval or so; a player's earlier sessions walk unchanged)."""
+    since = earliest_marks(batch)
+    users = set(since)
+    sessions = tx.sessions_since(users, min(since.values()) - batch.idle_timeout_ms)
+    first = min([s.login.at_ms for s in sessions], default=min(since.values()))
+    return sessions, tx.logouts_since(users, min(first, min(since.values())))
 
 
 def _registrations(tx: Transaction, registering: dict[str, str], pacer: Pacer) -> dict[str, int]:

@@ -300,8 +300,8 @@ class FaultyStore(Store):
             raise AssertionError(f"the batch never called {fault.statement}: bad test setup")
         return result
 
-    def prune(self, now: datetime, event_ttl: timedelta, session_timeout: timedelta) -> PruneResult:
-        return self._run("prune", lambda _: self.inner.prune(now, event_ttl, session_timeout))
+    def prune(self, now: datetime, event_ttl: timedelta, idle_timeout: timedelta) -> PruneResult:
+        return self._run("prune", lambda _: self.inner.prune(now, event_ttl, idle_timeout))
 
     # -- reads ------------------------------------------------------------------------
 
@@ -314,8 +314,8 @@ class FaultyStore(Store):
     def get_month(self, month: str) -> MonthStats:
         return self._run("read", lambda _: self.inner.get_month(month))
 
-    def count_open_sessions(self) -> int:
-        return self._run("read", lambda _: self.inner.count_open_sessions())
+    def count_active_sessions(self, since_ms: int) -> int:
+        return self._run("read", lambda _: self.inner.count_active_sessions(since_ms))
 
     def get_totals(self) -> dict[str, Number]:
         return self._run("read", lambda _: self.inner.get_totals())

@@ -1,29 +1,30 @@
-"""Stored sessions equal a walk over each player's logins and logouts in time order.
+"""Stored play sessions equal a walk over each player's marks in time order.
 
-Why: a session is now defined by the player's marks in time order, wherever and
-whenever they were recorded. Each login's session ends at the player's next mark
-(login or logout) from any worker or thread. If that mark comes within
-``session_timeout``, the session is closed there. If it comes later, the session timed
-out at ``login + session_timeout``. If there is no next mark, the session is still
-open. A logout that follows no login changes nothing. The old rules, where a logout
-closed the session its own process opened, or the newest open one, or waited as a
-pending logout, made the result depend on which worker flushed first once a player
-had several sessions unflushed. In the issue's example, two sessions of 60 s became one
-of 130 s plus one left open.
+The definition (docs/concepts.md): a player's marks are activity (tracked calls that
+are not passive, ``touch()``, logins) and logouts, from every worker, in time order
+(activity first at one millisecond). An open session ends at its last mark when the
+next mark comes more than ``idle_timeout`` later; activity with no session open starts
+one (on its day), with one open it moves the session's last mark; a logout ends the
+open session at the logout. A session's seconds are its end (or last mark) minus its
+start, on its start day. A player is active on a day with any mark that day
+(``active_on="any"``) or with a login (``"login"``, where tracked calls are no marks).
 
 :func:`walk` writes the definition out on plain integers (milliseconds, exact
 fractions), sharing no code with the library, and is itself checked on hand-computed
-timelines. The store must then equal it:
+timelines (the issue's: a crash, a reconnect, a lunch break, a webhook after
+midnight). The store must then equal it:
 
-- a hypothesis property on every backend (with MongoDB's transaction path too):
-  2-4 workers on one store, random timelines around midnight of a month end, calls
-  on random workers, flushes at random moments, flushes that fail before or after
-  their commit, a worker that crashes with its calls unflushed, and a final flush of
-  every worker in a random order;
-- the issue's two-worker example, in both flush orders;
+- a hypothesis property on every backend (with MongoDB's transaction path too): 2-4
+  workers on one store, random timelines around midnight of a month end with
+  sessions of activity, crashes (no logout), reconnects, pauses around
+  ``idle_timeout``, logouts and passive events, calls on random workers, flushes at
+  random moments, flushes that fail before or after their commit, a worker that
+  crashes with its calls unflushed, and a final flush of every worker in a random
+  order; with ``idle_timeout`` 30 minutes and ``active_on="any"``, and with a long
+  ``idle_timeout`` and ``active_on="login"`` (the seed's definitions);
+- a logout flushed late inside a stored session splits it at the right marks;
 - two threads of one process, whose login is appended after its later logout;
-- a prune that times a session out, then a late logout from another worker that
-  re-closes it when it lies inside the timeout and leaves it timed out otherwise.
+- a prune that closes an idle session changes no figure, and a late mark reopens it.
 """
 
 from __future__ import annotations
@@ -54,21 +55,23 @@ SECOND_MS = 1000
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
-#: Short, so that generated timelines reach it often without spanning many days.
-TIMEOUT_MS = 2 * HOUR_MS
-SESSION_TIMEOUT = timedelta(milliseconds=TIMEOUT_MS)
+#: The issue's idle timeout, and a long one for the seed's login/logout definitions.
+IDLE_MS = 30 * MINUTE_MS
+LONG_IDLE_MS = 12 * HOUR_MS
 #: Generated timelines start within an hour of this: midnight and the month end.
 MONTH_END = datetime(2025, 3, 31, 23, 0, tzinfo=UTC)
 #: Bound on a thread handshake of the race test; it takes microseconds.
 HANDSHAKE_S = 10.0
+#: A passive event: counted, stored, but no activity.
+PASSIVE = "reward.grant"
 
 #: Conftest's backends: the Mongo ones (nx-27017 and mongomock) run through its harness,
 #: with write conflicts injected at random and retried.
 backends = pytest.mark.parametrize("backend", BACKENDS, ids=[b.name for b in BACKENDS])
 
-#: Hypothesis examples per backend: the whole module stays well under a minute, and
-#: every flush costs a few round trips on the Mongo servers.
-EXAMPLES = {"memory": 40, "sqlite": 30, "mongomock": 25, "mongo": 20}
+#: Hypothesis examples per backend: the whole module stays well under a minute or two,
+#: and every flush costs a few round trips on the Mongo servers.
+EXAMPLES = {"memory": 60, "sqlite": 30, "mongomock": 25, "mongo": 20}
 #: Over the wire, shrinking a counterexample takes minutes: one found there is reported
 #: as found. The in-process backends run first and shrink theirs, and the example
 #: database replays it on every backend.
@@ -102,30 +105,32 @@ def js_round(value: Fraction) -> int:
 
 @dataclass(frozen=True)
 class Mark:
-    """One login or logout call of a player."""
+    """One call of a player: "login", "event" (a tracked call), "touch", "passive" (a
+    passive event) or "logout"."""
 
     t: int  # milliseconds since the epoch
-    login: bool
-    order: int = 0  # call order: orders one worker's calls of one millisecond
+    kind: str
+    order: int = 0  # call order (unused by the definition: activity precedes a logout)
 
 
 @dataclass(frozen=True)
 class WalkedSession:
-    login: int
-    logout: int | None
+    start: int
+    end: int | None  # None: open
+    last: int
     duration_s: int
     timed_out: bool
 
     def row(self) -> tuple[Any, ...]:
         """As :func:`session_row` reads a stored session."""
-        logout = None if self.logout is None else at(self.logout)
         return (
-            stamp(at(self.login)),
-            stamp(logout),
+            stamp(at(self.start)),
+            stamp(None if self.end is None else at(self.end)),
+            stamp(at(self.last)),
             self.duration_s,
             self.timed_out,
-            day_key(self.login),
-            month_key(self.login),
+            day_key(self.start),
+            month_key(self.start),
         )
 
 
@@ -139,57 +144,78 @@ class DayFigures:
 @dataclass
 class MonthFigures:
     users: set[str] = field(default_factory=set)
-    timed_sessions: int = 0
-    timed_session_s: int = 0
+    sessions: int = 0
+    session_s: int = 0
 
     @property
     def avg_session_min(self) -> int:
-        if not self.timed_sessions:
+        if not self.sessions:
             return 0
-        return js_round(Fraction(self.timed_session_s, self.timed_sessions) / 60)
+        return js_round(Fraction(self.session_s, self.sessions) / 60)
 
 
 @dataclass
 class Walk:
     """What the store must hold: every session, and the figures they make."""
 
+    idle_ms: int
     sessions: dict[str, list[WalkedSession]] = field(default_factory=dict)
     days: defaultdict[str, DayFigures] = field(default_factory=lambda: defaultdict(DayFigures))
     months: defaultdict[str, MonthFigures] = field(
         default_factory=lambda: defaultdict(MonthFigures)
     )
 
-    @property
-    def open_sessions(self) -> int:
-        return sum(s.logout is None for sessions in self.sessions.values() for s in sessions)
+    def active_sessions(self, now: int) -> int:
+        """Sessions not ended whose last mark is within ``idle_timeout`` of ``now``."""
+        return sum(
+            s.end is None and now - s.last <= self.idle_ms
+            for sessions in self.sessions.values()
+            for s in sessions
+        )
 
 
-def walk(marks: Mapping[str, Iterable[Mark]], timeout_ms: int = TIMEOUT_MS) -> Walk:
-    """The definition: each login's session ends at the player's next mark."""
-    result = Walk()
+def walk(
+    marks: Mapping[str, Iterable[Mark]], idle_ms: int = IDLE_MS, active_on: str = "any"
+) -> Walk:
+    """The definition, mark by mark."""
+    result = Walk(idle_ms)
+    activity = {"login", "event", "touch"} if active_on == "any" else {"login"}
     for player, player_marks in marks.items():
-        ordered = sorted(player_marks, key=lambda mark: (mark.t, mark.order))
+        ordered = sorted(
+            (m for m in player_marks if m.kind in activity or m.kind == "logout"),
+            key=lambda m: (m.t, m.kind == "logout"),
+        )
         sessions = result.sessions[player] = []
-        for i, mark in enumerate(ordered):
-            if not mark.login:
-                continue  # a logout only ends the login right before it, if there is one
-            day = result.days[day_key(mark.t)]
-            month = result.months[month_key(mark.t)]
-            day.session_count += 1
-            day.users.add(player)
-            month.users.add(player)
-            end = ordered[i + 1].t if i + 1 < len(ordered) else None
-            if end is None:
-                sessions.append(WalkedSession(mark.t, None, 0, False))
-            elif end - mark.t > timeout_ms:
-                sessions.append(WalkedSession(mark.t, mark.t + timeout_ms, 0, True))
+        start = last = None  # the open session
+        for mark in ordered:
+            if mark.kind != "logout" or active_on == "any":
+                result.days[day_key(mark.t)].users.add(player)
+                result.months[month_key(mark.t)].users.add(player)
+            if start is not None and last is not None and mark.t - last > idle_ms:
+                sessions.append(WalkedSession(start, last, last, 0, True))
+                start = last = None
+            if mark.kind == "logout":
+                if start is not None and last is not None:
+                    sessions.append(WalkedSession(start, mark.t, last, 0, False))
+                    start = last = None
+            elif start is None:
+                start = last = mark.t
             else:
-                seconds = js_round(Fraction(end - mark.t, SECOND_MS))
-                sessions.append(WalkedSession(mark.t, end, seconds, False))
-                day.total_session_s += seconds  # on the login's day, and month
-                if seconds > 0:
-                    month.timed_sessions += 1
-                    month.timed_session_s += seconds
+                last = mark.t
+        if start is not None and last is not None:
+            sessions.append(WalkedSession(start, None, last, 0, False))
+        for n, session in enumerate(sessions):
+            end = session.last if session.end is None else session.end
+            seconds = js_round(Fraction(end - session.start, SECOND_MS))
+            sessions[n] = session = WalkedSession(
+                session.start, session.end, session.last, seconds, session.timed_out
+            )
+            day = result.days[day_key(session.start)]
+            month = result.months[month_key(session.start)]
+            day.session_count += 1
+            day.total_session_s += seconds
+            month.sessions += 1
+            month.session_s += seconds
     return result
 
 
@@ -199,99 +225,88 @@ T0 = to_ms(START)  # where the fake clock starts
 
 
 def marks(*script: tuple[int, str]) -> list[Mark]:
-    """``(ms after T0, "in" | "out")`` pairs as marks, in the order given."""
-    return [Mark(T0 + dt, kind == "in", order) for order, (dt, kind) in enumerate(script)]
+    """``(ms after T0, kind)`` pairs as marks, in the order given."""
+    return [Mark(T0 + dt, kind, order) for order, (dt, kind) in enumerate(script)]
 
 
-def test_oracle_the_issue_example() -> None:
-    """Login, 60 s, logout, 10 s, login, 60 s, logout: two sessions of 60 s."""
-    result = walk({"p": marks((0, "in"), (60_000, "out"), (70_000, "in"), (130_000, "out"))})
-    assert result.sessions["p"] == [
-        WalkedSession(T0, T0 + 60_000, 60, False),
-        WalkedSession(T0 + 70_000, T0 + 130_000, 60, False),
+def test_oracle_the_issue_examples() -> None:
+    """A crash: a login, 5 minutes of play, nothing; 11 h 55 min later a login: two
+    sessions, the first of 300 s (the seed counted 11.9 h). A 12.5 h session with an
+    event every 10 minutes, then a logout: one session of 12.5 h (the seed: 0 s, timed
+    out). A reconnect a minute after a logout-less drop: one session."""
+    crash = marks(
+        (0, "login"), (300_000, "event"), (300_000 + 11 * HOUR_MS + 55 * MINUTE_MS, "login")
+    )
+    long_play = marks(
+        (0, "login"),
+        *[(n * 10 * MINUTE_MS, "event") for n in range(1, 75)],
+        (75 * 10 * MINUTE_MS, "logout"),
+    )
+    reconnect = marks((0, "login"), (120_000, "event"), (180_000, "login"), (240_000, "logout"))
+    result = walk({"crash": crash, "long": long_play, "reconnect": reconnect})
+    later = T0 + 300_000 + 11 * HOUR_MS + 55 * MINUTE_MS
+    assert result.sessions["crash"] == [
+        WalkedSession(T0, T0 + 300_000, T0 + 300_000, 300, True),
+        WalkedSession(later, None, later, 0, False),
     ]
-    assert result.days["2025-03-14"] == DayFigures(2, 120, {"p"})
-    assert result.months["2025-03"] == MonthFigures({"p"}, 2, 120)
-    assert result.open_sessions == 0
+    assert result.sessions["long"] == [
+        WalkedSession(T0, T0 + 750 * MINUTE_MS, T0 + 740 * MINUTE_MS, 45_000, False)
+    ]
+    assert result.sessions["reconnect"] == [
+        WalkedSession(T0, T0 + 240_000, T0 + 180_000, 240, False)
+    ]
 
 
-def test_oracle_a_login_ends_the_session_before_it() -> None:
-    """A relogin without a logout ends the first session (1500.5 s rounds up to 1501);
-    a logout after a logout, or before any login, changes nothing."""
+def test_oracle_lunch_break_and_a_webhook_after_midnight() -> None:
+    """A lunch break of 45 minutes splits play in two sessions; a payment webhook
+    (passive) after midnight makes no session and no active player, while the same
+    call tracked as activity does both."""
+    lunch = marks(
+        (0, "login"),
+        (20 * MINUTE_MS, "event"),
+        (65 * MINUTE_MS, "event"),
+        (70 * MINUTE_MS, "logout"),
+    )
+    midnight = to_ms(datetime(2025, 3, 15, tzinfo=UTC))
+    webhook = [Mark(midnight - 10 * MINUTE_MS, "login"), Mark(midnight + 5 * MINUTE_MS, "passive")]
+    tracked = [Mark(midnight - 10 * MINUTE_MS, "login"), Mark(midnight + 5 * MINUTE_MS, "event")]
+    result = walk({"lunch": lunch, "webhook": webhook, "tracked": tracked})
+    assert [s.duration_s for s in result.sessions["lunch"]] == [1200, 300]
+    assert [s.duration_s for s in result.sessions["webhook"]] == [0]
+    assert [s.duration_s for s in result.sessions["tracked"]] == [900]
+    assert result.days["2025-03-15"].users == {"tracked"}
+    assert result.days["2025-03-14"].session_count == 4  # lunch's two, both midnights'
+
+
+def test_oracle_the_idle_timeout_is_inclusive_and_activity_precedes_a_logout() -> None:
+    """A mark exactly ``idle_timeout`` after the last one extends the session; a
+    millisecond later it starts a new one. At one millisecond, activity comes before a
+    logout, in whatever order the calls were made."""
     result = walk(
         {
-            "p": marks(
-                (-5_000, "out"),
-                (0, "in"),
-                (1_500_500, "in"),
-                (1_600_000, "out"),
-                (1_700_000, "out"),
-            ),
-            "q": marks((0, "in")),
+            "exact": marks((0, "event"), (IDLE_MS, "event")),
+            "late": marks((0, "event"), (IDLE_MS + 1, "event")),
+            "tie": marks((0, "event"), (1_000, "logout"), (1_000, "event")),
         }
     )
-    assert result.sessions["p"] == [
-        WalkedSession(T0, T0 + 1_500_500, 1501, False),
-        WalkedSession(T0 + 1_500_500, T0 + 1_600_000, 100, False),
+    assert [(s.start - T0, s.duration_s) for s in result.sessions["exact"]] == [(0, 1800)]
+    assert [(s.start - T0, s.duration_s) for s in result.sessions["late"]] == [
+        (0, 0),
+        (IDLE_MS + 1, 0),
     ]
-    assert result.sessions["q"] == [WalkedSession(T0, None, 0, False)]
-    assert result.days["2025-03-14"] == DayFigures(3, 1601, {"p", "q"})
-    assert result.months["2025-03"] == MonthFigures({"p", "q"}, 2, 1601)
-    assert result.open_sessions == 1
+    assert result.sessions["tie"] == [WalkedSession(T0, T0 + 1_000, T0 + 1_000, 1, False)]
 
 
-def test_oracle_the_timeout_is_inclusive() -> None:
-    """An end exactly at the timeout closes the session; a millisecond later it timed
-    out at login + timeout, with no seconds; a session under half a second counts its
-    login but no timed seconds."""
-    result = walk(
-        {
-            "exact": marks((0, "in"), (TIMEOUT_MS, "out")),
-            "late": marks((0, "in"), (TIMEOUT_MS + 1, "in"), (TIMEOUT_MS + 500, "out")),
-        }
-    )
-    assert result.sessions["exact"] == [WalkedSession(T0, T0 + TIMEOUT_MS, 7200, False)]
-    assert result.sessions["late"] == [
-        WalkedSession(T0, T0 + TIMEOUT_MS, 0, True),
-        WalkedSession(T0 + TIMEOUT_MS + 1, T0 + TIMEOUT_MS + 500, 0, False),
-    ]
-    assert result.days["2025-03-14"] == DayFigures(3, 7200, {"exact", "late"})
-    assert result.months["2025-03"] == MonthFigures({"exact", "late"}, 1, 7200)
-    assert result.open_sessions == 0
+def test_oracle_login_only_is_the_seeds_for_pairs() -> None:
+    """With ``active_on="login"`` and a long timeout, login/logout pairs give 0.2's
+    sessions; tracked events are no marks."""
+    script = marks((0, "login"), (60_000, "event"), (90_500, "logout"), (100_000, "event"))
+    result = walk({"p": script}, LONG_IDLE_MS, "login")
+    assert result.sessions["p"] == [WalkedSession(T0, T0 + 90_500, T0, 91, False)]
+    assert result.months["2025-03"] == MonthFigures({"p"}, 1, 91)
 
 
-def test_oracle_midnight_of_a_month_end_and_the_average() -> None:
-    """Seconds belong to the login's day and month; 2.5 s rounds to 3; two sessions of
-    150 s average 2.5 minutes, which rounds to 3 (Python's ``round`` says 2)."""
-    midnight = to_ms(datetime(2025, 4, 1, tzinfo=UTC))
-    result = walk(
-        {
-            "p": [Mark(midnight - 1_000, True), Mark(midnight + 1_500, False)],
-            "q": [
-                Mark(midnight - 150_000, True),
-                Mark(midnight, True),
-                Mark(midnight + 150_000, False),
-            ],
-        }
-    )
-    assert result.sessions["p"] == [WalkedSession(midnight - 1_000, midnight + 1_500, 3, False)]
-    assert result.days["2025-03-31"] == DayFigures(2, 153, {"p", "q"})
-    assert result.days["2025-04-01"] == DayFigures(1, 150, {"q"})
-    assert result.months["2025-03"] == MonthFigures({"p", "q"}, 2, 153)
-    assert result.months["2025-04"].avg_session_min == 3
-    assert MonthFigures({"q"}, 2, 300).avg_session_min == 3
-    assert MonthFigures().avg_session_min == 0
-
-
-def test_oracle_ties_of_one_worker_in_call_order() -> None:
-    """Two calls of one worker at one millisecond: the later call is the later mark."""
-    logout_first = walk({"p": [Mark(T0, False, 0), Mark(T0, True, 1)]})
-    login_first = walk({"p": [Mark(T0, True, 0), Mark(T0, False, 1)]})
-    assert logout_first.sessions["p"] == [WalkedSession(T0, None, 0, False)]
-    assert login_first.sessions["p"] == [WalkedSession(T0, T0, 0, False)]
-
-
-# -- reading the store, and what it must read ----------------------------------------------
+# -- reading the store ---------------------------------------------------------------------
 
 
 def stamp(moment: datetime | None) -> str | None:
@@ -300,9 +315,11 @@ def stamp(moment: datetime | None) -> str | None:
 
 
 def session_row(record: SessionRecord) -> tuple[Any, ...]:
+    """A stored session as :meth:`WalkedSession.row`."""
     return (
         stamp(record.login_at),
         stamp(record.logout_at),
+        stamp(record.last_at),
         record.duration_s,
         record.timed_out,
         record.day,
@@ -325,7 +342,7 @@ def observe(
     flush.
     """
     moments = list(moments)
-    seen: dict[str, Any] = {"open sessions": store.count_open_sessions()}
+    seen: dict[str, Any] = {}
     for day in sorted({day_key(t) for t in moments}):
         stats = store.get_day(day)  # None: nothing recorded that day
         seen[f"day {day}"] = {
@@ -340,8 +357,8 @@ def observe(
         metrics = analytics.get_metrics()
         seen[f"month {month}"] = {
             "mau": stats.mau,
-            "timedSessions": stats.timed_sessions,
-            "timedSessionS": stats.timed_session_s,
+            "sessions": stats.timed_sessions,
+            "sessionS": stats.timed_session_s,
             "metrics.mau": metrics.mau,
             "avgSessionMin": metrics.avg_session_min,
             "activeSessions": metrics.active_sessions,
@@ -356,7 +373,7 @@ def observe(
 def expect(result: Walk, players: Iterable[str], moments: Iterable[int]) -> dict[str, Any]:
     """:func:`observe`'s answer for a store that holds ``result``."""
     moments = list(moments)
-    wanted: dict[str, Any] = {"open sessions": result.open_sessions}
+    wanted: dict[str, Any] = {}
     for day in sorted({day_key(t) for t in moments}):
         figures = result.days.get(day, DayFigures())
         wanted[f"day {day}"] = {
@@ -364,26 +381,50 @@ def expect(result: Walk, players: Iterable[str], moments: Iterable[int]) -> dict
             "totalSessionS": figures.total_session_s,
             "dau": len(figures.users),
         }
-    for month in sorted({month_key(t) for t in moments}):
+    last_in_month = {month_key(t): t for t in sorted(moments)}
+    for month in sorted(last_in_month):
         figures = result.months.get(month, MonthFigures())
         wanted[f"month {month}"] = {
             "mau": len(figures.users),
-            "timedSessions": figures.timed_sessions,
-            "timedSessionS": figures.timed_session_s,
+            "sessions": figures.sessions,
+            "sessionS": figures.session_s,
             "metrics.mau": len(figures.users),
             "avgSessionMin": figures.avg_session_min,
-            "activeSessions": result.open_sessions,
+            "activeSessions": result.active_sessions(last_in_month[month]),
         }
     for player in players:
-        wanted[f"sessions of {player}"] = [s.row() for s in result.sessions.get(player, [])]
+        rows = [s.row() for s in result.sessions.get(player, [])]
+        wanted[f"sessions of {player}"] = sorted(rows, key=lambda row: tuple(map(str, row)))
     return wanted
 
 
-def worker(store: Store, clock: Callable[[], datetime]) -> Analytics:
+def worker(
+    store: Store, clock: Callable[[], datetime], idle_ms: int = IDLE_MS, active_on: str = "any"
+) -> Analytics:
     """One worker process: never started (flushed by hand only), forwarding nothing."""
     return Analytics(
-        store, clock=clock, flush_interval=3600, session_timeout=SESSION_TIMEOUT, forwarders=[]
+        store,
+        clock=clock,
+        flush_interval=3600,
+        idle_timeout=timedelta(milliseconds=idle_ms),
+        active_on=active_on,
+        passive_events=[PASSIVE],
+        forwarders=[],
     )
+
+
+def call(analytics: Analytics, kind: str, player: str) -> None:
+    """One call of ``kind`` (see :class:`Mark`)."""
+    if kind == "login":
+        analytics.on_login(player, f"name-{player}")
+    elif kind == "logout":
+        analytics.on_logout(player)
+    elif kind == "touch":
+        analytics.touch(player)
+    elif kind == "passive":
+        analytics.track(PASSIVE, player)
+    else:
+        analytics.track("dungeon.complete", player)
 
 
 # -- the property -----------------------------------------------------------------------
@@ -393,7 +434,7 @@ def worker(store: Store, clock: Callable[[], datetime]) -> Analytics:
 class Call:
     t: int  # milliseconds since the epoch; the clock is set there for the call
     player: str
-    login: bool
+    kind: str
     worker: int  # index in the fleet; ``Scenario.workers`` is the crashed worker
 
 
@@ -411,6 +452,8 @@ class Scenario:
     calls: tuple[Call, ...]  # in time order
     flushes: tuple[Flush, ...]  # in order of ``after``
     final_order: tuple[int, ...]
+    idle_ms: int
+    active_on: str
 
     def marks(self) -> dict[str, list[Mark]]:
         """Every call that reached the store, as the oracle's marks (the crashed
@@ -419,60 +462,62 @@ class Scenario:
         for order, call in enumerate(self.calls):
             found.setdefault(call.player, [])
             if call.worker != self.workers:
-                found[call.player].append(Mark(call.t, call.login, order))
+                found[call.player].append(Mark(call.t, call.kind, order))
         return found
 
 
-#: A session's length, or the time to the next login when it has no logout.
-DURATIONS = st.one_of(
-    st.integers(1, 20).map(lambda halves: halves * 500),  # x.5 s: half up, not to even
-    st.sampled_from([1, 499, 500, 1_499, 2_500]),  # rounds to 0 s, or a small half
-    st.integers(1, HOUR_MS),
-    st.sampled_from([TIMEOUT_MS - 1, TIMEOUT_MS, TIMEOUT_MS + 1]),
-    st.integers(TIMEOUT_MS + 1, 3 * TIMEOUT_MS),
-)
-#: From a logout to the next login: a reconnect, a break, or longer than the timeout.
-GAPS = st.one_of(
-    st.integers(1, MINUTE_MS),
-    st.integers(MINUTE_MS, 3 * HOUR_MS),
-    st.integers(TIMEOUT_MS, 12 * HOUR_MS),
-)
-#: How a session ends: a logout, a second logout too, or only the next login.
-ENDS = ["logout", "logout", "logout", "two logouts", "next login", "next login"]
+def pauses(idle_ms: int) -> st.SearchStrategy[int]:
+    """From one mark to the next: play, a pause around ``idle_timeout``, a long break."""
+    return st.one_of(
+        st.integers(1, 20).map(lambda halves: halves * 500),  # x.5 s: half up, not to even
+        st.sampled_from([1, 499, 500, 1_499]),
+        st.integers(1, 10 * MINUTE_MS),
+        st.sampled_from([idle_ms - 1, idle_ms, idle_ms + 1]),
+        st.integers(idle_ms + 1, 3 * idle_ms),
+    )
+
+
+@st.composite
+def timeline(draw: st.DrawFn, idle_ms: int) -> list[tuple[int, str]]:
+    """One player's calls, 1 ms apart at least: 1-4 visits, each a login or not, some
+    play, and a logout, a crash (nothing) or a reconnect; sometimes a logout first."""
+    t = to_ms(MONTH_END) + draw(st.integers(-HOUR_MS, HOUR_MS))
+    found: list[tuple[int, str]] = []
+    if draw(st.integers(0, 5)) == 0:
+        found.append((t, "logout"))
+        t += draw(pauses(idle_ms))
+    for _ in range(draw(st.integers(1, 4))):
+        if draw(st.booleans()):
+            found.append((t, "login"))
+            t += draw(pauses(idle_ms))
+        for _ in range(draw(st.integers(0, 4))):
+            found.append((t, draw(st.sampled_from(["event", "event", "touch", "passive"]))))
+            t += draw(pauses(idle_ms))
+        end = draw(st.sampled_from(["logout", "logout", "crash", "reconnect", "two logouts"]))
+        if end in ("logout", "two logouts"):
+            found.append((t, "logout"))
+            t += draw(st.integers(1, MINUTE_MS))
+        if end == "two logouts":
+            found.append((t, "logout"))
+        t += draw(pauses(idle_ms))
+    return found
+
+
 FAULTS = [None, None, None, "before", "after"]
 
 
 @st.composite
-def timeline(draw: st.DrawFn) -> list[tuple[int, bool]]:
-    """One player's marks, 1 ms apart at least: 1-5 sessions, sometimes a logout first."""
-    t = to_ms(MONTH_END) + draw(st.integers(-HOUR_MS, HOUR_MS))
-    found = []
-    if draw(st.integers(0, 5)) == 0:
-        found.append((t, False))
-        t += draw(GAPS)
-    for _ in range(draw(st.integers(1, 5))):
-        found.append((t, True))
-        t += draw(DURATIONS)
-        end = draw(st.sampled_from(ENDS))
-        if end == "next login":
-            continue
-        found.append((t, False))
-        if end == "two logouts":
-            t += draw(st.integers(1, MINUTE_MS))
-            found.append((t, False))
-        t += draw(GAPS)
-    return found
-
-
-@st.composite
 def scenarios(draw: st.DrawFn) -> Scenario:
+    idle_ms, active_on = draw(
+        st.sampled_from([(IDLE_MS, "any"), (IDLE_MS, "any"), (LONG_IDLE_MS, "login")])
+    )
     workers = draw(st.integers(2, 4))
     crashed = draw(st.booleans())
     picks = [*range(workers)] * 4 + ([workers] if crashed else [])
     calls = []
-    for player in range(draw(st.integers(3, 8))):
-        for t, login in draw(timeline()):
-            calls.append(Call(t, f"p{player}", login, draw(st.sampled_from(picks))))
+    for player in range(draw(st.integers(2, 6))):
+        for t, kind in draw(timeline(idle_ms)):
+            calls.append(Call(t, f"p{player}", kind, draw(st.sampled_from(picks))))
     calls.sort(key=lambda call: call.t)  # stable: a player's own marks never tie
     flushes = draw(
         st.lists(
@@ -491,6 +536,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         tuple(calls),
         tuple(sorted(flushes, key=lambda flush: flush.after)),
         tuple(draw(st.permutations(range(workers)))),
+        idle_ms,
+        active_on,
     )
 
 
@@ -515,9 +562,10 @@ def flush(analytics: Analytics, faulty: FaultyStore, plan: Flush) -> None:
 def note_coverage(scenario: Scenario, result: Walk) -> None:
     """What an example exercised (``pytest --hypothesis-show-statistics`` shows it)."""
     sessions = [s for player in result.sessions.values() for s in player]
+    hypothesis.event(f"definitions: {scenario.active_on}")
     hypothesis.event(f"most sessions of a player: {max(map(len, result.sessions.values()))}")
-    hypothesis.event(f"a session timed out: {any(s.timed_out for s in sessions)}")
-    hypothesis.event(f"months with logins: {len(result.months)}")
+    hypothesis.event(f"a session ended idle: {any(s.timed_out for s in sessions)}")
+    hypothesis.event(f"months with marks: {len(result.months)}")
     crashed = any(call.worker == scenario.workers for call in scenario.calls)
     hypothesis.event(f"a crashed worker: {crashed}")
     hypothesis.event(f"a failed flush: {any(f.fault for f in scenario.flushes)}")
@@ -534,7 +582,7 @@ def run_scenario(backend: Backend, scenario: Scenario) -> None:
             for _ in range(scenario.workers + 1)
         ]
         faulty = [FaultyStore(handle) for handle in handles]
-        fleet = [worker(store, clock) for store in faulty]
+        fleet = [worker(store, clock, scenario.idle_ms, scenario.active_on) for store in faulty]
         plans = list(scenario.flushes)
         for done in range(len(scenario.calls) + 1):
             while plans and plans[0].after == done:
@@ -542,22 +590,18 @@ def run_scenario(backend: Backend, scenario: Scenario) -> None:
                 note(f"flush w{plan.worker}" + (f", failing {plan.fault}" if plan.fault else ""))
                 flush(fleet[plan.worker], faulty[plan.worker], plan)
             if done < len(scenario.calls):
-                call = scenario.calls[done]
-                clock.set(at(call.t))
-                name = "crashed" if call.worker == scenario.workers else f"w{call.worker}"
-                kind = "login" if call.login else "logout"
-                note(f"{stamp(at(call.t))} {call.player} {kind} on {name}")
-                if call.login:
-                    fleet[call.worker].on_login(call.player)
-                else:
-                    fleet[call.worker].on_logout(call.player)
+                made = scenario.calls[done]
+                clock.set(at(made.t))
+                name = "crashed" if made.worker == scenario.workers else f"w{made.worker}"
+                note(f"{stamp(at(made.t))} {made.player} {made.kind} on {name}")
+                call(fleet[made.worker], made.kind, made.player)
         note(f"final flushes: {scenario.final_order}")
         for index in scenario.final_order:
             fleet[index].flush()
-        result = walk(scenario.marks())
+        result = walk(scenario.marks(), scenario.idle_ms, scenario.active_on)
         note_coverage(scenario, result)
         players = sorted(result.sessions)
-        moments = [call.t for call in scenario.calls]
+        moments = [made.t for made in scenario.calls]
         assert observe(reader, fleet[0], clock, players, moments) == expect(
             result, players, moments
         )
@@ -585,32 +629,34 @@ def test_every_interleaving_stores_the_walk(backend: Backend) -> None:
     check()
 
 
-# -- the issue's example ----------------------------------------------------------------
+# -- a logout flushed late inside a stored session ------------------------------------------
 
 
 @backends
-@pytest.mark.parametrize("first", ["logout's worker", "logins' worker"])
-def test_the_issue_example_in_either_flush_order(
-    backend: Backend, store: Store, other_store: Store, clock: FakeClock, first: str
+def test_a_late_logout_splits_a_stored_session(
+    backend: Backend, store: Store, other_store: Store, clock: FakeClock
 ) -> None:
-    """A logs in, out after 60 s, in again 10 s later; B logs the player out 60 s
-    after that: two sessions of 60 s, none open, whichever worker flushes first."""
+    """A plays from 0 to 10 min and again at 12 and 14 min (one session, flushed); B's
+    logout at 11 min, flushed after, ends the first session at 11 min, and the marks
+    at 12 and 14 min are a second session (read back from the stored activity)."""
     a = worker(store, clock)
     b = worker(other_store, clock)
-    a.on_login("p")
-    clock.advance(60)
-    a.on_logout("p")
-    clock.advance(10)
-    a.on_login("p")
-    clock.advance(60)
+    script = [(0, "login"), (5 * MINUTE_MS, "event"), (10 * MINUTE_MS, "event")]
+    script += [(12 * MINUTE_MS, "touch"), (14 * MINUTE_MS, "event")]
+    for dt, kind in script:
+        clock.set(at(T0 + dt))
+        call(a, kind, "p")
+        if dt == 5 * MINUTE_MS:
+            a.flush()  # the session is stored in two runs
+    a.flush()
+    clock.set(at(T0 + 11 * MINUTE_MS))
     b.on_logout("p")
-    for analytics in (b, a) if first == "logout's worker" else (a, b):
-        analytics.flush()
-
-    metrics = a.get_metrics()
-    assert (metrics.active_sessions, store.get_day(day_key(T0))["totalSessionS"]) == (0, 120)
-    script = marks((0, "in"), (60_000, "out"), (70_000, "in"), (130_000, "out"))
-    assert observe(store, a, clock, ["p"], [T0]) == expect(walk({"p": script}), ["p"], [T0])
+    b.flush()
+    clock.set(at(T0 + 14 * MINUTE_MS))
+    result = walk({"p": marks(*script, (11 * MINUTE_MS, "logout"))})
+    assert [s.duration_s for s in result.sessions["p"]] == [660, 120]
+    moments = [T0, T0 + 14 * MINUTE_MS]
+    assert observe(store, a, clock, ["p"], moments) == expect(result, ["p"], moments)
 
 
 # -- two threads of one process ---------------------------------------------------------
@@ -671,41 +717,43 @@ def test_a_login_appended_after_its_later_logout(backend: Backend, store: Store)
     assert seen == [False], "the logout was not appended before the login"
     analytics.flush()
 
-    script = marks((0, "in"), (60_500, "out"))
+    script = marks((0, "login"), (60_500, "logout"))
     fake = FakeClock()  # observe() moves a clock through the months
     reader = worker(store, fake)
     assert observe(store, reader, fake, ["p"], [T0]) == expect(walk({"p": script}), ["p"], [T0])
 
 
-# -- prune, then a late logout ----------------------------------------------------------
+# -- prune, then a late mark ------------------------------------------------------------
 
 
 @backends
 @pytest.mark.parametrize(
-    "logout_after_ms",
-    [30 * MINUTE_MS, TIMEOUT_MS, TIMEOUT_MS + MINUTE_MS],
+    "late_ms",
+    [IDLE_MS - MINUTE_MS, IDLE_MS, IDLE_MS + MINUTE_MS],
     ids=["inside the timeout", "at the timeout", "past the timeout"],
 )
-def test_a_logout_flushed_after_a_prune(
-    backend: Backend, store: Store, other_store: Store, clock: FakeClock, logout_after_ms: int
+def test_a_mark_flushed_after_a_prune(
+    backend: Backend, store: Store, other_store: Store, clock: FakeClock, late_ms: int
 ) -> None:
-    """A prune past the timeout times the open session out at login + timeout. B's
-    logout, made before the prune and flushed after it, then closes the session with
-    its real duration when it lies within the timeout; past it, nothing changes."""
+    """A prune past ``idle_timeout`` closes the session at its last mark, changing no
+    figure and leaving no active session. B's event, made before the prune and
+    flushed after it, then extends that session when it lies within the timeout;
+    past it, it starts a new one."""
     a = worker(store, clock)
     b = worker(other_store, clock)
     a.on_login("p")
+    clock.advance(60)
+    a.track("dungeon.complete", "p")
     a.flush()
-    clock.set(at(T0 + logout_after_ms))
-    b.on_logout("p")
-    clock.set(at(T0 + TIMEOUT_MS + 5 * MINUTE_MS))
-    a.prune()
-
-    timed_out = WalkedSession(T0, T0 + TIMEOUT_MS, 0, True)
-    assert [session_row(s) for s in store.get_sessions("p")] == [timed_out.row()]
-    assert store.count_open_sessions() == 0
+    before = store.get_day(day_key(T0))
+    clock.set(at(T0 + 60_000 + late_ms))
+    b.track("dungeon.complete", "p")
+    clock.set(at(T0 + 60_000 + IDLE_MS + 5 * MINUTE_MS))
+    assert a.prune().sessions_timed_out == 1
+    assert store.get_day(day_key(T0)) == before
+    assert a.get_metrics().active_sessions == 0
     b.flush()
 
-    script = marks((0, "in"), (logout_after_ms, "out"))
-    moments = [T0, T0 + logout_after_ms]
+    script = marks((0, "login"), (60_000, "event"), (60_000 + late_ms, "event"))
+    moments = [T0, T0 + 60_000 + late_ms]
     assert observe(store, a, clock, ["p"], moments) == expect(walk({"p": script}), ["p"], moments)

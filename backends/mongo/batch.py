@@ -12,17 +12,17 @@ whether they conflict, so a part writes only:
   new), the registration record (one per player, ``{userId, day}``: a part that
   moves a player's ``newUsers`` writes it, so two parts that would both move the
   same player conflict, and the later one reads the other's day when retried),
-  revenue and first days, sessions and logout marks, and, for
-  players with session marks only, their ``session_users`` document (two parts that
-  both read one player's marks then conflict instead of each missing the other's: the
-  write skew snapshot isolation would otherwise allow);
+  revenue and first days, sessions, logout marks and activity runs, and, for
+  players with marks, their ``session_users`` document (two parts that both read one
+  player's sessions then conflict instead of each missing the other's: the write skew
+  snapshot isolation would otherwise allow);
 - new documents: its events, and its own ``batches`` document, which is the
   exactly-once guard and carries the part's day, month and all-time increments as a
   *delta* (insert-only; :mod:`.rollup` folds deltas into ``daily``, ``monthly`` and
   ``totals`` later, and reads add the deltas not folded yet).
 
-So parts of different players write no common document, and parts whose players only
-tracked events write none either. An erase is not fenced by a document every part
+So parts of different players write no common document (and parts whose players
+have no marks write none either). An erase is not fenced by a document every part
 writes: see :mod:`.erase`.
 """
 
@@ -34,12 +34,20 @@ from typing import TYPE_CHECKING, Any
 
 from gso_analytics.clock import from_ms
 from gso_analytics.errors import StoreError
-from gso_analytics.model import EventRow, Logout, Number, StoredSession
+from gso_analytics.model import ActivityRun, EventRow, Logout, Number, StoredSession
 from gso_analytics.pacing import paced_slices
 from gso_analytics.store import Transaction
 
 from . import erase
-from .documents import event_doc, logout_doc, logout_mark, session_doc, stored_session
+from .documents import (
+    activity_doc,
+    activity_run,
+    event_doc,
+    logout_doc,
+    logout_mark,
+    session_doc,
+    stored_session,
+)
 from .options import READ_TIMEOUT_MS, pymongo
 
 if TYPE_CHECKING:
@@ -99,6 +107,8 @@ class BatchTransaction(Transaction):
         self._revenue: dict[tuple[str, str], Number] = {}
         self._sessions: dict[str, dict[str, Any]] = {}
         self._logouts: list[dict[str, Any]] = []
+        self._activity: list[dict[str, Any]] = []
+        self._deleted_sessions: list[str] = []
         self._fenced: set[str] = set()
 
     # -- plumbing ---------------------------------------------------------------------
@@ -227,40 +237,46 @@ class BatchTransaction(Transaction):
 
     # -- sessions ----------------------------------------------------------------------
 
-    def session_marks(
-        self, since: Mapping[str, int], horizon_ms: int
-    ) -> list[StoredSession | Logout]:
-        """Three queries for the whole part: the players' sessions and logouts from the
-        earliest ``since`` on (one bound for all: a few more marks, no gaps), and their
-        open sessions. Each player read is fenced (module docstring)."""
-        users = sorted(since)
+    def sessions_since(self, users: set[str], since_ms: int) -> list[StoredSession]:
+        """Two queries for the whole part. Each player read is fenced (module docstring)."""
         self._fenced.update(users)
-        start = from_ms(min(since.values()) - horizon_ms)
-        docs = {
-            doc["_id"]: doc
-            for doc in self._find(
-                "sessions", {"userId": {"$in": users}, "loginAt": {"$gte": start}}
-            )
-        }
-        for doc in self._find("sessions", {"open": True, "userId": {"$in": users}}):
+        players = sorted(users)
+        query = {"userId": {"$in": players}, "lastAt": {"$gte": from_ms(since_ms)}}
+        docs = {doc["_id"]: doc for doc in self._find("sessions", query)}
+        for doc in self._find("sessions", {"open": True, "userId": {"$in": players}}):
             docs.setdefault(doc["_id"], doc)
-        found: list[StoredSession | Logout] = [stored_session(doc) for doc in docs.values()]
-        found += [
-            logout_mark(doc)
-            for doc in self._find("logouts", {"userId": {"$in": users}, "at": {"$gte": start}})
-        ]
-        return found
+        return [stored_session(doc) for doc in docs.values()]
+
+    def logouts_since(self, users: set[str], since_ms: int) -> list[Logout]:
+        query = {"userId": {"$in": sorted(users)}, "at": {"$gte": from_ms(since_ms)}}
+        return [logout_mark(doc) for doc in self._find("logouts", query)]
+
+    def activity_runs(self, user_id: str, first_ms: int, last_ms: int) -> list[ActivityRun]:
+        query = {
+            "userId": user_id,
+            "lastAt": {"$gte": from_ms(first_ms)},
+            "firstAt": {"$lte": from_ms(last_ms)},
+        }
+        return [activity_run(doc) for doc in self._find("activity", query)]
 
     def save_sessions(self, sessions: list[StoredSession]) -> None:
         for session in sessions:
             self._sessions[session.login.id] = session_doc(session)
             self._fenced.add(session.login.user_id)
 
+    def delete_sessions(self, ids: list[str]) -> None:
+        for session_id in ids:
+            self._sessions.pop(session_id, None)
+        self._deleted_sessions += ids
+
     def insert_logouts(self, logouts: list[Logout]) -> None:
         self._logouts += [logout_doc(logout) for logout in logouts]
 
+    def insert_activity(self, runs: list[ActivityRun]) -> None:
+        self._activity += [activity_doc(run) for run in runs]
+
     def open_sessions_before(self, cutoff_ms: int, limit: int) -> list[StoredSession]:
-        query = {"open": True, "loginAt": {"$lt": from_ms(cutoff_ms)}}
+        query = {"open": True, "lastAt": {"$lt": from_ms(cutoff_ms)}}
         return [stored_session(doc) for doc in self._find("sessions", query).limit(limit)]
 
     # -- the prune's deletes: a chunk each, by id ------------------------------------------
@@ -277,6 +293,9 @@ class BatchTransaction(Transaction):
 
     def delete_logouts_before(self, cutoff_ms: int, limit: int) -> int:
         return self._delete_chunk("logouts", {"at": {"$lt": from_ms(cutoff_ms)}}, limit)
+
+    def delete_activity_before(self, cutoff_ms: int, limit: int) -> int:
+        return self._delete_chunk("activity", {"lastAt": {"$lt": from_ms(cutoff_ms)}}, limit)
 
     def delete_batches_before(self, cutoff: datetime, limit: int) -> int:
         """Only folded ones: a delta not folded yet is a figure, not just a guard."""
@@ -375,6 +394,12 @@ class BatchTransaction(Transaction):
         driver = pymongo()
         if self._logouts:
             self._c("logouts").insert_many(self._logouts, ordered=False, session=self.session)
+        if self._activity:
+            self._c("activity").insert_many(self._activity, ordered=False, session=self.session)
+        if self._deleted_sessions:
+            self._c("sessions").delete_many(
+                {"_id": {"$in": self._deleted_sessions}}, session=self.session
+            )
         if self._sessions:
             self._c("sessions").bulk_write(
                 [

@@ -9,6 +9,7 @@ from typing import Any
 
 from gso_analytics.clock import from_ms, to_ms
 from gso_analytics.model import (
+    ActivityRun,
     EventRecord,
     EventRow,
     Login,
@@ -17,6 +18,7 @@ from gso_analytics.model import (
     SessionRecord,
     StoredSession,
 )
+from gso_analytics.sessions import decode_marks, encode_marks
 
 from .options import aware
 
@@ -87,6 +89,7 @@ def session_record(doc: Mapping[str, Any]) -> SessionRecord:
         doc["day"],
         doc["month"],
         bool(doc.get("timedOut", False)),
+        None if doc.get("frozen") else aware(doc["lastAt"]),
     )
 
 
@@ -107,6 +110,7 @@ def stored_session(doc: Mapping[str, Any]) -> StoredSession:
             None if logout is None else to_ms(aware(logout)),
             int(doc.get("durationS", 0)),
             bool(doc.get("timedOut", False)),
+            None if doc.get("frozen") else to_ms(aware(doc["lastAt"])),
         ),
     )
 
@@ -126,7 +130,28 @@ def session_doc(session: StoredSession) -> dict[str, Any]:
         "open": end.open,
         "origin": login.origin,
         "seq": login.seq,
+        # A frozen (0.2) session's end stands for its last mark in the range reads.
+        "lastAt": from_ms(end.logout_ms if end.last_ms is None else end.last_ms),
+        "frozen": end.frozen,
     }
+
+
+def activity_doc(run: ActivityRun) -> dict[str, Any]:
+    return {
+        "userId": run.user_id,
+        "firstAt": from_ms(run.first_ms),
+        "lastAt": from_ms(run.last_ms),
+        "marks": encode_marks(run.marks),
+    }
+
+
+def activity_run(doc: Mapping[str, Any]) -> ActivityRun:
+    return ActivityRun(
+        doc["userId"],
+        to_ms(aware(doc["firstAt"])),
+        to_ms(aware(doc["lastAt"])),
+        decode_marks(bytes(doc["marks"])),
+    )
 
 
 def logout_mark(doc: Mapping[str, Any]) -> Logout:

@@ -35,7 +35,7 @@ ERASE_CHUNK = 1000
 #: The (user, key) records: collection -> the key beside ``userId``.
 _KEYED = {"day_users": "day", "month_users": "month"}
 #: Records keyed by their own ``_id`` that carry ``userId`` (moved with the same id).
-_MARKS = ("sessions", "logouts")
+_MARKS = ("sessions", "logouts", "activity")
 
 
 def rename_chunk(store: Connection, s: Any, user: str, token: str) -> dict[str, int]:

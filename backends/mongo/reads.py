@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from gso_analytics.clock import from_ms
 from gso_analytics.erasure import UserRecords, read_user_records
 from gso_analytics.model import (
     DailyStats,
@@ -142,11 +143,12 @@ class Reads(Connection):
 
     # -- sessions and events ---------------------------------------------------------------------
 
-    def count_open_sessions(self) -> int:
-        with self._errors("counting open sessions"):
+    def count_active_sessions(self, since_ms: int) -> int:
+        with self._errors("counting active sessions"):
             return int(
                 self._collection("sessions").count_documents(
-                    {"open": True}, maxTimeMS=READ_TIMEOUT_MS
+                    {"open": True, "lastAt": {"$gte": from_ms(since_ms)}},
+                    maxTimeMS=READ_TIMEOUT_MS,
                 )
             )
 

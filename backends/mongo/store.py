@@ -34,7 +34,7 @@ from .options import (
 )
 from .reads import Reads
 from .rollup import roll_up
-from .upgrade import upgrade_pairing_sessions
+from .upgrade import upgrade_pairing_sessions, upgrade_sessions_to_activity
 
 log = logging.getLogger("gso_analytics")
 
@@ -115,6 +115,7 @@ class MongoStore(Reads, Indexes, Store):
             if event_ttl is not None:
                 self._sync_event_ttl(event_ttl)
             upgrade_pairing_sessions(self)
+            upgrade_sessions_to_activity(self)
 
     # -- opening -------------------------------------------------------------------------
 
@@ -268,7 +269,7 @@ class MongoStore(Reads, Indexes, Store):
 
     # -- the prune job ----------------------------------------------------------------------------
 
-    def prune(self, now: Any, event_ttl: timedelta, session_timeout: timedelta) -> PruneResult:
+    def prune(self, now: Any, event_ttl: timedelta, idle_timeout: timedelta) -> PruneResult:
         """The TTL index brought to ``event_ttl`` (the TTL monitor runs about once a
         minute; the prune job makes the contract exact at any moment), the deltas
         folded, the shared prune (each step a chunk per transaction), the deltas its
@@ -276,7 +277,7 @@ class MongoStore(Reads, Indexes, Store):
         reads are exact without it, and expired events must go whatever it meets."""
         self._sync_event_ttl(event_ttl)
         roll_up(self)
-        result = super().prune(now, event_ttl, session_timeout)
+        result = super().prune(now, event_ttl, idle_timeout)
         roll_up(self)
         return result
 

@@ -34,7 +34,7 @@ KEYS: Mapping[str, str] = {
     "METRICS_TOKEN": "the bearer token the metrics endpoint requires",
     "METRICS_PUBLIC": "True serves the metrics without a token when none is configured",
     "METRICS_PATH": "where the metrics endpoint is mounted (default '/metrics'; None: not)",
-    "OPTIONS": "more keyword arguments for Analytics (tz, session_timeout, counters, ...)",
+    "OPTIONS": "more keyword arguments for Analytics (tz, idle_timeout, counters, ...)",
     "TEST_STORE": "'memory' (default): tests count into memory://; 'keep': the configured store",
 }
 

@@ -100,8 +100,8 @@ class Command(BaseCommand):
         result = analytics.prune()
         self.stdout.write(
             f"Deleted {fmt_int(result.events_deleted)} events older than"
-            f" {_span(analytics.event_ttl)}; timed out {fmt_int(result.sessions_timed_out)}"
-            f" sessions open longer than {_span(analytics.session_timeout)}."
+            f" {_span(analytics.event_ttl)}; closed {fmt_int(result.sessions_timed_out)}"
+            f" sessions idle for {_span(analytics.idle_timeout)}."
         )
 
 
