@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    activity,
     data_rights,
     forwarding,
     hotpath,
@@ -152,11 +153,15 @@ def _threads(quick: bool) -> dict[str, Any]:
 def _sqlite(quick: bool) -> dict[str, Any]:
     n = 20_000 if quick else 100_000
     players, history = (1_000, 10) if quick else (5_000, 40)
+    active_players, per_player = (500, 20) if quick else (2_000, 25)
     return {
         "rows": persist.run(n=n),
         "sessions": sessions.run(players=players, history=history),
+        "activity": activity.run(players=active_players, events_per_player=per_player),
         "notes": [
             f"{n:,} events, best of 3, alternating",
+            f"activity: flush CPU per event of {active_players:,} players x {per_player} events,"
+            " with and without activity marks; best of 3",
             f"sessions: a login-heavy flush of {players:,} players x 4 marks (login, logout,"
             f" reconnect, logout); 'history': each player has {history} sessions already;"
             " best of 3",
@@ -289,6 +294,7 @@ def _print_section(name: str, title: str, result: dict[str, Any], seconds: float
         ("delivered", "stub received"),
         ("history", "seeded history"),
         ("sessions", "login-heavy flush, sessions from marks"),
+        ("activity", "flush CPU per event, with and without activity marks"),
         ("probe", "GIL probe during one flush, us"),
         ("commands", "one flush's commands and written documents (bench.mongo_commands)"),
     ):

@@ -74,14 +74,17 @@ def _check_sessions(analytics: Analytics, players: int) -> None:
 
 
 def _raw_seconds(path: Path, players: int) -> float:
-    """The rows the flush stores (two sessions and two logouts a player), inserted raw."""
+    """The rows the flush stores (two sessions, two logouts and an activity record a
+    player), inserted raw."""
     open_store(f"sqlite:///{path}").close()  # the library's tables, indexes and pragmas
     login = START.isoformat(timespec="milliseconds")
+    at = (START - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
     sessions = [
-        (f"s{i}-{k}", f"p{i}", None, login, login, 60, "2026-03-02", "2026-03", 0, "o", k)
+        (f"s{i}-{k}", f"p{i}", None, login, login, 60, "2026-03-02", "2026-03", 0, "o", k, at, 0)
         for i in range(players)
         for k in (1, 2)
     ]
+    activity = [(f"p{i}", at, at + 70_000, bytes(16)) for i in range(players)]
     logouts = [(f"o{i}-{k}", f"p{i}", 0, "o", k) for i in range(players) for k in (1, 2)]
     conn = sqlite3.connect(path, isolation_level=None)
     try:
@@ -90,8 +93,13 @@ def _raw_seconds(path: Path, players: int) -> float:
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(
             f"INSERT INTO {PREFIX}sessions (id, userId, username, loginAt, logoutAt, durationS,"
-            " day, month, timedOut, origin, seq) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            " day, month, timedOut, origin, seq, lastMs, frozen)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             sessions,
+        )
+        conn.executemany(
+            f"INSERT INTO {PREFIX}activity (userId, firstMs, lastMs, marks) VALUES (?,?,?,?)",
+            activity,
         )
         conn.executemany(
             f"INSERT INTO {PREFIX}logouts (id, userId, atMs, origin, seq) VALUES (?,?,?,?,?)",

@@ -381,9 +381,10 @@ class KPIs:
         return rows
 
     def sessions(self, start: DayLike, end: DayLike) -> list[SessionsRow]:
-        """Per login day: sessions, sessions per DAU, play time per DAU and the median
-        duration of the closed sessions, and the sessions the timeout closed
-        (orphaned: left out of the durations, as they measure no play)."""
+        """Per start day: sessions, sessions per DAU, play time per DAU, the median of
+        the sessions' seconds (so far; 0-second ones included, as in every average of
+        a session), and the sessions that ended without a logout (orphaned: ended by
+        ``idle_timeout`` at their last mark)."""
         first, last = self._range(start, end)
         active = self._active(first, last)
         by_day: dict[str, list[Any]] = {}
@@ -427,7 +428,7 @@ class KPIs:
         cohorts measurable in the range (those whose day 1, day 7, is one of its days),
         taken together; revenue, distinct paying
         users and ARPDAU (revenue over the sum of the days' DAU) over the range; and the
-        mean duration of the range's closed sessions (timed-out ones measure no play)."""
+        mean of the seconds of the sessions started in the range (see :meth:`sessions`)."""
         first, last = self._range(start, end)
         length = last - first + timedelta(days=1)
         now = self._period(first, last)
@@ -523,8 +524,10 @@ class KPIs:
 
 
 def _play_durations(sessions: Iterable[Any]) -> list[int]:
-    """The durations of the closed sessions that measure play (not timed out)."""
-    return [s.duration_s for s in sessions if s.logout_at is not None and not s.timed_out]
+    """Every session's seconds so far (end, or last mark, minus start; 0-second ones
+    included): the one rule behind every average and median of a session, the same
+    as ``totalSessionS / sessionCount`` (see docs/concepts.md)."""
+    return [s.duration_s for s in sessions]
 
 
 def _walk(

@@ -146,8 +146,9 @@ def _pairs(*items: tuple[str, str]) -> str:
 def render_today(metrics: Metrics, today: str) -> str:
     """The ``get_metrics()`` snapshot, headed by the day it is about.
 
-    "Avg session" is the seed's ``avgSessionMin`` (this month's closed sessions);
-    "Avg session today" is the day's ``totalSessionS / sessionCount``, as in the table.
+    "Avg session" is ``avgSessionMin`` (this month's seconds over its sessions);
+    "Avg session today" the day's ``totalSessionS / sessionCount``, as in the table: one
+    rule over two periods (docs/concepts.md, "Play sessions").
     """
     day = metrics.today or DailyStats(today, today[:7])
     rows = [

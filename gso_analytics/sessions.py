@@ -2,8 +2,9 @@
 
 The definition (docs/concepts.md, "Play sessions"): take every mark of a player, from
 every worker and thread, in time order: **activity** (a tracked call that is not
-passive, a ``touch()``, a login) and **logouts**; at one millisecond, activity comes
-before a logout. Walking them with ``idle_timeout``:
+passive, a ``touch()``, a login) and **logouts**. At one millisecond, tracked calls
+and touches come first, then logins and logouts in the order their process made them
+(two processes by their random origin). Walking them with ``idle_timeout``:
 
 - a session is open and the mark comes more than ``idle_timeout`` after its last mark:
   the session ended at its last mark;
@@ -40,7 +41,7 @@ from __future__ import annotations
 import sys
 from array import array
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 
 import attrs
 
@@ -48,7 +49,7 @@ from .clock import round_half_up
 from .model import ActivityRun, FlushBatch, Login, Logout, SessionEnd, StoredSession, new_id
 from .pacing import paced
 
-#: Sorted first at one millisecond: activity, then logouts.
+#: The kinds of a piece of a timeline.
 _ACTIVITY, _LOGOUT = 0, 1
 
 #: ``marks_between(user, first_ms, last_ms)``: the player's stored activity marks in
@@ -91,7 +92,10 @@ class SessionChanges:
 
 @attrs.define
 class _Piece:
-    """One thing on a player's timeline: a mark, or a stored session walked as a span."""
+    """One thing on a player's timeline: a mark, or a stored session walked as a span.
+
+    ``order`` sorts pieces of one millisecond: tracked calls and touches (and spans)
+    first, then logins and logouts in the order their processes made them."""
 
     at: int
     last: int
@@ -99,6 +103,24 @@ class _Piece:
     username: str | None = None
     stored: StoredSession | None = None  # the stored session this span starts
     new: bool = False  # a logout of this batch (counted when it ends nothing)
+    order: tuple[int, str, int] = (0, "", 0)
+
+    @property
+    def key(self) -> tuple[int, tuple[int, str, int]]:
+        return (self.at, self.order)
+
+
+def _order(start: Login) -> tuple[int, str, int]:
+    """A session's first mark's place in its millisecond: a login's, or a tracked
+    call's (no origin)."""
+    return (1, start.origin, start.seq) if start.origin else (0, "", 0)
+
+
+def _mark(mark: Login | Logout, new: bool = False) -> _Piece:
+    """A login or logout as a piece, sorted by its process and call at its millisecond."""
+    if isinstance(mark, Login):
+        return _Piece(mark.at_ms, mark.at_ms, _ACTIVITY, mark.username, order=(1, *mark.key[1:]))
+    return _Piece(mark.at_ms, mark.at_ms, _LOGOUT, new=new, order=(1, *mark.key[1:]))
 
 
 @attrs.define
@@ -111,6 +133,7 @@ class _Run:
     end: int | None = None
     timed_out: bool = False
     kept: StoredSession | None = None  # a frozen (0.2) session, passed through as is
+    order: tuple[int, str, int] = (0, "", 0)  # its first mark's, see _Piece
 
 
 def seconds(start_ms: int, end_ms: int) -> int:
@@ -134,22 +157,16 @@ def decode_marks(data: bytes) -> tuple[int, ...]:
     return tuple(packed)
 
 
-def batch_marks(batch: FlushBatch) -> dict[str, list[tuple[int, str | None]]]:
-    """Per player, the batch's activity marks as (time, username of a login)."""
-    marks: dict[str, list[tuple[int, str | None]]] = {
-        user: [(ms, None) for ms in times] for user, times in batch.activity.items()
-    }
+def activity_runs(batch: FlushBatch) -> list[ActivityRun]:
+    """One run per player, their activity marks and logins: what the store keeps of
+    the batch's activity."""
+    times: dict[str, list[int]] = {user: list(marks) for user, marks in batch.activity.items()}
     for login in batch.logins:
-        marks.setdefault(login.user_id, []).append((login.at_ms, login.username))
-    return marks
-
-
-def activity_runs(marks: Mapping[str, list[tuple[int, str | None]]]) -> list[ActivityRun]:
-    """One run per player: what the store keeps of the batch's activity."""
+        times.setdefault(login.user_id, []).append(login.at_ms)
     runs = []
-    for user, timed in marks.items():
-        times = tuple(sorted(ms for ms, _ in timed))
-        runs.append(ActivityRun(user, times[0], times[-1], times))
+    for user, marks in times.items():
+        marks.sort()
+        runs.append(ActivityRun(user, marks[0], marks[-1], tuple(marks)))
     return runs
 
 
@@ -179,8 +196,10 @@ def plan_sessions(
     logout already stored (the same id) counts as stored.
     """
     idle_ms = batch.idle_timeout_ms
-    marks = batch_marks(batch)
-    changes = SessionChanges(activity=activity_runs(marks))
+    changes = SessionChanges(activity=activity_runs(batch))
+    logins: defaultdict[str, list[Login]] = defaultdict(list)
+    for login in batch.logins:
+        logins[login.user_id].append(login)
     sessions: defaultdict[str, list[StoredSession]] = defaultdict(list)
     for session in stored:
         sessions[session.login.user_id].append(session)
@@ -192,12 +211,17 @@ def plan_sessions(
         if logout.id not in logouts[logout.user_id]:
             new_logouts[logout.user_id].append(logout)
             changes.logouts.append(logout)
-    players = set(marks) | set(new_logouts)
+    players = set(batch.activity) | set(logins) | set(new_logouts)
     for user in paced(sorted(players)):  # a sort and a walk per player
         pieces = _spans(user, sessions[user], new_logouts[user], marks_between)
-        pieces += [_Piece(ms, ms, _ACTIVITY, name) for ms, name in marks.get(user, ())]
-        pieces += [_Piece(m.at_ms, m.at_ms, _LOGOUT) for m in logouts[user].values()]
-        pieces += [_Piece(m.at_ms, m.at_ms, _LOGOUT, new=True) for m in new_logouts[user]]
+        times = batch.activity.get(user, [])
+        if logins[user] or logouts[user] or new_logouts[user]:  # a mark at a time
+            pieces += [_Piece(ms, ms, _ACTIVITY) for ms in times]
+            pieces += [_mark(m) for m in logins[user]]
+            pieces += [_mark(m) for m in logouts[user].values()]
+            pieces += [_mark(m, new=True) for m in new_logouts[user]]
+        elif times:  # the common case: tracked calls only, taken a run at a time
+            pieces += _runs(times, idle_ms)
         runs, unmatched = _walk(pieces, idle_ms)
         changes.unmatched_logouts += unmatched
         _compare(changes, user, sessions[user], runs, batch)
@@ -219,12 +243,16 @@ def _spans(
             assert end.logout_ms is not None  # a frozen session is a closed one
             pieces.append(_Piece(start, end.logout_ms, _ACTIVITY, stored=session))
             continue
-        last = end.last_ms
+        last, order = end.last_ms, _order(session.login)
         assert last is not None
-        inside = sorted(m.at_ms for m in new_logouts if start <= m.at_ms < last)
+        inside = sorted(
+            m.at_ms for m in new_logouts if (start, order) < _mark(m).key < (last, (0, "", 0))
+        )
         stored_marks = marks_between(user, start, last) if inside else []
         if not stored_marks:  # nothing inside, or its marks are no longer kept
-            pieces.append(_Piece(start, last, _ACTIVITY, session.login.username, session))
+            pieces.append(
+                _Piece(start, last, _ACTIVITY, session.login.username, session, order=order)
+            )
             continue
         segments: list[list[int]] = [[]]
         for ms in stored_marks:
@@ -241,8 +269,25 @@ def _spans(
                     _ACTIVITY,
                     session.login.username if first else None,
                     session if first else None,
+                    order=order if first else (0, "", 0),
                 )
             )
+    return pieces
+
+
+def _runs(times: list[int], idle_ms: int) -> list[_Piece]:
+    """A player's sorted activity marks, with no login or logout near them, as spans:
+    runs with no gap over ``idle_ms``, so the walk takes a run in one step instead of
+    a mark at a time (a flush carries dozens of marks per player, and this loop is what
+    each costs)."""
+    pieces = []
+    start = previous = times[0]
+    for ms in times:
+        if ms - previous > idle_ms:
+            pieces.append(_Piece(start, previous, _ACTIVITY))
+            start = ms
+        previous = ms
+    pieces.append(_Piece(start, previous, _ACTIVITY))
     return pieces
 
 
@@ -253,7 +298,7 @@ def _walk(pieces: list[_Piece], idle_ms: int) -> tuple[list[_Run], int]:
     run: _Run | None = None
     wall = -1  # the end of the last frozen session: marks up to it belong to it
     unmatched = 0
-    for piece in sorted(pieces, key=lambda p: (p.at, p.kind)):
+    for piece in sorted(pieces, key=lambda p: p.key):
         if piece.stored is not None and piece.stored.end.frozen:
             if run is not None:
                 run.end, run.timed_out = run.last, True
@@ -276,7 +321,7 @@ def _walk(pieces: list[_Piece], idle_ms: int) -> tuple[list[_Run], int]:
             elif piece.new:
                 unmatched += 1
         elif run is None:
-            run = _Run(piece.at, piece.last, piece.username)
+            run = _Run(piece.at, piece.last, piece.username, order=piece.order)
         else:
             run.last = max(run.last, piece.last)
             run.username = run.username or piece.username
@@ -293,12 +338,14 @@ def _compare(
     batch: FlushBatch,
 ) -> None:
     """Record what differs between the stored sessions and the walk's, by start."""
-    old = {session.login.at_ms: session for session in before}
+    # By start: a session's first mark and its place in its millisecond (a login
+    # after a logout of the same millisecond starts a second session there).
+    old = {(s.login.at_ms, _order(s.login)): s for s in before}
     for run in runs:
         if run.kept is not None:
-            old.pop(run.start, None)
+            old.pop((run.start, _order(run.kept.login)), None)
             continue
-        previous = old.pop(run.start, None)
+        previous = old.pop((run.start, run.order), None)
         end = _end(run, previous)
         if previous is not None:
             if previous.end == end and (previous.login.username or run.username is None):
@@ -308,7 +355,8 @@ def _compare(
             changes.count(previous, -1)
         else:
             day, month = batch.day_of(run.start)
-            start = Login(new_id(), user, run.start, "", 0, run.username, day, month)
+            _, origin, seq = run.order
+            start = Login(new_id(), user, run.start, origin, seq, run.username, day, month)
         session = StoredSession(start, end)
         changes.sessions.append(session)
         changes.count(session, 1)

@@ -312,6 +312,11 @@ class Store(ABC):
         """Sessions not ended whose last mark is at or after ``since_ms`` (now minus
         ``idle_timeout``: ``activeSessions``), across every process."""
 
+    def count_open_sessions(self) -> int:
+        """Sessions not ended yet, whatever their age (``activeSessions`` are those of
+        them with a mark within ``idle_timeout``; the prune job closes the others)."""
+        return self.count_active_sessions(0)
+
     @abstractmethod
     def get_sessions(self, user_id: str) -> list[SessionRecord]:
         """A user's sessions, oldest first."""

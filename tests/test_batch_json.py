@@ -30,7 +30,9 @@ def rich_batch() -> FlushBatch:
         month_users={"2025-03": {"u1"}},
         logins=[Login("s1", "u1", 1741953600000, "host:1", 3, None, "2025-03-14", "2025-03")],
         logouts=[Logout("s1-out", "u1", 1741953690000, "host:1", 4)],
-        session_timeout_ms=3_600_000,
+        activity={"u1": [1_000, 2_000]},
+        idle_timeout_ms=3_600_000,
+        tz="Europe/Paris",
         events=[EventRecord(1741953600000, "u1", "credits.earn", '{"amount":50,"n":"é"}', "d").row],
         payments={"2025-03-14": {"u1": 1499, "u2": 0.5}},
     )

@@ -42,8 +42,10 @@ DAYS = 42
 PROCESSES = 3
 #: Slot k of a day starts at this hour + 3k; a session ends before the next slot.
 SLOT_HOURS = (2, 5, 8)
-#: The prune job of each day runs at 23:00; ``session_timeout`` 12 h then closes every
-#: session of that day left open (they all started before 10:00).
+#: The seed's definitions, under which this trace's login/logout pairs give 0.2's
+#: sessions: only logins are activity (``active_on="login"``), and a session left
+#: without a logout ends at its login when the next mark comes ``idle_timeout`` (12 h)
+#: later, the next day (0 s, "orphaned"). The prune job of each day runs at 23:00.
 PRUNE_HOUR = 23
 ECONOMY = {
     "credits.earn": ("amount", (5, 50)),
@@ -70,7 +72,7 @@ class Call:
 class Session:
     user: str
     login: datetime
-    duration_s: int | None  # None: never logged out (the timeout closes it)
+    duration_s: int | None  # None: never logged out (ended at its login: 0 s)
 
 
 @attrs.define
@@ -264,7 +266,7 @@ class Oracle:
         rows = []
         for day in days_of(start, end):
             of_day = [s for d, s in self.logins if d == day]
-            closed = [s.duration_s for s in of_day if s.duration_s is not None]
+            closed = [s.duration_s or 0 for s in of_day]  # every session, orphans as 0 s
             dau = len(self.active[day])
             rows.append(
                 {
@@ -273,7 +275,7 @@ class Oracle:
                     "sessionsPerUser": div(len(of_day), dau),
                     "playTimePerDauS": div(sum(closed), dau),
                     "medianSessionS": statistics.median(closed) if closed else None,
-                    "orphanedSessions": len(of_day) - len(closed),
+                    "orphanedSessions": sum(s.duration_s is None for s in of_day),
                 }
             )
         return rows
@@ -292,9 +294,7 @@ class Oracle:
         payments = [(user, cents) for day, user, cents in self.payments if start <= day <= end]
         cents = sum(c for _, c in payments)
         user_days = sum(len(self.active[day]) for day in days_of(start, end))
-        closed = [
-            s.duration_s for d, s in self.logins if start <= d <= end and s.duration_s is not None
-        ]
+        closed = [s.duration_s or 0 for d, s in self.logins if start <= d <= end]
         return {
             "dau": closing["dau"],
             "mau30": closing["mau30"],
@@ -372,7 +372,12 @@ def check_trace(
 ) -> None:
     """Replay the trace through ``handles`` (one per process) and compare every KPI."""
     trace = generate(seed=7, users=users)
-    options = {"forwarders": [], "session_timeout": timedelta(hours=12), "tz": tz}
+    options = {
+        "forwarders": [],
+        "idle_timeout": timedelta(hours=12),
+        "active_on": "login",
+        "tz": tz,
+    }
     instances = [make_analytics(handles[i % len(handles)], **options) for i in range(PROCESSES)]
     replay(trace, instances, clock, seed=11)
 

@@ -30,7 +30,9 @@ from gso_analytics import Analytics, Store, open_store
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MS_PER_HOUR = 3_600_000
-SESSION_TIMEOUT_MS = 12 * MS_PER_HOUR  # the library's default session_timeout
+#: The seed's definitions: ``active_on="login"`` (tracked calls are no marks) and a
+#: long ``idle_timeout``, under which login/logout pairs give 0.2's sessions.
+IDLE_TIMEOUT_MS = 12 * MS_PER_HOUR
 EVENT_TTL_MS = 7 * 24 * MS_PER_HOUR  # the library's default event_ttl
 
 USERS = ("u0", "u1", "u2", "u3")
@@ -127,7 +129,6 @@ class Model:
         self.calls += 1
         buffer = self.buffers[i]
         buffer.append(("mark", user, t, self.calls, "login", day, month))
-        buffer.append(("count", day, month, "sessionCount", 1))
         buffer.append(("users", day, month, user))
 
     def logout(self, user: str) -> None:
@@ -161,6 +162,7 @@ class Model:
                 registering[user] = min((day, month), registering.get(user, (day, month)))
             elif kind == "users":
                 _, day, month, user = op
+                self.days.setdefault(day, {"month": month})
                 self.day_users.add((day, user))
                 self.month_users.add((month, user))
             elif kind == "mark":
@@ -180,36 +182,48 @@ class Model:
     def prune(self) -> None:
         now = self.now_ms
         for s in self.sessions():
-            if s["logout"] is None and s["login"] < now - SESSION_TIMEOUT_MS:
-                self.pruned.add((s["user"], s["login"], s["call"]))
+            if s["logout"] is None and s["last"] < now - IDLE_TIMEOUT_MS:
+                self.pruned.add((s["user"], s["login"], s["last"]))
         # Expired at exactly EVENT_TTL_MS old (the documented boundary): kept while younger.
         self.events = [e for e in self.events if e[0] > as_datetime(now - EVENT_TTL_MS)]
 
     def sessions(self) -> list[dict[str, Any]]:
-        """Each login ends at its player's next mark, Math.round((next - login) / 1000)
-        seconds; timed out (0 s, at login + timeout) when that mark is later than the
-        timeout, or when there is none and the prune job timed it out; else open."""
+        """The walk (docs/concepts.md) with logins as the only activity: a login with
+        no session open starts one, with one open moves its last mark; a logout ends
+        it there; a mark more than the idle timeout after the last ends it at the last
+        (timed out), as the prune job does; Math.round((end or last - login) / 1000)
+        seconds. At one millisecond, logins come before logouts."""
         found = []
         for user, marks in self.marks.items():
-            ordered = sorted(marks)
-            for i, (t, call, kind, day, month) in enumerate(ordered):
-                if kind != "login":
-                    continue
-                s = {"user": user, "login": t, "call": call, "day": day, "month": month}
-                following = ordered[i + 1][0] if i + 1 < len(ordered) else None
-                if following is None and (user, t, call) not in self.pruned:
-                    s.update(logout=None, duration=0, timed_out=False)
-                elif following is None or following - t > SESSION_TIMEOUT_MS:
-                    s.update(logout=t + SESSION_TIMEOUT_MS, duration=0, timed_out=True)
+            ordered = sorted(marks)  # time, then call order (one process per player)
+            current: dict[str, Any] | None = None
+            for t, call, kind, day, month in ordered:
+                if current is not None and t - current["last"] > IDLE_TIMEOUT_MS:
+                    current.update(logout=current["last"], timed_out=True)
+                    found.append(current)
+                    current = None
+                if kind == "logout":
+                    if current is not None:
+                        current.update(logout=t, timed_out=False)
+                        found.append(current)
+                        current = None
+                elif current is None:
+                    current = {"user": user, "login": t, "call": call, "day": day}
+                    current.update(month=month, last=t, logout=None, timed_out=False)
                 else:
-                    s.update(logout=following, duration=(following - t + 500) // 1000)
-                    s["timed_out"] = False
-                found.append(s)
+                    current["last"] = t
+            if current is not None:
+                if (user, current["login"], current["last"]) in self.pruned:
+                    current.update(logout=current["last"], timed_out=True)
+                found.append(current)
+        for s in found:
+            end = s["last"] if s["logout"] is None else s["logout"]
+            s["duration"] = (end - s["login"] + 500) // 1000
         return found
 
     def timed(self, month: str) -> tuple[int, int]:
         seconds = [s["duration"] for s in self.sessions() if s["month"] == month]
-        return sum(1 for x in seconds if x > 0), sum(seconds)
+        return len(seconds), sum(seconds)
 
     # -- reads --
     def day_doc(self, day: str) -> dict[str, Any]:
@@ -219,6 +233,7 @@ class Model:
             doc[field] = stored.get(field, 0)
         doc["dau"] = sum(1 for d, _ in self.day_users if d == day)
         doc["totalSessionS"] = sum(s["duration"] for s in self.sessions() if s["day"] == day)
+        doc["sessionCount"] = sum(1 for s in self.sessions() if s["day"] == day)
         doc.update((k, v) for k, v in stored.items() if k not in doc)
         return doc
 
@@ -236,7 +251,10 @@ class Model:
             "mau": sum(1 for m, _ in self.month_users if m == month),
             # Math.round(total / count / 60), exactly, in integers
             "avgSessionMin": (2 * total + 60 * count) // (120 * count) if count else 0,
-            "activeSessions": sum(s["logout"] is None for s in self.sessions()),
+            "activeSessions": sum(
+                s["logout"] is None and s["last"] >= self.now_ms - IDLE_TIMEOUT_MS
+                for s in self.sessions()
+            ),
         }
 
     def last_30_days(self) -> list[dict[str, Any]]:
@@ -340,7 +358,15 @@ def run(store: Store, ops: list[tuple[Any, ...]], tz: str, start_us: int) -> Non
     clock = Clock(start_us)
     model = Model(tz, start_us)
     fleet = [
-        Analytics(store, clock=clock, tz=tz, counters=CUSTOM_COUNTERS, strict=True)
+        Analytics(
+            store,
+            clock=clock,
+            tz=tz,
+            counters=CUSTOM_COUNTERS,
+            strict=True,
+            active_on="login",
+            idle_timeout=timedelta(milliseconds=IDLE_TIMEOUT_MS),
+        )
         for _ in range(INSTANCES)
     ]
     for op in ops:

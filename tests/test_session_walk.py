@@ -2,7 +2,7 @@
 
 The definition (docs/concepts.md): a player's marks are activity (tracked calls that
 are not passive, ``touch()``, logins) and logouts, from every worker, in time order
-(activity first at one millisecond). An open session ends at its last mark when the
+(at one millisecond tracked calls first, then logins and logouts in call order). An open session ends at its last mark when the
 next mark comes more than ``idle_timeout`` later; activity with no session open starts
 one (on its day), with one open it moves the session's last mark; a logout ends the
 open session at the logout. A session's seconds are its end (or last mark) minus its
@@ -183,7 +183,7 @@ def walk(
     for player, player_marks in marks.items():
         ordered = sorted(
             (m for m in player_marks if m.kind in activity or m.kind == "logout"),
-            key=lambda m: (m.t, m.kind == "logout"),
+            key=lambda m: (m.t, m.kind in ("login", "logout"), m.order),
         )
         sessions = result.sessions[player] = []
         start = last = None  # the open session
@@ -278,15 +278,17 @@ def test_oracle_lunch_break_and_a_webhook_after_midnight() -> None:
     assert result.days["2025-03-14"].session_count == 4  # lunch's two, both midnights'
 
 
-def test_oracle_the_idle_timeout_is_inclusive_and_activity_precedes_a_logout() -> None:
+def test_oracle_the_idle_timeout_is_inclusive_and_ties() -> None:
     """A mark exactly ``idle_timeout`` after the last one extends the session; a
-    millisecond later it starts a new one. At one millisecond, activity comes before a
-    logout, in whatever order the calls were made."""
+    millisecond later it starts a new one. At one millisecond, a tracked call comes
+    before a logout whatever the order of the calls; a login after a logout starts a
+    new session."""
     result = walk(
         {
             "exact": marks((0, "event"), (IDLE_MS, "event")),
             "late": marks((0, "event"), (IDLE_MS + 1, "event")),
             "tie": marks((0, "event"), (1_000, "logout"), (1_000, "event")),
+            "relogin": marks((0, "login"), (1_000, "logout"), (1_000, "login")),
         }
     )
     assert [(s.start - T0, s.duration_s) for s in result.sessions["exact"]] == [(0, 1800)]
@@ -295,6 +297,10 @@ def test_oracle_the_idle_timeout_is_inclusive_and_activity_precedes_a_logout() -
         (IDLE_MS + 1, 0),
     ]
     assert result.sessions["tie"] == [WalkedSession(T0, T0 + 1_000, T0 + 1_000, 1, False)]
+    assert result.sessions["relogin"] == [
+        WalkedSession(T0, T0 + 1_000, T0, 1, False),
+        WalkedSession(T0 + 1_000, None, T0 + 1_000, 0, False),
+    ]
 
 
 def test_oracle_login_only_is_the_seeds_for_pairs() -> None:

@@ -50,7 +50,8 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 START_MS = (datetime(2025, 1, 31, 21, tzinfo=UTC) - EPOCH) // timedelta(milliseconds=1)
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
-SESSION_TIMEOUT_MS = 12 * HOUR_MS
+#: The seed's definitions: ``active_on="login"`` and a long ``idle_timeout``.
+IDLE_TIMEOUT_MS = 12 * HOUR_MS
 EVENT_TTL_MS = 7 * DAY_MS
 MAX_RETRY_AGE_MS = 6 * DAY_MS  # a failed batch older than this is set aside
 USERS = ("u0", "u1", "u2")
@@ -154,7 +155,6 @@ class Model:
         self.buffer.append(
             [
                 ("login", user, self.now, self.origin, self.seq, day, month),
-                ("count", day, "sessionCount", 1),
                 ("users", day, month, user),
             ]
         )
@@ -213,31 +213,41 @@ class Model:
 
     # -- the store's rules --
     def sessions(self) -> list[dict[str, Any]]:
-        """The walk: each login ends at its user's next mark (timed out past the
-        timeout), or is open unless the prune job timed it out."""
+        """The walk with logins as the only activity (docs/concepts.md): a login with no
+        session open starts one, with one open moves its last mark; a logout ends it
+        there; a mark more than the idle timeout after the last ends it at the last,
+        as the prune job does. Logins come before logouts at one millisecond."""
         found = []
         for user, marks in self.marks.items():
-            ordered = sorted(marks)
-            for i, (at, origin, seq, kind, day, month) in enumerate(ordered):
-                if kind != "login":
-                    continue
-                session = {
-                    "user": user, "login": at, "day": day, "month": month, "key": (at, origin, seq)
-                }  # fmt: skip
-                following = ordered[i + 1][0] if i + 1 < len(ordered) else None
-                if following is None and (at, origin, seq) not in self.pruned:
-                    session.update(logout=None, duration=0, timed_out=False)
-                elif following is None or following - at > SESSION_TIMEOUT_MS:
-                    session.update(logout=at + SESSION_TIMEOUT_MS, duration=0, timed_out=True)
+            ordered = sorted(marks)  # time, then the process and its call order
+            current: dict[str, Any] | None = None
+            for at, _origin, _seq, kind, day, month in ordered:
+                if current is not None and at - current["last"] > IDLE_TIMEOUT_MS:
+                    current.update(logout=current["last"], timed_out=True)
+                    found.append(current)
+                    current = None
+                if kind == "logout":
+                    if current is not None:
+                        current.update(logout=at, timed_out=False)
+                        found.append(current)
+                        current = None
+                elif current is None:
+                    current = {"user": user, "login": at, "day": day, "month": month}
+                    current.update(last=at, logout=None, timed_out=False)
                 else:
-                    seconds = seconds_between(at, following)
-                    session.update(logout=following, duration=seconds, timed_out=False)
-                found.append(session)
+                    current["last"] = at
+            if current is not None:
+                if (user, current["login"], current["last"]) in self.pruned:
+                    current.update(logout=current["last"], timed_out=True)
+                found.append(current)
+        for session in found:
+            end = session["last"] if session["logout"] is None else session["logout"]
+            session["duration"] = seconds_between(session["login"], end)
         return found
 
     def timed(self, month: str) -> tuple[int, int]:
         seconds = [s["duration"] for s in self.sessions() if s["month"] == month]
-        return sum(1 for x in seconds if x > 0), sum(seconds)
+        return len(seconds), sum(seconds)
 
     def apply(self, ops: list[tuple[Any, ...]]) -> None:
         for op in ops:
@@ -270,8 +280,8 @@ class Model:
 
     def prune(self) -> None:
         for s in self.sessions():
-            if s["logout"] is None and s["login"] < self.now - SESSION_TIMEOUT_MS:
-                self.pruned.add(s["key"])
+            if s["logout"] is None and s["last"] < self.now - IDLE_TIMEOUT_MS:
+                self.pruned.add((s["user"], s["login"], s["last"]))
         # Expired at exactly EVENT_TTL_MS old (the documented boundary): kept while younger.
         self.events = [e for e in self.events if e[0] > self.now - EVENT_TTL_MS]
 
@@ -281,6 +291,7 @@ class Model:
         doc: dict[str, Any] = {"day": day, "month": day[:7]}
         doc.update((name, counters.get(name, 0)) for name in DAILY_FIELDS)
         doc["totalSessionS"] = sum(s["duration"] for s in self.sessions() if s["day"] == day)
+        doc["sessionCount"] = sum(1 for s in self.sessions() if s["day"] == day)
         doc.update((name, counters[name]) for name in sorted(counters) if name not in doc)
         return doc
 
@@ -297,7 +308,7 @@ class Model:
             "dau": today["dau"],
             "mau": sum(1 for m, _ in self.month_users if m == month),
             "avgSessionMin": (2 * total + 60 * count) // (120 * count) if count else 0,
-            "activeSessions": self.open_sessions(),
+            "activeSessions": self.active_sessions(),
         }
 
     def last_30_days(self) -> list[dict[str, Any]]:
@@ -312,6 +323,11 @@ class Model:
 
     def open_sessions(self) -> int:
         return sum(s["logout"] is None for s in self.sessions())
+
+    def active_sessions(self) -> int:
+        return sum(
+            s["logout"] is None and s["last"] >= self.now - IDLE_TIMEOUT_MS for s in self.sessions()
+        )
 
 
 def _ms(moment: datetime | None) -> int | None:
@@ -336,7 +352,12 @@ class AnalyticsMachine(RuleBasedStateMachine):
 
     def _new_analytics(self) -> Analytics:
         return Analytics(
-            self.store, clock=self._clock, counters=CUSTOM_COUNTERS, flush_interval=3600
+            self.store,
+            clock=self._clock,
+            counters=CUSTOM_COUNTERS,
+            flush_interval=3600,
+            active_on="login",
+            idle_timeout=timedelta(milliseconds=IDLE_TIMEOUT_MS),
         )
 
     def teardown(self) -> None:

@@ -94,7 +94,9 @@ def test_dau_and_mau_count_each_user_once(
     a.flush()
     today = day_dict(store, "2025-03-14")
     assert today["dau"] == 2
-    assert today["sessionCount"] == 6
+    # u1: three sessions ended by their logouts (a login after a logout of the same
+    # millisecond starts the next), a fourth from the last logins; u2: one.
+    assert today["sessionCount"] == 5
     assert store.get_month("2025-03").mau == 2
 
     clock.advance(days=1)
@@ -105,7 +107,7 @@ def test_dau_and_mau_count_each_user_once(
     metrics = a.get_metrics()  # flushes a
     assert metrics.dau == 2
     assert metrics.mau == 3
-    assert day_dict(other_store, "2025-03-15")["sessionCount"] == 3
+    assert day_dict(other_store, "2025-03-15")["sessionCount"] == 2  # u3 logged in twice: one
     assert day_dict(other_store, "2025-03-14")["dau"] == 2  # yesterday untouched
 
 
@@ -267,7 +269,7 @@ class _FailingTransaction:
 
 @pytest.mark.parametrize(
     "fail_at",
-    ["add_day_users", "increment_daily", "session_marks", "write_sessions", "insert_events"],
+    ["add_day_users", "increment_daily", "sessions_since", "write_sessions", "insert_events"],
 )
 def test_apply_is_atomic(
     store: Store,
@@ -375,43 +377,48 @@ def test_event_stream_keeps_data_and_prune_drops_expired(
 # -- sessions ---------------------------------------------------------------------------
 
 
-def test_prune_times_out_stale_sessions(
+def test_prune_closes_idle_sessions(
     store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
-    """A session open past ``session_timeout`` is closed, flagged ``timedOut`` and not
-    counted as play time (duration 0, not in totalSessionS nor avgSessionMin). It ends
-    at ``login + session_timeout``, whenever the prune job runs, as a later mark would
-    end it."""
-    analytics = make_analytics(store, session_timeout=timedelta(hours=1))
+    """A session whose last mark is more than ``idle_timeout`` ago has ended there: the
+    prune job records it (``timedOut``, ended at its last mark), which changes no figure
+    (its seconds so far were counted), and it no longer counts as active. A logout
+    later than ``idle_timeout`` after the last mark ends nothing."""
+    analytics = make_analytics(store, idle_timeout=timedelta(minutes=30))
     analytics.on_login("stale", "s")
     analytics.on_login("timed", "t")
-    clock.advance(180)
+    clock.advance(120)
+    analytics.track("dungeon.complete", "stale")  # its last mark: 120 s in
+    clock.advance(60)
     analytics.on_logout("timed")
     clock.advance(hours=1)
     analytics.on_login("fresh", "f")
     analytics.flush()
+    before = store.get_day("2025-03-14")
+    assert analytics.get_metrics().active_sessions == 1  # "stale" is idle already
 
     assert analytics.prune().sessions_timed_out == 1
+    assert store.get_day("2025-03-14") == before
     (stale,) = store.get_sessions("stale")
     assert stale.timed_out
-    assert stale.duration_s == 0
-    assert stale.logout_at == stale.login_at + timedelta(hours=1)
+    assert stale.duration_s == 120
+    assert stale.logout_at == stale.last_at == stale.login_at + timedelta(seconds=120)
     assert not store.get_sessions("timed")[0].timed_out
     assert store.get_sessions("fresh")[0].logout_at is None
 
     metrics = analytics.get_metrics()
     assert metrics.active_sessions == 1
-    assert metrics.avg_session_min == 3  # 180 s only; the stale session is not play time
+    assert metrics.avg_session_min == 2  # (120 + 180 + 0) s / 3 sessions = 1.67 min
     assert metrics.today is not None
-    assert metrics.today["totalSessionS"] == 180
-    assert store.get_month("2025-03").timed_sessions == 1
+    assert metrics.today["totalSessionS"] == 300
+    assert store.get_month("2025-03").timed_sessions == 3
 
     # A late logout past the timeout changes nothing.
     clock.advance(60)
     analytics.on_logout("stale")
     analytics.flush()
-    assert store.get_sessions("stale")[0].duration_s == 0
-    assert store.get_day("2025-03-14")["totalSessionS"] == 180
+    assert store.get_sessions("stale")[0].duration_s == 120
+    assert store.get_day("2025-03-14")["totalSessionS"] == 300
     assert analytics.prune().sessions_timed_out == 0
 
 
@@ -502,9 +509,10 @@ def test_a_logout_from_another_process_ends_the_session_before_a_second_login(
 ) -> None:
     """Process A sees login, login, logout; process B the logout of the first session.
 
-    A's second login ends the first session as far as A's marks go. Whichever process
-    flushes first, the store ends up with B's logout ending the first session and the
-    counters holding the real durations (60 s and 120 s), not A's alone (120 s).
+    As far as A's marks go, the second login (within ``idle_timeout``) continues one
+    session of 240 s. Whichever process flushes first, the store ends up with B's logout
+    ending the first session and the second login starting the next: the real durations
+    (60 s and 120 s), not A's alone.
     """
     a = make_analytics(store)
     b = make_analytics(other_store)
@@ -518,7 +526,7 @@ def test_a_logout_from_another_process_ends_the_session_before_a_second_login(
     a.on_logout("u1")
     if flush_order == "second_login_first":
         a.flush()
-        assert [s.duration_s for s in store.get_sessions("u1")] == [120, 120]  # A's guess
+        assert [s.duration_s for s in store.get_sessions("u1")] == [240]  # A's guess
         b.flush()
     else:
         b.flush()
@@ -535,12 +543,12 @@ def test_a_logout_from_another_process_ends_the_session_before_a_second_login(
     assert store.count_open_sessions() == 0
 
 
-def test_a_change_to_zero_seconds_leaves_no_timed_session(
+def test_a_late_logout_splitting_a_session_takes_its_seconds_back(
     store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
-    """A's second login ends the first session after 30 s, a timed session; B's logout
-    a millisecond after the first login makes it 0 s, which the month no longer
-    counts among its timed sessions."""
+    """A's login and second login 30 s later are one session of 30 s so far; B's logout
+    a millisecond after the first login ends it at 0 s, and the second login starts a
+    second session (0 s so far): the month's sessions become 2 and its seconds 0."""
     a = make_analytics(store)
     b = make_analytics(other_store)
     a.on_login("u1")
@@ -555,15 +563,15 @@ def test_a_change_to_zero_seconds_leaves_no_timed_session(
     assert [s.duration_s for s in store.get_sessions("u1")] == [0, 0]
     assert [s.logout_at is None for s in store.get_sessions("u1")] == [False, True]
     month = store.get_month("2025-03")
-    assert (month.timed_sessions, month.timed_session_s) == (0, 0)
+    assert (month.timed_sessions, month.timed_session_s) == (2, 0)
     assert store.get_day("2025-03-14")["totalSessionS"] == 0
 
 
 def test_a_logout_after_a_logout_changes_nothing(
     store: Store, other_store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
-    """A logout whose previous mark is a logout ends no session, whatever the order
-    the processes flush in."""
+    """A logout with no session open ends nothing, whatever the order the processes
+    flush in (the second login, 60 s after the first, continues the session)."""
     a = make_analytics(store)
     b = make_analytics(other_store)
     a.on_login("u1")
@@ -575,7 +583,7 @@ def test_a_logout_after_a_logout_changes_nothing(
     b.on_logout("u1")  # after both sessions
     a.flush()
     b.flush()
-    assert [s.duration_s for s in store.get_sessions("u1")] == [60, 20]
+    assert [s.duration_s for s in store.get_sessions("u1")] == [80]
     assert store.get_day("2025-03-14")["totalSessionS"] == 80
     assert b.stats()["logouts_without_session"] == 1
 
@@ -612,8 +620,9 @@ def test_logouts_without_session_are_counted_once_as_of_when_they_were_stored(
 
 
 def test_late_logouts_end_the_session_they_fall_in(store: Store, clock: FakeClock) -> None:
-    """Marks applied directly: a late logout inside a session ends it there, later
-    ones change nothing and are counted as ending no session."""
+    """Marks applied directly: a late logout inside a session ends it there and the
+    next stored mark starts a new one; later ones change nothing and are counted as
+    ending no session."""
     day, month = "2025-03-14", "2025-03"
     t0 = to_ms(clock.now)
 
@@ -630,7 +639,7 @@ def test_late_logouts_end_the_session_they_fall_in(store: Store, clock: FakeCloc
             logouts=[logout("a", 3, 150)],
         )
     )
-    assert [s.duration_s for s in store.get_sessions("u1")] == [100, 50]
+    assert [s.duration_s for s in store.get_sessions("u1")] == [150]  # one session
     first = store.apply(FlushBatch(created_at=clock.now, logouts=[logout("b", 1, 10)]))
     assert first.unmatched_logouts == 0
     late = store.apply(
@@ -662,19 +671,20 @@ def test_active_sessions_count_every_instance(
     assert b.get_metrics().active_sessions == 1
 
 
-def test_second_login_without_logout_closes_first_session(
+def test_a_second_login_within_idle_timeout_continues_the_session(
     store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
-    """A user has one open session at a time: a new login ends the previous one."""
+    """A reconnect (a login with a session open) is the same session: one session of
+    60 s so far, still open."""
     analytics = make_analytics(store)
     analytics.on_login("u1")
     clock.advance(60)
     analytics.on_login("u1")
     metrics = analytics.get_metrics()
-    assert [s.duration_s for s in store.get_sessions("u1")] == [60, 0]
-    assert [s.logout_at is None for s in store.get_sessions("u1")] == [False, True]
+    assert [s.duration_s for s in store.get_sessions("u1")] == [60]
+    assert [s.logout_at is None for s in store.get_sessions("u1")] == [True]
     assert (metrics.dau, metrics.active_sessions) == (1, 1)
-    assert store.get_day("2025-03-14")["sessionCount"] == 2
+    assert store.get_day("2025-03-14")["sessionCount"] == 1
 
 
 # -- reads ------------------------------------------------------------------------------
@@ -706,7 +716,8 @@ def test_recent_days_newest_first_limited_to_30(
 def test_get_month_figures(
     store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
-    """``get_month``: distinct users and the timed sessions (durationS > 0) of a month."""
+    """``get_month``: distinct users, and the sessions of a month with their seconds
+    (0-second ones included)."""
     analytics = make_analytics(store)
     for user, seconds in [("u1", 100), ("u2", 0), ("u1", 50)]:
         analytics.on_login(user)
@@ -714,7 +725,7 @@ def test_get_month_figures(
         analytics.on_logout(user)
     analytics.flush()
     month = store.get_month("2025-03")
-    assert (month.mau, month.timed_sessions, month.timed_session_s) == (2, 2, 150)
+    assert (month.mau, month.timed_sessions, month.timed_session_s) == (2, 3, 150)
     unknown = store.get_month("1999-01")
     assert (unknown.mau, unknown.timed_sessions, unknown.timed_session_s) == (0, 0, 0)
     assert store.get_day("1999-01-01") is None
@@ -792,7 +803,8 @@ def test_session_seconds_belong_to_login_day(
     login_day: str,
     next_day: str,
 ) -> None:
-    """A session that ends after midnight (or month end) counts on its login day/month."""
+    """A session that ends after midnight (or month end) counts on its start day and
+    month; the logout makes the player active on its own day, nothing more."""
     analytics = make_analytics(store, tz=tz)
     clock.set(at(login_at))
     analytics.on_login("u1")
@@ -800,12 +812,12 @@ def test_session_seconds_belong_to_login_day(
     analytics.on_logout("u1")
     metrics = analytics.get_metrics()
     assert store.get_day(login_day)["totalSessionS"] == seconds
-    assert store.get_day(next_day) is None
-    assert not any(metrics.today.counters.values())  # nothing happened on the logout day
+    assert store.get_day(next_day).counters == {"dau": 1}
+    assert metrics.today.counters == {"dau": 1}  # no session started on the logout day
     login_month, next_month = store.get_month(login_day[:7]), store.get_month(next_day[:7])
     assert (login_month.timed_sessions, login_month.timed_session_s) == (1, seconds)
     if next_month.month != login_month.month:
-        assert (next_month.mau, next_month.timed_sessions, metrics.avg_session_min) == (0, 0, 0)
+        assert (next_month.mau, next_month.timed_sessions, metrics.avg_session_min) == (1, 0, 0)
 
 
 @pytest.mark.parametrize(
@@ -842,7 +854,7 @@ def test_duration_rounds_half_up_like_math_round(
     (session,) = store.get_sessions("u1")
     assert session.duration_s == expected_s
     assert store.get_day("2025-03-14")["totalSessionS"] == expected_s
-    assert store.get_month("2025-03").timed_sessions == (1 if expected_s > 0 else 0)
+    assert store.get_month("2025-03").timed_sessions == 1  # 0-second sessions too
 
 
 @pytest.mark.parametrize(
@@ -854,7 +866,8 @@ def test_duration_rounds_half_up_like_math_round(
         ([30_000], 1),  # 0.5 min
         ([29_000], 0),
         ([60_000, 120_000], 2),  # mean 90 s
-        ([400, 60_000], 1),  # 0 s sessions are not in the mean
+        ([400, 60_000], 1),  # 0 s and 60 s: mean 30 s, 0.5 min
+        ([400, 400, 60_000], 0),  # 0-second sessions are in the mean: 20 s
         ([1_000, 2_000], 0),
         ([1_500, 178_500], 2),  # 2 s and 179 s: mean 90.5 s
         ([], 0),
@@ -867,7 +880,7 @@ def test_avg_session_min_rounds_half_up(
     durations_ms: list[int],
     expected_min: int,
 ) -> None:
-    """avgSessionMin is Math.round(mean durationS of this month's timed sessions / 60)."""
+    """avgSessionMin is Math.round(mean durationS of this month's sessions / 60)."""
     analytics = make_analytics(store)
     start = clock.now
     users = [f"u{i}" for i in range(len(durations_ms))]
@@ -884,7 +897,7 @@ def test_a_logout_stamped_before_its_login_ends_nothing(
 ) -> None:
     """Sessions follow the marks' times, not the calls' order: a logout stamped before
     the login (the clock stepped back 30 s) comes first in the walk and ends nothing;
-    the session stays open until the player's next mark (or the timeout)."""
+    the session stays open until the player's next mark (or ``idle_timeout``)."""
     analytics = make_analytics(store)
     login_at = clock.now
     analytics.on_login("u1")
@@ -1058,7 +1071,10 @@ def test_totals_are_exact_across_processes_and_never_drop_at_midnight(
     import random
 
     rng = random.Random(seed)
-    writers = [make_analytics(store), make_analytics(other_store)]
+    # The economy is passive here (no sessions of its own), so the sessions are the
+    # logins' and logouts' alone, whose seconds the oracle knows.
+    passive = ["credits.earn", "dungeon.complete"]
+    writers = [make_analytics(s, passive_events=passive) for s in (store, other_store)]
     oracle = {"creditsEarned": 0, "dungeonsRun": 0, "sessionCount": 0, "timedSessionS": 0}
     seen: list[dict[str, Any]] = []
     clock.now = at("2025-03-13 23:00:00")
@@ -1348,8 +1364,9 @@ def test_erase_removes_the_player_and_keeps_every_figure(
     for key in ("active", "cohorts", "payers", "users_with_sessions"):
         assert after[key] == before[key], key
     assert after["month"].mau == before["month"].mau == 2
-    # The late logout ends the renamed session 10 minutes after its login.
-    assert after["month"].timed_sessions == before["month"].timed_sessions + 1
+    # The late payment and logout end the renamed session 10 minutes after its login
+    # (the session, open and 0 s so far, was counted already).
+    assert after["month"].timed_sessions == before["month"].timed_sessions
     assert after["month"].timed_session_s == before["month"].timed_session_s + 600
     assert after["days"][0] == before["days"][0]
     assert after["open"] == before["open"] - 1
@@ -1487,7 +1504,7 @@ def test_calls_that_would_overflow_their_batch_are_rejected_alone(
         analytics.flush()
     day = store.get_day(clock.now.strftime("%Y-%m-%d"))
     assert day is not None
-    assert (day["dau"], day["stripeRevenue"]) == (50, 50 * 499)
+    assert (day["dau"], day["stripeRevenue"]) == (51, 50 * 499)  # the whale's first call too
     assert day["creditsEarned"] == 2**53  # the first call fits, the 1,024 others do not
     stats = analytics.stats()
     assert (stats["rejected"], stats["quarantined"], stats["flush_failures"]) == (1024, 0, 0)

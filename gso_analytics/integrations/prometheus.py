@@ -52,7 +52,10 @@ PREFIX = "gso_analytics_"
 METRICS_GAUGES: Mapping[str, tuple[str, str]] = {
     "dau": ("gso_analytics_dau", "Distinct users with a session today."),
     "mau": ("gso_analytics_mau", "Distinct users with a session this calendar month."),
-    "activeSessions": ("gso_analytics_active_sessions", "Sessions open now, in all processes."),
+    "activeSessions": (
+        "gso_analytics_active_sessions",
+        "Sessions with a mark within idle_timeout, in all processes.",
+    ),
 }
 
 INFO = ("gso_analytics_info", "The library's version, its store and its timezone (always 1).")
@@ -70,10 +73,11 @@ FIELD_NAMES: Mapping[str, str] = {
 #: sum over days means nothing to a game team).
 NOT_COUNTERS = frozenset({"day", "month", "dau"})
 
-#: The closed sessions as a summary: all-time count and sum of their seconds.
+#: The sessions as a summary: all-time count and sum of their seconds (so far), the
+#: average of every session figure (``_sum / _count``, see docs/concepts.md).
 SESSION_SUMMARY = (
     "gso_analytics_session_duration_seconds",
-    "Closed sessions with a duration: their count and the sum of their seconds.",
+    "Play sessions: their count and the sum of their seconds (so far).",
 )
 TIMED_SESSIONS, TIMED_SESSION_S = "timedSessions", "timedSessionS"
 #: The seconds the summary's ``_sum`` has taken back (see :func:`.store.total_increments`):
@@ -82,10 +86,15 @@ SESSION_WITHDRAWN = (
     "gso_analytics_session_duration_seconds_withdrawn",
     "Seconds taken back from the summary's _sum by sessions recomputed from a late mark.",
 )
+#: The same for the summary's ``_count``: sessions merged by a late mark.
+SESSIONS_WITHDRAWN = (
+    "gso_analytics_session_duration_seconds_count_withdrawn",
+    "Sessions taken back from the summary's _count (merged into another by a late mark).",
+)
 #: Daily fields a late arrival can take back from, exposed with a ``_withdrawn_total``:
 #: seconds of a session a late mark ended earlier, and a player's registration moved
 #: to an earlier day (another worker flushed it late).
-WITHDRAWABLE = frozenset({"totalSessionS", "newUsers"})
+WITHDRAWABLE = frozenset({"totalSessionS", "sessionCount", "newUsers"})
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
@@ -283,6 +292,10 @@ class ScrapeCollector(Collector):
         yield CounterMetricFamily(
             *SESSION_WITHDRAWN,
             value=numbers.totals.get(TIMED_SESSION_S + WITHDRAWN, 0),
+        )
+        yield CounterMetricFamily(
+            *SESSIONS_WITHDRAWN,
+            value=numbers.totals.get(TIMED_SESSIONS + WITHDRAWN, 0),
         )
 
     def _health(self) -> Iterator[Metric]:

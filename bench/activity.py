@@ -1,0 +1,92 @@
+"""What activity marks cost a flush: the same events flushed into SQLite with tracked
+calls as activity (``active_on="any"``, the default: each player's marks walked into
+play sessions, one activity record per player and batch) and without
+(``active_on="login"``: the flush as it was before activity sessions, events and
+counters only).
+
+``players`` players each send ``events_per_player`` events (a minute of play, one
+batch); only ``flush()`` is measured, in CPU seconds of the process (the caller's
+thread does the flush; the prune job, which runs every 10 minutes, is left out). Each
+flush is checked: every event stored, the counter exact,
+and with activity one session per player.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from gso_analytics import Analytics, open_store
+
+START = datetime(2026, 3, 2, 12, tzinfo=UTC)
+
+
+class _Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _flush_cpu(path: Path, active_on: str, players: int, events_per_player: int) -> float:
+    clock = _Clock(START)
+    n = players * events_per_player
+    analytics = Analytics(
+        open_store(f"sqlite:///{path}"),
+        clock=clock,
+        forwarders=[],
+        flush_interval=3600,
+        max_buffered_events=n + 1,
+        active_on=active_on,
+        prune_interval=10**9,  # the prune runs every 10 minutes, not with each flush
+    )
+    try:
+        for k in range(events_per_player):
+            clock.now = START + timedelta(milliseconds=60_000 * k // events_per_player)
+            for i in range(players):
+                analytics.track("credits.earn", f"p{i}", {"amount": 1})
+        started = time.process_time()
+        analytics.flush()
+        cpu = time.process_time() - started
+        _check(analytics, active_on, players, n)
+        return cpu
+    finally:
+        analytics.stop()
+
+
+def _check(analytics: Analytics, active_on: str, players: int, n: int) -> None:
+    """Refuse a figure for work not done."""
+    day = analytics.store.get_day(START.date().isoformat())
+    sessions = players if active_on == "any" else 0
+    figures = (day["creditsEarned"], day["sessionCount"]) if day else None
+    stored = len(analytics.store.get_events(limit=n + 1))
+    if figures != (n, sessions) or stored != n:
+        raise AssertionError(f"{active_on}: stored {figures} and {stored} events for {n}")
+
+
+def run(
+    players: int = 2_000, events_per_player: int = 25, repeats: int = 3
+) -> list[dict[str, object]]:
+    """Best of ``repeats`` for each arm, alternating, each on a fresh file."""
+    best = {"login": float("inf"), "any": float("inf")}
+    with tempfile.TemporaryDirectory(prefix="gso-bench-activity-") as tmp:
+        for r in range(repeats):
+            for arm in best:
+                cpu = _flush_cpu(Path(tmp, f"{arm}{r}.db"), arm, players, events_per_player)
+                best[arm] = min(best[arm], cpu)
+    n = players * events_per_player
+    return [
+        {"flush": 'without activity (active_on="login")', "events": n,
+         "cpu_us_per_event": round(best["login"] / n * 1e6, 2), "ratio": 1.0},
+        {"flush": 'with activity marks (active_on="any")', "events": n,
+         "cpu_us_per_event": round(best["any"] / n * 1e6, 2),
+         "ratio": round(best["any"] / best["login"], 2)},
+    ]  # fmt: skip
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(row)
