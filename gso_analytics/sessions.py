@@ -215,7 +215,8 @@ def plan_sessions(
     for user in paced(sorted(players)):  # a sort and a walk per player
         pieces = _spans(user, sessions[user], new_logouts[user], marks_between)
         times = batch.activity.get(user, [])
-        if logins[user] or logouts[user] or new_logouts[user]:  # a mark at a time
+        frozen = any(session.end.frozen for session in sessions[user])
+        if logins[user] or logouts[user] or new_logouts[user] or frozen:  # a mark at a time
             pieces += [_Piece(ms, ms, _ACTIVITY) for ms in times]
             pieces += [_mark(m) for m in logins[user]]
             pieces += [_mark(m) for m in logouts[user].values()]

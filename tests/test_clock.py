@@ -49,9 +49,10 @@ def test_clock_stepping_back_across_a_boundary(
     earlier_day: str,
 ) -> None:
     """NTP steps the clock back over midnight (or the month end) in mid-session: each
-    call is filed under the day its own timestamp says, the logout stamped before its
-    login comes first in the walk and ends nothing (the session stays open, 0 s on its
-    login day), and no figure goes negative."""
+    call is filed under the day its own timestamp says. The tracked call and the logout
+    stamped before the login come first in the walk: a session of 0 s on the earlier
+    day, ended by that logout; the login starts another (open, 0 s so far) on the later
+    day; no figure goes negative."""
     analytics = make_analytics(store)
     clock.set(at(after))
     analytics.on_login("u1")
@@ -65,21 +66,22 @@ def test_clock_stepping_back_across_a_boundary(
     later, earlier = doc(store, later_day), doc(store, earlier_day)
     assert (later["creditsEarned"], later["dau"], later["sessionCount"]) == (10, 1, 1)
     assert later["totalSessionS"] == 0
-    assert (earlier["creditsEarned"], earlier["dau"], earlier["sessionCount"]) == (3, 1, 1)
-    (session,) = store.get_sessions("u1")
-    assert (session.day, session.duration_s, session.timed_out) == (later_day, 0, False)
-    assert session.logout_at is None
-    # "today" follows the clock, back to the earlier day; its month counts u2 only.
+    assert (earlier["creditsEarned"], earlier["dau"], earlier["sessionCount"]) == (3, 2, 2)
+    assert earlier["totalSessionS"] == 0
+    sessions = [(s.day, s.duration_s, s.logout_at is None) for s in store.get_sessions("u1")]
+    assert sessions == [(earlier_day, 0, False), (later_day, 0, True)]
+    # "today" follows the clock, back to the earlier day: u1 and u2 were active there.
     assert (metrics.today and metrics.today.day) == earlier_day
-    assert (metrics.dau, metrics.active_sessions, metrics.avg_session_min) == (1, 2, 0)
-    assert metrics.mau == (1 if later_day[:7] != earlier_day[:7] else 2)
-    assert store.get_month(later_day[:7]).timed_sessions == 0
+    assert (metrics.dau, metrics.active_sessions, metrics.avg_session_min) == (2, 2, 0)
+    assert metrics.mau == 2
+    same_month = later_day[:7] == earlier_day[:7]
+    assert store.get_month(later_day[:7]).timed_sessions == (3 if same_month else 1)
 
 
 @pytest.mark.parametrize(
     ("login_at", "logout_at", "login_day", "next_month"),
     [
-        ("2025-01-31 23:50:00", "2025-02-01 00:20:00.500", "2025-01-31", "2025-02"),
+        ("2025-01-31 23:50:00", "2025-02-01 00:10:00.500", "2025-01-31", "2025-02"),
         ("2025-12-31 23:59:59", "2026-01-01 00:00:00.499", "2025-12-31", "2026-01"),
     ],
     ids=["month-end", "year-end"],
@@ -95,8 +97,9 @@ def test_session_across_the_month_end_closed_by_another_process(
     next_month: str,
 ) -> None:
     """Worker A flushes a login before midnight on the last day of the month (or year);
-    worker B, which never saw it, handles the logout after midnight: the session is
-    closed with its rounded duration, counted on the login day and month only."""
+    worker B, which never saw it, handles the logout after midnight (within
+    ``idle_timeout``): the session is closed with its rounded duration, counted on the
+    login day and month only; the logout makes the player active in the new month."""
     a = make_analytics(store)
     b = make_analytics(other_store)
     clock.set(at(login_at))
@@ -113,13 +116,13 @@ def test_session_across_the_month_end_closed_by_another_process(
     old = store.get_month(login_day[:7])
     assert (old.mau, old.timed_sessions, old.timed_session_s) == (1, int(seconds > 0), seconds)
     new = store.get_month(next_month)
-    assert (new.mau, new.timed_sessions) == (0, 0)
+    assert (new.mau, new.timed_sessions) == (1, 0)
     today = metrics.to_dict().pop("today")
     assert today["month"] == next_month
-    assert not any(value for key, value in today.items() if key not in ("day", "month"))
+    assert {k: v for k, v in today.items() if v and k not in ("day", "month")} == {"dau": 1}
     assert {k: v for k, v in metrics.to_dict().items() if k != "today"} == {
-        "dau": 0,
-        "mau": 0,
+        "dau": 1,
+        "mau": 1,
         "avgSessionMin": 0,
         "activeSessions": 0,
     }
@@ -159,14 +162,17 @@ def test_one_batch_spanning_midnight_splits_by_call_time(
     assert analytics.stats()["batches"] == 1
 
     first, second = doc(store, days[0]), doc(store, days[1])
-    assert (first["creditsEarned"], first["newUsers"], first["dau"]) == (7, 1, 1)
+    # u2's registration is activity too: active on the first day, a session of 0 s.
+    assert (first["creditsEarned"], first["newUsers"], first["dau"]) == (7, 1, 2)
     assert (second["creditsEarned"], second["newUsers"], second["dau"]) == (11, 0, 1)
-    assert (first["sessionCount"], second["sessionCount"]) == (1, 1)
-    # The first session ended at the re-login (2 s), the second lasted 90 s.
-    assert (first["totalSessionS"], second["totalSessionS"]) == (2, 90)
+    assert (first["sessionCount"], second["sessionCount"]) == (2, 0)
+    # u1's session runs from 23:59:58 to the logout 90 s after midnight: 92 s, on the
+    # first day (the re-login at midnight continues it).
+    assert (first["totalSessionS"], second["totalSessionS"]) == (92, 0)
     assert [e.day for e in store.get_events()] == [days[0], days[0], days[1]]
     mau = {month: store.get_month(month).mau for month in months}
-    assert mau == {months[0]: 1, months[1]: 1}  # one month or two, one record each
+    # u1 and u2 in the first month, u1 in the second (one record each per month).
+    assert mau == ({months[0]: 2} if months[0] == months[1] else {months[0]: 2, months[1]: 1})
 
 
 def test_the_flush_thread_carries_a_day_over_midnight(
@@ -190,13 +196,13 @@ def test_the_flush_thread_carries_a_day_over_midnight(
     assert [d.day for d in analytics.get_last_30_days()] == ["2025-03-15", "2025-03-14"]
 
 
-def test_a_clock_jump_past_the_session_timeout_times_sessions_out(
+def test_a_clock_jump_past_the_idle_timeout_closes_sessions(
     store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
 ) -> None:
     """A clock that jumps a day ahead and is then corrected: the prune that ran during
-    the jump timed the open session out (flagged, 0 s, not play time); the logout
-    after the correction, 5 minutes after the login, is the session's next mark within
-    the timeout and ends it there - the walk's answer, and never a day of play."""
+    the jump closed the open session at its last mark (flagged, 0 s); the logout after
+    the correction, 5 minutes after the login, is the session's next mark within
+    ``idle_timeout`` and ends it there - the walk's answer, and never a day of play."""
     analytics = make_analytics(store)
     analytics.on_login("u1")
     analytics.flush()

@@ -76,8 +76,9 @@ def test_an_old_file_is_upgraded_to_marks_and_keeps_its_sessions(tmp_path: Path)
 
 
 def test_late_marks_pair_with_the_upgraded_ones(tmp_path: Path) -> None:
-    """A login that arrives after the upgrade falls into the old session (ending it
-    and ending at its logout) or before the old waiting logout (which ends it)."""
+    """A login that arrives after the upgrade inside an old closed session belongs to
+    it (the session is kept as it was: 60 s); one before an old waiting logout is
+    ended by it."""
     path = tmp_path / "old.db"
     old_file(path)
     now = [datetime(2026, 1, 30, 9, 0, 30, tzinfo=UTC)]
@@ -87,9 +88,49 @@ def test_late_marks_pair_with_the_upgraded_ones(tmp_path: Path) -> None:
         now[0] = datetime(2026, 1, 30, 9, 59, tzinfo=UTC)
         analytics.on_login("u3")
         analytics.flush()
-        assert [s.duration_s for s in analytics.store.get_sessions("u1")] == [30, 30]
+        assert [s.duration_s for s in analytics.store.get_sessions("u1")] == [60]
         assert [s.duration_s for s in analytics.store.get_sessions("u3")] == [60]
         assert analytics.store.count_open_sessions() == 0
+    finally:
+        analytics.stop()
+        analytics.store.close()
+
+
+def test_a_0_2_file_keeps_its_sessions_and_an_open_one_goes_on(tmp_path: Path) -> None:
+    """A file of 0.2 (sessions without a last mark, no activity table): a session it
+    closed is kept as it was, a mark inside it belongs to it and the next one after it
+    starts a new session; a session it left open goes on under the activity rules."""
+    path = tmp_path / "v02.db"
+    SQLiteStore(path).close()
+    conn = sqlite3.connect(path)
+    for index in ("sessions_last", "sessions_idle"):
+        conn.execute(f"DROP INDEX {PREFIX}{index}")
+    for column in ("lastMs", "frozen"):
+        conn.execute(f"ALTER TABLE {PREFIX}sessions DROP COLUMN {column}")
+    conn.execute(f"DROP TABLE {PREFIX}activity")
+    columns = "(id, userId, loginAt, logoutAt, durationS, day, month, timedOut, origin, seq)"
+    for row in (
+        f"('closed', 'u1', '2026-01-30T09:00:00.000Z', '2026-01-30T09:40:00.000Z', 2400, {DAY},"
+        " 0, 'o', 1)",
+        f"('open', 'u2', '2026-01-30T09:30:00.000Z', NULL, 0, {DAY}, 0, 'o', 2)",
+    ):
+        conn.execute(f"INSERT INTO {PREFIX}sessions {columns} VALUES {row}")
+    conn.commit()
+    conn.close()
+
+    now = [datetime(2026, 1, 30, 9, 20, tzinfo=UTC)]
+    analytics = Analytics(SQLiteStore(path), flush_interval=3600, clock=lambda: now[0])
+    try:
+        analytics.track("dungeon.complete", "u1")  # inside the closed session
+        now[0] = datetime(2026, 1, 30, 9, 45, tzinfo=UTC)
+        analytics.track("dungeon.complete", "u1")  # after it: a new session
+        analytics.track("dungeon.complete", "u2")  # 15 minutes after the open one's login
+        analytics.flush()
+        u1 = analytics.store.get_sessions("u1")
+        assert [(s.session_id, s.duration_s) for s in u1][0] == ("closed", 2400)
+        assert [s.duration_s for s in u1] == [2400, 0]
+        (u2,) = analytics.store.get_sessions("u2")
+        assert (u2.session_id, u2.duration_s, u2.logout_at) == ("open", 900, None)
     finally:
         analytics.stop()
         analytics.store.close()
