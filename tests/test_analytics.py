@@ -310,7 +310,9 @@ def test_concurrent_callers_and_flush_thread_lose_nothing(
     assert analytics.stop() is True
     expected = threads_n * sum(i % 7 for i in range(calls))
     assert counter(store, "creditsEarned") == expected
-    assert counter(store, "sessionCount") == threads_n * (calls // 50)
+    # Each player's calls come within idle_timeout of each other: one session each,
+    # however many logins and flushes.
+    assert counter(store, "sessionCount") == threads_n
     assert counter(store, "dau") == threads_n
     assert len(store.get_events(limit=10**6)) == threads_n * calls
 
@@ -347,7 +349,7 @@ def test_fork_child_starts_empty_and_parent_data_is_stored_once(
         assert counter(store, "creditsEarned") == 1  # the child's own call only
         assert parent.stop() is True
         assert counter(store, "creditsEarned") == 31
-        assert counter(store, "dau") == 1
+        assert counter(store, "dau") == 2  # the parent's player and the child's
         assert len(store.get_events("parent-user")) == 3
     finally:
         parent.stop()

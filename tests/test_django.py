@@ -409,11 +409,11 @@ def test_command_report_has_the_clis_options(game: Analytics, tmp_path: Path) ->
 def test_command_prune_uses_the_projects_rules(
     configure: Callable[..., Analytics], clock: FakeClock
 ) -> None:
-    analytics = configure(**BASE, OPTIONS={"session_timeout": timedelta(hours=1)})
+    analytics = configure(**BASE, OPTIONS={"idle_timeout": timedelta(hours=1)})
     analytics.on_login("idle")
     analytics.flush()
     clock.advance(hours=2)
-    assert "timed out 1 sessions open longer than 1 hours" in run_command("prune")
+    assert "closed 1 sessions idle for 1 hours" in run_command("prune")
     assert analytics.get_metrics().active_sessions == 0
 
 

@@ -126,7 +126,7 @@ EXPECTED_METRICS = {
     "today": EXPECTED_TODAY,
     "dau": 2,
     "mau": 2,
-    "avgSessionMin": 6,  # (600 s + 90 s) / 2 = 5.75 min, rounded
+    "avgSessionMin": 4,  # (600 s + 90 s + bob's 0 s so far) / 3 = 3.83 min, rounded
     "activeSessions": 1,  # bob
 }
 EXPECTED_DAYS = [
@@ -326,12 +326,12 @@ def test_options_and_flush_interval_reach_analytics(make_app: Callable[..., Flas
     app = make_app(
         STORE="memory://",
         FLUSH_INTERVAL="2.5",  # as read from the environment
-        OPTIONS={"tz": "Europe/Paris", "session_timeout": timedelta(hours=1)},
+        OPTIONS={"tz": "Europe/Paris", "idle_timeout": timedelta(hours=1)},
     )
     analytics = get_analytics(app)
     assert analytics._flusher.interval == 2.5
     assert str(analytics.tz) == "Europe/Paris"
-    assert analytics.session_timeout == timedelta(hours=1)
+    assert analytics.idle_timeout == timedelta(hours=1)
 
 
 @pytest.mark.parametrize(
@@ -651,7 +651,7 @@ def test_without_prometheus_client_the_format_is_a_clear_501(
     [
         ("/metrics", "get_day", "json"),
         ("/metrics", "get_month", "query"),
-        ("/metrics", "count_open_sessions", "accept"),
+        ("/metrics", "count_active_sessions", "accept"),
         ("/metrics/days", "recent_days", "json"),
     ],
 )

@@ -106,6 +106,8 @@ class Command(BaseCommand):
 
 
 def _span(delta: timedelta) -> str:
-    """``7 days`` or ``12 hours``, as the CLI words its defaults."""
+    """``7 days``, ``12 hours`` or ``30 minutes``, as the CLI words its defaults."""
     hours = delta / timedelta(hours=1)
+    if hours < 1:
+        return f"{delta / timedelta(minutes=1):g} minutes"
     return f"{hours / 24:g} days" if hours % 24 == 0 else f"{hours:g} hours"
