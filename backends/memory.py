@@ -9,6 +9,7 @@ than a staged copy, so a batch costs what it writes, not the size of the store.
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
@@ -217,7 +218,7 @@ class _MemoryTransaction(Transaction):
             starts = state.logins_by_user[session.login.user_id]
             item = (session.login.key, sid)
             starts.remove(item)
-            self._undo.append(lambda starts=starts, item=item: bisect.insort(starts, item))
+            self._undo.append(functools.partial(bisect.insort, starts, item))
             if sid in state.open_ids:
                 self._toggle_open(sid)
 
@@ -381,11 +382,7 @@ def _time_of(mark: tuple[Any, str]) -> int:
 
 
 def _last_of(session: StoredSession) -> int:
-    """A session's last mark (a frozen one's end)."""
-    end = session.end
-    last = end.last_ms if end.last_ms is not None else end.logout_ms
-    assert last is not None
-    return last
+    return session.end.last
 
 
 def _record(session: StoredSession) -> SessionRecord:

@@ -566,7 +566,7 @@ def _session_row(session: StoredSession) -> tuple[Any, ...]:
         int(end.timed_out),
         login.origin,
         login.seq,
-        end.logout_ms if end.last_ms is None else end.last_ms,
+        end.last,
         int(end.frozen),
     )
 

@@ -107,6 +107,14 @@ class SessionEnd:
         return self.logout_ms is None
 
     @property
+    def last(self) -> int:
+        """Its last mark; a frozen session's end (stores index sessions by it)."""
+        last = self.logout_ms if self.last_ms is None else self.last_ms
+        if last is None:
+            raise ValueError("an open session has a last mark")
+        return last
+
+    @property
     def frozen(self) -> bool:
         """A 0.2 session closed before its store was upgraded: never walked again."""
         return self.last_ms is None

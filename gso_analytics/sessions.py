@@ -175,7 +175,8 @@ def earliest_marks(batch: FlushBatch) -> dict[str, int]:
     since: dict[str, int] = {}
     for user, times in batch.activity.items():
         since[user] = min(times)
-    for mark in (*batch.logins, *batch.logouts):
+    marks: list[Login | Logout] = [*batch.logins, *batch.logouts]
+    for mark in marks:
         if mark.at_ms < since.get(mark.user_id, mark.at_ms + 1):
             since[mark.user_id] = mark.at_ms
     return since

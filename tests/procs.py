@@ -56,10 +56,12 @@ def run(db_path: str, script: dict) -> dict:
         flush_interval=script["flush_interval"],
         clock=lambda: now[0],
         strict=True,
-        # The processes replay days at different speeds, so one process's clock
-        # may run a day ahead of a session another process has yet to close: the
-        # prune job must not time such sessions out (or drop pending logouts).
-        session_timeout=timedelta(days=60),
+        # The seed's definitions (the scripts' sessions are login/logout pairs, their
+        # events no activity). The processes replay days at different speeds, so one
+        # process's clock may run a day ahead of a session another process has yet to
+        # close: the idle timeout must not end such sessions (nor the prune drop marks).
+        active_on="login",
+        idle_timeout=timedelta(days=60),
         event_ttl=timedelta(days=60),
     )
     analytics.start()

@@ -302,9 +302,7 @@ def test_prune_deletes_old_events_and_closes_idle_sessions(run: RunCli, store_ur
         analytics.track("dungeon.complete", "u1")
     code, out, _ = run("prune", "--store", store_url)
     assert code == 0
-    assert out == (
-        "Deleted 2 events older than 7 days; closed 1 sessions idle for 30 minutes.\n"
-    )
+    assert out == ("Deleted 2 events older than 7 days; closed 1 sessions idle for 30 minutes.\n")
     with open_store(store_url) as store:
         assert store.get_events() == []
         assert store.count_open_sessions() == 0

@@ -57,14 +57,15 @@ BOOT_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 60.0
 
-#: The gunicorn app: the example app, plus one event recorded where it is created.
+#: The gunicorn app: the example app, plus one (passive) event recorded where it is created.
 APP_MODULE = """
 import os
 
 from flask_app import create_app
 from gso_analytics.integrations.flask import get_analytics
 
-app = create_app()
+# The boot record is sent by the server, not a player: passive (no activity, no session).
+app = create_app({"GSO_ANALYTICS_OPTIONS": {"passive_events": ["server.boot"]}})
 get_analytics(app).track("server.boot", "server", {"pid": os.getpid()})
 open(f"ready-{os.getpid()}", "w").close()  # in --chdir: tells the test this process is ready
 """

@@ -344,10 +344,12 @@ EXPECTED_INDEXES = {
     "user_revenue": [((("userId", 1), ("day", 1)), True), ((("day", 1), ("userId", 1)), False)],
     "sessions": [
         ((("userId", 1), ("loginAt", 1)), False),
-        ((("open", 1), ("loginAt", 1)), False),
-        ((("open", 1), ("userId", 1), ("loginAt", 1)), False),
+        ((("userId", 1), ("lastAt", 1)), False),
+        ((("open", 1), ("lastAt", 1)), False),
+        ((("open", 1), ("userId", 1)), False),
     ],
     "logouts": [((("userId", 1), ("at", 1)), False), ((("at", 1),), False)],
+    "activity": [((("userId", 1), ("lastAt", 1)), False), ((("lastAt", 1),), False)],
     "events": [((("ts", 1),), False), ((("userId", 1), ("ts", 1)), False)],
     "batches": [((("appliedAt", 1),), False), ((("folded", 1), ("appliedAt", 1)), False)],
 }
@@ -1120,10 +1122,11 @@ def test_a_retried_batch_never_double_counts(
 
         today = store.get_day(NOW.date().isoformat())
         assert today is not None
-        assert (today["dau"], today["sessionCount"], today["creditsEarned"]) == (3, 3, 40)
+        # "nobody"'s logout makes it active; u2's session (its events at its login) is 0 s.
+        assert (today["dau"], today["sessionCount"], today["creditsEarned"]) == (4, 3, 40)
         assert today["totalSessionS"] == 180
         month = store.get_month(NOW.strftime("%Y-%m"))
-        assert (month.mau, month.timed_sessions, month.timed_session_s) == (3, 2, 180)
+        assert (month.mau, month.timed_sessions, month.timed_session_s) == (4, 3, 180)
         assert [s.duration_s for s in store.get_sessions("u1")] == [90]
         assert [s.duration_s for s in store.get_sessions("cross")] == [90]
         assert store.count_open_sessions() == 1  # u2
@@ -1134,7 +1137,7 @@ def test_a_retried_batch_never_double_counts(
         )
         assert raw(store, "logouts").count_documents({"userId": "nobody"}) == 1
         totals = store.get_totals()
-        assert (totals["creditsEarned"], totals["dau"], totals["mau"]) == (40, 3, 3)
+        assert (totals["creditsEarned"], totals["dau"], totals["mau"]) == (40, 4, 4)
         a.stop()
         b.stop()
 
@@ -1143,7 +1146,8 @@ def test_a_store_of_the_pairing_version_is_upgraded_to_marks(
     nx_27017: mongo_server.NxServer,
 ) -> None:
     """Documents written by 0.1 (pending logouts, ``closedBy``/``reloginBy`` fields)
-    become marks on open: a late login then pairs with the old logout."""
+    become marks on open, and their closed sessions are kept as they were: a late login
+    inside one belongs to it, a late login before an old waiting logout is ended by it."""
     mongo_url = nx_27017.url(query="ttlIndex=false")
     login = NOW.replace(microsecond=0) - timedelta(hours=1)
     day, month = login.date().isoformat(), login.strftime("%Y-%m")
@@ -1196,7 +1200,8 @@ def test_a_store_of_the_pairing_version_is_upgraded_to_marks(
         clock[0] = login + timedelta(seconds=540)
         analytics.on_login("u3")
         analytics.flush()
-        assert [s.duration_s for s in store.get_sessions("u1")] == [30, 30]
+        # u1's login falls inside the old closed session, which is kept as it was.
+        assert [s.duration_s for s in store.get_sessions("u1")] == [60]
         assert [s.duration_s for s in store.get_sessions("u3")] == [60]
     with open_store(mongo_url):
         pass  # nothing left to upgrade
@@ -1389,14 +1394,21 @@ def test_two_workers_write_no_common_document(
     nx_27017: mongo_server.NxServer, mongo_harness: Harness
 ) -> None:
     """Two workers flushing at once, each for its own players (logins, credits,
-    payments) and both for the same 50 players who only tracked events: the write sets
-    of their parts' transactions are disjoint (so on a replica set neither aborts the
-    other), none writes a day, month or totals document, and nothing of a flush is
-    written outside a transaction. The figures count both once."""
+    payments) and both for the same 50 players who only had passive events (sent by the
+    server: no activity): the write sets of their parts' transactions are disjoint (so
+    on a replica set neither aborts the other), none writes a day, month or totals
+    document, and nothing of a flush is written outside a transaction. The figures
+    count both once. (Activity of one player on two workers does conflict: both parts
+    walk that player's sessions, and the later one is retried.)"""
     url = nx_27017.url(query="ttlIndex=false")
     clock = [NOW]
     with open_store(url) as store, open_store(url) as reader:
-        workers = [Analytics(store, clock=lambda: clock[0], forwarders=[]) for _ in "ab"]
+        workers = [
+            Analytics(
+                store, clock=lambda: clock[0], forwarders=[], passive_events=["dungeon.complete"]
+            )
+            for _ in "ab"
+        ]
         for w, worker in enumerate(workers):
             for i in range(5):
                 player = f"w{w}-p{i}"
@@ -1640,9 +1652,7 @@ def test_prune_runs_in_bounded_transactions(
     clock = [NOW - timedelta(days=30)]
     with open_store(url) as store:
         store.prune_chunk = 10
-        a = Analytics(
-            store, clock=lambda: clock[0], forwarders=[], session_timeout=timedelta(hours=1)
-        )
+        a = Analytics(store, clock=lambda: clock[0], forwarders=[], idle_timeout=timedelta(hours=1))
         for i in range(35):
             a.on_login(f"u{i}")
             a.track("credits.earn", f"u{i}", {"amount": 1})

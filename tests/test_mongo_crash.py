@@ -131,11 +131,11 @@ class _Worker(Worker):
 
 
 EVENT_TTL = timedelta(days=7)
-SESSION_TIMEOUT = timedelta(hours=12)
+IDLE_TIMEOUT = timedelta(minutes=30)
 
 
 def _prune(store: MongoStore) -> None:
-    store.prune(datetime.now(UTC), EVENT_TTL, SESSION_TIMEOUT)
+    store.prune(datetime.now(UTC), EVENT_TTL, IDLE_TIMEOUT)
 
 
 def _totals(store: MongoStore) -> dict[str, Any]:
@@ -173,17 +173,17 @@ FIRST = {
 }
 #: The two batches of the worker, applied once.
 EXPECTED = {
-    "dau": 20,
+    "dau": 21,  # the ghost's logout is a mark: active, no session
     "creditsEarned": 20,
     "marketSales": 10,
     "sessionCount": 20,
     "totalSessionS": 5 * 90,
-    "mau": 20,
+    "mau": 21,
     "timed": 5 * 90,
     "events": 30,
     "sessions": 20,
     "open": 15,
-    "day_users": 20,
+    "day_users": 21,
     "ghost": 1,
 }
 

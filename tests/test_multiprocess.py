@@ -184,9 +184,10 @@ def expected_days(scenario: Scenario) -> dict[str, dict[str, Any]]:
 
 
 def expected_month(scenario: Scenario, month: str) -> tuple[int, int, int, int]:
-    """(mau, timed sessions, their seconds, avgSessionMin) as the seed's getMetrics()."""
+    """(mau, sessions, their seconds, avgSessionMin) as getMetrics() (0-second sessions
+    count in the average)."""
     sessions = [s for s in scenario.sessions if month_key(s.login) == month]
-    timed = [s.seconds for s in sessions if s.seconds > 0]
+    timed = [s.seconds for s in sessions]
     avg_min = js_round(Fraction(sum(timed), len(timed)) / 60) if timed else 0
     return len({s.user for s in sessions}), len(timed), sum(timed), avg_min
 
@@ -260,7 +261,7 @@ def build_scenario(seed: int) -> Scenario:
         sc.sessions += _sessions_in(rng, user, START, END)
     sc.sessions += _sessions_in(rng, "u1", START, jan31_23h - 4 * HOUR_MS)
     # u1's adjusting session: January's timed seconds become n * M, M = 120j + 30.
-    timed = [s.seconds for s in sc.sessions if month_key(s.login) == "2026-01" and s.seconds]
+    timed = [s.seconds for s in sc.sessions if month_key(s.login) == "2026-01"]
     n = len(timed) + 1
     mean = 30
     while n * mean - sum(timed) < 3700:  # long enough to end in February

@@ -5,9 +5,10 @@ are not passive, ``touch()``, logins) and logouts, from every worker, in time or
 (at one millisecond tracked calls first, then logins and logouts in call order). An
 open session ends at its last mark when the next mark comes more than ``idle_timeout``
 later; activity with no session open starts one (on its day), with one open it moves
-the session's last mark; a logout ends the open session at the logout. A session's seconds are its end (or last mark) minus its
-start, on its start day. A player is active on a day with any mark that day
-(``active_on="any"``) or with a login (``"login"``, where tracked calls are no marks).
+the session's last mark; a logout ends the open session at the logout. A session's
+seconds are its end (or last mark) minus its start, on its start day. A player is
+active on a day with any mark that day (``active_on="any"``) or with a login
+(``"login"``, where tracked calls are no marks).
 
 :func:`walk` writes the definition out on plain integers (milliseconds, exact
 fractions), sharing no code with the library, and is itself checked on hand-computed

@@ -131,7 +131,7 @@ def session_doc(session: StoredSession) -> dict[str, Any]:
         "origin": login.origin,
         "seq": login.seq,
         # A frozen (0.2) session's end stands for its last mark in the range reads.
-        "lastAt": from_ms(end.logout_ms if end.last_ms is None else end.last_ms),
+        "lastAt": from_ms(end.last),
         "frozen": end.frozen,
     }
 

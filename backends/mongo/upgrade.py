@@ -78,22 +78,20 @@ def upgrade_sessions_to_activity(store: Indexes) -> None:
     """Sessions of 0.2 get their last mark (``lastAt``): an open one its login (it goes
     on under the activity rules), a closed one its end, and ``frozen`` (kept as it is,
     see :mod:`gso_analytics.sessions`). Idempotent: only sessions without ``lastAt``
-    are touched, each with values of its own fields."""
+    are touched, each with values of its own fields. Each document is replaced whole,
+    as the batches write them (a ``$set`` turns dates into strings on nx-27017)."""
     driver = pymongo()
     sessions = store._collection("sessions")
     ops = [
-        driver.UpdateOne(
+        driver.ReplaceOne(
             {"_id": doc["_id"], "userId": doc["userId"]},
             {
-                "$set": {
-                    "lastAt": doc["logoutAt"] if doc.get("logoutAt") else doc["loginAt"],
-                    "frozen": doc.get("logoutAt") is not None,
-                }
+                **doc,
+                "lastAt": doc["logoutAt"] if doc.get("logoutAt") else doc["loginAt"],
+                "frozen": doc.get("logoutAt") is not None,
             },
         )
-        for doc in sessions.find(
-            {"lastAt": {"$exists": False}}, {"userId": 1, "loginAt": 1, "logoutAt": 1}
-        )
+        for doc in sessions.find({"lastAt": {"$exists": False}})
     ]
     if ops:
         log.info("gso_analytics: upgrading %d sessions of %s", len(ops), store.where)
