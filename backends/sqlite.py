@@ -14,7 +14,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -293,15 +293,17 @@ class _SQLiteTransaction(Transaction):
 
     # -- players' data rights ---------------------------------------------------------
 
-    def erasure_secret(self, candidate: str) -> str:
+    def claim_meta(self, key: str, candidate: str) -> str:
         self.conn.execute(
-            f"INSERT OR IGNORE INTO {self.p}meta (key, value) VALUES ('erasureSecret', ?)",
-            (candidate,),
+            f"INSERT OR IGNORE INTO {self.p}meta (key, value) VALUES (?, ?)", (key, candidate)
         )
-        row = self.conn.execute(
-            f"SELECT value FROM {self.p}meta WHERE key = 'erasureSecret'"
-        ).fetchone()
-        return str(row[0])
+        found = self.meta_value(key)
+        assert found is not None  # inserted just now, or there before
+        return found
+
+    def meta_value(self, key: str) -> str | None:
+        row = self.conn.execute(f"SELECT value FROM {self.p}meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def _select_in(self, sql: str, keys: set[str]) -> Iterator[Any]:
         """The rows of ``sql`` whose ``IN ({marks})`` list is filled with ``keys``, a
@@ -371,6 +373,27 @@ class _SQLiteTransaction(Transaction):
         return self.conn.execute(
             f"DELETE FROM {self.p}events WHERE userId = ?", (user_id,)
         ).rowcount
+
+    def events_after(
+        self, after: Any, needles: Sequence[str], limit: int
+    ) -> list[tuple[Any, EventRow]]:
+        """Only events whose data text holds a needle: ``instr`` over the JSON text, in
+        SQLite's C, so no row the erase leaves alone is sent to Python."""
+        if not needles:
+            return []
+        found = " OR ".join("instr(data, ?) > 0" for _ in needles)
+        rows = self.conn.execute(
+            f"SELECT id, ts, userId, event, data, day FROM {self.p}events"
+            f" WHERE id > ? AND ({found}) ORDER BY id LIMIT ?",
+            (-1 if after is None else after, *needles, limit),
+        )
+        return [(row[0], _event_record(row[1:]).row) for row in rows]
+
+    def set_event_data(self, changes: Mapping[Any, str]) -> None:
+        self.conn.executemany(
+            f"UPDATE {self.p}events SET data = ? WHERE id = ?",
+            [(data, position) for position, data in changes.items()],
+        )
 
 
 def _upgrade(conn: sqlite3.Connection, prefix: str) -> None:
@@ -822,14 +845,14 @@ class SQLiteStore(Store):
         )
         return read_user_records(keys, first, dict(revenue))
 
-    def erase_user(self, user_id: str, at: datetime) -> ErasureReceipt:
+    def erase_user(self, user_id: str, at: datetime, *, also: Iterable[str] = ()) -> ErasureReceipt:
         """The shared erase, then a ``wal_checkpoint(TRUNCATE)``: the WAL holds the old
         pages until they are copied back and it is cut to zero bytes. Every connection
         runs with ``secure_delete`` on, so no earlier version of a row lingers in free
         space (the erase alone could not reach those). A reader of another process
         still in a transaction can hold the checkpoint back: then the WAL keeps the old
         pages until the next checkpoint (the receipt says so, ``walTruncated``)."""
-        receipt = super().erase_user(user_id, at)
+        receipt = super().erase_user(user_id, at, also=also)
         with self._write_lock:
             busy, _, _ = self._writer().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return attrs.evolve(receipt, wal_truncated=not busy)

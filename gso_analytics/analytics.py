@@ -491,24 +491,42 @@ class Analytics:
             return user_id
         return keyed_hash(self._pseudonym_key, user_id)
 
-    def export_user(self, user_id: str) -> dict[str, Any]:
+    def _real_ids(self, user_id: str, stored: str) -> tuple[str, ...]:
+        """What other players' event data names the player by besides the stored id:
+        a pseudonymized store keeps ``data`` as given, with the real id."""
+        return () if stored == user_id else (user_id,)
+
+    def export_user(self, user_id: str, *, after_erase: bool = False) -> dict[str, Any]:
         """Everything stored about one player (GDPR access and portability), as
-        JSON-ready data; this process's buffered calls are flushed first."""
+        JSON-ready data; this process's buffered calls are flushed first. ``mentions``
+        are other players' events whose data names the player.
+
+        After an erase the records under the id are gone, and ``erased`` is true; a
+        returning player's calls are stored under the erase's token. ``after_erase``
+        returns what the token holds instead (it includes the erased history, kept
+        for the figures: give it to the player, not to anyone who only has the id)."""
         stored = self.stored_id(user_id)
         self.flush()
-        export = self.store.export_user(stored)
+        token = self.store.erased_token(stored)
+        if after_erase and token is not None:
+            export = self.store.export_user(token)
+            export["storedAs"] = token
+        else:
+            export = self.store.export_user(stored, also=self._real_ids(user_id, stored))
+            if stored != user_id:
+                export["storedAs"] = stored
         export["userId"] = user_id
-        if stored != user_id:
-            export["storedAs"] = stored
+        export["erased"] = token is not None
         return export
 
     def erase_user(self, user_id: str) -> ErasureReceipt:
-        """Erase one player (GDPR erasure): the id and username leave every record, the
-        aggregates stay exact (see :mod:`.erasure`), and calls of the player still
-        buffered anywhere are renamed when they are stored. Each forwarder hears of it
-        (``Forwarder.on_erase``). Idempotent."""
+        """Erase one player (GDPR erasure): the id and username leave every record and
+        every other player's event data, the aggregates stay exact (see
+        :mod:`.erasure`), and calls of the player still buffered anywhere are renamed
+        when they are stored. Each forwarder hears of it (``Forwarder.on_erase``).
+        Idempotent."""
         stored = self.stored_id(user_id)
-        receipt = self.store.erase_user(stored, self._now())
+        receipt = self.store.erase_user(stored, self._now(), also=self._real_ids(user_id, stored))
         if self._hub is not None:
             self._hub.erase(user_id, self._aggregator.now_ms())
         return receipt

@@ -276,6 +276,13 @@ def _add_data_rights(commands: argparse._SubParsersAction[argparse.ArgumentParse
         command.add_argument("user_id", metavar="ID", help="the player's id, as the game tracks it")
         command.add_argument("--store", required=True, metavar="URL", help="the store")
         add_pseudonymize_option(command)
+        if name == "export-user":
+            command.add_argument(
+                "--after-erase",
+                action="store_true",
+                help="for an erased player: what the erase's token holds (a returning"
+                " player's records, and the erased history the figures keep)",
+            )
         command.set_defaults(func=func)
 
 
@@ -303,7 +310,7 @@ def data_rights_analytics(store: Store, key_env: str | None) -> Analytics:
 def cmd_export_user(args: argparse.Namespace) -> int:
     with closing(open_cli_store(args.store, must_exist=True)) as store:
         analytics = data_rights_analytics(store, args.pseudonymize_key_env)
-        export = analytics.export_user(args.user_id)
+        export = analytics.export_user(args.user_id, after_erase=args.after_erase)
         analytics.stop()
     print(json.dumps(export, indent=2, sort_keys=True))
     return 0

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import functools
 import hmac
+import json
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -104,6 +105,42 @@ def pseudonymize(batch: FlushBatch, key: bytes) -> FlushBatch:
     return rename_users(batch, {u: keyed_hash(key, u) for u in batch.players()}, keep_events=True)
 
 
+def mention_needles(names: Iterable[str]) -> list[str]:
+    """How each of ``names`` reads as a JSON string in stored event ``data`` (compact,
+    non-ASCII kept, as :func:`~gso_analytics.validation.encode_data` writes it): a
+    store may skip the events whose data text holds none of them."""
+    return sorted({json.dumps(name, ensure_ascii=False) for name in names})
+
+
+def replace_mentions(value: Any, names: Collection[str], token: str) -> tuple[Any, int]:
+    """``value`` (a JSON value) with every string equal to one of ``names``, at any
+    depth, replaced by ``token``; and how many were replaced. Keys are left as they are:
+    a game that keys its data by player id keeps them (see the data rights page)."""
+    if isinstance(value, str):
+        return (token, 1) if value in names else (value, 0)
+    if isinstance(value, list):
+        items = [replace_mentions(item, names, token) for item in value]
+        return [item for item, _ in items], sum(n for _, n in items)
+    if isinstance(value, dict):
+        pairs = {key: replace_mentions(item, names, token) for key, item in value.items()}
+        return {key: item for key, (item, _) in pairs.items()}, sum(n for _, n in pairs.values())
+    return value, 0
+
+
+def mentions(data: str, names: Collection[str]) -> bool:
+    """Whether the JSON text ``data`` holds one of ``names`` as a string, at any depth."""
+    return replace_mentions(json.loads(data), names, "")[1] > 0
+
+
+def rewrite_mentions(data: str, names: Collection[str], token: str) -> str | None:
+    """The JSON text ``data`` with the strings equal to one of ``names`` replaced by
+    ``token``, encoded as the library encodes data; None when none is there."""
+    value, replaced = replace_mentions(json.loads(data), names, token)
+    if not replaced:
+        return None
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 @attrs.frozen
 class UserRecords:
     """What a store keeps about one player besides sessions and events."""
@@ -136,11 +173,18 @@ def read_user_records(
     )
 
 
+#: How to read, after an erase, what a returning player's calls stored under the token.
+EXPORT_AFTER_ERASE = (
+    "export_user(ID, after_erase=True), or gso-analytics export-user ID --after-erase"
+)
+
+
 @attrs.frozen
 class ErasureReceipt:
     """What ``erase_user`` did: records whose id became the token (``pseudonymized``,
-    per collection), records deleted (``deleted``: events), and whether the player was
-    erased before (the same token is kept: the call is idempotent)."""
+    per collection), records deleted (``deleted``: events), other players' events whose
+    ``data`` named the player and now name the token (``mentions``), and whether the
+    player was erased before (the same token is kept: the call is idempotent)."""
 
     pseudonymized: Mapping[str, int]
     deleted: Mapping[str, int]
@@ -148,18 +192,32 @@ class ErasureReceipt:
     #: SQLite: whether the WAL, which holds the pages as they were, was cut to zero
     #: bytes after the erase (None where the store has no such file).
     wal_truncated: bool | None = None
+    mentions: int = 0
 
     @property
     def total(self) -> int:
-        return sum(self.pseudonymized.values()) + sum(self.deleted.values())
+        return sum(self.pseudonymized.values()) + sum(self.deleted.values()) + self.mentions
+
+    @property
+    def status(self) -> str:
+        """``erased``, ``already erased`` (an earlier erase found the player), or ``not
+        found``: the store held nothing under that id (a typo, another store, a store
+        written with ``pseudonymize_key`` asked with the wrong key)."""
+        if self.total:
+            return "erased"
+        return "already erased" if self.already_erased else "not found"
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "status": self.status,
             "pseudonymized": dict(self.pseudonymized),
             "deleted": dict(self.deleted),
+            "mentions": self.mentions,
             "alreadyErased": self.already_erased,
             "walTruncated": self.wal_truncated,
             "total": self.total,
+            # A returning player's new calls are stored under the token: how to get them.
+            "exportAfterErase": EXPORT_AFTER_ERASE,
         }
 
 

@@ -15,7 +15,7 @@ import json
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from importlib import import_module
 from importlib.metadata import entry_points
@@ -27,9 +27,12 @@ from .erasure import (
     ErasureReceipt,
     UserRecords,
     keyed_hash,
+    mention_needles,
+    mentions,
     new_secret,
     new_token,
     rename_users,
+    rewrite_mentions,
     session_export,
 )
 from .errors import ConfigurationError
@@ -53,6 +56,9 @@ from .sessions import SessionChanges, earliest, plan_sessions, time_out
 
 T = TypeVar("T")
 
+#: The ``meta`` record holding the store's erasure secret.
+ERASURE_SECRET = "erasureSecret"
+
 #: Batch ids are remembered at least this long after the batch was made
 #: (``created_at``, the time :meth:`Transaction.claim_batch` stores), and longer with a
 #: longer ``event_ttl``. Every process's prune job uses at least this bound, whatever
@@ -68,6 +74,9 @@ MAX_RETRY_AGE = MIN_BATCH_RETENTION - timedelta(days=1)
 HEARTBEAT_KEPT = timedelta(hours=1)
 #: The most events :meth:`Store.export_user` reads (the event TTL bounds them anyway).
 EXPORT_EVENT_LIMIT = 2**31 - 1
+#: Events an erase or an export reads per chunk when it looks for other players'
+#: events naming the player (:func:`mention_chunk`).
+MENTION_CHUNK = 1000
 #: Expired events are deleted at most this many per transaction, so a writer waits for
 #: one chunk, never for the whole prune.
 PRUNE_CHUNK = 5000
@@ -201,10 +210,15 @@ class Transaction(ABC):
 
     # -- players' data rights (see :mod:`.erasure`) -----------------------------------
 
-    @abstractmethod
     def erasure_secret(self, candidate: str) -> str:
         """The store's erasure secret: ``candidate`` is stored when there is none yet
         (two processes racing keep one of theirs), and the stored one returned."""
+        return self.claim_meta(ERASURE_SECRET, candidate)
+
+    @abstractmethod
+    def claim_meta(self, key: str, candidate: str) -> str:
+        """The ``meta`` record ``key``: ``candidate`` is stored when there is none yet,
+        and the stored value returned."""
 
     @abstractmethod
     def tombstones(self, hashes: Mapping[str, str]) -> dict[str, str]:
@@ -226,6 +240,24 @@ class Transaction(ABC):
     @abstractmethod
     def delete_user_events(self, user_id: str) -> int:
         """Delete the player's events; return how many."""
+
+    @abstractmethod
+    def events_after(
+        self, after: Any, needles: Sequence[str], limit: int
+    ) -> list[tuple[Any, EventRow]]:
+        """At most ``limit`` events after the position ``after`` (None: from the first),
+        in the store's order, each with its position: the scan :func:`mention_chunk`
+        walks in chunks. A store may leave out events whose data text contains none of
+        ``needles`` (see :func:`~.erasure.mention_needles`), so a chunk reads only the
+        likely ones, as long as it returns fewer than ``limit`` only at the end."""
+
+    @abstractmethod
+    def set_event_data(self, changes: Mapping[Any, str]) -> None:
+        """Replace the ``data`` text of the events at the positions of ``changes``."""
+
+    @abstractmethod
+    def meta_value(self, key: str) -> str | None:
+        """The store's ``meta`` record ``key`` (None when absent); never writes."""
 
 
 class Store(ABC):
@@ -412,21 +444,85 @@ class Store(ABC):
             self._erasure_key = self.run_in_transaction(lambda tx: tx.erasure_secret(new_secret()))
         return self._erasure_key
 
-    def erase_user(self, user_id: str, at: datetime) -> ErasureReceipt:
+    def erase_user(self, user_id: str, at: datetime, *, also: Iterable[str] = ()) -> ErasureReceipt:
         """Erase one player in one transaction: the tombstone first (an existing one
         keeps its token, so a second call changes nothing), then the player's id
-        replaced by the token wherever it makes a distinct count, the events deleted.
+        replaced by the token wherever it makes a distinct count, the events deleted,
+        and every string of other players' event data equal to the id, the username or
+        one of ``also`` (the real id of a pseudonymized store) replaced by the token.
         A batch of that player applied later is renamed by :func:`apply_batch`."""
         key_hash = keyed_hash(self.erasure_key(), user_id)
+        names = self.mention_names(user_id, also)
         with self.transaction() as tx:
             token = new_token()
             existing = tx.add_tombstone(key_hash, token, at)
             renamed = tx.rename_user(user_id, existing or token)
             deleted = tx.delete_user_events(user_id)
-        return ErasureReceipt(renamed, {"events": deleted}, already_erased=existing is not None)
+            mentioned, after = mention_chunk(tx, names, existing or token, None)
+            while after is not None:
+                more, after = mention_chunk(tx, names, existing or token, after)
+                mentioned += more
+        return ErasureReceipt(
+            renamed, {"events": deleted}, already_erased=existing is not None, mentions=mentioned
+        )
 
-    def export_user(self, user_id: str) -> dict[str, Any]:
-        """Everything stored about one player (the id as stored), JSON-ready."""
+    def mention_names(self, user_id: str, also: Iterable[str] = ()) -> set[str]:
+        """What other players' event data may name the player by: the id as stored,
+        ``also``, and every username of the player's sessions."""
+        usernames = {s.username for s in self.get_sessions(user_id) if s.username}
+        return {user_id, *also, *usernames} - {""}
+
+    def rewrite_mentions(self, names: set[str], token: str) -> int:
+        """:func:`mention_chunk` over the whole event stream, a transaction per chunk
+        (the erase of a store whose transactions are bounded); how many events changed."""
+        total, after = 0, None
+        while True:
+
+            def chunk(tx: Transaction, after: Any = after) -> tuple[int, Any]:
+                return mention_chunk(tx, names, token, after)
+
+            done, after = self.run_in_transaction(chunk)
+            total += done
+            if after is None:
+                return total
+
+    def find_mentions(self, names: set[str], user_id: str) -> list[EventRecord]:
+        """Other players' events (not ``user_id``'s) whose data holds one of ``names``
+        as a string, at any depth: what an export returns as ``mentions``."""
+        found: list[EventRecord] = []
+        after: Any = None
+        needles = mention_needles(names)
+        while True:
+
+            def chunk(tx: Transaction, after: Any = after) -> list[tuple[Any, EventRow]]:
+                return tx.events_after(after, needles, MENTION_CHUNK)
+
+            rows = self.run_in_transaction(chunk)
+            found.extend(
+                EventRecord(*row)
+                for _, row in rows
+                if row[1] != user_id and mentions(row[3], names)
+            )
+            if len(rows) < MENTION_CHUNK:
+                return sorted(found, key=lambda e: e.ts_ms)
+            after = rows[-1][0]
+
+    def erased_token(self, user_id: str) -> str | None:
+        """The token that replaced ``user_id`` when it was erased; None when it was not.
+        Reads only: a store without an erasure secret has no tombstone."""
+
+        def look(tx: Transaction) -> str | None:
+            secret = self._erasure_key or tx.meta_value(ERASURE_SECRET)
+            if secret is None:
+                return None
+            return tx.tombstones({user_id: keyed_hash(secret, user_id)}).get(user_id)
+
+        return self.run_in_transaction(look)
+
+    def export_user(self, user_id: str, *, also: Iterable[str] = ()) -> dict[str, Any]:
+        """Everything stored about one player (the id as stored), JSON-ready; with
+        ``mentions``: other players' events whose data names the player (the id, a
+        username or one of ``also``), without the other player's id."""
         records = self.user_records(user_id)
         return {
             "userId": user_id,
@@ -434,14 +530,10 @@ class Store(ABC):
             # The marks sessions are computed from: a logout is a record of the player's
             # too, kept a while after its session closed.
             "logouts": [iso_from_ms(m.at_ms) for m in self.get_logouts(user_id)],
-            "events": [
-                {
-                    "ts": iso_from_ms(e.ts_ms),
-                    "event": e.event,
-                    "data": json.loads(e.data),
-                    "day": e.day,
-                }
-                for e in self.get_events(user_id, limit=EXPORT_EVENT_LIMIT)
+            "events": [event_export(e) for e in self.get_events(user_id, limit=EXPORT_EVENT_LIMIT)],
+            "mentions": [
+                event_export(e)
+                for e in self.find_mentions(self.mention_names(user_id, also), user_id)
             ],
             "daysActive": records.days_active,
             "monthsActive": records.months_active,
@@ -508,6 +600,31 @@ class Store(ABC):
         """Delete the events until ``last`` in chunks (:meth:`in_chunks`): a million
         expired events must not hold every writer for the whole delete."""
         return self.in_chunks(lambda tx: tx.delete_events_until(last, self.prune_chunk))
+
+
+def event_export(event: EventRecord) -> dict[str, Any]:
+    """An event as an export shows it (no user id: a mention is another player's)."""
+    return {
+        "ts": iso_from_ms(event.ts_ms),
+        "event": event.event,
+        "data": json.loads(event.data),
+        "day": event.day,
+    }
+
+
+def mention_chunk(tx: Transaction, names: set[str], token: str, after: Any) -> tuple[int, Any]:
+    """One chunk of an erase's look through the event stream: every string equal to
+    one of ``names`` in the data of the events after ``after`` replaced by ``token``.
+    Returns how many events changed and where the next chunk starts (None: done)."""
+    rows = tx.events_after(after, mention_needles(names), MENTION_CHUNK)
+    changes = {}
+    for position, row in rows:
+        rewritten = rewrite_mentions(row[3], names, token)
+        if rewritten is not None:
+            changes[position] = rewritten
+    if changes:
+        tx.set_event_data(changes)
+    return len(changes), (rows[-1][0] if len(rows) == MENTION_CHUNK else None)
 
 
 #: Suffix of the total that counts what was taken back from a field (see

@@ -57,6 +57,8 @@ def _fill_and_erase(db: Path, make_analytics: AnalyticsFactory, clock: FakeClock
             a.track("credits.earn", f"player-{n:04d}", {"amount": n})
         a.on_login(SECRET_ID, SECRET_NAME)
         a.track("stripe.payment", SECRET_ID, {"amountCents": 100, "by": SECRET_NAME})
+        # Another player's events naming the player (finding 2 of issue 28).
+        a.track("pvp.battle", "player-0007", {"opponent": SECRET_ID, "n": [{"to": SECRET_NAME}]})
         a.flush()
         # Rows rewritten before the erase (sessions closed, revenue added to), whose
         # old versions SQLite may have left in free space with secure_delete off.
@@ -88,6 +90,7 @@ def test_sqlite_erase_leaves_no_readable_copy_in_the_files(
     assert SECRET_ID.encode() not in raw
     assert SECRET_NAME.encode() not in raw
     assert b"player-0042" in raw  # the scan reads what is there
+    assert raw.count(b'"opponent":"erased-') >= 3  # the mentions kept, with the token
 
 
 @pytest.mark.usefixtures("secure_delete_off_by_default")
@@ -236,8 +239,12 @@ def test_pseudonymized_erase_takes_the_real_id(
     a = make_analytics("memory://", forwarders=[], pseudonymize_key=b"0123456789abcdef")
     a.on_login("alice", "Alice")
     a.flush()
-    assert a.erase_user("alice").pseudonymized["sessions"] == 1
+    a.track("pvp.battle", "bob", {"opponent": "alice"})  # data is stored as given
+    assert [m["data"] for m in a.export_user("alice")["mentions"]] == [{"opponent": "alice"}]
+    receipt = a.erase_user("alice")
+    assert receipt.pseudonymized["sessions"] == 1 and receipt.mentions == 1
     assert a.export_user("alice")["sessions"] == []
+    assert "'alice'" not in repr(a.store._state)  # type: ignore[attr-defined]
 
 
 def test_a_short_pseudonymize_key_is_refused() -> None:

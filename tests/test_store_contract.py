@@ -1415,6 +1415,68 @@ def test_export_user_has_sessions_events_payments_and_days(
     assert store.export_user("nobody")["logouts"] == []
 
 
+def test_erase_replaces_the_player_in_other_players_event_data(
+    store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """Other players' events naming the erased player by id or username, at any depth,
+    keep their place with the token in those strings; the export returns them as
+    ``mentions`` (without the other player's id) before the erase. Strings that merely
+    contain the name, and numbers, are left alone."""
+    a = make_analytics(store, forwarders=[])
+    a.on_login(ALICE, ALICE_NAME)
+    a.track("pvp.battle", "bob", {"opponent": ALICE, "won": True})
+    a.track(
+        "friend.request",
+        "carol",
+        {"to": ALICE, "meta": {"toName": ALICE_NAME, "list": [1, [ALICE], {"x": ALICE_NAME}]}},
+    )
+    a.track("chat.say", "dave", {"text": f"hi {ALICE_NAME}", "n": 4711})
+    a.flush()
+    mentions = a.export_user(ALICE)["mentions"]
+    assert [m["event"] for m in mentions] == ["pvp.battle", "friend.request"]
+    assert "bob" not in json.dumps(mentions)  # another player's id is not the player's data
+
+    receipt = a.erase_user(ALICE)
+    assert receipt.mentions == 2 and receipt.status == "erased"
+    dump = raw_dump(store)
+    assert ALICE not in dump.replace(f"hi {ALICE_NAME}", "")
+    assert ALICE_NAME not in dump.replace(f"hi {ALICE_NAME}", "")
+    by_user = {e.user_id: json.loads(e.data) for e in store.get_events(limit=100)}
+    token = by_user["bob"]["opponent"]
+    assert token.startswith("erased-") and by_user["bob"]["won"] is True
+    assert by_user["carol"] == {
+        "to": token,
+        "meta": {"toName": token, "list": [1, [token], {"x": token}]},
+    }
+    assert by_user["dave"] == {"text": f"hi {ALICE_NAME}", "n": 4711}
+    assert a.export_user(ALICE)["mentions"] == []
+    assert a.erase_user(ALICE).mentions == 0
+
+
+def test_export_after_erase_returns_what_the_token_holds(
+    store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """A returning player's calls land under the token; the export says the player was
+    erased and, asked with ``after_erase``, returns the token's records."""
+    a = make_analytics(store, forwarders=[])
+    a.on_login(ALICE, ALICE_NAME)
+    a.flush()
+    assert a.export_user(ALICE)["erased"] is False
+    a.erase_user(ALICE)
+    clock.advance(days=1)
+    a.on_login(ALICE, ALICE_NAME)
+    a.track("stripe.payment", ALICE, {"amountCents": 250})
+    plain = a.export_user(ALICE)
+    assert plain["erased"] is True and plain["events"] == [] and plain["daysActive"] == []
+    after = a.export_user(ALICE, after_erase=True)
+    assert after["userId"] == ALICE and after["storedAs"].startswith("erased-")
+    assert after["daysActive"] == ["2025-03-14", "2025-03-15"]
+    assert after["events"] == []  # an erased player's events are not kept (see apply_batch)
+    assert after["revenueCents"] == {"2025-03-15": 250}
+    assert [s["username"] for s in after["sessions"]] == [None, None]
+    assert a.export_user("nobody", after_erase=True)["erased"] is False
+
+
 # -- a batch applied in parts ----------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ import os
 import re
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, cast
@@ -251,20 +251,26 @@ class MongoStore(Reads, Indexes, Store):
             if not any(counts.values()) and not events:
                 return dict(renamed), deleted
 
-    def erase_user(self, user_id: str, at: Any) -> ErasureReceipt:
-        """The tombstone in a transaction of its own, then the player's records in
-        bounded ones (see :mod:`.erase`)."""
+    def erase_user(self, user_id: str, at: Any, *, also: Iterable[str] = ()) -> ErasureReceipt:
+        """The tombstone in a transaction of its own, then other players' events naming
+        the player, then the player's records, each in bounded transactions (see
+        :mod:`.erase`). The mentions go before the sessions lose the username: an erase
+        cut short is run again, and still finds the username to look for."""
         check_str(user_id, "user_id")
         key_hash = keyed_hash(self.erasure_key(), user_id)
         token = new_token()
+        names = self.mention_names(user_id, also)
 
         def record() -> str | None:
             with self._session_transaction("recording a tombstone") as session:
                 return BatchTransaction(self, session).add_tombstone(key_hash, token, at)
 
         existing = until_no_conflict(record)
+        mentioned = self.rewrite_mentions(names, existing or token)
         renamed, deleted = self._sweep(user_id, existing or token)
-        return ErasureReceipt(renamed, {"events": deleted}, already_erased=existing is not None)
+        return ErasureReceipt(
+            renamed, {"events": deleted}, already_erased=existing is not None, mentions=mentioned
+        )
 
     # -- the prune job ----------------------------------------------------------------------------
 
