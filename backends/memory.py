@@ -393,6 +393,7 @@ class MemoryStore(Store):
                 f"memory:// takes nothing after the scheme, got {url!r}:"
                 " each memory store is private to the object that opened it"
             )
+        options.pop("existing", None)  # a new store is empty, as an existing one would be
         return cls(**options)
 
     @contextmanager

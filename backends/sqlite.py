@@ -42,7 +42,7 @@ from gso_analytics.model import (
 )
 from gso_analytics.pacing import Pacer, paced
 from gso_analytics.private_files import create_private
-from gso_analytics.store import Store, Transaction, total_increments
+from gso_analytics.store import Store, Transaction, check_ours, total_increments
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS {p}batches (
@@ -566,6 +566,23 @@ _PERMANENT_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.Interfac
 _inherited: list[sqlite3.Connection] = []
 
 
+def _check_existing(path: Path, prefix: str) -> None:
+    """``existing=True``: refuse a missing file (a relative path is relative to the
+    process's directory: the message shows where it looked) or a file without our
+    tables under ``prefix``, opening it read-only, so nothing is created."""
+    where = str(path.resolve())
+    if not path.is_file():
+        raise ConfigurationError(f"no SQLite database at {where}")
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        ) as conn:
+            names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master")]
+    except sqlite3.Error as exc:
+        raise ConfigurationError(f"cannot read SQLite database {where}: {exc}") from exc
+    check_ours(names, prefix, where)
+
+
 def _store_error(path: str, exc: sqlite3.Error) -> StoreError:
     return StoreError(f"SQLite {path}: {exc}", permanent=isinstance(exc, _PERMANENT_ERRORS))
 
@@ -591,9 +608,12 @@ class SQLiteStore(Store):
         *,
         busy_timeout: float = 30.0,
         prefix: str = "gso_analytics_",
+        existing: bool = False,
     ) -> None:
         if not prefix.isidentifier():
             raise ConfigurationError(f"table prefix {prefix!r} is not an SQL identifier")
+        if existing:
+            _check_existing(Path(path), prefix)
         self.path = str(Path(path))
         self.busy_timeout = busy_timeout
         self.prefix = prefix
@@ -602,7 +622,7 @@ class SQLiteStore(Store):
         self._idle: list[sqlite3.Connection] = []
         self.after_fork_in_child(new_locks=True)  # the locks; no connection yet
         forking.register(self)
-        if self.path != ":memory:":
+        if self.path != ":memory:" and not existing:
             # A new database starts 0600, and SQLite gives -wal and -shm its mode. A
             # path we cannot create is left to sqlite3, whose error names it.
             with contextlib.suppress(OSError):

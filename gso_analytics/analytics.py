@@ -32,7 +32,7 @@ from .http_forwarders import default_forwarders
 from .kpis import KPIs
 from .model import DailyStats, FlushBatch, Heartbeat, Metrics, Number, PruneResult
 from .outbox import ForwardingHub
-from .store import Store, open_store
+from .store import PSEUDONYM_CHECK, Store, open_store
 from .validation import (
     CENTS_KEY,
     MAX_AMOUNT,
@@ -181,6 +181,13 @@ class Analytics:
             if self._owns_store:
                 self.store.close()
             raise
+        self._pseudonym_check = (
+            None
+            if self._pseudonym_key is None
+            else keyed_hash(self._pseudonym_key, PSEUDONYM_CHECK)
+        )
+        if self._pseudonym_check is not None:
+            self.store.pseudonym_check = self._pseudonym_check
         # event -> (field, amount key) as plain tuples: one dict lookup on the hot path.
         self._rules = {
             event: (rule.field, rule.amount_key) for event, rule in self.counters.items()
@@ -506,6 +513,7 @@ class Analytics:
         returns what the token holds instead (it includes the erased history, kept
         for the figures: give it to the player, not to anyone who only has the id)."""
         stored = self.stored_id(user_id)
+        self.store.check_pseudonym_key(self._pseudonym_check)
         self.flush()
         token = self.store.erased_token(stored)
         if after_erase and token is not None:
@@ -526,6 +534,7 @@ class Analytics:
         when they are stored. Each forwarder hears of it (``Forwarder.on_erase``).
         Idempotent."""
         stored = self.stored_id(user_id)
+        self.store.check_pseudonym_key(self._pseudonym_check)
         receipt = self.store.erase_user(stored, self._now(), also=self._real_ids(user_id, stored))
         if self._hub is not None:
             self._hub.erase(user_id, self._aggregator.now_ms())

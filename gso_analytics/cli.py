@@ -322,6 +322,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
         receipt = analytics.erase_user(args.user_id)
         analytics.stop()
     print(json.dumps(receipt.to_dict(), indent=2, sort_keys=True))
+    if receipt.status == "not found":
+        print(f"{PROG}: not found: the store holds nothing under that id", file=sys.stderr)
     return 0
 
 
@@ -359,14 +361,17 @@ def _sqlite_path(url: str) -> Path:
 
 
 def open_cli_store(url: str, *, must_exist: bool) -> Store:
-    """Open ``url``; with ``must_exist`` a missing SQLite file is an error, not a new file
-    (a typo in ``report --store`` must not print an empty report)."""
+    """Open ``url``; with ``must_exist`` a missing SQLite file, or a database without
+    this library's tables under the prefix, is an error and nothing is created (a typo
+    in ``report --store`` or ``erase --store ...?prefix=`` must not make a new empty
+    store, nor report or erase nothing with success)."""
     if must_exist and _scheme(url) == "sqlite" and not _sqlite_path(url).exists():
         raise ConfigurationError(
-            f"no database at {_sqlite_path(url)} ({url}); run `{PROG} demo` first or pass --store"
+            f"no database at {_sqlite_path(url).resolve()} ({url});"
+            f" run `{PROG} demo` first or pass --store"
         )
     try:
-        return open_store(url)
+        return open_store(url, existing=True) if must_exist else open_store(url)
     except ImportError as exc:
         raise ConfigurationError(f"cannot open {url}: {exc}") from exc
     except ValueError as exc:  # e.g. a malformed option in the URL's query string

@@ -58,6 +58,30 @@ T = TypeVar("T")
 
 #: The ``meta`` record holding the store's erasure secret.
 ERASURE_SECRET = "erasureSecret"
+#: The ``meta`` record a store written with ``pseudonymize_key`` keeps: a keyed hash of
+#: :data:`PSEUDONYM_CHECK` under the key (it tells the key again, and reveals nothing).
+PSEUDONYMIZED = "pseudonymized"
+PSEUDONYM_CHECK = "gso_analytics: the pseudonymize_key of this store"
+#: The table (collection) every store of this library has had since its first version:
+#: its presence under a prefix tells one of our stores.
+MARK_TABLE = "daily"
+
+
+def check_ours(names: Iterable[str], prefix: str, where: str) -> None:
+    """Refuse a database holding none of this library's tables under ``prefix``
+    (``names``: its table or collection names), naming the prefixes it does hold: an
+    erase or a report of a mistyped prefix must not create a new empty store."""
+    names = set(names)
+    if f"{prefix}{MARK_TABLE}" in names:
+        return
+    found = sorted(name[: -len(MARK_TABLE)] for name in names if name.endswith(MARK_TABLE))
+    hint = (
+        f"; prefixes found there: {', '.join(repr(p) for p in found)}"
+        if found
+        else "; it holds no gso_analytics store"
+    )
+    raise ConfigurationError(f"no gso_analytics store with prefix {prefix!r} in {where}{hint}")
+
 
 #: Batch ids are remembered at least this long after the batch was made
 #: (``created_at``, the time :meth:`Transaction.claim_batch` stores), and longer with a
@@ -423,9 +447,9 @@ class Store(ABC):
         results = []
         for part in batch.parts(self.max_part_players, self.max_part_events, self.max_part_bytes):
             with self.transaction() as tx:
-                key = self._erasure_key or tx.erasure_secret(new_secret())
+                key = self.first_reads(tx)
                 results.append(apply_batch(tx, part, key))
-            self._erasure_key = key  # committed: the key is the store's
+            self.committed(key)
         return ApplyResult(
             duplicate=all(r.duplicate for r in results),
             new_day_users=sum(r.new_day_users for r in results),
@@ -435,6 +459,49 @@ class Store(ABC):
     # -- players' data rights ----------------------------------------------------------
 
     _erasure_key: str | None = None
+    #: Set by ``Analytics(pseudonymize_key=...)``: the check its first batch records.
+    pseudonym_check: str | None = None
+    _pseudonym_marked = False
+
+    def first_reads(self, tx: Transaction) -> str:
+        """In a batch part's transaction: the erasure secret (read once per process, in
+        the first part's transaction) and, for a process writing pseudonymized ids,
+        the store's :data:`PSEUDONYMIZED` mark, recorded with its first batch so an
+        erase without the key (or with another) is refused. Returns the secret."""
+        key = self._erasure_key or tx.erasure_secret(new_secret())
+        check = self.pseudonym_check
+        if (
+            check is not None
+            and not self._pseudonym_marked
+            and tx.claim_meta(PSEUDONYMIZED, check) != check
+        ):
+            raise ConfigurationError(
+                "this store was written with another pseudonymize_key: its ids would"
+                " not match (the key cannot change without rewriting the store)"
+            )
+        return key
+
+    def committed(self, key: str) -> None:
+        """After a part's commit: what :meth:`first_reads` read is the store's."""
+        self._erasure_key = key
+        self._pseudonym_marked = self.pseudonym_check is not None
+
+    def check_pseudonym_key(self, check: str | None) -> None:
+        """Refuse an export or an erase whose ids would not match the store's: a store
+        marked :data:`PSEUDONYMIZED` asked without its key, or with another one. (A
+        store written before the mark existed cannot tell.)"""
+        stored = self.run_in_transaction(lambda tx: tx.meta_value(PSEUDONYMIZED))
+        if stored is None or stored == check:
+            return
+        if check is None:
+            raise ConfigurationError(
+                "this store was written with pseudonymize_key: its ids are keyed hashes,"
+                " so an id given as the game tracks it matches nothing; give the key"
+                " (Analytics(pseudonymize_key=...); the CLI's --pseudonymize-key-env NAME)"
+            )
+        raise ConfigurationError(
+            "the pseudonymize_key given is not the one this store was written with"
+        )
 
     def erasure_key(self) -> str:
         """The store's erasure secret (made by the first process that needs it, then

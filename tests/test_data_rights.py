@@ -3,6 +3,7 @@ erase, pseudonymized stores against plain ones, and the CLI commands."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -19,6 +20,7 @@ from gso_analytics import open_store
 from gso_analytics.cli import main
 from gso_analytics.clock import utc_now
 from gso_analytics.erasure import keyed_hash
+from gso_analytics.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from conftest import AnalyticsFactory, FakeClock
@@ -276,3 +278,90 @@ def test_cli_export_user_and_erase(
     assert receipt["pseudonymized"]["sessions"] == 1 and receipt["deleted"]["events"] == 1
     assert main(["erase", SECRET_ID, "--store", url, *key_env]) == 0
     assert json.loads(capsys.readouterr().out)["alreadyErased"] is True
+
+
+# -- issue 28, finding 3: erase and export refuse the wrong store -------------------------
+
+
+def _tables(db: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        return sorted(row[0] for row in conn.execute("SELECT name FROM sqlite_master"))
+
+
+@pytest.mark.parametrize("command", ["erase", "export-user"])
+def test_a_mistyped_prefix_or_a_foreign_file_is_refused_and_nothing_is_created(
+    tmp_path: Path,
+    make_analytics: AnalyticsFactory,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    db = tmp_path / "game.db"
+    a = make_analytics(f"sqlite:///{db}", forwarders=[])
+    a.on_login(SECRET_ID, SECRET_NAME)
+    a.stop()
+    before = _tables(db)
+    assert main([command, SECRET_ID, "--store", f"sqlite:///{db}?prefix=typo_"]) != 0
+    err = capsys.readouterr().err
+    assert "no gso_analytics store with prefix 'typo_'" in err
+    assert "'gso_analytics_'" in err  # the prefix that is there
+    assert _tables(db) == before
+    # The game's own database, without any of our tables.
+    own = tmp_path / "own.db"
+    with contextlib.closing(sqlite3.connect(own)) as conn:
+        conn.execute("CREATE TABLE players (id TEXT)")
+    assert main([command, SECRET_ID, "--store", f"sqlite:///{own}"]) != 0
+    assert "holds no gso_analytics store" in capsys.readouterr().err
+    assert _tables(own) == ["players"]
+
+
+@pytest.mark.parametrize("command", ["erase", "export-user"])
+def test_a_missing_file_is_refused_and_not_created(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    """A relative path from another directory: the message says where it looked."""
+    monkeypatch.chdir(tmp_path)
+    assert main([command, SECRET_ID, "--store", "sqlite:///data/gso.db"]) != 0
+    assert str(tmp_path / "data" / "gso.db") in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pseudonymized_store_refuses_an_erase_without_its_key(
+    tmp_path: Path,
+    make_analytics: AnalyticsFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = f"sqlite:///{tmp_path}/hidden.db"
+    a = make_analytics(url, forwarders=[], pseudonymize_key="the-right-key-0123")
+    a.on_login(SECRET_ID)
+    a.stop()
+    assert main(["erase", SECRET_ID, "--store", url]) != 0
+    assert "written with pseudonymize_key" in capsys.readouterr().err
+    assert main(["export-user", SECRET_ID, "--store", url]) != 0
+    monkeypatch.setenv("GSO_KEY", "a-wrong-key-456789")
+    assert main(["erase", SECRET_ID, "--store", url, "--pseudonymize-key-env", "GSO_KEY"]) != 0
+    assert "not the one this store was written with" in capsys.readouterr().err
+    monkeypatch.setenv("GSO_KEY", "the-right-key-0123")
+    assert main(["erase", SECRET_ID, "--store", url, "--pseudonymize-key-env", "GSO_KEY"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "erased"
+    # A worker started with another key refuses to write into the store.
+    b = make_analytics(url, forwarders=[], pseudonymize_key="a-wrong-key-456789")
+    b.on_login("someone")
+    with pytest.raises(ConfigurationError, match="another pseudonymize_key"):
+        b.store.apply(b._aggregator.swap())
+
+
+def test_an_id_the_store_never_saw_is_not_found(
+    tmp_path: Path, make_analytics: AnalyticsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path}/cli.db"
+    a = make_analytics(url, forwarders=[])
+    a.on_login(SECRET_ID, SECRET_NAME)
+    a.stop()
+    assert main(["erase", "zz-mistyped-id", "--store", url]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["status"] == "not found"
+    assert "not found" in captured.err

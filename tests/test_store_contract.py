@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from faults import FaultyStore
 
-from gso_analytics import DAILY_FIELDS, FlushBatch, Store, StoreError
+from gso_analytics import DAILY_FIELDS, FlushBatch, Store, StoreError, open_store
 from gso_analytics.clock import to_ms
+from gso_analytics.errors import ConfigurationError
 from gso_analytics.heartbeats import process_identity
 from gso_analytics.model import EventRecord, Heartbeat, Login, Logout
 from gso_analytics.store import WITHDRAWN
@@ -1475,6 +1476,21 @@ def test_export_after_erase_returns_what_the_token_holds(
     assert after["revenueCents"] == {"2025-03-15": 250}
     assert [s["username"] for s in after["sessions"]] == [None, None]
     assert a.export_user("nobody", after_erase=True)["erased"] is False
+
+
+def test_opening_an_existing_store_refuses_a_prefix_without_tables(
+    backend: Any, store: Store, store_url: str
+) -> None:
+    """What the commands that read or erase open: a prefix under which the database
+    holds none of our tables (collections) is refused, and none is created."""
+    if backend.name == "memory":
+        pytest.skip("memory:// opens a new store every time")
+    before = raw_dump(store)
+    typo = store_url + ("&" if "?" in store_url else "?") + "prefix=typo_"
+    with pytest.raises(ConfigurationError, match="no gso_analytics store with prefix 'typo_'"):
+        open_store(typo, existing=True)
+    assert raw_dump(store) == before
+    open_store(store_url, existing=True).close()
 
 
 # -- a batch applied in parts ----------------------------------------------------------------
