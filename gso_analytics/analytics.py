@@ -531,13 +531,21 @@ class Analytics:
         """Erase one player (GDPR erasure): the id and username leave every record and
         every other player's event data, the aggregates stay exact (see
         :mod:`.erasure`), and calls of the player still buffered anywhere are renamed
-        when they are stored. Each forwarder hears of it (``Forwarder.on_erase``).
-        Idempotent."""
+        when they are stored. Each forwarder hears of it (``Forwarder.on_erase``); an
+        ``Analytics`` not started (a one-off command) delivers that before returning.
+        Idempotent.
+
+        :raises ConfigurationError: the store was written with ``pseudonymize_key`` and
+            this ``Analytics`` has none, or another one."""
         stored = self.stored_id(user_id)
         self.store.check_pseudonym_key(self._pseudonym_check)
         receipt = self.store.erase_user(stored, self._now(), also=self._real_ids(user_id, stored))
         if self._hub is not None:
             self._hub.erase(user_id, self._aggregator.now_ms())
+            if not self._started:
+                # A one-off command (the CLI, manage.py) exits right after: its
+                # forwarders deliver now, within forward_stop_timeout.
+                self._hub.stop()
         return receipt
 
     def prune(self) -> PruneResult:

@@ -296,20 +296,22 @@ def add_pseudonymize_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def data_rights_analytics(store: Store, key_env: str | None) -> Analytics:
-    """An ``Analytics`` on ``store`` for an export or an erase (no forwarders, not
-    started), with the pseudonymize key named by ``key_env``."""
+def data_rights_analytics(store: Store, key_env: str | None, *, forward: bool) -> Analytics:
+    """An ``Analytics`` on ``store`` for an export or an erase (not started), with the
+    pseudonymize key named by ``key_env``. ``forward``: the forwarders a worker
+    configures from the environment (``ANALYTICS_WEBHOOK_URL``), so an erase tells
+    them as the API's would; none otherwise."""
     key = None
     if key_env:
         key = os.environ.get(key_env)
         if not key:
             raise ConfigurationError(f"--pseudonymize-key-env: {key_env} is not set")
-    return Analytics(store, forwarders=[], pseudonymize_key=key)
+    return Analytics(store, forwarders=None if forward else [], pseudonymize_key=key)
 
 
 def cmd_export_user(args: argparse.Namespace) -> int:
     with closing(open_cli_store(args.store, must_exist=True)) as store:
-        analytics = data_rights_analytics(store, args.pseudonymize_key_env)
+        analytics = data_rights_analytics(store, args.pseudonymize_key_env, forward=False)
         export = analytics.export_user(args.user_id, after_erase=args.after_erase)
         analytics.stop()
     print(json.dumps(export, indent=2, sort_keys=True))
@@ -318,7 +320,7 @@ def cmd_export_user(args: argparse.Namespace) -> int:
 
 def cmd_erase(args: argparse.Namespace) -> int:
     with closing(open_cli_store(args.store, must_exist=True)) as store:
-        analytics = data_rights_analytics(store, args.pseudonymize_key_env)
+        analytics = data_rights_analytics(store, args.pseudonymize_key_env, forward=True)
         receipt = analytics.erase_user(args.user_id)
         analytics.stop()
     print(json.dumps(receipt.to_dict(), indent=2, sort_keys=True))

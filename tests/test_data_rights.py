@@ -365,3 +365,57 @@ def test_an_id_the_store_never_saw_is_not_found(
     captured = capsys.readouterr()
     assert json.loads(captured.out)["status"] == "not found"
     assert "not found" in captured.err
+
+
+# -- issue 28, finding 4: the forwarders hear of an erase made from the command line -------
+
+
+def test_cli_erase_sends_user_erased_to_the_webhook_of_the_environment(
+    tmp_path: Path, make_analytics: AnalyticsFactory
+) -> None:
+    """``gso-analytics erase`` in a process of its own configures its forwarders as a
+    worker does (``ANALYTICS_WEBHOOK_URL``), and a receiver on 127.0.0.1 gets
+    ``user.erased`` before the command exits."""
+    import os
+
+    from test_forwarding import Endpoint
+
+    url = f"sqlite:///{tmp_path}/hooked.db"
+    a = make_analytics(url, forwarders=[])
+    a.on_login(SECRET_ID, SECRET_NAME)
+    a.stop()
+    receiver = Endpoint()
+    try:
+        env = {**os.environ, "ANALYTICS_WEBHOOK_URL": receiver.url + "/gso"}
+        done = subprocess.run(
+            [sys.executable, "-m", "gso_analytics", "erase", SECRET_ID, "--store", url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        payloads = [r.payload() for r in receiver.accepted()]
+    finally:
+        receiver.close()
+    assert [(p["event"], p["userId"]) for p in payloads] == [("user.erased", SECRET_ID)]
+    assert json.loads(done.stdout)["status"] == "erased"
+
+
+def test_an_erase_in_a_process_not_started_delivers_before_returning(
+    make_analytics: AnalyticsFactory,
+) -> None:
+    """``manage.py gso_analytics erase`` builds the project's Analytics without starting
+    it (a one-off command): the erase itself drains the forwarders."""
+    from test_forwarding import Endpoint
+
+    from gso_analytics import WebhookForwarder
+
+    receiver = Endpoint()
+    try:
+        a = make_analytics("memory://", forwarders=[WebhookForwarder(receiver.url + "/gso")])
+        a.erase_user("u-gone")
+        payloads = [r.payload() for r in receiver.accepted()]
+    finally:
+        receiver.close()
+    assert [(p["event"], p["userId"]) for p in payloads] == [("user.erased", "u-gone")]
