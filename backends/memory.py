@@ -260,6 +260,10 @@ class _MemoryTransaction(Transaction):
     def meta_value(self, key: str) -> str | None:
         return self.state.meta.get(key)
 
+    def set_meta(self, key: str, value: str) -> None:
+        self._keep(self.state.meta, key)
+        self.state.meta[key] = value
+
     def tombstones(self, hashes: Mapping[str, str]) -> dict[str, str]:
         stones = self.state.tombstones
         return {user: stones[h][0] for user, h in hashes.items() if h in stones}

@@ -301,6 +301,11 @@ class _SQLiteTransaction(Transaction):
         assert found is not None  # inserted just now, or there before
         return found
 
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute(
+            f"INSERT OR REPLACE INTO {self.p}meta (key, value) VALUES (?, ?)", (key, value)
+        )
+
     def meta_value(self, key: str) -> str | None:
         row = self.conn.execute(f"SELECT value FROM {self.p}meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])

@@ -23,7 +23,7 @@ from .aggregator import Aggregator, BufferFull
 from .clock import Clock, DayKeys, from_ms, resolve_tz, round_half_up, to_ms, utc_now
 from .counters import DAILY_FIELDS, CounterRule, CounterSpec, build_counter_map
 from .dead_letters import DeadLetters
-from .erasure import ErasureReceipt, keyed_hash, pseudonymize
+from .erasure import ErasureReceipt, configured_erasure_secret, keyed_hash, pseudonymize
 from .errors import ConfigurationError, StoreError, ValidationError
 from .flusher import Flusher
 from .forwarding import Forwarder
@@ -128,6 +128,10 @@ class Analytics:
     :param pseudonymize_key: a secret (16 characters or bytes at least): the store then
         keeps ``HMAC-SHA256(key, user id)`` instead of each id, and no username (see the
         data rights page); lookups such as :meth:`export_user` take the real id.
+    :param erasure_secret: the key of the erasure tombstones (16 characters at least),
+        kept outside the store; by default from ``GSO_ANALYTICS_ERASURE_SECRET`` or the
+        file ``GSO_ANALYTICS_ERASURE_SECRET_FILE`` names, else the store makes and keeps
+        its own. Every process of one store needs the same (see the data rights page).
     :raises ConfigurationError: an option out of range, a naive clock, a counter field
         the store reserves.
     """
@@ -153,6 +157,7 @@ class Analytics:
         quarantine_after: int = 5,
         dead_letter_dir: str | os.PathLike[str] | None = None,
         pseudonymize_key: str | bytes | None = None,
+        erasure_secret: str | None = None,
     ) -> None:
         if flush_interval <= 0:
             raise ConfigurationError(f"flush_interval must be positive, got {flush_interval!r}")
@@ -188,6 +193,9 @@ class Analytics:
         )
         if self._pseudonym_check is not None:
             self.store.pseudonym_check = self._pseudonym_check
+        external = configured_erasure_secret(erasure_secret, os.environ)
+        if external is not None:
+            self.store.external_secret = external
         # event -> (field, amount key) as plain tuples: one dict lookup on the hot path.
         self._rules = {
             event: (rule.field, rule.amount_key) for event, rule in self.counters.items()

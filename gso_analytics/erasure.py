@@ -12,7 +12,9 @@ that player still buffered in another worker, retried later or replayed from a
 dead-letter file, is mapped to the same token inside the transaction that writes it
 (:func:`~gso_analytics.store.apply_batch`): the id never comes back, and the token's
 records stay one player. The secret is random, made once per store and kept in it,
-so a tombstone cannot be matched against a list of guessed ids without the store.
+so a tombstone cannot be matched against a list of guessed ids without the store; or
+it is kept apart (:func:`configured_erasure_secret`) and the store keeps only a check
+of it, so a copy of the store alone cannot be matched either.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import attrs
 
 from .clock import iso_ms
+from .errors import ConfigurationError
 from .model import FlushBatch, Login, Logout, Number, SessionRecord
 
 #: The prefix of the tokens that replace an erased player's id.
@@ -39,6 +42,50 @@ HASH_CACHE = 16_384
 def new_secret() -> str:
     """A store's erasure secret (hex; 256 random bits)."""
     return secrets.token_hex(32)
+
+
+#: Where a process finds the erasure secret when it is kept outside the store: the
+#: secret itself, or the path of a file holding it (read once, at start-up).
+ERASURE_SECRET_ENV = "GSO_ANALYTICS_ERASURE_SECRET"
+ERASURE_SECRET_FILE_ENV = "GSO_ANALYTICS_ERASURE_SECRET_FILE"
+#: The shortest secret taken (as ``pseudonymize_key``).
+MIN_SECRET_LENGTH = 16
+#: What the store keeps instead of a secret kept outside it: this prefix and a keyed
+#: check, which tells the secret again and reveals nothing of it.
+_CHECK_PREFIX = "outside:"
+_CHECK_TEXT = "gso_analytics: the erasure secret of this store"
+
+
+def configured_erasure_secret(given: str | None, environ: Mapping[str, str]) -> str | None:
+    """The erasure secret kept outside the store: ``given`` (``Analytics(erasure_secret=
+    ...)``), else :data:`ERASURE_SECRET_ENV`, else the file :data:`ERASURE_SECRET_FILE_ENV`
+    names (its text, without the line end); None: the store keeps its own."""
+    secret = given
+    if secret is None and environ.get(ERASURE_SECRET_ENV):
+        secret = environ[ERASURE_SECRET_ENV]
+    elif secret is None and environ.get(ERASURE_SECRET_FILE_ENV):
+        path = environ[ERASURE_SECRET_FILE_ENV]
+        try:
+            with open(path, encoding="utf-8") as file:
+                secret = file.read().strip()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"{ERASURE_SECRET_FILE_ENV}: cannot read {path}: {exc.strerror}"
+            ) from None
+    if secret is not None and (not isinstance(secret, str) or len(secret) < MIN_SECRET_LENGTH):
+        raise ConfigurationError(
+            f"the erasure secret must be a text of at least {MIN_SECRET_LENGTH} characters"
+        )
+    return secret
+
+
+def secret_check(secret: str) -> str:
+    """What a store keeps of an erasure secret kept outside it."""
+    return _CHECK_PREFIX + keyed_hash(secret, _CHECK_TEXT)
+
+
+def is_secret_check(stored: str) -> bool:
+    return stored.startswith(_CHECK_PREFIX)
 
 
 def new_token() -> str:

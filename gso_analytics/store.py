@@ -24,8 +24,11 @@ from typing import Any, ClassVar, Self, TypeVar
 from .clock import from_ms, iso_from_ms, to_ms
 from .counters import NEW_USERS
 from .erasure import (
+    ERASURE_SECRET_ENV,
+    ERASURE_SECRET_FILE_ENV,
     ErasureReceipt,
     UserRecords,
+    is_secret_check,
     keyed_hash,
     mention_needles,
     mentions,
@@ -33,6 +36,7 @@ from .erasure import (
     new_token,
     rename_users,
     rewrite_mentions,
+    secret_check,
     session_export,
 )
 from .errors import ConfigurationError
@@ -234,15 +238,14 @@ class Transaction(ABC):
 
     # -- players' data rights (see :mod:`.erasure`) -----------------------------------
 
-    def erasure_secret(self, candidate: str) -> str:
-        """The store's erasure secret: ``candidate`` is stored when there is none yet
-        (two processes racing keep one of theirs), and the stored one returned."""
-        return self.claim_meta(ERASURE_SECRET, candidate)
-
     @abstractmethod
     def claim_meta(self, key: str, candidate: str) -> str:
-        """The ``meta`` record ``key``: ``candidate`` is stored when there is none yet,
-        and the stored value returned."""
+        """The ``meta`` record ``key``: ``candidate`` is stored when there is none yet
+        (two processes racing keep one of theirs), and the stored value returned."""
+
+    @abstractmethod
+    def set_meta(self, key: str, value: str) -> None:
+        """Store ``value`` as the ``meta`` record ``key``, replacing one that is there."""
 
     @abstractmethod
     def tombstones(self, hashes: Mapping[str, str]) -> dict[str, str]:
@@ -459,16 +462,54 @@ class Store(ABC):
     # -- players' data rights ----------------------------------------------------------
 
     _erasure_key: str | None = None
+    #: Set by ``Analytics`` when the erasure secret is kept outside the store (see
+    #: :func:`~.erasure.configured_erasure_secret`).
+    external_secret: str | None = None
     #: Set by ``Analytics(pseudonymize_key=...)``: the check its first batch records.
     pseudonym_check: str | None = None
     _pseudonym_marked = False
+
+    def _secret(self, tx: Transaction, *, create: bool) -> str | None:
+        """The key of the tombstones' hashes, read (and with ``create`` made) in ``tx``:
+        the store's own secret, kept in its ``meta``; or the secret kept outside it,
+        whose keyed check the store keeps instead. A store whose secret is outside
+        refuses a process without it, and a store keeps one secret for good (another
+        would lose every tombstone): a mismatch is a :class:`ConfigurationError`.
+        A process given the secret the store keeps in clear moves it out (the store
+        keeps only the check from then on)."""
+        if self._erasure_key is not None:
+            return self._erasure_key
+        external = self.external_secret
+        candidate = new_secret() if external is None else secret_check(external)
+        stored = (
+            tx.claim_meta(ERASURE_SECRET, candidate) if create else tx.meta_value(ERASURE_SECRET)
+        )
+        if stored is None:  # not made yet, and not to be made now
+            return None
+        if external is None:
+            if is_secret_check(stored):
+                raise ConfigurationError(
+                    "this store's erasure secret is kept outside it: give it to every process"
+                    f" ({ERASURE_SECRET_ENV} or {ERASURE_SECRET_FILE_ENV})"
+                )
+            return stored
+        if stored == candidate:
+            return external
+        if stored == external:  # the store's own secret, moved out by the operator
+            tx.set_meta(ERASURE_SECRET, candidate)
+            return external
+        raise ConfigurationError(
+            "the erasure secret given is not this store's: its tombstones would match"
+            " nobody (the secret cannot change; give the one the store was erased with)"
+        )
 
     def first_reads(self, tx: Transaction) -> str:
         """In a batch part's transaction: the erasure secret (read once per process, in
         the first part's transaction) and, for a process writing pseudonymized ids,
         the store's :data:`PSEUDONYMIZED` mark, recorded with its first batch so an
         erase without the key (or with another) is refused. Returns the secret."""
-        key = self._erasure_key or tx.erasure_secret(new_secret())
+        key = self._secret(tx, create=True)
+        assert key is not None  # created when absent
         check = self.pseudonym_check
         if (
             check is not None
@@ -508,7 +549,9 @@ class Store(ABC):
         read once per process, inside the first batch's transaction when a batch comes
         first): the key of the tombstones' hashes."""
         if self._erasure_key is None:
-            self._erasure_key = self.run_in_transaction(lambda tx: tx.erasure_secret(new_secret()))
+            key = self.run_in_transaction(lambda tx: self._secret(tx, create=True))
+            assert key is not None  # created when absent
+            self._erasure_key = key
         return self._erasure_key
 
     def erase_user(self, user_id: str, at: datetime, *, also: Iterable[str] = ()) -> ErasureReceipt:
@@ -579,7 +622,7 @@ class Store(ABC):
         Reads only: a store without an erasure secret has no tombstone."""
 
         def look(tx: Transaction) -> str | None:
-            secret = self._erasure_key or tx.meta_value(ERASURE_SECRET)
+            secret = self._secret(tx, create=False)
             if secret is None:
                 return None
             return tx.tombstones({user_id: keyed_hash(secret, user_id)}).get(user_id)

@@ -419,3 +419,78 @@ def test_an_erase_in_a_process_not_started_delivers_before_returning(
     finally:
         receiver.close()
     assert [(p["event"], p["userId"]) for p in payloads] == [("user.erased", "u-gone")]
+
+
+# -- issue 28, finding 5: the erasure secret kept apart from the data it protects ---------
+
+
+def _meta(db: Path) -> dict[str, str]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return dict(conn.execute("SELECT key, value FROM gso_analytics_meta"))
+
+
+def test_an_erasure_secret_from_a_key_file_never_reaches_the_store(
+    tmp_path: Path,
+    make_analytics: AnalyticsFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the secret in a key file, the database holds only a keyed check of it: a
+    backup and a list of candidate ids no longer tell who an erased player was. A
+    process without the secret (or with another) is refused, not left to write
+    tombstones under a key of its own."""
+    db = tmp_path / "apart.db"
+    secret = "a-secret-kept-elsewhere-0042"
+    key_file = tmp_path / "erasure.key"
+    key_file.write_text(secret + "\n")
+    monkeypatch.setenv("GSO_ANALYTICS_ERASURE_SECRET_FILE", str(key_file))
+    a = make_analytics(f"sqlite:///{db}", forwarders=[])
+    a.on_login(SECRET_ID, SECRET_NAME)
+    a.flush()
+    assert main(["erase", SECRET_ID, "--store", f"sqlite:///{db}"]) == 0
+    capsys.readouterr()
+    a.on_login(SECRET_ID)  # a late call still goes to the token
+    a.stop()
+    raw = _file_bytes(db)
+    assert secret.encode() not in raw and SECRET_ID.encode() not in raw
+    stored = _meta(db)["erasureSecret"]
+    assert stored.startswith("outside:") and secret not in stored
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        hashes = [row[0] for row in conn.execute("SELECT hash FROM gso_analytics_tombstones")]
+    assert hashes == [keyed_hash(secret, SECRET_ID)]  # only the secret finds the player
+
+    monkeypatch.delenv("GSO_ANALYTICS_ERASURE_SECRET_FILE")
+    assert main(["erase", "someone", "--store", f"sqlite:///{db}"]) != 0
+    assert "kept outside it" in capsys.readouterr().err
+    monkeypatch.setenv("GSO_ANALYTICS_ERASURE_SECRET", "another-secret-of-16+")
+    assert main(["erase", "someone", "--store", f"sqlite:///{db}"]) != 0
+    assert "not this store's" in capsys.readouterr().err
+
+
+def test_the_secret_a_store_keeps_can_be_moved_out_of_it(
+    tmp_path: Path,
+    make_analytics: AnalyticsFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store that made its own secret: its operator copies it into the environment,
+    and the first process given it keeps only the check in the store; the tombstones
+    made before still match."""
+    db = tmp_path / "moved.db"
+    a = make_analytics(f"sqlite:///{db}", forwarders=[])
+    a.on_login(SECRET_ID, SECRET_NAME)
+    a.erase_user(SECRET_ID)
+    a.stop()
+    secret = _meta(db)["erasureSecret"]
+    monkeypatch.setenv("GSO_ANALYTICS_ERASURE_SECRET", secret)
+    assert main(["erase", SECRET_ID, "--store", f"sqlite:///{db}"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "already erased"
+    assert _meta(db)["erasureSecret"].startswith("outside:")
+    assert secret.encode() not in _file_bytes(db)
+
+
+def test_a_short_erasure_secret_is_refused() -> None:
+    from gso_analytics import Analytics
+
+    with pytest.raises(ConfigurationError, match="erasure secret"):
+        Analytics("memory://", forwarders=[], erasure_secret="short")

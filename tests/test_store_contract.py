@@ -1493,6 +1493,30 @@ def test_opening_an_existing_store_refuses_a_prefix_without_tables(
     open_store(store_url, existing=True).close()
 
 
+def test_an_erasure_secret_kept_apart_stays_out_of_the_store(
+    store: Store, other_store: Store, make_analytics: AnalyticsFactory
+) -> None:
+    """The store keeps a check of the secret, never the secret; the store's own secret,
+    given back from outside, is moved out (the tombstones still match); another secret
+    is refused."""
+    a = make_analytics(store, forwarders=[])
+    a.on_login(ALICE, ALICE_NAME)
+    a.erase_user(ALICE)
+    own = store.erasure_key()
+    assert own in raw_dump(store)
+    other_store._erasure_key = None  # another process, started with the secret outside
+    other_store.external_secret = own
+    b = make_analytics(other_store, forwarders=[])
+    b.on_login("bob")
+    b.flush()
+    assert own not in raw_dump(store) and "outside:" in raw_dump(store)
+    assert b.erase_user(ALICE).already_erased
+    other_store._erasure_key = None
+    other_store.external_secret = "not-the-secret-of-this-store"
+    with pytest.raises(ConfigurationError, match="not this store's"):
+        other_store.erasure_key()
+
+
 # -- a batch applied in parts ----------------------------------------------------------------
 
 

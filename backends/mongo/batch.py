@@ -300,6 +300,11 @@ class BatchTransaction(Transaction):
         self._c("meta").insert_one({"_id": key, "value": candidate}, session=self.session)
         return candidate
 
+    def set_meta(self, key: str, value: str) -> None:
+        self._c("meta").replace_one(
+            {"_id": key}, {"_id": key, "value": value}, upsert=True, session=self.session
+        )
+
     def meta_value(self, key: str) -> str | None:
         found = self._c("meta").find_one(
             {"_id": key}, session=self.session, max_time_ms=READ_TIMEOUT_MS
