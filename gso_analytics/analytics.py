@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
-from .aggregator import Aggregator, BufferFull
+from .aggregator import CALL_BYTES, Aggregator, BufferFull
 from .clock import Clock, DayKeys, from_ms, resolve_tz, round_half_up, to_ms, utc_now
 from .counters import DAILY_FIELDS, CounterRule, CounterSpec, build_counter_map
 from .dead_letters import DeadLetters
@@ -93,6 +93,11 @@ def _store_leftovers_at_exit() -> None:
 atexit.register(_store_leftovers_at_exit)
 
 
+#: ``max_buffered_bytes`` by default: with the interpreter and the library, a worker
+#: whose store is down stays under ~100 MB whatever its calls carry.
+DEFAULT_MAX_BUFFERED_BYTES = 64 * 1024 * 1024
+
+
 class Analytics:
     """Counts players, sessions and the economy; flushes to a :class:`Store`.
 
@@ -114,6 +119,9 @@ class Analytics:
     :param strict: raise on bad input instead of counting it as rejected.
     :param max_buffered_events: calls held in memory while the store is failing; beyond
         it new calls are dropped and counted.
+    :param max_buffered_bytes: about the bytes those calls may hold (64 MiB by default:
+        a worker stays under ~100 MB whatever its calls carry); beyond it new calls
+        are dropped and counted, as beyond ``max_buffered_events``.
     :param stop_timeout: seconds :meth:`stop` waits for the final flush.
     :param prune_interval: seconds between prune jobs on the flush thread.
     :param limits: id and event name length, ``data`` size and depth.
@@ -148,6 +156,7 @@ class Analytics:
         clock: Clock | None = None,
         strict: bool = False,
         max_buffered_events: int = 100_000,
+        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
         stop_timeout: float = 10.0,
         prune_interval: float = 600.0,
         limits: Limits | None = None,
@@ -163,6 +172,8 @@ class Analytics:
             raise ConfigurationError(f"flush_interval must be positive, got {flush_interval!r}")
         if max_buffered_events < 1:
             raise ConfigurationError("max_buffered_events must be at least 1")
+        if max_buffered_bytes < CALL_BYTES:
+            raise ConfigurationError(f"max_buffered_bytes must be at least {CALL_BYTES}")
         if quarantine_after < 1:
             raise ConfigurationError(f"quarantine_after must be at least 1, got {quarantine_after}")
         if pseudonymize_key is not None and not (
@@ -225,6 +236,7 @@ class Analytics:
             self._day_keys,
             max_buffered_events,
             session_timeout // timedelta(milliseconds=1),
+            max_buffered_bytes,
         )
         self._flusher = Flusher(
             self.store,
@@ -444,9 +456,10 @@ class Analytics:
             dropped = self._dropped
         if dropped & (dropped - 1) == 0:  # 1, 2, 4, 8...: loud, never a flood
             log.error(
-                "gso_analytics: buffer full (max_buffered_events=%d, store failing?);"
-                " %d calls dropped so far",
+                "gso_analytics: buffer full (max_buffered_events=%d, max_buffered_bytes=%d,"
+                " store failing?); %d calls dropped so far",
                 self._aggregator.max_buffered,
+                self._aggregator.max_bytes,
                 dropped,
             )
 
@@ -612,6 +625,7 @@ class Analytics:
             # The same count the bound uses: calls being aggregated into a batch
             # right now are in the backlog, not yet in a pending batch.
             "buffered": self._aggregator.size + self._aggregator.backlog,
+            "buffered_bytes": self._aggregator.buffered_bytes,
             "flushed": flusher.flushed,
             "batches": flusher.batches,
             "retried": flusher.retried,

@@ -106,7 +106,7 @@ class Flusher:
                     self._pending.append(batch if self.prepare is None else self.prepare(batch))
                 # The batch in flight still counts toward max_buffered_events: a store
                 # that hangs must not let a second bufferful in beside it.
-                self.aggregator.backlog = self.pending
+                self._set_backlog()
                 while self._pending:
                     self._apply(self._pending[0])
                     release(self._pending.popleft().events)
@@ -116,7 +116,14 @@ class Flusher:
                     # Every flush, an empty one too: an idle worker is not a stale one.
                     self.heartbeat()
             finally:
-                self.aggregator.backlog = self.pending
+                self._set_backlog()
+
+    def _set_backlog(self) -> None:
+        """What the pending batches hold counts in the buffer's bounds (calls, bytes)."""
+        pending = tuple(self._pending)
+        self.aggregator.backlog = sum(batch.size for batch in pending)
+        self.aggregator.backlog_extra = sum(batch.extra_bytes for batch in pending)
+        self.aggregator.rebound()
 
     def _apply(self, batch: FlushBatch) -> None:
         """Apply ``batch``, or set it aside; raises when it stays pending."""
