@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
+import attrs
+
 from .aggregator import CALL_BYTES, Aggregator, BufferFull
 from .clock import Clock, DayKeys, from_ms, resolve_tz, round_half_up, to_ms, utc_now
 from .counters import DAILY_FIELDS, CounterRule, CounterSpec, build_counter_map
@@ -560,7 +562,21 @@ class Analytics:
             this ``Analytics`` has none, or another one."""
         stored = self.stored_id(user_id)
         self.store.check_pseudonym_key(self._pseudonym_check)
-        receipt = self.store.erase_user(stored, self._now(), also=self._real_ids(user_id, stored))
+        also = self._real_ids(user_id, stored)
+        dead_letters = self._flusher.dead_letters
+        names = None if dead_letters is None else self.store.mention_names(stored, also)
+        receipt = self.store.erase_user(stored, self._now(), also=also)
+        if dead_letters is not None and names is not None:
+            token = self.store.erased_token(stored)
+            assert token is not None  # the erase wrote the tombstone
+            try:
+                rewritten = dead_letters.erase(stored, names, token)
+            except OSError as exc:
+                raise StoreError(
+                    f"the player was erased from the store, but not from the dead letters"
+                    f" in {dead_letters.directory}: {exc}; erase again once it is fixed"
+                ) from exc
+            receipt = attrs.evolve(receipt, dead_letters=rewritten)
         if self._hub is not None:
             self._hub.erase(user_id, self._aggregator.now_ms())
             if not self._started:

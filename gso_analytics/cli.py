@@ -276,6 +276,13 @@ def _add_data_rights(commands: argparse._SubParsersAction[argparse.ArgumentParse
         command.add_argument("user_id", metavar="ID", help="the player's id, as the game tracks it")
         command.add_argument("--store", required=True, metavar="URL", help="the store")
         add_pseudonymize_option(command)
+        if name == "erase":
+            command.add_argument(
+                "--dead-letter-dir",
+                type=Path,
+                metavar="DIR",
+                help="the workers' dead_letter_dir: its files are rewritten as the store",
+            )
         if name == "export-user":
             command.add_argument(
                 "--after-erase",
@@ -296,7 +303,9 @@ def add_pseudonymize_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def data_rights_analytics(store: Store, key_env: str | None, *, forward: bool) -> Analytics:
+def data_rights_analytics(
+    store: Store, key_env: str | None, *, forward: bool, dead_letter_dir: Path | None = None
+) -> Analytics:
     """An ``Analytics`` on ``store`` for an export or an erase (not started), with the
     pseudonymize key named by ``key_env``. ``forward``: the forwarders a worker
     configures from the environment (``ANALYTICS_WEBHOOK_URL``), so an erase tells
@@ -306,7 +315,12 @@ def data_rights_analytics(store: Store, key_env: str | None, *, forward: bool) -
         key = os.environ.get(key_env)
         if not key:
             raise ConfigurationError(f"--pseudonymize-key-env: {key_env} is not set")
-    return Analytics(store, forwarders=None if forward else [], pseudonymize_key=key)
+    return Analytics(
+        store,
+        forwarders=None if forward else [],
+        pseudonymize_key=key,
+        dead_letter_dir=dead_letter_dir,
+    )
 
 
 def cmd_export_user(args: argparse.Namespace) -> int:
@@ -320,7 +334,9 @@ def cmd_export_user(args: argparse.Namespace) -> int:
 
 def cmd_erase(args: argparse.Namespace) -> int:
     with closing(open_cli_store(args.store, must_exist=True)) as store:
-        analytics = data_rights_analytics(store, args.pseudonymize_key_env, forward=True)
+        analytics = data_rights_analytics(
+            store, args.pseudonymize_key_env, forward=True, dead_letter_dir=args.dead_letter_dir
+        )
         receipt = analytics.erase_user(args.user_id)
         analytics.stop()
     print(json.dumps(receipt.to_dict(), indent=2, sort_keys=True))

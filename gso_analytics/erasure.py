@@ -240,6 +240,9 @@ class ErasureReceipt:
     #: bytes after the erase (None where the store has no such file).
     wal_truncated: bool | None = None
     mentions: int = 0
+    #: Dead letters rewritten in the ``dead_letter_dir`` the erase could see (None:
+    #: it had none).
+    dead_letters: int | None = None
 
     @property
     def total(self) -> int:
@@ -262,6 +265,7 @@ class ErasureReceipt:
             "mentions": self.mentions,
             "alreadyErased": self.already_erased,
             "walTruncated": self.wal_truncated,
+            "deadLetters": self.dead_letters,
             "total": self.total,
             # A returning player's new calls are stored under the token: how to get them.
             "exportAfterErase": EXPORT_AFTER_ERASE,

@@ -26,7 +26,8 @@ from datetime import datetime
 
 from .aggregator import Aggregator
 from .dead_letters import DeadLetters
-from .errors import StoreError
+from .erasure import rename_users
+from .errors import ConfigurationError, StoreError
 from .model import FlushBatch
 from .pacing import release
 from .store import MAX_RETRY_AGE, Store
@@ -172,6 +173,7 @@ class Flusher:
         kept = "not kept (no dead_letter_dir)"
         if self.dead_letters is not None:
             try:
+                batch = self._without_erased(batch)
                 kept = f"written to {self.dead_letters.write(batch, reason)}"
             except OSError as exc:
                 kept = f"LOST: the dead-letter file could not be written ({exc})"
@@ -183,6 +185,17 @@ class Flusher:
             reason,
             exc_info=error,
         )
+
+    def _without_erased(self, batch: FlushBatch) -> FlushBatch:
+        """``batch`` with the players erased meanwhile renamed to their tokens, as the
+        store would store them: a dead letter written after an erase holds no erased
+        id. The store failing here, the batch is written as it is (logged)."""
+        try:
+            erased = self.store.erased_tokens(batch.players())
+        except (StoreError, ConfigurationError) as exc:
+            log.warning("gso_analytics: could not look for erased players: %s", exc)
+            return batch
+        return rename_users(batch, erased, keep_events=False) if erased else batch
 
     # -- the thread ---------------------------------------------------------------------
 

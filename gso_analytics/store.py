@@ -620,12 +620,16 @@ class Store(ABC):
     def erased_token(self, user_id: str) -> str | None:
         """The token that replaced ``user_id`` when it was erased; None when it was not.
         Reads only: a store without an erasure secret has no tombstone."""
+        return self.erased_tokens({user_id}).get(user_id)
 
-        def look(tx: Transaction) -> str | None:
+    def erased_tokens(self, users: Iterable[str]) -> dict[str, str]:
+        """The erased ones of ``users``, each with its token (reads only)."""
+
+        def look(tx: Transaction) -> dict[str, str]:
             secret = self._secret(tx, create=False)
             if secret is None:
-                return None
-            return tx.tombstones({user_id: keyed_hash(secret, user_id)}).get(user_id)
+                return {}
+            return tx.tombstones({user: keyed_hash(secret, user) for user in users})
 
         return self.run_in_transaction(look)
 

@@ -494,3 +494,56 @@ def test_a_short_erasure_secret_is_refused() -> None:
 
     with pytest.raises(ConfigurationError, match="erasure secret"):
         Analytics("memory://", forwarders=[], erasure_secret="short")
+
+
+# -- issue 28, finding 7: dead letters hold no erased player ------------------------------
+
+
+def _set_aside(a: Any, faulty: Any) -> None:
+    """The buffered calls failing twice (quarantine_after=2): set aside as a dead letter."""
+    faulty.fail_before(times=2, error=RuntimeError)
+    with pytest.raises(RuntimeError):
+        a.flush()
+    a.flush()
+
+
+def test_an_erase_rewrites_the_dead_letters_written_before_and_after_it(
+    tmp_path: Path, make_analytics: AnalyticsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: the dead-letter files of the directory (this worker's and another's) are
+    rewritten by the CLI erase as the store was; after: a batch of the player set aside
+    once the erase committed is written under the token. A replay stores no id."""
+    from faults import FaultyStore
+
+    from gso_analytics.dead_letters import read_dead_letters
+
+    url = f"sqlite:///{tmp_path}/letters.db"
+    dead = tmp_path / "dead"
+    faulty = FaultyStore(open_store(url))
+    a = make_analytics(faulty, forwarders=[], quarantine_after=2, dead_letter_dir=dead)
+    a.on_login(SECRET_ID, SECRET_NAME)
+    a.track("stripe.payment", SECRET_ID, {"amountCents": 100})
+    a.track("pvp.battle", "bob", {"opponent": SECRET_ID, "names": [SECRET_NAME]})
+    a.on_login("bob", "Bob")
+    _set_aside(a, faulty)
+    (mine,) = dead.iterdir()
+    other = dead / "dead-letters-otherhost-1.jsonl"  # another worker's file, seen too
+    other.write_bytes(mine.read_bytes())
+    a.on_login(SECRET_ID, SECRET_NAME)  # buffered in the worker during the erase
+    a.flush()
+
+    erase = ["erase", SECRET_ID, "--store", url, "--dead-letter-dir", str(dead)]
+    assert main(erase) == 0
+    assert json.loads(capsys.readouterr().out)["deadLetters"] == 2
+    a.on_logout(SECRET_ID)  # a call of the player after the erase, set aside
+    _set_aside(a, faulty)
+    for path in dead.iterdir():
+        raw = path.read_bytes()
+        assert SECRET_ID.encode() not in raw and SECRET_NAME.encode() not in raw, path
+    letters = [letter for path in sorted(dead.iterdir()) for letter in read_dead_letters(path)]
+    assert len(letters) == 3
+    battle = [e for e in letters[0].batch.events if e[2] == "pvp.battle"]
+    assert json.loads(battle[0][3])["opponent"].startswith("erased-")
+    assert main(["replay-dead-letters", str(sorted(dead.iterdir())[0]), "--store", url]) == 0
+    a.stop()
+    assert SECRET_ID.encode() not in _file_bytes(tmp_path / "letters.db")
