@@ -1517,6 +1517,34 @@ def test_an_erasure_secret_kept_apart_stays_out_of_the_store(
         other_store.erasure_key()
 
 
+def test_a_counter_taken_past_64_bits_across_batches_breaks_nothing(
+    backend: Any, store: Store, clock: FakeClock
+) -> None:
+    """Three batches each adding 2**62 to one counter (issue 28, what docs/bad-input.md
+    says): no apply and no prune raises (on MongoDB the roll-up's sum passed what BSON
+    holds, and the driver's OverflowError escaped the applied batch and every prune);
+    the reads give the sum: exactly on the memory store, close on the others (SQLite,
+    and nx-27017 folding it, turn it into a float)."""
+
+    def batch(n: int) -> FlushBatch:
+        return FlushBatch(
+            id=f"big{n}",
+            created_at=clock(),
+            months={"2025-03-14": "2025-03"},
+            counters={"2025-03-14": {"creditsEarned": 2**62}},
+        )
+
+    for n in range(3):
+        store.apply(batch(n))
+    store.prune(clock() + timedelta(days=1), timedelta(days=30), timedelta(hours=12))
+    expected = 3 * 2**62
+    for value in (
+        day_dict(store, "2025-03-14")["creditsEarned"],
+        store.get_totals()["creditsEarned"],
+    ):
+        assert value == (expected if backend.name == "memory" else pytest.approx(expected))
+
+
 # -- a batch applied in parts ----------------------------------------------------------------
 
 
