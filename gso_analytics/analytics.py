@@ -342,8 +342,9 @@ class Analytics:
     def _after_fork_in_child(self) -> None:
         # The parent flushes what it buffered; the child starts empty, with new locks.
         self._reset_counts()
-        self._aggregator.reset()
         self._aggregator.backlog = 0
+        self._aggregator.backlog_extra = 0
+        self._aggregator.reset()  # the bound computed again, without the parent's batches
         self._flusher.after_fork_in_child(restart=self._started)
         if self._hub is not None:
             self._hub.after_fork_in_child(restart=self._started)
