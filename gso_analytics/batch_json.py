@@ -29,6 +29,7 @@ def batch_to_dict(batch: FlushBatch) -> dict[str, Any]:
         "months": batch.months,
         "day_users": {key: sorted(users) for key, users in batch.day_users.items()},
         "month_users": {key: sorted(users) for key, users in batch.month_users.items()},
+        "new_users": {key: sorted(users) for key, users in batch.new_users.items()},
         "logins": [attrs.asdict(login) for login in batch.logins],
         "logouts": [attrs.asdict(logout) for logout in batch.logouts],
         "session_timeout_ms": batch.session_timeout_ms,
@@ -48,6 +49,8 @@ def batch_from_dict(data: dict[str, Any]) -> FlushBatch:
         months=data["months"],
         day_users={key: set(users) for key, users in data["day_users"].items()},
         month_users={key: set(users) for key, users in data["month_users"].items()},
+        # Absent from files written before it was kept (their registrations were lost).
+        new_users={key: set(users) for key, users in data.get("new_users", {}).items()},
         logins=[Login(**login) for login in data["logins"]],
         logouts=[Logout(**logout) for logout in data["logouts"]],
         session_timeout_ms=data["session_timeout_ms"],

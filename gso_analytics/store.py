@@ -933,7 +933,12 @@ def store_class(scheme: str) -> type[Store]:
 
 
 def open_store(url: str, **options: Any) -> Store:
-    """Open a store by URL: ``memory://``, ``sqlite:///relative.db``, ``sqlite:////abs.db``."""
+    """Open a store by URL: ``memory://``, ``sqlite:///relative.db``, ``sqlite:////abs.db``.
+
+    ``existing=True`` opens only a store that is there (what the commands that read or
+    erase use): a missing SQLite file, or a database without this library's tables
+    (collections) under the prefix, is a :class:`ConfigurationError`, and nothing is
+    created."""
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(
             f"a store URL looks like 'scheme://...', got {url!r};"
