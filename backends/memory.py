@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import functools
 import threading
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -62,7 +62,7 @@ class _State:
     logouts_by_user: dict[str, list[tuple[Any, str]]] = attrs.field(factory=dict)
     open_ids: set[str] = attrs.field(factory=set)
     events: list[EventRow] = attrs.field(factory=list)  # as flushed: readers build records
-    secret: dict[str, str] = attrs.field(factory=dict)  # "erasure" -> the secret
+    meta: dict[str, str] = attrs.field(factory=dict)  # e.g. "erasureSecret" -> the secret
     tombstones: dict[str, tuple[str, datetime]] = attrs.field(factory=dict)  # hash -> token
 
 
@@ -293,11 +293,18 @@ class _MemoryTransaction(Transaction):
 
     # -- players' data rights ---------------------------------------------------------
 
-    def erasure_secret(self, candidate: str) -> str:
-        if "erasure" not in self.state.secret:
-            self._keep(self.state.secret, "erasure")
-            self.state.secret["erasure"] = candidate
-        return self.state.secret["erasure"]
+    def claim_meta(self, key: str, candidate: str) -> str:
+        if key not in self.state.meta:
+            self._keep(self.state.meta, key)
+            self.state.meta[key] = candidate
+        return self.state.meta[key]
+
+    def meta_value(self, key: str) -> str | None:
+        return self.state.meta.get(key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._keep(self.state.meta, key)
+        self.state.meta[key] = value
 
     def tombstones(self, hashes: Mapping[str, str]) -> dict[str, str]:
         stones = self.state.tombstones
@@ -376,6 +383,19 @@ class _MemoryTransaction(Transaction):
             self._replace("events", kept)
         return deleted
 
+    def events_after(
+        self, after: Any, needles: Sequence[str], limit: int
+    ) -> list[tuple[Any, EventRow]]:
+        start = 0 if after is None else after + 1  # positions in the stream
+        return list(enumerate(self.state.events[start : start + limit], start))
+
+    def set_event_data(self, changes: Mapping[Any, str]) -> None:
+        stream = list(self.state.events)
+        for position, data in changes.items():
+            ts, user, name, _, day = stream[position]
+            stream[position] = (ts, user, name, data, day)
+        self._replace("events", stream)
+
 
 def _time_of(mark: tuple[Any, str]) -> int:
     return int(mark[0][0])  # (key, id), key = (at_ms, origin, seq)
@@ -431,6 +451,7 @@ class MemoryStore(Store):
                 f"memory:// takes nothing after the scheme, got {url!r}:"
                 " each memory store is private to the object that opened it"
             )
+        options.pop("existing", None)  # a new store is empty, as an existing one would be
         return cls(**options)
 
     @contextmanager

@@ -15,7 +15,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -45,7 +45,7 @@ from gso_analytics.model import (
 from gso_analytics.pacing import Pacer, paced
 from gso_analytics.private_files import create_private
 from gso_analytics.sessions import decode_marks, encode_marks
-from gso_analytics.store import Store, Transaction, total_increments
+from gso_analytics.store import Store, Transaction, check_ours, total_increments
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS {p}batches (
@@ -319,15 +319,22 @@ class _SQLiteTransaction(Transaction):
 
     # -- players' data rights ---------------------------------------------------------
 
-    def erasure_secret(self, candidate: str) -> str:
+    def claim_meta(self, key: str, candidate: str) -> str:
         self.conn.execute(
-            f"INSERT OR IGNORE INTO {self.p}meta (key, value) VALUES ('erasureSecret', ?)",
-            (candidate,),
+            f"INSERT OR IGNORE INTO {self.p}meta (key, value) VALUES (?, ?)", (key, candidate)
         )
-        row = self.conn.execute(
-            f"SELECT value FROM {self.p}meta WHERE key = 'erasureSecret'"
-        ).fetchone()
-        return str(row[0])
+        found = self.meta_value(key)
+        assert found is not None  # inserted just now, or there before
+        return found
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute(
+            f"INSERT OR REPLACE INTO {self.p}meta (key, value) VALUES (?, ?)", (key, value)
+        )
+
+    def meta_value(self, key: str) -> str | None:
+        row = self.conn.execute(f"SELECT value FROM {self.p}meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def _select_in(self, sql: str, keys: set[str]) -> Iterator[Any]:
         """The rows of ``sql`` whose ``IN ({marks})`` list is filled with ``keys``, a
@@ -400,6 +407,27 @@ class _SQLiteTransaction(Transaction):
         return self.conn.execute(
             f"DELETE FROM {self.p}events WHERE userId = ?", (user_id,)
         ).rowcount
+
+    def events_after(
+        self, after: Any, needles: Sequence[str], limit: int
+    ) -> list[tuple[Any, EventRow]]:
+        """Only events whose data text holds a needle: ``instr`` over the JSON text, in
+        SQLite's C, so no row the erase leaves alone is sent to Python."""
+        if not needles:
+            return []
+        found = " OR ".join("instr(data, ?) > 0" for _ in needles)
+        rows = self.conn.execute(
+            f"SELECT id, ts, userId, event, data, day FROM {self.p}events"
+            f" WHERE id > ? AND ({found}) ORDER BY id LIMIT ?",
+            (-1 if after is None else after, *needles, limit),
+        )
+        return [(row[0], _event_record(row[1:]).row) for row in rows]
+
+    def set_event_data(self, changes: Mapping[Any, str]) -> None:
+        self.conn.executemany(
+            f"UPDATE {self.p}events SET data = ? WHERE id = ?",
+            [(data, position) for position, data in changes.items()],
+        )
 
 
 def _upgrade(conn: sqlite3.Connection, prefix: str) -> None:
@@ -596,6 +624,23 @@ _PERMANENT_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.Interfac
 _inherited: list[sqlite3.Connection] = []
 
 
+def _check_existing(path: Path, prefix: str) -> None:
+    """``existing=True``: refuse a missing file (a relative path is relative to the
+    process's directory: the message shows where it looked) or a file without our
+    tables under ``prefix``, opening it read-only, so nothing is created."""
+    where = str(path.resolve())
+    if not path.is_file():
+        raise ConfigurationError(f"no SQLite database at {where}")
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        ) as conn:
+            names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master")]
+    except sqlite3.Error as exc:
+        raise ConfigurationError(f"cannot read SQLite database {where}: {exc}") from exc
+    check_ours(names, prefix, where)
+
+
 def _store_error(path: str, exc: sqlite3.Error) -> StoreError:
     return StoreError(f"SQLite {path}: {exc}", permanent=isinstance(exc, _PERMANENT_ERRORS))
 
@@ -621,9 +666,12 @@ class SQLiteStore(Store):
         *,
         busy_timeout: float = 30.0,
         prefix: str = "gso_analytics_",
+        existing: bool = False,
     ) -> None:
         if not prefix.isidentifier():
             raise ConfigurationError(f"table prefix {prefix!r} is not an SQL identifier")
+        if existing:
+            _check_existing(Path(path), prefix)
         self.path = str(Path(path))
         self.busy_timeout = busy_timeout
         self.prefix = prefix
@@ -632,7 +680,7 @@ class SQLiteStore(Store):
         self._idle: list[sqlite3.Connection] = []
         self.after_fork_in_child(new_locks=True)  # the locks; no connection yet
         forking.register(self)
-        if self.path != ":memory:":
+        if self.path != ":memory:" and not existing:
             # A new database starts 0600, and SQLite gives -wal and -shm its mode. A
             # path we cannot create is left to sqlite3, whose error names it.
             with contextlib.suppress(OSError):
@@ -880,14 +928,14 @@ class SQLiteStore(Store):
         )
         return read_user_records(keys, first, dict(revenue))
 
-    def erase_user(self, user_id: str, at: datetime) -> ErasureReceipt:
+    def erase_user(self, user_id: str, at: datetime, *, also: Iterable[str] = ()) -> ErasureReceipt:
         """The shared erase, then a ``wal_checkpoint(TRUNCATE)``: the WAL holds the old
         pages until they are copied back and it is cut to zero bytes. Every connection
         runs with ``secure_delete`` on, so no earlier version of a row lingers in free
         space (the erase alone could not reach those). A reader of another process
         still in a transaction can hold the checkpoint back: then the WAL keeps the old
         pages until the next checkpoint (the receipt says so, ``walTruncated``)."""
-        receipt = super().erase_user(user_id, at)
+        receipt = super().erase_user(user_id, at, also=also)
         with self._write_lock:
             busy, _, _ = self._writer().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return attrs.evolve(receipt, wal_truncated=not busy)

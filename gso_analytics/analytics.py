@@ -20,11 +20,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
-from .aggregator import ACTIVE_ON, Aggregator, BufferFull
+import attrs
+
+from .aggregator import ACTIVE_ON, CALL_BYTES, Aggregator, BufferFull
 from .clock import Clock, DayKeys, from_ms, resolve_tz, round_half_up, to_ms, utc_now
 from .counters import DAILY_FIELDS, CounterRule, CounterSpec, build_counter_map
 from .dead_letters import DeadLetters
-from .erasure import ErasureReceipt, keyed_hash, pseudonymize
+from .erasure import ErasureReceipt, configured_erasure_secret, keyed_hash, pseudonymize
 from .errors import ConfigurationError, StoreError, ValidationError
 from .flusher import Flusher
 from .forwarding import Forwarder
@@ -33,7 +35,7 @@ from .http_forwarders import default_forwarders
 from .kpis import KPIs
 from .model import DailyStats, FlushBatch, Heartbeat, Metrics, Number, PruneResult
 from .outbox import ForwardingHub
-from .store import Store, open_store
+from .store import PSEUDONYM_CHECK, Store, open_store
 from .validation import (
     CENTS_KEY,
     MAX_AMOUNT,
@@ -104,6 +106,11 @@ def _store_leftovers_at_exit() -> None:
 atexit.register(_store_leftovers_at_exit)
 
 
+#: ``max_buffered_bytes`` by default: with the interpreter and the library, a worker
+#: whose store is down stays under ~100 MB whatever its calls carry.
+DEFAULT_MAX_BUFFERED_BYTES = 64 * 1024 * 1024
+
+
 class Analytics:
     """Counts players, sessions and the economy; flushes to a :class:`Store`.
 
@@ -136,6 +143,9 @@ class Analytics:
     :param strict: raise on bad input instead of counting it as rejected.
     :param max_buffered_events: calls held in memory while the store is failing; beyond
         it new calls are dropped and counted.
+    :param max_buffered_bytes: about the bytes those calls may hold (64 MiB by default:
+        a worker stays under ~100 MB whatever its calls carry); beyond it new calls
+        are dropped and counted, as beyond ``max_buffered_events``.
     :param stop_timeout: seconds :meth:`stop` waits for the final flush.
     :param prune_interval: seconds between prune jobs on the flush thread.
     :param limits: id and event name length, ``data`` size and depth.
@@ -150,6 +160,10 @@ class Analytics:
     :param pseudonymize_key: a secret (16 characters or bytes at least): the store then
         keeps ``HMAC-SHA256(key, user id)`` instead of each id, and no username (see the
         data rights page); lookups such as :meth:`export_user` take the real id.
+    :param erasure_secret: the key of the erasure tombstones (16 characters at least),
+        kept outside the store; by default from ``GSO_ANALYTICS_ERASURE_SECRET`` or the
+        file ``GSO_ANALYTICS_ERASURE_SECRET_FILE`` names, else the store makes and keeps
+        its own. Every process of one store needs the same (see the data rights page).
     :raises ConfigurationError: an option out of range, a naive clock, a counter field
         the store reserves.
     """
@@ -169,6 +183,7 @@ class Analytics:
         clock: Clock | None = None,
         strict: bool = False,
         max_buffered_events: int = 100_000,
+        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
         stop_timeout: float = 10.0,
         prune_interval: float = 600.0,
         limits: Limits | None = None,
@@ -178,11 +193,14 @@ class Analytics:
         quarantine_after: int = 5,
         dead_letter_dir: str | os.PathLike[str] | None = None,
         pseudonymize_key: str | bytes | None = None,
+        erasure_secret: str | None = None,
     ) -> None:
         if flush_interval <= 0:
             raise ConfigurationError(f"flush_interval must be positive, got {flush_interval!r}")
         if max_buffered_events < 1:
             raise ConfigurationError("max_buffered_events must be at least 1")
+        if max_buffered_bytes < CALL_BYTES:
+            raise ConfigurationError(f"max_buffered_bytes must be at least {CALL_BYTES}")
         if quarantine_after < 1:
             raise ConfigurationError(f"quarantine_after must be at least 1, got {quarantine_after}")
         if pseudonymize_key is not None and not (
@@ -206,6 +224,16 @@ class Analytics:
             if self._owns_store:
                 self.store.close()
             raise
+        self._pseudonym_check = (
+            None
+            if self._pseudonym_key is None
+            else keyed_hash(self._pseudonym_key, PSEUDONYM_CHECK)
+        )
+        if self._pseudonym_check is not None:
+            self.store.pseudonym_check = self._pseudonym_check
+        external = configured_erasure_secret(erasure_secret, os.environ)
+        if external is not None:
+            self.store.external_secret = external
         # event -> (field, amount key) as plain tuples: one dict lookup on the hot path.
         self._rules = {
             event: (rule.field, rule.amount_key) for event, rule in self.counters.items()
@@ -252,6 +280,7 @@ class Analytics:
             self.idle_timeout // timedelta(milliseconds=1),
             active_on,
             self.passive_events,
+            max_buffered_bytes,
         )
         self._flusher = Flusher(
             self.store,
@@ -355,8 +384,9 @@ class Analytics:
     def _after_fork_in_child(self) -> None:
         # The parent flushes what it buffered; the child starts empty, with new locks.
         self._reset_counts()
-        self._aggregator.reset()
         self._aggregator.backlog = 0
+        self._aggregator.backlog_extra = 0
+        self._aggregator.reset()  # the bound computed again, without the parent's batches
         self._flusher.after_fork_in_child(restart=self._started)
         if self._hub is not None:
             self._hub.after_fork_in_child(restart=self._started)
@@ -487,9 +517,10 @@ class Analytics:
             dropped = self._dropped
         if dropped & (dropped - 1) == 0:  # 1, 2, 4, 8...: loud, never a flood
             log.error(
-                "gso_analytics: buffer full (max_buffered_events=%d, store failing?);"
-                " %d calls dropped so far",
+                "gso_analytics: buffer full (max_buffered_events=%d, max_buffered_bytes=%d,"
+                " store failing?); %d calls dropped so far",
                 self._aggregator.max_buffered,
+                self._aggregator.max_bytes,
                 dropped,
             )
 
@@ -549,26 +580,68 @@ class Analytics:
             return user_id
         return keyed_hash(self._pseudonym_key, user_id)
 
-    def export_user(self, user_id: str) -> dict[str, Any]:
+    def _real_ids(self, user_id: str, stored: str) -> tuple[str, ...]:
+        """What other players' event data names the player by besides the stored id:
+        a pseudonymized store keeps ``data`` as given, with the real id."""
+        return () if stored == user_id else (user_id,)
+
+    def export_user(self, user_id: str, *, after_erase: bool = False) -> dict[str, Any]:
         """Everything stored about one player (GDPR access and portability), as
-        JSON-ready data; this process's buffered calls are flushed first."""
+        JSON-ready data; this process's buffered calls are flushed first. ``mentions``
+        are other players' events whose data names the player.
+
+        After an erase the records under the id are gone, and ``erased`` is true; a
+        returning player's calls are stored under the erase's token. ``after_erase``
+        returns what the token holds instead (it includes the erased history, kept
+        for the figures: give it to the player, not to anyone who only has the id)."""
         stored = self.stored_id(user_id)
+        self.store.check_pseudonym_key(self._pseudonym_check)
         self.flush()
-        export = self.store.export_user(stored)
+        token = self.store.erased_token(stored)
+        if after_erase and token is not None:
+            export = self.store.export_user(token)
+            export["storedAs"] = token
+        else:
+            export = self.store.export_user(stored, also=self._real_ids(user_id, stored))
+            if stored != user_id:
+                export["storedAs"] = stored
         export["userId"] = user_id
-        if stored != user_id:
-            export["storedAs"] = stored
+        export["erased"] = token is not None
         return export
 
     def erase_user(self, user_id: str) -> ErasureReceipt:
-        """Erase one player (GDPR erasure): the id and username leave every record, the
-        aggregates stay exact (see :mod:`.erasure`), and calls of the player still
-        buffered anywhere are renamed when they are stored. Each forwarder hears of it
-        (``Forwarder.on_erase``). Idempotent."""
+        """Erase one player (GDPR erasure): the id and username leave every record and
+        every other player's event data, the aggregates stay exact (see
+        :mod:`.erasure`), and calls of the player still buffered anywhere are renamed
+        when they are stored. Each forwarder hears of it (``Forwarder.on_erase``); an
+        ``Analytics`` not started (a one-off command) delivers that before returning.
+        Idempotent.
+
+        :raises ConfigurationError: the store was written with ``pseudonymize_key`` and
+            this ``Analytics`` has none, or another one."""
         stored = self.stored_id(user_id)
-        receipt = self.store.erase_user(stored, self._now())
+        self.store.check_pseudonym_key(self._pseudonym_check)
+        also = self._real_ids(user_id, stored)
+        dead_letters = self._flusher.dead_letters
+        names = None if dead_letters is None else self.store.mention_names(stored, also)
+        receipt = self.store.erase_user(stored, self._now(), also=also)
+        if dead_letters is not None and names is not None:
+            token = self.store.erased_token(stored)
+            assert token is not None  # the erase wrote the tombstone
+            try:
+                rewritten = dead_letters.erase(stored, names, token)
+            except OSError as exc:
+                raise StoreError(
+                    f"the player was erased from the store, but not from the dead letters"
+                    f" in {dead_letters.directory}: {exc}; erase again once it is fixed"
+                ) from exc
+            receipt = attrs.evolve(receipt, dead_letters=rewritten)
         if self._hub is not None:
             self._hub.erase(user_id, self._aggregator.now_ms())
+            if not self._started:
+                # A one-off command (the CLI, manage.py) exits right after: its
+                # forwarders deliver now, within forward_stop_timeout.
+                self._hub.stop()
         return receipt
 
     def prune(self) -> PruneResult:
@@ -629,6 +702,7 @@ class Analytics:
             # The same count the bound uses: calls being aggregated into a batch
             # right now are in the backlog, not yet in a pending batch.
             "buffered": self._aggregator.size + self._aggregator.backlog,
+            "buffered_bytes": self._aggregator.buffered_bytes,
             "flushed": flusher.flushed,
             "batches": flusher.batches,
             "retried": flusher.retried,

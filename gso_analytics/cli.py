@@ -276,6 +276,20 @@ def _add_data_rights(commands: argparse._SubParsersAction[argparse.ArgumentParse
         command.add_argument("user_id", metavar="ID", help="the player's id, as the game tracks it")
         command.add_argument("--store", required=True, metavar="URL", help="the store")
         add_pseudonymize_option(command)
+        if name == "erase":
+            command.add_argument(
+                "--dead-letter-dir",
+                type=Path,
+                metavar="DIR",
+                help="the workers' dead_letter_dir: its files are rewritten as the store",
+            )
+        if name == "export-user":
+            command.add_argument(
+                "--after-erase",
+                action="store_true",
+                help="for an erased player: what the erase's token holds (a returning"
+                " player's records, and the erased history the figures keep)",
+            )
         command.set_defaults(func=func)
 
 
@@ -289,21 +303,30 @@ def add_pseudonymize_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def data_rights_analytics(store: Store, key_env: str | None) -> Analytics:
-    """An ``Analytics`` on ``store`` for an export or an erase (no forwarders, not
-    started), with the pseudonymize key named by ``key_env``."""
+def data_rights_analytics(
+    store: Store, key_env: str | None, *, forward: bool, dead_letter_dir: Path | None = None
+) -> Analytics:
+    """An ``Analytics`` on ``store`` for an export or an erase (not started), with the
+    pseudonymize key named by ``key_env``. ``forward``: the forwarders a worker
+    configures from the environment (``ANALYTICS_WEBHOOK_URL``), so an erase tells
+    them as the API's would; none otherwise."""
     key = None
     if key_env:
         key = os.environ.get(key_env)
         if not key:
             raise ConfigurationError(f"--pseudonymize-key-env: {key_env} is not set")
-    return Analytics(store, forwarders=[], pseudonymize_key=key)
+    return Analytics(
+        store,
+        forwarders=None if forward else [],
+        pseudonymize_key=key,
+        dead_letter_dir=dead_letter_dir,
+    )
 
 
 def cmd_export_user(args: argparse.Namespace) -> int:
     with closing(open_cli_store(args.store, must_exist=True)) as store:
-        analytics = data_rights_analytics(store, args.pseudonymize_key_env)
-        export = analytics.export_user(args.user_id)
+        analytics = data_rights_analytics(store, args.pseudonymize_key_env, forward=False)
+        export = analytics.export_user(args.user_id, after_erase=args.after_erase)
         analytics.stop()
     print(json.dumps(export, indent=2, sort_keys=True))
     return 0
@@ -311,10 +334,14 @@ def cmd_export_user(args: argparse.Namespace) -> int:
 
 def cmd_erase(args: argparse.Namespace) -> int:
     with closing(open_cli_store(args.store, must_exist=True)) as store:
-        analytics = data_rights_analytics(store, args.pseudonymize_key_env)
+        analytics = data_rights_analytics(
+            store, args.pseudonymize_key_env, forward=True, dead_letter_dir=args.dead_letter_dir
+        )
         receipt = analytics.erase_user(args.user_id)
         analytics.stop()
     print(json.dumps(receipt.to_dict(), indent=2, sort_keys=True))
+    if receipt.status == "not found":
+        print(f"{PROG}: not found: the store holds nothing under that id", file=sys.stderr)
     return 0
 
 
@@ -352,14 +379,17 @@ def _sqlite_path(url: str) -> Path:
 
 
 def open_cli_store(url: str, *, must_exist: bool) -> Store:
-    """Open ``url``; with ``must_exist`` a missing SQLite file is an error, not a new file
-    (a typo in ``report --store`` must not print an empty report)."""
+    """Open ``url``; with ``must_exist`` a missing SQLite file, or a database without
+    this library's tables under the prefix, is an error and nothing is created (a typo
+    in ``report --store`` or ``erase --store ...?prefix=`` must not make a new empty
+    store, nor report or erase nothing with success)."""
     if must_exist and _scheme(url) == "sqlite" and not _sqlite_path(url).exists():
         raise ConfigurationError(
-            f"no database at {_sqlite_path(url)} ({url}); run `{PROG} demo` first or pass --store"
+            f"no database at {_sqlite_path(url).resolve()} ({url});"
+            f" run `{PROG} demo` first or pass --store"
         )
     try:
-        return open_store(url)
+        return open_store(url, existing=True) if must_exist else open_store(url)
     except ImportError as exc:
         raise ConfigurationError(f"cannot open {url}: {exc}") from exc
     except ValueError as exc:  # e.g. a malformed option in the URL's query string

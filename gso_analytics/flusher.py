@@ -26,7 +26,8 @@ from datetime import datetime
 
 from .aggregator import Aggregator
 from .dead_letters import DeadLetters
-from .errors import StoreError
+from .erasure import rename_users
+from .errors import ConfigurationError, StoreError
 from .model import FlushBatch
 from .pacing import release
 from .store import MAX_RETRY_AGE, Store
@@ -106,7 +107,7 @@ class Flusher:
                     self._pending.append(batch if self.prepare is None else self.prepare(batch))
                 # The batch in flight still counts toward max_buffered_events: a store
                 # that hangs must not let a second bufferful in beside it.
-                self.aggregator.backlog = self.pending
+                self._set_backlog()
                 while self._pending:
                     self._apply(self._pending[0])
                     release(self._pending.popleft().events)
@@ -116,7 +117,14 @@ class Flusher:
                     # Every flush, an empty one too: an idle worker is not a stale one.
                     self.heartbeat()
             finally:
-                self.aggregator.backlog = self.pending
+                self._set_backlog()
+
+    def _set_backlog(self) -> None:
+        """What the pending batches hold counts in the buffer's bounds (calls, bytes)."""
+        pending = tuple(self._pending)
+        self.aggregator.backlog = sum(batch.size for batch in pending)
+        self.aggregator.backlog_extra = sum(batch.extra_bytes for batch in pending)
+        self.aggregator.rebound()
 
     def _apply(self, batch: FlushBatch) -> None:
         """Apply ``batch``, or set it aside; raises when it stays pending."""
@@ -165,6 +173,7 @@ class Flusher:
         kept = "not kept (no dead_letter_dir)"
         if self.dead_letters is not None:
             try:
+                batch = self._without_erased(batch)
                 kept = f"written to {self.dead_letters.write(batch, reason)}"
             except OSError as exc:
                 kept = f"LOST: the dead-letter file could not be written ({exc})"
@@ -176,6 +185,17 @@ class Flusher:
             reason,
             exc_info=error,
         )
+
+    def _without_erased(self, batch: FlushBatch) -> FlushBatch:
+        """``batch`` with the players erased meanwhile renamed to their tokens, as the
+        store would store them: a dead letter written after an erase holds no erased
+        id. The store failing here, the batch is written as it is (logged)."""
+        try:
+            erased = self.store.erased_tokens(batch.players())
+        except (StoreError, ConfigurationError) as exc:
+            log.warning("gso_analytics: could not look for erased players: %s", exc)
+            return batch
+        return rename_users(batch, erased, keep_events=False) if erased else batch
 
     # -- the thread ---------------------------------------------------------------------
 

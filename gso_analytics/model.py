@@ -196,6 +196,9 @@ class FlushBatch:
     tz: str = "UTC"
     events: list[EventRow] = attrs.field(factory=list)  # see EventRow
     payments: dict[str, dict[str, Number]] = attrs.field(factory=dict)  # day -> user -> cents
+    #: Bytes its calls weighed beyond ``CALL_BYTES`` each in the buffer's byte bound
+    #: (see :mod:`.aggregator`): what it still counts for while it is pending.
+    extra_bytes: int = attrs.field(default=0, eq=False)
 
     @property
     def size(self) -> int:

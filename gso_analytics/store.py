@@ -15,7 +15,7 @@ import json
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from importlib import import_module
 from importlib.metadata import entry_points
@@ -24,12 +24,19 @@ from typing import Any, ClassVar, Self, TypeVar
 from .clock import from_ms, iso_from_ms, to_ms
 from .counters import NEW_USERS
 from .erasure import (
+    ERASURE_SECRET_ENV,
+    ERASURE_SECRET_FILE_ENV,
     ErasureReceipt,
     UserRecords,
+    is_secret_check,
     keyed_hash,
+    mention_needles,
+    mentions,
     new_secret,
     new_token,
     rename_users,
+    rewrite_mentions,
+    secret_check,
     session_export,
 )
 from .errors import ConfigurationError
@@ -53,6 +60,33 @@ from .sessions import SessionChanges, close_idle, earliest_marks, plan_sessions
 
 T = TypeVar("T")
 
+#: The ``meta`` record holding the store's erasure secret.
+ERASURE_SECRET = "erasureSecret"
+#: The ``meta`` record a store written with ``pseudonymize_key`` keeps: a keyed hash of
+#: :data:`PSEUDONYM_CHECK` under the key (it tells the key again, and reveals nothing).
+PSEUDONYMIZED = "pseudonymized"
+PSEUDONYM_CHECK = "gso_analytics: the pseudonymize_key of this store"
+#: The table (collection) every store of this library has had since its first version:
+#: its presence under a prefix tells one of our stores.
+MARK_TABLE = "daily"
+
+
+def check_ours(names: Iterable[str], prefix: str, where: str) -> None:
+    """Refuse a database holding none of this library's tables under ``prefix``
+    (``names``: its table or collection names), naming the prefixes it does hold: an
+    erase or a report of a mistyped prefix must not create a new empty store."""
+    names = set(names)
+    if f"{prefix}{MARK_TABLE}" in names:
+        return
+    found = sorted(name[: -len(MARK_TABLE)] for name in names if name.endswith(MARK_TABLE))
+    hint = (
+        f"; prefixes found there: {', '.join(repr(p) for p in found)}"
+        if found
+        else "; it holds no gso_analytics store"
+    )
+    raise ConfigurationError(f"no gso_analytics store with prefix {prefix!r} in {where}{hint}")
+
+
 #: Batch ids are remembered at least this long after the batch was made
 #: (``created_at``, the time :meth:`Transaction.claim_batch` stores), and longer with a
 #: longer ``event_ttl``. Every process's prune job uses at least this bound, whatever
@@ -68,6 +102,9 @@ MAX_RETRY_AGE = MIN_BATCH_RETENTION - timedelta(days=1)
 HEARTBEAT_KEPT = timedelta(hours=1)
 #: The most events :meth:`Store.export_user` reads (the event TTL bounds them anyway).
 EXPORT_EVENT_LIMIT = 2**31 - 1
+#: Events an erase or an export reads per chunk when it looks for other players'
+#: events naming the player (:func:`mention_chunk`).
+MENTION_CHUNK = 1000
 #: Expired events are deleted at most this many per transaction, so a writer waits for
 #: one chunk, never for the whole prune.
 PRUNE_CHUNK = 5000
@@ -232,9 +269,13 @@ class Transaction(ABC):
     # -- players' data rights (see :mod:`.erasure`) -----------------------------------
 
     @abstractmethod
-    def erasure_secret(self, candidate: str) -> str:
-        """The store's erasure secret: ``candidate`` is stored when there is none yet
-        (two processes racing keep one of theirs), and the stored one returned."""
+    def claim_meta(self, key: str, candidate: str) -> str:
+        """The ``meta`` record ``key``: ``candidate`` is stored when there is none yet
+        (two processes racing keep one of theirs), and the stored value returned."""
+
+    @abstractmethod
+    def set_meta(self, key: str, value: str) -> None:
+        """Store ``value`` as the ``meta`` record ``key``, replacing one that is there."""
 
     @abstractmethod
     def tombstones(self, hashes: Mapping[str, str]) -> dict[str, str]:
@@ -256,6 +297,24 @@ class Transaction(ABC):
     @abstractmethod
     def delete_user_events(self, user_id: str) -> int:
         """Delete the player's events; return how many."""
+
+    @abstractmethod
+    def events_after(
+        self, after: Any, needles: Sequence[str], limit: int
+    ) -> list[tuple[Any, EventRow]]:
+        """At most ``limit`` events after the position ``after`` (None: from the first),
+        in the store's order, each with its position: the scan :func:`mention_chunk`
+        walks in chunks. A store may leave out events whose data text contains none of
+        ``needles`` (see :func:`~.erasure.mention_needles`), so a chunk reads only the
+        likely ones, as long as it returns fewer than ``limit`` only at the end."""
+
+    @abstractmethod
+    def set_event_data(self, changes: Mapping[Any, str]) -> None:
+        """Replace the ``data`` text of the events at the positions of ``changes``."""
+
+    @abstractmethod
+    def meta_value(self, key: str) -> str | None:
+        """The store's ``meta`` record ``key`` (None when absent); never writes."""
 
 
 class Store(ABC):
@@ -427,9 +486,9 @@ class Store(ABC):
         results = []
         for part in batch.parts(self.max_part_players, self.max_part_events, self.max_part_bytes):
             with self.transaction() as tx:
-                key = self._erasure_key or tx.erasure_secret(new_secret())
+                key = self.first_reads(tx)
                 results.append(apply_batch(tx, part, key))
-            self._erasure_key = key  # committed: the key is the store's
+            self.committed(key)
         return ApplyResult(
             duplicate=all(r.duplicate for r in results),
             new_day_users=sum(r.new_day_users for r in results),
@@ -439,30 +498,181 @@ class Store(ABC):
     # -- players' data rights ----------------------------------------------------------
 
     _erasure_key: str | None = None
+    #: Set by ``Analytics`` when the erasure secret is kept outside the store (see
+    #: :func:`~.erasure.configured_erasure_secret`).
+    external_secret: str | None = None
+    #: Set by ``Analytics(pseudonymize_key=...)``: the check its first batch records.
+    pseudonym_check: str | None = None
+    _pseudonym_marked = False
+
+    def _secret(self, tx: Transaction, *, create: bool) -> str | None:
+        """The key of the tombstones' hashes, read (and with ``create`` made) in ``tx``:
+        the store's own secret, kept in its ``meta``; or the secret kept outside it,
+        whose keyed check the store keeps instead. A store whose secret is outside
+        refuses a process without it, and a store keeps one secret for good (another
+        would lose every tombstone): a mismatch is a :class:`ConfigurationError`.
+        A process given the secret the store keeps in clear moves it out (the store
+        keeps only the check from then on)."""
+        if self._erasure_key is not None:
+            return self._erasure_key
+        external = self.external_secret
+        candidate = new_secret() if external is None else secret_check(external)
+        stored = (
+            tx.claim_meta(ERASURE_SECRET, candidate) if create else tx.meta_value(ERASURE_SECRET)
+        )
+        if stored is None:  # not made yet, and not to be made now
+            return None
+        if external is None:
+            if is_secret_check(stored):
+                raise ConfigurationError(
+                    "this store's erasure secret is kept outside it: give it to every process"
+                    f" ({ERASURE_SECRET_ENV} or {ERASURE_SECRET_FILE_ENV})"
+                )
+            return stored
+        if stored == candidate:
+            return external
+        if stored == external:  # the store's own secret, moved out by the operator
+            tx.set_meta(ERASURE_SECRET, candidate)
+            return external
+        raise ConfigurationError(
+            "the erasure secret given is not this store's: its tombstones would match"
+            " nobody (the secret cannot change; give the one the store was erased with)"
+        )
+
+    def first_reads(self, tx: Transaction) -> str:
+        """In a batch part's transaction: the erasure secret (read once per process, in
+        the first part's transaction) and, for a process writing pseudonymized ids,
+        the store's :data:`PSEUDONYMIZED` mark, recorded with its first batch so an
+        erase without the key (or with another) is refused. Returns the secret."""
+        key = self._secret(tx, create=True)
+        assert key is not None  # created when absent
+        check = self.pseudonym_check
+        if (
+            check is not None
+            and not self._pseudonym_marked
+            and tx.claim_meta(PSEUDONYMIZED, check) != check
+        ):
+            raise ConfigurationError(
+                "this store was written with another pseudonymize_key: its ids would"
+                " not match (the key cannot change without rewriting the store)"
+            )
+        return key
+
+    def committed(self, key: str) -> None:
+        """After a part's commit: what :meth:`first_reads` read is the store's."""
+        self._erasure_key = key
+        self._pseudonym_marked = self.pseudonym_check is not None
+
+    def check_pseudonym_key(self, check: str | None) -> None:
+        """Refuse an export or an erase whose ids would not match the store's: a store
+        marked :data:`PSEUDONYMIZED` asked without its key, or with another one. (A
+        store written before the mark existed cannot tell.)"""
+        stored = self.run_in_transaction(lambda tx: tx.meta_value(PSEUDONYMIZED))
+        if stored is None or stored == check:
+            return
+        if check is None:
+            raise ConfigurationError(
+                "this store was written with pseudonymize_key: its ids are keyed hashes,"
+                " so an id given as the game tracks it matches nothing; give the key"
+                " (Analytics(pseudonymize_key=...); the CLI's --pseudonymize-key-env NAME)"
+            )
+        raise ConfigurationError(
+            "the pseudonymize_key given is not the one this store was written with"
+        )
 
     def erasure_key(self) -> str:
         """The store's erasure secret (made by the first process that needs it, then
         read once per process, inside the first batch's transaction when a batch comes
         first): the key of the tombstones' hashes."""
         if self._erasure_key is None:
-            self._erasure_key = self.run_in_transaction(lambda tx: tx.erasure_secret(new_secret()))
+            key = self.run_in_transaction(lambda tx: self._secret(tx, create=True))
+            assert key is not None  # created when absent
+            self._erasure_key = key
         return self._erasure_key
 
-    def erase_user(self, user_id: str, at: datetime) -> ErasureReceipt:
+    def erase_user(self, user_id: str, at: datetime, *, also: Iterable[str] = ()) -> ErasureReceipt:
         """Erase one player in one transaction: the tombstone first (an existing one
         keeps its token, so a second call changes nothing), then the player's id
-        replaced by the token wherever it makes a distinct count, the events deleted.
+        replaced by the token wherever it makes a distinct count, the events deleted,
+        and every string of other players' event data equal to the id, the username or
+        one of ``also`` (the real id of a pseudonymized store) replaced by the token.
         A batch of that player applied later is renamed by :func:`apply_batch`."""
         key_hash = keyed_hash(self.erasure_key(), user_id)
+        names = self.mention_names(user_id, also)
         with self.transaction() as tx:
             token = new_token()
             existing = tx.add_tombstone(key_hash, token, at)
             renamed = tx.rename_user(user_id, existing or token)
             deleted = tx.delete_user_events(user_id)
-        return ErasureReceipt(renamed, {"events": deleted}, already_erased=existing is not None)
+            mentioned, after = mention_chunk(tx, names, existing or token, None)
+            while after is not None:
+                more, after = mention_chunk(tx, names, existing or token, after)
+                mentioned += more
+        return ErasureReceipt(
+            renamed, {"events": deleted}, already_erased=existing is not None, mentions=mentioned
+        )
 
-    def export_user(self, user_id: str) -> dict[str, Any]:
-        """Everything stored about one player (the id as stored), JSON-ready."""
+    def mention_names(self, user_id: str, also: Iterable[str] = ()) -> set[str]:
+        """What other players' event data may name the player by: the id as stored,
+        ``also``, and every username of the player's sessions."""
+        usernames = {s.username for s in self.get_sessions(user_id) if s.username}
+        return {user_id, *also, *usernames} - {""}
+
+    def rewrite_mentions(self, names: set[str], token: str) -> int:
+        """:func:`mention_chunk` over the whole event stream, a transaction per chunk
+        (the erase of a store whose transactions are bounded); how many events changed."""
+        total, after = 0, None
+        while True:
+
+            def chunk(tx: Transaction, after: Any = after) -> tuple[int, Any]:
+                return mention_chunk(tx, names, token, after)
+
+            done, after = self.run_in_transaction(chunk)
+            total += done
+            if after is None:
+                return total
+
+    def find_mentions(self, names: set[str], user_id: str) -> list[EventRecord]:
+        """Other players' events (not ``user_id``'s) whose data holds one of ``names``
+        as a string, at any depth: what an export returns as ``mentions``."""
+        found: list[EventRecord] = []
+        after: Any = None
+        needles = mention_needles(names)
+        while True:
+
+            def chunk(tx: Transaction, after: Any = after) -> list[tuple[Any, EventRow]]:
+                return tx.events_after(after, needles, MENTION_CHUNK)
+
+            rows = self.run_in_transaction(chunk)
+            found.extend(
+                EventRecord(*row)
+                for _, row in rows
+                if row[1] != user_id and mentions(row[3], names)
+            )
+            if len(rows) < MENTION_CHUNK:
+                return sorted(found, key=lambda e: e.ts_ms)
+            after = rows[-1][0]
+
+    def erased_token(self, user_id: str) -> str | None:
+        """The token that replaced ``user_id`` when it was erased; None when it was not.
+        Reads only: a store without an erasure secret has no tombstone."""
+        return self.erased_tokens({user_id}).get(user_id)
+
+    def erased_tokens(self, users: Iterable[str]) -> dict[str, str]:
+        """The erased ones of ``users``, each with its token (reads only)."""
+
+        def look(tx: Transaction) -> dict[str, str]:
+            secret = self._secret(tx, create=False)
+            if secret is None:
+                return {}
+            return tx.tombstones({user: keyed_hash(secret, user) for user in users})
+
+        return self.run_in_transaction(look)
+
+    def export_user(self, user_id: str, *, also: Iterable[str] = ()) -> dict[str, Any]:
+        """Everything stored about one player (the id as stored), JSON-ready; with
+        ``mentions``: other players' events whose data names the player (the id, a
+        username or one of ``also``), without the other player's id."""
         records = self.user_records(user_id)
         return {
             "userId": user_id,
@@ -470,14 +680,10 @@ class Store(ABC):
             # The marks sessions are computed from: a logout is a record of the player's
             # too, kept a while after its session closed.
             "logouts": [iso_from_ms(m.at_ms) for m in self.get_logouts(user_id)],
-            "events": [
-                {
-                    "ts": iso_from_ms(e.ts_ms),
-                    "event": e.event,
-                    "data": json.loads(e.data),
-                    "day": e.day,
-                }
-                for e in self.get_events(user_id, limit=EXPORT_EVENT_LIMIT)
+            "events": [event_export(e) for e in self.get_events(user_id, limit=EXPORT_EVENT_LIMIT)],
+            "mentions": [
+                event_export(e)
+                for e in self.find_mentions(self.mention_names(user_id, also), user_id)
             ],
             "daysActive": records.days_active,
             "monthsActive": records.months_active,
@@ -545,6 +751,31 @@ class Store(ABC):
         """Delete the events until ``last`` in chunks (:meth:`in_chunks`): a million
         expired events must not hold every writer for the whole delete."""
         return self.in_chunks(lambda tx: tx.delete_events_until(last, self.prune_chunk))
+
+
+def event_export(event: EventRecord) -> dict[str, Any]:
+    """An event as an export shows it (no user id: a mention is another player's)."""
+    return {
+        "ts": iso_from_ms(event.ts_ms),
+        "event": event.event,
+        "data": json.loads(event.data),
+        "day": event.day,
+    }
+
+
+def mention_chunk(tx: Transaction, names: set[str], token: str, after: Any) -> tuple[int, Any]:
+    """One chunk of an erase's look through the event stream: every string equal to
+    one of ``names`` in the data of the events after ``after`` replaced by ``token``.
+    Returns how many events changed and where the next chunk starts (None: done)."""
+    rows = tx.events_after(after, mention_needles(names), MENTION_CHUNK)
+    changes = {}
+    for position, row in rows:
+        rewritten = rewrite_mentions(row[3], names, token)
+        if rewritten is not None:
+            changes[position] = rewritten
+    if changes:
+        tx.set_event_data(changes)
+    return len(changes), (rows[-1][0] if len(rows) == MENTION_CHUNK else None)
 
 
 #: Suffix of the total that counts what was taken back from a field (see
@@ -749,7 +980,12 @@ def store_class(scheme: str) -> type[Store]:
 
 
 def open_store(url: str, **options: Any) -> Store:
-    """Open a store by URL: ``memory://``, ``sqlite:///relative.db``, ``sqlite:////abs.db``."""
+    """Open a store by URL: ``memory://``, ``sqlite:///relative.db``, ``sqlite:////abs.db``.
+
+    ``existing=True`` opens only a store that is there (what the commands that read or
+    erase use): a missing SQLite file, or a database without this library's tables
+    (collections) under the prefix, is a :class:`ConfigurationError`, and nothing is
+    created."""
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(
             f"a store URL looks like 'scheme://...', got {url!r};"

@@ -258,6 +258,50 @@ def test_buffer_is_bounded_and_overflow_counted(
     assert analytics.stats()["buffered"] == 0
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param({"blob": ["x" * 16_000]}, id="16KB-json-text"),
+        pytest.param({"note": "é" * 4_000}, id="non-ascii-text"),
+        pytest.param({f"k{n}": f"{n:064d}" for n in range(16)}, id="16-flat-strings"),
+    ],
+)
+def test_buffer_is_bounded_in_bytes(
+    make_analytics: AnalyticsFactory, monkeypatch: pytest.MonkeyPatch, data: dict[str, Any]
+) -> None:
+    """Valid large payloads with the store down (issue 28, finding 7): the memory the
+    buffer holds, measured by tracemalloc (not by the library's own estimate), stays
+    near ``max_buffered_bytes``, failed batches included; the rest is dropped and
+    counted, and what was admitted is stored once the store is back."""
+    import tracemalloc
+
+    store = open_store("memory://")
+    flaky = FlakyApply(store, failures=10**9)
+    monkeypatch.setattr(store, "apply", flaky)
+    bound = 2 * 1024 * 1024
+    analytics = make_analytics(store, max_buffered_bytes=bound)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(300):
+            analytics.track("gift.send", f"u{n:04d}", data)
+        with pytest.raises(StoreError):
+            analytics.flush()  # the failed batch still counts toward the bound
+        for n in range(300, 600):
+            analytics.track("gift.send", f"u{n:04d}", data)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    stats = analytics.stats()
+    assert held < 1.5 * bound, held
+    assert stats["buffered_bytes"] <= bound + 4 * 16 * 1024  # the last call may pass it
+    assert stats["dropped"] > 0 and stats["dropped"] + stats["buffered"] == 600
+    flaky.failures = 0
+    analytics.flush()
+    assert len(store.get_events(limit=1000)) == 600 - stats["dropped"]
+    assert analytics.stats()["buffered_bytes"] == 0
+
+
 # -- the flush thread -------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ def rich_batch() -> FlushBatch:
         months={"2025-03-14": "2025-03", "2025-03-15": "2025-03"},
         day_users={"2025-03-14": {"u1", "Grüße 🎮", "u\udc80x"}, "2025-03-15": set()},
         month_users={"2025-03": {"u1"}},
+        new_users={"2025-03-14": {"u1", "Grüße 🎮"}},  # registrations: lost in a replay before
         logins=[Login("s1", "u1", 1741953600000, "host:1", 3, None, "2025-03-14", "2025-03")],
         logouts=[Logout("s1-out", "u1", 1741953690000, "host:1", 4)],
         activity={"u1": [1_000, 2_000]},

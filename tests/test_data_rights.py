@@ -3,6 +3,7 @@ erase, pseudonymized stores against plain ones, and the CLI commands."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -19,6 +20,7 @@ from gso_analytics import open_store
 from gso_analytics.cli import main
 from gso_analytics.clock import utc_now
 from gso_analytics.erasure import keyed_hash
+from gso_analytics.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from conftest import AnalyticsFactory, FakeClock
@@ -57,6 +59,8 @@ def _fill_and_erase(db: Path, make_analytics: AnalyticsFactory, clock: FakeClock
             a.track("credits.earn", f"player-{n:04d}", {"amount": n})
         a.on_login(SECRET_ID, SECRET_NAME)
         a.track("stripe.payment", SECRET_ID, {"amountCents": 100, "by": SECRET_NAME})
+        # Another player's events naming the player (finding 2 of issue 28).
+        a.track("pvp.battle", "player-0007", {"opponent": SECRET_ID, "n": [{"to": SECRET_NAME}]})
         a.flush()
         # Rows rewritten before the erase (sessions closed, revenue added to), whose
         # old versions SQLite may have left in free space with secure_delete off.
@@ -88,6 +92,7 @@ def test_sqlite_erase_leaves_no_readable_copy_in_the_files(
     assert SECRET_ID.encode() not in raw
     assert SECRET_NAME.encode() not in raw
     assert b"player-0042" in raw  # the scan reads what is there
+    assert raw.count(b'"opponent":"erased-') >= 3  # the mentions kept, with the token
 
 
 @pytest.mark.usefixtures("secure_delete_off_by_default")
@@ -236,8 +241,12 @@ def test_pseudonymized_erase_takes_the_real_id(
     a = make_analytics("memory://", forwarders=[], pseudonymize_key=b"0123456789abcdef")
     a.on_login("alice", "Alice")
     a.flush()
-    assert a.erase_user("alice").pseudonymized["sessions"] == 1
+    a.track("pvp.battle", "bob", {"opponent": "alice"})  # data is stored as given
+    assert [m["data"] for m in a.export_user("alice")["mentions"]] == [{"opponent": "alice"}]
+    receipt = a.erase_user("alice")
+    assert receipt.pseudonymized["sessions"] == 1 and receipt.mentions == 1
     assert a.export_user("alice")["sessions"] == []
+    assert "'alice'" not in repr(a.store._state)  # type: ignore[attr-defined]
 
 
 def test_a_short_pseudonymize_key_is_refused() -> None:
@@ -269,3 +278,272 @@ def test_cli_export_user_and_erase(
     assert receipt["pseudonymized"]["sessions"] == 1 and receipt["deleted"]["events"] == 1
     assert main(["erase", SECRET_ID, "--store", url, *key_env]) == 0
     assert json.loads(capsys.readouterr().out)["alreadyErased"] is True
+
+
+# -- issue 28, finding 3: erase and export refuse the wrong store -------------------------
+
+
+def _tables(db: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        return sorted(row[0] for row in conn.execute("SELECT name FROM sqlite_master"))
+
+
+@pytest.mark.parametrize("command", ["erase", "export-user"])
+def test_a_mistyped_prefix_or_a_foreign_file_is_refused_and_nothing_is_created(
+    tmp_path: Path,
+    make_analytics: AnalyticsFactory,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    db = tmp_path / "game.db"
+    a = make_analytics(f"sqlite:///{db}", forwarders=[])
+    a.on_login(SECRET_ID, SECRET_NAME)
+    a.stop()
+    before = _tables(db)
+    assert main([command, SECRET_ID, "--store", f"sqlite:///{db}?prefix=typo_"]) != 0
+    err = capsys.readouterr().err
+    assert "no gso_analytics store with prefix 'typo_'" in err
+    assert "'gso_analytics_'" in err  # the prefix that is there
+    assert _tables(db) == before
+    # The game's own database, without any of our tables.
+    own = tmp_path / "own.db"
+    with contextlib.closing(sqlite3.connect(own)) as conn:
+        conn.execute("CREATE TABLE players (id TEXT)")
+    assert main([command, SECRET_ID, "--store", f"sqlite:///{own}"]) != 0
+    assert "holds no gso_analytics store" in capsys.readouterr().err
+    assert _tables(own) == ["players"]
+
+
+@pytest.mark.parametrize("command", ["erase", "export-user"])
+def test_a_missing_file_is_refused_and_not_created(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    """A relative path from another directory: the message says where it looked."""
+    monkeypatch.chdir(tmp_path)
+    assert main([command, SECRET_ID, "--store", "sqlite:///data/gso.db"]) != 0
+    assert str(tmp_path / "data" / "gso.db") in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pseudonymized_store_refuses_an_erase_without_its_key(
+    tmp_path: Path,
+    make_analytics: AnalyticsFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = f"sqlite:///{tmp_path}/hidden.db"
+    a = make_analytics(url, forwarders=[], pseudonymize_key="the-right-key-0123")
+    a.on_login(SECRET_ID)
+    a.stop()
+    assert main(["erase", SECRET_ID, "--store", url]) != 0
+    assert "written with pseudonymize_key" in capsys.readouterr().err
+    assert main(["export-user", SECRET_ID, "--store", url]) != 0
+    monkeypatch.setenv("GSO_KEY", "a-wrong-key-456789")
+    assert main(["erase", SECRET_ID, "--store", url, "--pseudonymize-key-env", "GSO_KEY"]) != 0
+    assert "not the one this store was written with" in capsys.readouterr().err
+    monkeypatch.setenv("GSO_KEY", "the-right-key-0123")
+    assert main(["erase", SECRET_ID, "--store", url, "--pseudonymize-key-env", "GSO_KEY"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "erased"
+    # A worker started with another key refuses to write into the store.
+    b = make_analytics(url, forwarders=[], pseudonymize_key="a-wrong-key-456789")
+    b.on_login("someone")
+    with pytest.raises(ConfigurationError, match="another pseudonymize_key"):
+        b.store.apply(b._aggregator.swap())
+
+
+def test_an_id_the_store_never_saw_is_not_found(
+    tmp_path: Path, make_analytics: AnalyticsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path}/cli.db"
+    a = make_analytics(url, forwarders=[])
+    a.on_login(SECRET_ID, SECRET_NAME)
+    a.stop()
+    assert main(["erase", "zz-mistyped-id", "--store", url]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["status"] == "not found"
+    assert "not found" in captured.err
+
+
+# -- issue 28, finding 4: the forwarders hear of an erase made from the command line -------
+
+
+def test_cli_erase_sends_user_erased_to_the_webhook_of_the_environment(
+    tmp_path: Path, make_analytics: AnalyticsFactory
+) -> None:
+    """``gso-analytics erase`` in a process of its own configures its forwarders as a
+    worker does (``ANALYTICS_WEBHOOK_URL``), and a receiver on 127.0.0.1 gets
+    ``user.erased`` before the command exits."""
+    import os
+
+    from test_forwarding import Endpoint
+
+    url = f"sqlite:///{tmp_path}/hooked.db"
+    a = make_analytics(url, forwarders=[])
+    a.on_login(SECRET_ID, SECRET_NAME)
+    a.stop()
+    receiver = Endpoint()
+    try:
+        env = {**os.environ, "ANALYTICS_WEBHOOK_URL": receiver.url + "/gso"}
+        done = subprocess.run(
+            [sys.executable, "-m", "gso_analytics", "erase", SECRET_ID, "--store", url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        payloads = [r.payload() for r in receiver.accepted()]
+    finally:
+        receiver.close()
+    assert [(p["event"], p["userId"]) for p in payloads] == [("user.erased", SECRET_ID)]
+    assert json.loads(done.stdout)["status"] == "erased"
+
+
+def test_an_erase_in_a_process_not_started_delivers_before_returning(
+    make_analytics: AnalyticsFactory,
+) -> None:
+    """``manage.py gso_analytics erase`` builds the project's Analytics without starting
+    it (a one-off command): the erase itself drains the forwarders."""
+    from test_forwarding import Endpoint
+
+    from gso_analytics import WebhookForwarder
+
+    receiver = Endpoint()
+    try:
+        a = make_analytics("memory://", forwarders=[WebhookForwarder(receiver.url + "/gso")])
+        a.erase_user("u-gone")
+        payloads = [r.payload() for r in receiver.accepted()]
+    finally:
+        receiver.close()
+    assert [(p["event"], p["userId"]) for p in payloads] == [("user.erased", "u-gone")]
+
+
+# -- issue 28, finding 5: the erasure secret kept apart from the data it protects ---------
+
+
+def _meta(db: Path) -> dict[str, str]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return dict(conn.execute("SELECT key, value FROM gso_analytics_meta"))
+
+
+def test_an_erasure_secret_from_a_key_file_never_reaches_the_store(
+    tmp_path: Path,
+    make_analytics: AnalyticsFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the secret in a key file, the database holds only a keyed check of it: a
+    backup and a list of candidate ids no longer tell who an erased player was. A
+    process without the secret (or with another) is refused, not left to write
+    tombstones under a key of its own."""
+    db = tmp_path / "apart.db"
+    secret = "a-secret-kept-elsewhere-0042"
+    key_file = tmp_path / "erasure.key"
+    key_file.write_text(secret + "\n")
+    monkeypatch.setenv("GSO_ANALYTICS_ERASURE_SECRET_FILE", str(key_file))
+    a = make_analytics(f"sqlite:///{db}", forwarders=[])
+    a.on_login(SECRET_ID, SECRET_NAME)
+    a.flush()
+    assert main(["erase", SECRET_ID, "--store", f"sqlite:///{db}"]) == 0
+    capsys.readouterr()
+    a.on_login(SECRET_ID)  # a late call still goes to the token
+    a.stop()
+    raw = _file_bytes(db)
+    assert secret.encode() not in raw and SECRET_ID.encode() not in raw
+    stored = _meta(db)["erasureSecret"]
+    assert stored.startswith("outside:") and secret not in stored
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        hashes = [row[0] for row in conn.execute("SELECT hash FROM gso_analytics_tombstones")]
+    assert hashes == [keyed_hash(secret, SECRET_ID)]  # only the secret finds the player
+
+    monkeypatch.delenv("GSO_ANALYTICS_ERASURE_SECRET_FILE")
+    assert main(["erase", "someone", "--store", f"sqlite:///{db}"]) != 0
+    assert "kept outside it" in capsys.readouterr().err
+    monkeypatch.setenv("GSO_ANALYTICS_ERASURE_SECRET", "another-secret-of-16+")
+    assert main(["erase", "someone", "--store", f"sqlite:///{db}"]) != 0
+    assert "not this store's" in capsys.readouterr().err
+
+
+def test_the_secret_a_store_keeps_can_be_moved_out_of_it(
+    tmp_path: Path,
+    make_analytics: AnalyticsFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store that made its own secret: its operator copies it into the environment,
+    and the first process given it keeps only the check in the store; the tombstones
+    made before still match."""
+    db = tmp_path / "moved.db"
+    a = make_analytics(f"sqlite:///{db}", forwarders=[])
+    a.on_login(SECRET_ID, SECRET_NAME)
+    a.erase_user(SECRET_ID)
+    a.stop()
+    secret = _meta(db)["erasureSecret"]
+    monkeypatch.setenv("GSO_ANALYTICS_ERASURE_SECRET", secret)
+    assert main(["erase", SECRET_ID, "--store", f"sqlite:///{db}"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "already erased"
+    assert _meta(db)["erasureSecret"].startswith("outside:")
+    assert secret.encode() not in _file_bytes(db)
+
+
+def test_a_short_erasure_secret_is_refused() -> None:
+    from gso_analytics import Analytics
+
+    with pytest.raises(ConfigurationError, match="erasure secret"):
+        Analytics("memory://", forwarders=[], erasure_secret="short")
+
+
+# -- issue 28, finding 7: dead letters hold no erased player ------------------------------
+
+
+def _set_aside(a: Any, faulty: Any) -> None:
+    """The buffered calls failing twice (quarantine_after=2): set aside as a dead letter."""
+    faulty.fail_before(times=2, error=RuntimeError)
+    with pytest.raises(RuntimeError):
+        a.flush()
+    a.flush()
+
+
+def test_an_erase_rewrites_the_dead_letters_written_before_and_after_it(
+    tmp_path: Path, make_analytics: AnalyticsFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: the dead-letter files of the directory (this worker's and another's) are
+    rewritten by the CLI erase as the store was; after: a batch of the player set aside
+    once the erase committed is written under the token. A replay stores no id."""
+    from faults import FaultyStore
+
+    from gso_analytics.dead_letters import read_dead_letters
+
+    url = f"sqlite:///{tmp_path}/letters.db"
+    dead = tmp_path / "dead"
+    faulty = FaultyStore(open_store(url))
+    a = make_analytics(faulty, forwarders=[], quarantine_after=2, dead_letter_dir=dead)
+    a.on_login(SECRET_ID, SECRET_NAME)
+    a.track("stripe.payment", SECRET_ID, {"amountCents": 100})
+    a.track("pvp.battle", "bob", {"opponent": SECRET_ID, "names": [SECRET_NAME]})
+    a.on_login("bob", "Bob")
+    _set_aside(a, faulty)
+    (mine,) = dead.iterdir()
+    other = dead / "dead-letters-otherhost-1.jsonl"  # another worker's file, seen too
+    other.write_bytes(mine.read_bytes())
+    a.on_login(SECRET_ID, SECRET_NAME)  # buffered in the worker during the erase
+    a.flush()
+
+    erase = ["erase", SECRET_ID, "--store", url, "--dead-letter-dir", str(dead)]
+    assert main(erase) == 0
+    assert json.loads(capsys.readouterr().out)["deadLetters"] == 2
+    a.on_logout(SECRET_ID)  # a call of the player after the erase, set aside
+    _set_aside(a, faulty)
+    for path in dead.iterdir():
+        raw = path.read_bytes()
+        assert SECRET_ID.encode() not in raw and SECRET_NAME.encode() not in raw, path
+    letters = [letter for path in sorted(dead.iterdir()) for letter in read_dead_letters(path)]
+    assert len(letters) == 3
+    battle = [e for e in letters[0].batch.events if e[2] == "pvp.battle"]
+    assert json.loads(battle[0][3])["opponent"].startswith("erased-")
+    assert main(["replay-dead-letters", str(sorted(dead.iterdir())[0]), "--store", url]) == 0
+    a.stop()
+    assert SECRET_ID.encode() not in _file_bytes(tmp_path / "letters.db")

@@ -314,6 +314,24 @@ def test_only_safe_methods(game: Analytics) -> None:
     assert Client().head("/metrics/", headers=AUTH).status_code == 200
 
 
+@pytest.mark.parametrize("method", ["get", "post", "put", "patch", "delete", "options", "trace"])
+def test_without_a_valid_token_every_method_gets_the_same_answer(
+    configure: Callable[..., Analytics], method: str
+) -> None:
+    """A 405 to POST beside a 401 or 404 to GET would tell a stranger the route exists
+    (issue 28): every method gets the same answer until the token is valid."""
+    configure(**BASE)
+    for url in ("/metrics/", "/metrics/days", "/metrics/stats/"):
+        assert getattr(Client(), method)(url).status_code == 401, url
+        bad = {"Authorization": "Bearer wrong"}
+        assert getattr(Client(), method)(url, headers=bad).status_code == 401, url
+    if method != "get":
+        answer = getattr(Client(), method)("/metrics/", headers=AUTH)
+        assert answer.status_code == 405 and answer["Allow"] == "GET, HEAD"
+    configure(STORE="memory://")  # no token: the endpoint is hidden
+    assert getattr(Client(), method)("/metrics/").status_code == 404
+
+
 # -- the numbers ---------------------------------------------------------------------------
 
 

@@ -478,6 +478,25 @@ def test_only_get_and_head(client: FlaskClient) -> None:
     assert head.status_code == 200 and head.data == b""
 
 
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"])
+@pytest.mark.parametrize("path", ["/metrics", "/metrics/days", "/metrics/stats"])
+def test_without_a_valid_token_every_method_gets_the_same_answer(
+    make_app: Callable[..., Flask], client: FlaskClient, method: str, path: str
+) -> None:
+    """A stranger cannot tell the route exists from a 405 beside a 404 (issue 28): with
+    a token configured every method is a 401, without one a 404, like a path that is
+    not there."""
+    assert client.open(path, method=method).status_code == 401
+    bad = {"Authorization": "Bearer wrong"}
+    assert client.open(path, method=method, headers=bad).status_code == 401
+    hidden = make_app(STORE="memory://").test_client()
+    assert hidden.open(path, method=method).status_code == 404
+    assert hidden.open("/nothing-here", method=method).status_code == 404
+    if method not in ("GET",):
+        answer = client.open(path, method=method, headers=AUTH)
+        assert answer.status_code == 405 and answer.headers["Allow"] == "GET, HEAD"
+
+
 # -- JSON -------------------------------------------------------------------------------------
 
 

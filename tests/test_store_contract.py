@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from faults import FaultyStore
 
-from gso_analytics import DAILY_FIELDS, FlushBatch, Store, StoreError
+from gso_analytics import DAILY_FIELDS, FlushBatch, Store, StoreError, open_store
 from gso_analytics.clock import to_ms
+from gso_analytics.errors import ConfigurationError
 from gso_analytics.heartbeats import process_identity
 from gso_analytics.model import EventRecord, Heartbeat, Login, Logout
 from gso_analytics.store import WITHDRAWN
@@ -1430,6 +1431,135 @@ def test_export_user_has_sessions_events_payments_and_days(
     assert export["logouts"] == ["2025-03-14T12:30:00.000Z"]  # the marks are records too
     assert store.export_user("nobody")["sessions"] == []
     assert store.export_user("nobody")["logouts"] == []
+
+
+def test_erase_replaces_the_player_in_other_players_event_data(
+    store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """Other players' events naming the erased player by id or username, at any depth,
+    keep their place with the token in those strings; the export returns them as
+    ``mentions`` (without the other player's id) before the erase. Strings that merely
+    contain the name, and numbers, are left alone."""
+    a = make_analytics(store, forwarders=[])
+    a.on_login(ALICE, ALICE_NAME)
+    a.track("pvp.battle", "bob", {"opponent": ALICE, "won": True})
+    a.track(
+        "friend.request",
+        "carol",
+        {"to": ALICE, "meta": {"toName": ALICE_NAME, "list": [1, [ALICE], {"x": ALICE_NAME}]}},
+    )
+    a.track("chat.say", "dave", {"text": f"hi {ALICE_NAME}", "n": 4711})
+    a.flush()
+    mentions = a.export_user(ALICE)["mentions"]
+    assert [m["event"] for m in mentions] == ["pvp.battle", "friend.request"]
+    assert "bob" not in json.dumps(mentions)  # another player's id is not the player's data
+
+    receipt = a.erase_user(ALICE)
+    assert receipt.mentions == 2 and receipt.status == "erased"
+    dump = raw_dump(store)
+    assert ALICE not in dump.replace(f"hi {ALICE_NAME}", "")
+    assert ALICE_NAME not in dump.replace(f"hi {ALICE_NAME}", "")
+    by_user = {e.user_id: json.loads(e.data) for e in store.get_events(limit=100)}
+    token = by_user["bob"]["opponent"]
+    assert token.startswith("erased-") and by_user["bob"]["won"] is True
+    assert by_user["carol"] == {
+        "to": token,
+        "meta": {"toName": token, "list": [1, [token], {"x": token}]},
+    }
+    assert by_user["dave"] == {"text": f"hi {ALICE_NAME}", "n": 4711}
+    assert a.export_user(ALICE)["mentions"] == []
+    assert a.erase_user(ALICE).mentions == 0
+
+
+def test_export_after_erase_returns_what_the_token_holds(
+    store: Store, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """A returning player's calls land under the token; the export says the player was
+    erased and, asked with ``after_erase``, returns the token's records."""
+    a = make_analytics(store, forwarders=[])
+    a.on_login(ALICE, ALICE_NAME)
+    a.flush()
+    assert a.export_user(ALICE)["erased"] is False
+    a.erase_user(ALICE)
+    clock.advance(days=1)
+    a.on_login(ALICE, ALICE_NAME)
+    a.track("stripe.payment", ALICE, {"amountCents": 250})
+    plain = a.export_user(ALICE)
+    assert plain["erased"] is True and plain["events"] == [] and plain["daysActive"] == []
+    after = a.export_user(ALICE, after_erase=True)
+    assert after["userId"] == ALICE and after["storedAs"].startswith("erased-")
+    assert after["daysActive"] == ["2025-03-14", "2025-03-15"]
+    assert after["events"] == []  # an erased player's events are not kept (see apply_batch)
+    assert after["revenueCents"] == {"2025-03-15": 250}
+    assert [s["username"] for s in after["sessions"]] == [None, None]
+    assert a.export_user("nobody", after_erase=True)["erased"] is False
+
+
+def test_opening_an_existing_store_refuses_a_prefix_without_tables(
+    backend: Any, store: Store, store_url: str
+) -> None:
+    """What the commands that read or erase open: a prefix under which the database
+    holds none of our tables (collections) is refused, and none is created."""
+    if backend.name == "memory":
+        pytest.skip("memory:// opens a new store every time")
+    before = raw_dump(store)
+    typo = store_url + ("&" if "?" in store_url else "?") + "prefix=typo_"
+    with pytest.raises(ConfigurationError, match="no gso_analytics store with prefix 'typo_'"):
+        open_store(typo, existing=True)
+    assert raw_dump(store) == before
+    open_store(store_url, existing=True).close()
+
+
+def test_an_erasure_secret_kept_apart_stays_out_of_the_store(
+    store: Store, other_store: Store, make_analytics: AnalyticsFactory
+) -> None:
+    """The store keeps a check of the secret, never the secret; the store's own secret,
+    given back from outside, is moved out (the tombstones still match); another secret
+    is refused."""
+    a = make_analytics(store, forwarders=[])
+    a.on_login(ALICE, ALICE_NAME)
+    a.erase_user(ALICE)
+    own = store.erasure_key()
+    assert own in raw_dump(store)
+    other_store._erasure_key = None  # another process, started with the secret outside
+    other_store.external_secret = own
+    b = make_analytics(other_store, forwarders=[])
+    b.on_login("bob")
+    b.flush()
+    assert own not in raw_dump(store) and "outside:" in raw_dump(store)
+    assert b.erase_user(ALICE).already_erased
+    other_store._erasure_key = None
+    other_store.external_secret = "not-the-secret-of-this-store"
+    with pytest.raises(ConfigurationError, match="not this store's"):
+        other_store.erasure_key()
+
+
+def test_a_counter_taken_past_64_bits_across_batches_breaks_nothing(
+    backend: Any, store: Store, clock: FakeClock
+) -> None:
+    """Three batches each adding 2**62 to one counter (issue 28, what docs/bad-input.md
+    says): no apply and no prune raises (on MongoDB the roll-up's sum passed what BSON
+    holds, and the driver's OverflowError escaped the applied batch and every prune);
+    the reads give the sum: exactly on the memory store, close on the others (SQLite,
+    and nx-27017 folding it, turn it into a float)."""
+
+    def batch(n: int) -> FlushBatch:
+        return FlushBatch(
+            id=f"big{n}",
+            created_at=clock(),
+            months={"2025-03-14": "2025-03"},
+            counters={"2025-03-14": {"creditsEarned": 2**62}},
+        )
+
+    for n in range(3):
+        store.apply(batch(n))
+    store.prune(clock() + timedelta(days=1), timedelta(days=30), timedelta(hours=12))
+    expected = 3 * 2**62
+    for value in (
+        day_dict(store, "2025-03-14")["creditsEarned"],
+        store.get_totals()["creditsEarned"],
+    ):
+        assert value == (expected if backend.name == "memory" else pytest.approx(expected))
 
 
 # -- a batch applied in parts ----------------------------------------------------------------

@@ -28,7 +28,7 @@ writes: see :mod:`.erase`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,9 @@ from . import erase
 from .documents import (
     activity_doc,
     activity_run,
+    data_value,
     event_doc,
+    event_record,
     logout_doc,
     logout_mark,
     session_doc,
@@ -304,15 +306,23 @@ class BatchTransaction(Transaction):
 
     # -- players' data rights ---------------------------------------------------------------
 
-    def erasure_secret(self, candidate: str) -> str:
-        meta = self._c("meta")
-        found = meta.find_one(
-            {"_id": "erasureSecret"}, session=self.session, max_time_ms=READ_TIMEOUT_MS
-        )
+    def claim_meta(self, key: str, candidate: str) -> str:
+        found = self.meta_value(key)
         if found is not None:
-            return str(found["value"])
-        meta.insert_one({"_id": "erasureSecret", "value": candidate}, session=self.session)
+            return found
+        self._c("meta").insert_one({"_id": key, "value": candidate}, session=self.session)
         return candidate
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._c("meta").replace_one(
+            {"_id": key}, {"_id": key, "value": value}, upsert=True, session=self.session
+        )
+
+    def meta_value(self, key: str) -> str | None:
+        found = self._c("meta").find_one(
+            {"_id": key}, session=self.session, max_time_ms=READ_TIMEOUT_MS
+        )
+        return None if found is None else str(found["value"])
 
     def tombstones(self, hashes: Mapping[str, str]) -> dict[str, str]:
         """Read in the snapshot, no fence written: an erase that commits while this part
@@ -339,6 +349,23 @@ class BatchTransaction(Transaction):
 
     def delete_user_events(self, user_id: str) -> int:
         return self._delete_chunk("events", {"userId": user_id}, erase.ERASE_CHUNK)
+
+    def events_after(
+        self, after: Any, needles: Sequence[str], limit: int
+    ) -> list[tuple[Any, EventRow]]:
+        """Every event, in ``_id`` order: ``data`` is a subdocument, which no query
+        can search for a string at any depth, so the shared code looks at each."""
+        query = {} if after is None else {"_id": {"$gt": after}}
+        docs = self._find("events", query).sort("_id", 1).limit(limit)
+        return [(doc["_id"], event_record(doc).row) for doc in docs]
+
+    def set_event_data(self, changes: Mapping[Any, str]) -> None:
+        driver = pymongo()
+        ops = [
+            driver.UpdateOne({"_id": position}, {"$set": {"data": data_value(data)}})
+            for position, data in changes.items()
+        ]
+        self._c("events").bulk_write(ops, ordered=False, session=self.session)
 
     # -- before the commit ------------------------------------------------------------------
 

@@ -48,7 +48,9 @@ URL_OPTIONS = {
     "ttlindex": "ttl_index",
     "createindexes": "create_indexes",
 }
-STORE_KWARGS = frozenset({"prefix", "transactions", "ttl_index", "create_indexes", "event_ttl"})
+STORE_KWARGS = frozenset(
+    {"prefix", "transactions", "ttl_index", "create_indexes", "event_ttl", "existing"}
+)
 
 
 def pymongo() -> ModuleType:

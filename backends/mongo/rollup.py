@@ -120,8 +120,9 @@ def _fold_chunk(store: Connection) -> int:
 def roll_up(store: Connection) -> int:
     """Fold every delta not folded yet, a chunk per transaction. A conflict means
     another process is folding: it stops here, leaving the rest to that one. A store
-    error is logged, not raised: the batch (or the prune) it follows is done, reads are
-    exact without the roll-up, and the next flush or prune tries again."""
+    error, or a sum past the 64-bit integers, is logged, not raised: the batch (or the
+    prune) it follows is done, reads are exact without the roll-up, and the next flush
+    or prune tries again."""
     folded = 0
     try:
         while True:
@@ -131,7 +132,9 @@ def roll_up(store: Connection) -> int:
                 return folded
     except Conflict:
         return folded
-    except StoreError as exc:
+    except (StoreError, OverflowError) as exc:
+        # OverflowError: a day's (or the totals') sum passed the 64-bit integers BSON
+        # holds (see docs/bad-input.md); the driver refuses it before sending.
         log.warning(
             "gso_analytics: folding deltas on %s failed (%s); the next flush or prune retries",
             store.where,

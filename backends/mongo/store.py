@@ -9,15 +9,15 @@ import os
 import re
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, cast
 
-from gso_analytics.erasure import ErasureReceipt, keyed_hash, new_secret, new_token
+from gso_analytics.erasure import ErasureReceipt, keyed_hash, new_token
 from gso_analytics.errors import ConfigurationError
 from gso_analytics.model import ApplyResult, FlushBatch, PruneResult
-from gso_analytics.store import Store, T, Transaction, apply_batch
+from gso_analytics.store import Store, T, Transaction, apply_batch, check_ours
 
 from .batch import RESERVED_FIELDS, BatchTransaction, Replan
 from .connection import until_no_conflict
@@ -48,6 +48,8 @@ class MongoStore(Reads, Indexes, Store):
     ``prefix`` names the collections; ``event_ttl`` sets the TTL index when given
     (otherwise it is created with 7 days and then follows the ``event_ttl`` of the
     ``Analytics`` that prunes); ``ttl_index=False`` leaves expiry to the prune job alone.
+    ``existing``: refuse a database without this library's collections under
+    ``prefix`` (creating none), as the commands that read or erase open a store.
     ``transactions``: None detects a replica set or mongos and refuses a standalone
     server; True skips the check (a stand-in that runs transactions but describes
     itself as standalone). ``create_indexes``: True builds missing indexes at open in
@@ -77,6 +79,7 @@ class MongoStore(Reads, Indexes, Store):
         create_indexes: bool | None = True,
         where: str | None = None,
         reconnect: Callable[[], Any] | None = None,
+        existing: bool = False,
     ) -> None:
         if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
             raise ConfigurationError(
@@ -108,6 +111,8 @@ class MongoStore(Reads, Indexes, Store):
             if transactions is None and not transactions_possible(hello):
                 raise ConfigurationError(STANDALONE_REFUSED.format(where=self.where))
             self._commit_quorum = _commit_quorum_possible(hello)
+            if existing:  # before anything is created (see check_ours)
+                check_ours(self._db().list_collection_names(), prefix, self.where)
             self._create_collections()
             if create_indexes is not None:
                 self._open_indexes(event_ttl)
@@ -205,10 +210,9 @@ class MongoStore(Reads, Indexes, Store):
             cast(BatchTransaction, tx).prepare(
                 also_applied=also, plan=plan, record_plan=record_plan, unerased=unerased
             )
-            # Read in the first part's transaction when this process has no key yet.
-            key = self._erasure_key or tx.erasure_secret(new_secret())
+            key = self.first_reads(tx)
             result = apply_batch(tx, part, key)
-        self._erasure_key = key  # committed: the key is the store's
+        self.committed(key)
         if result.duplicate:  # a retry after the commit: its check may not have run
             unerased = {user: keyed_hash(key, user) for user in part.players()}
         self._catch_erasures(unerased)
@@ -252,20 +256,26 @@ class MongoStore(Reads, Indexes, Store):
             if not any(counts.values()) and not events:
                 return dict(renamed), deleted
 
-    def erase_user(self, user_id: str, at: Any) -> ErasureReceipt:
-        """The tombstone in a transaction of its own, then the player's records in
-        bounded ones (see :mod:`.erase`)."""
+    def erase_user(self, user_id: str, at: Any, *, also: Iterable[str] = ()) -> ErasureReceipt:
+        """The tombstone in a transaction of its own, then other players' events naming
+        the player, then the player's records, each in bounded transactions (see
+        :mod:`.erase`). The mentions go before the sessions lose the username: an erase
+        cut short is run again, and still finds the username to look for."""
         check_str(user_id, "user_id")
         key_hash = keyed_hash(self.erasure_key(), user_id)
         token = new_token()
+        names = self.mention_names(user_id, also)
 
         def record() -> str | None:
             with self._session_transaction("recording a tombstone") as session:
                 return BatchTransaction(self, session).add_tombstone(key_hash, token, at)
 
         existing = until_no_conflict(record)
+        mentioned = self.rewrite_mentions(names, existing or token)
         renamed, deleted = self._sweep(user_id, existing or token)
-        return ErasureReceipt(renamed, {"events": deleted}, already_erased=existing is not None)
+        return ErasureReceipt(
+            renamed, {"events": deleted}, already_erased=existing is not None, mentions=mentioned
+        )
 
     # -- the prune job ----------------------------------------------------------------------------
 

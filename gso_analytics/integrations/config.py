@@ -64,7 +64,7 @@ class EndpointSettings:
 
 
 #: ``Analytics`` options whose value is a secret: shown as ``<hidden>`` in ``repr``.
-SECRET_OPTIONS = frozenset({"pseudonymize_key"})
+SECRET_OPTIONS = frozenset({"pseudonymize_key", "erasure_secret"})
 
 
 def _store_repr(store: str | Store) -> str:

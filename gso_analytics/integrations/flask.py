@@ -30,7 +30,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from ..analytics import Analytics
 from ..errors import ConfigurationError
 from .config import build_analytics, read_settings
-from .metrics import VIEWS, MetricsEndpoint, MetricsRequest, View
+from .metrics import ROUTED_METHODS, VIEWS, MetricsEndpoint, MetricsRequest, View
 
 EXTENSION = "gso_analytics"
 CONFIG_PREFIX = "GSO_ANALYTICS_"
@@ -106,6 +106,7 @@ def metrics_blueprint(endpoint: MetricsEndpoint, name: str = EXTENSION) -> Bluep
                 authorization=request.headers.get("Authorization"),
                 accept=request.headers.get("Accept"),
                 format=request.args.get("format"),
+                method=request.method,
             ),
         )
         return Response(
@@ -117,5 +118,13 @@ def metrics_blueprint(endpoint: MetricsEndpoint, name: str = EXTENSION) -> Bluep
 
     for view in VIEWS:
         rule = "" if view == "metrics" else f"/{view}"
-        blueprint.add_url_rule(rule, view, lambda view=view: serve(view), methods=["GET"])
+        # Every method reaches the view (and no automatic OPTIONS answer): the
+        # endpoint refuses the unsafe ones after authorization (see ROUTED_METHODS).
+        blueprint.add_url_rule(
+            rule,
+            view,
+            lambda view=view: serve(view),
+            methods=list(ROUTED_METHODS),
+            provide_automatic_options=False,
+        )
     return blueprint

@@ -18,6 +18,8 @@ Access: with a token configured, every view and format requires ``Authorization:
 Bearer <token>``, compared in constant time; a token in the query string is never
 looked at (it would end up in access logs and browser history). Without a token the
 endpoint answers 404, as if it did not exist, unless the settings make it public.
+Every method gets that same answer: only an authorized request learns that a POST is
+a 405 (``Allow: GET, HEAD``).
 """
 
 from __future__ import annotations
@@ -65,6 +67,15 @@ class MetricsRequest:
     authorization: str | None = attrs.field(default=None, repr=False)
     accept: str | None = None
     format: str | None = None  # the ``?format=`` query parameter
+    method: str = "GET"
+
+
+#: The methods the views serve; any other is a 405, once the caller is authorized.
+SAFE_METHODS = ("GET", "HEAD")
+#: The methods the frameworks route to the views, so that without a valid token every
+#: one of them gets the same answer (a 405 to POST beside a 404 to GET would tell a
+#: stranger the route exists).
+ROUTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 
 
 @attrs.frozen
@@ -102,6 +113,8 @@ class MetricsEndpoint:
     def handle(self, analytics: Analytics, view: View, request: MetricsRequest) -> MetricsResponse:
         try:
             self._authorize(request.authorization)  # first: nothing leaks to a stranger
+            if request.method.upper() not in SAFE_METHODS:
+                raise _error(405, "method not allowed", {"Allow": ", ".join(SAFE_METHODS)})
             fmt = negotiate(view, request.accept, request.format)
             response = self._serve(analytics, view, fmt, request.accept)
         except _Refusal as refusal:

@@ -46,13 +46,21 @@ class Command(BaseCommand):
         ):
             action = actions.add_parser(name, help=help_text)
             action.add_argument("user_id", metavar="ID", help="the player's id")
+            if name == "export-user":
+                action.add_argument(
+                    "--after-erase",
+                    action="store_true",
+                    help="for an erased player: what the erase's token holds",
+                )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             if options["action"] == "report":
                 self._report(options)
             elif options["action"] == "export-user":
-                export = get_analytics().export_user(options["user_id"])
+                export = get_analytics().export_user(
+                    options["user_id"], after_erase=options["after_erase"]
+                )
                 self.stdout.write(json.dumps(export, indent=2, sort_keys=True))
             elif options["action"] == "erase":
                 receipt = get_analytics().erase_user(options["user_id"])
