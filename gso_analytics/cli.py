@@ -28,6 +28,7 @@ from typing import TextIO
 from . import __version__
 from .analytics import Analytics
 from .clock import Clock, resolve_tz, utc_now
+from .counters import json_number
 from .csv_report import write_csv
 from .dead_letters import replay as replay_dead_letters
 from .demo import DemoPlan, SimClock, plan_demo, replay
@@ -561,7 +562,7 @@ def report_text(
             "days": [day.to_dict() for day in history],
             "kpis": kpis,
         }
-        return json.dumps(doc, indent=2) + "\n"
+        return json.dumps(doc, indent=2, default=json_number) + "\n"
     text = "\n\n".join(
         [
             render_headline(kpis["headline"]),

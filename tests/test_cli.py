@@ -16,11 +16,12 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from gso_analytics import DAILY_FIELDS, Analytics, open_store
+from gso_analytics import DAILY_FIELDS, Analytics, ConfigurationError, CounterRule, open_store
 from gso_analytics.cli import Progress, main
 from gso_analytics.demo import plan_demo
 from gso_analytics.report import COLUMNS, fmt_cents, fmt_duration, render_days
@@ -487,3 +488,40 @@ def test_console_script_default_store_and_bad_scheme(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.startswith("gso-analytics: error: unknown store scheme 'nosql'")
     assert "Traceback" not in bad.stderr
+
+
+def test_report_reads_a_decimal_counter_it_was_never_told_of(run: RunCli, store_url: str) -> None:
+    """The CLI knows only the built-in counters; a game's decimal counter still reads
+    as its exact number (JSON ``0.3``, not 300000 millionths nor 0.30000000000000004)."""
+    rule = CounterRule("goldLooted", "amount", decimal=True)
+    clock = lambda: datetime(2026, 3, 12, 12, 0, tzinfo=UTC)  # noqa: E731
+    with Analytics(store_url, counters={"gold.loot": rule}, clock=clock) as analytics:
+        analytics.track("gold.loot", "u1", {"amount": 0.1})
+        analytics.track("gold.loot", "u1", {"amount": 0.2})
+    code, out, _ = run("report", "--json", "--store", store_url, "--today", TODAY)
+    assert code == 0
+    (day,) = json.loads(out)["days"]
+    assert day["goldLooted"] == 0.3 and "goldLooted@micro" not in day
+    assert re.search(r'"goldLooted": 0\.3\s', out)  # the JSON text itself
+
+
+@pytest.mark.parametrize(
+    ("counters", "message"),
+    [
+        ({"gold.loot": CounterRule("goldLooted", decimal=True)}, "give its amount_key"),
+        (
+            {"credits.earn": CounterRule("creditsEarned", "amount", decimal=True)},
+            "one of the library's integer fields",
+        ),
+        (
+            {
+                "gold.loot": CounterRule("gold", "amount", decimal=True),
+                "gold.find": CounterRule("gold", "amount"),
+            },
+            "'gold' is decimal for 'gold.loot' but not for 'gold.find'",
+        ),
+    ],
+)
+def test_a_decimal_counter_is_declared_whole(counters: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        Analytics(open_store("memory://"), counters=counters)
