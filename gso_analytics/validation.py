@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from json.encoder import encode_basestring as _encode_string  # C, ensure_ascii=False
 from typing import Any
@@ -63,20 +63,29 @@ def _check_number(value: object, field: str) -> int | float:
     return value
 
 
-def check_amount(value: object, field: str, counter: str) -> int:
-    """The amount of an integer counter (every counter not declared decimal): a whole
-    number, an integral float (``50.0``) taken as the int. A fraction is refused rather
-    than summed in floating point, where ``0.1 + 0.2`` is ``0.30000000000000004``."""
+def _whole(value: object, field: str, why: Callable[[float], str]) -> int:
+    """``value`` as a whole number: an int, or an integral float (``50.0``, as JSON
+    decoders may give) taken as the int; a fraction is refused, saying ``why(value)``."""
     amount = _check_number(value, field)
     if isinstance(amount, float):
         if not amount.is_integer():
-            raise ValidationError(
-                field,
-                f"must be a whole number: {counter} is an integer counter, got {amount!r}"
-                f" (declare CounterRule({counter!r}, ..., decimal=True) to count fractions)",
-            )
+            raise ValidationError(field, why(amount))
         return int(amount)
     return amount
+
+
+def check_amount(value: object, field: str, counter: str) -> int:
+    """The amount of an integer counter (every counter not declared decimal). A fraction
+    is refused rather than summed in floating point, where ``0.1 + 0.2`` is
+    ``0.30000000000000004``."""
+    return _whole(
+        value,
+        field,
+        lambda amount: (
+            f"must be a whole number: {counter} is an integer counter, got"
+            f" {amount!r} (declare CounterRule({counter!r}, ..., decimal=True) to count fractions)"
+        ),
+    )
 
 
 #: The largest amount of a decimal counter: its millionths stay within 2**53.
@@ -107,16 +116,14 @@ CENTS_KEY = "amountCents"
 
 def check_cents(value: object, field: str) -> int:
     """As :func:`check_amount`, but the message says why: ``4.99`` is dollars, not cents."""
-    amount = _check_number(value, field)
-    if isinstance(amount, float):
-        if not amount.is_integer():
-            raise ValidationError(
-                field,
-                f"must be a whole number of cents, got {amount!r}"
-                f" (a price of {amount} dollars is {round(amount * 100)} cents)",
-            )
-        return int(amount)
-    return amount
+    return _whole(
+        value,
+        field,
+        lambda amount: (
+            f"must be a whole number of cents, got {amount!r}"
+            f" (a price of {amount} dollars is {round(amount * 100)} cents)"
+        ),
+    )
 
 
 def _check_tree(value: Any, path: str, depth: int, limits: Limits) -> None:
