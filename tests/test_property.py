@@ -282,7 +282,8 @@ class Model:
 
 users = st.sampled_from(USERS)
 instances = st.integers(0, INSTANCES - 1)
-amounts = st.integers(0, 10**6) | st.integers(0, 4000).map(lambda quarters: quarters / 4)
+#: Whole amounts, some as floats (``3.0`` counts as 3; a fraction is bad input).
+amounts = st.integers(0, 10**6) | st.integers(0, 4000).map(float)
 #: Clock steps in microseconds, by kind; ``STEP_KINDS`` sets how often each is drawn.
 #: Only "fine" and "back" leave whole half-seconds, so many sessions last exactly x.5 s
 #: and many month averages are exactly x.5 minutes: the cases rounding gets wrong.

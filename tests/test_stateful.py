@@ -25,6 +25,7 @@ import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from gso_analytics import DAILY_FIELDS, Analytics, StoreError, open_store
+from gso_analytics import DAILY_FIELDS, Analytics, CounterRule, StoreError, open_store
 
 if TYPE_CHECKING:
     from conftest import Backend
@@ -66,7 +67,12 @@ RULES: dict[str, tuple[str, str | None]] = {
     "quest.complete": ("questsCompleted", None),
     "gold.loot": ("goldLooted", "amount"),
 }
-CUSTOM_COUNTERS = {"quest.complete": "questsCompleted", "gold.loot": ("goldLooted", "amount")}
+#: ``goldLooted`` is decimal: its quarters sum exactly (the other counters refuse them).
+CUSTOM_COUNTERS = {
+    "quest.complete": "questsCompleted",
+    "gold.loot": CounterRule("goldLooted", "amount", decimal=True),
+}
+DECIMAL_EVENTS = {"gold.loot"}
 EVENTS = [*RULES, "tutorial.step"]
 
 #: Backends whose test server compares dates to the second in ``find()`` (nx-27017:
@@ -173,7 +179,9 @@ class Model:
             if name == "newUsers":  # players on the day of their first registration ever
                 ops.append(("new", day, user))
             else:
-                ops.append(("count", day, name, 1 if key is None else data[key]))
+                amount = 1 if key is None else data[key]
+                exact = Decimal(repr(amount)) if event in DECIMAL_EVENTS else int(amount)
+                ops.append(("count", day, name, exact))
         self.buffer.append(ops)
 
     # -- flushes: "ok", or an injected failure "before" / "after" the write --
@@ -399,7 +407,10 @@ class AnalyticsMachine(RuleBasedStateMachine):
             amount = int(amount)  # real money is whole cents
         data: dict[str, Any] = {key: amount} if key else {"step": 1}
         self.analytics.track(event, user, data)
-        self.model.track(event, user, data)
+        if key is not None and event not in DECIMAL_EVENTS and amount != int(amount):
+            self.model.rejected += 1  # a fraction for a whole counter: counted, dropped
+        else:
+            self.model.track(event, user, data)
 
     @rule(call=st.sampled_from(HOSTILE))
     def hostile(self, call: Any) -> None:
