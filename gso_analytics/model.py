@@ -71,9 +71,6 @@ class Logout:
         return (self.at_ms, self.origin, self.seq)
 
 
-Mark = Login | Logout
-
-
 @attrs.frozen
 class ActivityRun:
     """One player's activity marks (logins included) of one batch part, sorted: what a
