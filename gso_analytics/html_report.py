@@ -668,7 +668,7 @@ def render_html(doc: KpiDoc, title: str = "Game KPIs") -> str:
     """The whole page for a KPI document from :func:`~gso_analytics.report.collect_kpis`."""
     notes = {
         "retention": "Classic day-N retention: users of the cohort active exactly N days"
-        f" after their first login (D{', D'.join(map(str, RETENTION_DAYS))}); a dash is a"
+        f" after their first active day (D{', D'.join(map(str, RETENTION_DAYS))}); a dash is a"
         " day not over yet.",
         "revenue": "Totals row: DAU is the average day's; payers are distinct players.",
         "activeUsers": "Last row: the average day.",

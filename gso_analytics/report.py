@@ -347,7 +347,7 @@ def _counter_column(field: str, label: str) -> KpiColumn:
 KPI_SECTIONS: tuple[KpiSection, ...] = (
     KpiSection(
         "retention",
-        "Retention by cohort (first login day)",
+        "Retention by cohort (first active day)",
         _retention_columns(),
         total_label="All cohorts",
     ),

@@ -350,7 +350,7 @@ def test_text_report_folds_days_without_activity(store_url: str) -> None:
 def test_text_report_of_an_empty_store_says_so() -> None:
     code, out, _ = run_cli("report", "--store", "memory://", "--today", TODAY)
     assert code == 0
-    assert "Retention by cohort (first login day)\n  (none in this range)" in out
+    assert "Retention by cohort (first active day)\n  (none in this range)" in out
     assert re.search(r"D7 retention\s+-  not measurable yet", out)
 
 
