@@ -40,6 +40,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from login_walk import login_sessions, seconds_between
 
 from gso_analytics import DAILY_FIELDS, Analytics, CounterRule, StoreError, open_store
 
@@ -106,11 +107,6 @@ CLOCK_STEPS = {
 def keys(ms: int) -> tuple[str, str]:
     day = (EPOCH + timedelta(milliseconds=ms)).strftime("%Y-%m-%d")
     return day, day[:7]
-
-
-def seconds_between(login: int, logout: int) -> int:
-    """The seed's ``Math.round((logout - login) / 1000)``, halves up, never negative."""
-    return max(0, (logout - login + 500) // 1000)
 
 
 @dataclass
@@ -228,29 +224,8 @@ class Model:
         found = []
         for user, marks in self.marks.items():
             ordered = sorted(marks)  # time, then the process and its call order
-            current: dict[str, Any] | None = None
-            for at, _origin, _seq, kind, day, month in ordered:
-                if current is not None and at - current["last"] > IDLE_TIMEOUT_MS:
-                    current.update(logout=current["last"], timed_out=True)
-                    found.append(current)
-                    current = None
-                if kind == "logout":
-                    if current is not None:
-                        current.update(logout=at, timed_out=False)
-                        found.append(current)
-                        current = None
-                elif current is None:
-                    current = {"user": user, "login": at, "day": day, "month": month}
-                    current.update(last=at, logout=None, timed_out=False)
-                else:
-                    current["last"] = at
-            if current is not None:
-                if (user, current["login"], current["last"]) in self.pruned:
-                    current.update(logout=current["last"], timed_out=True)
-                found.append(current)
-        for session in found:
-            end = session["last"] if session["logout"] is None else session["logout"]
-            session["duration"] = seconds_between(session["login"], end)
+            marked = [(at, kind, day, month) for at, _origin, _seq, kind, day, month in ordered]
+            found += login_sessions(user, marked, IDLE_TIMEOUT_MS, self.pruned)
         return found
 
     def timed(self, month: str) -> tuple[int, int]:
