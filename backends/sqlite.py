@@ -69,7 +69,6 @@ CREATE TABLE IF NOT EXISTS {p}sessions (
     day TEXT NOT NULL, month TEXT NOT NULL, timedOut INTEGER NOT NULL DEFAULT 0,
     origin TEXT NOT NULL DEFAULT '', seq INTEGER NOT NULL DEFAULT 0,
     lastMs INTEGER NOT NULL, frozen INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS {p}sessions_user ON {p}sessions (userId, loginAt);
 CREATE TABLE IF NOT EXISTS {p}activity (
     id INTEGER PRIMARY KEY, userId TEXT NOT NULL, firstMs INTEGER NOT NULL,
     lastMs INTEGER NOT NULL, marks BLOB NOT NULL, logins TEXT);
@@ -108,10 +107,13 @@ CREATE TABLE IF NOT EXISTS {p}tombstones (
 """
 
 #: Indexes on columns a file from 0.2 gets at its upgrade (made after :func:`_upgrade`).
+#: ``sessions_user`` (userId, loginAt) of 0.2 goes: ``sessions_last`` finds a player's
+#: sessions too, and each new session wrote one index entry more.
 INDEXES = """
 CREATE INDEX IF NOT EXISTS {p}sessions_last ON {p}sessions (userId, lastMs);
 CREATE INDEX IF NOT EXISTS {p}sessions_idle ON {p}sessions (lastMs) WHERE logoutAt IS NULL;
 CREATE INDEX IF NOT EXISTS {p}sessions_open_user ON {p}sessions (userId) WHERE logoutAt IS NULL;
+DROP INDEX IF EXISTS {p}sessions_user;
 """
 
 #: Tables whose records a (key, user) pair makes, renamed in place by an erase.

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import activity, persist
+from bench import activity, persist, sessions
 
 SUBJECTS = (
     "counter_inc",
@@ -31,6 +31,8 @@ SUBJECTS = (
     "fill_activity",
     "flush_login",
     "flush_any",
+    "fill_logins",
+    "flush_logins",
 )
 COMPARED = {
     "track": "counter_inc",
@@ -40,7 +42,11 @@ COMPARED = {
 }
 #: Subjects whose count is taken after another's: the flush subjects' calls are
 #: buffered as ``fill_activity`` buffers them, and only the flush is theirs.
-BASELINES = {"flush_login": "fill_activity", "flush_any": "fill_activity"}
+BASELINES = {
+    "flush_login": "fill_activity",
+    "flush_any": "fill_activity",
+    "flush_logins": "fill_logins",
+}
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
@@ -55,6 +61,15 @@ def _run_subject(subject: str, n: int) -> None:
                 os._exit(0)  # the buffer only
             active_on = subject.removeprefix("flush_")
             activity.flush_once(path, active_on, players, 25, check=False)
+        os._exit(0)
+    if subject in ("fill_logins", "flush_logins"):
+        # bench.sessions' login-heavy flush: n marks, four a player.
+        with tempfile.TemporaryDirectory() as tmp:
+            clock = sessions._Clock(sessions.START)
+            worker = sessions.analytics_for(Path(tmp) / "bench.db", clock, n // 4)
+            sessions._play(worker, clock, n // 4, sessions.START)
+            if subject == "flush_logins":
+                worker.flush()
         os._exit(0)
     if subject.startswith("persist_"):
         with tempfile.TemporaryDirectory() as tmp:
@@ -132,7 +147,8 @@ def run(subjects: tuple[str, ...], small: int, large: int) -> list[dict[str, obj
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=2, metavar=("SUBJECT", "N"), help=argparse.SUPPRESS)
-    parser.add_argument("--only", default=",".join(SUBJECTS), help="subjects, comma-separated")
+    measured = [s for s in SUBJECTS if s not in BASELINES.values()]  # baselines: as needed
+    parser.add_argument("--only", default=",".join(measured), help="subjects, comma-separated")
     parser.add_argument("--calls", default="10000,30000", help="SMALL,LARGE calls per subject")
     args = parser.parse_args()
     if args.child:

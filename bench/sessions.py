@@ -41,16 +41,21 @@ def _play(analytics: Analytics, clock: _Clock, players: int, at: datetime) -> No
             (analytics.on_logout if step % 2 else analytics.on_login)(f"p{i}")
 
 
-def _flush_seconds(path: Path, players: int, history: int) -> float:
-    first_day = START - timedelta(days=history + 1)
-    clock = _Clock(first_day)
-    analytics = Analytics(
+def analytics_for(path: Path, clock: _Clock, players: int) -> Analytics:
+    """The worker the flush is measured on: flushed by hand only, buffering a day."""
+    return Analytics(
         open_store(f"sqlite:///{path}"),
         clock=clock,
         forwarders=[],
         flush_interval=3600,
         max_buffered_events=8 * players + 8,
     )
+
+
+def _flush_seconds(path: Path, players: int, history: int) -> float:
+    first_day = START - timedelta(days=history + 1)
+    clock = _Clock(first_day)
+    analytics = analytics_for(path, clock, players)
     try:
         for day in range(history):
             _play(analytics, clock, players, first_day + timedelta(days=day))
