@@ -353,7 +353,8 @@ class Aggregator:
         batch.logins.append(
             Login(f"{self.origin}-{seq}", user_id, ms, self.origin, seq, username, day, month)
         )
-        self._active(batch, ms).add(user_id)
+        batch.months.setdefault(day, month)  # active that day (as _active, keys known)
+        batch.day_users.setdefault(day, set()).add(user_id)
 
     def _add_logout(self, batch: FlushBatch, ms: int, user_id: str) -> None:
         seq = next(self._mark_numbers)
