@@ -430,9 +430,14 @@ def today_in(tz: tzinfo) -> date:
 
 def _simulate(analytics: Analytics, clock: SimClock, plan: DemoPlan) -> int:
     """Replay ``plan`` behind a progress bar; return the number of API calls made."""
-    label = f"Simulating {plan.players:,} players x {len(plan.days)} days"
-    with Progress(label, unit="calls") as progress:
-        calls = replay(plan, analytics, clock, progress)
+    label = f"Simulating {plan.players:,} players x {plan.days} days"
+    with Progress(label, unit="days") as progress:
+        calls = replay(
+            plan,
+            analytics,
+            clock,
+            lambda day, days, calls: progress.update(day, days, detail=f"{calls:,} calls"),
+        )
     stats = analytics.stats()
     if stats["rejected"] or stats["dropped"]:  # the simulator's bug, but never hidden
         log.warning("%d calls rejected, %d dropped", stats["rejected"], stats["dropped"])

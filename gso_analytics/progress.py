@@ -55,9 +55,10 @@ class Progress:
         """The same as :meth:`update`: a ``Progress`` is a ``(done, total)`` callback."""
         self.update(done, total)
 
-    def update(self, done: int, total: int | None = None) -> None:
-        """``done`` of ``total`` (None: unknown) steps are done; drawn at most every
-        :data:`REDRAW_S`, and always at the end (``done >= total``)."""
+    def update(self, done: int, total: int | None = None, *, detail: str = "") -> None:
+        """``done`` of ``total`` (None: unknown) steps are done, with ``detail`` after
+        the count; drawn at most every :data:`REDRAW_S`, and always at the end
+        (``done >= total``)."""
         if not self.enabled:
             return
         now = time.monotonic()
@@ -73,7 +74,8 @@ class Progress:
             text = f"{self.label} [{bar}] {percent:3d}% {done:,}/{total:,}{unit}"
         else:
             text = f"{self.label}: {done:,}{unit}"
-        self._draw(f"{text} {self._elapsed(now)}")
+        detail = f", {detail}" if detail else ""
+        self._draw(f"{text}{detail} {self._elapsed(now)}")
 
     @contextmanager
     def working(self) -> Iterator[None]:

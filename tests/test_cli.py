@@ -239,11 +239,12 @@ def test_demo_on_a_memory_store(run: RunCli) -> None:
 
 def test_demo_plan_keeps_sessions_open_at_the_end() -> None:
     plan = plan_demo(players=50, days=3, seed=7, today=datetime(2026, 3, 12).date())
-    last_day = plan.days[-1]
+    days = list(plan.each_day())
+    last_day = days[-1]
     logins = sum(action.kind == "login" for action in last_day)
     logouts = sum(action.kind == "logout" for action in last_day)
     assert logins > logouts  # a few players are still online at the end
-    assert all(action.at < plan.end for day in plan.days for action in day)
+    assert all(action.at < plan.end for day in days for action in day)
 
 
 # -- report -------------------------------------------------------------------------------
