@@ -188,8 +188,18 @@ def _child(mode: str, url: str) -> dict[str, Any]:
             "get_metrics_ms": statistics.median(metrics) * 1000,
             "scrape_ms": statistics.median(scrape) * 1000,
         }
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": seconds, "peak_mb": peak / 1024}
+    return {"seconds": seconds, "peak_mb": _peak_rss_kb() / 1024}
+
+
+def _peak_rss_kb() -> int:
+    """This process' peak RSS: ``VmHWM``, which a new program starts afresh (Linux's
+    ``ru_maxrss`` carries the parent's peak across ``fork`` and ``exec``, so a child
+    of a big process would report the parent's)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux
 
 
 def measure_reads(url: str, before_python: str | None) -> dict[str, float]:
@@ -201,14 +211,18 @@ def measure_reads(url: str, before_python: str | None) -> dict[str, float]:
     if before_python:
         runs += [("_before", before_python, mode) for mode in ("report", "kpis")]
     for suffix, python, mode in runs:
-        done = subprocess.run(
-            [python, str(Path(__file__).resolve()), "--child", mode, url],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=1800,
-        )
-        result = json.loads(done.stdout.strip().splitlines()[-1])
+        # The report and the KPIs twice, the faster kept: the machines are shared.
+        tries = []
+        for _ in range(1 if mode == "metrics" else 2):
+            done = subprocess.run(
+                [python, str(Path(__file__).resolve()), "--child", mode, url],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=1800,
+            )
+            tries.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        result = min(tries, key=lambda figures: figures.get("seconds", 0))
         if mode == "metrics":
             figures.update(result)
         else:
