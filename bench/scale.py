@@ -85,7 +85,10 @@ def _mongo_url(base: str) -> str:
 
 def fill(url: str, players: int, days: int) -> dict[str, Any]:
     """Replay a seeded game of ``players`` over ``days`` ending on :data:`LAST_DAY`
-    into ``url``; its size in calls, events and player-days, and the replay's time."""
+    into ``url``, then run the prune job once, as a started worker does every
+    ``prune_interval``: the store then holds what a live game's holds (7 days of
+    events, the default ``event_ttl``). Its size in calls, events and player-days, the
+    replay's time and the prune's."""
     plan = plan_demo(players, days, SEED, LAST_DAY)
     clock = SimClock(datetime.combine(plan.first_day, datetime.min.time(), UTC))
     started = time.perf_counter()
@@ -94,6 +97,9 @@ def fill(url: str, players: int, days: int) -> dict[str, Any]:
         calls = replay(plan, analytics, clock)
         stats = analytics.stats()
         history = analytics.get_last_30_days() if days <= 30 else []
+        replayed = time.perf_counter()
+        pruned = analytics.prune()
+        prune_s = time.perf_counter() - replayed
         analytics.stop()
     if stats["dropped"] or stats["rejected"] or stats["flushed"] != calls:
         raise RuntimeError(f"the replay lost calls: {stats}")
@@ -102,13 +108,16 @@ def fill(url: str, players: int, days: int) -> dict[str, Any]:
         "days": days,
         "calls": calls,
         "player_days": sum(int(day["dau"]) for day in history),
-        "fill_s": round(time.perf_counter() - started, 1),
+        "fill_s": round(replayed - started, 1),
+        "pruned_events": pruned.events_deleted,
+        "prune_s": round(prune_s, 2),
     }
 
 
 def sqlite_bytes(path: Path) -> dict[str, int]:
-    """Bytes of the file (after a checkpoint), of the event stream (its table and
-    indexes) and of the rest, from SQLite's ``dbstat``."""
+    """Bytes in use (pages of tables and indexes, from SQLite's ``dbstat``; the file
+    also holds the free pages the prune left, which new events reuse), of the event
+    stream (its table and indexes) and of the rest."""
     conn = sqlite3.connect(path)
     try:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -121,8 +130,8 @@ def sqlite_bytes(path: Path) -> dict[str, int]:
     finally:
         conn.close()
     stream = sizes.get(f"{PREFIX}events", 0) + sum(sizes.get(name, 0) for (name,) in indexes)
-    total = path.stat().st_size
-    return {"file": total, "events": events, "event_bytes": stream, "rest": total - stream}
+    used = sum(sizes.values())
+    return {"file": used, "events": events, "event_bytes": stream, "rest": used - stream}
 
 
 def mongo_bytes(url: str) -> dict[str, int]:
@@ -417,6 +426,7 @@ COLUMNS = (
     ("calls", "API calls", "{:,}"),
     ("player_days", "player-days", "{:,}"),
     ("file_mb", "store MB", "{:,.1f}"),
+    ("events", "events kept", "{:,}"),
     ("bytes_per_event", "B/event", "{:.0f}"),
     ("bytes_per_player_day", "B/player-day", "{:.0f}"),
     ("report_s", "report s", "{:.2f}"),
@@ -426,6 +436,7 @@ COLUMNS = (
     ("get_metrics_ms", "get_metrics ms", "{:.2f}"),
     ("scrape_ms", "scrape ms", "{:.2f}"),
     ("fill_s", "replay s", "{:.0f}"),
+    ("prune_s", "prune s", "{:.1f}"),
 )
 LABELS = {key: label for key, label, _ in COLUMNS}
 
@@ -441,8 +452,11 @@ def render(result: dict[str, Any]) -> str:
     sizes = [*sqlite["by_players"], *sqlite["by_days"][:-1], *mongo["by_players"]]
     parts = [
         "Stores filled by replaying seeded demo games (the last day "
-        f"{result['last_day']}) through the API; MongoDB is the nx-27017 wire server"
-        " (BSON data + index bytes, uncompressed).",
+        f"{result['last_day']}) through the API, then pruned once as a worker does (7"
+        " days of events kept, the default `event_ttl`). Store MB: bytes in use (SQLite"
+        " `dbstat`; MongoDB is the nx-27017 wire server: BSON data + index bytes,"
+        " uncompressed). B/event: the event stream's table and indexes per event kept;"
+        " B/player-day: everything else per player-day (kept for good).",
         _table(
             [label for _, label, _ in COLUMNS],
             [[fmt.format(row[key]) for key, _, fmt in COLUMNS] for row in sizes],
