@@ -172,7 +172,9 @@ def _child(mode: str, url: str) -> dict[str, Any]:
     started = time.perf_counter()
     if mode == "report":
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-            main(["report", "--store", url, "--today", LAST_DAY.isoformat()])
+            code = main(["report", "--store", url, "--today", LAST_DAY.isoformat()])
+        if code != 0:
+            raise SystemExit(f"the report failed with exit code {code}")
         seconds = time.perf_counter() - started
     elif mode == "kpis":
         with open_store(url, existing=True) as store:
