@@ -552,7 +552,8 @@ def advice(result: dict[str, Any]) -> str:
     last = rows[-1]
     per_pd = statistics.median(row["bytes_per_player_day"] for row in rows)
     per_event = statistics.median(row["bytes_per_event"] for row in rows)
-    events_per_pd = last["events"] / max(1, last["player_days"])
+    # Every event of the month (kept and pruned) per player-day: the rate a game makes.
+    events_per_pd = (last["events"] + last["pruned_events"]) / max(1, last["player_days"])
     rate = result["sqlite"]["throughput"]["sustained_events_per_s"]
     lines = [
         f"From these figures: a player-day costs ~{per_pd:,.0f} bytes kept for good and"
@@ -565,9 +566,14 @@ def advice(result: dict[str, Any]) -> str:
         month = 30 * dau * per_pd / 1e9
         window = 7 * dau * events_per_pd * per_event / 1e9
         lines.append(f"- DAU {dau:,}: +{month:,.2f} GB a month, {window:,.2f} GB of events")
+    sustained = (
+        f"~{rate:,} events/s sustained here"
+        if rate
+        else "what one worker sustains (none of the rates tried, on this run's machine)"
+    )
     lines.append(
-        f"One SQLite file takes every worker's writes through one lock: ~{rate:,} events/s"
-        " sustained here is the whole game's budget, not each worker's. Move to MongoDB"
+        f"One SQLite file takes every worker's writes through one lock: {sustained} is"
+        " the whole game's budget, not each worker's. Move to MongoDB"
         " (or another server store) when the game's peak event rate nears half of it,"
         " when workers run on more than one machine (SQLite needs one local disk), or"
         " when the file passes a few GB (backups, `VACUUM` and the report's reads grow"
@@ -607,10 +613,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="PARTS",
         help="sqlite, mongo or both (default); the tables need both",
     )
+    parser.add_argument(
+        "--render", type=Path, metavar="FILE", help="print the tables of a --json FILE"
+    )
     parser.add_argument("--child", nargs=2, metavar=("MODE", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(_child(*args.child)))
+        return 0
+    if args.render:
+        print(render(json.loads(args.render.read_text())))
         return 0
     players = [int(n) for n in args.sqlite_players.split(",")] if args.sqlite_players else []
     result = run(args.quick, args.before_python, args.only.split(","), players)
