@@ -146,6 +146,11 @@ class Aggregator:
         calls = len(self._calls) + self.backlog
         return calls * CALL_BYTES + self._extra + self.backlog_extra
 
+    @property
+    def room(self) -> int:
+        """How many more calls fit under both bounds with the extras held now."""
+        return max(0, self._limit - len(self._calls) - self.backlog)
+
     def rebound(self) -> None:
         """Fold both bounds into :attr:`_limit`, the most calls (deque and backlog)
         with the extras held now."""

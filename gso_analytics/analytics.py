@@ -707,6 +707,13 @@ class Analytics:
             test_users=self.test_users,
         )
 
+    @property
+    def buffer_room(self) -> int:
+        """How many more calls this process can buffer before it drops them (both
+        ``max_buffered_events`` and ``max_buffered_bytes`` counted): a replay or an
+        import that outruns the flush thread flushes when it reaches 0."""
+        return self._aggregator.room
+
     def stats(self) -> dict[str, Any]:
         """This process's health: what is buffered, stored, retried, dropped, rejected."""
         flusher = self._flusher

@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from contextlib import closing
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import TextIO
 
 from . import __version__
 from .analytics import Analytics
@@ -36,6 +35,7 @@ from .errors import ConfigurationError, GsoAnalyticsError
 from .html_report import render_html
 from .model import DailyStats, Metrics
 from .private_files import open_private
+from .progress import Progress
 from .report import collect_kpis, fmt_int, render_headline, render_kpis, render_report
 from .store import Store, open_store
 
@@ -327,7 +327,8 @@ def data_rights_analytics(
 def cmd_export_user(args: argparse.Namespace) -> int:
     with closing(open_cli_store(args.store, must_exist=True)) as store:
         analytics = data_rights_analytics(store, args.pseudonymize_key_env, forward=False)
-        export = analytics.export_user(args.user_id, after_erase=args.after_erase)
+        with Progress("Exporting") as progress, progress.working():
+            export = analytics.export_user(args.user_id, after_erase=args.after_erase)
         analytics.stop()
     print(json.dumps(export, indent=2, sort_keys=True))
     return 0
@@ -338,7 +339,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
         analytics = data_rights_analytics(
             store, args.pseudonymize_key_env, forward=True, dead_letter_dir=args.dead_letter_dir
         )
-        receipt = analytics.erase_user(args.user_id)
+        with Progress("Erasing") as progress, progress.working():
+            receipt = analytics.erase_user(args.user_id)
         analytics.stop()
     print(json.dumps(receipt.to_dict(), indent=2, sort_keys=True))
     if receipt.status == "not found":
@@ -423,49 +425,19 @@ def today_in(tz: tzinfo) -> date:
     return utc_now().astimezone(tz).date()
 
 
-class Progress:
-    """A tiny progress bar on stderr: redrawn with ``\\r`` on a terminal, otherwise a
-    few plain lines (25%, 50%, ...) so logs and CI output stay readable."""
-
-    WIDTH = 30
-
-    def __init__(self, label: str, stream: TextIO | None = None) -> None:
-        self.label = label
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = self.stream.isatty()
-        self._next_quarter = 25
-        self._last_draw = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        percent = 100 * done // total if total else 100
-        if self.tty:
-            now = time.monotonic()
-            if now - self._last_draw >= 0.1 or done >= total:
-                self._last_draw = now
-                filled = self.WIDTH * percent // 100
-                bar = "#" * filled + "." * (self.WIDTH - filled)
-                self.stream.write(f"\r{self.label} [{bar}] {percent:3d}% {done:,}/{total:,}")
-                self.stream.flush()
-        elif percent >= self._next_quarter:
-            self.stream.write(f"{self.label}: {percent}% ({done:,}/{total:,} calls)\n")
-            self._next_quarter = (percent // 25 + 1) * 25
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 # -- commands ---------------------------------------------------------------------------
 
 
 def _simulate(analytics: Analytics, clock: SimClock, plan: DemoPlan) -> int:
     """Replay ``plan`` behind a progress bar; return the number of API calls made."""
-    progress = Progress(f"Simulating {plan.players} players x {len(plan.days)} days")
-    try:
-        calls = replay(plan, analytics, clock, progress)
-    finally:
-        progress.close()
+    label = f"Simulating {plan.players:,} players x {plan.days} days"
+    with Progress(label, unit="days") as progress:
+        calls = replay(
+            plan,
+            analytics,
+            clock,
+            lambda day, days, calls: progress.update(day, days, detail=f"{calls:,} calls"),
+        )
     stats = analytics.stats()
     if stats["rejected"] or stats["dropped"]:  # the simulator's bug, but never hidden
         log.warning("%d calls rejected, %d dropped", stats["rejected"], stats["dropped"])
@@ -494,6 +466,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         started = time.monotonic()
         calls = _simulate(analytics, clock, plan)
         elapsed = time.monotonic() - started
+        stored = analytics.stats()["flushed"]
         metrics, days = _read(analytics, min(args.days, MAX_REPORT_DAYS))  # not the plan's
         start, end = kpi_range(None, None, today, analytics.kpis.first_day_with_data)
         headline = analytics.kpis.headline(start, end).to_dict()
@@ -501,7 +474,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"Simulated {args.players} players over {args.days} days"
         f" ({plan.first_day} to {plan.last_day}, seed {args.seed}):\n"
-        f"  {fmt_int(calls)} API calls in {elapsed:.1f}s into {args.store}\n"
+        f"  {fmt_int(calls)} API calls in {elapsed:.1f}s; {fmt_int(stored)} stored into"
+        f" {args.store}\n"
     )
     print(render_headline(headline) + "\n")
     print(render_report(metrics, today.isoformat(), days))
@@ -608,7 +582,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     idle = timedelta(minutes=args.idle_timeout_minutes)
     with closing(open_cli_store(args.store, must_exist=True)) as store:
         analytics = Analytics(store, event_ttl=ttl, idle_timeout=idle)
-        result = analytics.prune()
+        with Progress("Pruning") as progress, progress.working():
+            result = analytics.prune()
         analytics.stop()
     print(
         f"Deleted {fmt_int(result.events_deleted)} events older than"
@@ -633,7 +608,8 @@ def cmd_mongo_init(args: argparse.Namespace) -> int:
             raise ConfigurationError(
                 f"--event-ttl-days {args.event_ttl_days:g} is too long"
             ) from None
-    created = mongo_init(args.store, event_ttl=ttl)
+    with Progress("Creating indexes") as progress, progress.working():
+        created = mongo_init(args.store, event_ttl=ttl)
     if created:
         print(f"Created {len(created)} indexes:")
         for index in created:
@@ -648,7 +624,8 @@ def cmd_replay_dead_letters(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"no dead-letter file at {args.file}")
     with closing(open_cli_store(args.store, must_exist=False)) as store:
         try:
-            result = replay_dead_letters(args.file, store)
+            with Progress(f"Applying {args.file.name}", unit="batches") as progress:
+                result = replay_dead_letters(args.file, store, progress)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from exc
     print(

@@ -23,7 +23,7 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -158,15 +158,29 @@ class ReplayResult:
     duplicates: int = 0
 
 
-def replay(path: str | os.PathLike[str], store: Store) -> ReplayResult:
-    """Apply every batch of ``path`` to ``store``, in order, each exactly once.
+def replay(
+    path: str | os.PathLike[str],
+    store: Store,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReplayResult:
+    """Apply every batch of ``path`` to ``store``, in order, each exactly once;
+    ``progress(done, total)`` after each batch, when given.
 
     Stops at the first error (the ones before it are applied, and a run again skips
     them as duplicates)."""
+    total = _count_lines(path) if progress is not None else 0
     applied = duplicates = 0
     for letter in read_dead_letters(path):
         if store.apply(letter.batch).duplicate:
             duplicates += 1
         else:
             applied += 1
+        if progress is not None:
+            progress(applied + duplicates, total)
     return ReplayResult(applied, duplicates)
+
+
+def _count_lines(path: str | os.PathLike[str]) -> int:
+    """The letters of a file, counted without parsing them (the progress' total)."""
+    with Path(path).open("rb") as file:
+        return sum(1 for line in file if line.strip())

@@ -39,7 +39,11 @@ NAME_PARTS = (
     ("blade", "fang", "ward", "runner", "caller", "smith", "shade", "wing", "heart", "spark"),
 )
 
-ProgressCallback = Callable[[int, int], None]
+#: ``(days done, days, calls made)``, from :func:`replay`.
+ProgressCallback = Callable[[int, int, int], None]
+#: Calls between two progress reports of :func:`replay` (a progress line throttles its
+#: redraws itself; this only keeps the callback off the per-call path).
+PROGRESS_EVERY = 1_000
 
 
 @attrs.define
@@ -76,17 +80,21 @@ class Action:
 
 @attrs.frozen
 class DemoPlan:
-    """Everything the simulation will do, day by day, in time order."""
+    """What the simulation will do. Its days are drawn one at a time, in time order
+    (:meth:`each_day`), so a game of any size holds one day's calls in memory, not the
+    month's (a 20,000-player month is ~3 million calls: about a gigabyte as a list)."""
 
     first_day: date
     last_day: date
     end: datetime  # the moment the simulation stops: "now" on the last day
     players: int
-    days: list[list[Action]]
+    days: int
+    seed: int
+    tz: tzinfo
 
-    @property
-    def calls(self) -> int:
-        return sum(len(actions) for actions in self.days)
+    def each_day(self) -> Iterator[list[Action]]:
+        """Each simulated day's calls, in time order; the same every time it is called."""
+        return _Planner(self.players, self.days, self.seed, self.last_day, self.tz).each_day()
 
 
 class _Planner:
@@ -275,9 +283,9 @@ class _Planner:
         at = midnight + timedelta(seconds=schedule[player][0][0] + self.rng.uniform(6, 30))
         return self._purchase(min(at, self.end - timedelta(seconds=1)), player)
 
-    def plan(self) -> DemoPlan:
-        days = [self._day(day) for day in range(self.days)]
-        return DemoPlan(self.first_day, self.end.date(), self.end, len(self.players), days)
+    def each_day(self) -> Iterator[list[Action]]:
+        for day in range(self.days):
+            yield self._day(day)
 
 
 def plan_demo(players: int, days: int, seed: int, today: date, tz: tzinfo = UTC) -> DemoPlan:
@@ -285,7 +293,8 @@ def plan_demo(players: int, days: int, seed: int, today: date, tz: tzinfo = UTC)
     players' hours in the game's timezone ``tz``."""
     if players < 1 or days < 1:
         raise ValueError("a demo needs at least one player and one day")
-    return _Planner(players, days, seed, today, tz).plan()
+    end = datetime.combine(today, END_OF_LAST_DAY, tz)
+    return DemoPlan(today - timedelta(days=days - 1), today, end, players, days, seed, tz)
 
 
 def replay(
@@ -297,24 +306,35 @@ def replay(
     """Play ``plan`` through ``analytics`` (whose clock is ``clock``); return the calls made.
 
     The clock is moved to each call's moment, and the buffer is flushed at the end of
-    every simulated day, as the flush thread would. It is left at ``plan.end``.
+    every simulated day, as the flush thread would, and whenever it is full: a replay
+    runs far faster than the flush thread's interval, and a day of a large game holds
+    more calls than the buffer, so waiting for the day's end would drop calls. It is
+    left at ``plan.end``. ``progress(days done, days, calls made)`` is called every
+    :data:`PROGRESS_EVERY` calls and after each day.
     """
-    total, done = plan.calls, 0
-    step = max(1, total // 200)  # report progress ~200 times, whatever the size
-    for actions in plan.days:
+    done = 0
+    room = analytics.buffer_room
+    for index, actions in enumerate(plan.each_day()):
         for action in actions:
+            if room <= 0:  # counted down locally: reading the room per call costs more
+                room = analytics.buffer_room
+                if room <= 0:
+                    analytics.flush()
+                    room = analytics.buffer_room
             clock.now = action.at
             if action.kind == "login":
                 analytics.on_login(action.user_id, action.username)
             elif action.kind == "logout":
                 analytics.on_logout(action.user_id)
-            else:
+            else:  # demo data is one pair: a call weighs one in the bound, as counted
                 analytics.track(action.event, action.user_id, action.data)
+            room -= 1
             done += 1
-            if progress is not None and done % step == 0:
-                progress(done, total)
+            if progress is not None and done % PROGRESS_EVERY == 0:
+                progress(index, plan.days, done)
         analytics.flush()
+        room = analytics.buffer_room
+        if progress is not None:
+            progress(index + 1, plan.days, done)
     clock.now = plan.end
-    if progress is not None:
-        progress(done, total)
     return done

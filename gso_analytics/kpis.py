@@ -17,6 +17,7 @@ only with ``active_on="login"``); their cohort is the first day they were active
 
 from __future__ import annotations
 
+import copy as copy_module
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -259,6 +260,30 @@ class KPIs:
         self.tz = resolve_tz(tz)
         self.clock: Clock = clock or utc_now
         self.event_ttl = event_ttl
+        #: Range reads kept by (read, first, last), in a copy made by
+        #: :meth:`sharing_reads` only: a plain ``KPIs`` reads the store every time.
+        self._reads: dict[tuple[str, date, date], Any] | None = None
+
+    def sharing_reads(self) -> KPIs:
+        """A copy that reads each store range once and keeps it, for one report.
+
+        Why: a report asks for the same ranges many times (the headline's period is
+        the sections' range; retention, revenue and sessions each read the range's
+        active players), and each read is every player-day or session of the range.
+        The copy's answers are those of the moment of each first read, so use it for
+        one report and drop it; the reads are shared, never changed, by the KPIs."""
+        copy = copy_module.copy(self)
+        copy._reads = {}
+        return copy
+
+    def _between(self, read: str, first: date, last: date) -> Any:
+        """``store.<read>(first, last)``, kept when this copy shares its reads."""
+        if self._reads is None:
+            return getattr(self.store, read)(_key(first), _key(last))
+        key = (read, first, last)
+        if key not in self._reads:
+            self._reads[key] = getattr(self.store, read)(_key(first), _key(last))
+        return self._reads[key]
 
     def today(self) -> date:
         """Today in the configured timezone, by the clock."""
@@ -282,11 +307,11 @@ class KPIs:
     def _active(self, start: date, end: date) -> dict[str, set[str]]:
         if start > end:
             return {}
-        return self._real(self.store.day_users_between(_key(start), _key(end)))
+        return self._real(self._between("day_users_between", start, end))
 
     def _revenue(self, first: date, last: date) -> dict[str, dict[str, Number]]:
         """Revenue of [first, last] as day -> paying user -> cents, without test users."""
-        revenue = self.store.user_revenue_between(_key(first), _key(last))
+        revenue: dict[str, dict[str, Number]] = self._between("user_revenue_between", first, last)
         is_test = self._is_test
         if is_test is None:
             return revenue
@@ -297,7 +322,7 @@ class KPIs:
 
     def _sessions(self, first: date, last: date) -> list[Any]:
         """The sessions of login days [first, last], without test users."""
-        sessions = self.store.sessions_between(_key(first), _key(last))
+        sessions = self._between("sessions_between", first, last)
         is_test = self._is_test
         return sessions if is_test is None else [s for s in sessions if not is_test(s.user_id)]
 
@@ -305,7 +330,7 @@ class KPIs:
         """The first day of [start, end] with anything recorded, None if there is none:
         where a report's default range begins, so it never opens on days of zeros."""
         first, last = self._range(start, end)
-        days = self.store.days_between(_key(first), _key(last))
+        days = self._between("days_between", first, last)
         return date.fromisoformat(min(day.day for day in days)) if days else None
 
     # -- the KPIs ------------------------------------------------------------------------
@@ -322,7 +347,7 @@ class KPIs:
         if not offsets or any(type(n) is not int or n < 0 for n in offsets):
             raise ValueError(f"days must be non-negative ints, got {days!r}")
         measured_until = self.today() - timedelta(days=1)  # the last day that is over
-        cohorts = self._real(self.store.first_seen_between(_key(first), _key(last)))
+        cohorts = self._real(self._between("first_seen_between", first, last))
         reach = min(last + timedelta(days=max(offsets)), measured_until)
         active = self._active(first + timedelta(days=min(offsets)), reach)
         rows = []
@@ -358,9 +383,8 @@ class KPIs:
     def revenue(self, start: DayLike, end: DayLike) -> list[RevenueRow]:
         """Per day: ``stripe.payment`` revenue, payers, first-time payers, ARPDAU, ARPPU."""
         first, last = self._range(start, end)
-        lo, hi = _key(first), _key(last)
         revenue = self._revenue(first, last)
-        first_payers = self._real(self.store.first_payments_between(lo, hi))
+        first_payers = self._real(self._between("first_payments_between", first, last))
         active = self._active(first, last)
         rows = []
         for day in map(_key, _days(first, last)):
@@ -410,7 +434,7 @@ class KPIs:
     def economy(self, start: DayLike, end: DayLike) -> list[EconomyRow]:
         """Per day: credits and gems in and out, from the daily counters."""
         first, last = self._range(start, end)
-        stored = {stats.day: stats for stats in self.store.days_between(_key(first), _key(last))}
+        stored = {stats.day: stats for stats in self._between("days_between", first, last)}
         rows = []
         for day in map(_key, _days(first, last)):
             stats = stored.get(day)

@@ -432,7 +432,9 @@ def collect_kpis(kpis: KPIs, start: date, end: date) -> KpiDoc:
     """Every KPI of [start, end] as plain JSON-ready dicts: the headline, each section's
     rows (oldest first) and totals, and the first day with data that the rolling windows
     of ``start`` can see. One read per KPI, shared by the text, JSON, CSV and HTML
-    reports so they can never disagree."""
+    reports so they can never disagree. The ranges are read from the store once each
+    (see :meth:`KPIs.sharing_reads`)."""
+    kpis = kpis.sharing_reads()
     first = kpis.first_day_with_data(start - timedelta(days=MAU30_DAYS - 1), end)
     doc: KpiDoc = {
         "start": start.isoformat(),
