@@ -390,9 +390,13 @@ class Store(ABC):
         or of its applied parts, is a no-op."""
         results = []
         for part in batch.parts(self.max_part_players, self.max_part_events, self.max_part_bytes):
-            with self.transaction() as tx:
+
+            def step(tx: Transaction, part: FlushBatch = part) -> tuple[str, ApplyResult]:
                 key = self._erasure_key or tx.erasure_secret(new_secret())
-                results.append(apply_batch(tx, part, key))
+                return key, apply_batch(tx, part, key)
+
+            key, result = self.run_in_transaction(step)
+            results.append(result)
             self._erasure_key = key  # committed: the key is the store's
         return ApplyResult(
             duplicate=all(r.duplicate for r in results),
@@ -418,11 +422,17 @@ class Store(ABC):
         replaced by the token wherever it makes a distinct count, the events deleted.
         A batch of that player applied later is renamed by :func:`apply_batch`."""
         key_hash = keyed_hash(self.erasure_key(), user_id)
-        with self.transaction() as tx:
-            token = new_token()
+        token = new_token()
+
+        def step(tx: Transaction) -> tuple[str | None, dict[str, int], int]:
             existing = tx.add_tombstone(key_hash, token, at)
-            renamed = tx.rename_user(user_id, existing or token)
-            deleted = tx.delete_user_events(user_id)
+            return (
+                existing,
+                tx.rename_user(user_id, existing or token),
+                tx.delete_user_events(user_id),
+            )
+
+        existing, renamed, deleted = self.run_in_transaction(step)
         return ErasureReceipt(renamed, {"events": deleted}, already_erased=existing is not None)
 
     def export_user(self, user_id: str) -> dict[str, Any]:
@@ -668,6 +678,8 @@ BUILTIN_STORES: dict[str, str] = {
     "sqlite": "gso_analytics.backends.sqlite:SQLiteStore",
     "mongodb": "gso_analytics.backends.mongo:MongoStore",
     "mongodb+srv": "gso_analytics.backends.mongo:MongoStore",
+    "postgresql": "gso_analytics.backends.postgres:PostgresStore",
+    "postgres": "gso_analytics.backends.postgres:PostgresStore",
 }
 
 ENTRY_POINT_GROUP = "gso_analytics.stores"

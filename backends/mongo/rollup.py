@@ -13,12 +13,10 @@ figure is exact at any moment, however far behind the roll-up is.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
 from typing import Any
 
+from gso_analytics.deltas import add_up
 from gso_analytics.errors import StoreError
-from gso_analytics.model import Number
-from gso_analytics.store import total_increments
 
 from .connection import Conflict, Connection
 from .options import READ_TIMEOUT_MS, pymongo
@@ -29,32 +27,6 @@ log = logging.getLogger("gso_analytics")
 #: milliseconds of work, far under any transaction limit.
 FOLD_CHUNK = 200
 TOTALS_ID = "all"
-
-#: day -> (month, field -> amount); month -> field -> amount; field -> amount.
-Sums = tuple[
-    dict[str, tuple[str, dict[str, Number]]], dict[str, dict[str, Number]], dict[str, Number]
-]
-
-
-def _add(into: dict[str, Number], fields: Mapping[str, Number]) -> None:
-    for field, amount in fields.items():
-        into[field] = into.get(field, 0) + amount
-
-
-def add_up(deltas: Iterable[Mapping[str, Any]]) -> Sums:
-    """The day, month and all-time increments of ``deltas`` added up (the totals as
-    :func:`~gso_analytics.store.total_increments` makes them: only ever growing)."""
-    daily: dict[str, tuple[str, dict[str, Number]]] = {}
-    monthly: dict[str, dict[str, Number]] = {}
-    totals: dict[str, Number] = {}
-    for delta in deltas:
-        for day, entry in (delta.get("daily") or {}).items():
-            _add(daily.setdefault(day, (entry["month"], {}))[1], entry["inc"])
-            _add(totals, total_increments(entry["inc"]))
-        for month, fields in (delta.get("monthly") or {}).items():
-            _add(monthly.setdefault(month, {}), fields)
-            _add(totals, total_increments(fields))
-    return daily, monthly, totals
 
 
 def unfolded(store: Connection, session: Any, fields: dict[str, int] | None = None) -> list[Any]:
