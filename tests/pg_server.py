@@ -72,10 +72,8 @@ class Cluster:
             shutil.chown(self.dir, "postgres")
         self.data = self.dir / "data"
         self.port = _free_port()
-        self._run(
-            [initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
-            + ["--no-sync", "--no-instructions"]
-        )
+        init = [initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+        self._run([*init, "--no-sync", "--no-instructions"])
         self.start()
 
     def _run(self, command: list[str]) -> None:
@@ -97,17 +95,13 @@ class Cluster:
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
             " -c full_page_writes=off -c max_connections=400"
         )
-        self._run(
-            [self.pg_ctl, "-D", str(self.data), "-o", settings, "-l", str(self.dir / "log")]
-            + ["-w", "-t", str(PG_CTL_TIMEOUT_S), "start"]
-        )
+        run = [self.pg_ctl, "-D", str(self.data), "-o", settings, "-l", str(self.dir / "log")]
+        self._run([*run, "-w", "-t", str(PG_CTL_TIMEOUT_S), "start"])
 
     def stop(self, mode: str = "fast") -> None:
         """``pg_ctl stop -m mode``: ``immediate`` is a crash (recovery at next start)."""
-        self._run(
-            [self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "-t", str(PG_CTL_TIMEOUT_S)]
-            + ["stop"]
-        )
+        run = [self.pg_ctl, "-D", str(self.data), "-m", mode, "-w"]
+        self._run([*run, "-t", str(PG_CTL_TIMEOUT_S), "stop"])
 
     def url(self, schema: str | None = None) -> str:
         query = f"?schema={schema}" if schema else ""
