@@ -40,6 +40,7 @@ bounded (``pool_size``) and never crosses a fork (a child opens its own).
 """
 
 from .options import DEFAULT_SCHEMA, INSTALL_HINT
+from .schema import SCHEMA_VERSION
 from .store import PostgresStore, pg_init
 
-__all__ = ["DEFAULT_SCHEMA", "INSTALL_HINT", "PostgresStore", "pg_init"]
+__all__ = ["DEFAULT_SCHEMA", "INSTALL_HINT", "SCHEMA_VERSION", "PostgresStore", "pg_init"]
