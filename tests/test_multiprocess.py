@@ -24,11 +24,13 @@ processes").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import selectors
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections import Counter, defaultdict
@@ -611,3 +613,60 @@ def test_two_sessions_of_one_user_in_flight(tmp_path: Path) -> None:
     assert a.store.get_day("2026-01-30")["totalSessionS"] == 180
     month = a.store.get_month("2026-01")
     assert (month.timed_sessions, month.timed_session_s) == (2, 180)
+
+
+#: Batches applied before the crash: well into the run, with most of it still to come.
+CRASH_AFTER_BATCHES = 40
+
+
+@pytest.mark.slow
+def test_sixteen_processes_through_a_postgresql_crash(tmp_path: Path) -> None:
+    """``pg_ctl stop -m immediate`` (the server killed, no checkpoint, crash recovery at
+    the next start) in the middle of 16 workers' flushes, then a restart on the same
+    port: every worker keeps its batches while the server is gone, retries, and ends;
+    the oracle's numbers hold exactly (a batch whose commit was acknowledged survived
+    the crash, one whose outcome the worker never learned was applied once)."""
+    psycopg = pytest.importorskip("psycopg")
+    cluster = pg_server.Cluster()  # a server of its own: this test kills it
+    try:
+        url = cluster.url(pg_server.fresh_schema())
+        sc = build_scenario(11)
+        open_store(url).close()
+        seen: dict[str, int] = {}
+
+        def applied() -> tuple[int, int]:
+            """Batch parts applied, and the workers' transactions open right now."""
+            with contextlib.closing(psycopg.connect(cluster.url(), autocommit=True)) as conn:
+                schema = url.rsplit("schema=", 1)[1]
+                parts = conn.execute(f"SELECT count(*) FROM {schema}.batches").fetchone()[0]
+                open_now = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE xact_start IS NOT NULL"
+                    " AND application_name = 'gso_analytics'"
+                ).fetchone()[0]
+            return int(parts), int(open_now)
+
+        def crash_midway() -> None:
+            deadline = time.monotonic() + RUN_TIMEOUT_S
+            while time.monotonic() < deadline:
+                parts, open_now = applied()
+                if parts >= CRASH_AFTER_BATCHES and open_now:
+                    break
+            seen["before"], seen["in_flight"] = parts, open_now
+            cluster.stop("immediate")
+            time.sleep(1.0)  # flushes fail meanwhile
+            cluster.start()
+            seen["restarted"] = 1
+
+        crasher = threading.Thread(target=crash_midway)
+        crasher.start()
+        work = scripts(sc, 0.2, False, PG_PROCESSES)
+        try:
+            reports = run_workers(tmp_path, url, work, timeout_s=4 * RUN_TIMEOUT_S)
+        finally:
+            crasher.join(RUN_TIMEOUT_S)
+        assert seen.get("restarted"), "the server was not crashed and restarted"
+        assert seen["in_flight"] >= 1, "no worker's transaction was open at the crash"
+        assert applied()[0] > seen["before"], "no batch was applied after the restart"
+        check_against_oracle(sc, url, reports)
+    finally:
+        cluster.destroy()
