@@ -15,11 +15,16 @@ A delta is ``{"daily": {day: {"month": month, "inc": {field: amount}}}, "monthly
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .conflicts import Conflict
+from .errors import StoreError
 from .model import DailyStats, Number
 from .store import total_increments
+
+log = logging.getLogger("gso_analytics")
 
 #: day -> (month, field -> amount); month -> field -> amount; field -> amount.
 Sums = tuple[
@@ -103,3 +108,30 @@ def days_with_pending(
         extra = pending[day][1] if day in pending else {}
         found.append(DailyStats(day, month, plus(counters, extra)))
     return found
+
+
+def fold_all(fold_chunk: Callable[[], int | None], chunk: int, where: str) -> int:
+    """Run ``fold_chunk`` (one transaction folding at most ``chunk`` deltas; it returns
+    how many, or None or :class:`~.conflicts.Conflict` when another process is folding)
+    until a chunk falls short; return how many were folded. Another roller means this
+    one stops, leaving the rest to it. A store error is logged, not raised: the batch
+    (or the prune) the roll-up follows is done, reads are exact without it, and the
+    next flush or prune tries again."""
+    folded = 0
+    try:
+        while True:
+            done = fold_chunk()
+            if done is None:
+                return folded
+            folded += done
+            if done < chunk:
+                return folded
+    except Conflict:
+        return folded
+    except StoreError as exc:
+        log.warning(
+            "gso_analytics: folding deltas on %s failed (%s); the next flush or prune retries",
+            where,
+            exc,
+        )
+        return folded

@@ -12,16 +12,13 @@ figure is exact at any moment, however far behind the roll-up is.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from gso_analytics.deltas import add_up
-from gso_analytics.errors import StoreError
+from gso_analytics.conflicts import Conflict
+from gso_analytics.deltas import add_up, fold_all
 
-from .connection import Conflict, Connection
+from .connection import Connection
 from .options import READ_TIMEOUT_MS, pymongo
-
-log = logging.getLogger("gso_analytics")
 
 #: Deltas folded per roll-up transaction: a few hundred small documents, a few
 #: milliseconds of work, far under any transaction limit.
@@ -90,23 +87,6 @@ def _fold_chunk(store: Connection) -> int:
 
 
 def roll_up(store: Connection) -> int:
-    """Fold every delta not folded yet, a chunk per transaction. A conflict means
-    another process is folding: it stops here, leaving the rest to that one. A store
-    error is logged, not raised: the batch (or the prune) it follows is done, reads are
-    exact without the roll-up, and the next flush or prune tries again."""
-    folded = 0
-    try:
-        while True:
-            done = _fold_chunk(store)
-            folded += done
-            if done < FOLD_CHUNK:
-                return folded
-    except Conflict:
-        return folded
-    except StoreError as exc:
-        log.warning(
-            "gso_analytics: folding deltas on %s failed (%s); the next flush or prune retries",
-            store.where,
-            exc,
-        )
-        return folded
+    """Fold every delta not folded yet, a chunk per transaction, unless another process
+    is folding (:func:`~gso_analytics.deltas.fold_all`: errors logged, not raised)."""
+    return fold_all(lambda: _fold_chunk(store), FOLD_CHUNK, store.where)

@@ -168,7 +168,8 @@ class Connection:
     def _read(self, sql: str, params: Any = ()) -> list[Any]:
         """One statement's rows (one statement: one snapshot). ``{s}`` is the schema."""
         with self._connection("reading") as conn:
-            return conn.execute(sql.format(s=self.schema), params).fetchall()
+            rows: list[Any] = conn.execute(sql.format(s=self.schema), params).fetchall()
+        return rows
 
     def _write(self, sql: str, params: Any = ()) -> int:
         """One statement outside any batch, in its own transaction; rows affected."""

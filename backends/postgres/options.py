@@ -4,6 +4,7 @@ every connection gets (timeouts, UTC, ``target_session_attrs=read-write``)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -77,7 +78,7 @@ class Options:
     create_schema: bool = True
 
 
-_CONVERT = {
+_CONVERT: dict[str, Callable[[str], Any]] = {
     "schema": str,
     "pool_size": int,
     "pool_timeout": float,

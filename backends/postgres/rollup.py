@@ -13,11 +13,9 @@ those rows, one at a time, so no batch ever waits for them.
 from __future__ import annotations
 
 import json
-import logging
 from typing import TYPE_CHECKING, Any
 
-from gso_analytics.deltas import add_up, plus
-from gso_analytics.errors import StoreError
+from gso_analytics.deltas import add_up, fold_all, plus
 
 from .options import psycopg
 from .schema import lock_key
@@ -25,7 +23,6 @@ from .schema import lock_key
 if TYPE_CHECKING:
     from .connection import Connection
 
-log = logging.getLogger("gso_analytics")
 
 #: Deltas folded per roll-up transaction.
 FOLD_CHUNK = 200
@@ -94,22 +91,5 @@ def _fold_chunk(store: Connection) -> int | None:
 
 def roll_up(store: Connection) -> int:
     """Fold every delta not folded yet, a chunk per transaction, unless another process
-    is folding. A store error is logged, not raised: the batch (or the prune) it
-    follows is done, reads are exact without the roll-up, and the next flush or prune
-    tries again."""
-    folded = 0
-    try:
-        while True:
-            done = _fold_chunk(store)
-            if done is None:
-                return folded
-            folded += done
-            if done < FOLD_CHUNK:
-                return folded
-    except StoreError as exc:
-        log.warning(
-            "gso_analytics: folding deltas on %s failed (%s); the next flush or prune retries",
-            store.where,
-            exc,
-        )
-        return folded
+    is folding (:func:`~gso_analytics.deltas.fold_all`: errors logged, not raised)."""
+    return fold_all(lambda: _fold_chunk(store), FOLD_CHUNK, store.where)

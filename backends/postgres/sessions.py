@@ -108,11 +108,12 @@ def delete_logouts_before(cur: Any, s: str, cutoff_ms: int, limit: int) -> int:
 
 def user_sessions(cur: Any, s: str, where: str, params: Any) -> list[Any]:
     """Session rows for the reads (:class:`~gso_analytics.model.SessionRecord` fields)."""
-    return cur.execute(
+    rows: list[Any] = cur.execute(
         "SELECT id, user_id, username, login_at, logout_at, duration_s, day, month, timed_out"
         f" FROM {s}.sessions WHERE {where}",
         params,
     ).fetchall()
+    return rows
 
 
 def rename_sessions(cur: Any, s: str, user_id: str, token: str) -> dict[str, int]:
