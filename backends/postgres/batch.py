@@ -22,6 +22,7 @@ snapshot, before it did any other work.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -155,8 +156,8 @@ class PgTransaction(Transaction):
         else:
             self.cur.execute(
                 f"INSERT INTO {self.s}.batches (id, applied_at, folded, delta)"
-                " VALUES ('prune-' || gen_random_uuid(), now(), false, %s)",
-                (delta,),
+                " VALUES (%s, now(), false, %s)",
+                (f"prune-{uuid.uuid4().hex}", delta),
             )
 
     # -- sessions (:mod:`.sessions`) ------------------------------------------------------

@@ -54,14 +54,16 @@ class Connection:
         self._pool: Any = None
         self._closed = False
         self._lock = threading.Lock()
+        #: Held while this process makes or drops event partitions.
+        self._ddl_lock = threading.Lock()
         forking.register(self)
 
     # -- the pool, and forks ---------------------------------------------------------------
 
     def fork_locks(self) -> list[threading.Lock]:
-        """Only the pool's creation: a transaction of another thread at the fork stays
-        the parent's, on a connection the child never uses."""
-        return [self._lock]
+        """The pool's creation and the DDL of partitions: a transaction of another
+        thread at the fork stays the parent's, on a connection the child never uses."""
+        return [self._lock, self._ddl_lock]
 
     def fork_wait(self) -> float:
         return self.options.pool_timeout
@@ -72,6 +74,7 @@ class Connection:
         self._pool = None
         if new_locks:
             self._lock = threading.Lock()
+            self._ddl_lock = threading.Lock()
 
     def _pool_of_this_process(self) -> Any:
         with self._lock:
@@ -136,8 +139,12 @@ class Connection:
 
     @contextmanager
     def _connection(self, action: str) -> Iterator[Any]:
-        """A pooled connection in autocommit: each statement its own transaction."""
+        """A pooled connection in autocommit: each statement its own transaction (the
+        characteristics of a transaction opened on it are reset: the last user's stay
+        on a pooled connection)."""
         with self._errors(action), self._pool_of_this_process().connection() as conn:
+            conn.isolation_level = None
+            conn.read_only = None
             yield conn
 
     @contextmanager

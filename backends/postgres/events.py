@@ -112,6 +112,9 @@ def drop(conn: Any, schema: str, name: str) -> int:
     is finished instead. ``conn`` in autocommit: a concurrent detach cannot run in a
     transaction block, so a session-level advisory lock keeps two pruners apart."""
     key = lock_key(schema, name)
+    # Counting a day of events may outlast the statement timeout a worker's statements
+    # keep; the lock timeout stays (a detach waiting for it resumes at the next prune).
+    conn.execute("SET statement_timeout = 0")
     conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
     try:
         if conn.execute("SELECT to_regclass(%s)", (f"{schema}.{name}",)).fetchone()[0] is None:

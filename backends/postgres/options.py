@@ -117,6 +117,7 @@ def split_url(url: str, options: dict[str, Any]) -> tuple[str, str, Options]:
         store[name] = value
     opts = Options(**store)
     query.setdefault("target_session_attrs", "read-write")
+    query.setdefault("connect_timeout", "10")  # libpq's default waits for TCP's
     query.setdefault("application_name", "gso_analytics")
     settings = (
         f"-c statement_timeout={opts.statement_timeout // timedelta(milliseconds=1)}"

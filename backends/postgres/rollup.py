@@ -39,7 +39,6 @@ def _fold_chunk(store: Connection) -> int | None:
     s = store.schema
     with store._connection("folding deltas into the day and month figures") as conn:
         conn.isolation_level = psycopg().IsolationLevel.READ_COMMITTED
-        conn.read_only = False
         with conn.transaction():
             cur = conn.cursor()
             got = cur.execute(

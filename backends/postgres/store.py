@@ -4,7 +4,6 @@ player, the prune job (expired days dropped whole). What a batch means lives in
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -25,7 +24,7 @@ from .schema import SCHEMA_VERSION, create_or_upgrade, stored_version
 
 
 class PostgresStore(Reads, Store):
-    """Analytics in a PostgreSQL database (10 or later; tested on 15), in one schema
+    """Analytics in a PostgreSQL database (14 or later; tested on 15), in one schema
     (``gso_analytics`` by default), usually opened by :func:`open_store` from a URL."""
 
     schemes = ("postgresql", "postgres")
@@ -38,7 +37,6 @@ class PostgresStore(Reads, Store):
     def __init__(self, conninfo: str, where: str, options: Options) -> None:
         super().__init__(conninfo, where, options)
         self._partitions: set[int] = set()
-        self._partition_lock = threading.Lock()
         #: The schema version found at open (0: created by this store).
         self.version_found = SCHEMA_VERSION
         try:
@@ -82,7 +80,7 @@ class PostgresStore(Reads, Store):
         missing = set(days) - self._partitions
         if not missing:
             return
-        with self._partition_lock, self._direct("making event partitions") as conn:
+        with self._ddl_lock, self._direct("making event partitions") as conn:
             found = events.existing(conn.cursor(), self.schema)
             events.create(conn, self.schema, missing - set(found))
             self._partitions.update(found, missing)
@@ -122,7 +120,7 @@ class PostgresStore(Reads, Store):
         """Whole expired days dropped (detached concurrently first), then the day that
         straddles ``last`` deleted a chunk per transaction."""
         dropped = 0
-        with self._partition_lock, self._direct("dropping expired event partitions") as conn:
+        with self._ddl_lock, self._direct("dropping expired event partitions") as conn:
             found = events.existing(conn.cursor(), self.schema)
             for day in events.expired_days(found, last):
                 dropped += events.drop(conn, self.schema, found[day])
