@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import pg_server
 import pytest
@@ -129,9 +130,9 @@ def store_url(store: PostgresStore) -> str:
 
 
 def test_url_options_split_between_the_store_and_libpq() -> None:
-    conninfo, where, opts = split_url(
+    conninfo, replica, where, opts = split_url(
         "postgres://app:secret@db.example:6543/game?schema=analytics&sslmode=require"
-        "&lock_timeout=2500&pool_size=8",
+        "&lock_timeout=2500&pool_size=8&replica=ro1:5433,ro2",
         {},
     )
     assert opts.schema == "analytics" and opts.pool_size == 8
@@ -139,6 +140,8 @@ def test_url_options_split_between_the_store_and_libpq() -> None:
     assert "sslmode=require" in conninfo and "target_session_attrs=read-write" in conninfo
     assert "lock_timeout%3D2500" in conninfo and "statement_timeout%3D30000" in conninfo
     assert "secret" not in where and where.startswith("db.example:6543/game")
+    assert replica is not None and replica.startswith("postgresql://app:secret@ro1:5433,ro2/game")
+    assert "target_session_attrs=any" in replica and "sslmode=require" in replica
     with pytest.raises(ConfigurationError, match="schema"):
         split_url("postgresql://h/db?schema=Bad-Name", {})
     with pytest.raises(ConfigurationError, match="pool_size"):
@@ -283,3 +286,18 @@ def test_batches_of_one_player_meet_at_the_fence_and_retry(
         day = other.get_day(DAY)
         assert day is not None and (day["dau"], day["creditsEarned"]) == (1, 10)
         assert day["totalSessionS"] == 120 and other.get_month("2025-03").mau == 1
+
+
+def test_kpi_range_reads_go_to_the_replica_and_figures_to_the_primary(url: str) -> None:
+    """``replica=``: the KPIs' range reads (which may lag) on the standbys, the figures
+    on the primary. A replica that answers nothing shows which reads went where."""
+    with open_store(url + "&replica=127.0.0.1:1&pool_timeout=1") as store:
+        store.apply(player_batch("dave"))
+        assert store.get_day(DAY)["dau"] == 1  # the primary
+        assert store.days_between(DAY, DAY)[0]["dau"] == 1  # figures: the primary
+        with pytest.raises(StoreError, match="unreachable"):
+            store.day_users_between(DAY, DAY)
+        with pytest.raises(StoreError, match="unreachable"):
+            store.sessions_between(DAY, DAY)
+    with open_store(url + f"&replica={urlsplit(url).netloc.split('@')[-1]}") as store:
+        assert store.day_users_between(DAY, DAY) == {DAY: {"dave"}}

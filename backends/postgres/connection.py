@@ -46,12 +46,14 @@ class NoPartition(Conflict):
 class Connection:
     """The pool and what every part of the store does with it."""
 
-    def __init__(self, conninfo: str, where: str, options: Options) -> None:
+    def __init__(self, conninfo: str, where: str, options: Options, replica: str | None) -> None:
         self._conninfo = conninfo
+        self._replica_conninfo = replica
         self.where = where
         self.options = options
         self.schema = options.schema
         self._pool: Any = None
+        self._replica_pool: Any = None
         self._closed = False
         self._lock = threading.Lock()
         #: Held while this process makes or drops event partitions.
@@ -69,38 +71,48 @@ class Connection:
         return self.options.pool_timeout
 
     def after_fork_in_child(self, new_locks: bool) -> None:
-        if self._pool is not None:
-            _inherited.append(self._pool)
-        self._pool = None
+        _inherited.extend(p for p in (self._pool, self._replica_pool) if p is not None)
+        self._pool = self._replica_pool = None
         if new_locks:
             self._lock = threading.Lock()
             self._ddl_lock = threading.Lock()
 
-    def _pool_of_this_process(self) -> Any:
+    def _pool_of_this_process(self, replica: bool = False) -> Any:
+        """This process's pool (of the primary, or of the replicas: see
+        :attr:`~.options.Options.replica`), opened on first use."""
         with self._lock:
             if self._closed:
                 raise StoreError(f"PostgreSQL store {self.where} is closed")
+            if replica and self._replica_conninfo is not None:
+                if self._replica_pool is None:
+                    self._replica_pool = self._new_pool(self._replica_conninfo, "replica")
+                return self._replica_pool
             if self._pool is None:
-                pool = pool_class()
-                self._pool = pool(
-                    self._conninfo,
-                    min_size=1,
-                    max_size=self.options.pool_size,
-                    timeout=self.options.pool_timeout,
-                    kwargs={"autocommit": True},
-                    check=pool.check_connection,
-                    open=False,
-                    name=f"gso_analytics-{os.getpid()}",
-                )
-                self._pool.open(wait=False)
+                self._pool = self._new_pool(self._conninfo, "primary")
             return self._pool
+
+    def _new_pool(self, conninfo: str, role: str) -> Any:
+        pool = pool_class()
+        opened = pool(
+            conninfo,
+            min_size=1,
+            max_size=self.options.pool_size,
+            timeout=self.options.pool_timeout,
+            kwargs={"autocommit": True},
+            check=pool.check_connection,
+            open=False,
+            name=f"gso_analytics-{role}-{os.getpid()}",
+        )
+        opened.open(wait=False)
+        return opened
 
     def close(self) -> None:
         """Close this process's pool; safe to call twice."""
         with self._lock:
             self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None:
+            pools = [p for p in (self._pool, self._replica_pool) if p is not None]
+            self._pool = self._replica_pool = None
+        for pool in pools:
             pool.close()
 
     # -- errors ------------------------------------------------------------------------------
@@ -138,11 +150,12 @@ class Connection:
     # -- connections and transactions ---------------------------------------------------------
 
     @contextmanager
-    def _connection(self, action: str) -> Iterator[Any]:
+    def _connection(self, action: str, *, replica: bool = False) -> Iterator[Any]:
         """A pooled connection in autocommit: each statement its own transaction (the
         characteristics of a transaction opened on it are reset: the last user's stay
-        on a pooled connection)."""
-        with self._errors(action), self._pool_of_this_process().connection() as conn:
+        on a pooled connection). ``replica``: a standby's, when the store has some."""
+        pool = self._pool_of_this_process(replica)
+        with self._errors(action), pool.connection() as conn:
             conn.isolation_level = None
             conn.read_only = None
             yield conn
@@ -172,9 +185,10 @@ class Connection:
 
         return self._retrying(attempt)
 
-    def _read(self, sql: str, params: Any = ()) -> list[Any]:
-        """One statement's rows (one statement: one snapshot). ``{s}`` is the schema."""
-        with self._connection("reading") as conn:
+    def _read(self, sql: str, params: Any = (), *, replica: bool = False) -> list[Any]:
+        """One statement's rows (one statement: one snapshot). ``{s}`` is the schema.
+        ``replica``: a read that may lag, sent to a standby when the store has some."""
+        with self._connection("reading", replica=replica) as conn:
             rows: list[Any] = conn.execute(sql.format(s=self.schema), params).fetchall()
         return rows
 

@@ -67,6 +67,9 @@ class Options:
     ``partitions_ahead``: days of event partitions created ahead of today.
     ``create_schema``: False for an application role that may not create tables
     (``gso-analytics pg-init`` ran as the owner at deploy time).
+    ``replica``: ``host[:port][,host[:port]...]`` of standbys for the reads that may lag
+    (the KPIs' range reads, :class:`~.reads.Reads`), with the URL's credentials and
+    database; the figures, sessions and events are always read on the primary.
     """
 
     schema: str = attrs.field(default=DEFAULT_SCHEMA, converter=check_schema)
@@ -76,6 +79,7 @@ class Options:
     lock_timeout: timedelta = timedelta(seconds=10)
     partitions_ahead: int = 7
     create_schema: bool = True
+    replica: str | None = None
 
 
 _CONVERT: dict[str, Callable[[str], Any]] = {
@@ -86,16 +90,19 @@ _CONVERT: dict[str, Callable[[str], Any]] = {
     "lock_timeout": lambda text: timedelta(milliseconds=int(text)),
     "partitions_ahead": int,
     "create_schema": lambda text: {"true": True, "false": False}[text.lower()],
+    "replica": str,
 }
 
 
-def split_url(url: str, options: dict[str, Any]) -> tuple[str, str, Options]:
+def split_url(url: str, options: dict[str, Any]) -> tuple[str, str | None, str, Options]:
     """``postgresql://user:pass@host:port/db?schema=...&sslmode=...`` -> (the libpq
-    connection string, where it points without credentials, the store's options).
+    connection string, the replica's (None without ``replica``), where it points without
+    credentials, the store's options).
 
     Store options come from the query (``schema``, ``pool_size``, ``pool_timeout``,
     ``statement_timeout`` and ``lock_timeout`` in ms, ``partitions_ahead``,
-    ``create_schema``) or as keyword arguments; the rest of the query goes to libpq.
+    ``create_schema``, ``replica``) or as keyword arguments; the rest of the query goes to
+    libpq.
     ``target_session_attrs=read-write`` is added unless given: after a failover a
     worker reconnects to the new primary, never to a standby that refuses writes.
     """
@@ -125,9 +132,16 @@ def split_url(url: str, options: dict[str, Any]) -> tuple[str, str, Options]:
         " -c TimeZone=UTC"
     )
     query["options"] = f"{query['options']} {settings}" if "options" in query else settings
-    conninfo = urlunsplit(
-        ("postgresql", parts.netloc, parts.path, urlencode(query, quote_via=quote), "")
-    )
+
+    def conninfo(netloc: str, attrs: str) -> str:
+        text = urlencode({**query, "target_session_attrs": attrs}, quote_via=quote)
+        return urlunsplit(("postgresql", netloc, parts.path, text, ""))
+
+    primary = conninfo(parts.netloc, query["target_session_attrs"])
+    replica = None
+    if opts.replica is not None:
+        userinfo = parts.netloc.rpartition("@")[0]
+        replica = conninfo(f"{userinfo}@{opts.replica}" if userinfo else opts.replica, "any")
     host = parts.hostname or "localhost"
     where = f"{host}:{parts.port or 5432}{parts.path or '/'} (schema {opts.schema})"
-    return conninfo, where, opts
+    return primary, replica, where, opts

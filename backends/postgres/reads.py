@@ -129,8 +129,8 @@ class Reads(Connection):
     def count_open_sessions(self) -> int:
         return int(self._read("SELECT count(*) FROM {s}.sessions WHERE logout_at IS NULL")[0][0])
 
-    def _sessions(self, where: str, params: Any) -> list[SessionRecord]:
-        with self._connection("reading sessions") as conn:
+    def _sessions(self, where: str, params: Any, replica: bool = False) -> list[SessionRecord]:
+        with self._connection("reading sessions", replica=replica) as conn:
             rows = sessions.user_sessions(conn.cursor(), self.schema, where, params)
         return [_session_record(row) for row in rows]
 
@@ -156,12 +156,16 @@ class Reads(Connection):
         )
         return [_event_record(row) for row in reversed(rows)]
 
-    # -- KPI range reads: each an index range on the day key ---------------------------------
+    # -- KPI range reads: each an index range on the day key, on a standby if any -----------
+    #
+    # They may lag behind the primary by the replication delay (the store's ``replica``
+    # option): KPIs are computed from days that are over. The figures (days_between)
+    # stay on the primary, read with the deltas not folded yet in one snapshot.
 
     def _grouped(self, table: str, start: str, end: str) -> dict[str, set[str]]:
         found: dict[str, set[str]] = {}
         sql = f"SELECT day, user_id FROM {{s}}.{table} WHERE day BETWEEN %s AND %s"
-        for day, user in self._read(sql, (start, end)):
+        for day, user in self._read(sql, (start, end), replica=True):
             found.setdefault(day, set()).add(user)
         return found
 
@@ -172,6 +176,7 @@ class Reads(Connection):
         rows = self._read(
             "SELECT count(DISTINCT user_id) FROM {s}.day_users WHERE day BETWEEN %s AND %s",
             (start, end),
+            replica=True,
         )
         return int(rows[0][0])
 
@@ -191,7 +196,7 @@ class Reads(Connection):
         return found
 
     def sessions_between(self, start: str, end: str) -> list[SessionRecord]:
-        return self._sessions("day BETWEEN %s AND %s", (start, end))
+        return self._sessions("day BETWEEN %s AND %s", (start, end), replica=True)
 
     def events_between(
         self, start: str | None, end: str | None, names: list[str]
@@ -200,6 +205,7 @@ class Reads(Connection):
             "SELECT ts, user_id, event, data, day FROM {s}.events WHERE event = ANY(%s)"
             " AND day >= %s AND day <= %s ORDER BY ts, id",
             (list(names), start or "", end or "9999-12-31"),
+            replica=True,
         )
         return [_event_record(row) for row in rows]
 

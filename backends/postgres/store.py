@@ -34,8 +34,10 @@ class PostgresStore(Reads, Store):
     max_part_events = 20_000
     max_part_bytes = 8 * 1024 * 1024
 
-    def __init__(self, conninfo: str, where: str, options: Options) -> None:
-        super().__init__(conninfo, where, options)
+    def __init__(
+        self, conninfo: str, where: str, options: Options, replica: str | None = None
+    ) -> None:
+        super().__init__(conninfo, where, options, replica)
         self._partitions: set[int] = set()
         #: The schema version found at open (0: created by this store).
         self.version_found = SCHEMA_VERSION
@@ -52,8 +54,8 @@ class PostgresStore(Reads, Store):
     def from_url(cls, url: str, **options: Any) -> PostgresStore:
         """``postgresql://[user[:password]@]host[:port]/database?options`` (or
         ``postgres://``); see :func:`~.options.split_url` for the options."""
-        conninfo, where, opts = split_url(url, options)
-        return cls(conninfo, where, opts)
+        conninfo, replica, where, opts = split_url(url, options)
+        return cls(conninfo, where, opts, replica)
 
     # -- the schema ----------------------------------------------------------------------
 
