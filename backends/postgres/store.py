@@ -28,11 +28,12 @@ class PostgresStore(Reads, Store):
     (``gso_analytics`` by default), usually opened by :func:`open_store` from a URL."""
 
     schemes = ("postgresql", "postgres")
-    #: Bounds of one part, one transaction: a few thousand players' rows and events,
-    #: so a part's locks, WAL and retry stay small (see :meth:`FlushBatch.parts`).
+    #: Bounds of one part, one transaction (see :meth:`FlushBatch.parts`): a few
+    #: thousand players, whose fences and rows a part locks and a retry redoes; events
+    #: lock nothing shared and one ``COPY`` takes them, so a part carries many.
     max_part_players = 5_000
-    max_part_events = 20_000
-    max_part_bytes = 8 * 1024 * 1024
+    max_part_events = 50_000
+    max_part_bytes = 16 * 1024 * 1024
 
     def __init__(
         self, conninfo: str, where: str, options: Options, replica: str | None = None
