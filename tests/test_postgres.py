@@ -301,3 +301,33 @@ def test_kpi_range_reads_go_to_the_replica_and_figures_to_the_primary(url: str) 
             store.sessions_between(DAY, DAY)
     with open_store(url + f"&replica={urlsplit(url).netloc.split('@')[-1]}") as store:
         assert store.day_users_between(DAY, DAY) == {DAY: {"dave"}}
+
+
+def test_a_login_and_its_logout_in_two_concurrent_batches_make_one_closed_session(
+    store: PostgresStore, url: str
+) -> None:
+    """Write skew, which REPEATABLE READ alone lets through: one batch stores erin's
+    logout, another her earlier login, and the two write no common row (a new logout
+    mark, a new session). Each would see the other's mark missing: the login would stay
+    open for ever. Both write erin's fence, so the later one waits, loses, and its walk
+    then sees the logout and closes the session."""
+    login = Login("erin-s", "erin", to_ms(NOON), "a", 1, "erin", DAY, "2025-03")
+    logout = Logout("erin-o", "erin", to_ms(NOON) + 90_000, "b", 1)
+    with open_store(url) as other:
+        other.apply(FlushBatch(created_at=NOON, events=events_on(NOON, 1, "warm")))
+        held = Held(store, FlushBatch(created_at=NOON, logouts=[logout]))
+        try:
+            thread, done = in_thread(
+                lambda: other.apply(FlushBatch(created_at=NOON, logins=[login]))
+            )
+            deadline = time.monotonic() + 10
+            while waiting_locks(store) == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert waiting_locks(store) >= 1, "the login's batch did not wait at the fence"
+        finally:
+            held.release()
+        thread.join(30)
+        assert done
+        sessions = other.get_sessions("erin")
+        assert [(s.duration_s, s.logout_at is not None) for s in sessions] == [(90, True)]
+        assert other.count_open_sessions() == 0
