@@ -331,3 +331,27 @@ def test_a_login_and_its_logout_in_two_concurrent_batches_make_one_closed_sessio
         sessions = other.get_sessions("erin")
         assert [(s.duration_s, s.logout_at is not None) for s in sessions] == [(90, True)]
         assert other.count_open_sessions() == 0
+
+
+def test_an_erase_during_a_batch_of_the_player_leaves_nothing_under_the_id(
+    store: PostgresStore, url: str
+) -> None:
+    """The erase writes the player's fence too: it waits for frank's open batch, loses,
+    runs again and then sees (and renames) what the batch committed; nothing stays
+    under the real id."""
+    with open_store(url) as other:
+        other.apply(FlushBatch(created_at=NOON, events=events_on(NOON, 1, "warm")))
+        held = Held(store, player_batch("frank"))
+        try:
+            thread, done = in_thread(lambda: other.erase_user("frank", NOON))
+            deadline = time.monotonic() + 10
+            while waiting_locks(store) == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert waiting_locks(store) >= 1, "the erase did not wait for the batch"
+        finally:
+            held.release()
+        thread.join(30)
+        assert done and sum(done[0].pseudonymized.values()) > 0
+        assert other.get_sessions("frank") == [] and other.get_events("frank") == []
+        assert other.user_records("frank").days_active == []
+        assert other.get_day(DAY)["dau"] == 1, "the figures stay"
