@@ -1282,6 +1282,7 @@ def raw_dump(store: Store) -> str:
     must leave without the player's id or username."""
     from gso_analytics.backends.memory import MemoryStore
     from gso_analytics.backends.mongo import MongoStore
+    from gso_analytics.backends.postgres import PostgresStore
     from gso_analytics.backends.sqlite import SQLiteStore
 
     if isinstance(store, MemoryStore):
@@ -1293,6 +1294,10 @@ def raw_dump(store: Store) -> str:
             sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
             tables = [r[0] for r in conn.execute(sql)]
             return repr({t: conn.execute(f"SELECT * FROM {t}").fetchall() for t in tables})
+    if isinstance(store, PostgresStore):
+        sql = "SELECT tablename FROM pg_tables WHERE schemaname = %s"
+        tables = [r[0] for r in store._read(sql, (store.schema,))]
+        return repr({t: store._read(f"SELECT * FROM {{s}}.{t}") for t in tables})
     assert isinstance(store, MongoStore)
     db = store._db()
     return repr({name: list(db[name].find()) for name in db.list_collection_names()})
