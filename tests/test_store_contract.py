@@ -1508,8 +1508,14 @@ def test_opening_an_existing_store_refuses_a_prefix_without_tables(
     if backend.name == "memory":
         pytest.skip("memory:// opens a new store every time")
     before = raw_dump(store)
-    typo = store_url + ("&" if "?" in store_url else "?") + "prefix=typo_"
-    with pytest.raises(ConfigurationError, match="no gso_analytics store with prefix 'typo_'"):
+    # PostgreSQL keeps a store in a schema of its own rather than under a prefix.
+    option, refused = (
+        ("schema=typo", "no gso_analytics store in schema 'typo'")
+        if backend.name == "postgres"
+        else ("prefix=typo_", "no gso_analytics store with prefix 'typo_'")
+    )
+    typo = store_url + ("&" if "?" in store_url else "?") + option
+    with pytest.raises(ConfigurationError, match=refused):
         open_store(typo, existing=True)
     assert raw_dump(store) == before
     open_store(store_url, existing=True).close()

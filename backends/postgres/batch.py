@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from gso_analytics.deltas import DeltaBuffer
-from gso_analytics.erasure import keyed_hash, new_secret
-from gso_analytics.model import EventRow, Logout, Number, StoredSession
+from gso_analytics.erasure import keyed_hash
+from gso_analytics.model import ActivityRun, EventRow, Logout, Number, StoredSession
 from gso_analytics.store import Transaction
 
 from . import events, sessions
@@ -77,7 +77,8 @@ class PgTransaction(Transaction):
             self._fenced.update(new)
 
     def _fence_users(self, users: set[str]) -> None:
-        key = self.store._erasure_key or self.erasure_secret(new_secret())
+        key = self.store._secret(self, create=True)
+        assert key is not None  # created when absent
         self._fence([keyed_hash(key, user) for user in users])
 
     # -- (day, user) and (month, user) records, per-player facts ---------------------------
@@ -162,24 +163,41 @@ class PgTransaction(Transaction):
 
     # -- sessions (:mod:`.sessions`) ------------------------------------------------------
 
-    def session_marks(
-        self, since: Mapping[str, int], horizon_ms: int
-    ) -> list[StoredSession | Logout]:
-        self._fence_users(set(since))
-        return sessions.session_marks(self.cur, self.s, since, horizon_ms)
+    def sessions_since(self, users: set[str], since_ms: int) -> list[StoredSession]:
+        """The players' fences first (written already when the part looked up their
+        tombstones): what the walk reads, another part of one of them cannot change
+        before this one commits."""
+        self._fence_users(users)
+        return sessions.sessions_since(self.cur, self.s, users, since_ms)
+
+    def logouts_since(self, users: set[str], since_ms: int) -> list[Logout]:
+        return sessions.logouts_since(self.cur, self.s, users, since_ms)
+
+    def activity_runs(self, user_id: str, first_ms: int, last_ms: int) -> list[ActivityRun]:
+        return sessions.activity_runs(self.cur, self.s, user_id, first_ms, last_ms)
 
     def save_sessions(self, found: list[StoredSession]) -> None:
+        """Fenced: the prune closes idle sessions without reading through a fence."""
         self._fence_users({session.login.user_id for session in found})
         sessions.save_sessions(self.cur, self.s, found)
 
+    def delete_sessions(self, ids: list[str]) -> None:
+        sessions.delete_sessions(self.cur, self.s, ids)
+
     def insert_logouts(self, logouts: list[Logout]) -> None:
         sessions.insert_logouts(self.cur, self.s, logouts)
+
+    def insert_activity(self, runs: list[ActivityRun]) -> None:
+        sessions.insert_activity(self.cur, self.s, runs)
 
     def open_sessions_before(self, cutoff_ms: int, limit: int) -> list[StoredSession]:
         return sessions.open_sessions_before(self.cur, self.s, cutoff_ms, limit)
 
     def delete_logouts_before(self, cutoff_ms: int, limit: int) -> int:
         return sessions.delete_logouts_before(self.cur, self.s, cutoff_ms, limit)
+
+    def delete_activity_before(self, cutoff_ms: int, limit: int) -> int:
+        return sessions.delete_activity_before(self.cur, self.s, cutoff_ms, limit)
 
     # -- events ---------------------------------------------------------------------------
 
@@ -208,19 +226,30 @@ class PgTransaction(Transaction):
 
     # -- players' data rights --------------------------------------------------------------
 
-    def erasure_secret(self, candidate: str) -> str:
+    def claim_meta(self, key: str, candidate: str) -> str:
         """Read in the snapshot; written when missing (a concurrent writer's row makes
         the insert fail with a serialization failure, and the retry reads it)."""
-        select = f"SELECT value FROM {self.s}.meta WHERE key = 'erasureSecret'"
-        row = self.cur.execute(select).fetchone()
-        if row is not None:
-            return str(row[0])
+        found = self.meta_value(key)
+        if found is not None:
+            return found
         self.cur.execute(
-            f"INSERT INTO {self.s}.meta (key, value) VALUES ('erasureSecret', %s)"
-            " ON CONFLICT (key) DO NOTHING",
-            (candidate,),
+            f"INSERT INTO {self.s}.meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+            (key, candidate),
         )
-        return str(self.cur.execute(select).fetchone()[0])
+        found = self.meta_value(key)
+        assert found is not None  # inserted just now
+        return found
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.cur.execute(
+            f"INSERT INTO {self.s}.meta (key, value) VALUES (%s, %s)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def meta_value(self, key: str) -> str | None:
+        row = self.cur.execute(f"SELECT value FROM {self.s}.meta WHERE key = %s", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def tombstones(self, hashes: Mapping[str, str]) -> dict[str, str]:
         """The players' fences first: an erase writes the fence of its player too, so a
@@ -287,3 +316,14 @@ class PgTransaction(Transaction):
         return int(
             self.cur.execute(f"DELETE FROM {self.s}.events WHERE user_id = %s", (user_id,)).rowcount
         )
+
+    def events_after(
+        self, after: Any, needles: Sequence[str], limit: int
+    ) -> list[tuple[Any, EventRow]]:
+        """In ``(ts, id)`` order (the ``events_ts`` index; a position is that pair), only
+        the events whose data text holds a needle (``strpos`` on the server, so the
+        rows an erase leaves alone are not sent)."""
+        return events.events_after(self.cur, self.s, after, needles, limit)
+
+    def set_event_data(self, changes: Mapping[Any, str]) -> None:
+        events.set_event_data(self.cur, self.s, changes)

@@ -16,7 +16,7 @@ connection of its own, under an advisory lock per day so two processes do not ra
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -98,6 +98,42 @@ def copy_events(cur: Any, schema: str, events: list[EventRow]) -> None:
         for part in paced_slices(events, ROWS_PER_LOOK):
             for ts, user, name, data, day in part:
                 copy.write_row((iso_from_ms(ts), user, name, data, day))
+
+
+def events_after(
+    cur: Any, schema: str, after: Any, needles: Sequence[str], limit: int
+) -> list[tuple[Any, EventRow]]:
+    """At most ``limit`` events after the position ``after`` ((ts, id), None: from the
+    first) in ``(ts, id)`` order, an index range of ``events_ts``, leaving out those
+    whose data text holds none of ``needles`` (an erase's look for mentions)."""
+    if not needles:
+        return []
+    start = (datetime.min.replace(tzinfo=UTC), -1) if after is None else after
+    rows = cur.execute(
+        f"SELECT ts, id, user_id, event, data, day FROM {schema}.events"
+        " WHERE (ts, id) > (%s, %s)"
+        " AND EXISTS (SELECT 1 FROM unnest(%s::text[]) AS n WHERE strpos(data, n) > 0)"
+        " ORDER BY ts, id LIMIT %s",
+        (*start, list(needles), limit),
+    )
+    return [
+        ((ts, eid), (to_ms(ts), user, name, data, day)) for ts, eid, user, name, data, day in rows
+    ]
+
+
+def set_event_data(cur: Any, schema: str, changes: Mapping[Any, str]) -> None:
+    """One statement: each event found by its position (the ``events_ts`` index)."""
+    ordered = sorted(changes.items())
+    cur.execute(
+        f"UPDATE {schema}.events AS e SET data = c.data"
+        " FROM unnest(%s::timestamptz[], %s::bigint[], %s::text[]) AS c (ts, id, data)"
+        " WHERE e.ts = c.ts AND e.id = c.id",
+        (
+            [position[0] for position, _ in ordered],
+            [position[1] for position, _ in ordered],
+            [data for _, data in ordered],
+        ),
+    )
 
 
 def expired_days(found: dict[int, str], last: datetime) -> list[int]:

@@ -67,6 +67,8 @@ class Options:
     ``partitions_ahead``: days of event partitions created ahead of today.
     ``create_schema``: False for an application role that may not create tables
     (``gso-analytics pg-init`` ran as the owner at deploy time).
+    ``existing``: refuse a schema without this library's tables (creating nothing), as
+    the commands that read or erase open a store.
     ``replica``: ``host[:port][,host[:port]...]`` of standbys for the reads that may lag
     (the KPIs' range reads, :class:`~.reads.Reads`), with the URL's credentials and
     database; the figures, sessions and events are always read on the primary.
@@ -80,6 +82,7 @@ class Options:
     partitions_ahead: int = 7
     create_schema: bool = True
     replica: str | None = None
+    existing: bool = False
 
 
 _CONVERT: dict[str, Callable[[str], Any]] = {
@@ -91,6 +94,7 @@ _CONVERT: dict[str, Callable[[str], Any]] = {
     "partitions_ahead": int,
     "create_schema": lambda text: {"true": True, "false": False}[text.lower()],
     "replica": str,
+    "existing": lambda text: {"true": True, "false": False}[text.lower()],
 }
 
 

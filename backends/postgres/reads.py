@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from gso_analytics.clock import to_ms
+from gso_analytics.clock import from_ms, to_ms
 from gso_analytics.deltas import add_up, days_with_pending, plus
 from gso_analytics.erasure import UserRecords, read_user_records
 from gso_analytics.model import (
@@ -34,8 +34,19 @@ def _event_record(row: tuple[Any, ...]) -> EventRecord:
 
 
 def _session_record(row: tuple[Any, ...]) -> SessionRecord:
-    sid, user, name, login, logout, duration, day, month, timed_out = row
-    return SessionRecord(sid, user, name, login, logout, duration, day, month, timed_out)
+    sid, user, name, login, logout, duration, day, month, timed_out, last, frozen = row
+    return SessionRecord(
+        sid,
+        user,
+        name,
+        login,
+        logout,
+        duration,
+        day,
+        month,
+        timed_out,
+        None if frozen else from_ms(last),
+    )
 
 
 class Reads(Connection):
@@ -126,8 +137,8 @@ class Reads(Connection):
 
     # -- sessions and events -----------------------------------------------------------------
 
-    def count_open_sessions(self) -> int:
-        return int(self._read("SELECT count(*) FROM {s}.sessions WHERE logout_at IS NULL")[0][0])
+    def count_active_sessions(self, since_ms: int) -> int:
+        return int(self._read(sessions.COUNT_ACTIVE, (since_ms,))[0][0])
 
     def _sessions(self, where: str, params: Any, replica: bool = False) -> list[SessionRecord]:
         with self._connection("reading sessions", replica=replica) as conn:

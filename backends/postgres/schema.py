@@ -17,6 +17,11 @@ SCHEMA_VERSION = 1
 #: ``{s}`` is the schema name. Types: text keys (the seed's day, month and ids),
 #: ``timestamptz`` times, ``jsonb`` figures (a counter keeps its JSON type: integers
 #: stay exact at any size, floats add as Python adds them, as on the other stores).
+#: A session's last activity mark and the activity runs' bounds are epoch
+#: milliseconds (``bigint``), the values the session walk compares; a run's marks are
+#: :func:`~gso_analytics.sessions.encode_marks`'s bytes (``bytea``). ``frozen``: a
+#: session closed by version 0.2 (kept as it was, see :mod:`gso_analytics.sessions`);
+#: a PostgreSQL store never holds one, but the column keeps the vocabulary whole.
 TABLES = """
 CREATE SCHEMA IF NOT EXISTS {s};
 CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value text NOT NULL);
@@ -49,12 +54,19 @@ CREATE TABLE IF NOT EXISTS {s}.sessions (
     id text PRIMARY KEY, user_id text NOT NULL, username text,
     login_at timestamptz NOT NULL, logout_at timestamptz,
     duration_s bigint NOT NULL DEFAULT 0, day text NOT NULL, month text NOT NULL,
-    timed_out boolean NOT NULL DEFAULT false, origin text NOT NULL, seq bigint NOT NULL);
+    timed_out boolean NOT NULL DEFAULT false, origin text NOT NULL, seq bigint NOT NULL,
+    last_ms bigint NOT NULL, frozen boolean NOT NULL DEFAULT false);
 CREATE INDEX IF NOT EXISTS sessions_user ON {s}.sessions (user_id, login_at);
-CREATE INDEX IF NOT EXISTS sessions_open ON {s}.sessions (login_at) WHERE logout_at IS NULL;
+CREATE INDEX IF NOT EXISTS sessions_last ON {s}.sessions (user_id, last_ms);
+CREATE INDEX IF NOT EXISTS sessions_idle ON {s}.sessions (last_ms) WHERE logout_at IS NULL;
 CREATE INDEX IF NOT EXISTS sessions_open_user ON {s}.sessions (user_id)
     WHERE logout_at IS NULL;
 CREATE INDEX IF NOT EXISTS sessions_day ON {s}.sessions (day);
+CREATE TABLE IF NOT EXISTS {s}.activity (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, user_id text NOT NULL,
+    first_ms bigint NOT NULL, last_ms bigint NOT NULL, marks bytea NOT NULL);
+CREATE INDEX IF NOT EXISTS activity_user ON {s}.activity (user_id, last_ms);
+CREATE INDEX IF NOT EXISTS activity_last ON {s}.activity (last_ms);
 CREATE TABLE IF NOT EXISTS {s}.logouts (
     id text PRIMARY KEY, user_id text NOT NULL, at timestamptz NOT NULL,
     origin text NOT NULL, seq bigint NOT NULL);

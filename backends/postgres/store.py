@@ -12,7 +12,7 @@ from typing import Any
 from gso_analytics.clock import utc_now
 from gso_analytics.errors import ConfigurationError
 from gso_analytics.model import ApplyResult, FlushBatch, PruneResult
-from gso_analytics.store import Store, T, Transaction
+from gso_analytics.store import MARK_TABLE, Store, T, Transaction
 
 from . import events
 from .batch import PgTransaction
@@ -43,6 +43,8 @@ class PostgresStore(Reads, Store):
         #: The schema version found at open (0: created by this store).
         self.version_found = SCHEMA_VERSION
         try:
+            if options.existing:  # before anything is created
+                self._check_ours()
             if options.create_schema:
                 self.version_found = self.init_schema()
             else:
@@ -67,6 +69,25 @@ class PostgresStore(Reads, Store):
             found = create_or_upgrade(conn, self.schema)
         self.make_partitions(events.ahead(utc_now(), self.options.partitions_ahead))
         return found
+
+    def _check_ours(self) -> None:
+        """Refuse a schema without this library's tables, naming the schemas that hold
+        them: an erase or a report of a mistyped schema must not create an empty store."""
+        with self._connection("looking for the store") as conn:
+            rows = conn.execute(
+                "SELECT schemaname FROM pg_tables WHERE tablename = %s ORDER BY 1", (MARK_TABLE,)
+            ).fetchall()
+        found = [row[0] for row in rows]
+        if self.schema in found:
+            return
+        hint = (
+            f"; schemas holding one: {', '.join(repr(f) for f in found)}"
+            if found
+            else "; it holds no gso_analytics store"
+        )
+        raise ConfigurationError(
+            f"no gso_analytics store in schema {self.schema!r} of {self.where}{hint}"
+        )
 
     def _check_schema(self) -> None:
         with self._connection("checking the schema") as conn:
@@ -130,12 +151,12 @@ class PostgresStore(Reads, Store):
                 self._partitions.discard(day)
         return dropped + super().delete_expired_events(last)
 
-    def prune(self, now: datetime, event_ttl: timedelta, session_timeout: timedelta) -> PruneResult:
+    def prune(self, now: datetime, event_ttl: timedelta, idle_timeout: timedelta) -> PruneResult:
         """The deltas folded, partitions made ahead, the shared prune, the deltas its
         timeouts made folded too."""
         roll_up(self)
         self.make_partitions(events.ahead(now, self.options.partitions_ahead))
-        result = super().prune(now, event_ttl, session_timeout)
+        result = super().prune(now, event_ttl, idle_timeout)
         roll_up(self)
         return result
 
