@@ -31,6 +31,7 @@ psycopg = pytest.importorskip("psycopg")
 
 from gso_analytics.backends.postgres import PostgresStore, pg_init  # noqa: E402
 from gso_analytics.backends.postgres import events as pg_events  # noqa: E402
+from gso_analytics.backends.postgres import sessions as pg_sessions  # noqa: E402
 from gso_analytics.backends.postgres.options import split_url  # noqa: E402
 
 DAY = "2025-03-14"
@@ -355,3 +356,53 @@ def test_an_erase_during_a_batch_of_the_player_leaves_nothing_under_the_id(
         assert other.get_sessions("frank") == [] and other.get_events("frank") == []
         assert other.user_records("frank").days_active == []
         assert other.get_day(DAY)["dau"] == 1, "the figures stay"
+
+
+# -- sessions: each of the walk's and the prune's reads is an index range ------------------
+
+
+class Explaining:
+    """A cursor that runs ``EXPLAIN`` of each statement instead of it and keeps the
+    plans: the session module's own SQL, not a copy, is what is looked at."""
+
+    def __init__(self, cur: Any) -> None:
+        self.cur = cur
+        self.plans: list[str] = []
+        self.rowcount = 0
+
+    def execute(self, sql: str, params: Any = ()) -> Explaining:
+        rows = self.cur.execute("EXPLAIN " + sql, params).fetchall()
+        self.plans.append("\n".join(row[0] for row in rows))
+        return self
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(())
+
+
+def test_the_session_reads_are_index_ranges(store: PostgresStore) -> None:
+    """With sequential scans made dearest, each read of the walk and of the prune names
+    the index meant for it: a batch reads its players' recent sessions, logout marks and
+    activity runs, the prune its idle sessions and old runs, an erase the event stream
+    in position order, without a scan of the table (a missing or mismatched index shows
+    here as a Seq Scan or another index)."""
+    store.apply(player_batch("gina"))
+    s, users = store.schema, {"gina", "hal"}
+    expected = [
+        (lambda c: pg_sessions.sessions_since(c, s, users, 0), ["sessions_last", "open_user"]),
+        (lambda c: pg_sessions.logouts_since(c, s, users, 0), ["logouts_user"]),
+        (lambda c: pg_sessions.activity_runs(c, s, "gina", 0, 1), ["activity_user"]),
+        (lambda c: pg_sessions.open_sessions_before(c, s, 1, 10), ["sessions_idle"]),
+        (lambda c: pg_sessions.delete_activity_before(c, s, 1, 10), ["activity_last"]),
+        (lambda c: c.execute(pg_sessions.COUNT_ACTIVE.format(s=s), (1,)), ["sessions_idle"]),
+        # An erase's look for mentions in (ts, id) order: each day's copy of events_ts.
+        (lambda c: pg_events.events_after(c, s, None, ['"gina"'], 10), ["_ts_id_idx"]),
+    ]
+    with store._connection("explaining") as conn, conn.transaction():
+        conn.execute("SET LOCAL enable_seqscan = off")
+        for read, indexes in expected:
+            cur = Explaining(conn.cursor())
+            read(cur)
+            plan = "\n".join(cur.plans)
+            assert "Seq Scan" not in plan, plan
+            for index in indexes:
+                assert index in plan, plan
