@@ -100,6 +100,9 @@ MAX_RETRY_AGE = MIN_BATCH_RETENTION - timedelta(days=1)
 #: How long the prune job keeps a heartbeat after it expired (it is not read any more;
 #: kept a little for someone looking into the store after a crash).
 HEARTBEAT_KEPT = timedelta(hours=1)
+#: The last millisecond a datetime holds (9999-12-31T23:59:59.999Z): "no end" in a range
+#: read of marks, which a store may turn into a date.
+LAST_MS = 253_402_300_799_999
 #: The most events :meth:`Store.export_user` reads (the event TTL bounds them anyway).
 EXPORT_EVENT_LIMIT = 2**31 - 1
 #: Events an erase or an export reads per chunk when it looks for other players'
@@ -677,6 +680,11 @@ class Store(ABC):
 
         return self.run_in_transaction(look)
 
+    def activity_marks(self, user_id: str) -> list[int]:
+        """The player's stored activity marks (milliseconds), oldest first: what the
+        sessions are walked from, kept as long as a batch may be retried."""
+        return self.run_in_transaction(lambda tx: tx.marks_between(user_id, 0, LAST_MS))
+
     def export_user(self, user_id: str, *, also: Iterable[str] = ()) -> dict[str, Any]:
         """Everything stored about one player (the id as stored), JSON-ready; with
         ``mentions``: other players' events whose data names the player (the id, a
@@ -688,6 +696,8 @@ class Store(ABC):
             # The marks sessions are computed from: a logout is a record of the player's
             # too, kept a while after its session closed.
             "logouts": [iso_from_ms(m.at_ms) for m in self.get_logouts(user_id)],
+            # And the times of the player's activity, kept as long as logouts.
+            "activity": [iso_from_ms(ms) for ms in self.activity_marks(user_id)],
             "events": [event_export(e) for e in self.get_events(user_id, limit=EXPORT_EVENT_LIMIT)],
             "mentions": [
                 event_export(e)

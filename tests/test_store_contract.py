@@ -1434,8 +1434,12 @@ def test_export_user_has_sessions_events_payments_and_days(
     assert export["firstPayment"] == "2025-03-14"
     assert export["revenueCents"] == {"2025-03-14": 499}
     assert export["logouts"] == ["2025-03-14T12:30:00.000Z"]  # the marks are records too
+    # The times of her activity, kept for late logouts: a login and a call each day.
+    first, second = "2025-03-14T12:00:00.000Z", "2025-03-15T12:30:00.000Z"
+    assert export["activity"] == [first, first, second, second]
     assert store.export_user("nobody")["sessions"] == []
     assert store.export_user("nobody")["logouts"] == []
+    assert store.export_user("nobody")["activity"] == []
 
 
 def test_erase_replaces_the_player_in_other_players_event_data(
