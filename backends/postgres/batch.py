@@ -8,7 +8,7 @@ a part writes only:
   keyed hash, see the package docstring), the (day, user) and (month, user) records
   (``INSERT ... ON CONFLICT DO NOTHING``, whose row count says how many players are
   new), the registration, first days and revenue (``ON CONFLICT DO UPDATE``, where only
-  parts of the same player meet), sessions and logout marks;
+  parts of the same player meet), sessions, logout marks and activity runs;
 - new rows: its own ``batches`` row (the exactly-once guard, inserted first, holding
   the part's increments as a delta once the part is done, see
   :mod:`gso_analytics.deltas`) and its events (``COPY``).
