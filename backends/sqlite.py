@@ -803,11 +803,10 @@ class SQLiteStore(Store):
         rows = self._read(
             f"SELECT day, month, field, value FROM {{p}}daily WHERE day IN ({marks})", tuple(days)
         )
-        found: dict[str, DailyStats] = {}
+        found: dict[str, tuple[str, dict[str, Number]]] = {}
         for day, month, field, value in rows:
-            found.setdefault(day, DailyStats(day, month, {}))
-            found[day].counters[field] = value  # type: ignore[index]
-        return [found[day] for day in days if day in found]
+            found.setdefault(day, (month, {}))[1][field] = value
+        return [DailyStats(day, *found[day]) for day in days if day in found]
 
     def get_day(self, day: str) -> DailyStats | None:
         found = self._days([day])

@@ -15,20 +15,11 @@ from __future__ import annotations
 
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
+from bench.sessions import START, _Clock
 from gso_analytics import Analytics, open_store
-
-START = datetime(2026, 3, 2, 12, tzinfo=UTC)
-
-
-class _Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def _flush_cpu(path: Path, active_on: str, players: int, events_per_player: int) -> float:

@@ -18,6 +18,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, tzinfo
+from decimal import Decimal
 from typing import Any
 
 import attrs
@@ -42,6 +43,7 @@ from .validation import (
     Limits,
     check_amount,
     check_cents,
+    check_decimal_amount,
     check_name,
     snapshot_data,
 )
@@ -49,7 +51,7 @@ from .validation import (
 log = logging.getLogger("gso_analytics")
 
 _instances: weakref.WeakSet[Analytics] = weakref.WeakSet()
-_NO_COUNTER: tuple[None, None] = (None, None)
+_NO_COUNTER: tuple[None, None, bool] = (None, None, False)
 
 #: Distinct (event, field, reason) rejections logged per instance; then only counted.
 MAX_LOGGED_REJECTIONS = 64
@@ -234,13 +236,17 @@ class Analytics:
         external = configured_erasure_secret(erasure_secret, os.environ)
         if external is not None:
             self.store.external_secret = external
-        # event -> (field, amount key) as plain tuples: one dict lookup on the hot path.
+        # event -> (stored field, amount key, decimal) as plain tuples: one dict lookup on
+        # the hot path.
         self._rules = {
-            event: (rule.field, rule.amount_key) for event, rule in self.counters.items()
+            event: (rule.stored_field, rule.amount_key, rule.decimal)
+            for event, rule in self.counters.items()
         }
-        self._zeros = dict.fromkeys(
-            sorted({rule.field for rule in self.counters.values()} - set(DAILY_FIELDS)), 0
-        )
+        self._zeros: dict[str, Number | Decimal] = {
+            rule.field: Decimal(0) if rule.decimal else 0
+            for rule in sorted(self.counters.values(), key=lambda rule: rule.field)
+            if rule.field not in DAILY_FIELDS
+        }
         self.tz = resolve_tz(tz)
         self.event_ttl = event_ttl
         # Users left out of the KPIs (ids, or a predicate); an iterable is read once.
@@ -453,12 +459,12 @@ class Analytics:
             ):
                 user_id = check_name(user_id, "user_id", self._max_id)
             snapshot = None if data is None else snapshot_data(data, self.limits)
-            field, amount_key = self._rules.get(event, _NO_COUNTER)
+            field, amount_key, decimal = self._rules.get(event, _NO_COUNTER)
             amount: Number = 1
             if amount_key is not None:
                 amount = data.get(amount_key) if snapshot is not None else None  # type: ignore[union-attr,assignment]
-                if not (type(amount) is int and 0 <= amount <= MAX_AMOUNT):
-                    amount = self._amount(event, amount_key, data)
+                if decimal or not (type(amount) is int and 0 <= amount <= MAX_AMOUNT):
+                    amount = self._amount(event, amount_key, data, field, decimal)
             if snapshot is None:  # the event without data: no look at its type at all
                 ns = self._aggregator.event(event, user_id, field, amount)
             else:
@@ -471,15 +477,21 @@ class Analytics:
             self._drop()
 
     @staticmethod
-    def _amount(event: str, key: str, data: dict[str, Any] | None) -> Number:
+    def _amount(
+        event: str, key: str, data: dict[str, Any] | None, field: str | None, decimal: bool
+    ) -> int:
+        """The amount a counter adds, as it is stored: whole units, or millionths for a
+        decimal counter (see :mod:`.counters`)."""
         if data is None or key not in data:
             raise ValidationError(f"data.{key}", f"is required by {event!r}")
         amount = data[key]
+        if decimal:
+            return check_decimal_amount(amount, f"data.{key}")
         if type(amount) is int and 0 <= amount <= MAX_AMOUNT:
             return amount
         if key == CENTS_KEY:
             return check_cents(amount, f"data.{key}")
-        return check_amount(amount, f"data.{key}")
+        return check_amount(amount, f"data.{key}", str(field))
 
     def _reject(self, exc: ValidationError, event: str | None = None) -> None:
         """Count a rejected call; log it once per (event, field, reason).

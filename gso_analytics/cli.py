@@ -29,6 +29,7 @@ from typing import TextIO
 from . import __version__
 from .analytics import Analytics
 from .clock import Clock, resolve_tz, utc_now
+from .counters import json_number
 from .csv_report import write_csv
 from .dead_letters import replay as replay_dead_letters
 from .demo import DemoPlan, SimClock, plan_demo, replay
@@ -513,12 +514,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         calls = _simulate(analytics, clock, plan)
         elapsed = time.monotonic() - started
         metrics, days = _read(analytics, min(args.days, MAX_REPORT_DAYS))  # not the plan's
+        start, end = kpi_range(None, None, today, analytics.kpis.first_day_with_data)
+        headline = analytics.kpis.headline(start, end).to_dict()
         analytics.stop()
     print(
         f"Simulated {args.players} players over {args.days} days"
-        f" ({plan.first_day} to {plan.last_day}, seed {args.seed}):"
-        f" {fmt_int(calls)} API calls in {elapsed:.1f}s into {args.store}\n"
+        f" ({plan.first_day} to {plan.last_day}, seed {args.seed}):\n"
+        f"  {fmt_int(calls)} API calls in {elapsed:.1f}s into {args.store}\n"
     )
+    print(render_headline(headline) + "\n")
     print(render_report(metrics, today.isoformat(), days))
     if _scheme(args.store) != "memory":  # a memory store is gone when the demo exits
         tz = "" if args.tz is UTC else f" --tz {args.tz}"
@@ -607,7 +611,7 @@ def report_text(
             "days": [day.to_dict() for day in history],
             "kpis": kpis,
         }
-        return json.dumps(doc, indent=2) + "\n"
+        return json.dumps(doc, indent=2, default=json_number) + "\n"
     text = "\n\n".join(
         [
             render_headline(kpis["headline"]),

@@ -2,23 +2,52 @@
 
 The default map is the seed's ``COUNTER_MAP``; a game extends it by passing
 ``counters={...}`` to :class:`~gso_analytics.Analytics` without editing the library.
+
+Counters hold exact values. A counter counts whole units unless it is declared decimal
+(``CounterRule(field, amount_key, decimal=True)``): float sums drift (``0.1 + 0.2`` is
+``0.30000000000000004``), so an integer counter takes whole amounts only, and a decimal
+one keeps :data:`DECIMAL_PLACES` places as an integer number of millionths. Integers
+because every store already adds integers exactly and atomically (SQLite's ``value +
+excluded.value``, MongoDB's ``$inc``): a decimal counter needs no backend of its own. It
+is stored under its field name and :data:`MICRO_SUFFIX` (``goldLooted@micro``), so a
+reader that does not know the game's counter map (the CLI, a dashboard) still reads it
+right, and :func:`decode_counters` turns it back into a :class:`~decimal.Decimal`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
 
 import attrs
 
 from .errors import ConfigurationError
 
+#: The decimal places a decimal counter keeps.
+DECIMAL_PLACES = 6
+#: A decimal counter's stored unit, per whole unit.
+MICRO = 10**DECIMAL_PLACES
+#: What a decimal counter's stored field name ends with: its value is in millionths.
+MICRO_SUFFIX = "@micro"
+
 
 @attrs.frozen
 class CounterRule:
-    """Add to ``field`` on every ``event``: 1, or ``data[amount_key]`` when given."""
+    """Add to ``field`` on every ``event``: 1, or ``data[amount_key]`` when given.
+
+    ``decimal``: amounts may have up to :data:`DECIMAL_PLACES` decimals, summed exactly
+    and read back as :class:`~decimal.Decimal`; otherwise amounts must be whole numbers.
+    """
 
     field: str
     amount_key: str | None = None
+    decimal: bool = False
+
+    @property
+    def stored_field(self) -> str:
+        """The field name a store keeps this counter under."""
+        return self.field + MICRO_SUFFIX if self.decimal else self.field
 
 
 #: The seed's daily document fields, in the seed's order. ``dau``, ``totalSessionS`` and
@@ -98,5 +127,59 @@ def build_counter_map(extra: Mapping[str, CounterSpec] | None) -> dict[str, Coun
             raise ConfigurationError(
                 f"counters[{event!r}]: field {rule.field!r} is maintained by sessions"
             )
+        if rule.decimal and rule.amount_key is None:
+            raise ConfigurationError(
+                f"counters[{event!r}]: a decimal counter adds an amount; give its amount_key"
+            )
+        if rule.decimal and rule.field in DAILY_FIELDS:
+            raise ConfigurationError(
+                f"counters[{event!r}]: {rule.field!r} is one of the library's integer fields"
+                " (the KPIs read it); count decimal amounts under a field of your own"
+            )
         rules[event] = rule
+    _check_one_kind_per_field(rules)
     return rules
+
+
+def _check_one_kind_per_field(rules: Mapping[str, CounterRule]) -> None:
+    """A field is decimal for every event that adds to it, or for none."""
+    kinds: dict[str, tuple[str, bool]] = {}
+    for event, rule in rules.items():
+        first = kinds.setdefault(rule.field, (event, rule.decimal))
+        if first[1] != rule.decimal:
+            decimal, whole = (first[0], event) if first[1] else (event, first[0])
+            raise ConfigurationError(
+                f"counters: {rule.field!r} is decimal for {decimal!r} but not for {whole!r};"
+                " declare it decimal for every event that adds to it"
+            )
+
+
+def decode_counters(stored: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A day's (or the all-time) counters as a store keeps them, as readers see them:
+    each decimal counter's millionths as a :class:`~decimal.Decimal` under its own name
+    (added to a whole-number figure of the same name, kept from before the counter was
+    declared decimal). Counters without decimals are returned as they are."""
+    if not any(field.endswith(MICRO_SUFFIX) for field in stored):
+        return stored
+    decoded: dict[str, Any] = {}
+    for field, value in stored.items():
+        if field.endswith(MICRO_SUFFIX):
+            field, value = field.removesuffix(MICRO_SUFFIX), Decimal(value) / MICRO
+        if field in decoded:  # the two parts of a field, one of them a Decimal
+            value = _exact(decoded[field]) + _exact(value)
+        decoded[field] = value
+    return decoded
+
+
+def _exact(value: Any) -> Decimal:
+    """A stored number as a Decimal: a float by its shortest text (``12.5``, ``0.1``)."""
+    return value if isinstance(value, Decimal) else Decimal(repr(value))
+
+
+def json_number(value: object) -> int | float:
+    """``json.dumps``' ``default`` for a decimal counter: a whole Decimal as an int, any
+    other as the float whose shortest text is the same number (exact as JSON text for
+    the up to 15 significant digits a decimal counter's day holds in practice)."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

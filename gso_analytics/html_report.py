@@ -120,13 +120,22 @@ def _num(value: float) -> str:
 def axis_step(peak: float, ticks: int = 4) -> float:
     """The distance between grid lines: 1, 2, 2.5 or 5 times a power of ten, the least
     that covers ``peak`` in at most ``ticks`` steps (round labels: 0, 50, 100, ...)."""
-    if peak <= 0:
-        return 0.25 if ticks else 1.0
+    if peak / ticks <= 0:  # a subnormal peak divides to 0 too
+        return 0.25
     power = 10.0 ** math.floor(math.log10(peak / ticks))
     for factor in (1, 2, 2.5, 5, 10):
         if power * factor * ticks >= peak:
             return power * factor
     return power * 10  # pragma: no cover - factor 10 always covers
+
+
+def decimals(step: float) -> int:
+    """How many decimals show every multiple of ``step`` exactly: 0 for 5, 1 for 2.5,
+    2 for 0.25. Tick labels printed with fewer would repeat (``0, 0, 1, 1``)."""
+    for places in range(12):
+        if abs(round(step, places) - step) <= 1e-9 * max(1.0, abs(step)):
+            return places
+    return 12  # pragma: no cover - axis steps are round
 
 
 def label_days(count: int, plot_w: float, spacing: float = LABEL_SPACING) -> list[int]:
@@ -145,20 +154,17 @@ def _short_day(day: str) -> str:
     return f"{parsed:%b} {parsed.day}"
 
 
-def _frame(
-    geo: Geometry, days: Sequence[str], axis: Axis, fmt: Callable[[float], str]
-) -> list[str]:
+def _frame(geo: Geometry, days: Sequence[str], axis: Axis, scale: Scale) -> list[str]:
     """Grid lines with their value labels, and the day labels that fit."""
     parts = []
-    for k in range(axis.steps + 1):
+    for k, label in enumerate(axis.labels(scale)):
         y = _y(geo, axis.step * k, axis)
         parts.append(
             f'<line x1="{geo.left}" x2="{geo.width - geo.right}" y1="{_num(y)}" y2="{_num(y)}"'
             f' stroke="{"#999" if k == 0 else "#e8e8e8"}"/>'
         )
         parts.append(
-            f'<text x="{geo.left - 6}" y="{_num(y + 4)}" text-anchor="end">'
-            f"{escape(fmt(axis.step * k))}</text>"
+            f'<text x="{geo.left - 6}" y="{_num(y + 4)}" text-anchor="end">{escape(label)}</text>'
         )
     for i in label_days(len(days), geo.plot_w):
         parts.append(
@@ -166,6 +172,69 @@ def _frame(
             f' text-anchor="middle">{escape(_short_day(days[i]))}</text>'
         )
     return parts
+
+
+@attrs.frozen
+class Scale:
+    """How a chart's values read. ``text`` is a value as a tooltip shows it; ``tick``
+    an axis label, given the axis step (so it shows as many decimals as the step needs,
+    and no two labels are alike); ``least_step`` the finest step that means anything
+    (1 for counts: an axis of players never reads 0.25)."""
+
+    text: Callable[[float], str]
+    tick: Callable[[float, float], str]
+    least_step: float | None = 1.0
+
+
+def _plain_tick(value: float, step: float) -> str:
+    return f"{value:,.{decimals(step)}f}"
+
+
+def _trimmed(text: str) -> str:
+    """``1.50`` → ``1.5``, ``2.0`` → ``2``: the digits that say something."""
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _compact(value: float, step: float | None = None) -> str:
+    """Labels that fit a narrow margin: ``250k``, ``1.5M`` (as many decimals as the
+    axis step needs, when given)."""
+    for size, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            places = 1 if step is None else decimals(step / size)
+            return _trimmed(f"{value / size:,.{places}f}") + suffix
+    return _trimmed(f"{value:,.{0 if step is None else decimals(step)}f}")
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.0f}%" if value >= 0.1 or value == 0 else f"{100 * value:.1f}%"
+
+
+def _cents(cents: float) -> str:
+    return fmt_cents(cents).removesuffix(".00")
+
+
+COUNT = Scale(lambda v: f"{v:,.0f}", _plain_tick)
+COMPACT = Scale(_compact, _compact)
+PERCENT = Scale(_percent, lambda v, step: f"{100 * v:.{decimals(100 * step)}f}%", 0.001)
+CENTS = Scale(_cents, lambda v, step: f"${v / 100:,.{decimals(step / 100)}f}")
+
+#: Duration units, largest first: the axis reads in the largest that the peak fills
+#: twice (``40 s`` rather than ``0.67 min``; ``25 min`` rather than ``1,500 s``).
+DURATION_UNITS = (("h", 3600), ("min", 60), ("s", 1))
+
+
+def duration_scale(peak_s: float) -> tuple[Scale, int]:
+    """The scale of durations whose largest is ``peak_s`` seconds, and the seconds in its
+    unit (the values to draw are seconds divided by it)."""
+    name, size = next(((n, s) for n, s in DURATION_UNITS if peak_s >= 2 * s), ("s", 1))
+
+    def text(value: float) -> str:
+        return f"{_trimmed(f'{value:,.1f}')} {name}"
+
+    def tick(value: float, step: float) -> str:
+        return f"{value:,.{decimals(step)}f} {name}"
+
+    return Scale(text, tick, 1.0 if size == 1 else None), size
 
 
 @attrs.frozen
@@ -180,14 +249,18 @@ class Axis:
         return self.step * self.steps
 
     @classmethod
-    def over(cls, peak: float, cap: float | None = None) -> Axis:
+    def over(cls, peak: float, cap: float | None = None, least_step: float | None = None) -> Axis:
         """Round steps up to at least ``peak``, or exactly up to ``cap`` (100%) when
-        the peak comes near it."""
-        step = axis_step(min(peak, cap) if cap is not None else peak)
+        the peak comes near it; never finer than ``least_step``."""
+        step = max(axis_step(min(peak, cap) if cap is not None else peak), least_step or 0.0)
         steps = max(1, math.ceil(peak / step - 1e-9)) if peak > 0 else 4
         if cap is not None and step * steps > cap:
             steps = max(1, math.floor(cap / step + 1e-9))
         return cls(step, steps)
+
+    def labels(self, scale: Scale) -> list[str]:
+        """The tick labels from 0 up, as ``scale`` writes them for this step."""
+        return [scale.tick(self.step * k, self.step) for k in range(self.steps + 1)]
 
 
 def _x(geo: Geometry, i: int, count: int) -> float:
@@ -211,7 +284,9 @@ def _segments(values: Sequence[float | None]) -> list[list[int]]:
     return runs
 
 
-def _line(geo: Geometry, days: Sequence[str], series: Series, axis: Axis, fmt: Any) -> list[str]:
+def _line(
+    geo: Geometry, days: Sequence[str], series: Series, axis: Axis, fmt: Callable[[float], str]
+) -> list[str]:
     parts = []
     values = series.values
     for run in _segments(values):
@@ -233,7 +308,9 @@ def _line(geo: Geometry, days: Sequence[str], series: Series, axis: Axis, fmt: A
     return parts
 
 
-def _bars(geo: Geometry, days: Sequence[str], series: Series, axis: Axis, fmt: Any) -> list[str]:
+def _bars(
+    geo: Geometry, days: Sequence[str], series: Series, axis: Axis, fmt: Callable[[float], str]
+) -> list[str]:
     slot = geo.plot_w / max(len(days), 1)
     parts = []
     for i, (day, value) in enumerate(zip(days, series.values, strict=True)):
@@ -253,22 +330,31 @@ def chart(
     title: str,
     days: Sequence[str],
     series: Sequence[Series],
-    fmt: Callable[[float], str] = lambda v: f"{v:,.0f}",
+    scale: Scale = COUNT,
     *,
     bars: bool = False,
     cap: float | None = None,
+    empty: str = "Nothing to draw in this range.",
 ) -> str:
     """A chart over days as a ``<figure>``: its title, a legend (one entry per series,
     with its line style) and the wide and narrow drawings. ``bars`` draws the single
     series as one bar per day; ``cap`` is the axis' greatest possible top (1.0 for a
-    ratio). Series are drawn in order, the first underneath."""
-    peak = max((v for s in series for v in s.values if v is not None), default=0.0)
-    axis = Axis.over(peak, cap)
+    ratio). Series are drawn in order, the first underneath.
+
+    A chart with no value above zero would be a frame around nothing, which reads as a
+    broken page: it is the sentence ``empty`` instead, saying why there is nothing yet."""
+    values = [v for s in series for v in s.values if v is not None]
+    if not any(values):
+        return (
+            f'<figure class="chart empty"><figcaption>{escape(title)}</figcaption>'
+            f'<p class="empty-note">{escape(empty)}</p></figure>'
+        )
+    axis = Axis.over(max(values), cap, scale.least_step)
     drawings = []
     for name, geo in GEOMETRIES.items():
-        parts = _frame(geo, days, axis, fmt)
+        parts = _frame(geo, days, axis, scale)
         for one in series:
-            parts += (_bars if bars else _line)(geo, days, one, axis, fmt)
+            parts += (_bars if bars else _line)(geo, days, one, axis, scale.text)
         drawings.append(
             f'<svg class="{name}" viewBox="0 0 {geo.width} {geo.height}" role="img"'
             f' aria-label="{escape(title)}"><title>{escape(title)}</title>{"".join(parts)}</svg>'
@@ -293,12 +379,20 @@ def _column(rows: Sequence[Row], field: str) -> list[float | None]:
     return [row[field] for row in rows]
 
 
+#: Stickiness is drawn from this day of data on (the first day with data is day 1).
+STICKINESS_FROM_DAY = 7
+
+
+def _stickiness_from(doc: KpiDoc) -> date | None:
+    first = doc["firstDataDay"]
+    return None if first is None else date.fromisoformat(first) + timedelta(STICKINESS_FROM_DAY - 1)
+
+
 def _stickiness(doc: KpiDoc) -> list[float | None]:
     """DAU/MAU30 per day, None while the 30-day window holds under a week of data (from
     the first day with data): on launch day DAU = MAU30 and the ratio says 100%, which
     is arithmetic, not engagement."""
-    first = doc["firstDataDay"]
-    defined_from = None if first is None else date.fromisoformat(first) + timedelta(days=6)
+    defined_from = _stickiness_from(doc)
     return [
         row["stickiness"]
         if defined_from is not None and date.fromisoformat(row["day"]) >= defined_from
@@ -307,14 +401,30 @@ def _stickiness(doc: KpiDoc) -> list[float | None]:
     ]
 
 
-def _percent(value: float) -> str:
-    return f"{100 * value:.0f}%" if value >= 0.1 or value == 0 else f"{100 * value:.1f}%"
+def _stickiness_empty(doc: KpiDoc) -> str:
+    """Why the stickiness chart has nothing to draw yet."""
+    defined_from = _stickiness_from(doc)
+    if defined_from is None:
+        return "No players in this range yet."
+    return (
+        f"Drawn from the {STICKINESS_FROM_DAY}th day of data ({defined_from}) on: before"
+        " that, MAU30 holds under a week of players and DAU / MAU30 is near 100% by"
+        " arithmetic, not engagement. The table below has every day's ratio."
+    )
+
+
+def _minutes_or_seconds(rows: Sequence[Row], field: str) -> tuple[Scale, list[float | None]]:
+    """A duration column in the unit its largest value reads best in."""
+    seconds = [row[field] for row in rows]
+    scale, size = duration_scale(max((s for s in seconds if s is not None), default=0))
+    return scale, [None if s is None else s / size for s in seconds]
 
 
 def charts(doc: KpiDoc) -> list[str]:
     """The report's charts: players, stickiness, revenue, sessions and the economy."""
     active, economy, sessions = doc["activeUsers"], doc["economy"], doc["sessions"]
     days = [row["day"] for row in active]
+    play_scale, play_time = _minutes_or_seconds(sessions, "playTimePerDauS")
     return [
         chart(
             "Active players",
@@ -324,38 +434,37 @@ def charts(doc: KpiDoc) -> list[str]:
                 Series("WAU (7 days)", _column(active, "wau"), DASHED),
                 Series("DAU", _column(active, "dau"), SOLID),
             ],
+            empty="No players in this range.",
         ),
         chart(
-            "Stickiness (DAU / MAU30), from the 7th day of data",
+            f"Stickiness (DAU / MAU30), from the {STICKINESS_FROM_DAY}th day of data",
             days,
             [Series("DAU / MAU30", _stickiness(doc), SOLID)],
-            _percent,
+            PERCENT,
             cap=1.0,
+            empty=_stickiness_empty(doc),
         ),
         chart(
             "Revenue per day",
             [row["day"] for row in doc["revenue"]],
             [Series("Revenue", _column(doc["revenue"], "revenueCents"))],
-            lambda v: fmt_cents(v).removesuffix(".00"),
+            CENTS,
             bars=True,
+            empty="No revenue in this range: no stripe.payment events.",
         ),
         chart(
             "Sessions per day",
             [row["day"] for row in sessions],
             [Series("Sessions", _column(sessions, "sessions"))],
             bars=True,
+            empty="No sessions in this range.",
         ),
         chart(
             "Play time per DAU",
             [row["day"] for row in sessions],
-            [
-                Series(
-                    "Play time per DAU",
-                    [row["playTimePerDauS"] / 60 for row in sessions],
-                    SOLID,
-                )
-            ],
-            lambda minutes: f"{minutes:,.0f} min",
+            [Series("Play time per DAU", play_time, SOLID)],
+            play_scale,
+            empty="No play time in this range.",
         ),
         chart(
             "Credits: sources vs sinks",
@@ -364,7 +473,8 @@ def charts(doc: KpiDoc) -> list[str]:
                 Series("Earned", _column(economy, "creditsEarned"), SOLID),
                 Series("Spent", _column(economy, "creditsSpent"), DASHED),
             ],
-            _compact,
+            COMPACT,
+            empty="No credits earned or spent in this range.",
         ),
         chart(
             "Gems: sources vs sinks",
@@ -374,17 +484,10 @@ def charts(doc: KpiDoc) -> list[str]:
                 Series("Bought", _column(economy, "gemsPurchased"), DOTTED),
                 Series("Spent", _column(economy, "gemsSpent"), DASHED),
             ],
-            _compact,
+            COMPACT,
+            empty="No gems earned, bought or spent in this range.",
         ),
     ]
-
-
-def _compact(value: float) -> str:
-    """Axis labels that fit a narrow margin: ``250k``, ``1.5M``."""
-    for size, suffix in ((1e6, "M"), (1e3, "k")):
-        if abs(value) >= size:
-            return f"{value / size:,.1f}".removesuffix(".0") + suffix
-    return f"{value:,.0f}"
 
 
 # -- headline and tables ------------------------------------------------------------------
@@ -439,6 +542,7 @@ def _cells(section: KpiSection, row: Row, key_text: str | None = None) -> str:
         text = "-" if value is None else column.fmt(value)
         cells.append(
             f'<td{cls}{style} data-field="{escape(column.field)}"'
+            f' data-label="{escape(column.label)}"'
             f' data-value="{escape(json.dumps(value))}">{escape(text)}</td>'
         )
     return "".join(cells)
@@ -486,9 +590,6 @@ def kpi_table(section: KpiSection, rows: Sequence[Row], totals: Row | None) -> s
     )
 
 
-#: The tables too wide for half a laptop screen: they take a row of their own.
-FULL_WIDTH = {"economy"}
-
 CSS = """
 * { box-sizing: border-box; }
 body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1240px;
@@ -504,10 +605,10 @@ h3 { font-size: 1em; margin: 0.6em 0 0.3em; }
 .card .value { font-size: 1.75em; font-weight: 600; font-variant-numeric: tabular-nums; }
 .card .change { font-size: 0.85em; color: #777; }
 .change.up { color: #1a7f37; } .change.down { color: #c62828; }
-.charts, .tables { display: grid; gap: 12px;
-                   grid-template-columns: repeat(auto-fit, minmax(min(100%, 520px), 1fr)); }
-.tables section { min-width: 0; }
-.tables section.full { grid-column: 1 / -1; }
+.charts { display: grid; gap: 12px;
+          grid-template-columns: repeat(auto-fit, minmax(min(100%, 520px), 1fr)); }
+.tables { display: flex; flex-wrap: wrap; column-gap: 24px; }
+.tables section { flex: 1 1 auto; width: min-content; min-width: 0; max-width: 100%; }
 figure.chart { margin: 0; background: #fff; border: 1px solid #e3e3e3; border-radius: 8px;
                padding: 8px 10px; min-width: 0; }
 figcaption { font-weight: 600; }
@@ -538,6 +639,28 @@ tr.quiet { display: none; }
 .unfold { display: none; }
 .unfold:checked + .scroll tr.quiet { display: table-row; }
 .unfold:checked + .scroll tr.fold { display: none; }
+thead th { white-space: normal; vertical-align: bottom; }
+.empty-note { color: #666; margin: 1.2em 0.4em 1.6em; max-width: 34em; }
+@media (max-width: 600px) {
+  .tables section { width: 100%; }
+  .scroll table, .scroll thead, .scroll tbody, .scroll tfoot, .scroll tr, .scroll th,
+  .scroll td { display: block; }
+  .scroll table { width: 100%; }
+  .scroll thead { display: none; }
+  .scroll tr { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); column-gap: 1em;
+               padding: 4px 0 6px; border-bottom: 1px solid #ddd; }
+  .scroll tr.quiet { display: none; }
+  .unfold:checked + .scroll tr.quiet { display: grid; }
+  .scroll tr.fold { display: block; }
+  .scroll td, .scroll th { display: flex; flex-wrap: wrap; justify-content: space-between;
+                           column-gap: 0.6em; min-width: 0;
+                           border: 0; padding: 1px 4px; white-space: normal; }
+  .scroll td::before { content: attr(data-label); color: #666; text-align: left; }
+  .scroll .key { grid-column: 1 / -1; position: static; font-weight: 600; background: none; }
+  .scroll td.key::before, .scroll tr.fold td::before { content: none; }
+  tfoot tr { border-top: 2px solid #bbb; }
+  tfoot th, tfoot td { border-top: 0; }
+}
 """.strip()
 
 
@@ -545,15 +668,14 @@ def render_html(doc: KpiDoc, title: str = "Game KPIs") -> str:
     """The whole page for a KPI document from :func:`~gso_analytics.report.collect_kpis`."""
     notes = {
         "retention": "Classic day-N retention: users of the cohort active exactly N days"
-        f" after their first login (D{', D'.join(map(str, RETENTION_DAYS))}); a dash is a"
+        f" after their first active day (D{', D'.join(map(str, RETENTION_DAYS))}); a dash is a"
         " day not over yet.",
         "revenue": "Totals row: DAU is the average day's; payers are distinct players.",
         "activeUsers": "Last row: the average day.",
     }
     tables = []
     for section in KPI_SECTIONS:
-        full = ' class="full"' if section.key in FULL_WIDTH else ""
-        tables.append(f'<section id="{section.key}"{full}><h3>{escape(section.title)}</h3>')
+        tables.append(f'<section id="{section.key}"><h3>{escape(section.title)}</h3>')
         if section.key in notes:
             tables.append(f'<p class="meta">{escape(notes[section.key])}</p>')
         tables.append(kpi_table(section, doc[section.key], doc["totals"].get(section.key)))

@@ -11,8 +11,8 @@ asked for, never the length of the history.
 
 Days are ``YYYY-MM-DD`` keys in the configured timezone, as the flush writes them;
 "today" comes from the clock, so a replayed clock gives replayed answers. A user is
-active on a day when a session of theirs started (a login) that day; their cohort is
-the day of their first login.
+active on a day with a mark that day (any tracked call, touch, login or logout; logins
+only with ``active_on="login"``); their cohort is the first day they were active.
 """
 
 from __future__ import annotations

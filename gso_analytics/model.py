@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from .clock import DayKeys, from_ms, resolve_tz
-from .counters import DAILY_FIELDS
+from .counters import DAILY_FIELDS, decode_counters
 from .pacing import CHECK_EVERY, paced_slices
 
 Number = int | float
@@ -69,9 +69,6 @@ class Logout:
     @property
     def key(self) -> tuple[int, str, int]:
         return (self.at_ms, self.origin, self.seq)
-
-
-Mark = Login | Logout
 
 
 @attrs.frozen
@@ -364,11 +361,13 @@ class SessionRecord:
 
 @attrs.frozen
 class DailyStats:
-    """One day's counters, as the seed's daily document."""
+    """One day's counters, as the seed's daily document. Built from the counters as a
+    store keeps them: a decimal counter reads as a :class:`~decimal.Decimal` under its
+    own name (see :mod:`gso_analytics.counters`)."""
 
     day: str
     month: str
-    counters: Mapping[str, Number] = attrs.field(factory=dict)
+    counters: Mapping[str, Number] = attrs.field(factory=dict, converter=decode_counters)
 
     def __getitem__(self, field: str) -> Number:
         return self.counters.get(field, 0)

@@ -89,10 +89,14 @@ def _align(text: str, width: int, left: bool) -> str:
     return text.ljust(width) if left else text.rjust(width)
 
 
-def _groups() -> list[tuple[str, int, int]]:
+#: The widest line the terminal report prints: a terminal of 100 columns, or a chat.
+WIDTH = 100
+
+
+def _groups(columns: Sequence[Column]) -> list[tuple[str, int, int]]:
     """``(group, first, end)`` column ranges of consecutive columns sharing a group."""
     spans: list[tuple[str, int, int]] = []
-    for index, column in enumerate(COLUMNS):
+    for index, column in enumerate(columns):
         if spans and spans[-1][0] == column.group:
             spans[-1] = (column.group, spans[-1][1], index + 1)
         else:
@@ -100,42 +104,70 @@ def _groups() -> list[tuple[str, int, int]]:
     return spans
 
 
-def _span_width(widths: list[int], first: int, end: int) -> int:
+def _span_width(widths: Sequence[int], first: int, end: int) -> int:
     return sum(widths[first:end]) + len(GAP) * (end - first - 1)
 
 
-def _fit_groups(widths: list[int]) -> None:
+def _fit_groups(columns: Sequence[Column], widths: list[int]) -> None:
     """Widen a group's first column until ``-- Name --`` fits over the group."""
-    for group, first, end in _groups():
+    for group, first, end in _groups(columns):
         if group:
             widths[first] += max(0, len(group) + 4 - _span_width(widths, first, end))
 
 
-def _group_line(widths: list[int]) -> str:
+def _group_line(columns: Sequence[Column], widths: Sequence[int]) -> str:
     """The row above the labels: ``-- Name --`` over the columns each group spans."""
     cells = [
         f" {group} ".center(_span_width(widths, first, end), "-")
         if group
         else " " * _span_width(widths, first, end)
-        for group, first, end in _groups()
+        for group, first, end in _groups(columns)
     ]
     return GAP.join(cells).rstrip()
 
 
-def render_days(days: Sequence[DailyStats]) -> str:
-    """The daily counters as a table, one row per day, in the order given."""
+def _sections(widths: Sequence[int], width: int) -> list[list[int]]:
+    """The column indexes of each table the days are shown in: the first (``Day``)
+    column, then as many whole groups as fit ``width``, in order; the rest in the next
+    table, which starts with ``Day`` again. Every column is in exactly one section."""
+    sections: list[list[int]] = []
+    for group, first, end in _groups(COLUMNS):
+        if group:
+            block = [range(first, end)]
+        else:  # an ungrouped column stands alone; Day is in every section
+            block = [range(index, index + 1) for index in range(max(first, 1), end)]
+        for indexes in block:
+            needed = len(GAP) + _span_width(widths, indexes.start, indexes.stop)
+            if sections and _section_width(sections[-1], widths) + needed <= width:
+                sections[-1] += indexes
+            else:
+                sections.append([0, *indexes])
+    return sections
+
+
+def _section_width(indexes: Sequence[int], widths: Sequence[int]) -> int:
+    return sum(widths[i] for i in indexes) + len(GAP) * (len(indexes) - 1)
+
+
+def render_days(days: Sequence[DailyStats], width: int = WIDTH) -> str:
+    """The daily counters as tables, one row per day in the order given: one table
+    when every column fits ``width``, else as many as needed, each a run of whole
+    column groups after the ``Day`` column, separated by a blank line."""
     rows = [[column.value(day) for column in COLUMNS] for day in days]
     widths = [
         max([len(column.label)] + [len(row[i]) for row in rows]) for i, column in enumerate(COLUMNS)
     ]
-    _fit_groups(widths)
-    lines = [_group_line(widths)]
-    for cells in ([c.label for c in COLUMNS], *rows):
-        aligned = (
-            _align(cell, w, c.left) for cell, w, c in zip(cells, widths, COLUMNS, strict=True)
-        )
-        lines.append(GAP.join(aligned).rstrip())
-    return "\n".join(lines)
+    _fit_groups(COLUMNS, widths)
+    tables = []
+    for indexes in _sections(widths, width):
+        columns = [COLUMNS[i] for i in indexes]
+        shown = [widths[i] for i in indexes]
+        lines = [_group_line(columns, shown)]
+        for cells in ([c.label for c in COLUMNS], *rows):
+            aligned = (_align(cells[i], widths[i], COLUMNS[i].left) for i in indexes)
+            lines.append(GAP.join(aligned).rstrip())
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def _pairs(*items: tuple[str, str]) -> str:
@@ -315,7 +347,7 @@ def _counter_column(field: str, label: str) -> KpiColumn:
 KPI_SECTIONS: tuple[KpiSection, ...] = (
     KpiSection(
         "retention",
-        "Retention by cohort (first login day)",
+        "Retention by cohort (first active day)",
         _retention_columns(),
         total_label="All cohorts",
     ),
@@ -458,9 +490,24 @@ def table_rows(section: KpiSection, rows: Sequence[Row]) -> list[Row | QuietRun]
     return shown
 
 
-def render_kpi_table(section: KpiSection, rows: Sequence[Row], totals: Row | None) -> str:
+def _fitting(widths: Sequence[int], width: int) -> list[list[int]]:
+    """Column indexes split into runs that fit ``width`` side by side, each run after
+    the first (key) column, which every run repeats."""
+    runs: list[list[int]] = []
+    for index in range(1, len(widths)):
+        if runs and _section_width([*runs[-1], index], widths) <= width:
+            runs[-1].append(index)
+        else:
+            runs.append([0, index])
+    return runs or [[0]]
+
+
+def render_kpi_table(
+    section: KpiSection, rows: Sequence[Row], totals: Row | None, width: int = WIDTH
+) -> str:
     """One KPI section as an aligned table (newest first, quiet days collapsed, a totals
-    row), or a line saying it is empty."""
+    row), or a line saying it is empty. A table wider than ``width`` is shown as several,
+    each repeating the day (or cohort) column."""
     if not rows:
         return f"{section.title}\n  (none in this range)"
     items = table_rows(section, rows)
@@ -478,20 +525,24 @@ def render_kpi_table(section: KpiSection, rows: Sequence[Row], totals: Row | Non
         max(len(line[i]) for line in (labels, total_cells, *lines_of))
         for i in range(len(section.columns))
     ]
+    tables = []
+    for indexes in _fitting(widths, width):
 
-    def aligned(cells: Sequence[str]) -> str:
-        return GAP.join(
-            _align(cell, w, c.left)
-            for cell, w, c in zip(cells, widths, section.columns, strict=True)
-        ).rstrip()
+        def aligned(cells: Sequence[str], indexes: list[int] = indexes) -> str:
+            return GAP.join(
+                _align(cells[i], widths[i], section.columns[i].left) for i in indexes
+            ).rstrip()
 
-    lines = [section.title, aligned(labels)]
-    cells = iter(lines_of)
-    for item in items:
-        lines.append(f"  ({item.label})" if isinstance(item, QuietRun) else aligned(next(cells)))
-    lines.append("-" * len(aligned(labels)))
-    lines.append(aligned(total_cells))
-    return "\n".join(lines)
+        lines = [aligned(labels)]
+        cells = iter(lines_of)
+        for item in items:
+            lines.append(
+                f"  ({item.label})" if isinstance(item, QuietRun) else aligned(next(cells))
+            )
+        lines.append("-" * len(aligned(labels)))
+        lines.append(aligned(total_cells))
+        tables.append("\n".join(lines))
+    return section.title + "\n" + "\n\n".join(tables)
 
 
 # -- the headline -------------------------------------------------------------------------

@@ -76,9 +76,6 @@ class SessionChanges:
     )
     unmatched_logouts: int = 0
 
-    def is_empty(self) -> bool:
-        return not (self.logouts or self.activity or self.sessions or self.deleted)
-
     def count(self, session: StoredSession, sign: int) -> None:
         """Add (``sign`` 1) or take back (-1) what a session contributes: one session and
         its seconds on its start day, and in its month (behind ``avgSessionMin``)."""

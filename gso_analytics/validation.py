@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from decimal import Decimal
 from json.encoder import encode_basestring as _encode_string  # C, ensure_ascii=False
 from typing import Any
 
 import attrs
 
+from .counters import DECIMAL_PLACES, MICRO
 from .errors import InvalidTypeError, ValidationError
 
 MAX_AMOUNT = 2**53  # exact in IEEE doubles, JavaScript and BSON alike
@@ -48,7 +50,7 @@ def check_name(value: object, field: str, max_length: int) -> str:
     return value
 
 
-def check_amount(value: object, field: str) -> int | float:
+def _check_number(value: object, field: str) -> int | float:
     """Return ``value`` if it is a finite, non-negative int or float of sane size."""
     if type(value) is bool or not isinstance(value, int | float):
         raise InvalidTypeError(field, f"must be a number, not {type(value).__name__}")
@@ -58,9 +60,54 @@ def check_amount(value: object, field: str) -> int | float:
         raise ValidationError(field, f"must not be negative, got {value!r}")
     if value > MAX_AMOUNT:
         raise ValidationError(field, f"is {value!r}, above the limit of 2**53")
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
     return value
+
+
+def _whole(value: object, field: str, why: Callable[[float], str]) -> int:
+    """``value`` as a whole number: an int, or an integral float (``50.0``, as JSON
+    decoders may give) taken as the int; a fraction is refused, saying ``why(value)``."""
+    amount = _check_number(value, field)
+    if isinstance(amount, float):
+        if not amount.is_integer():
+            raise ValidationError(field, why(amount))
+        return int(amount)
+    return amount
+
+
+def check_amount(value: object, field: str, counter: str) -> int:
+    """The amount of an integer counter (every counter not declared decimal). A fraction
+    is refused rather than summed in floating point, where ``0.1 + 0.2`` is
+    ``0.30000000000000004``."""
+    return _whole(
+        value,
+        field,
+        lambda amount: (
+            f"must be a whole number: {counter} is an integer counter, got"
+            f" {amount!r} (declare CounterRule({counter!r}, ..., decimal=True) to count fractions)"
+        ),
+    )
+
+
+#: The largest amount of a decimal counter: its millionths stay within 2**53.
+MAX_DECIMAL_AMOUNT = Decimal(MAX_AMOUNT) / MICRO
+
+
+def check_decimal_amount(value: object, field: str) -> int:
+    """The amount of a decimal counter, in millionths (as the counter is stored): an int,
+    or a float taken as the shortest decimal that reads back as it (``0.1`` is 0.1, as
+    written). More than :data:`~.counters.DECIMAL_PLACES` decimals (``0.1 + 0.2``, a
+    float's own error) are refused, never rounded away unseen."""
+    exact = Decimal(repr(_check_number(value, field)))
+    if exact > MAX_DECIMAL_AMOUNT:
+        raise ValidationError(field, f"is {value!r}, above the limit of {MAX_DECIMAL_AMOUNT}")
+    micro = exact * MICRO
+    if micro != micro.to_integral_value():
+        raise ValidationError(
+            field,
+            f"has more than {DECIMAL_PLACES} decimal places ({value!r}); round it first,"
+            f" e.g. round(amount, {DECIMAL_PLACES})",
+        )
+    return int(micro)
 
 
 #: The amount key of real-money events: USD cents, so an integer.
@@ -68,15 +115,15 @@ CENTS_KEY = "amountCents"
 
 
 def check_cents(value: object, field: str) -> int:
-    """As :func:`check_amount`, but a whole number: ``4.99`` is dollars, not cents."""
-    amount = check_amount(value, field)
-    if type(amount) is not int:
-        raise ValidationError(
-            field,
+    """As :func:`check_amount`, but the message says why: ``4.99`` is dollars, not cents."""
+    return _whole(
+        value,
+        field,
+        lambda amount: (
             f"must be a whole number of cents, got {amount!r}"
-            f" (a price of {amount} dollars is {round(amount * 100)} cents)",
-        )
-    return amount
+            f" (a price of {amount} dollars is {round(amount * 100)} cents)"
+        ),
+    )
 
 
 def _check_tree(value: Any, path: str, depth: int, limits: Limits) -> None:

@@ -8,6 +8,9 @@ rule every real tool follows there: missing, a test skips on a laptop and fails 
 
 from __future__ import annotations
 
+import html
+import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -50,6 +53,40 @@ class Chromium:
     def dump_dom(self, page: Path) -> str:
         """The DOM Chromium built from ``page``, serialized."""
         return self._run("--dump-dom", page.resolve().as_uri()).stdout
+
+    def table_widths(self, page: str, widths: tuple[int, ...]) -> dict[int, dict[str, list[int]]]:
+        """How ``page``'s tables lay out in a viewport of each of ``widths`` CSS pixels:
+        per table (its ``data-kpi``), its box's scroll width and client width (a table
+        wider than its box is clipped or scrolls) and how many of its cells are narrower
+        than their text (clipped or overflowing); ``page``, the document's widths.
+
+        The page is laid out in an iframe of that width inside a measuring page (headless
+        Chromium's own window is never narrower than 500 px), so its media queries see
+        exactly that width; the report has no script, the measuring page brings one."""
+        frames = "".join(
+            f'<iframe id="w{w}" style="width:{w}px;height:1500px;border:0"'
+            f' srcdoc="{html.escape(page)}"></iframe>'
+            for w in widths
+        )
+        probe = (
+            "<script>addEventListener('load', () => { const out = {};"
+            " for (const f of document.querySelectorAll('iframe')) {"
+            " const d = f.contentDocument; const found = {};"
+            " for (const t of d.querySelectorAll('table[data-kpi]')) {"
+            " const box = t.parentElement; const cells = [...t.querySelectorAll('td, th')];"
+            " const over = cells.filter(c => c.scrollWidth > c.clientWidth + 1).length;"
+            " found[t.dataset.kpi] = [box.scrollWidth, box.clientWidth, over]; }"
+            " const root = d.documentElement;"
+            " found.page = [root.scrollWidth, root.clientWidth, 0];"
+            " out[f.id.slice(1)] = found; }"
+            " document.body.setAttribute('data-measured', JSON.stringify(out)); });</script>"
+        )
+        target = self.workdir / f"measure-{self._runs}.html"
+        target.write_text(f"<!DOCTYPE html><html><body>{frames}{probe}</body></html>", "utf-8")
+        dom = self.dump_dom(target)
+        found = re.search(r'data-measured="([^"]*)"', dom)
+        assert found is not None, dom[-2000:]
+        return {int(w): tables for w, tables in json.loads(html.unescape(found[1])).items()}
 
     def screenshot(self, page: Path, width: int, height: int, target: Path) -> Path:
         """A PNG of ``page`` in a ``width`` x ``height`` window (CSS pixels)."""

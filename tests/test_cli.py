@@ -16,14 +16,15 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from gso_analytics import DAILY_FIELDS, Analytics, open_store
+from gso_analytics import DAILY_FIELDS, Analytics, ConfigurationError, CounterRule, open_store
 from gso_analytics.cli import Progress, main
 from gso_analytics.demo import plan_demo
-from gso_analytics.report import fmt_cents, fmt_duration, render_days
+from gso_analytics.report import COLUMNS, fmt_cents, fmt_duration, render_days
 
 ZEROS = dict.fromkeys(DAILY_FIELDS, 0)
 TODAY = "2026-03-12"  # three demo days, all in March: every player is in the MAU
@@ -123,6 +124,7 @@ def test_demo_report_equals_a_later_report_of_the_store(run: RunCli, store_url: 
     assert code == 0
     headline, rest = report_out.split("\n\n", 1)  # the report opens with the headline
     assert headline.startswith("Headline 2026-03-10 to 2026-03-12")
+    assert f"\n\n{headline}\n\n" in demo_out  # and so does the demo, after its summary
     metrics_part, kpis_part = rest.split("\nKPIs ", 1)  # and adds the KPIs
     # The demo printed the store's numbers, not its own. Active sessions are as of the
     # moment read: the demo's end (21:00, players online), the report's end of the day.
@@ -383,14 +385,33 @@ def test_fmt_cents() -> None:
     assert fmt_cents(123456) == "$1,234.56"
 
 
-def test_days_table_fits_a_terminal(store_url: str, run: RunCli) -> None:
+def test_days_table_fits_100_columns_by_wrapping_whole_sections(
+    store_url: str, run: RunCli
+) -> None:
     run(*SMALL_DEMO, "--store", store_url)
     with open_store(store_url) as store:
-        table = render_days(store.recent_days(30))
-    lines = table.splitlines()
-    assert max(len(line) for line in lines) <= 124
-    assert lines[1].split()[:3] == ["Day", "DAU", "New"]
-    assert len({line.index("2026") for line in lines[2:]}) == 1  # rows line up
+        days = store.recent_days(30)
+    table = render_days(days)
+    sections = [section.splitlines() for section in table.split("\n\n")]
+    assert len(sections) == 2 and max(len(line) for line in table.splitlines()) <= 100
+    # Every column once, in order, each section after the day; the same days in each.
+    labels = [lines[1].split() for lines in sections]
+    assert all(shown[0] == "Day" for shown in labels)
+    assert [label for shown in labels for label in shown[1:]] == [c.label for c in COLUMNS[1:]]
+    assert sections[1][0].strip().startswith("-") and "Gameplay" in sections[1][0]
+    for lines in sections:
+        assert [line[:10] for line in lines[2:]] == [day.day for day in days]
+        assert len({len(line) for line in lines[2:]}) == 1  # rows line up
+    wide = render_days(days, width=200)
+    assert "\n\n" not in wide and wide.splitlines()[1].split() == [c.label for c in COLUMNS]
+
+
+def test_report_and_demo_fit_100_columns(run: RunCli, store_url: str) -> None:
+    _, demo_out, _ = run(*SMALL_DEMO, "--store", store_url)
+    code, report_out, _ = run("report", "--store", store_url, "--today", TODAY)
+    assert code == 0
+    for line in (demo_out + report_out).splitlines():
+        assert len(line.replace(store_url, "URL")) <= 100, line
 
 
 class _Terminal(io.StringIO):
@@ -471,3 +492,40 @@ def test_console_script_default_store_and_bad_scheme(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.startswith("gso-analytics: error: unknown store scheme 'nosql'")
     assert "Traceback" not in bad.stderr
+
+
+def test_report_reads_a_decimal_counter_it_was_never_told_of(run: RunCli, store_url: str) -> None:
+    """The CLI knows only the built-in counters; a game's decimal counter still reads
+    as its exact number (JSON ``0.3``, not 300000 millionths nor 0.30000000000000004)."""
+    rule = CounterRule("goldLooted", "amount", decimal=True)
+    clock = lambda: datetime(2026, 3, 12, 12, 0, tzinfo=UTC)  # noqa: E731
+    with Analytics(store_url, counters={"gold.loot": rule}, clock=clock) as analytics:
+        analytics.track("gold.loot", "u1", {"amount": 0.1})
+        analytics.track("gold.loot", "u1", {"amount": 0.2})
+    code, out, _ = run("report", "--json", "--store", store_url, "--today", TODAY)
+    assert code == 0
+    (day,) = json.loads(out)["days"]
+    assert day["goldLooted"] == 0.3 and "goldLooted@micro" not in day
+    assert re.search(r'"goldLooted": 0\.3\s', out)  # the JSON text itself
+
+
+@pytest.mark.parametrize(
+    ("counters", "message"),
+    [
+        ({"gold.loot": CounterRule("goldLooted", decimal=True)}, "give its amount_key"),
+        (
+            {"credits.earn": CounterRule("creditsEarned", "amount", decimal=True)},
+            "one of the library's integer fields",
+        ),
+        (
+            {
+                "gold.loot": CounterRule("gold", "amount", decimal=True),
+                "gold.find": CounterRule("gold", "amount"),
+            },
+            "'gold' is decimal for 'gold.loot' but not for 'gold.find'",
+        ),
+    ],
+)
+def test_a_decimal_counter_is_declared_whole(counters: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        Analytics(open_store("memory://"), counters=counters)

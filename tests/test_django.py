@@ -49,8 +49,8 @@ from test_flask import (
 
 from gso_analytics import Analytics, ConfigurationError, StoreError
 from gso_analytics.integrations.django import apps as app_module
-from gso_analytics.integrations.django import get_analytics
-from gso_analytics.testing import assert_tracked
+from gso_analytics.integrations.django import get_analytics, serving
+from gso_analytics.testing import RecordingAnalytics, assert_tracked
 
 if TYPE_CHECKING:
     from conftest import FakeClock
@@ -126,6 +126,42 @@ def test_override_settings_restarts_and_restores(configure: Callable[..., Analyt
         assert during is not before and during._flusher.interval == 5
     after = get_analytics()
     assert after is not during and after._flusher.interval == 60
+
+
+def test_serving_lends_the_views_another_analytics(game: Analytics) -> None:
+    """``serving(analytics)``: views and ``get_analytics()`` reach it within the block
+    (the ``gso_analytics`` fixture's, say), the app's own again afterwards."""
+    lent = RecordingAnalytics("memory://", strict=True)
+    lent.track("dungeon.complete", "u9")
+    with serving(lent):
+        assert get_analytics() is lent
+        answer = get("/metrics/", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert answer.json()["today"]["dungeonsRun"] == 1
+    assert get_analytics() is game
+    assert not game.stats()["rejected"] and lent.get_metrics().dau == 1  # u9's event
+    lent.stop()
+
+
+def test_debug_is_strict_by_default_and_production_lenient(clock: FakeClock) -> None:
+    """``DEBUG = True`` (``runserver`` in development): a bad amount raises; without it,
+    as in production, it is counted; ``OPTIONS`` decides over both."""
+
+    def project(debug: bool, **options: Any) -> Any:
+        return override_settings(
+            DEBUG=debug, GSO_ANALYTICS={**BASE, "OPTIONS": {"clock": clock, **options}}
+        )
+
+    with project(False):
+        get_analytics().track("credits.earn", "u1", {"amount": -5})
+        assert get_analytics().strict is False and get_analytics().stats()["rejected"] == 1
+    with project(True):
+        assert get_analytics().strict is True
+        with pytest.raises(ValueError, match="must not be negative"):
+            get_analytics().track("credits.earn", "u1", {"amount": -5})
+    with project(True, strict=False):
+        assert get_analytics().strict is False
+    with project(False, strict=True):
+        assert get_analytics().strict is True
 
 
 def test_missing_store_in_a_test_run_uses_memory_with_a_warning(
@@ -522,8 +558,8 @@ def test_example_project_plays_and_reports(tmp_path: Path) -> None:
 GAME_TESTS = """
 from django.test import TestCase
 
-from gso_analytics.integrations.django import get_analytics
-from gso_analytics.testing import assert_tracked
+from gso_analytics.integrations.django import get_analytics, serving
+from gso_analytics.testing import RecordingAnalytics, assert_tracked
 
 
 class GameTests(TestCase):

@@ -13,9 +13,11 @@ so both integrations are held to the same numbers.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -255,6 +257,83 @@ def test_one_extension_serves_several_apps(
     assert get_analytics(first) is not get_analytics(second)
     with second.app_context():
         assert extension.analytics is get_analytics(second)
+
+
+def _app_threads() -> set[threading.Thread]:
+    """The threads an app's Analytics keeps running (flush, and stop in progress)."""
+    return {t for t in threading.enumerate() if t.name.startswith("gso-analytics")}
+
+
+def test_twenty_test_apps_leave_no_thread_behind(clock: FakeClock) -> None:
+    """An app per test, never stopped by the test: each app's Analytics stops when the
+    app is gone (it left one flush thread per app behind: 1 -> 21 threads)."""
+    before = _app_threads()
+    for n in range(20):
+        app = Flask(f"t{n}")
+        app.config.update(TESTING=True, GSO_ANALYTICS_STORE="memory://")
+        GSOAnalytics(app, clock=clock)
+        app.test_client().get("/metrics")
+        get_analytics(app).track("dungeon.complete", "u1")
+    assert _app_threads() - before  # the last app's flush thread at least, still alive
+    del app
+    gc.collect()
+    deadline = time.monotonic() + 20
+    while _app_threads() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _app_threads() - before
+
+
+def test_an_app_serves_an_analytics_made_elsewhere(make_app: Callable[..., Flask]) -> None:
+    """``analytics=``: the app's routes and endpoint use it as it is (the pytest
+    fixture's, say); the app neither starts nor stops it."""
+    shared = RecordingAnalytics("memory://", strict=True)
+    app = Flask("shared")
+    app.config.update(
+        GSO_ANALYTICS_STORE="sqlite:///never-opened.db", GSO_ANALYTICS_METRICS_TOKEN=TOKEN
+    )
+    GSOAnalytics(app, analytics=shared)
+    assert get_analytics(app) is shared and not shared._started
+    shared.track("dungeon.complete", "u1")
+    answer = app.test_client().get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.get_json()["today"]["dungeonsRun"] == 1
+    assert not Path("never-opened.db").exists()
+    with pytest.raises(ConfigurationError, match="used as it is"):
+        GSOAnalytics(Flask("other"), analytics=shared, clock=lambda: None)
+    del app
+    gc.collect()
+    shared.track("dungeon.complete", "u2")  # still running: the app did not stop it
+    assert shared.get_metrics().to_dict()["today"]["dungeonsRun"] == 2
+    shared.stop()
+
+
+@pytest.mark.parametrize(
+    ("debug", "options", "strict"),
+    [
+        pytest.param(False, {}, False, id="production-lenient"),
+        pytest.param(True, {}, True, id="debug-strict"),
+        pytest.param(True, {"strict": False}, False, id="debug-lenient-by-option"),
+        pytest.param(False, {"strict": True}, True, id="production-strict-by-option"),
+    ],
+)
+def test_a_development_server_is_strict_by_default(
+    debug: bool, options: dict[str, Any], strict: bool, clock: FakeClock
+) -> None:
+    """Under ``app.debug`` a bad amount raises where the developer sees it; in
+    production it is counted in ``stats()["rejected"]`` and the request goes on."""
+    app = Flask("dev")
+    app.debug = debug
+    app.config.update(GSO_ANALYTICS_STORE="memory://", GSO_ANALYTICS_OPTIONS=options)
+    analytics = GSOAnalytics().init_app(app, clock=clock)
+    try:
+        assert analytics.strict is strict
+        if strict:
+            with pytest.raises(ValueError, match="must not be negative"):
+                analytics.track("credits.earn", "u1", {"amount": -5})
+        else:
+            analytics.track("credits.earn", "u1", {"amount": -5})
+            assert analytics.stats()["rejected"] == 1
+    finally:
+        analytics.stop()
 
 
 def test_init_app_twice_is_an_error(make_app: Callable[..., Flask]) -> None:

@@ -36,6 +36,7 @@ from test_validation import INF, NAN, SQL_ID, _Name, _Opaque, nested
 
 from gso_analytics import (
     Analytics,
+    CounterRule,
     InvalidTypeError,
     Store,
     ValidationError,
@@ -133,6 +134,18 @@ def _credits(expected: float) -> Check:
     return check
 
 
+def _gold(expected: Decimal) -> Check:
+    def check(store: Store, analytics: Analytics) -> None:
+        stored = store.get_day(TODAY)["goldLooted"]  # type: ignore[index]
+        assert stored == expected and type(stored) is Decimal
+
+    return check
+
+
+#: The counters of every scenario: the built-in ones and a decimal one.
+COUNTERS = {"gold.loot": CounterRule("goldLooted", "amount", decimal=True)}
+
+
 def _sql_strings(store: Store, analytics: Analytics) -> None:
     (session,) = store.get_sessions(SQL_ID)
     assert (session.user_id, session.username) == (SQL_ID, SQL_ID)
@@ -228,6 +241,11 @@ def _timed_out_session(analytics: Analytics, clock: FakeClock) -> None:
     analytics.flush()
     clock.advance(hours=13)
     analytics.prune()
+
+
+def _gold_loot(analytics: Analytics, clock: FakeClock) -> None:
+    for amount in (12.5, 0.1, 0.2):
+        analytics.track("gold.loot", "u-odd", {"amount": amount})
 
 
 def _timed_out_then_logout(analytics: Analytics, clock: FakeClock) -> None:
@@ -498,12 +516,26 @@ ROWS: list[Row] = [
         lambda a, c: a.track("credits.earn", "u-odd", {"amount": 50.0}),
         check=_credits(50),
     ),
+    rejected(
+        "amount-fraction",
+        "a fraction (`12.5`, `0.1`) for a counter not declared decimal (every built-in one)",
+        lambda a, c: a.track("credits.earn", "u1", {"amount": 12.5}),
+        lambda a, c: a.track("gems.spend", "u1", {"amount": 0.1}),
+        why=": floats would sum inexactly; declare the counter `decimal=True` for fractions",
+    ),
     Row(
-        "amount-float",
-        "amount a fractional float (`12.5`)",
-        "accepted, counted as 12.5",
-        lambda a, c: a.track("credits.earn", "u-odd", {"amount": 12.5}),
-        check=_credits(12.5),
+        "amount-decimal-counter",
+        "a fraction (`12.5`, `0.1`, `0.2`) for a counter declared `decimal=True`",
+        "accepted, summed exactly as a `Decimal` (`12.8`; floats: `12.799999999999999`)",
+        _gold_loot,
+        check=_gold(Decimal("12.8")),
+    ),
+    rejected(
+        "amount-decimal-places",
+        "more than 6 decimals for a decimal counter (`0.1 + 0.2`, `1e-7`)",
+        lambda a, c: a.track("gold.loot", "u1", {"amount": 0.1 + 0.2}),
+        lambda a, c: a.track("gold.loot", "u1", {"amount": 1e-7}),
+        why=": round it first; it is never rounded unseen",
     ),
     Row(
         "amount-negative-zero",
@@ -622,7 +654,7 @@ def reference(
     """The store after the scenario with ``call`` on a fresh memory store and clock."""
     store = open_store("memory://")
     fresh = type(clock)()
-    analytics = Analytics(store, clock=fresh)
+    analytics = Analytics(store, clock=fresh, counters=COUNTERS)
     scenario(analytics, fresh, call)
     return take_snapshot(store, users)
 
@@ -637,7 +669,7 @@ def test_bad_input_row(
 ) -> None:
     """The row's behaviour, with other users' data around it intact."""
     users = ("other", "good", *row.users)
-    analytics = make_analytics(store)
+    analytics = make_analytics(store, counters=COUNTERS)
     scenario(analytics, clock, row.call)
     found = take_snapshot(store, users)
     stats = analytics.stats()
@@ -646,7 +678,7 @@ def test_bad_input_row(
         assert stats["rejected"] == len(row.parts)
         expected = reference(None, users, clock, take_snapshot)
         assert found == expected, "a rejected call changed the store"
-        strict = make_analytics(open_store("memory://"), strict=True)
+        strict = make_analytics(open_store("memory://"), strict=True, counters=COUNTERS)
         for part in row.parts:
             with pytest.raises(row.error):
                 part(strict, clock)

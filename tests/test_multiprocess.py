@@ -234,7 +234,7 @@ def _event(rng: random.Random, t: int, user: str, name: str | None = None) -> Ev
     data: dict[str, Any] | None
     if amount_key is not None:
         # Dyadic fractions add up exactly in any order, like the integers.
-        amount = rng.choice([rng.randint(0, 5000), rng.randint(1, 40) / 4])
+        amount = rng.choice([rng.randint(0, 5000), float(rng.randint(1, 40))])  # 3.0: 3
         if amount_key == "amountCents":
             amount = int(amount)  # real money is whole cents
         data = {amount_key: amount, "source": rng.choice(["quest", "shop", "pvp"])}

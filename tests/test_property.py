@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 import hypothesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from login_walk import login_sessions
 
 from gso_analytics import Analytics, Store, open_store
 
@@ -196,29 +197,8 @@ class Model:
         found = []
         for user, marks in self.marks.items():
             ordered = sorted(marks)  # time, then call order (one process per player)
-            current: dict[str, Any] | None = None
-            for t, call, kind, day, month in ordered:
-                if current is not None and t - current["last"] > IDLE_TIMEOUT_MS:
-                    current.update(logout=current["last"], timed_out=True)
-                    found.append(current)
-                    current = None
-                if kind == "logout":
-                    if current is not None:
-                        current.update(logout=t, timed_out=False)
-                        found.append(current)
-                        current = None
-                elif current is None:
-                    current = {"user": user, "login": t, "call": call, "day": day}
-                    current.update(month=month, last=t, logout=None, timed_out=False)
-                else:
-                    current["last"] = t
-            if current is not None:
-                if (user, current["login"], current["last"]) in self.pruned:
-                    current.update(logout=current["last"], timed_out=True)
-                found.append(current)
-        for s in found:
-            end = s["last"] if s["logout"] is None else s["logout"]
-            s["duration"] = (end - s["login"] + 500) // 1000
+            marked = [(t, kind, day, month) for t, _call, kind, day, month in ordered]
+            found += login_sessions(user, marked, IDLE_TIMEOUT_MS, self.pruned)
         return found
 
     def timed(self, month: str) -> tuple[int, int]:
@@ -282,7 +262,8 @@ class Model:
 
 users = st.sampled_from(USERS)
 instances = st.integers(0, INSTANCES - 1)
-amounts = st.integers(0, 10**6) | st.integers(0, 4000).map(lambda quarters: quarters / 4)
+#: Whole amounts, some as floats (``3.0`` counts as 3; a fraction is bad input).
+amounts = st.integers(0, 10**6) | st.integers(0, 4000).map(float)
 #: Clock steps in microseconds, by kind; ``STEP_KINDS`` sets how often each is drawn.
 #: Only "fine" and "back" leave whole half-seconds, so many sessions last exactly x.5 s
 #: and many month averages are exactly x.5 minutes: the cases rounding gets wrong.

@@ -30,11 +30,16 @@ from hypothesis import strategies as st
 from gso_analytics import Analytics, open_store
 from gso_analytics.cli import kpi_range, main
 from gso_analytics.html_report import (
+    CENTS,
+    COMPACT,
+    COUNT,
     LABEL_SPACING,
+    PERCENT,
     Axis,
     Series,
     _stickiness,
     chart,
+    duration_scale,
     label_days,
     read_html_numbers,
     render_html,
@@ -42,8 +47,10 @@ from gso_analytics.html_report import (
 from gso_analytics.report import (
     HEADLINE_CARDS,
     KPI_SECTIONS,
+    KpiSection,
     QuietRun,
     collect_kpis,
+    render_kpi_table,
     table_rows,
 )
 
@@ -312,8 +319,23 @@ def test_text_report_prints_the_kpi_tables_after_the_metrics(store_url: str) -> 
     days = re.findall(r"^(2026-03-\d\d)  ", table, re.MULTILINE)
     assert days == sorted(days, reverse=True) and days[0] == TODAY
     assert re.search(r"^All cohorts\s+80\s", kpis, re.MULTILINE)
-    head = out.split("\n\n", 1)[0]
-    assert max(len(line) for line in f"{head}\n{kpis}".splitlines()) <= 120
+    assert max(len(line) for line in out.splitlines()) <= 100
+
+
+@pytest.mark.parametrize("section", KPI_SECTIONS, ids=SECTIONS)
+def test_a_wide_kpi_table_wraps_into_tables_of_100_columns(
+    section: KpiSection, explicit: dict[str, Any]
+) -> None:
+    """With a big game's numbers (100,000 times the demo's) a table is split into
+    several, each repeating the day column, every column in exactly one of them."""
+    doc = inflated(explicit["json"]["kpis"])
+    text = render_kpi_table(section, doc[section.key], doc["totals"].get(section.key))
+    assert max(len(line) for line in text.splitlines()) <= 100
+    tables = text.split("\n", 1)[1].split("\n\n")
+    labels = [re.split(r"\s{2,}", table.splitlines()[0].strip()) for table in tables]
+    first = section.columns[0].label
+    assert all(shown[0] == first for shown in labels)
+    assert [x for shown in labels for x in shown[1:]] == [c.label for c in section.columns[1:]]
 
 
 def test_text_report_folds_days_without_activity(store_url: str) -> None:
@@ -328,7 +350,7 @@ def test_text_report_folds_days_without_activity(store_url: str) -> None:
 def test_text_report_of_an_empty_store_says_so() -> None:
     code, out, _ = run_cli("report", "--store", "memory://", "--today", TODAY)
     assert code == 0
-    assert "Retention by cohort (first login day)\n  (none in this range)" in out
+    assert "Retention by cohort (first active day)\n  (none in this range)" in out
     assert re.search(r"D7 retention\s+-  not measurable yet", out)
 
 
@@ -379,6 +401,90 @@ def test_axis_covers_the_peak_with_round_steps(peak: float, cap: float | None) -
         assert axis.top >= peak or axis.top == pytest.approx(peak)
     if cap is not None:
         assert axis.top <= cap + 1e-9
+
+
+SCALES = {"count": COUNT, "compact": COMPACT, "percent": PERCENT, "cents": CENTS}
+
+
+@given(st.sampled_from(sorted(SCALES)), st.one_of(st.just(0.0), st.floats(1e-4, 1e12)))
+def test_tick_labels_are_distinct_and_start_at_zero(name: str, peak: float) -> None:
+    scale = SCALES[name]
+    cap = 1.0 if name == "percent" else None
+    axis = Axis.over(min(peak, cap or peak), cap, scale.least_step)
+    labels = axis.labels(scale)
+    assert len(set(labels)) == len(labels), labels
+    assert float(re.sub(r"[^\d.]", "", labels[0])) == 0
+
+
+@given(st.floats(0, 30 * 86400))
+def test_duration_ticks_are_distinct_and_in_one_unit(peak_s: float) -> None:
+    scale, size = duration_scale(peak_s)
+    axis = Axis.over(peak_s / size, None, scale.least_step)
+    labels = axis.labels(scale)
+    assert len(set(labels)) == len(labels), labels
+    assert len({label.split()[-1] for label in labels}) == 1
+    assert axis.top * size >= peak_s - 1e-6
+
+
+def test_ticks_of_a_half_minute_are_seconds_and_of_zeros_counts() -> None:
+    """The issue's cases: 32 s per player read "0 min, 0 min, 1 min"; an all-zero
+    chart "0, 0, 1, 1"."""
+    scale, size = duration_scale(32)
+    assert Axis.over(32 / size, None, scale.least_step).labels(scale) == [
+        "0 s", "10 s", "20 s", "30 s", "40 s",
+    ]  # fmt: skip
+    scale, size = duration_scale(25 * 60)
+    assert Axis.over(25, None, scale.least_step).labels(scale) == [
+        "0 min", "10 min", "20 min", "30 min",
+    ]  # fmt: skip
+    assert Axis.over(0, None, COUNT.least_step).labels(COUNT) == ["0", "1", "2", "3", "4"]
+    assert Axis.over(2, None, COUNT.least_step).labels(COUNT) == ["0", "1", "2"]
+
+
+class AxisLabels(HTMLParser):
+    """Each drawing's value-axis labels (right-aligned texts), in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.axes: list[list[str]] = []
+        self._in: bool = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "svg":
+            self.axes.append([])
+        self._in = tag == "text" and ("text-anchor", "end") in attrs
+
+    def handle_data(self, data: str) -> None:
+        if self._in:
+            self.axes[-1].append(data)
+            self._in = False
+
+
+@pytest.mark.parametrize("which", ["report", "explicit"])
+def test_every_chart_axis_has_distinct_labels(which: str, request: pytest.FixtureRequest) -> None:
+    parser = AxisLabels()
+    parser.feed(request.getfixturevalue(which)["html"])
+    assert len(parser.axes) == 14
+    for labels in parser.axes:
+        assert len(labels) >= 2 and len(set(labels)) == len(labels), labels
+
+
+def test_a_chart_with_nothing_to_draw_says_why() -> None:
+    days = [f"2026-01-{d:02d}" for d in range(1, 4)]
+    for values in ([None, None, None], [0.0, 0.0, 0.0]):
+        page = chart("Revenue", days, [Series("r", values)], empty="No payments yet.")
+        assert "<svg" not in page and "No payments yet." in page
+
+
+def test_stickiness_before_a_week_of_data_is_an_explanation(
+    explicit: dict[str, Any],
+) -> None:
+    report = explicit["json"]
+    doc = {**report["kpis"], "headline": report["headline"], "firstDataDay": "2026-03-10"}
+    page = render_html(doc)
+    assert page.count("<svg") == 12  # six charts drawn, stickiness explained
+    figure = page.split("Stickiness (DAU / MAU30)")[1].split("</figure>")[0]
+    assert "2026-03-16" in figure and "<svg" not in figure
 
 
 def test_stickiness_is_a_gap_before_a_week_of_data(explicit: dict[str, Any]) -> None:
@@ -573,3 +679,40 @@ def test_chromium_renders_the_page_with_the_json_numbers(
         shot = chromium.screenshot(report["path"], width, height, tmp_path / f"page-{width}.png")
         assert png_size(shot) == (width, height)
         assert shot.stat().st_size > 40_000  # a blank page is a few KB
+
+
+def inflated(doc: dict[str, Any], factor: int = 100_000) -> dict[str, Any]:
+    """The KPI document with every count, amount and duration ``factor`` times larger
+    (rates kept): a big game's widest cells, from a small store."""
+
+    def grow(key: str, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return value
+        return value if key.endswith("Rate") or key == "stickiness" else value * factor
+
+    grown = dict(doc)
+    for key in SECTIONS:
+        grown[key] = [{k: grow(k, v) for k, v in row.items()} for row in doc[key]]
+    grown["totals"] = {
+        key: {k: grow(k, v) for k, v in totals.items()} for key, totals in doc["totals"].items()
+    }
+    return grown
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["report", "explicit"])
+def test_no_table_is_clipped_at_a_laptops_or_a_phones_width(
+    which: str, request: pytest.FixtureRequest, chromium: Chromium
+) -> None:
+    """Chromium lays the page out 1,200 and 390 px wide, with this store's numbers and
+    with numbers 100,000 times larger: no table is wider than its box (which would clip
+    it or scroll it), no cell narrower than its text, and the page itself never scrolls
+    sideways."""
+    report = request.getfixturevalue(which)["json"]
+    doc = {**report["kpis"], "headline": report["headline"]}
+    for page in (render_html(doc), render_html(inflated(doc))):
+        for width, boxes in chromium.table_widths(page, (1200, 390)).items():
+            assert set(boxes) == {*SECTIONS, "page"}
+            for name, (scroll, client, clipped) in boxes.items():
+                assert scroll <= client, f"{name} at {width} px: {scroll} px in {client} px"
+                assert clipped == 0, f"{name} at {width} px: {clipped} cells overflow"

@@ -17,13 +17,25 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from faults import FaultyStore
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from gso_analytics import DAILY_FIELDS, FlushBatch, Store, StoreError, open_store
+from gso_analytics import (
+    DAILY_FIELDS,
+    CounterRule,
+    FlushBatch,
+    Store,
+    StoreError,
+    ValidationError,
+    open_store,
+)
 from gso_analytics.clock import to_ms
+from gso_analytics.counters import DECIMAL_PLACES, decode_counters
 from gso_analytics.errors import ConfigurationError
 from gso_analytics.heartbeats import process_identity
 from gso_analytics.model import EventRecord, Heartbeat, Login, Logout
@@ -752,6 +764,78 @@ def test_custom_counters_end_up_in_the_daily_dict(
     assert (doc["gemsPurchased"], doc["stripeRevenue"]) == (80, 499)
     assert list(doc)[: 2 + len(DAILY_FIELDS)] == ["day", "month", *DAILY_FIELDS]
     assert analytics.get_metrics().to_dict()["today"]["goldLooted"] == 125
+
+
+GOLD = {"gold.loot": CounterRule("goldLooted", "amount", decimal=True)}
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 1),  # which process
+            st.one_of(
+                st.integers(0, 10**6),
+                st.decimals(0, 10**6, places=DECIMAL_PLACES).map(float),
+            ),
+        ),
+        max_size=25,
+    )
+)
+def test_a_decimal_counter_sums_exactly_across_processes(
+    store: Store,
+    other_store: Store,
+    make_analytics: AnalyticsFactory,
+    calls: list[tuple[int, float]],
+) -> None:
+    """Amounts of up to six decimals, from two processes flushing in any order, add up
+    to their exact decimal sum (``0.1 + 0.2`` is 0.3), today, in the day's history and
+    in the all-time totals: the oracle is Python's Decimal over the amounts as written."""
+    workers = [make_analytics(store, counters=GOLD), make_analytics(other_store, counters=GOLD)]
+    before = decode_counters(store.get_totals()).get("goldLooted", 0)
+    today = workers[0].get_metrics().to_dict()["today"]["goldLooted"]
+    for which, amount in calls:
+        workers[which].track("gold.loot", f"u{which}", {"amount": amount})
+        if amount % 3 == 0:
+            workers[1 - which].flush()
+    for worker in workers:
+        worker.flush()
+    expected = sum((Decimal(repr(amount)) for _, amount in calls), Decimal(0))
+    for worker in workers:
+        assert worker.get_metrics().to_dict()["today"]["goldLooted"] == today + expected
+    days = store.recent_days(1)
+    stored = days[0]["goldLooted"] if days else Decimal(0)
+    assert stored == today + expected and isinstance(stored, Decimal | int)
+    assert decode_counters(store.get_totals()).get("goldLooted", 0) == before + expected
+
+
+def test_amounts_are_exact_integers_unless_the_counter_is_decimal(
+    store: Store, make_analytics: AnalyticsFactory
+) -> None:
+    """The issue's case: 0.1 + 0.2 credits spent showed 0.30000000000000004. An integer
+    counter refuses fractions (an integral float counts as the int); a decimal counter
+    sums them exactly and refuses what it cannot keep (a seventh decimal, a float's own
+    binary error); every reader shows the exact figure."""
+    analytics = make_analytics(store, counters=GOLD)
+    analytics.track("credits.spend", "u1", {"amount": 0.1})
+    analytics.track("credits.spend", "u1", {"amount": 0.2})
+    analytics.track("credits.spend", "u1", {"amount": 3.0})
+    analytics.track("gold.loot", "u1", {"amount": 0.1})
+    analytics.track("gold.loot", "u1", {"amount": 0.2})
+    analytics.track("gold.loot", "u1", {"amount": 2})
+    analytics.track("gold.loot", "u1", {"amount": 0.1 + 0.2})  # 0.30000000000000004
+    analytics.track("gold.loot", "u1", {"amount": 1e-7})
+    assert analytics.stats()["rejected"] == 4
+    (day,) = analytics.get_last_30_days()
+    doc = day.to_dict()
+    assert doc["creditsSpent"] == 3 and type(doc["creditsSpent"]) is int
+    assert doc["goldLooted"] == Decimal("2.3") and str(doc["goldLooted"]) == "2.3"
+    assert analytics.get_metrics().to_dict()["today"]["goldLooted"] == Decimal("2.3")
+    strict = make_analytics(open_store("memory://"), counters=GOLD, strict=True)
+    with pytest.raises(ValidationError, match="creditsSpent is an integer counter"):
+        strict.track("credits.spend", "u1", {"amount": 0.1})
+    with pytest.raises(ValidationError, match="more than 6 decimal places"):
+        strict.track("gold.loot", "u1", {"amount": 0.1 + 0.2})
 
 
 def test_timezone_day_keys(

@@ -104,7 +104,9 @@ def play(analytics: Analytics, clock: ThreadClock, t: int, log: Log) -> None:
             key = RULES.get(event, ("", None))[1]
             data: dict[str, Any] = {"t": t}
             if key is not None:
-                data[key] = rng.choice([rng.randint(0, 500), rng.randint(0, 40) / 4])
+                data[key] = rng.choice(
+                    [rng.randint(0, 500), float(rng.randint(0, 40))]
+                )  # 3.0 counts 3
                 if key == "amountCents":
                     data[key] = int(data[key])  # real money is whole cents
             analytics.track(event, user, data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from gso_analytics import (
     Analytics,
     ConfigurationError,
+    CounterRule,
     InvalidTypeError,
     Store,
     ValidationError,
@@ -344,17 +346,23 @@ def test_caller_chosen_keys_log_a_bounded_number_of_rejections(
     assert "further ones are only counted" in logs[-1].getMessage()
 
 
+#: A decimal counter, as a game declares one.
+GOLD = {"gold.loot": CounterRule("goldLooted", "amount", decimal=True)}
+
+
 def test_amount_cents_must_be_whole_cents(make_analytics: AnalyticsFactory) -> None:
     """``4.99`` is a price in dollars: refused, with a message that says so; a whole
-    float (``499.0``, as JSON decoders may give) counts as 499; other amounts keep
-    accepting fractions."""
-    analytics = make_analytics(open_store("memory://"), strict=True)
+    float (``499.0``, as JSON decoders may give) counts as 499. Every other integer
+    counter refuses fractions too, naming the counter; a decimal one takes them."""
+    analytics = make_analytics(open_store("memory://"), strict=True, counters=GOLD)
     with pytest.raises(ValidationError, match=r"whole number of cents.*4\.99 dollars is 499"):
         analytics.track("stripe.payment", "u1", {"amountCents": 4.99})
     analytics.track("stripe.payment", "u1", {"amountCents": 499.0})
-    analytics.track("credits.earn", "u1", {"amount": 12.5})
+    with pytest.raises(ValidationError, match=r"creditsEarned is an integer counter, got 12\.5"):
+        analytics.track("credits.earn", "u1", {"amount": 12.5})
+    analytics.track("gold.loot", "u1", {"amount": 12.5})
     today = analytics.get_metrics().to_dict()["today"]
-    assert (today["stripeRevenue"], today["creditsEarned"]) == (499, 12.5)
+    assert (today["stripeRevenue"], today["goldLooted"]) == (499, Decimal("12.5"))
 
 
 @pytest.mark.parametrize("url", ["memory://shared", "memory:///tmp/x.db", "memory://?x=1"])
@@ -460,23 +468,23 @@ def _moved(store: Store) -> dict[str, Any]:
     [
         ("credits.earn", {"amount": 0}, "creditsEarned", 0),
         ("credits.earn", {"amount": 2**53}, "creditsEarned", 2**53),
-        ("credits.earn", {"amount": 12.5}, "creditsEarned", 12.5),
+        ("gold.loot", {"amount": 12.5}, "goldLooted", Decimal("12.5")),
         ("credits.earn", {"amount": 3.0, "extra": [1, None, True]}, "creditsEarned", 3),
         ("gems.purchase", {"gems": 80, "amount": -1}, "gemsPurchased", 80),
         ("quest.chapter.1.complete", {"deep": nested(3)}, None, None),
     ],
-    ids=["zero", "max", "float", "integral-float", "other-key-ignored", "unknown-dotted"],
+    ids=["zero", "max", "decimal", "integral-float", "other-key-ignored", "unknown-dotted"],
 )
 def test_valid_amounts_and_data_are_accepted(
     event: str,
     data: dict[str, Any],
     field: str | None,
-    expected: float | None,
+    expected: float | Decimal | None,
     store: Store,
     make_analytics: AnalyticsFactory,
 ) -> None:
     """The edges of valid input are not rejected, and amounts add exactly."""
-    analytics = make_analytics(store, strict=True)
+    analytics = make_analytics(store, strict=True, counters=GOLD)
     analytics.track(event, "u1", data)
     analytics.flush()
     if field is None:  # activity only: the player is active, in a session of 0 s

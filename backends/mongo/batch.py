@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from gso_analytics.clock import from_ms
+from gso_analytics.counters import MICRO_SUFFIX
 from gso_analytics.deltas import DeltaBuffer
 from gso_analytics.errors import StoreError
 from gso_analytics.model import ActivityRun, EventRow, Logout, Number, StoredSession
@@ -70,7 +71,8 @@ RESERVED_FIELDS = frozenset({"_id", "day", "month", "appliedBatches"})
 
 def _check_fields(fields: Mapping[str, Number]) -> None:
     for field in fields:
-        if not field.isidentifier() or field in RESERVED_FIELDS:
+        name = field.removesuffix(MICRO_SUFFIX)  # a decimal counter's (see .counters)
+        if not name.isidentifier() or field in RESERVED_FIELDS:
             raise StoreError(f"counter field {field!r} cannot be stored in MongoDB", permanent=True)
 
 

@@ -101,6 +101,11 @@ class Settings:
     options: Mapping[str, Any] = attrs.field(factory=dict, repr=_options_repr)
     #: A test run: the app gets a RecordingAnalytics (see :mod:`gso_analytics.testing`).
     testing: bool = False
+    #: ``strict`` unless ``OPTIONS`` or code says otherwise: True under a development
+    #: server (Flask ``debug``, Django ``DEBUG``), where a bad amount is a bug to see at
+    #: once; False in production, where a bad call must not fail a player's request
+    #: (it is counted in ``stats()["rejected"]``, which the shipped alert watches).
+    default_strict: bool = False
 
 
 def read_settings(
@@ -109,6 +114,7 @@ def read_settings(
     name: Callable[[str], str],
     testing: bool,
     keys: Collection[str] = tuple(KEYS),
+    default_strict: bool = False,
 ) -> Settings:
     """Validate ``values`` (short key -> value) into :class:`Settings`.
 
@@ -138,6 +144,7 @@ def read_settings(
     return Settings(
         store=store,
         testing=testing,
+        default_strict=default_strict,
         flush_interval=_flush_interval(values.get("FLUSH_INTERVAL"), name("FLUSH_INTERVAL")),
         endpoint=EndpointSettings(
             token=_token(values.get("METRICS_TOKEN"), name("METRICS_TOKEN")),
@@ -258,11 +265,13 @@ def build_analytics(settings: Settings, **overrides: Any) -> Analytics:
     from ..testing import RecordingAnalytics
 
     factory = RecordingAnalytics if settings.testing else Analytics
-    analytics = factory(
-        settings.store,
-        flush_interval=settings.flush_interval,
-        **{**settings.options, **overrides},
-    )
+    options = {"strict": settings.default_strict, **settings.options, **overrides}
+    analytics = factory(settings.store, flush_interval=settings.flush_interval, **options)
+    if settings.default_strict and "strict" not in {**settings.options, **overrides}:
+        log.info(
+            "gso_analytics: strict mode, as under every development server: a bad call"
+            " raises; set OPTIONS={'strict': False} to count it in stats() instead"
+        )
     if settings.endpoint.token and settings.endpoint.public:
         log.warning(
             "gso_analytics: METRICS_PUBLIC is ignored because METRICS_TOKEN is set;"

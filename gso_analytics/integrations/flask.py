@@ -13,7 +13,13 @@ hook ``Analytics.start()`` registers: it runs whenever the interpreter exits nor
 which includes gunicorn workers (they leave through ``sys.exit`` on SIGTERM, SIGINT,
 SIGQUIT and ``--max-requests``) and ``flask run`` on Ctrl-C. Only a hard kill (SIGKILL,
 ``os._exit``) skips it, losing at most one ``flush_interval`` of that process's calls.
-Tests that create many apps call ``get_analytics(app).stop()`` themselves.
+An app's ``Analytics`` is also stopped when the app itself is garbage-collected: a test
+suite that makes an app per test leaves no flush thread per app behind. Flask has no
+teardown of its own for an app, so its end of life is the signal.
+
+``GSOAnalytics(app, analytics=...)`` serves an ``Analytics`` made elsewhere (the
+``gso_analytics`` pytest fixture, say) instead of building one: the app neither starts
+nor stops it, its owner does.
 
 Under ``app.testing`` (``TESTING = True`` before ``init_app``) the configured store URL
 is replaced by ``memory://`` unless ``GSO_ANALYTICS_TEST_STORE = "keep"``, and the
@@ -23,6 +29,8 @@ never writes into the game's real numbers and can ``assert_tracked`` what a rout
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
@@ -50,32 +58,72 @@ class GSOAnalytics:
         if app is not None:
             self.init_app(app)
 
-    def init_app(self, app: Flask, **options: Any) -> Analytics:
+    def init_app(
+        self, app: Flask, *, analytics: Analytics | None = None, **options: Any
+    ) -> Analytics:
+        """Wire ``app``: its own started ``Analytics``, or ``analytics`` when given
+        (then used as it is: not started, not stopped by the app)."""
         if EXTENSION in app.extensions:
             raise ConfigurationError(f"gso_analytics is already initialised on app {app.name!r}")
+        shared = analytics if analytics is not None else self.options.get("analytics")
+        options = {**self.options, **options}
+        options.pop("analytics", None)
+        if shared is not None and options:
+            raise ConfigurationError(
+                f"analytics= is used as it is; options {sorted(options)} cannot apply to it"
+            )
         values = {
             key.removeprefix(CONFIG_PREFIX): value
             for key, value in app.config.items()
             if key.startswith(CONFIG_PREFIX)
         }
+        if shared is not None:  # its store is the app's, whatever the config names
+            values["STORE"] = shared.store
+        testing = bool(app.testing)
         settings = read_settings(
-            values, name=lambda key: CONFIG_PREFIX + key, testing=bool(app.testing)
+            values,
+            name=lambda key: CONFIG_PREFIX + key,
+            testing=testing,
+            default_strict=development_server(app),
         )
-        analytics = build_analytics(settings, **{**self.options, **options})
+        own = build_analytics(settings, **options) if shared is None else None
         try:
             if settings.metrics_path is not None:
                 blueprint = metrics_blueprint(MetricsEndpoint(settings.endpoint))
                 app.register_blueprint(blueprint, url_prefix=settings.metrics_path)
         except BaseException:
-            analytics.stop()  # closes the store it opened; nothing was started
+            if own is not None:
+                own.stop()  # closes the store it opened; nothing was started
             raise
-        app.extensions[EXTENSION] = analytics
-        return analytics.start()
+        if own is None:
+            app.extensions[EXTENSION] = shared
+            return shared  # type: ignore[return-value]
+        app.extensions[EXTENSION] = own
+        stop_with(app, own)
+        return own.start()
 
     @property
     def analytics(self) -> Analytics:
         """The current app's ``Analytics`` (inside an app or request context)."""
         return get_analytics()
+
+
+def stop_with(app: Flask, analytics: Analytics) -> None:
+    """Stop ``analytics`` when ``app`` is garbage-collected (at interpreter exit its own
+    exit hook does). The stop runs in a thread of its own: a collection can happen on
+    any thread, the flush thread that the stop joins among them."""
+
+    def stop() -> None:
+        threading.Thread(target=analytics.stop, name="gso-analytics-app-gone").start()
+
+    weakref.finalize(app, stop).atexit = False
+
+
+def development_server(app: Flask) -> bool:
+    """True for an app served by a development server: ``app.debug`` (``flask run
+    --debug``, ``FLASK_DEBUG=1``, ``app.run(debug=True)``), where bad input is better
+    raised than counted (see :mod:`.config`)."""
+    return bool(app.debug)
 
 
 def get_analytics(app: Flask | None = None) -> Analytics:

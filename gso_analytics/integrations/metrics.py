@@ -30,11 +30,13 @@ import json
 import logging
 import threading
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any, Literal
 
 import attrs
 
 from ..analytics import Analytics
+from ..counters import json_number
 from ..errors import StoreError
 from .config import EndpointSettings
 
@@ -92,9 +94,14 @@ class _Refusal(Exception):
         self.response = response
 
 
+def _default(value: object) -> object:
+    """A decimal counter as a JSON number; anything else as its text: a value some future
+    ``stats()`` key holds must not turn into a 500."""
+    return json_number(value) if isinstance(value, Decimal) else str(value)
+
+
 def _json(status: int, data: Any, headers: Mapping[str, str] | None = None) -> MetricsResponse:
-    # default=str: a value some future stats() key holds must not turn into a 500.
-    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=_default).encode()
     return MetricsResponse(status, body, JSON_TYPE, dict(headers or {}))
 
 

@@ -42,6 +42,7 @@ from prometheus_client.registry import Collector
 
 from .. import __version__
 from ..analytics import Analytics
+from ..counters import decode_counters
 from ..kpis import MAU30_DAYS
 from ..model import Heartbeat, Number
 from ..store import WITHDRAWN
@@ -235,7 +236,7 @@ def take_scrape(analytics: Analytics, business: bool) -> Scrape:
     # Counted in the store, like dau and mau (test users included, unlike the KPIs).
     first = today - timedelta(days=MAU30_DAYS - 1)
     mau30 = store.count_day_users(first.isoformat(), today.isoformat())
-    numbers = Business(metrics, store.get_totals(), mau30)
+    numbers = Business(metrics, decode_counters(store.get_totals()), mau30)
     return Scrape(info, store.live_heartbeats(kpis.clock()), numbers)
 
 

@@ -7,6 +7,6 @@ Views and tasks reach the running library with::
     get_analytics().track("dungeon.complete", str(request.user.pk))
 """
 
-from .apps import get_analytics
+from .apps import get_analytics, serving
 
-__all__ = ["get_analytics"]
+__all__ = ["get_analytics", "serving"]

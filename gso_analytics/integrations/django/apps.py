@@ -31,7 +31,8 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import attrs
@@ -109,7 +110,13 @@ def read_django_settings() -> Settings:
             )
         values = {k: v for k, v in values.items() if k not in ("DATABASE", "SCHEMA")}
         values["STORE"] = store_url(settings.DATABASES, alias, schema)
-    return read_settings(values, name=_key, testing=is_test_run(), keys=DJANGO_KEYS)
+    return read_settings(
+        values,
+        name=_key,
+        testing=is_test_run(),
+        keys=DJANGO_KEYS,
+        default_strict=bool(getattr(settings, "DEBUG", False)),
+    )
 
 
 def start(**overrides: Any) -> Analytics | None:
@@ -149,6 +156,27 @@ def running() -> Running:
 def get_analytics() -> Analytics:
     """The :class:`~gso_analytics.Analytics` of this process, for views and tasks."""
     return running().analytics
+
+
+@contextmanager
+def serving(analytics: Analytics) -> Iterator[Analytics]:
+    """Within the block, views and :func:`get_analytics` reach ``analytics`` (the
+    ``gso_analytics`` pytest fixture's, say) instead of the app's own, with the same
+    metrics settings; afterwards the app's own again. Neither is stopped here."""
+    global _running
+    with _lock:
+        previous = _running
+        endpoint = (
+            previous.endpoint
+            if previous is not None
+            else MetricsEndpoint(read_django_settings().endpoint)
+        )
+        _running = Running(analytics, endpoint)
+    try:
+        yield analytics
+    finally:
+        with _lock:
+            _running = previous
 
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
