@@ -9,8 +9,11 @@ Per size N and round, the two subjects alternate, each in a fresh schema:
 
 - ``flush``: N ``track("credits.earn", ...)`` calls over 500 users (buffered, not
   timed), then ``Analytics.flush()`` timed: the batch's transaction (its claim, the
-  players' fences, (day, user) and (month, user) records, the events' ``COPY``, its
-  delta), then the roll-up's transaction;
+  players' fences and tombstones, (day, user) and (month, user) records, their
+  sessions and activity runs, the events' ``COPY``, its delta), then the roll-up's
+  transaction. The store is open and has read its erasure secret before the clock
+  starts (once per process, as a process that has flushed before), as the raw
+  subject's connection is open;
 - ``raw COPY``: the same N event rows (built before the clock starts, as a hand-written
   logger would: ``json.dumps`` of the data), one ``COPY`` in one transaction into the
   store's own events table (partitioned by day, indexed, created by the store).
@@ -76,6 +79,7 @@ def _schema_url(base: str, schema: str) -> str:
 def run_flush(url: str, size: int, at: datetime) -> float:
     analytics = Analytics(open_store(url), max_buffered_events=size + 1, clock=lambda: at)
     try:
+        analytics.store.erasure_key()  # read once per process, as by an earlier flush
         for i in range(size):
             analytics.track("credits.earn", f"u{i % 500}", {"amount": i % 100})
         start = time.perf_counter()

@@ -33,6 +33,7 @@ from gso_analytics.backends.postgres import PostgresStore, pg_init  # noqa: E402
 from gso_analytics.backends.postgres import events as pg_events  # noqa: E402
 from gso_analytics.backends.postgres import sessions as pg_sessions  # noqa: E402
 from gso_analytics.backends.postgres.options import split_url  # noqa: E402
+from gso_analytics.backends.postgres.schema import lock_key  # noqa: E402
 
 DAY = "2025-03-14"
 NOON = datetime(2025, 3, 14, 12, tzinfo=UTC)
@@ -334,15 +335,28 @@ def test_a_login_and_its_logout_in_two_concurrent_batches_make_one_closed_sessio
         assert other.count_open_sessions() == 0
 
 
+def events_batch(user: str) -> FlushBatch:
+    """The player's day and month records and events, without a session or activity:
+    a batch that reads no session, so only the tombstone lookup fences the player."""
+    return FlushBatch(
+        created_at=NOON,
+        months={DAY: "2025-03"},
+        day_users={DAY: {user}},
+        month_users={"2025-03": {user}},
+        events=events_on(NOON, 2, user),
+    )
+
+
+@pytest.mark.parametrize("batch", [player_batch, events_batch])
 def test_an_erase_during_a_batch_of_the_player_leaves_nothing_under_the_id(
-    store: PostgresStore, url: str
+    store: PostgresStore, url: str, batch: Any
 ) -> None:
     """The erase writes the player's fence too: it waits for frank's open batch, loses,
     runs again and then sees (and renames) what the batch committed; nothing stays
     under the real id."""
     with open_store(url) as other:
         other.apply(FlushBatch(created_at=NOON, events=events_on(NOON, 1, "warm")))
-        held = Held(store, player_batch("frank"))
+        held = Held(store, batch("frank"))
         try:
             thread, done = in_thread(lambda: other.erase_user("frank", NOON))
             deadline = time.monotonic() + 10
@@ -356,6 +370,47 @@ def test_an_erase_during_a_batch_of_the_player_leaves_nothing_under_the_id(
         assert other.get_sessions("frank") == [] and other.get_events("frank") == []
         assert other.user_records("frank").days_active == []
         assert other.get_day(DAY)["dau"] == 1, "the figures stay"
+
+
+# -- the roll-up: the deltas folded into the day, month and all-time rows ------------------
+
+
+def folded(store: PostgresStore, table: str, key: str) -> dict[str, Any]:
+    return dict(store._read(f"SELECT {key}, counters FROM {{s}}.{table}"))
+
+
+def unfolded(store: PostgresStore) -> int:
+    return int(store._read("SELECT count(*) FROM {s}.batches WHERE NOT folded")[0][0])
+
+
+def test_the_roll_up_folds_each_delta_once_and_waits_for_the_holder(
+    store: PostgresStore, url: str
+) -> None:
+    """While another process holds the roll-up, flushes leave their deltas unfolded and
+    the reads add them; the next roll-up folds every one of them, once, into the day,
+    month and all-time rows (read here as stored, not through the reads)."""
+    with open_store(url) as other:
+        with other._direct("holding the roll-up") as holder:
+            holder.execute(
+                "SELECT pg_advisory_lock(hashtext(%s))", (lock_key(store.schema, "rollup"),)
+            )
+            for user in ("ann", "ben"):
+                other.apply(player_batch(user))
+            assert unfolded(store) == 2, "the roll-up waited for its holder"
+            assert folded(store, "daily", "day") == {}
+            day = store.get_day(DAY)
+            assert day is not None and (day["dau"], day["creditsEarned"]) == (2, 10)
+        other.apply(player_batch("cid"))  # folds the three
+        assert unfolded(store) == 0
+        assert folded(store, "daily", "day")[DAY]["creditsEarned"] == 15
+        other.apply(player_batch("dot"))  # onto the folded rows
+        assert unfolded(store) == 0
+        day = store.get_day(DAY)
+        assert day is not None and (day["dau"], day["creditsEarned"]) == (4, 20)
+        assert folded(store, "daily", "day") == {DAY: dict(day.counters)}
+        assert folded(store, "monthly", "month")["2025-03"]["mau"] == 4
+        assert folded(store, "totals", "id") == {"all": store.get_totals()}
+        assert store.get_totals()["creditsEarned"] == 20
 
 
 # -- sessions: each of the walk's and the prune's reads is an index range ------------------
@@ -378,6 +433,9 @@ class Explaining:
     def __iter__(self) -> Iterator[Any]:
         return iter(())
 
+    def fetchall(self) -> list[Any]:
+        return []
+
 
 def test_the_session_reads_are_index_ranges(store: PostgresStore) -> None:
     """With sequential scans made dearest, each read of the walk and of the prune names
@@ -390,6 +448,11 @@ def test_the_session_reads_are_index_ranges(store: PostgresStore) -> None:
     expected = [
         (lambda c: pg_sessions.sessions_since(c, s, users, 0), ["sessions_last", "open_user"]),
         (lambda c: pg_sessions.logouts_since(c, s, users, 0), ["logouts_user"]),
+        # A player's sessions (get_sessions, an erase): the walk's index, no other.
+        (
+            lambda c: pg_sessions.user_sessions(c, s, "user_id = %s ORDER BY login_at", ("gina",)),
+            ["sessions_last"],
+        ),
         (lambda c: pg_sessions.activity_runs(c, s, "gina", 0, 1), ["activity_user"]),
         (lambda c: pg_sessions.open_sessions_before(c, s, 1, 10), ["sessions_idle"]),
         (lambda c: pg_sessions.delete_activity_before(c, s, 1, 10), ["activity_last"]),

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from gso_analytics.model import ActivityRun, EventRow, Logout, Number, StoredSes
 from gso_analytics.store import Transaction
 
 from . import events, sessions
+from .arrays import text_array
 
 if TYPE_CHECKING:
     from .store import PostgresStore
@@ -64,17 +65,25 @@ class PgTransaction(Transaction):
         self.duplicate = inserted == 0
         return not self.duplicate
 
-    def _fence(self, hashes: list[str]) -> None:
-        """Write the fences of these players (sorted: two parts lock shared fences in
-        one order, so they wait, never deadlock)."""
+    def _fence_sql(self, param: str) -> str:
+        """The statement writing the fences of the hashes in parameter ``param``."""
+        return (
+            f"INSERT INTO {self.s}.fences (hash) SELECT unnest(%({param})s::text[])"
+            " ON CONFLICT (hash) DO UPDATE SET ops = fences.ops + 1"
+        )
+
+    def _unfenced(self, hashes: Iterable[str]) -> list[str]:
+        """The hashes of these players not fenced yet in this transaction, sorted: two
+        parts lock shared fences in one order, so they wait, never deadlock."""
         new = sorted(set(hashes) - self._fenced)
+        self._fenced.update(new)
+        return new
+
+    def _fence(self, hashes: list[str]) -> None:
+        """Write the fences of these players."""
+        new = self._unfenced(hashes)
         if new:
-            self.cur.execute(
-                f"INSERT INTO {self.s}.fences (hash) SELECT unnest(%s::text[])"
-                " ON CONFLICT (hash) DO UPDATE SET ops = fences.ops + 1",
-                (new,),
-            )
-            self._fenced.update(new)
+            self.cur.execute(self._fence_sql("new"), {"new": text_array(new)})
 
     def _fence_users(self, users: set[str]) -> None:
         key = self.store._secret(self, create=True)
@@ -88,7 +97,7 @@ class PgTransaction(Transaction):
             self.cur.execute(
                 f"INSERT INTO {self.s}.{table} ({key}, user_id)"
                 " SELECT %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
-                (value, sorted(users)),
+                (value, text_array(sorted(users))),
             ).rowcount
         )
 
@@ -100,18 +109,21 @@ class PgTransaction(Transaction):
 
     def registration_days(self, users: set[str]) -> dict[str, str]:
         rows = self.cur.execute(
-            f"SELECT user_id, day FROM {self.s}.new_users WHERE user_id = ANY(%s)",
-            (sorted(users),),
+            f"SELECT user_id, day FROM {self.s}.new_users WHERE user_id = ANY(%s::text[])",
+            (text_array(sorted(users)),),
         )
         return dict(rows.fetchall())
 
     def _keep_first(self, table: str, days: Mapping[str, str]) -> None:
+        """The earlier day kept; a row whose day stays is not written again (a player
+        seen in every flush would otherwise leave a dead row version each time)."""
         ordered = sorted(days.items())
         self.cur.execute(
             f"INSERT INTO {self.s}.{table} (user_id, day)"
             " SELECT * FROM unnest(%s::text[], %s::text[])"
-            f" ON CONFLICT (user_id) DO UPDATE SET day = LEAST({table}.day, excluded.day)",
-            ([u for u, _ in ordered], [d for _, d in ordered]),
+            f" ON CONFLICT (user_id) DO UPDATE SET day = excluded.day"
+            f" WHERE excluded.day < {table}.day",
+            (text_array(u for u, _ in ordered), text_array(d for _, d in ordered)),
         )
 
     def set_registration_days(self, days: dict[str, str]) -> None:
@@ -132,7 +144,11 @@ class PgTransaction(Transaction):
             " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[])"
             " ON CONFLICT (day, user_id) DO UPDATE"
             " SET revenue_cents = user_revenue.revenue_cents + excluded.revenue_cents",
-            ([r[0] for r in rows], [r[1] for r in rows], [int(r[2]) for r in rows]),
+            (
+                text_array(r[0] for r in rows),
+                text_array(r[1] for r in rows),
+                [int(r[2]) for r in rows],
+            ),
         )
 
     # -- counters: the part's delta, written before the commit -------------------------
@@ -253,13 +269,21 @@ class PgTransaction(Transaction):
 
     def tombstones(self, hashes: Mapping[str, str]) -> dict[str, str]:
         """The players' fences first: an erase writes the fence of its player too, so a
-        part and an erase of one player never both commit on stale snapshots."""
-        self._fence(list(hashes.values()))
+        part and an erase of one player never both commit on stale snapshots. One
+        statement does both (the fences in a ``WITH``, which runs to completion whatever
+        the query reads; the tombstones read in the part's snapshot, which the fences'
+        writes do not change): one round trip, the hashes sent once."""
         users = {h: user for user, h in hashes.items()}
-        rows = self.cur.execute(
-            f"SELECT hash, token FROM {self.s}.tombstones WHERE hash = ANY(%s)",
-            (sorted(users),),
-        )
+        wanted = sorted(users)
+        new = self._unfenced(wanted)
+        params = {"wanted": text_array(wanted)}
+        sql = f"SELECT hash, token FROM {self.s}.tombstones WHERE hash = ANY(%(wanted)s::text[])"
+        if new:
+            fencing = "wanted"
+            if new != wanted:  # some fenced already by this transaction
+                params["new"], fencing = text_array(new), "new"
+            sql = f"WITH fenced AS ({self._fence_sql(fencing)}) {sql}"
+        rows = self.cur.execute(sql, params)
         return {users[h]: token for h, token in rows}
 
     def add_tombstone(self, key_hash: str, token: str, at: datetime) -> str | None:

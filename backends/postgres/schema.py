@@ -56,7 +56,6 @@ CREATE TABLE IF NOT EXISTS {s}.sessions (
     duration_s bigint NOT NULL DEFAULT 0, day text NOT NULL, month text NOT NULL,
     timed_out boolean NOT NULL DEFAULT false, origin text NOT NULL, seq bigint NOT NULL,
     last_ms bigint NOT NULL, frozen boolean NOT NULL DEFAULT false);
-CREATE INDEX IF NOT EXISTS sessions_user ON {s}.sessions (user_id, login_at);
 CREATE INDEX IF NOT EXISTS sessions_last ON {s}.sessions (user_id, last_ms);
 CREATE INDEX IF NOT EXISTS sessions_idle ON {s}.sessions (last_ms) WHERE logout_at IS NULL;
 CREATE INDEX IF NOT EXISTS sessions_open_user ON {s}.sessions (user_id)
