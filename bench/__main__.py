@@ -212,8 +212,11 @@ def _postgres(quick: bool) -> dict[str, Any]:
         return {"skipped": f"failed: {type(exc).__name__}: {exc}"}
     result["notes"] = [
         f"median of {rounds} rounds per size, subjects alternating, each in a fresh schema",
-        f"round_trips: one flush of {players:,} players x (login, 5 events, logout), counted"
-        " at the driver (an executemany is pipelined: one round trip)",
+        "gso_cpu_ms / raw_cpu_ms: this process's CPU time per flush / per COPY (the"
+        " server's is not in it): the part of the cost that does not wait on other load",
+        f"round_trips: one flush of {players:,} players x (login, 5 events, logout), the"
+        " statements counted at the driver (the roll-up's lock and read share one round"
+        " trip, a pipeline; BEGIN and COMMIT are not counted)",
     ]
     return result
 
