@@ -44,7 +44,7 @@ from gso_analytics.model import (
 )
 from gso_analytics.pacing import Pacer, paced
 from gso_analytics.private_files import create_private
-from gso_analytics.sessions import decode_marks, encode_marks
+from gso_analytics.sessions import decode_logins, decode_marks, encode_logins, encode_marks
 from gso_analytics.store import Store, Transaction, check_ours, total_increments
 
 SCHEMA = """
@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS {p}sessions (
 CREATE INDEX IF NOT EXISTS {p}sessions_user ON {p}sessions (userId, loginAt);
 CREATE TABLE IF NOT EXISTS {p}activity (
     id INTEGER PRIMARY KEY, userId TEXT NOT NULL, firstMs INTEGER NOT NULL,
-    lastMs INTEGER NOT NULL, marks BLOB NOT NULL);
+    lastMs INTEGER NOT NULL, marks BLOB NOT NULL, logins TEXT);
 CREATE INDEX IF NOT EXISTS {p}activity_user ON {p}activity (userId, lastMs);
 CREATE INDEX IF NOT EXISTS {p}activity_last ON {p}activity (lastMs);
 CREATE TABLE IF NOT EXISTS {p}logouts (
@@ -239,11 +239,14 @@ class _SQLiteTransaction(Transaction):
 
     def activity_runs(self, user_id: str, first_ms: int, last_ms: int) -> list[ActivityRun]:
         rows = self.conn.execute(
-            f"SELECT userId, firstMs, lastMs, marks FROM {self.p}activity"
+            f"SELECT userId, firstMs, lastMs, marks, logins FROM {self.p}activity"
             " WHERE userId = ? AND lastMs >= ? AND firstMs <= ?",
             (user_id, first_ms, last_ms),
         )
-        return [ActivityRun(u, f, la, decode_marks(m)) for u, f, la, m in rows]
+        return [
+            ActivityRun(u, f, la, decode_marks(m), decode_logins(logins))
+            for u, f, la, m, logins in rows
+        ]
 
     def save_sessions(self, sessions: list[StoredSession]) -> None:
         self.conn.executemany(
@@ -266,8 +269,12 @@ class _SQLiteTransaction(Transaction):
 
     def insert_activity(self, runs: list[ActivityRun]) -> None:
         self.conn.executemany(
-            f"INSERT INTO {self.p}activity (userId, firstMs, lastMs, marks) VALUES (?, ?, ?, ?)",
-            [(r.user_id, r.first_ms, r.last_ms, encode_marks(r.marks)) for r in paced(runs)],
+            f"INSERT INTO {self.p}activity (userId, firstMs, lastMs, marks, logins)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [
+                (r.user_id, r.first_ms, r.last_ms, encode_marks(r.marks), encode_logins(r.logins))
+                for r in paced(runs)
+            ],
         )
 
     def insert_events(self, events: list[EventRow]) -> None:

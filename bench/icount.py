@@ -20,15 +20,42 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import persist
+from bench import activity, persist
 
-SUBJECTS = ("counter_inc", "track", "track_amount", "persist_gso", "persist_raw")
-COMPARED = {"track": "counter_inc", "track_amount": "counter_inc", "persist_gso": "persist_raw"}
+SUBJECTS = (
+    "counter_inc",
+    "track",
+    "track_amount",
+    "persist_gso",
+    "persist_raw",
+    "fill_activity",
+    "flush_login",
+    "flush_any",
+)
+COMPARED = {
+    "track": "counter_inc",
+    "track_amount": "counter_inc",
+    "persist_gso": "persist_raw",
+    "flush_any": "flush_login",
+}
+#: Subjects whose count is taken after another's: the flush subjects' calls are
+#: buffered as ``fill_activity`` buffers them, and only the flush is theirs.
+BASELINES = {"flush_login": "fill_activity", "flush_any": "fill_activity"}
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
 def _run_subject(subject: str, n: int) -> None:
     """The child's side: ``n`` calls of ``subject`` and nothing else worth counting."""
+    if subject in ("fill_activity", "flush_login", "flush_any"):
+        # bench.activity's flush: a minute of play of n / 25 players, 25 events each.
+        with tempfile.TemporaryDirectory() as tmp:
+            path, players = Path(tmp) / "bench.db", n // 25
+            if subject == "fill_activity":
+                activity._filled(path, "any", players, 25)
+                os._exit(0)  # the buffer only
+            active_on = subject.removeprefix("flush_")
+            activity.flush_once(path, active_on, players, 25, check=False)
+        os._exit(0)
     if subject.startswith("persist_"):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "bench.db"
@@ -84,9 +111,14 @@ def instructions(subject: str, n: int) -> int:
 
 
 def run(subjects: tuple[str, ...], small: int, large: int) -> list[dict[str, object]]:
+    counted = {*subjects, *(BASELINES[s] for s in subjects if s in BASELINES)}
     per_call = {
-        s: (instructions(s, large) - instructions(s, small)) / (large - small) for s in subjects
+        s: (instructions(s, large) - instructions(s, small)) / (large - small) for s in counted
     }
+    for subject, baseline in BASELINES.items():
+        if subject in per_call:
+            per_call[subject] -= per_call[baseline]
+    per_call = {s: per_call[s] for s in subjects}
     rows: list[dict[str, object]] = []
     for subject, cost in per_call.items():
         row: dict[str, object] = {"subject": subject, "instructions_per_call": round(cost)}

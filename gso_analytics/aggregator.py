@@ -232,8 +232,6 @@ class Aggregator:
         day_keys = self.day_keys
         counted_day = ""  # the day whose counters ``counters`` is
         counters: dict[str, Number] = {}
-        active_day = ""  # the day whose active players ``active`` is
-        active: set[str] = set()
         pacer = Pacer()
         # The calls are kept until the batch is made, then freed in slices: freed one by
         # one as each event is made, they would keep the interpreter's allocation count
@@ -274,7 +272,6 @@ class Aggregator:
                         self._add_logout(batch, ms, call[2])
                     elif marks:  # a touch: activity only
                         activity.setdefault(call[2], []).append(ms)
-                        self._active(batch, ms).add(call[2])
                     continue
                 ms = ns // 1_000_000
                 day, month = day_keys(ms)
@@ -299,14 +296,17 @@ class Aggregator:
                         activity[user_id] = [ms]
                     else:
                         times.append(ms)
-                    if day != active_day:
-                        active_day = day
-                        active = self._active(batch, ms)
-                    active.add(user_id)
                 events.append((ms, user_id, event, text, day))
         release(taken)
-        for times in activity.values():
+        for user, times in activity.items():
             times.sort()  # threads append out of order by a few microseconds
+            # Active on the days of their marks: a player's marks in a batch lie on
+            # one day but around midnight, so a day per player, not per mark.
+            if day_keys(times[0]) == day_keys(times[-1]):
+                self._active(batch, times[0]).add(user)
+            else:
+                for ms in times:
+                    self._active(batch, ms).add(user)
         for day, users in batch.day_users.items():
             batch.month_users.setdefault(batch.months[day], set()).update(users)
         # The extras move to the batch, which the flusher counts in backlog_extra. A

@@ -75,12 +75,17 @@ class Logout:
 class ActivityRun:
     """One player's activity marks (logins included) of one batch part, sorted: what a
     store keeps so that a logout arriving late inside a stored session can split it
-    at the right marks (see :func:`gso_analytics.sessions.plan_sessions`)."""
+    at the right marks (see :func:`gso_analytics.sessions.plan_sessions`).
+
+    ``logins`` says which of the marks were logins, as ``(ms, origin, seq)``: their
+    place among a logout's of the same millisecond, and which piece of a split session
+    a login names (no username is kept here: an erased player's would outlive them)."""
 
     user_id: str
     first_ms: int
     last_ms: int
     marks: tuple[int, ...]
+    logins: tuple[tuple[int, str, int], ...] = ()
 
 
 @attrs.frozen

@@ -38,23 +38,30 @@ open at the upgrade goes on under these rules.
 
 from __future__ import annotations
 
+import json
 import sys
 from array import array
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from itertools import count
 
 import attrs
 
 from .clock import round_half_up
-from .model import ActivityRun, FlushBatch, Login, Logout, SessionEnd, StoredSession, new_id
+from .model import ActivityRun, FlushBatch, Login, Logout, SessionEnd, StoredSession
 from .pacing import paced
 
 #: The kinds of a piece of a timeline.
 _ACTIVITY, _LOGOUT = 0, 1
 
+#: Where a mark falls in the walk: its millisecond, then its place in it (tracked
+#: calls and touches ``(0, "", 0)``, first; logins and logouts ``(1, origin, seq)``).
+MarkKey = tuple[int, tuple[int, str, int]]
+_FIRST: tuple[int, str, int] = (0, "", 0)
+
 #: ``marks_between(user, first_ms, last_ms)``: the player's stored activity marks in
-#: that range, sorted (see :meth:`~gso_analytics.store.Transaction.activity_runs`).
-MarksBetween = Callable[[str, int, int], list[int]]
+#: that range as keys, sorted (see :meth:`~gso_analytics.store.Transaction.marks_between`).
+MarksBetween = Callable[[str, int, int], list[MarkKey]]
 
 
 @attrs.define
@@ -102,15 +109,15 @@ class _Piece:
     new: bool = False  # a logout of this batch (counted when it ends nothing)
     order: tuple[int, str, int] = (0, "", 0)
 
-    @property
-    def key(self) -> tuple[int, tuple[int, str, int]]:
-        return (self.at, self.order)
+
+def _key(piece: _Piece) -> MarkKey:
+    return (piece.at, piece.order)
 
 
 def _order(start: Login) -> tuple[int, str, int]:
     """A session's first mark's place in its millisecond: a login's, or a tracked
     call's (no origin)."""
-    return (1, start.origin, start.seq) if start.origin else (0, "", 0)
+    return (1, start.origin, start.seq) if start.origin else _FIRST
 
 
 def _mark(mark: Login | Logout, new: bool = False) -> _Piece:
@@ -146,6 +153,28 @@ def encode_marks(marks: Iterable[int]) -> bytes:
     return packed.tobytes()
 
 
+def encode_logins(logins: tuple[tuple[int, str, int], ...]) -> str | None:
+    """An activity run's logins as stores keep them: JSON, or None for none."""
+    return json.dumps(logins, separators=(",", ":")) if logins else None
+
+
+def decode_logins(text: str | None) -> tuple[tuple[int, str, int], ...]:
+    return tuple((ms, origin, seq) for ms, origin, seq in json.loads(text)) if text else ()
+
+
+def run_keys(run: ActivityRun) -> list[MarkKey]:
+    """An activity run's marks as walk keys: its logins by their process and call,
+    the other marks first in their millisecond."""
+    logins = Counter(ms for ms, _, _ in run.logins)
+    keys = [(ms, (1, origin, seq)) for ms, origin, seq in run.logins]
+    for ms in run.marks:
+        if logins[ms]:
+            logins[ms] -= 1  # this mark is a login, keyed above
+        else:
+            keys.append((ms, _FIRST))
+    return keys
+
+
 def decode_marks(data: bytes) -> tuple[int, ...]:
     packed = array("q")
     packed.frombytes(data)
@@ -156,15 +185,26 @@ def decode_marks(data: bytes) -> tuple[int, ...]:
 
 def activity_runs(batch: FlushBatch) -> list[ActivityRun]:
     """One run per player, their activity marks and logins: what the store keeps of
-    the batch's activity."""
-    times: dict[str, list[int]] = {user: list(marks) for user, marks in batch.activity.items()}
+    the batch's activity. (A batch's activity is sorted per player already.)"""
+    logins: dict[str, list[Login]] = {}
     for login in batch.logins:
-        times.setdefault(login.user_id, []).append(login.at_ms)
+        logins.setdefault(login.user_id, []).append(login)
     runs = []
-    for user, marks in times.items():
-        marks.sort()
-        runs.append(ActivityRun(user, marks[0], marks[-1], tuple(marks)))
+    for user, marks in batch.activity.items():
+        theirs = logins.pop(user, None)
+        if theirs is None:
+            runs.append(ActivityRun(user, marks[0], marks[-1], tuple(marks)))
+        else:
+            runs.append(_with_logins(user, marks, theirs))
+    for user, theirs in logins.items():
+        runs.append(_with_logins(user, [], theirs))
     return runs
+
+
+def _with_logins(user: str, marks: list[int], logins: list[Login]) -> ActivityRun:
+    times = sorted([*marks, *(login.at_ms for login in logins)])
+    keys = tuple(sorted((m.at_ms, m.origin, m.seq) for m in logins))
+    return ActivityRun(user, times[0], times[-1], tuple(times), keys)
 
 
 def earliest_marks(batch: FlushBatch) -> dict[str, int]:
@@ -206,24 +246,31 @@ def plan_sessions(
         logouts[logout.user_id][logout.id] = logout
     new_logouts: defaultdict[str, list[Logout]] = defaultdict(list)
     for logout in batch.logouts:
-        if logout.id not in logouts[logout.user_id]:
+        if logout.id not in logouts.get(logout.user_id, ()):
             new_logouts[logout.user_id].append(logout)
             changes.logouts.append(logout)
     players = set(batch.activity) | set(logins) | set(new_logouts)
+    ids = (f"{batch.id}.{n}" for n in count())  # a new session's id: unique, and cheap
     for user in paced(sorted(players)):  # a sort and a walk per player
-        pieces = _spans(user, sessions[user], new_logouts[user], marks_between)
+        before = sessions.get(user, [])
+        added = new_logouts.get(user, [])
+        pieces = _spans(user, before, added, marks_between) if before else []
         times = batch.activity.get(user, [])
-        frozen = any(session.end.frozen for session in sessions[user])
-        if logins[user] or logouts[user] or new_logouts[user] or frozen:  # a mark at a time
+        if (
+            user in logins
+            or user in logouts
+            or added
+            or any(session.end.frozen for session in before)
+        ):  # a mark at a time
             pieces += [_Piece(ms, ms, _ACTIVITY) for ms in times]
-            pieces += [_mark(m) for m in logins[user]]
-            pieces += [_mark(m) for m in logouts[user].values()]
-            pieces += [_mark(m, new=True) for m in new_logouts[user]]
+            pieces += [_mark(m) for m in logins.get(user, [])]
+            pieces += [_mark(m) for m in logouts.get(user, {}).values()]
+            pieces += [_mark(m, new=True) for m in added]
         elif times:  # the common case: tracked calls only, taken a run at a time
             pieces += _runs(times, idle_ms)
         runs, unmatched = _walk(pieces, idle_ms)
         changes.unmatched_logouts += unmatched
-        _compare(changes, user, sessions[user], runs, batch)
+        _compare(changes, user, before, runs, batch, ids)
     return changes
 
 
@@ -245,30 +292,41 @@ def _spans(
         last, order = end.last_ms, _order(session.login)
         assert last is not None
         inside = sorted(
-            m.at_ms for m in new_logouts if (start, order) < _mark(m).key < (last, (0, "", 0))
+            key
+            for key in (_key(_mark(m)) for m in new_logouts)
+            if (start, order) < key < (last, _FIRST)
         )
-        stored_marks = marks_between(user, start, last) if inside else []
+        # The session's own marks: none before its first (a mark of its first
+        # millisecond may be an earlier session's).
+        stored_marks = (
+            [key for key in marks_between(user, start, last) if key >= (start, order)]
+            if inside
+            else []
+        )
         if not stored_marks:  # nothing inside, or its marks are no longer kept
             pieces.append(
                 _Piece(start, last, _ACTIVITY, session.login.username, session, order=order)
             )
             continue
-        segments: list[list[int]] = [[]]
-        for ms in stored_marks:
-            while inside and ms > inside[0]:
+        segments: list[list[MarkKey]] = [[]]
+        for key in stored_marks:
+            while inside and key > inside[0]:
                 inside.pop(0)
                 segments.append([])
-            segments[-1].append(ms)
+            segments[-1].append(key)
         for n, segment in enumerate(s for s in segments if s):
-            first = n == 0 and segment[0] == start
+            first = n == 0 and segment[0] == (start, order)
+            # A piece with a login among its marks has the session's username (its
+            # logins' name); one of tracked calls only has none.
+            named = any(place[0] for _, place in segment)
             pieces.append(
                 _Piece(
-                    segment[0],
-                    segment[-1],
+                    segment[0][0],
+                    segment[-1][0],
                     _ACTIVITY,
-                    session.login.username if first else None,
+                    session.login.username if named else None,
                     session if first else None,
-                    order=order if first else (0, "", 0),
+                    order=segment[0][1],
                 )
             )
     return pieces
@@ -279,6 +337,8 @@ def _runs(times: list[int], idle_ms: int) -> list[_Piece]:
     runs with no gap over ``idle_ms``, so the walk takes a run in one step instead of
     a mark at a time (a flush carries dozens of marks per player, and this loop is what
     each costs)."""
+    if times[-1] - times[0] <= idle_ms:  # sorted: no gap can be longer than the whole
+        return [_Piece(times[0], times[-1], _ACTIVITY)]
     pieces = []
     start = previous = times[0]
     for ms in times:
@@ -297,7 +357,7 @@ def _walk(pieces: list[_Piece], idle_ms: int) -> tuple[list[_Run], int]:
     run: _Run | None = None
     wall = -1  # the end of the last frozen session: marks up to it belong to it
     unmatched = 0
-    for piece in sorted(pieces, key=lambda p: p.key):
+    for piece in sorted(pieces, key=_key) if len(pieces) > 1 else pieces:
         if piece.stored is not None and piece.stored.end.frozen:
             if run is not None:
                 run.end, run.timed_out = run.last, True
@@ -335,6 +395,7 @@ def _compare(
     before: list[StoredSession],
     runs: list[_Run],
     batch: FlushBatch,
+    ids: Iterator[str],
 ) -> None:
     """Record what differs between the stored sessions and the walk's, by start."""
     # By start: a session's first mark and its place in its millisecond (a login
@@ -347,15 +408,16 @@ def _compare(
         previous = old.pop((run.start, run.order), None)
         end = _end(run, previous)
         if previous is not None:
-            if previous.end == end and (previous.login.username or run.username is None):
+            start = previous.login
+            if previous.end == end and start.username == run.username:
                 continue
-            username = previous.login.username or run.username
-            start = attrs.evolve(previous.login, username=username)
+            if start.username != run.username:  # its logins' name (a split may drop it)
+                start = attrs.evolve(start, username=run.username)
             changes.count(previous, -1)
         else:
             day, month = batch.day_of(run.start)
             _, origin, seq = run.order
-            start = Login(new_id(), user, run.start, origin, seq, run.username, day, month)
+            start = Login(next(ids), user, run.start, origin, seq, run.username, day, month)
         session = StoredSession(start, end)
         changes.sessions.append(session)
         changes.count(session, 1)

@@ -56,7 +56,14 @@ from .model import (
     StoredSession,
 )
 from .pacing import Pacer, paced_slices
-from .sessions import SessionChanges, close_idle, earliest_marks, plan_sessions
+from .sessions import (
+    MarkKey,
+    SessionChanges,
+    close_idle,
+    earliest_marks,
+    plan_sessions,
+    run_keys,
+)
 
 T = TypeVar("T")
 
@@ -230,13 +237,14 @@ class Transaction(ABC):
             if any(fields.values()):
                 self.increment_monthly(month, dict(fields))
 
-    def marks_between(self, user_id: str, first_ms: int, last_ms: int) -> list[int]:
-        """The player's stored activity marks in [first_ms, last_ms], sorted."""
+    def marks_between(self, user_id: str, first_ms: int, last_ms: int) -> list[MarkKey]:
+        """The player's stored activity marks in [first_ms, last_ms] as walk keys
+        (their millisecond, then their place in it), sorted."""
         return sorted(
-            ms
+            key
             for run in self.activity_runs(user_id, first_ms, last_ms)
-            for ms in run.marks
-            if first_ms <= ms <= last_ms
+            for key in run_keys(run)
+            if first_ms <= key[0] <= last_ms
         )
 
     @abstractmethod
@@ -683,7 +691,8 @@ class Store(ABC):
     def activity_marks(self, user_id: str) -> list[int]:
         """The player's stored activity marks (milliseconds), oldest first: what the
         sessions are walked from, kept as long as a batch may be retried."""
-        return self.run_in_transaction(lambda tx: tx.marks_between(user_id, 0, LAST_MS))
+        keys = self.run_in_transaction(lambda tx: tx.marks_between(user_id, 0, LAST_MS))
+        return [ms for ms, _ in keys]
 
     def export_user(self, user_id: str, *, also: Iterable[str] = ()) -> dict[str, Any]:
         """Everything stored about one player (the id as stored), JSON-ready; with

@@ -669,6 +669,74 @@ def test_a_late_logout_splits_a_stored_session(
     assert observe(store, a, clock, ["p"], moments) == expect(result, ["p"], moments)
 
 
+@backends
+def test_the_pieces_of_a_split_session_keep_their_logins_names(
+    backend: Backend, store: Store, other_store: Store, clock: FakeClock
+) -> None:
+    """A tracks at 0, logs in at 5 min (name-p) and tracks at 10 min: one session,
+    named. B's logout at 3 min, flushed after, splits it: the piece before the logout
+    has tracked calls only (no name), the piece after holds the login (its name)."""
+    a = worker(store, clock)
+    b = worker(other_store, clock)
+    script = [(0, "event"), (5 * MINUTE_MS, "login"), (10 * MINUTE_MS, "event")]
+    for dt, kind in script:
+        clock.set(at(T0 + dt))
+        call(a, kind, "p")
+    a.flush()
+    assert [s.username for s in store.get_sessions("p")] == ["name-p"]
+    clock.set(at(T0 + 3 * MINUTE_MS))
+    b.on_logout("p")
+    b.flush()
+    found = sorted(store.get_sessions("p"), key=lambda s: s.login_at)
+    assert [(s.login_at, s.logout_at, s.username) for s in found] == [
+        (at(T0), at(T0 + 3 * MINUTE_MS), None),
+        (at(T0 + 5 * MINUTE_MS), None, "name-p"),
+    ]
+
+
+@backends
+@pytest.mark.parametrize(
+    ("logout_origin", "expected"),
+    [
+        # B's logout first in the millisecond: it ends the session, A's login starts one.
+        ("1", [(0, 10), (10, None)]),
+        # A's login first: it goes on with the session, which B's logout then ends; the
+        # tracked call at 12 min starts a session of its own.
+        ("3", [(0, 10), (12, None)]),
+    ],
+    ids=["logout first", "login first"],
+)
+def test_a_logout_and_another_process_login_of_one_millisecond(
+    backend: Backend,
+    store: Store,
+    other_store: Store,
+    clock: FakeClock,
+    logout_origin: str,
+    expected: list[tuple[int, int | None]],
+) -> None:
+    """A (origin "2") logs in at 0, tracks at 5 min, logs in again at 10 min and tracks
+    at 12 min, flushed; B logs the player out at 10 min, in the same millisecond as A's
+    second login, and flushes after. Marks of one millisecond from two processes go by
+    the processes' origins, also when the logout reaches the store after the login."""
+    a = worker(store, clock)
+    b = worker(other_store, clock)
+    a._aggregator.origin, b._aggregator.origin = "2", logout_origin
+    script = [(0, "login"), (5, "event"), (10, "login"), (12, "event")]
+    for minute, kind in script:
+        clock.set(at(T0 + minute * MINUTE_MS))
+        call(a, kind, "p")
+    a.flush()
+    clock.set(at(T0 + 10 * MINUTE_MS))
+    b.on_logout("p")
+    b.flush()
+
+    def minute(moment: datetime | None) -> int | None:
+        return None if moment is None else (to_ms(moment) - T0) // MINUTE_MS
+
+    found = sorted(store.get_sessions("p"), key=lambda s: s.login_at)
+    assert [(minute(s.login_at), minute(s.logout_at)) for s in found] == expected
+
+
 # -- two threads of one process ---------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from gso_analytics.model import (
     SessionRecord,
     StoredSession,
 )
-from gso_analytics.sessions import decode_marks, encode_marks
+from gso_analytics.sessions import decode_logins, decode_marks, encode_logins, encode_marks
 
 from .options import aware
 
@@ -137,12 +137,15 @@ def session_doc(session: StoredSession) -> dict[str, Any]:
 
 
 def activity_doc(run: ActivityRun) -> dict[str, Any]:
-    return {
+    doc = {
         "userId": run.user_id,
         "firstAt": from_ms(run.first_ms),
         "lastAt": from_ms(run.last_ms),
         "marks": encode_marks(run.marks),
     }
+    if run.logins:
+        doc["logins"] = encode_logins(run.logins)
+    return doc
 
 
 def activity_run(doc: Mapping[str, Any]) -> ActivityRun:
@@ -151,6 +154,7 @@ def activity_run(doc: Mapping[str, Any]) -> ActivityRun:
         to_ms(aware(doc["firstAt"])),
         to_ms(aware(doc["lastAt"])),
         decode_marks(bytes(doc["marks"])),
+        decode_logins(doc.get("logins")),
     )
 
 
