@@ -19,7 +19,8 @@ SCHEMA_VERSION = 1
 #: stay exact at any size, floats add as Python adds them, as on the other stores).
 #: A session's last activity mark and the activity runs' bounds are epoch
 #: milliseconds (``bigint``), the values the session walk compares; a run's marks are
-#: :func:`~gso_analytics.sessions.encode_marks`'s bytes (``bytea``). ``frozen``: a
+#: :func:`~gso_analytics.sessions.encode_marks`'s bytes (``bytea``), its logins
+#: :func:`~gso_analytics.sessions.encode_logins`'s text (NULL: none). ``frozen``: a
 #: session closed by version 0.2 (kept as it was, see :mod:`gso_analytics.sessions`);
 #: a PostgreSQL store never holds one, but the column keeps the vocabulary whole.
 TABLES = """
@@ -63,7 +64,7 @@ CREATE INDEX IF NOT EXISTS sessions_open_user ON {s}.sessions (user_id)
 CREATE INDEX IF NOT EXISTS sessions_day ON {s}.sessions (day);
 CREATE TABLE IF NOT EXISTS {s}.activity (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, user_id text NOT NULL,
-    first_ms bigint NOT NULL, last_ms bigint NOT NULL, marks bytea NOT NULL);
+    first_ms bigint NOT NULL, last_ms bigint NOT NULL, marks bytea NOT NULL, logins text);
 CREATE INDEX IF NOT EXISTS activity_user ON {s}.activity (user_id, last_ms);
 CREATE INDEX IF NOT EXISTS activity_last ON {s}.activity (last_ms);
 CREATE TABLE IF NOT EXISTS {s}.logouts (

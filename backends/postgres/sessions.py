@@ -15,7 +15,7 @@ from typing import Any
 
 from gso_analytics.clock import from_ms, iso_from_ms, to_ms
 from gso_analytics.model import ActivityRun, Login, Logout, SessionEnd, StoredSession
-from gso_analytics.sessions import decode_marks, encode_marks
+from gso_analytics.sessions import decode_logins, decode_marks, encode_logins, encode_marks
 
 from .arrays import text_array
 
@@ -68,11 +68,14 @@ def logouts_since(cur: Any, s: str, users: set[str], since_ms: int) -> list[Logo
 
 def activity_runs(cur: Any, s: str, user_id: str, first_ms: int, last_ms: int) -> list[ActivityRun]:
     rows = cur.execute(
-        f"SELECT user_id, first_ms, last_ms, marks FROM {s}.activity"
+        f"SELECT user_id, first_ms, last_ms, marks, logins FROM {s}.activity"
         " WHERE user_id = %s AND last_ms >= %s AND first_ms <= %s",
         (user_id, first_ms, last_ms),
     )
-    return [ActivityRun(u, f, la, decode_marks(bytes(m))) for u, f, la, m in rows]
+    return [
+        ActivityRun(u, f, la, decode_marks(bytes(m)), decode_logins(logins))
+        for u, f, la, m, logins in rows
+    ]
 
 
 #: The rows a write sends, as one JSON parameter (``json_to_recordset``): the driver
@@ -151,20 +154,23 @@ def insert_logouts(cur: Any, s: str, logouts: list[Logout]) -> None:
 
 def insert_activity(cur: Any, s: str, runs: list[ActivityRun]) -> None:
     """One statement for the part's runs (one per player), as one JSON parameter (see
-    :data:`SESSION_RECORD`; the marks' bytes in hex)."""
+    :data:`SESSION_RECORD`; the marks' bytes in hex, the logins as
+    :func:`~gso_analytics.sessions.encode_logins` writes them)."""
     rows = [
         {
             "user_id": r.user_id,
             "first_ms": r.first_ms,
             "last_ms": r.last_ms,
             "marks": encode_marks(r.marks).hex(),
+            "logins": encode_logins(r.logins),
         }
         for r in runs
     ]
     cur.execute(
-        f"INSERT INTO {s}.activity (user_id, first_ms, last_ms, marks)"
-        " SELECT user_id, first_ms, last_ms, decode(marks, 'hex') FROM json_to_recordset(%s::json)"
-        " AS r(user_id text, first_ms bigint, last_ms bigint, marks text)",
+        f"INSERT INTO {s}.activity (user_id, first_ms, last_ms, marks, logins)"
+        " SELECT user_id, first_ms, last_ms, decode(marks, 'hex'), logins"
+        " FROM json_to_recordset(%s::json)"
+        " AS r(user_id text, first_ms bigint, last_ms bigint, marks text, logins text)",
         (json.dumps(rows),),
     )
 
