@@ -7,7 +7,9 @@ PostHog, Segment and Mixpanel SDKs on a local stub), ``threads`` (8 threads at o
 flush with and without the players' history), ``mongo`` (the same on
 the nx-27017 wire server, and the commands one flush sends, before and after with
 ``--before-python``, see :mod:`bench.mongo_commands`; skipped when nx-27017 is not
-installed), ``reads`` (reads at 1k and
+installed), ``postgres`` (persistence against a hand-written ``COPY`` into the same
+partitioned table, and the round trips of one flush, on a throwaway cluster or
+``GSO_BENCH_POSTGRES_URL``, see :mod:`bench.postgres_section`), ``reads`` (reads at 1k and
 1M sessions of history), ``kpis`` (each KPI query for 30 days, on 60 days vs a year
 (1M sessions) of the same daily activity), ``memory`` (RSS with a stuck store),
 ``forwarding`` (what a webhook forwarder adds to ``track()``), ``rights`` (a flush
@@ -44,6 +46,7 @@ from bench import (
     mongo_commands,
     mongo_section,
     persist,
+    postgres_section,
     reads,
     saas,
     sessions,
@@ -57,6 +60,7 @@ SECTIONS = (
     "threads",
     "sqlite",
     "mongo",
+    "postgres",
     "reads",
     "kpis",
     "memory",
@@ -72,6 +76,7 @@ PACKAGES = (
     "mixpanel",
     "pymongo",
     "nx-27017",
+    "psycopg",
 )
 
 
@@ -194,6 +199,28 @@ def _mongo(quick: bool, before_python: str | None = None) -> dict[str, Any]:
     return result
 
 
+def _postgres(quick: bool) -> dict[str, Any]:
+    reason = postgres_section.unavailable()
+    if reason is not None:
+        return {"skipped": reason}
+    sizes, rounds, players = (
+        ((1_000, 10_000), 2, 500) if quick else ((1_000, 10_000, 50_000), 3, 2_000)
+    )
+    try:
+        result = postgres_section.run(sizes, rounds, players)
+    except (Exception, SystemExit) as exc:
+        return {"skipped": f"failed: {type(exc).__name__}: {exc}"}
+    result["notes"] = [
+        f"median of {rounds} rounds per size, subjects alternating, each in a fresh schema",
+        "gso_cpu_ms / raw_cpu_ms: this process's CPU time per flush / per COPY (the"
+        " server's is not in it): the part of the cost that does not wait on other load",
+        f"round_trips: one flush of {players:,} players x (login, 5 events, logout), the"
+        " statements counted at the driver (the roll-up's lock and read share one round"
+        " trip, a pipeline; BEGIN and COMMIT are not counted)",
+    ]
+    return result
+
+
 def _reads(quick: bool) -> dict[str, Any]:
     large, rounds = (100_000, 100) if quick else (1_000_000, 300)
     result = reads.run(large=large, small=1_000, rounds=rounds)
@@ -276,6 +303,10 @@ TITLES: dict[str, tuple[str, Callable[[bool], dict[str, Any]]]] = {
         "MongoDB wire server (nx-27017): flush() vs raw insert_many; commands per flush",
         _mongo,
     ),
+    "postgres": (
+        "PostgreSQL: flush() vs a hand-written COPY into the same table; round trips",
+        _postgres,
+    ),
     "reads": ("Read cost vs history (SQLite), microseconds per call", _reads),
     "kpis": ("KPI queries for 30 days vs history (SQLite), milliseconds per call", _kpis),
     "memory": ("Memory with a stuck store (RSS)", _memory),
@@ -297,6 +328,7 @@ def _print_section(name: str, title: str, result: dict[str, Any], seconds: float
         ("activity", "flush CPU per event, with and without activity marks"),
         ("probe", "GIL probe during one flush, us"),
         ("commands", "one flush's commands and written documents (bench.mongo_commands)"),
+        ("round_trips", "one flush's round trips, by statement"),
     ):
         if result.get(extra):
             print(table(f"  {label}:", result[extra]))

@@ -1,14 +1,15 @@
 """``gso-analytics``: the command line (``demo``, ``report``, ``prune``, ``mongo-init``,
-``replay-dead-letters``).
+``pg-init``, ``replay-dead-letters``).
 
 Why a CLI: a game team should see the library's numbers before writing any code
 (``demo``), read a store without a web app (``report``), run the prune job from
 cron when no process runs it (``prune``), build a MongoDB store's indexes in a
-deploy step rather than when workers start (``mongo-init``), and store the batches a
-worker set aside once their cause is fixed (``replay-dead-letters``). Every command goes
-through the public API, so what it prints is what the game backend would see. Errors
-a user can fix (a bad URL, a missing database) are one line on stderr and exit code 2,
-never a traceback.
+deploy step rather than when workers start (``mongo-init``), create a PostgreSQL
+store's schema as its owner when the application's role may not (``pg-init``), and
+store the batches a worker set aside once their cause is fixed (``replay-dead-letters``).
+Every command goes through the public API, so what it prints is what the game backend
+would see. Errors a user can fix (a bad URL, a missing database) are one line on stderr
+and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -250,6 +251,22 @@ def _add_mongo_init(commands: argparse._SubParsersAction[argparse.ArgumentParser
     mongo_init.set_defaults(func=cmd_mongo_init)
 
 
+def _add_pg_init(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pg_init = commands.add_parser(
+        "pg-init",
+        help="create or upgrade a PostgreSQL store's schema (a deploy step)",
+        description="Create or upgrade the tables of a PostgreSQL store in its schema"
+        " (?schema=, default gso_analytics) and the coming days' event partitions. Run"
+        " it as the schema's owner before the workers start, and open the store with"
+        " ?create_schema=false when the application's role may not create tables; safe"
+        " to run again.",
+    )
+    pg_init.add_argument(
+        "--store", required=True, metavar="URL", help="postgresql:// or postgres:// URL"
+    )
+    pg_init.set_defaults(func=cmd_pg_init)
+
+
 def _add_replay_dead_letters(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     replay_cmd = commands.add_parser(
         "replay-dead-letters",
@@ -352,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Game analytics from the command line: try the library on simulated"
-        " players, read a store's metrics, run the prune job, prepare a MongoDB store.",
+        " players, read a store's metrics, run the prune job, prepare a MongoDB or"
+        " PostgreSQL store.",
     )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
@@ -363,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(commands)
     _add_prune(commands)
     _add_mongo_init(commands)
+    _add_pg_init(commands)
     _add_replay_dead_letters(commands)
     _add_data_rights(commands)
     return parser
@@ -616,6 +635,21 @@ def cmd_mongo_init(args: argparse.Namespace) -> int:
             print(f"  {index}")
     else:
         print("Every index exists; nothing to create.")
+    return 0
+
+
+def cmd_pg_init(args: argparse.Namespace) -> int:
+    if _scheme(args.store) not in ("postgresql", "postgres"):
+        raise ConfigurationError(
+            f"pg-init prepares PostgreSQL stores (postgresql://, postgres://), not {args.store}"
+        )
+    from .backends.postgres import SCHEMA_VERSION, pg_init  # psycopg is an extra
+
+    found = pg_init(args.store)
+    if found == SCHEMA_VERSION:
+        print(f"The schema is at version {SCHEMA_VERSION}; nothing to upgrade.")
+    else:
+        print(f"Schema brought from version {found} to {SCHEMA_VERSION}.")
     return 0
 
 

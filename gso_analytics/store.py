@@ -496,9 +496,13 @@ class Store(ABC):
         or of its applied parts, is a no-op."""
         results = []
         for part in batch.parts(self.max_part_players, self.max_part_events, self.max_part_bytes):
-            with self.transaction() as tx:
+
+            def step(tx: Transaction, part: FlushBatch = part) -> tuple[str, ApplyResult]:
                 key = self.first_reads(tx)
-                results.append(apply_batch(tx, part, key))
+                return key, apply_batch(tx, part, key)
+
+            key, result = self.run_in_transaction(step)
+            results.append(result)
             self.committed(key)
         return ApplyResult(
             duplicate=all(r.duplicate for r in results),
@@ -610,8 +614,9 @@ class Store(ABC):
         A batch of that player applied later is renamed by :func:`apply_batch`."""
         key_hash = keyed_hash(self.erasure_key(), user_id)
         names = self.mention_names(user_id, also)
-        with self.transaction() as tx:
-            token = new_token()
+        token = new_token()
+
+        def step(tx: Transaction) -> tuple[str | None, dict[str, int], int, int]:
             existing = tx.add_tombstone(key_hash, token, at)
             renamed = tx.rename_user(user_id, existing or token)
             deleted = tx.delete_user_events(user_id)
@@ -619,6 +624,9 @@ class Store(ABC):
             while after is not None:
                 more, after = mention_chunk(tx, names, existing or token, after)
                 mentioned += more
+            return existing, renamed, deleted, mentioned
+
+        existing, renamed, deleted, mentioned = self.run_in_transaction(step)
         return ErasureReceipt(
             renamed, {"events": deleted}, already_erased=existing is not None, mentions=mentioned
         )
@@ -965,6 +973,8 @@ BUILTIN_STORES: dict[str, str] = {
     "sqlite": "gso_analytics.backends.sqlite:SQLiteStore",
     "mongodb": "gso_analytics.backends.mongo:MongoStore",
     "mongodb+srv": "gso_analytics.backends.mongo:MongoStore",
+    "postgresql": "gso_analytics.backends.postgres:PostgresStore",
+    "postgres": "gso_analytics.backends.postgres:PostgresStore",
 }
 
 ENTRY_POINT_GROUP = "gso_analytics.stores"

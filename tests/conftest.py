@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import mongo_server
+import pg_server
 import pytest
 from browser import Chromium
 from mongo_harness import Harness
@@ -86,6 +87,9 @@ BACKENDS = [
         shared_by_url=True,
     ),
 ]
+# A real PostgreSQL server: the cluster tests/pg_server.py starts (initdb, pg_ctl), or
+# the one GSO_TEST_POSTGRES_URL names. Each test gets a schema of its own.
+BACKENDS.append(Backend("postgres", lambda tmp: pg_server.fresh_url(), shared_by_url=True))
 if mongo_server.real_mongodb_uri():  # a real mongod or cluster, opt-in
     BACKENDS.append(
         Backend(
@@ -135,9 +139,11 @@ def real_tool() -> RealTool:
 
 @pytest.fixture(scope="session", autouse=True)
 def _mongo_servers() -> Iterator[None]:
-    """Stops nx-27017 at the end of the session if a test started it (by its pid)."""
+    """Stops nx-27017 (by its pid) and the PostgreSQL cluster at the end of the session
+    if a test started them."""
     yield
     mongo_server.shutdown()
+    pg_server.shutdown()
 
 
 @pytest.fixture(scope="session")

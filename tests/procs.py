@@ -1,10 +1,10 @@
 """Worker for tests/test_multiprocess.py: one real OS process replaying one script.
 
-Run as ``python tests/procs.py DB_PATH SCRIPT_JSON``. It opens its own store and
-``Analytics`` on the shared SQLite file, prints ``ready``, blocks on stdin until the
-parent writes a line (so every worker starts together, whatever their import
-times), replays its operations under an injected clock, stops, and prints one JSON
-line with its ``stats()``.
+Run as ``python tests/procs.py STORE SCRIPT_JSON`` (STORE: a store URL, or the path of
+the shared SQLite file). It opens its own store and ``Analytics``, prints ``ready``,
+blocks on stdin until the parent writes a line (so every worker starts together,
+whatever their import times), replays its operations under an injected clock, stops,
+and prints one JSON line with its ``stats()``.
 
 Each operation carries its own timestamp (integer milliseconds since the epoch) and
 the clock returns it, so the parent knows every timestamp the library sees. A
@@ -40,7 +40,9 @@ def _wait_closed(analytics: Analytics, user: str, closed: int) -> None:
     while True:
         try:
             sessions = analytics.store.get_sessions(user)
-        except StoreError:  # nx-27017 fails a read beside another process's rollback
+        except (
+            StoreError
+        ):  # a PostgreSQL server restarting, or nx-27017 failing a read beside a rollback
             sessions = []
         if sum(s.logout_at is not None for s in sessions) >= closed:
             return
@@ -52,10 +54,10 @@ def _wait_closed(analytics: Analytics, user: str, closed: int) -> None:
         time.sleep(0.002)  # polling a condition, not guessing how long anything takes
 
 
-def run(db_path: str, script: dict) -> dict:
+def run(store: str, script: dict) -> dict:
     now = [at_ms(script["start_ms"])]
     analytics = Analytics(
-        open_store(f"sqlite:///{db_path}"),
+        open_store(store if "://" in store else f"sqlite:///{store}"),
         flush_interval=script["flush_interval"],
         clock=lambda: now[0],
         strict=True,
@@ -91,10 +93,10 @@ def run(db_path: str, script: dict) -> dict:
 
 
 def main() -> None:
-    db_path, script_path = sys.argv[1], sys.argv[2]
+    store, script_path = sys.argv[1], sys.argv[2]
     with open(script_path, encoding="utf-8") as handle:
         script = json.load(handle)
-    print(json.dumps(run(db_path, script), default=str), flush=True)
+    print(json.dumps(run(store, script), default=str), flush=True)
 
 
 if __name__ == "__main__":

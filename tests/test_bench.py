@@ -9,6 +9,7 @@ themselves are never asserted here (the machines are shared and noisy).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -171,3 +172,26 @@ def test_mongo_commands_tells_the_roll_up_from_the_batch() -> None:
     assert summary["largest_hot_write_bytes"] == 200
     assert summary["hot_update_statements"] == 1
     assert summary["own_hot_written"] == ["totals"]
+
+
+def test_postgres_section_compares_with_copy_and_counts_round_trips(tmp_path: Path) -> None:
+    """On the session's server (the cluster the tests start, or GSO_TEST_POSTGRES_URL):
+    the flush figure is only given when every event was stored (run_flush checks)."""
+    import pg_server
+
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "postgres", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "GSO_BENCH_POSTGRES_URL": pg_server.server_url()},
+    )
+    assert done.returncode == 0, done.stderr
+    section = json.loads(out.read_text())["sections"]["postgres"]
+    assert "skipped" not in section, section
+    assert [row["events_per_flush"] for row in section["rows"]] == [1_000, 10_000]
+    assert all(row["gso_over_raw"] > 0 for row in section["rows"])
+    trips = {row["statement"]: row["round_trips"] for row in section["round_trips"]}
+    assert trips["copy COPY"] == 1 and 0 < trips["total"] < 60

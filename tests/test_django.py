@@ -24,6 +24,7 @@ from datetime import timedelta
 from io import StringIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import django
 import pytest
@@ -610,3 +611,72 @@ def test_manage_py_test_never_writes_into_the_configured_sqlite_file(tmp_path: P
     assert ran.stderr.count("replaced by memory://") == 1
     assert (real.read_bytes(), real.stat().st_mtime_ns) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["project", "real.db"]  # no -wal
+
+
+# -- the PostgreSQL store in the project's own database ---------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_database_alias_opens_the_postgresql_store_in_its_schema(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    """``"DATABASE": "default"``: the store URL comes from ``DATABASES`` (host, port,
+    name, user, password percent-encoded, libpq OPTIONS), the tables in their own
+    schema; the ORM is never used (this project has no database app at all)."""
+    import pg_server
+    from gso_analytics.backends.postgres import PostgresStore
+
+    from gso_analytics.integrations.django.database import store_url
+
+    server = urlsplit(pg_server.server_url())
+    schema = pg_server.fresh_schema()
+    databases = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": server.path.lstrip("/"),
+            "USER": server.username,
+            "PASSWORD": server.password or "",
+            "HOST": server.hostname,
+            "PORT": server.port,
+            "OPTIONS": {"sslmode": "disable", "pool": True, "connect_timeout": 5},
+        }
+    }
+    url = store_url(databases, "default", schema)
+    assert "pool" not in url and "sslmode=disable" in url and url.endswith(f"schema={schema}")
+    monkeypatch.setattr(app_module, "is_test_run", lambda: False)
+    values = {"DATABASE": "default", "SCHEMA": schema, "METRICS_TOKEN": TOKEN}
+    with override_settings(
+        DATABASES=databases, GSO_ANALYTICS={**values, "OPTIONS": {"clock": clock}}
+    ):
+        analytics = get_analytics()
+        assert isinstance(analytics.store, PostgresStore)
+        assert analytics.store.schema == schema
+        analytics.on_login("u1", "alice")
+        analytics.flush()
+        assert analytics.store.get_day(clock.now.date().isoformat())["dau"] == 1
+    with (
+        pytest.raises(ConfigurationError, match="not both"),
+        override_settings(GSO_ANALYTICS={**values, "STORE": "memory://"}),
+    ):
+        pass
+
+
+def test_database_alias_must_be_postgresql() -> None:
+    from gso_analytics.integrations.django.database import store_url
+
+    sqlite = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3"}}
+    with pytest.raises(ConfigurationError, match="only a PostgreSQL database"):
+        store_url(sqlite, "default", None)
+    with pytest.raises(ConfigurationError, match="not in DATABASES"):
+        store_url(sqlite, "analytics", None)
+    odd = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": "game",
+        "USER": "app",
+        "PASSWORD": "p@ss:/word",
+        "HOST": "/var/run/postgresql",
+    }
+    assert (
+        store_url({"default": odd}, "default", None)
+        == "postgresql://app:p%40ss%3A%2Fword@/game?host=%2Fvar%2Frun%2Fpostgresql"
+    )

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import attrs
 import mongo_server
+import pg_server
 import pytest
 
 from gso_analytics import Analytics, open_store
@@ -92,11 +93,13 @@ def _pages_with(kind: str) -> list[Path]:
 
 
 #: Pages whose snippets read a deployment's store URL from GSO_ANALYTICS_STORE: here it
-#: is the MongoDB wire-protocol server the suite starts (tests/mongo_server.py).
+#: is the MongoDB wire-protocol server the suite starts (tests/mongo_server.py), or the
+#: PostgreSQL cluster it starts (tests/pg_server.py).
 PAGE_ENV = {
     "docs/mongodb.md": lambda: {
         "GSO_ANALYTICS_STORE": mongo_server.nx_server().url(database=mongo_server.fresh_db_name())
     },
+    "docs/postgresql.md": lambda: {"GSO_ANALYTICS_STORE": pg_server.fresh_url()},
 }
 
 

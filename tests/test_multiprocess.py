@@ -1,4 +1,5 @@
-"""Three real OS processes on one SQLite file give exactly the numbers of one oracle.
+"""Three real OS processes on one SQLite file, and sixteen on one PostgreSQL database,
+give exactly the numbers of one oracle.
 
 Why: the seed wrote process-local totals with ``$set``, dropped logouts handled by
 another process and counted active sessions per process. Here three interpreters
@@ -23,12 +24,15 @@ processes").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import selectors
 import subprocess
 import sys
+import threading
 import time
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -37,6 +41,7 @@ from math import floor
 from pathlib import Path
 from typing import Any
 
+import pg_server
 import pytest
 
 from gso_analytics import Analytics, open_store
@@ -282,13 +287,24 @@ def build_scenario(seed: int) -> Scenario:
     return sc
 
 
-def scripts(sc: Scenario, flush_interval: float, flush_each_op: bool) -> list[dict[str, Any]]:
+def scripts(
+    sc: Scenario, flush_interval: float, flush_each_op: bool, processes: int = PROCESSES
+) -> list[dict[str, Any]]:
     """Each process's operations in its own clock order.
 
     A session's login and logout wait for the user's previous sessions to be closed
     in the store (see tests/procs.py): one session per user in flight at a time.
+
+    With more ``processes`` than the scenario's, each player's scenario processes go to
+    real ones shifted by a number of the player's (so a logout on "the next process"
+    stays on another process than its login, and one on "the same process" on the same
+    one), spreading the players over every process.
     """
-    ops: list[list[tuple[int, int, dict[str, Any]]]] = [[] for _ in range(PROCESSES)]
+    ops: list[list[tuple[int, int, dict[str, Any]]]] = [[] for _ in range(processes)]
+
+    def real(proc: int, user: str) -> int:
+        return (proc + PROCESSES * zlib.crc32(user.encode())) % processes
+
     by_user: defaultdict[str, list[Session]] = defaultdict(list)
     for s in sc.sessions:
         by_user[s.user].append(s)
@@ -297,12 +313,12 @@ def scripts(sc: Scenario, flush_interval: float, flush_each_op: bool) -> list[di
         for k, s in enumerate(sessions):
             wait = [user, k] if k else None
             login = {"kind": "login", "t": s.login, "user": user, "username": f"name-{user}"}
-            ops[s.login_proc].append((s.login, 0, {**login, "wait": wait}))
+            ops[real(s.login_proc, user)].append((s.login, 0, {**login, "wait": wait}))
             logout = {"kind": "logout", "t": s.logout, "user": user, "wait": wait}
-            ops[s.logout_proc].append((s.logout, 2, logout))
+            ops[real(s.logout_proc, user)].append((s.logout, 2, logout))
     for e in sc.events:
         op = {"kind": "track", "t": e.t, "user": e.user, "event": e.event, "data": e.data}
-        ops[e.proc].append((e.t, 1, op))
+        ops[real(e.proc, e.user)].append((e.t, 1, op))
     return [
         {
             "start_ms": START,
@@ -362,9 +378,14 @@ def _readline(proc: subprocess.Popen[str], deadline: float) -> str:
     return proc.stdout.readline()  # type: ignore[union-attr]
 
 
-def run_workers(tmp_path: Path, db: Path, worker_scripts: list[dict[str, Any]]) -> list[dict]:
+def run_workers(
+    tmp_path: Path,
+    store: str,
+    worker_scripts: list[dict[str, Any]],
+    timeout_s: float = RUN_TIMEOUT_S,
+) -> list[dict]:
     """Start every worker, release them together, wait for all; return their reports."""
-    deadline = time.monotonic() + RUN_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     procs: list[subprocess.Popen[str]] = []
     try:
         for i, script in enumerate(worker_scripts):
@@ -372,7 +393,7 @@ def run_workers(tmp_path: Path, db: Path, worker_scripts: list[dict[str, Any]]) 
             path.write_text(json.dumps(script), encoding="utf-8")
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, str(WORKER), str(db), str(path)],
+                    [sys.executable, str(WORKER), store, str(path)],
                     cwd=tmp_path,
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
@@ -416,6 +437,33 @@ def test_three_processes_match_the_oracle(
     tmp_path: Path, flush_interval: float, flush_each_op: bool, seed: int
 ) -> None:
     sc = build_scenario(seed)
+    check_coverage(sc)
+    db = tmp_path / "shared.db"
+    open_store(f"sqlite:///{db}").close()  # create the schema once, before the race
+    reports = run_workers(tmp_path, str(db), scripts(sc, flush_interval, flush_each_op))
+    check_against_oracle(sc, f"sqlite:///{db}", reports)
+
+
+#: Processes on one PostgreSQL database: a web tier's worth of workers.
+PG_PROCESSES = 16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("flush_interval", "flush_each_op", "seed"), VARIANTS)
+def test_sixteen_processes_on_postgresql_match_the_oracle(
+    tmp_path: Path, flush_interval: float, flush_each_op: bool, seed: int
+) -> None:
+    """The same oracle, 16 processes on one real PostgreSQL database (the schema is
+    created by the first worker to open it: the others wait for its advisory lock)."""
+    sc = build_scenario(seed)
+    check_coverage(sc)
+    url = pg_server.fresh_url()
+    work = scripts(sc, flush_interval, flush_each_op, PG_PROCESSES)
+    reports = run_workers(tmp_path, url, work, timeout_s=4 * RUN_TIMEOUT_S)
+    check_against_oracle(sc, url, reports)
+
+
+def check_coverage(sc: Scenario) -> None:
     seen = coverage(sc)
     for case in (
         "cross_process",
@@ -430,16 +478,15 @@ def test_three_processes_match_the_oracle(
         "float_amounts",
     ):
         assert seen[case] >= 1, f"the scenario lost its {case} case: {seen}"
-    db = tmp_path / "shared.db"
-    open_store(f"sqlite:///{db}").close()  # create the schema once, before the race
 
-    reports = run_workers(tmp_path, db, scripts(sc, flush_interval, flush_each_op))
 
+def check_against_oracle(sc: Scenario, url: str, reports: list[dict[str, Any]]) -> None:
+    """Every worker stored everything; the store holds exactly the oracle's numbers."""
     for report in reports:
         assert report["stored_at_stop"], report
         stats = report["stats"]
         assert (stats["dropped"], stats["rejected"]) == (0, 0), report
-    store = open_store(f"sqlite:///{db}")
+    store = open_store(url)
     try:
         # Sessions: every login paired with its own logout, whichever process saw it.
         for user in sc.users():
@@ -567,3 +614,60 @@ def test_two_sessions_of_one_user_in_flight(tmp_path: Path) -> None:
     assert a.store.get_day("2026-01-30")["totalSessionS"] == 180
     month = a.store.get_month("2026-01")
     assert (month.timed_sessions, month.timed_session_s) == (2, 180)
+
+
+#: Batches applied before the crash: well into the run, with most of it still to come.
+CRASH_AFTER_BATCHES = 40
+
+
+@pytest.mark.slow
+def test_sixteen_processes_through_a_postgresql_crash(tmp_path: Path) -> None:
+    """``pg_ctl stop -m immediate`` (the server killed, no checkpoint, crash recovery at
+    the next start) in the middle of 16 workers' flushes, then a restart on the same
+    port: every worker keeps its batches while the server is gone, retries, and ends;
+    the oracle's numbers hold exactly (a batch whose commit was acknowledged survived
+    the crash, one whose outcome the worker never learned was applied once)."""
+    psycopg = pytest.importorskip("psycopg")
+    cluster = pg_server.Cluster()  # a server of its own: this test kills it
+    try:
+        url = cluster.url(pg_server.fresh_schema())
+        sc = build_scenario(11)
+        open_store(url).close()
+        seen: dict[str, int] = {}
+
+        def applied() -> tuple[int, int]:
+            """Batch parts applied, and the workers' transactions open right now."""
+            with contextlib.closing(psycopg.connect(cluster.url(), autocommit=True)) as conn:
+                schema = url.rsplit("schema=", 1)[1]
+                parts = conn.execute(f"SELECT count(*) FROM {schema}.batches").fetchone()[0]
+                open_now = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE xact_start IS NOT NULL"
+                    " AND application_name = 'gso_analytics'"
+                ).fetchone()[0]
+            return int(parts), int(open_now)
+
+        def crash_midway() -> None:
+            deadline = time.monotonic() + RUN_TIMEOUT_S
+            while time.monotonic() < deadline:
+                parts, open_now = applied()
+                if parts >= CRASH_AFTER_BATCHES and open_now:
+                    break
+            seen["before"], seen["in_flight"] = parts, open_now
+            cluster.stop("immediate")
+            time.sleep(1.0)  # flushes fail meanwhile
+            cluster.start()
+            seen["restarted"] = 1
+
+        crasher = threading.Thread(target=crash_midway)
+        crasher.start()
+        work = scripts(sc, 0.2, False, PG_PROCESSES)
+        try:
+            reports = run_workers(tmp_path, url, work, timeout_s=4 * RUN_TIMEOUT_S)
+        finally:
+            crasher.join(RUN_TIMEOUT_S)
+        assert seen.get("restarted"), "the server was not crashed and restarted"
+        assert seen["in_flight"] >= 1, "no worker's transaction was open at the crash"
+        assert applied()[0] > seen["before"], "no batch was applied after the restart"
+        check_against_oracle(sc, url, reports)
+    finally:
+        cluster.destroy()

@@ -1366,6 +1366,7 @@ def raw_dump(store: Store) -> str:
     must leave without the player's id or username."""
     from gso_analytics.backends.memory import MemoryStore
     from gso_analytics.backends.mongo import MongoStore
+    from gso_analytics.backends.postgres import PostgresStore
     from gso_analytics.backends.sqlite import SQLiteStore
 
     if isinstance(store, MemoryStore):
@@ -1377,6 +1378,10 @@ def raw_dump(store: Store) -> str:
             sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
             tables = [r[0] for r in conn.execute(sql)]
             return repr({t: conn.execute(f"SELECT * FROM {t}").fetchall() for t in tables})
+    if isinstance(store, PostgresStore):
+        sql = "SELECT tablename FROM pg_tables WHERE schemaname = %s"
+        tables = [r[0] for r in store._read(sql, (store.schema,))]
+        return repr({t: store._read(f"SELECT * FROM {{s}}.{t}") for t in tables})
     assert isinstance(store, MongoStore)
     db = store._db()
     return repr({name: list(db[name].find()) for name in db.list_collection_names()})
@@ -1591,8 +1596,14 @@ def test_opening_an_existing_store_refuses_a_prefix_without_tables(
     if backend.name == "memory":
         pytest.skip("memory:// opens a new store every time")
     before = raw_dump(store)
-    typo = store_url + ("&" if "?" in store_url else "?") + "prefix=typo_"
-    with pytest.raises(ConfigurationError, match="no gso_analytics store with prefix 'typo_'"):
+    # PostgreSQL keeps a store in a schema of its own rather than under a prefix.
+    option, refused = (
+        ("schema=typo", "no gso_analytics store in schema 'typo'")
+        if backend.name == "postgres"
+        else ("prefix=typo_", "no gso_analytics store with prefix 'typo_'")
+    )
+    typo = store_url + ("&" if "?" in store_url else "?") + option
+    with pytest.raises(ConfigurationError, match=refused):
         open_store(typo, existing=True)
     assert raw_dump(store) == before
     open_store(store_url, existing=True).close()

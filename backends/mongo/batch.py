@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from gso_analytics.clock import from_ms
 from gso_analytics.counters import MICRO_SUFFIX
+from gso_analytics.deltas import DeltaBuffer
 from gso_analytics.errors import StoreError
 from gso_analytics.model import ActivityRun, EventRow, Logout, Number, StoredSession
 from gso_analytics.pacing import paced_slices
@@ -104,8 +105,7 @@ class BatchTransaction(Transaction):
         self.part_id: str | None = None
         self.created_at: datetime | None = None
         self.duplicate = False
-        self._daily: dict[str, tuple[str, dict[str, Number]]] = {}
-        self._monthly: dict[str, dict[str, Number]] = {}
+        self._delta = DeltaBuffer()
         self._events: list[EventRow] = []
         self._first_days: dict[str, dict[str, str]] = {}
         self._revenue: dict[tuple[str, str], Number] = {}
@@ -210,14 +210,10 @@ class BatchTransaction(Transaction):
     # -- counters (the part's delta), events and per-user facts: sent before commit ----
 
     def increment_daily(self, day: str, month: str, increments: dict[str, Number]) -> None:
-        _, fields = self._daily.setdefault(day, (month, {}))
-        for field, amount in increments.items():
-            fields[field] = fields.get(field, 0) + amount
+        self._delta.add_daily(day, month, increments)
 
     def increment_monthly(self, month: str, increments: dict[str, int]) -> None:
-        fields = self._monthly.setdefault(month, {})
-        for field, amount in increments.items():
-            fields[field] = fields.get(field, 0) + amount
+        self._delta.add_monthly(month, increments)
 
     def insert_events(self, events: list[EventRow]) -> None:
         self._events.extend(events)
@@ -372,15 +368,14 @@ class BatchTransaction(Transaction):
     # -- before the commit ------------------------------------------------------------------
 
     def delta(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The buffered day and month increments as a delta holds them:
-        ``{day: {month, inc}}`` and ``{month: inc}``. Zeros are kept: a day whose only
-        counter is a valid amount of 0 exists on every store."""
-        for _, fields in self._daily.values():
+        """The buffered day and month increments as a delta holds them (see
+        :mod:`gso_analytics.deltas`), their field names checked."""
+        for _, fields in self._delta.daily.values():
             _check_fields(fields)
-        for fields in self._monthly.values():
+        for fields in self._delta.monthly.values():
             _check_fields(fields)
-        daily = {day: {"month": month, "inc": dict(f)} for day, (month, f) in self._daily.items()}
-        return daily, {month: dict(f) for month, f in self._monthly.items()}
+        doc = self._delta.document()
+        return doc["daily"], doc["monthly"]
 
     def flush_writes(self, delta_id: str | None) -> None:
         """Send every buffered write, in the transaction: the part's own document first

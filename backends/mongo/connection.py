@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -15,6 +14,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from gso_analytics import conflicts
+from gso_analytics.conflicts import Backoff, Conflict
 from gso_analytics.errors import StoreError
 
 from .options import (
@@ -44,40 +45,9 @@ _ILLEGAL_OPERATION = 20
 _T = TypeVar("_T")
 
 
-class Conflict(StoreError):
-    """A transaction lost to a concurrent one (a write conflict, or a duplicate key of a
-    document another transaction inserted first); running it again resolves it."""
-
-
-class Backoff:
-    """Exponential backoff with jitter inside a time budget, between the attempts of a
-    retry loop: at once a few milliseconds, so a lost conflict is redone quickly, then
-    up to half a second, so many workers retrying do not collide again in step."""
-
-    def __init__(self, budget_s: float) -> None:
-        self.deadline = time.monotonic() + budget_s
-        self.delay = 0.005
-
-    def sleep(self) -> bool:
-        """Wait before the next attempt; False, without waiting, once the budget is spent."""
-        pause = self.delay * random.uniform(0.5, 1.0)
-        if time.monotonic() + pause >= self.deadline:
-            return False
-        time.sleep(pause)
-        self.delay = min(self.delay * 2, 0.5)
-        return True
-
-
 def until_no_conflict(attempt: Callable[[], _T]) -> _T:
-    """``attempt()``, run again after a short backoff while it loses a conflict to a
-    concurrent transaction, within :data:`TRANSIENT_RETRY_S`."""
-    backoff = Backoff(TRANSIENT_RETRY_S)
-    while True:
-        try:
-            return attempt()
-        except Conflict:
-            if not backoff.sleep():
-                raise
+    """``attempt()``, run again while it loses a conflict, within :data:`TRANSIENT_RETRY_S`."""
+    return conflicts.until_no_conflict(attempt, TRANSIENT_RETRY_S)
 
 
 def _max_time_expired(exc: Exception) -> bool:

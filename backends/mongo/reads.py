@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from gso_analytics.clock import from_ms
+from gso_analytics.deltas import add_up, days_with_pending
 from gso_analytics.erasure import UserRecords, read_user_records
 from gso_analytics.model import (
     DailyStats,
@@ -23,18 +24,9 @@ from gso_analytics.model import (
 from .connection import Connection
 from .documents import FIRST_DAYS, event_record, logout_mark, session_record
 from .options import READ_TIMEOUT_MS, aware, check_str, majority
-from .rollup import TOTALS_ID, add_up, unfolded
+from .rollup import TOTALS_ID, unfolded
 
 _NOT_COUNTERS = ("_id", "day", "month", "appliedBatches")
-
-
-def _daily_stats(day: str, month: str, *parts: Mapping[str, Any]) -> DailyStats:
-    counters: dict[str, Number] = {}
-    for part in parts:
-        for field, value in part.items():
-            if field not in _NOT_COUNTERS:
-                counters[field] = counters.get(field, 0) + value
-    return DailyStats(day, month, counters)
 
 
 class Reads(Connection):
@@ -51,20 +43,12 @@ class Reads(Connection):
 
         def read(s: Any) -> list[DailyStats]:
             cursor = self._find("daily", query, {"appliedBatches": 0}, session=s).sort("day", -1)
-            docs = {doc["day"]: doc for doc in cursor.limit(limit)}
+            folded = {
+                doc["day"]: (doc["month"], {k: v for k, v in doc.items() if k not in _NOT_COUNTERS})
+                for doc in cursor.limit(limit)
+            }
             pending, _, _ = add_up(unfolded(self, s, {"daily": 1}))
-            days = sorted(set(docs) | {d for d in pending if keep(d)}, reverse=True)
-            if limit:
-                days = days[:limit]
-            return [
-                _daily_stats(
-                    day,
-                    docs[day]["month"] if day in docs else pending[day][0],
-                    docs.get(day, {}),
-                    pending[day][1] if day in pending else {},
-                )
-                for day in days
-            ]
+            return days_with_pending(folded, pending, keep, limit)
 
         return self._snapshot("reading days", read)
 

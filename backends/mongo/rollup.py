@@ -12,49 +12,18 @@ figure is exact at any moment, however far behind the roll-up is.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Mapping
 from typing import Any
 
-from gso_analytics.errors import StoreError
-from gso_analytics.model import Number
-from gso_analytics.store import total_increments
+from gso_analytics.conflicts import Conflict
+from gso_analytics.deltas import add_up, fold_all
 
-from .connection import Conflict, Connection
+from .connection import Connection
 from .options import READ_TIMEOUT_MS, pymongo
-
-log = logging.getLogger("gso_analytics")
 
 #: Deltas folded per roll-up transaction: a few hundred small documents, a few
 #: milliseconds of work, far under any transaction limit.
 FOLD_CHUNK = 200
 TOTALS_ID = "all"
-
-#: day -> (month, field -> amount); month -> field -> amount; field -> amount.
-Sums = tuple[
-    dict[str, tuple[str, dict[str, Number]]], dict[str, dict[str, Number]], dict[str, Number]
-]
-
-
-def _add(into: dict[str, Number], fields: Mapping[str, Number]) -> None:
-    for field, amount in fields.items():
-        into[field] = into.get(field, 0) + amount
-
-
-def add_up(deltas: Iterable[Mapping[str, Any]]) -> Sums:
-    """The day, month and all-time increments of ``deltas`` added up (the totals as
-    :func:`~gso_analytics.store.total_increments` makes them: only ever growing)."""
-    daily: dict[str, tuple[str, dict[str, Number]]] = {}
-    monthly: dict[str, dict[str, Number]] = {}
-    totals: dict[str, Number] = {}
-    for delta in deltas:
-        for day, entry in (delta.get("daily") or {}).items():
-            _add(daily.setdefault(day, (entry["month"], {}))[1], entry["inc"])
-            _add(totals, total_increments(entry["inc"]))
-        for month, fields in (delta.get("monthly") or {}).items():
-            _add(monthly.setdefault(month, {}), fields)
-            _add(totals, total_increments(fields))
-    return daily, monthly, totals
 
 
 def unfolded(store: Connection, session: Any, fields: dict[str, int] | None = None) -> list[Any]:
@@ -118,26 +87,6 @@ def _fold_chunk(store: Connection) -> int:
 
 
 def roll_up(store: Connection) -> int:
-    """Fold every delta not folded yet, a chunk per transaction. A conflict means
-    another process is folding: it stops here, leaving the rest to that one. A store
-    error, or a sum past the 64-bit integers, is logged, not raised: the batch (or the
-    prune) it follows is done, reads are exact without the roll-up, and the next flush
-    or prune tries again."""
-    folded = 0
-    try:
-        while True:
-            done = _fold_chunk(store)
-            folded += done
-            if done < FOLD_CHUNK:
-                return folded
-    except Conflict:
-        return folded
-    except (StoreError, OverflowError) as exc:
-        # OverflowError: a day's (or the totals') sum passed the 64-bit integers BSON
-        # holds (see docs/bad-input.md); the driver refuses it before sending.
-        log.warning(
-            "gso_analytics: folding deltas on %s failed (%s); the next flush or prune retries",
-            store.where,
-            exc,
-        )
-        return folded
+    """Fold every delta not folded yet, a chunk per transaction, unless another process
+    is folding (:func:`~gso_analytics.deltas.fold_all`: errors logged, not raised)."""
+    return fold_all(lambda: _fold_chunk(store), FOLD_CHUNK, store.where)

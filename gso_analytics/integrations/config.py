@@ -38,8 +38,13 @@ KEYS: Mapping[str, str] = {
     "TEST_STORE": "'memory' (default): tests count into memory://; 'keep': the configured store",
 }
 
-#: Django mounts the endpoint with ``include()`` in the project's urls.py instead.
-DJANGO_KEYS = tuple(key for key in KEYS if key != "METRICS_PATH")
+#: Django mounts the endpoint with ``include()`` in the project's urls.py instead, and
+#: may name a ``DATABASES`` alias instead of a store URL (see ``django/database.py``).
+DJANGO_KEYS = (
+    *(key for key in KEYS if key != "METRICS_PATH"),
+    "DATABASE",
+    "SCHEMA",
+)
 
 DEFAULT_FLUSH_INTERVAL = 60.0
 DEFAULT_METRICS_PATH = "/metrics"

@@ -1,7 +1,8 @@
 """The Django app: ``INSTALLED_APPS += ["gso_analytics.integrations.django"]``.
 
-``ready()`` reads ``settings.GSO_ANALYTICS`` (keys ``STORE``, ``FLUSH_INTERVAL``,
-``METRICS_TOKEN``, ``METRICS_PUBLIC``, ``OPTIONS``; see :mod:`..config`) and starts one
+``ready()`` reads ``settings.GSO_ANALYTICS`` (keys ``STORE`` or ``DATABASE`` and
+``SCHEMA`` (:mod:`.database`), ``FLUSH_INTERVAL``, ``METRICS_TOKEN``,
+``METRICS_PUBLIC``, ``OPTIONS``; see :mod:`..config`) and starts one
 :class:`~gso_analytics.Analytics` per process, which views reach through
 :func:`get_analytics`.
 
@@ -43,6 +44,7 @@ from ...analytics import Analytics
 from ...errors import ConfigurationError
 from ..config import DJANGO_KEYS, Settings, build_analytics, read_settings
 from ..metrics import MetricsEndpoint
+from .database import store_url
 
 log = logging.getLogger("gso_analytics")
 
@@ -99,6 +101,15 @@ def read_django_settings() -> Settings:
         values = {}
     elif not isinstance(values, Mapping):
         raise ConfigurationError(f"settings.{SETTING} must be a dict, not {values!r}")
+    alias, schema = values.get("DATABASE"), values.get("SCHEMA")
+    if alias is not None or schema is not None:
+        if alias is None or "STORE" in values:
+            raise ConfigurationError(
+                f"set either {_key('STORE')} or {_key('DATABASE')} (a DATABASES alias, with"
+                f" {_key('SCHEMA')} optionally), not both"
+            )
+        values = {k: v for k, v in values.items() if k not in ("DATABASE", "SCHEMA")}
+        values["STORE"] = store_url(settings.DATABASES, alias, schema)
     return read_settings(
         values,
         name=_key,

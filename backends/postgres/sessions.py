@@ -1,0 +1,234 @@
+"""The session part of the :class:`~gso_analytics.store.Transaction` vocabulary in SQL:
+the players' sessions, logout marks and activity runs read for the walk, what the
+walk decided, the prune's idle sessions and old marks. All of the store's session SQL
+is here.
+
+A session is found by its last activity mark (``last_ms``, epoch milliseconds, the
+walk's values): the walk reads a player's sessions from a moment on through
+``(user_id, last_ms)``, and the prune finds the idle ones through a partial index on
+``last_ms`` of the open ones."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gso_analytics.clock import from_ms, iso_from_ms, to_ms
+from gso_analytics.model import ActivityRun, Login, Logout, SessionEnd, StoredSession
+from gso_analytics.sessions import decode_logins, decode_marks, encode_logins, encode_marks
+
+from .arrays import text_array
+
+SESSION_COLUMNS = (
+    "id, user_id, username, login_at, logout_at, duration_s, day, month, timed_out, origin, seq,"
+    " last_ms, frozen"
+)
+LOGOUT_COLUMNS = "id, user_id, at, origin, seq"
+#: The columns of :class:`~gso_analytics.model.SessionRecord`, for the reads.
+RECORD_COLUMNS = (
+    "id, user_id, username, login_at, logout_at, duration_s, day, month, timed_out, last_ms, frozen"
+)
+
+
+def stored_session(row: tuple[Any, ...]) -> StoredSession:
+    sid, user, name, login, logout, duration, day, month, timed_out, origin, seq, last, frozen = row
+    return StoredSession(
+        Login(sid, user, to_ms(login), origin, seq, name, day, month),
+        SessionEnd(
+            None if logout is None else to_ms(logout), duration, timed_out, None if frozen else last
+        ),
+    )
+
+
+def logout_mark(row: tuple[Any, ...]) -> Logout:
+    sid, user, at, origin, seq = row
+    return Logout(sid, user, to_ms(at), origin, seq)
+
+
+def sessions_since(cur: Any, s: str, users: set[str], since_ms: int) -> list[StoredSession]:
+    """One query for the part: each player's sessions by ``(user_id, last_ms)`` from
+    ``since_ms`` on, and their open ones (``sessions_open_user``) whatever their age."""
+    rows = cur.execute(
+        f"SELECT {SESSION_COLUMNS} FROM {s}.sessions"
+        " WHERE user_id = ANY(%(users)s::text[]) AND last_ms >= %(since)s"
+        f" UNION SELECT {SESSION_COLUMNS} FROM {s}.sessions"
+        " WHERE user_id = ANY(%(users)s::text[]) AND logout_at IS NULL",
+        {"users": text_array(sorted(users)), "since": since_ms},
+    )
+    return [stored_session(row) for row in rows]
+
+
+def logouts_since(cur: Any, s: str, users: set[str], since_ms: int) -> list[Logout]:
+    rows = cur.execute(
+        f"SELECT {LOGOUT_COLUMNS} FROM {s}.logouts WHERE user_id = ANY(%s::text[]) AND at >= %s",
+        (text_array(sorted(users)), from_ms(since_ms)),
+    )
+    return [logout_mark(row) for row in rows]
+
+
+def activity_runs(cur: Any, s: str, user_id: str, first_ms: int, last_ms: int) -> list[ActivityRun]:
+    rows = cur.execute(
+        f"SELECT user_id, first_ms, last_ms, marks, logins FROM {s}.activity"
+        " WHERE user_id = %s AND last_ms >= %s AND first_ms <= %s",
+        (user_id, first_ms, last_ms),
+    )
+    return [
+        ActivityRun(u, f, la, decode_marks(bytes(m)), decode_logins(logins))
+        for u, f, la, m, logins in rows
+    ]
+
+
+#: The rows a write sends, as one JSON parameter (``json_to_recordset``): the driver
+#: formats a PostgreSQL array element by element in Python (about 3 µs each, so 20 ms
+#: for a part's 500 sessions of 13 columns, as long as the server takes to store
+#: them), where ``json.dumps`` formats the whole in C and the server parses it.
+SESSION_RECORD = (
+    "id text, user_id text, username text, login_at timestamptz, logout_at timestamptz,"
+    " duration_s bigint, day text, month text, timed_out boolean, origin text, seq bigint,"
+    " last_ms bigint, frozen boolean"
+)
+
+
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else iso_from_ms(ms)
+
+
+def save_sessions(cur: Any, s: str, sessions: list[StoredSession]) -> None:
+    """One statement for the part's sessions. An id appears once: ``ON CONFLICT DO
+    UPDATE`` may not touch a row twice in one statement, and the walk's later decision
+    about a session is its last."""
+    latest = {session.login.id: session for session in sessions}
+    if not latest:
+        return
+    rows = [
+        {
+            "id": session.login.id,
+            "user_id": session.login.user_id,
+            "username": session.login.username,
+            "login_at": iso_from_ms(session.login.at_ms),
+            "logout_at": _iso(session.end.logout_ms),
+            "duration_s": session.end.duration_s,
+            "day": session.login.day,
+            "month": session.login.month,
+            "timed_out": session.end.timed_out,
+            "origin": session.login.origin,
+            "seq": session.login.seq,
+            "last_ms": session.end.last,
+            "frozen": session.end.frozen,
+        }
+        for session in latest.values()
+    ]
+    cur.execute(
+        f"INSERT INTO {s}.sessions ({SESSION_COLUMNS}) SELECT {SESSION_COLUMNS}"
+        f" FROM json_to_recordset(%s::json) AS r({SESSION_RECORD})"
+        " ON CONFLICT (id) DO UPDATE SET logout_at = excluded.logout_at,"
+        " duration_s = excluded.duration_s, timed_out = excluded.timed_out,"
+        " last_ms = excluded.last_ms, username = excluded.username",
+        (json.dumps(rows),),
+    )
+
+
+def delete_sessions(cur: Any, s: str, ids: list[str]) -> None:
+    cur.execute(f"DELETE FROM {s}.sessions WHERE id = ANY(%s::text[])", (text_array(ids),))
+
+
+def insert_logouts(cur: Any, s: str, logouts: list[Logout]) -> None:
+    """One statement, the marks as one JSON parameter (see :data:`SESSION_RECORD`)."""
+    rows = [
+        {
+            "id": m.id,
+            "user_id": m.user_id,
+            "at": iso_from_ms(m.at_ms),
+            "origin": m.origin,
+            "seq": m.seq,
+        }
+        for m in logouts
+    ]
+    cur.execute(
+        f"INSERT INTO {s}.logouts ({LOGOUT_COLUMNS}) SELECT {LOGOUT_COLUMNS}"
+        " FROM json_to_recordset(%s::json)"
+        " AS r(id text, user_id text, at timestamptz, origin text, seq bigint)",
+        (json.dumps(rows),),
+    )
+
+
+def insert_activity(cur: Any, s: str, runs: list[ActivityRun]) -> None:
+    """One statement for the part's runs (one per player), as one JSON parameter (see
+    :data:`SESSION_RECORD`; the marks' bytes in hex, the logins as
+    :func:`~gso_analytics.sessions.encode_logins` writes them)."""
+    rows = [
+        {
+            "user_id": r.user_id,
+            "first_ms": r.first_ms,
+            "last_ms": r.last_ms,
+            "marks": encode_marks(r.marks).hex(),
+            "logins": encode_logins(r.logins),
+        }
+        for r in runs
+    ]
+    cur.execute(
+        f"INSERT INTO {s}.activity (user_id, first_ms, last_ms, marks, logins)"
+        " SELECT user_id, first_ms, last_ms, decode(marks, 'hex'), logins"
+        " FROM json_to_recordset(%s::json)"
+        " AS r(user_id text, first_ms bigint, last_ms bigint, marks text, logins text)",
+        (json.dumps(rows),),
+    )
+
+
+def open_sessions_before(cur: Any, s: str, cutoff_ms: int, limit: int) -> list[StoredSession]:
+    rows = cur.execute(
+        f"SELECT {SESSION_COLUMNS} FROM {s}.sessions"
+        " WHERE logout_at IS NULL AND last_ms < %s LIMIT %s",
+        (cutoff_ms, limit),
+    )
+    return [stored_session(row) for row in rows]
+
+
+def delete_logouts_before(cur: Any, s: str, cutoff_ms: int, limit: int) -> int:
+    return int(
+        cur.execute(
+            f"DELETE FROM {s}.logouts WHERE id IN"
+            f" (SELECT id FROM {s}.logouts WHERE at < %s LIMIT %s)",
+            (from_ms(cutoff_ms), limit),
+        ).rowcount
+    )
+
+
+def delete_activity_before(cur: Any, s: str, cutoff_ms: int, limit: int) -> int:
+    return int(
+        cur.execute(
+            f"DELETE FROM {s}.activity WHERE id IN"
+            f" (SELECT id FROM {s}.activity WHERE last_ms < %s LIMIT %s)",
+            (cutoff_ms, limit),
+        ).rowcount
+    )
+
+
+def user_sessions(cur: Any, s: str, where: str, params: Any) -> list[Any]:
+    """Session rows for the reads (:data:`RECORD_COLUMNS`)."""
+    rows: list[Any] = cur.execute(
+        f"SELECT {RECORD_COLUMNS} FROM {s}.sessions WHERE {where}", params
+    ).fetchall()
+    return rows
+
+
+#: The open sessions with a mark at or after a moment (the partial index), for
+#: :meth:`~gso_analytics.store.Store.count_active_sessions`.
+COUNT_ACTIVE = "SELECT count(*) FROM {s}.sessions WHERE logout_at IS NULL AND last_ms >= %s"
+
+
+def rename_sessions(cur: Any, s: str, user_id: str, token: str) -> dict[str, int]:
+    """An erase: the player's sessions (without the username), logout marks and
+    activity runs to the token."""
+    return {
+        "sessions": cur.execute(
+            f"UPDATE {s}.sessions SET user_id = %s, username = NULL WHERE user_id = %s",
+            (token, user_id),
+        ).rowcount,
+        "logouts": cur.execute(
+            f"UPDATE {s}.logouts SET user_id = %s WHERE user_id = %s", (token, user_id)
+        ).rowcount,
+        "activity": cur.execute(
+            f"UPDATE {s}.activity SET user_id = %s WHERE user_id = %s", (token, user_id)
+        ).rowcount,
+    }

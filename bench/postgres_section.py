@@ -1,0 +1,212 @@
+"""The PostgreSQL section of ``python -m bench``: persistence against a hand-written
+``COPY`` into the same table, and the round trips of one flush.
+
+The server: ``GSO_BENCH_POSTGRES_URL`` (or the tests' ``GSO_TEST_POSTGRES_URL``), else a
+throwaway cluster started as the tests start one (``tests/pg_server.py``: ``initdb``
+and ``pg_ctl`` in a temporary directory, on a free port), stopped at the end.
+
+Per size N and round, the two subjects alternate, each in a fresh schema:
+
+- ``flush``: N ``track("credits.earn", ...)`` calls over 500 users (buffered, not
+  timed), then ``Analytics.flush()`` timed: the batch's transaction (its claim, the
+  players' fences and tombstones, (day, user) and (month, user) records, their
+  sessions and activity runs, the events' ``COPY``, its delta), then the roll-up's
+  transaction. The store is open and has read its erasure secret before the clock
+  starts (once per process, as a process that has flushed before), as the raw
+  subject's connection is open;
+- ``raw COPY``: the same N event rows (built before the clock starts, as a hand-written
+  logger would: ``json.dumps`` of the data), one ``COPY`` in one transaction into the
+  store's own events table (partitioned by day, indexed, created by the store).
+
+Each row also gives this process's CPU time per flush and per ``COPY`` (medians): on a
+machine shared with other work the wall time mostly measures waiting for a CPU, for
+the client and for the server alike, where the client's own CPU does not move with
+the load.
+
+Round trips: every statement, ``executemany`` and ``COPY`` one flush sends, counted at
+the driver, for a flush of players who log in, play and log out (the heaviest kind of
+batch). The roll-up's lock and read go in one pipeline (one round trip, two counted);
+``BEGIN`` and ``COMMIT`` are not counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from gso_analytics import Analytics, open_store
+
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+
+
+def unavailable() -> str | None:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg is not installed (pip install -e '.[dev]')"
+    return None
+
+
+@contextlib.contextmanager
+def server() -> Iterator[str]:
+    """A server URL without a schema: the environment's, or a throwaway cluster."""
+    url = os.environ.get("GSO_BENCH_POSTGRES_URL") or os.environ.get("GSO_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    sys.path.insert(0, str(TESTS))
+    import pg_server
+
+    try:
+        cluster = pg_server.Cluster()
+    except BaseException as exc:  # pytest's skip when initdb is missing
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise SystemExit(f"no PostgreSQL server: {exc}") from None
+    try:
+        yield cluster.url()
+    finally:
+        cluster.destroy()
+
+
+def _schema_url(base: str, schema: str) -> str:
+    return f"{base}{'&' if '?' in base else '?'}schema={schema}"
+
+
+def run_flush(url: str, size: int, at: datetime) -> tuple[float, float]:
+    analytics = Analytics(open_store(url), max_buffered_events=size + 1, clock=lambda: at)
+    try:
+        analytics.store.erasure_key()  # read once per process, as by an earlier flush
+        for i in range(size):
+            analytics.track("credits.earn", f"u{i % 500}", {"amount": i % 100})
+        start, cpu = time.perf_counter(), time.process_time()
+        analytics.flush()
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        store = analytics.store
+        (count,) = store._read("SELECT count(*) FROM {s}.events")[0]  # type: ignore[attr-defined]
+        if count != size:
+            raise AssertionError(f"the flush stored {count} of {size} events")
+        return elapsed, cpu
+    finally:
+        analytics.stop()
+        analytics.store.close()
+
+
+def run_raw(url: str, size: int, at: datetime) -> tuple[float, float]:
+    import psycopg
+
+    store = open_store(url)
+    store.make_partitions({int(at.timestamp() * 1000) // 86_400_000})  # type: ignore[attr-defined]
+    schema = store.schema  # type: ignore[attr-defined]
+    store.close()
+    day = at.date().isoformat()
+    ts = at.isoformat()
+    rows = [
+        (ts, f"u{i % 500}", "credits.earn", json.dumps({"amount": i % 100}), day)
+        for i in range(size)
+    ]
+    with psycopg.connect(url.split("?")[0], autocommit=True) as conn:
+        start, cpu = time.perf_counter(), time.process_time()
+        with (
+            conn.transaction(),
+            conn.cursor().copy(
+                f"COPY {schema}.events (ts, user_id, event, data, day) FROM STDIN"
+            ) as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
+        return time.perf_counter() - start, time.process_time() - cpu
+
+
+def persistence(base: str, sizes: tuple[int, ...], rounds: int) -> list[dict[str, object]]:
+    import uuid
+
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    rows: list[dict[str, object]] = []
+    for size in sizes:
+        flush_runs, raw_runs = [], []
+        for _ in range(rounds):
+            flush_runs.append(run_flush(_schema_url(base, f"b_{uuid.uuid4().hex[:12]}"), size, at))
+            raw_runs.append(run_raw(_schema_url(base, f"b_{uuid.uuid4().hex[:12]}"), size, at))
+        flush_rate = statistics.median(size / wall for wall, _ in flush_runs)
+        raw_rate = statistics.median(size / wall for wall, _ in raw_runs)
+        rows.append(
+            {
+                "events_per_flush": size,
+                "gso_flush_events_per_s": round(flush_rate),
+                "raw_copy_per_s": round(raw_rate),
+                "gso_over_raw": round(flush_rate / raw_rate, 2),
+                "gso_cpu_ms": round(statistics.median(cpu for _, cpu in flush_runs) * 1000, 1),
+                "raw_cpu_ms": round(statistics.median(cpu for _, cpu in raw_runs) * 1000, 1),
+            }
+        )
+    return rows
+
+
+@contextlib.contextmanager
+def counted() -> Iterator[Counter[str]]:
+    """Count what the driver sends: ``execute``, ``executemany`` and ``copy`` calls."""
+    import psycopg
+
+    seen: Counter[str] = Counter()
+    originals = {name: getattr(psycopg.Cursor, name) for name in ("execute", "executemany", "copy")}
+
+    def wrap(name: str) -> Any:
+        original = originals[name]
+
+        def call(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            words = str(query).split(None, 1)  # "": the pool's check of a connection
+            seen[f"{name} {words[0].upper() if words else '(check)'}"] += 1
+            return original(self, query, *args, **kwargs)
+
+        return call
+
+    for name in originals:
+        setattr(psycopg.Cursor, name, wrap(name))
+    try:
+        yield seen
+    finally:
+        for name, original in originals.items():
+            setattr(psycopg.Cursor, name, original)
+
+
+def round_trips(base: str, players: int) -> list[dict[str, object]]:
+    import uuid
+
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    url = _schema_url(base, f"b_{uuid.uuid4().hex[:12]}")
+    analytics = Analytics(open_store(url), clock=lambda: at)
+    try:
+        analytics.flush()  # the erasure secret read once per process, not per flush
+        for i in range(players):
+            analytics.on_login(f"u{i}", f"name{i}")
+            for _ in range(5):
+                analytics.track("credits.earn", f"u{i}", {"amount": 5})
+            analytics.on_logout(f"u{i}")
+        with counted() as seen:
+            analytics.flush()
+    finally:
+        analytics.stop()
+        analytics.store.close()
+    rows: list[dict[str, object]] = [
+        {"statement": name, "round_trips": count} for name, count in sorted(seen.items())
+    ]
+    rows.append({"statement": "total", "round_trips": sum(seen.values())})
+    return rows
+
+
+def run(sizes: tuple[int, ...], rounds: int, players: int) -> dict[str, Any]:
+    with server() as base:
+        return {
+            "rows": persistence(base, sizes, rounds),
+            "round_trips": round_trips(base, players),
+        }
