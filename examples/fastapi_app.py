@@ -28,13 +28,15 @@ player from its own authentication, not from the query string.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, WebSocket
 
 from gso_analytics import Analytics
 from gso_analytics.integrations.asgi import GSOAnalytics, Player, get_analytics, playing
 
+#: Handlers take the app's Analytics as a dependency (HTTP and WebSocket alike).
+AnalyticsDep = Annotated[Analytics, Depends(get_analytics)]
 #: Credits a player earns per completed dungeon.
 DUNGEON_REWARD = {"crypt": 50, "tower": 120}
 #: Gem packs: gems granted and their price in USD cents.
@@ -56,7 +58,7 @@ def create_app(**options: Any) -> FastAPI:
     )
 
     @app.get("/today")
-    async def today(analytics: Analytics = Depends(get_analytics)) -> dict[str, Any]:
+    async def today(analytics: AnalyticsDep) -> dict[str, Any]:
         # A read is store I/O: awaited in a worker thread, never on the event loop.
         metrics = await analytics.aget_metrics()
         return {"dau": metrics.dau, "activeSessions": metrics.active_sessions}
@@ -65,8 +67,8 @@ def create_app(**options: Any) -> FastAPI:
     async def play(
         websocket: WebSocket,
         user_id: str,
+        analytics: AnalyticsDep,
         username: str | None = None,
-        analytics: Analytics = Depends(get_analytics),
     ) -> None:
         await websocket.accept()
         async with playing(analytics, user_id, username) as player:
