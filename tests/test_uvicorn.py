@@ -1,0 +1,242 @@
+"""Real uvicorn, three worker processes, the FastAPI WebSocket example, real Prometheus.
+
+Why: a WebSocket game's session is its connection, and the only place that can tell
+whether a dropped connection still ends its session, or whether three workers' flushes
+and their shutdowns lose or double anything, is a real server. So this starts uvicorn
+(``--workers 3``, a subprocess on ``127.0.0.1``) on ``examples/fastapi_app.py`` with one
+SQLite store, and a real Prometheus scraping ``/metrics`` with the bearer token. 50
+players connect, play a fixed script (two dungeons, a purchase, pings), and leave: most
+close the connection, every fifth drops it (the TCP connection dies with no close
+frame). A client-side oracle keeps what they did; then
+
+- while the server runs: Prometheus' scrapes list the 3 workers (their heartbeats in
+  the store) and its totals reach the oracle's;
+- after SIGTERM (each worker's lifespan shutdown, the final flush): the stored totals
+  equal the oracle, every player has exactly one session, closed by a logout (dropped
+  connections included), none longer than the client saw it.
+
+Every wait has a deadline; both servers run in their own process groups, killed at the
+end whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import requests
+from test_prometheus_scrape import TOKEN, Prometheus, free_port, pids_in, scrape
+from websockets.sync.client import connect
+
+from gso_analytics import open_store
+
+if TYPE_CHECKING:
+    from conftest import RealTool
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS = 3
+PLAYERS = 50
+CLIENT_THREADS = 10
+DROP_EVERY = 5  # players 0, 5, 10, ... drop the connection instead of closing it
+DEADLINE_S = 60.0
+#: Each player's messages, in order.
+SCRIPT = [
+    {"action": "dungeon", "dungeon": "crypt"},
+    {"action": "ping"},
+    {"action": "dungeon", "dungeon": "tower"},
+    {"action": "purchase", "pack": "gems_100"},
+    {"action": "ping"},
+]
+#: What one player's script adds to the stored totals.
+PER_PLAYER = {
+    "dungeonsRun": 2,
+    "creditsEarned": 50 + 120,
+    "gemsPurchased": 100,
+    "stripeRevenue": 199,
+    "sessionCount": 1,
+}
+
+
+class Uvicorn:
+    """One uvicorn supervisor and its worker processes, its log and its address."""
+
+    def __init__(self, tmp_path: Path, db_url: str) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp_path / "uvicorn.log"
+        self.log_file = self.log_path.open("w", encoding="utf-8")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "--app-dir",
+                str(ROOT / "examples"),
+                "fastapi_app:create_app",
+                "--workers",
+                str(WORKERS),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--ws",
+                "websockets",
+                "--timeout-graceful-shutdown",
+                "30",
+            ],
+            cwd=tmp_path,
+            env={
+                **os.environ,
+                "GSO_ANALYTICS_STORE": db_url,
+                "GSO_ANALYTICS_FLUSH_INTERVAL": "1",
+                "GSO_ANALYTICS_METRICS_TOKEN": TOKEN,
+                "PYTHONUNBUFFERED": "1",
+            },
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, killed whole on failure
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def workers(self) -> set[int]:
+        return {int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", self.log())}
+
+    def wait_ready(self) -> None:
+        """Every worker through its lifespan startup, and one authorised answer."""
+        deadline = time.monotonic() + DEADLINE_S
+        while self.log().count("Application startup complete.") < WORKERS:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"uvicorn's {WORKERS} workers did not start:\n{self.log()}")
+            time.sleep(0.1)
+        while True:
+            with suppress(requests.RequestException):
+                response = requests.get(
+                    f"{self.base_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}
+                )
+                if response.status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                pytest.fail(f"uvicorn did not answer:\n{self.log()}")
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        """SIGTERM, as a process manager stops it; the supervisor's exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"uvicorn did not stop within {DEADLINE_S}s:\n{self.log()}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=DEADLINE_S)
+        self.log_file.close()
+
+
+def play(port: int, player: int) -> dict[str, Any]:
+    """One player's connection: the script, a few seconds of play, then a clean close or
+    a drop. What the client saw: the workers that answered and how long it lasted."""
+    url = f"ws://127.0.0.1:{port}/play?user_id=player-{player}&username=Player+{player}"
+    dropped = player % DROP_EVERY == 0
+    linger = player % 3  # seconds between the last message and the end
+    began = time.monotonic()
+    pids = set()
+    with connect(url, open_timeout=15, close_timeout=15) as ws:
+        for message in SCRIPT:
+            ws.send(json.dumps(message))
+            reply = json.loads(ws.recv(timeout=15))
+            assert reply["ok"], reply
+            pids.add(reply["pid"])
+        time.sleep(linger)
+        if dropped:  # the connection dies: no close frame, the TCP connection reset
+            ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            ws.socket.close()
+    return {"pids": pids, "seconds": time.monotonic() - began, "dropped": dropped, "linger": linger}
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Any]]:
+    started: list[Any] = []
+    yield started
+    for server in reversed(started):
+        if isinstance(server, Uvicorn):
+            server.kill()
+        else:
+            server.stop()
+
+
+def test_uvicorn_workers_count_websocket_players_exactly(
+    tmp_path: Path, servers: list[Any], real_tool: RealTool
+) -> None:
+    prometheus_bin = real_tool("prometheus", install="apt-get install prometheus")
+    db_url = f"sqlite:///{tmp_path}/game.db"
+    app = Uvicorn(tmp_path, db_url)
+    servers.append(app)
+    app.wait_ready()
+    workers = app.workers()
+    assert len(workers) == WORKERS, app.log()
+    prom = Prometheus(prometheus_bin, tmp_path, f"127.0.0.1:{app.port}")
+    servers.append(prom)
+
+    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+        played = list(pool.map(lambda p: play(app.port, p), range(PLAYERS)))
+    answered = Counter(pid for seen in played for pid in seen["pids"])
+    assert set(answered) <= workers, (answered, workers)
+    assert len(answered) >= 2, f"one worker answered everything: {answered}"
+    assert sum(seen["dropped"] for seen in played) == PLAYERS // DROP_EVERY
+
+    # Running: every worker flushes each second, so every scrape lists all three, and
+    # Prometheus' totals reach the oracle's once the dropped connections are noticed.
+    oracle = {field: amount * PLAYERS for field, amount in PER_PLAYER.items()}
+    deadline = time.monotonic() + DEADLINE_S
+    while pids_in(scrape(app.base_url)) != workers:
+        assert time.monotonic() < deadline, "the workers never all appeared in a scrape"
+        time.sleep(0.2)
+    prom.wait_for('up{job="gso_analytics"}', 1)
+    prom.wait_for("count(gso_analytics_flushed_calls_total)", WORKERS)
+    prom.wait_for("max(gso_analytics_credits_earned_total)", oracle["creditsEarned"])
+    prom.wait_for("max(gso_analytics_sessions_total)", PLAYERS)
+    listed = {int(r["metric"]["pid"]) for r in prom.query("gso_analytics_flushed_calls_total")}
+    assert listed == workers
+
+    assert app.stop() == 0
+    log = app.log()
+    assert log.count("Application shutdown complete.") == WORKERS, log
+    assert "Traceback" not in log and "not stored" not in log, log
+
+    with closing(open_store(db_url)) as store:
+        totals = store.get_totals()
+        days = store.recent_days(10)
+        sessions = {p: store.get_sessions(f"player-{p}") for p in range(PLAYERS)}
+        open_sessions = store.count_open_sessions()
+    assert {field: totals[field] for field in oracle} == oracle
+    assert sum(day.counters["dau"] for day in days) == PLAYERS  # exact across a midnight
+    assert open_sessions == 0
+    for player, seen in enumerate(played):
+        [session] = sessions[player]  # one connection, one session, drop or close
+        assert session.logout_at is not None and not session.timed_out, (player, session)
+        assert seen["linger"] - 1 <= session.duration_s <= seen["seconds"] + 1, (session, seen)
+    assert totals["totalSessionS"] == sum(s.duration_s for [s] in sessions.values()) > 0
+    print(f"\nconnections answered per worker {dict(answered)}; {PLAYERS // DROP_EVERY} dropped")
