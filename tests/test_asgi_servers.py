@@ -1,13 +1,14 @@
-"""Real uvicorn, three worker processes, the FastAPI WebSocket example, real Prometheus.
+"""Real ASGI servers (three worker processes), the FastAPI WebSocket example, Prometheus.
 
 Why: a WebSocket game's session is its connection, and the only place that can tell
 whether a dropped connection still ends its session, or whether three workers' flushes
 and their shutdowns lose or double anything, is a real server. So this starts uvicorn
-(``--workers 3``, a subprocess on ``127.0.0.1``) on ``examples/fastapi_app.py`` with one
-SQLite store, and a real Prometheus scraping ``/metrics`` with the bearer token. 50
-players connect, play a fixed script (two dungeons, a purchase, pings), and leave: most
-close the connection, every fifth drops it (the TCP connection dies with no close
-frame). A client-side oracle keeps what they did; then
+(``--workers 3``), and gunicorn with three uvicorn workers (``--preload``), a subprocess
+on ``127.0.0.1``, on ``examples/fastapi_app.py`` with one SQLite store, and a real
+Prometheus scraping ``/metrics`` with the bearer token. 50 players connect, play a fixed
+script (two dungeons, a purchase, pings), and leave: most close the connection, every
+fifth drops it (the TCP connection is reset, with no close frame). A client-side oracle
+keeps what they did; then
 
 - while the server runs: Prometheus' scrapes list the 3 workers (their heartbeats in
   the store) and its totals reach the oracle's;
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
+from test_gunicorn import _supports_control_socket_flag
 from test_prometheus_scrape import TOKEN, Prometheus, free_port, pids_in, scrape
 from websockets.sync.client import connect
 
@@ -73,41 +75,61 @@ PER_PLAYER = {
 }
 
 
-class Uvicorn:
-    """One uvicorn supervisor and its worker processes, its log and its address."""
+#: How each server runs the example: uvicorn's own supervisor, and gunicorn with
+#: uvicorn workers (``--preload``: the app is made in the master, before the fork).
+SERVERS = {
+    "uvicorn": [
+        "uvicorn",
+        "--factory",
+        "fastapi_app:create_app",
+        "--workers",
+        str(WORKERS),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--ws",
+        "websockets",
+        "--timeout-graceful-shutdown",
+        "30",
+    ],
+    "gunicorn-uvicorn-worker": [
+        "gunicorn",
+        "--worker-class",
+        "uvicorn_worker.UvicornWorker",
+        "--workers",
+        str(WORKERS),
+        "--preload",
+        "--bind",
+        "127.0.0.1:{port}",
+        "--graceful-timeout",
+        "30",
+        "fastapi_app:create_app()",
+    ],
+}
 
-    def __init__(self, tmp_path: Path, db_url: str) -> None:
+
+class Server:
+    """One ASGI server (its supervisor and worker processes), its log and its address."""
+
+    def __init__(self, kind: str, tmp_path: Path, db_url: str) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp_path / "uvicorn.log"
+        self.log_path = tmp_path / f"{kind}.log"
         self.log_file = self.log_path.open("w", encoding="utf-8")
+        args = [arg.format(port=self.port) for arg in SERVERS[kind]]
+        if args[0] == "gunicorn" and _supports_control_socket_flag():
+            args.insert(1, "--no-control-socket")  # else every gunicorn shares ~/.gunicorn/
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "--app-dir",
-                str(ROOT / "examples"),
-                "fastapi_app:create_app",
-                "--workers",
-                str(WORKERS),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--ws",
-                "websockets",
-                "--timeout-graceful-shutdown",
-                "30",
-            ],
-            cwd=tmp_path,
+            [sys.executable, "-m", *args],
+            cwd=ROOT / "examples",
             env={
                 **os.environ,
                 "GSO_ANALYTICS_STORE": db_url,
                 "GSO_ANALYTICS_FLUSH_INTERVAL": "1",
                 "GSO_ANALYTICS_METRICS_TOKEN": TOKEN,
                 "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": str(ROOT / "examples"),
             },
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
@@ -125,7 +147,7 @@ class Uvicorn:
         deadline = time.monotonic() + DEADLINE_S
         while self.log().count("Application startup complete.") < WORKERS:
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"uvicorn's {WORKERS} workers did not start:\n{self.log()}")
+                pytest.fail(f"the server's {WORKERS} workers did not start:\n{self.log()}")
             time.sleep(0.1)
         while True:
             with suppress(requests.RequestException):
@@ -135,7 +157,7 @@ class Uvicorn:
                 if response.status_code == 200:
                     return
             if time.monotonic() > deadline:
-                pytest.fail(f"uvicorn did not answer:\n{self.log()}")
+                pytest.fail(f"the server did not answer:\n{self.log()}")
             time.sleep(0.1)
 
     def stop(self) -> int:
@@ -145,7 +167,7 @@ class Uvicorn:
             return self.proc.wait(timeout=DEADLINE_S)
         except subprocess.TimeoutExpired:
             self.kill()
-            pytest.fail(f"uvicorn did not stop within {DEADLINE_S}s:\n{self.log()}")
+            pytest.fail(f"the server did not stop within {DEADLINE_S}s:\n{self.log()}")
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -181,18 +203,19 @@ def servers() -> Iterator[list[Any]]:
     started: list[Any] = []
     yield started
     for server in reversed(started):
-        if isinstance(server, Uvicorn):
+        if isinstance(server, Server):
             server.kill()
         else:
             server.stop()
 
 
-def test_uvicorn_workers_count_websocket_players_exactly(
-    tmp_path: Path, servers: list[Any], real_tool: RealTool
+@pytest.mark.parametrize("kind", SERVERS)
+def test_asgi_workers_count_websocket_players_exactly(
+    kind: str, tmp_path: Path, servers: list[Any], real_tool: RealTool
 ) -> None:
     prometheus_bin = real_tool("prometheus", install="apt-get install prometheus")
     db_url = f"sqlite:///{tmp_path}/game.db"
-    app = Uvicorn(tmp_path, db_url)
+    app = Server(kind, tmp_path, db_url)
     servers.append(app)
     app.wait_ready()
     workers = app.workers()
