@@ -1,6 +1,6 @@
 """``python -m bench.tail_loop [--rate 1000] [--work-us 150] [--seconds 4] [--rounds 4]
-[--flush-interval 1]``: the asyncio arm of :mod:`bench.tail`, what an
-event loop feels while the flush thread works, through a real uvicorn.
+[--flush-interval 1] [--store sqlite|memory://]``: the asyncio arm of :mod:`bench.tail`,
+what an event loop feels while the flush thread works, through a real uvicorn.
 
 Why its own arm: an ASGI worker serves every connection from one thread, the event
 loop's, so a flush that holds the GIL delays all of them at once, and the figure that
@@ -8,15 +8,16 @@ says so is the loop's lag, not one request's latency.
 
 Each round starts uvicorn (one worker, a subprocess) on a Starlette app whose handler
 does ``work_us`` of pure-Python work, plus three ``track()`` calls in the ``with`` arm
-(``GSOAnalytics`` on a fresh store, flushing every ``flush_interval`` seconds); ``none
-A`` and ``none B`` serve without analytics (their ratio is the A/A noise). Inside the
-server a task sleeps 1 ms in a loop and records by how much each sleep overslept: the
-loop lag. This process is the client: open-loop arrivals at ``rate`` per second on a
-fixed schedule over 16 keep-alive connections; a request's latency is its finish minus
-its scheduled arrival. Arms alternate round by round (rotating order); p50/p99/p99.9/max
-are taken per round and the table gives their medians and the ratios to ``none A``.
-The ``with`` arm refuses a figure unless every tracked event was stored by the time
-uvicorn stopped (its lifespan's final flush).
+(``GSOAnalytics`` on a fresh SQLite file, or ``memory://``, flushing every
+``flush_interval`` seconds); ``none A`` and ``none B`` serve without analytics (their
+ratio is the A/A noise). Inside the server a task sleeps 1 ms in a loop and records by
+how much each sleep overslept: the loop lag. This process is the client: open-loop
+arrivals at ``rate`` per second on a fixed schedule over 16 keep-alive connections; a
+request's latency is its finish minus its scheduled arrival. Arms alternate round by
+round (rotating order); p50/p99/p99.9/max are taken per round and the table gives their
+medians and the ratios to ``none A``.
+On SQLite the ``with`` arm refuses a figure unless every tracked event was stored by the
+time uvicorn stopped (its lifespan's final flush).
 """
 
 from __future__ import annotations
@@ -174,6 +175,7 @@ def _free_port() -> int:
 
 
 def _round(
+    store: str,
     arm: str,
     tmp: Path,
     index: int,
@@ -184,7 +186,9 @@ def _round(
 ) -> tuple[list[int], list[int]]:
     """One arm's round on a fresh server (and store): (loop lags, latencies), in ns."""
     port = _free_port()
-    store_url = f"sqlite:///{tmp}/loop{index}_{arm.replace(' ', '')}.db"
+    store_url = (
+        f"sqlite:///{tmp}/loop{index}_{arm.replace(' ', '')}.db" if store == "sqlite" else store
+    )
     server = subprocess.Popen(
         [
             *(sys.executable, "-m", "bench.tail_loop", "--serve", arm, str(port), store_url),
@@ -214,16 +218,21 @@ def _round(
             server.wait()
     if answered["served"] != len(latencies):
         raise AssertionError(f"served {answered['served']} of {len(latencies)} requests")
-    if arm == WITH:  # refuse a figure for work not done
-        with contextlib.closing(open_store(store_url)) as store:
-            stored = len(store.get_events(limit=10**8))
+    if arm == WITH and store == "sqlite":  # refuse a figure for work not done
+        with contextlib.closing(open_store(store_url)) as opened:
+            stored = len(opened.get_events(limit=10**8))
         if stored != 3 * len(latencies):
             raise AssertionError(f"stored {stored} events of {3 * len(latencies)} tracked")
     return answered["lags"], latencies
 
 
 def loop_lag(
-    rate: float, work_us: float, seconds: float, rounds: int, flush_interval: float
+    rate: float,
+    work_us: float,
+    seconds: float,
+    rounds: int,
+    flush_interval: float,
+    store: str = "sqlite",
 ) -> list[dict[str, object]]:
     """One row per arm (loop lag and latency quantiles, medians over rounds, in us), and
     the ratios of ``none B`` and ``with`` to ``none A``."""
@@ -237,7 +246,9 @@ def loop_lag(
         for index in range(rounds):
             shift = index % len(arms)
             for arm in arms[shift:] + arms[:shift]:
-                measured = _round(arm, Path(tmp), index, rate, seconds, flush_interval, iterations)
+                measured = _round(
+                    store, arm, Path(tmp), index, rate, seconds, flush_interval, iterations
+                )
                 for figure, values in zip(figures, measured, strict=True):
                     ordered = sorted(values)
                     for q, at in QUANTILES:
@@ -275,10 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="per round and arm")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--flush-interval", type=float, default=1.0)
+    parser.add_argument("--store", choices=("sqlite", "memory://"), default="sqlite")
     args = parser.parse_args(args_list)
     print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs", flush=True)
-    rows = loop_lag(args.rate, args.work_us, args.seconds, args.rounds, args.flush_interval)
-    print(table(LOOP_TITLE, rows), flush=True)
+    rows = loop_lag(
+        args.rate, args.work_us, args.seconds, args.rounds, args.flush_interval, args.store
+    )
+    print(table(f"{LOOP_TITLE}, {args.store}", rows), flush=True)
     print(f"load average {os.getloadavg()[0]:.2f}")
     return 0
 
