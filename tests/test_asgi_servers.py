@@ -25,14 +25,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import struct
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, suppress
 from pathlib import Path
@@ -40,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
-from test_gunicorn import _supports_control_socket_flag
+import test_prometheus_scrape
+from test_gunicorn import Supervisor, _supports_control_socket_flag
 from test_prometheus_scrape import TOKEN, Prometheus, free_port, pids_in, scrape
 from websockets.sync.client import connect
 
@@ -50,6 +49,8 @@ if TYPE_CHECKING:
     from conftest import RealTool
 
 pytestmark = pytest.mark.slow
+#: The servers a test starts, killed at its end (the fixture of the Prometheus test).
+servers = test_prometheus_scrape.servers
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 3
@@ -109,7 +110,7 @@ SERVERS = {
 }
 
 
-class Server:
+class Server(Supervisor):
     """One ASGI server (its supervisor and worker processes), its log and its address."""
 
     def __init__(self, kind: str, tmp_path: Path, db_url: str) -> None:
@@ -136,9 +137,6 @@ class Server:
             start_new_session=True,  # its own process group, killed whole on failure
         )
 
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
     def workers(self) -> set[int]:
         return {int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", self.log())}
 
@@ -160,22 +158,6 @@ class Server:
                 pytest.fail(f"the server did not answer:\n{self.log()}")
             time.sleep(0.1)
 
-    def stop(self) -> int:
-        """SIGTERM, as a process manager stops it; the supervisor's exit code."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=DEADLINE_S)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"the server did not stop within {DEADLINE_S}s:\n{self.log()}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=DEADLINE_S)
-        self.log_file.close()
-
 
 def play(port: int, player: int) -> dict[str, Any]:
     """One player's connection: the script, a few seconds of play, then a clean close or
@@ -196,17 +178,6 @@ def play(port: int, player: int) -> dict[str, Any]:
             ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             ws.socket.close()
     return {"pids": pids, "seconds": time.monotonic() - began, "dropped": dropped, "linger": linger}
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Any]]:
-    started: list[Any] = []
-    yield started
-    for server in reversed(started):
-        if isinstance(server, Server):
-            server.kill()
-        else:
-            server.stop()
 
 
 @pytest.mark.parametrize("kind", SERVERS)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-from test_gunicorn import Gunicorn, play
+from test_gunicorn import Gunicorn, Supervisor, play
 from test_prometheus import DASHBOARD
 
 from gso_analytics import open_store
@@ -181,7 +181,7 @@ def servers(tmp_path: Path) -> Iterator[list[Any]]:
     started: list[Any] = []
     yield started
     for server in reversed(started):
-        if isinstance(server, Gunicorn):
+        if isinstance(server, Supervisor):
             server.kill()
         else:
             server.stop()
