@@ -40,7 +40,7 @@ import pytest
 import requests
 import test_prometheus_scrape
 from test_gunicorn import Supervisor, _supports_control_socket_flag
-from test_prometheus_scrape import TOKEN, Prometheus, free_port, pids_in, scrape
+from test_prometheus_scrape import TOKEN, Prometheus, free_port, wait_for_workers
 from websockets.sync.client import connect
 
 from gso_analytics import open_store
@@ -204,12 +204,7 @@ def test_asgi_workers_count_websocket_players_exactly(
     # Running: every worker flushes each second, so every scrape lists all three, and
     # Prometheus' totals reach the oracle's once the dropped connections are noticed.
     oracle = {field: amount * PLAYERS for field, amount in PER_PLAYER.items()}
-    deadline = time.monotonic() + DEADLINE_S
-    while pids_in(scrape(app.base_url)) != workers:
-        assert time.monotonic() < deadline, "the workers never all appeared in a scrape"
-        time.sleep(0.2)
-    prom.wait_for('up{job="gso_analytics"}', 1)
-    prom.wait_for("count(gso_analytics_flushed_calls_total)", WORKERS)
+    wait_for_workers(prom, app.base_url, workers)
     prom.wait_for("max(gso_analytics_credits_earned_total)", oracle["creditsEarned"])
     prom.wait_for("max(gso_analytics_sessions_total)", PLAYERS)
     listed = {int(r["metric"]["pid"]) for r in prom.query("gso_analytics_flushed_calls_total")}

@@ -176,6 +176,17 @@ def pids_in(exposition: dict[str, dict[tuple, float]]) -> set[int]:
     return {int(dict(labels)["pid"]) for labels in exposition["gso_analytics_flushed_calls_total"]}
 
 
+def wait_for_workers(prom: Prometheus, base_url: str, workers: set[int]) -> None:
+    """Every worker (flushing often) in the app's own scrapes, then in Prometheus':
+    the target up, one health series per worker."""
+    deadline = time.monotonic() + DEADLINE_S
+    while pids_in(scrape(base_url)) != workers:
+        assert time.monotonic() < deadline, "the workers never all appeared in a scrape"
+        time.sleep(0.2)
+    prom.wait_for('up{job="gso_analytics"}', 1)
+    prom.wait_for("count(gso_analytics_flushed_calls_total)", len(workers))
+
+
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[list[Any]]:
     started: list[Any] = []
@@ -211,12 +222,7 @@ def test_prometheus_scraping_gunicorn_sees_every_worker_and_exact_totals_across_
     servers.append(prom)
 
     # Both workers flush every second: soon every scrape lists both.
-    deadline = time.monotonic() + DEADLINE_S
-    while pids_in(scrape(app.base_url)) != workers:
-        assert time.monotonic() < deadline, "the workers never both appeared in a scrape"
-        time.sleep(0.2)
-    prom.wait_for('up{job="gso_analytics"}', 1)
-    prom.wait_for("count(gso_analytics_flushed_calls_total)", WORKERS)
+    wait_for_workers(prom, app.base_url, workers)
     both_since = time.time()
 
     # Play until past the replayed midnight, scraping as Prometheus does meanwhile.
