@@ -33,6 +33,7 @@ WebSocket games: :func:`playing` makes a connection a session (see :mod:`.websoc
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -40,6 +41,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, context
 from typing import Any
 
 import anyio.to_thread
+from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, Router
@@ -76,7 +78,7 @@ class GSOAnalytics:
 
     def __init__(
         self,
-        app: Any,
+        app: Starlette,
         *,
         settings: Mapping[str, Any] | None = None,
         analytics: Analytics | None = None,
@@ -114,7 +116,7 @@ class GSOAnalytics:
     @property
     def analytics(self) -> Analytics:
         """The ``Analytics`` the app uses now; an error outside its lifespan."""
-        current = self._serving or self._given or self._own
+        current = next((a for a in (self._serving, self._given, self._own) if a is not None), None)
         if current is None:
             raise ConfigurationError(
                 "gso_analytics is not running: the app's lifespan has not started (an ASGI"
@@ -145,8 +147,11 @@ class GSOAnalytics:
         """Build and start this app's ``Analytics`` (none when one was given)."""
         if self._given is not None or self._serving is not None or self._own is not None:
             return
-        own = build_analytics(self.settings, **self.options)
-        self._own = own.start()  # a thread started, no I/O: fine on the loop
+        # Opening the store is I/O (a SQLite file, a MongoDB connection): off the loop.
+        own = await anyio.to_thread.run_sync(
+            functools.partial(build_analytics, self.settings, **self.options)
+        )
+        self._own = own.start()  # a thread started, no I/O
 
     async def shutdown(self) -> None:
         """Stop it: the final flush in a worker thread, so the loop (other apps'
@@ -216,7 +221,7 @@ def get_analytics(connection: HTTPConnection) -> Analytics:
 
 
 @contextmanager
-def serving(app: Any, analytics: Analytics) -> Iterator[Analytics]:
+def serving(app: Starlette, analytics: Analytics) -> Iterator[Analytics]:
     """Within the block the app uses ``analytics`` (the ``gso_analytics`` fixture's, say)
     instead of its own, with the same metrics settings; the app's lifespan then builds
     none. Neither is stopped here."""
