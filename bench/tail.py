@@ -25,6 +25,9 @@ stall a request thread can meet during a flush.
 
 Pauses: why the pacer pauses with ``time.sleep(0)`` and what a pause costs; see
 :func:`pauses`.
+
+Event loop: the same handler served by uvicorn, the asyncio loop's lag with and without
+analytics (``--skip loop`` leaves it out); see :mod:`bench.tail_loop`.
 """
 
 from __future__ import annotations
@@ -514,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         action="append",
         default=[],
-        choices=("latency", "probe", "collector", "pauses"),
+        choices=("latency", "loop", "probe", "collector", "pauses"),
     )
     args = parser.parse_args(argv)
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
@@ -530,6 +533,11 @@ def main(argv: list[str] | None = None) -> int:
             floor=args.floor,
         )
         print(table("Request latency, us (medians over rounds)", rows), flush=True)
+    if "loop" not in args.skip:  # the asyncio arm: see bench.tail_loop
+        from bench.tail_loop import LOOP_TITLE, loop_lag
+
+        rows = loop_lag(args.rate, args.work_us, args.seconds, args.rounds, args.flush_interval)
+        print(table(LOOP_TITLE, rows), flush=True)
     if "collector" not in args.skip:
         print(table("Garbage collector", collector(args.probe_events)), flush=True)
         print(table("Process CPU, track() + flush()", process_cpu()), flush=True)

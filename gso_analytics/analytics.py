@@ -8,6 +8,7 @@ request path must be: bad input is counted and logged, never raised, unless
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
@@ -692,6 +693,24 @@ class Analytics:
         """The newest 30 daily documents, newest first (flushes first)."""
         self.flush()
         return self.store.recent_days(30)
+
+    # -- the same reads for an event loop ---------------------------------------------
+    # Why: a flush and a read are store I/O, which must not run on an asyncio event
+    # loop (every other connection of the worker would wait); these run them in the
+    # loop's default thread pool. ``track()`` and the other recording calls need no
+    # such wrapper: they do no I/O and take no lock a flush holds for long.
+
+    async def aflush(self) -> None:
+        """:meth:`flush` in a worker thread, for ``await`` on an asyncio event loop."""
+        await asyncio.to_thread(self.flush)
+
+    async def aget_metrics(self) -> Metrics:
+        """:meth:`get_metrics` in a worker thread, for ``await`` on an asyncio event loop."""
+        return await asyncio.to_thread(self.get_metrics)
+
+    async def aget_last_30_days(self) -> list[DailyStats]:
+        """:meth:`get_last_30_days` in a worker thread, for an asyncio event loop."""
+        return await asyncio.to_thread(self.get_last_30_days)
 
     @property
     def kpis(self) -> KPIs:

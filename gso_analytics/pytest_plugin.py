@@ -6,6 +6,9 @@ started, strict :class:`~gso_analytics.testing.RecordingAnalytics` on a fresh
 ``memory://`` store driven by ``gso_clock``, with no forwarders (a test never sends
 events anywhere, whatever ``ANALYTICS_WEBHOOK_URL`` says), stopped at teardown.
 
+While a run lasts, :func:`~gso_analytics.testing.is_test_run` is true: an ASGI app
+made in it counts into ``memory://`` (see :mod:`gso_analytics.integrations.asgi`).
+
 Installed with the library, so every pytest run has them; ``pytest -p no:gso_analytics``
 turns the plugin off.
 """
@@ -16,13 +19,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from .testing import DEFAULT_START, FrozenClock, RecordingAnalytics
+from .testing import DEFAULT_START, FrozenClock, RecordingAnalytics, set_test_run
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "gso_clock(start): where the gso_clock fixture starts (ISO-8601 or datetime)"
     )
+    # An ASGI app made in this run counts into memory:// (see integrations.asgi).
+    set_test_run(True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    set_test_run(False)
 
 
 @pytest.fixture

@@ -28,6 +28,26 @@ from .analytics import Analytics
 from .errors import ValidationError
 from .store import Store, open_store
 
+_test_run = False  # set by the pytest plugin for the length of a pytest run
+
+
+def is_test_run() -> bool:
+    """True inside a pytest run that loaded the ``gso_analytics`` plugin (every run, in
+    a project that installed the library, unless ``-p no:gso_analytics``).
+
+    Why the plugin says so: an ASGI app has no test switch of its own (Flask has
+    ``app.testing``, Django its test runner), and a module that merely imports pytest
+    is no test run; the plugin is loaded by pytest runs only.
+    """
+    return _test_run
+
+
+def set_test_run(value: bool) -> None:
+    """Called by the pytest plugin at the start (True) and end (False) of a run."""
+    global _test_run
+    _test_run = value
+
+
 #: Where ``FrozenClock()`` starts: a Wednesday noon (UTC), far from midnight and from
 #: a month's end, so a test crosses a day only when it moves the clock there.
 DEFAULT_START = datetime(2025, 1, 15, 12, 0, tzinfo=UTC)
@@ -252,5 +272,6 @@ __all__ = [
     "assert_not_tracked",
     "assert_tracked",
     "cluster",
+    "is_test_run",
     "tracked",
 ]

@@ -79,9 +79,9 @@ def test_instruction_count_children_run_their_subject(subject: str) -> None:
 
 
 def test_tail_section_runs_every_arm_and_the_probe() -> None:
-    """The tail bench serves requests in each arm (with analytics, it refuses a figure
-    unless every event was stored) and probes a flush; its figures are not asserted,
-    only that they were produced."""
+    """The tail bench serves requests in each arm, in a thread and through uvicorn (with
+    analytics, it refuses a figure unless every event was stored) and probes a flush;
+    its figures are not asserted, only that they were produced."""
     done = subprocess.run(
         [
             sys.executable,
@@ -107,7 +107,13 @@ def test_tail_section_runs_every_arm_and_the_probe() -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    for row in ("none B / none A", "with / none A", "other process / none A", "GIL probe"):
+    for row in (
+        "none B / none A",
+        "with / none A",
+        "other process / none A",
+        "GIL probe",
+        "Event loop lag",
+    ):
         assert row in done.stdout
     assert "Garbage" in done.stdout
     assert done.stdout.count("sqlite") >= 8  # 4 arms + 3 ratios + the probe row

@@ -85,8 +85,39 @@ def _supports_control_socket_flag() -> bool:
     return version >= (25, 1)
 
 
-class Gunicorn:
+class Supervisor:
+    """A server process run in its own session (its workers in its process group), and
+    its log: stopped as a process manager does, killed whole when a test fails."""
+
+    name = "the server"
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: Any
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM, as a process manager stops it; the supervisor's exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"{self.name} did not stop within {STOP_TIMEOUT_S}s:\n{self.log()}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+        self.log_file.close()
+
+
+class Gunicorn(Supervisor):
     """One gunicorn master (and its workers), its log, and its port."""
+
+    name = "gunicorn"
 
     def __init__(
         self,
@@ -144,9 +175,6 @@ class Gunicorn:
         )
         self.base_url = ""
 
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
     def booted_workers(self) -> set[int]:
         return {int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", self.log())}
 
@@ -188,22 +216,6 @@ class Gunicorn:
             if time.monotonic() > deadline:
                 pytest.fail(f"gunicorn did not answer within {BOOT_TIMEOUT_S}s:\n{self.log()}")
             time.sleep(0.05)
-
-    def stop(self) -> int:
-        """SIGTERM, as a process manager stops it; the master's exit code."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"gunicorn did not stop within {STOP_TIMEOUT_S}s:\n{self.log()}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
-        self.log_file.close()
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-from test_gunicorn import Gunicorn, play
+from test_gunicorn import Gunicorn, Supervisor, play
 from test_prometheus import DASHBOARD
 
 from gso_analytics import open_store
@@ -176,12 +176,23 @@ def pids_in(exposition: dict[str, dict[tuple, float]]) -> set[int]:
     return {int(dict(labels)["pid"]) for labels in exposition["gso_analytics_flushed_calls_total"]}
 
 
+def wait_for_workers(prom: Prometheus, base_url: str, workers: set[int]) -> None:
+    """Every worker (flushing often) in the app's own scrapes, then in Prometheus':
+    the target up, one health series per worker."""
+    deadline = time.monotonic() + DEADLINE_S
+    while pids_in(scrape(base_url)) != workers:
+        assert time.monotonic() < deadline, "the workers never all appeared in a scrape"
+        time.sleep(0.2)
+    prom.wait_for('up{job="gso_analytics"}', 1)
+    prom.wait_for("count(gso_analytics_flushed_calls_total)", len(workers))
+
+
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[list[Any]]:
     started: list[Any] = []
     yield started
     for server in reversed(started):
-        if isinstance(server, Gunicorn):
+        if isinstance(server, Supervisor):
             server.kill()
         else:
             server.stop()
@@ -211,12 +222,7 @@ def test_prometheus_scraping_gunicorn_sees_every_worker_and_exact_totals_across_
     servers.append(prom)
 
     # Both workers flush every second: soon every scrape lists both.
-    deadline = time.monotonic() + DEADLINE_S
-    while pids_in(scrape(app.base_url)) != workers:
-        assert time.monotonic() < deadline, "the workers never both appeared in a scrape"
-        time.sleep(0.2)
-    prom.wait_for('up{job="gso_analytics"}', 1)
-    prom.wait_for("count(gso_analytics_flushed_calls_total)", WORKERS)
+    wait_for_workers(prom, app.base_url, workers)
     both_since = time.time()
 
     # Play until past the replayed midnight, scraping as Prometheus does meanwhile.

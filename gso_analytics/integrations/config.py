@@ -46,6 +46,15 @@ DJANGO_KEYS = (
     "SCHEMA",
 )
 
+#: How a key is spelled in a Flask config and in the environment.
+PREFIX = "GSO_ANALYTICS_"
+#: The keys the environment may set: text values (``OPTIONS`` is a dict, code's to give).
+ENVIRONMENT_KEYS = tuple(key for key in KEYS if key != "OPTIONS")
+#: Other variables of ours, read elsewhere (:mod:`gso_analytics.erasure`), not settings.
+OTHER_VARIABLES = frozenset({"ERASURE_SECRET", "ERASURE_SECRET_FILE"})
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
 DEFAULT_FLUSH_INTERVAL = 60.0
 DEFAULT_METRICS_PATH = "/metrics"
 TESTING_STORE = "memory://"
@@ -153,6 +162,45 @@ def read_settings(
         metrics_path=_path(values.get("METRICS_PATH", DEFAULT_METRICS_PATH), name("METRICS_PATH")),
         options=_options(values.get("OPTIONS"), name("OPTIONS")),
     )
+
+
+def prefixed(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``GSO_ANALYTICS_*`` entries of ``values`` (a Flask config), by short key."""
+    return {
+        key.removeprefix(PREFIX): value for key, value in values.items() if key.startswith(PREFIX)
+    }
+
+
+def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings the ``GSO_ANALYTICS_*`` environment variables give, by short key.
+
+    Why its own reader: the environment holds text only, so ``METRICS_PUBLIC`` is read
+    from ``true``/``false`` (and ``1``/``0``, ``yes``/``no``, ``on``/``off``) here, and
+    an empty variable counts as unset, as a shell's ``VAR=`` means. A variable of ours
+    that no setting knows (a typo such as ``GSO_ANALYTICS_METRICS_TOKN``) is logged,
+    not fatal: the environment is shared with other programs and may be older than
+    this version of the library.
+    """
+    values: dict[str, Any] = {}
+    for key, value in prefixed(environ).items():
+        if key in OTHER_VARIABLES or value == "":
+            continue
+        if key not in ENVIRONMENT_KEYS:
+            log.warning(
+                "gso_analytics: ignoring the environment variable %s%s; known: %s",
+                PREFIX,
+                key,
+                ", ".join(PREFIX + known for known in ENVIRONMENT_KEYS),
+            )
+            continue
+        if key == "METRICS_PUBLIC":
+            flag = value.strip().lower()
+            if flag not in _TRUE | _FALSE:
+                raise ConfigurationError(f"{PREFIX}{key} must be true or false, not {value!r}")
+            values[key] = flag in _TRUE
+        else:
+            values[key] = value
+    return values
 
 
 def _store(value: Any, key: str, testing: bool) -> str | Store:

@@ -37,11 +37,10 @@ from flask import Blueprint, Flask, Response, current_app, request
 
 from ..analytics import Analytics
 from ..errors import ConfigurationError
-from .config import build_analytics, read_settings
+from .config import PREFIX, build_analytics, prefixed, read_settings
 from .metrics import ROUTED_METHODS, VIEWS, MetricsEndpoint, MetricsRequest, View
 
 EXTENSION = "gso_analytics"
-CONFIG_PREFIX = "GSO_ANALYTICS_"
 
 
 class GSOAnalytics:
@@ -72,17 +71,13 @@ class GSOAnalytics:
             raise ConfigurationError(
                 f"analytics= is used as it is; options {sorted(options)} cannot apply to it"
             )
-        values = {
-            key.removeprefix(CONFIG_PREFIX): value
-            for key, value in app.config.items()
-            if key.startswith(CONFIG_PREFIX)
-        }
+        values = prefixed(app.config)
         if shared is not None:  # its store is the app's, whatever the config names
             values["STORE"] = shared.store
         testing = bool(app.testing)
         settings = read_settings(
             values,
-            name=lambda key: CONFIG_PREFIX + key,
+            name=lambda key: PREFIX + key,
             testing=testing,
             default_strict=development_server(app),
         )
