@@ -13,9 +13,13 @@ the store, flushing every ``flush_interval`` seconds, created before the round a
 stopped after it, both off the clock). With ``--floor``, a fourth arm, ``other
 process``: the handler without analytics while another process does the ``with``
 arm's analytics work (the machine's share of ``with``: CPUs, and on MongoDB the
-server's own CPU, shared with that work; everything but the GIL). p50/p99/p99.9/max
+server's own CPU, shared with that work; everything but the GIL). With ``--unpaced``,
+another arm: ``with`` and the flush never pausing (:data:`~gso_analytics.pacing.SLICE_S`
+infinite for the round), what the pacing buys and what it costs. p50/p99/p99.9/max
 are taken per round; the table gives their medians over rounds and the ratio of each
-arm to ``none A``.
+arm to ``none A``. ``cpu_us_per_event`` is the process CPU of an arm with analytics
+beyond ``none A``'s (medians over rounds), per tracked event: ``track()``, the flush
+and its pauses.
 
 GIL probe: a thread sleeps 100 us in a loop and records by how much each sleep
 overslept (how long it waited for the GIL after waking), while another thread runs one
@@ -39,15 +43,17 @@ import os
 import statistics
 import tempfile
 import threading
+import unittest.mock
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from gso_analytics import Analytics, open_store
+from gso_analytics import Analytics, open_store, pacing
 from gso_analytics.store import Store
 
 NONE_A, NONE_B, WITH, OTHER = "none A", "none B", "with", "other process"
+UNPACED = "with, unpaced"
 QUANTILES = (("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999), ("max", 1.0))
 PROBE_SLEEP_NS = 100_000
 
@@ -155,6 +161,24 @@ def _round(
     rate: float,
     seconds: float,
     flush_interval: float,
+) -> tuple[list[int], int]:
+    """The round's latencies, and the process CPU it took in ns (the final flush in)."""
+    cpu = time.process_time_ns()
+    if arm == UNPACED:
+        with unittest.mock.patch.object(pacing, "SLICE_S", float("inf")):
+            latencies = _served(WITH, store, iterations, rate, seconds, flush_interval)
+    else:
+        latencies = _served(arm, store, iterations, rate, seconds, flush_interval)
+    return latencies, time.process_time_ns() - cpu
+
+
+def _served(
+    arm: str,
+    store: Callable[[], Store],
+    iterations: int,
+    rate: float,
+    seconds: float,
+    flush_interval: float,
 ) -> list[int]:
     if arm == OTHER:
         context = multiprocessing.get_context("fork")
@@ -193,6 +217,7 @@ def latency(
     rounds: int,
     flush_interval: float,
     floor: bool = False,
+    unpaced: bool = False,
 ) -> list[dict[str, object]]:
     """One row per store and arm: medians over rounds of each round's quantiles, in us.
 
@@ -202,27 +227,49 @@ def latency(
     part of ``with`` that is not the GIL."""
     iterations = calibrate(work_us)
     rows: list[dict[str, object]] = []
-    arms = [NONE_A, NONE_B, WITH] + ([OTHER] if floor else [])
+    arms = [NONE_A, NONE_B, WITH] + ([OTHER] if floor else []) + ([UNPACED] if unpaced else [])
     with tempfile.TemporaryDirectory() as tmp, _stores(stores, Path(tmp)) as factories:
         for name, store in factories.items():
             samples: dict[str, dict[str, list[int]]] = {
-                arm: {q: [] for q, _ in QUANTILES} for arm in arms
+                arm: {q: [] for q, _ in QUANTILES + (("cpu", 0.0),)} for arm in arms
             }
             _round(WITH, store, iterations, rate, min(seconds, 1.0), flush_interval)  # warm-up
             for index in range(rounds):
                 shift = index % len(arms)
                 for arm in arms[shift:] + arms[:shift]:
-                    ordered = sorted(_round(arm, store, iterations, rate, seconds, flush_interval))
+                    latencies, cpu = _round(arm, store, iterations, rate, seconds, flush_interval)
+                    ordered = sorted(latencies)
                     for q, at in QUANTILES:
                         samples[arm][q].append(_quantile(ordered, at))
+                    samples[arm]["cpu"].append(cpu)
             medians = {
                 arm: {q: statistics.median(v) for q, v in per.items()}
                 for arm, per in samples.items()
             }
+            events = 3 * int(rate * seconds)
             for arm in arms:
                 row: dict[str, object] = {"store": name, "arm": arm}
                 row.update({f"{q}_us": round(medians[arm][q] / 1e3) for q, _ in QUANTILES})
+                if arm in (WITH, UNPACED):
+                    beyond = medians[arm]["cpu"] - medians[NONE_A]["cpu"]
+                    row["cpu_us_per_event"] = round(beyond / events / 1e3, 2)
                 rows.append(row)
+            if unpaced:
+                rows.append(
+                    {
+                        "store": name,
+                        "arm": f"{WITH} / {UNPACED}",
+                        **{
+                            f"x_{q}": round(medians[WITH][q] / medians[UNPACED][q], 2)
+                            for q, _ in QUANTILES
+                        },
+                        "x_cpu_per_event": round(
+                            (medians[WITH]["cpu"] - medians[NONE_A]["cpu"])
+                            / (medians[UNPACED]["cpu"] - medians[NONE_A]["cpu"]),
+                            2,
+                        ),
+                    }
+                )
             for arm in arms[1:]:
                 rows.append(
                     {
@@ -511,6 +558,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a fourth arm: the analytics work in another process (the machine's share)",
     )
     parser.add_argument(
+        "--unpaced",
+        action="store_true",
+        help="another arm: with analytics, the flush never pausing (what pacing buys, costs)",
+    )
+    parser.add_argument(
         "--skip",
         action="append",
         default=[],
@@ -528,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
             args.rounds,
             args.flush_interval,
             floor=args.floor,
+            unpaced=args.unpaced,
         )
         print(table("Request latency, us (medians over rounds)", rows), flush=True)
     if "collector" not in args.skip:
