@@ -43,8 +43,8 @@ import os
 import statistics
 import tempfile
 import threading
-import unittest.mock
 import time
+import unittest.mock
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -231,7 +231,7 @@ def latency(
     with tempfile.TemporaryDirectory() as tmp, _stores(stores, Path(tmp)) as factories:
         for name, store in factories.items():
             samples: dict[str, dict[str, list[int]]] = {
-                arm: {q: [] for q, _ in QUANTILES + (("cpu", 0.0),)} for arm in arms
+                arm: {q: [] for q in [*(q for q, _ in QUANTILES), "cpu"]} for arm in arms
             }
             _round(WITH, store, iterations, rate, min(seconds, 1.0), flush_interval)  # warm-up
             for index in range(rounds):
