@@ -459,7 +459,9 @@ def process_cpu(
     flush: a larger buffer is what a longer ``flush_interval`` holds, and what the
     collector's full collections traverse when buffered calls are tracked. Measured
     alone (the flush then never pauses) and beside an idle thread, as in a server
-    (the flush pauses every :data:`~gso_analytics.pacing.SLICE_S`: the pauses' cost)."""
+    (the flush looks at the other threads' CPU every
+    :data:`~gso_analytics.pacing.SLICE_S` and, since they do not move, does not pause:
+    the looks' cost)."""
     rows: list[dict[str, object]] = []
     for size in sizes:
         row: dict[str, object] = {"calls_per_flush": size}
