@@ -161,24 +161,6 @@ def _round(
     rate: float,
     seconds: float,
     flush_interval: float,
-) -> tuple[list[int], int]:
-    """The round's latencies, and the process CPU it took in ns (the final flush in)."""
-    cpu = time.process_time_ns()
-    if arm == UNPACED:
-        with unittest.mock.patch.object(pacing, "SLICE_S", float("inf")):
-            latencies = _served(WITH, store, iterations, rate, seconds, flush_interval)
-    else:
-        latencies = _served(arm, store, iterations, rate, seconds, flush_interval)
-    return latencies, time.process_time_ns() - cpu
-
-
-def _served(
-    arm: str,
-    store: Callable[[], Store],
-    iterations: int,
-    rate: float,
-    seconds: float,
-    flush_interval: float,
 ) -> list[int]:
     if arm == OTHER:
         context = multiprocessing.get_context("fork")
@@ -192,14 +174,16 @@ def _served(
             return serve(_handler(None, iterations), rate, seconds)
         finally:
             other.join()
-    if arm != WITH:
+    if arm not in (WITH, UNPACED):
         return serve(_handler(None, iterations), rate, seconds)
     analytics = Analytics(
         store(), flush_interval=flush_interval, max_buffered_events=10**7, forwarders=[]
     ).start()
+    never = unittest.mock.patch.object(pacing, "SLICE_S", float("inf"))
     try:
-        latencies = serve(_handler(analytics, iterations), rate, seconds)
-        analytics.stop()
+        with never if arm == UNPACED else contextlib.nullcontext():
+            latencies = serve(_handler(analytics, iterations), rate, seconds)
+            analytics.stop()  # the final flush: unpaced too
         stored = len(analytics.store.get_events(limit=10**8))
     finally:
         analytics.stop()
@@ -237,11 +221,12 @@ def latency(
             for index in range(rounds):
                 shift = index % len(arms)
                 for arm in arms[shift:] + arms[:shift]:
-                    latencies, cpu = _round(arm, store, iterations, rate, seconds, flush_interval)
+                    cpu = time.process_time_ns()  # the final flush in, the fork's out
+                    latencies = _round(arm, store, iterations, rate, seconds, flush_interval)
+                    samples[arm]["cpu"].append(time.process_time_ns() - cpu)
                     ordered = sorted(latencies)
                     for q, at in QUANTILES:
                         samples[arm][q].append(_quantile(ordered, at))
-                    samples[arm]["cpu"].append(cpu)
             medians = {
                 arm: {q: statistics.median(v) for q, v in per.items()}
                 for arm, per in samples.items()
