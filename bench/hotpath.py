@@ -120,7 +120,7 @@ def _prometheus() -> list[Contender]:
 def _gso(analytics: Analytics) -> list[Contender]:
     track = analytics.track
     on_login, on_logout = analytics.on_login, analytics.on_logout
-    amount = {"amount": 50}
+    amount, pair = {"amount": 50}, {"item": "sword", "tier": 3}
 
     def plain(n: int) -> None:
         for _ in range(n):
@@ -129,6 +129,10 @@ def _gso(analytics: Analytics) -> list[Contender]:
     def with_amount(n: int) -> None:
         for _ in range(n):
             track("credits.earn", "u1", amount)
+
+    def with_pair(n: int) -> None:
+        for _ in range(n):
+            track("item.craft", "u1", pair)
 
     def session(n: int) -> None:
         for _ in range(n // 2):
@@ -149,6 +153,12 @@ def _gso(analytics: Analytics) -> list[Contender]:
         Contender("gso track()", plain, functools.partial(track, "dungeon.complete", "u1"), flush),
         Contender(
             GSO_TRACK, with_amount, functools.partial(track, "credits.earn", "u1", amount), flush
+        ),
+        Contender(
+            "gso track() + two-key dict",
+            with_pair,
+            functools.partial(track, "item.craft", "u1", pair),
+            flush,
         ),
         Contender("gso on_login/on_logout", session, session_one, flush),
     ]

@@ -26,6 +26,7 @@ SUBJECTS = (
     "counter_inc",
     "track",
     "track_amount",
+    "track_pair",
     "persist_gso",
     "persist_raw",
     "fill_activity",
@@ -37,6 +38,7 @@ SUBJECTS = (
 COMPARED = {
     "track": "counter_inc",
     "track_amount": "counter_inc",
+    "track_pair": "counter_inc",
     "persist_gso": "persist_raw",
     "flush_any": "flush_login",
 }
@@ -89,10 +91,13 @@ def _run_subject(subject: str, n: int) -> None:
     from gso_analytics import Analytics
 
     analytics = Analytics("memory://", max_buffered_events=n + 1, flush_interval=3600)
-    track, data = analytics.track, {"amount": 50}
+    track, data, pair = analytics.track, {"amount": 50}, {"item": "sword", "tier": 3}
     if subject == "track":
         for _ in range(n):
             track("dungeon.complete", "u1")
+    elif subject == "track_pair":
+        for _ in range(n):
+            track("item.craft", "u1", pair)
     else:
         for _ in range(n):
             track("credits.earn", "u1", data)

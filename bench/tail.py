@@ -13,9 +13,13 @@ the store, flushing every ``flush_interval`` seconds, created before the round a
 stopped after it, both off the clock). With ``--floor``, a fourth arm, ``other
 process``: the handler without analytics while another process does the ``with``
 arm's analytics work (the machine's share of ``with``: CPUs, and on MongoDB the
-server's own CPU, shared with that work; everything but the GIL). p50/p99/p99.9/max
+server's own CPU, shared with that work; everything but the GIL). With ``--unpaced``,
+another arm: ``with`` and the flush never pausing (:data:`~gso_analytics.pacing.SLICE_S`
+infinite for the round), what the pacing buys and what it costs. p50/p99/p99.9/max
 are taken per round; the table gives their medians over rounds and the ratio of each
-arm to ``none A``.
+arm to ``none A``. ``cpu_us_per_event`` is the process CPU of an arm with analytics
+beyond ``none A``'s (medians over rounds), per tracked event: ``track()``, the flush
+and its pauses.
 
 GIL probe: a thread sleeps 100 us in a loop and records by how much each sleep
 overslept (how long it waited for the GIL after waking), while another thread runs one
@@ -43,14 +47,16 @@ import statistics
 import tempfile
 import threading
 import time
+import unittest.mock
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from gso_analytics import Analytics, open_store
+from gso_analytics import Analytics, open_store, pacing
 from gso_analytics.store import Store
 
 NONE_A, NONE_B, WITH, OTHER = "none A", "none B", "with", "other process"
+UNPACED = "with, unpaced"
 QUANTILES = (("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999), ("max", 1.0))
 PROBE_SLEEP_NS = 100_000
 
@@ -171,14 +177,16 @@ def _round(
             return serve(_handler(None, iterations), rate, seconds)
         finally:
             other.join()
-    if arm != WITH:
+    if arm not in (WITH, UNPACED):
         return serve(_handler(None, iterations), rate, seconds)
     analytics = Analytics(
         store(), flush_interval=flush_interval, max_buffered_events=10**7, forwarders=[]
     ).start()
+    never = unittest.mock.patch.object(pacing, "SLICE_S", float("inf"))
     try:
-        latencies = serve(_handler(analytics, iterations), rate, seconds)
-        analytics.stop()
+        with never if arm == UNPACED else contextlib.nullcontext():
+            latencies = serve(_handler(analytics, iterations), rate, seconds)
+            analytics.stop()  # the final flush: unpaced too
         stored = len(analytics.store.get_events(limit=10**8))
     finally:
         analytics.stop()
@@ -196,6 +204,7 @@ def latency(
     rounds: int,
     flush_interval: float,
     floor: bool = False,
+    unpaced: bool = False,
 ) -> list[dict[str, object]]:
     """One row per store and arm: medians over rounds of each round's quantiles, in us.
 
@@ -205,27 +214,50 @@ def latency(
     part of ``with`` that is not the GIL."""
     iterations = calibrate(work_us)
     rows: list[dict[str, object]] = []
-    arms = [NONE_A, NONE_B, WITH] + ([OTHER] if floor else [])
+    arms = [NONE_A, NONE_B, WITH] + ([OTHER] if floor else []) + ([UNPACED] if unpaced else [])
     with tempfile.TemporaryDirectory() as tmp, _stores(stores, Path(tmp)) as factories:
         for name, store in factories.items():
             samples: dict[str, dict[str, list[int]]] = {
-                arm: {q: [] for q, _ in QUANTILES} for arm in arms
+                arm: {q: [] for q in [*(q for q, _ in QUANTILES), "cpu"]} for arm in arms
             }
             _round(WITH, store, iterations, rate, min(seconds, 1.0), flush_interval)  # warm-up
             for index in range(rounds):
                 shift = index % len(arms)
                 for arm in arms[shift:] + arms[:shift]:
-                    ordered = sorted(_round(arm, store, iterations, rate, seconds, flush_interval))
+                    cpu = time.process_time_ns()  # the final flush in, the fork's out
+                    latencies = _round(arm, store, iterations, rate, seconds, flush_interval)
+                    samples[arm]["cpu"].append(time.process_time_ns() - cpu)
+                    ordered = sorted(latencies)
                     for q, at in QUANTILES:
                         samples[arm][q].append(_quantile(ordered, at))
             medians = {
                 arm: {q: statistics.median(v) for q, v in per.items()}
                 for arm, per in samples.items()
             }
+            events = 3 * int(rate * seconds)
             for arm in arms:
                 row: dict[str, object] = {"store": name, "arm": arm}
                 row.update({f"{q}_us": round(medians[arm][q] / 1e3) for q, _ in QUANTILES})
+                if arm in (WITH, UNPACED):
+                    beyond = medians[arm]["cpu"] - medians[NONE_A]["cpu"]
+                    row["cpu_us_per_event"] = round(beyond / events / 1e3, 2)
                 rows.append(row)
+            if unpaced:
+                rows.append(
+                    {
+                        "store": name,
+                        "arm": f"{WITH} / {UNPACED}",
+                        **{
+                            f"x_{q}": round(medians[WITH][q] / medians[UNPACED][q], 2)
+                            for q, _ in QUANTILES
+                        },
+                        "x_cpu_per_event": round(
+                            (medians[WITH]["cpu"] - medians[NONE_A]["cpu"])
+                            / (medians[UNPACED]["cpu"] - medians[NONE_A]["cpu"]),
+                            2,
+                        ),
+                    }
+                )
             for arm in arms[1:]:
                 rows.append(
                     {
@@ -415,7 +447,9 @@ def process_cpu(
     flush: a larger buffer is what a longer ``flush_interval`` holds, and what the
     collector's full collections traverse when buffered calls are tracked. Measured
     alone (the flush then never pauses) and beside an idle thread, as in a server
-    (the flush pauses every :data:`~gso_analytics.pacing.SLICE_S`: the pauses' cost)."""
+    (the flush looks at the other threads' CPU every
+    :data:`~gso_analytics.pacing.SLICE_S` and, since they do not move, does not pause:
+    the looks' cost)."""
     rows: list[dict[str, object]] = []
     for size in sizes:
         row: dict[str, object] = {"calls_per_flush": size}
@@ -514,6 +548,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a fourth arm: the analytics work in another process (the machine's share)",
     )
     parser.add_argument(
+        "--unpaced",
+        action="store_true",
+        help="another arm: with analytics, the flush never pausing (what pacing buys, costs)",
+    )
+    parser.add_argument(
         "--skip",
         action="append",
         default=[],
@@ -531,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
             args.rounds,
             args.flush_interval,
             floor=args.floor,
+            unpaced=args.unpaced,
         )
         print(table("Request latency, us (medians over rounds)", rows), flush=True)
     if "loop" not in args.skip:  # the asyncio arm: see bench.tail_loop

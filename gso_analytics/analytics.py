@@ -54,6 +54,10 @@ log = logging.getLogger("gso_analytics")
 _instances: weakref.WeakSet[Analytics] = weakref.WeakSet()
 _NO_COUNTER: tuple[None, None, bool] = (None, None, False)
 
+#: Event names :meth:`Analytics.track` remembers as checked (with their counter rule):
+#: a game has a few dozen; names beyond these are checked at every call.
+MAX_KNOWN_EVENTS = 4096
+
 #: Distinct (event, field, reason) rejections logged per instance; then only counted.
 MAX_LOGGED_REJECTIONS = 64
 _TOO_MANY_REJECTIONS: tuple[str | None, str] = (None, "")
@@ -243,6 +247,9 @@ class Analytics:
             event: (rule.stored_field, rule.amount_key, rule.decimal)
             for event, rule in self.counters.items()
         }
+        # The event names seen valid, with their rule: one lookup checks the name and
+        # finds its counter (bounded by MAX_KNOWN_EVENTS, names may come from clients).
+        self._known_events: dict[str, tuple[str | None, str | None, bool]] = {}
         self._zeros: dict[str, Number | Decimal] = {
             rule.field: Decimal(0) if rule.decimal else 0
             for rule in sorted(self.counters.values(), key=lambda rule: rule.field)
@@ -451,16 +458,17 @@ class Analytics:
         otherwise): this is the request path, and every call here costs the caller.
         """
         try:
-            if not (
-                type(event) is str and 0 < len(event) <= self._max_event and event.isprintable()
-            ):
+            # A known name is a checked one (the type first: a str subclass is equal).
+            rule = self._known_events.get(event) if type(event) is str else None
+            if rule is None:
                 event = check_name(event, "event", self._max_event)
+                rule = self._known(event)
             if not (
                 type(user_id) is str and 0 < len(user_id) <= self._max_id and user_id.isprintable()
             ):
                 user_id = check_name(user_id, "user_id", self._max_id)
             snapshot = None if data is None else snapshot_data(data, self.limits)
-            field, amount_key, decimal = self._rules.get(event, _NO_COUNTER)
+            field, amount_key, decimal = rule
             amount: Number = 1
             if amount_key is not None:
                 amount = data.get(amount_key) if snapshot is not None else None  # type: ignore[union-attr,assignment]
@@ -476,6 +484,13 @@ class Analytics:
             self._reject(exc, event if exc.field != "event" else None)
         except BufferFull:
             self._drop()
+
+    def _known(self, event: str) -> tuple[str | None, str | None, bool]:
+        """The counter rule of ``event``, a checked name, remembered while there is room."""
+        rule = self._rules.get(event, _NO_COUNTER)
+        if len(self._known_events) < MAX_KNOWN_EVENTS:
+            self._known_events[event] = rule
+        return rule
 
     @staticmethod
     def _amount(

@@ -21,6 +21,24 @@ virtual machine where setting a timer traps to the hypervisor, 80 µs and 24 µs
 about 13 pauses per 1,000 events flushed (a few µs of CPU on bare metal). No pause is
 taken when no other thread exists (a script flushing by hand).
 
+Only when someone is there to let in. A pause costs the same whether a thread is
+waiting or not, and most of the time none is: a server worker's threads sleep between
+requests, and a flush beside idle threads paused 13 times per 1,000 events for
+nothing (35% of its throughput, 17% of its CPU). A thread that wakes to want the GIL
+spends CPU doing so (the return from its sleep or ``recv``, the GIL's mutex and
+condition variable: 5-25 µs here), and the kernel counts it by the time it blocks on
+the GIL. So at the end of a slice the pacer reads the CPU time of the process's other
+threads (:func:`others_cpu_ns`, the process's minus this thread's): a pause only when
+it moved by more than :data:`MOVED_NS` since the last look. The last look's reading is
+kept per thread, across pacers, and is not taken again after a pause: what the other
+threads did during a pause counts toward the next look, so a waiter that woke during a
+pause but did not get the GIL (it woke, found the GIL taken back, and waits again) is
+let in at the next slice, and a request that ran during a pause costs one more pause
+after it (then nobody moves: no more). Threads that use CPU without the GIL (C code
+that releases it) read as wanting it: the flush then pauses every slice, as it did
+before it looked. The two clock reads are system calls, 1-3 µs here, once per slice
+(``python -m bench.tail`` and ``bench/persist.py`` measure the whole).
+
 Store calls that release the GIL for long (socket I/O, SQLite's commit) are left
 whole; SQLite's ``executemany``, which drops it for a few µs per row, pulls its rows
 from a paced generator (:func:`paced`). Between its store calls,
@@ -47,9 +65,29 @@ SLICE_S = 0.0001
 #: keeps the pacing's own cost out of the per-event figures.
 CHECK_EVERY = 32
 
+#: Other threads' CPU time since the last look, in ns, above which someone may be
+#: waiting for the GIL. A thread waking to take it spends 5-25 µs here; the two
+#: clock reads differ by the few hundred ns between them (as they are ordered, only
+#: ever upward) and by an interrupt counted on either side, rarely.
+MOVED_NS = 2_000
+
+
+def others_cpu_ns() -> int:
+    """CPU time of the process's threads but this one, in ns. This thread's clock is
+    read first, so the time between the two reads counts for the others (a pause too
+    many, at worst), never against them (a waiter missed)."""
+    own = time.thread_time_ns()
+    return time.process_time_ns() - own
+
+
+#: Per thread: :func:`others_cpu_ns` at that thread's last look, whichever pacer
+#: looked (a loop's pacer starts where the last loop's left off).
+_looked = threading.local()
+
 
 class Pacer:
-    """Yields the GIL once per :data:`SLICE_S` of work; one per loop, not shared."""
+    """Yields the GIL once per :data:`SLICE_S` of work when another thread may want it;
+    one per loop, not shared between threads."""
 
     __slots__ = ("_since",)
 
@@ -64,7 +102,11 @@ class Pacer:
             # No other thread, nobody to let in: a flush() called with the flush thread
             # not started (a script, a test) is not slowed by pauses it does not need.
             if threading.active_count() > 1:
-                time.sleep(0)  # releases the GIL: a waiting thread takes it now
+                others = others_cpu_ns()
+                last = getattr(_looked, "others", None)
+                _looked.others = others  # not read again after the pause: see above
+                if last is None or others - last > MOVED_NS:
+                    time.sleep(0)  # releases the GIL: a waiting thread takes it now
             self._since = time.perf_counter()
 
 

@@ -35,12 +35,13 @@ def test_sqlite_section_runs_and_writes_its_ratios(tmp_path: Path) -> None:
     assert "gso / raw" in done.stdout
     rows = json.loads(out.read_text())["sections"]["sqlite"]["rows"]
     ratios = {row["subject"]: row["ratio"] for row in rows if "ratio" in row}
-    assert set(ratios) == {"gso / raw", "gso / executemany alone"}
+    assert set(ratios) == {"gso / raw", "gso, thread started / raw", "gso / executemany alone"}
     assert all(ratio > 0 for ratio in ratios.values())
 
 
 def test_the_sqlite_figure_checks_every_event_and_the_counter(tmp_path: Path) -> None:
     path = tmp_path / "gso.db"
+    persist._gso(tmp_path / "started.db", 300, started=True)  # the flush thread beside it
     persist._gso(path, 300)  # checks itself; the rest shows the check can fail
     table = f"{persist.PREFIX}events"
     conn = sqlite3.connect(path)

@@ -92,7 +92,7 @@ def test_a_batch_holds_no_tracked_object_per_event() -> None:
 
 @pytest.fixture
 def yields(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
-    """Every pause of the pacer, which pauses at every look (a slice of no length)."""
+    """Every pause of the pacer, which looks at every tick (a slice of no length)."""
     pauses: list[float] = []
     monkeypatch.setattr(pacing, "SLICE_S", 0.0)
     monkeypatch.setattr(
@@ -102,8 +102,13 @@ def yields(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
 
 
 @pytest.fixture
-def other_thread() -> Iterator[None]:
-    """A second thread alive: someone the flush could let in."""
+def other_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A second thread alive that wants the GIL at every look: its CPU time moves by
+    more than :data:`~gso_analytics.pacing.MOVED_NS` between any two (the pauses are
+    recorded, not taken, so a real thread could not move)."""
+    moving = itertools.count(0, pacing.MOVED_NS + 1)
+    monkeypatch.setattr(pacing, "others_cpu_ns", lambda: next(moving))
+    monkeypatch.setattr(pacing, "_looked", threading.local())  # no earlier test's reading
     done = threading.Event()
     thread = threading.Thread(target=done.wait, name="test-waiting")
     thread.start()
@@ -230,3 +235,105 @@ def _recording(name: str, method: Any, calls: list[tuple[str, int]], pauses: lis
         return method(*args)
 
     return recorded
+
+
+@contextlib.contextmanager
+def _counted_pauses(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[list[int], list[float]]]:
+    """The pacer's looks (slices ended with another thread alive) and its pauses, both
+    real: the clocks are read and the GIL released as without the test."""
+    looks: list[int] = []
+    pauses: list[float] = []
+    real_others = pacing.others_cpu_ns
+
+    def others() -> int:
+        looks.append(1)
+        return real_others()
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(pacing, "others_cpu_ns", others, raising=False)  # (none before it)
+    monkeypatch.setattr(
+        pacing,
+        "time",
+        types.SimpleNamespace(
+            perf_counter=time.perf_counter,
+            thread_time_ns=time.thread_time_ns,
+            process_time_ns=time.process_time_ns,
+            sleep=sleep,
+        ),
+    )
+    yield looks, pauses
+
+
+def _flush_beside(target: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int, int]:
+    """Slices (of :data:`~gso_analytics.pacing.SLICE_S`) its wall time holds, looks and
+    pauses of one flush of :data:`CALLS` calls while ``target(done)`` runs in another
+    thread."""
+    analytics = Analytics("memory://", forwarders=[], max_buffered_events=CALLS + 1)
+    for i in range(CALLS):
+        analytics.track("credits.earn", f"u{i % 50}", {"amount": 1})
+    done = threading.Event()
+    thread = threading.Thread(target=target, args=(done,), name="test-beside")
+    thread.start()
+    try:
+        time.sleep(0.01)  # under way (and, idle, asleep)
+        with _counted_pauses(monkeypatch) as (looks, pauses):
+            start = time.perf_counter()
+            analytics.flush()
+            slices = int((time.perf_counter() - start) / pacing.SLICE_S)
+    finally:
+        done.set()
+        thread.join()
+    assert analytics.get_metrics().today["creditsEarned"] == CALLS
+    analytics.stop()
+    return slices, len(looks), len(pauses)
+
+
+def test_beside_an_idle_thread_the_flush_does_not_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread that sleeps (a server's request thread between requests) does not want
+    the GIL: its CPU time does not move, and a pause would only cost the flush (80 µs of
+    wall time and 20 µs of CPU each in a virtual machine). The few allowed are the
+    clocks' own noise (an interrupt counted between the two reads)."""
+    slices, _, pauses = _flush_beside(lambda done: done.wait(), monkeypatch)
+    assert slices >= 30  # long enough to have paused, were the thread wanting the GIL
+    assert pauses <= 1 + slices // 10, (slices, pauses)
+
+
+def test_beside_a_busy_thread_the_flush_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread running Python wants the GIL whenever it does not hold it: a pause lets
+    it run (until the interpreter's switch interval takes the GIL back), its CPU time
+    moves, and the next look pauses again. How many of the looks depends on the
+    machine's other load (a spinner the OS has not scheduled does not move); a few, at
+    least, whatever the load."""
+
+    def spin(done: threading.Event) -> None:
+        while not done.is_set():
+            sum(range(100))
+
+    _, looks, pauses = _flush_beside(spin, monkeypatch)
+    assert looks >= 30
+    assert pauses >= 5, (looks, pauses)
+
+
+def test_a_pause_only_when_other_threads_used_cpu_since_the_last_look(
+    yields: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rule, on given readings of the other threads' CPU time: a pause at a look
+    where it moved by more than ``MOVED_NS`` since the look before (and at a thread's
+    first look, with nothing to compare). The reading is not taken again after a
+    pause: what ran during it counts toward the next look."""
+    moved = pacing.MOVED_NS + 1
+    readings = iter([0, 0, moved, moved, 2 * moved - 2, 2 * moved - 1, 10 * moved, 10 * moved])
+    monkeypatch.setattr(pacing, "others_cpu_ns", lambda: next(readings))
+    monkeypatch.setattr(pacing, "_looked", threading.local())
+    monkeypatch.setattr(pacing, "threading", types.SimpleNamespace(active_count=lambda: 2))
+    pacer = pacing.Pacer()
+    paused_at = []
+    for look in range(8):
+        before = len(yields)
+        pacer.tick()
+        if len(yields) > before:
+            paused_at.append(look)
+    assert paused_at == [0, 2, 6]

@@ -25,6 +25,7 @@ from gso_analytics import (
     ValidationError,
     open_store,
 )
+from gso_analytics import analytics as analytics_module
 from gso_analytics.analytics import MAX_LOGGED_REJECTIONS
 
 if TYPE_CHECKING:
@@ -565,3 +566,26 @@ def test_bad_store_urls_are_configuration_errors(url: str) -> None:
     """A URL that names no usable store says so, instead of silently using another."""
     with pytest.raises(ConfigurationError):
         open_store(url)
+
+
+def test_remembered_event_names_are_still_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``track()`` remembers the names it checked (with their counter rule), a bounded
+    number: a remembered name lets no str subclass through as itself, no bad name is
+    ever remembered, and names past the bound are checked at every call."""
+    monkeypatch.setattr(analytics_module, "MAX_KNOWN_EVENTS", 2)
+    analytics = Analytics("memory://", forwarders=[], strict=True)
+    analytics.track("credits.earn", "u1", {"amount": 2})
+    analytics.track(_Name("credits.earn"), "u1", {"amount": 3})  # equal to a known name
+    for name in ("quest.start", "quest.end", "quest.end"):  # the second fills the bound
+        analytics.track(name, "u1")
+    for bad in ("", "x" * 200, "bad\x00name", 7):
+        for _ in range(2):  # a second time: it was not remembered either
+            with pytest.raises(ValidationError):
+                analytics.track(bad, "u1")  # type: ignore[arg-type]
+    assert len(analytics._known_events) == 2
+    analytics.flush()
+    events = analytics.store.get_events("u1")
+    assert [e.event for e in events] == ["credits.earn"] * 2 + ["quest.start"] + ["quest.end"] * 2
+    assert {type(e.event) for e in events} == {str}
+    assert analytics.get_metrics().today["creditsEarned"] == 5
+    analytics.stop()
