@@ -177,7 +177,10 @@ def test_the_swap_leaves_no_young_generation_for_one_long_collection(
     # The batch's own containers are young and live: a list of activity marks and a set
     # of days per player; nothing else may be waiting there.
     own = len(batch.activity) + len(batch.day_users) + len(batch.month_users)
-    assert len(gc.get_objects(generation=0)) - own < CALLS // 10
+    # Generation 0 is the whole interpreter's: other threads' young objects count too
+    # (a few hundred on a loaded machine); freed one by one, the calls would leave
+    # every event there, CALLS of them.
+    assert len(gc.get_objects(generation=0)) - own < CALLS // 4
 
 
 def test_release_empties_a_list_a_slice_at_a_time(yields: list[float], other_thread: None) -> None:

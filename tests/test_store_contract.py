@@ -1095,10 +1095,13 @@ def test_prune_deletes_expired_events_in_chunks_a_flush_gets_between(
 
     flushed_between: list[bool] = []
     real_sleep = time.sleep
+    pruning = threading.current_thread()  # prune() runs here; time.sleep is every thread's
 
     def pause(seconds: float) -> None:
-        if seconds == 0:  # the pacer letting other threads in (see .pacing), not a gap
-            real_sleep(0)
+        if seconds == 0 or threading.current_thread() is not pruning:
+            # The pacer letting other threads in (see .pacing), or the writer's own wait
+            # (a MongoDB conflict's backoff): not the prune's gap between chunks.
+            real_sleep(seconds)
             return
         if not flushed_between:  # the first pause: a flush from another thread
             thread = threading.Thread(target=writer.flush)
