@@ -20,6 +20,7 @@ import attrs
 
 from gso_analytics import forking
 from gso_analytics.clock import from_ms, to_ms
+from gso_analytics.counters import MAX_COUNTER, add_capped
 from gso_analytics.erasure import UserRecords, read_user_records
 from gso_analytics.errors import ConfigurationError
 from gso_analytics.model import (
@@ -136,20 +137,20 @@ class _MemoryTransaction(Transaction):
         for day, payers in revenue.items():
             for user, cents in payers.items():
                 self._keep(records, (day, user))
-                records[day, user] = records.get((day, user), 0) + cents
+                records[day, user] = min(records.get((day, user), 0) + cents, MAX_COUNTER)
 
     def _increment(self, figures: dict[str, Any], key: str, increments: Mapping[str, Any]) -> None:
         self._keep(figures, key)
         counters = dict(figures.get(key, {}))  # a new dict: the old one is the undo
-        for field, amount in increments.items():
-            counters[field] = counters.get(field, 0) + amount
+        add_capped(counters, increments)
         figures[key] = counters
 
     def _add_totals(self, increments: Mapping[str, Number]) -> None:
         totals = self.state.totals
-        for field, amount in total_increments(increments).items():
+        adding = total_increments(increments)
+        for field in adding:
             self._keep(totals, field)
-            totals[field] = totals.get(field, 0) + amount
+        self.saturated += add_capped(totals, adding)
 
     def increment_daily(self, day: str, month: str, increments: dict[str, Number]) -> None:
         self._keep(self.state.months_of_day, day)
@@ -347,7 +348,8 @@ class _MemoryTransaction(Transaction):
             self._keep(state.user_revenue, (day, user))
             self._keep(state.user_revenue, (day, token))
             del state.user_revenue[day, user]
-            state.user_revenue[day, token] = state.user_revenue.get((day, token), 0) + cents
+            merged = state.user_revenue.get((day, token), 0) + cents
+            state.user_revenue[day, token] = min(merged, MAX_COUNTER)
         counts["user_revenue"] = len(revenue)
         logins = state.logins_by_user.get(user_id, [])
         for _, sid in logins:

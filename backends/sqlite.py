@@ -26,6 +26,7 @@ import attrs
 
 from gso_analytics import forking
 from gso_analytics.clock import from_ms, iso_from_ms, iso_ms, parse_iso_ms, to_ms
+from gso_analytics.counters import MAX_COUNTER
 from gso_analytics.erasure import ErasureReceipt, UserRecords, read_user_records
 from gso_analytics.errors import ConfigurationError, StoreError
 from gso_analytics.model import (
@@ -117,6 +118,11 @@ DROP INDEX IF EXISTS {p}sessions_user;
 """
 
 #: Tables whose records a (key, user) pair makes, renamed in place by an erase.
+#: A counter's upsert: the sum held at the ceiling. Both terms are at most 2**61 (a
+#: batch adds at most 2**53 to one counter of a day), so the sum is an exact INTEGER
+#: before MIN, never SQLite's REAL of an overflowing one.
+_CAPPED = f"MIN(value + excluded.value, {MAX_COUNTER})"
+
 _USER_RECORD_TABLES = ("day_users", "month_users")
 #: Tables of one day per player (the earliest), merged into the token's by an erase.
 _FIRST_DAY_TABLES = ("first_seen", "first_payments", "new_users")
@@ -187,7 +193,7 @@ class _SQLiteTransaction(Transaction):
         self.conn.executemany(
             f"INSERT INTO {self.p}user_revenue (day, userId, revenueCents) VALUES (?, ?, ?)"
             " ON CONFLICT (day, userId) DO UPDATE"
-            " SET revenueCents = revenueCents + excluded.revenueCents",
+            f" SET revenueCents = MIN(revenueCents + excluded.revenueCents, {MAX_COUNTER})",
             [
                 (day, user, cents)
                 for day, payers in revenue.items()
@@ -196,16 +202,23 @@ class _SQLiteTransaction(Transaction):
         )
 
     def _add_totals(self, increments: Mapping[str, Number]) -> None:
-        self.conn.executemany(
-            f"INSERT INTO {self.p}totals (field, value) VALUES (?, ?)"
-            " ON CONFLICT (field) DO UPDATE SET value = value + excluded.value",
-            list(total_increments(increments).items()),
-        )
+        """The all-time totals, in one statement that returns the new values: those at
+        the ceiling with a positive increment are the cuts (see ``Transaction.saturated``)."""
+        adding = total_increments(increments)
+        if not adding:
+            return
+        rows = self.conn.execute(
+            f"INSERT INTO {self.p}totals (field, value) SELECT key, value FROM json_each(?)"
+            f" WHERE true ON CONFLICT (field) DO UPDATE SET value = {_CAPPED}"
+            " RETURNING field, value",
+            (json.dumps(adding),),
+        ).fetchall()
+        self.saturated += sum(1 for field, value in rows if value >= MAX_COUNTER)
 
     def increment_daily(self, day: str, month: str, increments: dict[str, Number]) -> None:
         self.conn.executemany(
             f"INSERT INTO {self.p}daily (day, month, field, value) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (day, field) DO UPDATE SET value = value + excluded.value",
+            f" ON CONFLICT (day, field) DO UPDATE SET value = {_CAPPED}",
             [(day, month, field, amount) for field, amount in increments.items()],
         )
         self._add_totals(increments)
@@ -213,7 +226,7 @@ class _SQLiteTransaction(Transaction):
     def increment_monthly(self, month: str, increments: dict[str, int]) -> None:
         self.conn.executemany(
             f"INSERT INTO {self.p}monthly (month, field, value) VALUES (?, ?, ?)"
-            " ON CONFLICT (month, field) DO UPDATE SET value = value + excluded.value",
+            f" ON CONFLICT (month, field) DO UPDATE SET value = {_CAPPED}",
             [(month, field, amount) for field, amount in increments.items()],
         )
         self._add_totals(increments)
@@ -396,7 +409,7 @@ class _SQLiteTransaction(Transaction):
         counts["user_revenue"] = self._merge_into_token(
             "user_revenue",
             "day, userId, revenueCents",
-            "revenueCents = revenueCents + excluded.revenueCents",
+            f"revenueCents = MIN(revenueCents + excluded.revenueCents, {MAX_COUNTER})",
             user_id,
             token,
         )

@@ -773,5 +773,8 @@ class Analytics:
             # Logouts of this process that ended no session when stored (no login of
             # the player before them, in any process, as far as the store knew then).
             "logouts_without_session": flusher.unmatched_logouts,
+            # Increments cut at the counters' ceiling of 2**61 by this process's writes
+            # (see counters.MAX_COUNTER): not 0 means a figure reads "at least".
+            "counters_saturated": self.store.saturated,
             "forwarding": ForwardingHub.empty_stats() if self._hub is None else self._hub.stats(),
         }

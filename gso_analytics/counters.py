@@ -31,6 +31,36 @@ MICRO = 10**DECIMAL_PLACES
 #: What a decimal counter's stored field name ends with: its value is in millionths.
 MICRO_SUFFIX = "@micro"
 
+#: The ceiling of every stored figure (a day's, a month's or an all-time counter, a
+#: player's revenue of a day). Each call adds at most 2**53 and each batch at most
+#: 2**53 to one counter of one day, but batch after batch a sum grows without bound,
+#: and past 2**63 - 1 each store fails its own way: SQLite turns the value into an
+#: inexact REAL, MongoDB's ``$inc`` fails on every later batch, PostgreSQL's bigint
+#: raises. So a figure that would pass the ceiling stays at it (it *saturates*: read
+#: it as "at least"), the cut is counted (``stats()["counters_saturated"]``) and
+#: logged, and every other figure of the batch is stored as usual. 2**61 rather than
+#: 2**63 - 1 so that any two stored figures and a batch's increment add up inside a
+#: signed 64-bit integer: no SQL arithmetic on them can overflow before it is capped.
+#: Saturating is order-independent: every amount a call adds is non-negative, so a
+#: capped sum is the capped total whatever the order (the session seconds a late
+#: logout takes back are bounded by real time, far below it).
+MAX_COUNTER = 2**61
+
+
+def add_capped(into: dict[str, Any], fields: Mapping[str, Any]) -> int:
+    """Add ``fields`` to ``into`` field by field (in place), each sum held at
+    :data:`MAX_COUNTER`; return how many positive increments left their figure at the
+    ceiling (cut, or just reaching it: what a store that only sees the new value can
+    count)."""
+    cut = 0
+    for field, amount in fields.items():
+        total = into.get(field, 0) + amount
+        if total >= MAX_COUNTER:
+            total = MAX_COUNTER
+            cut += amount > 0
+        into[field] = total
+    return cut
+
 
 @attrs.frozen
 class CounterRule:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .conflicts import Conflict
+from .counters import add_capped
 from .errors import StoreError
 from .model import DailyStats, Number
 from .store import total_increments
@@ -32,12 +33,6 @@ Sums = tuple[
 ]
 
 
-def add_into(into: dict[str, Number], fields: Mapping[str, Number]) -> None:
-    """Add ``fields`` to ``into``, field by field (in place)."""
-    for field, amount in fields.items():
-        into[field] = into.get(field, 0) + amount
-
-
 class DeltaBuffer:
     """The increments one transaction makes (its :meth:`Transaction.increment_daily`
     and :meth:`~Transaction.increment_monthly` calls), kept until its commit writes
@@ -48,10 +43,10 @@ class DeltaBuffer:
         self.monthly: dict[str, dict[str, Number]] = {}
 
     def add_daily(self, day: str, month: str, increments: Mapping[str, Number]) -> None:
-        add_into(self.daily.setdefault(day, (month, {}))[1], increments)
+        add_capped(self.daily.setdefault(day, (month, {}))[1], increments)
 
     def add_monthly(self, month: str, increments: Mapping[str, Number]) -> None:
-        add_into(self.monthly.setdefault(month, {}), increments)
+        add_capped(self.monthly.setdefault(month, {}), increments)
 
     def __bool__(self) -> bool:
         return bool(self.daily or self.monthly)
@@ -74,20 +69,41 @@ def add_up(deltas: Iterable[Mapping[str, Any]]) -> Sums:
     totals: dict[str, Number] = {}
     for delta in deltas:
         for day, entry in (delta.get("daily") or {}).items():
-            add_into(daily.setdefault(day, (entry["month"], {}))[1], entry["inc"])
-            add_into(totals, total_increments(entry["inc"]))
+            add_capped(daily.setdefault(day, (entry["month"], {}))[1], entry["inc"])
+            add_capped(totals, total_increments(entry["inc"]))
         for month, fields in (delta.get("monthly") or {}).items():
-            add_into(monthly.setdefault(month, {}), fields)
-            add_into(totals, total_increments(fields))
+            add_capped(monthly.setdefault(month, {}), fields)
+            add_capped(totals, total_increments(fields))
     return daily, monthly, totals
 
 
 def plus(*parts: Mapping[str, Number]) -> dict[str, Number]:
-    """Counters added field by field: a folded record and what is pending for it."""
+    """Counters added field by field, each held at
+    :data:`~gso_analytics.counters.MAX_COUNTER`: a folded record and what is pending
+    for it (so a read is what the roll-up will store)."""
+    return plus_counting(*parts)[0]
+
+
+def plus_counting(*parts: Mapping[str, Number]) -> tuple[dict[str, Number], int]:
+    """:func:`plus`, and how many positive increments the ceiling cut."""
     total: dict[str, Number] = {}
+    cut = 0
     for part in parts:
-        add_into(total, part)
-    return total
+        cut += add_capped(total, part)
+    return total, cut
+
+
+def capped_increments(
+    stored: Mapping[str, Number] | None, increments: Mapping[str, Number]
+) -> tuple[dict[str, Number], int]:
+    """The increments (MongoDB's ``$inc``) that take the fields of ``stored`` to their
+    sums with ``increments`` held at the ceiling (:func:`plus`), and how many positive
+    increments the ceiling cut. For a store whose only atomic arithmetic is an
+    uncapped add: the stored figures read in the same transaction, the write stays an
+    add."""
+    now = {field: (stored or {}).get(field, 0) for field in increments}
+    capped, cut = plus_counting(now, increments)
+    return {field: capped[field] - now[field] for field in increments}, cut
 
 
 def days_with_pending(

@@ -49,6 +49,7 @@ STATS_KEYS = (
     "dropped",
     "rejected",
     "logouts_without_session",
+    "counters_saturated",
 )
 
 

@@ -436,6 +436,8 @@ class ApplyResult:
     new_day_users: int = 0
     #: Logouts of the batch that ended no session (no login of the player before them).
     unmatched_logouts: int = 0
+    #: Increments of an all-time total the ceiling cut (see ``counters.MAX_COUNTER``).
+    saturated: int = 0
 
 
 @attrs.frozen

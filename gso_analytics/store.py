@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
@@ -66,6 +68,10 @@ from .sessions import (
 )
 
 T = TypeVar("T")
+
+log = logging.getLogger("gso_analytics")
+#: Guards :attr:`Store.saturated`: the flush thread and the prune job both count.
+_SATURATED_LOCK = threading.Lock()
 
 #: The ``meta`` record holding the store's erasure secret.
 ERASURE_SECRET = "erasureSecret"
@@ -125,6 +131,12 @@ PRUNE_MAX_PAUSE_S = 0.1
 
 class Transaction(ABC):
     """The writes a backend offers inside one atomic unit of work."""
+
+    #: Positive increments of an all-time total that :data:`~.counters.MAX_COUNTER`
+    #: cut in this transaction; a store counts them once it commits. The totals are
+    #: enough: every stored figure is at most its field's total, so a figure the
+    #: ceiling cuts takes its total's increment past the ceiling in the same write.
+    saturated: int = 0
 
     @abstractmethod
     def claim_batch(self, batch_id: str, at: datetime) -> bool:
@@ -504,11 +516,34 @@ class Store(ABC):
             key, result = self.run_in_transaction(step)
             results.append(result)
             self.committed(key)
+            self.count_saturated(result.saturated)
         return ApplyResult(
             duplicate=all(r.duplicate for r in results),
             new_day_users=sum(r.new_day_users for r in results),
             unmatched_logouts=sum(r.unmatched_logouts for r in results),
+            saturated=sum(r.saturated for r in results),
         )
+
+    #: Increments of an all-time total cut at :data:`~.counters.MAX_COUNTER` by this
+    #: object's committed writes (batches and roll-ups), ``stats()["counters_saturated"]``.
+    saturated = 0
+
+    def count_saturated(self, cut: int) -> None:
+        """Count committed increments the ceiling cut; log the first of this store.
+
+        A warning, once: a figure at the ceiling stays there, and every batch adding to
+        it would otherwise log again."""
+        if not cut:
+            return
+        with _SATURATED_LOCK:
+            first = not self.saturated
+            self.saturated += cut
+        if first:
+            log.warning(
+                "gso_analytics: a counter of %s reached its ceiling of 2**61 and stays at it"
+                " (read it as 'at least'); cuts are counted in stats()['counters_saturated']",
+                type(self).__name__,
+            )
 
     # -- players' data rights ----------------------------------------------------------
 
@@ -912,7 +947,9 @@ def apply_batch(tx: Transaction, batch: FlushBatch, erasure_key: str) -> ApplyRe
     pacer.tick()
     if batch.events:
         tx.insert_events(batch.events)
-    return ApplyResult(new_day_users=new_day_users, unmatched_logouts=unmatched)
+    return ApplyResult(
+        new_day_users=new_day_users, unmatched_logouts=unmatched, saturated=tx.saturated
+    )
 
 
 def _session_window(tx: Transaction, batch: FlushBatch) -> tuple[list[StoredSession], list[Logout]]:

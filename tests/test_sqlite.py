@@ -11,10 +11,15 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gso_analytics.backends.sqlite import SQLiteStore
 
 from gso_analytics import Analytics, FlushBatch
+from gso_analytics.counters import MAX_COUNTER
+
+if TYPE_CHECKING:
+    from conftest import AnalyticsFactory, FakeClock
 
 PREFIX = "gso_analytics_"
 #: The session tables of gso-analytics 0.1 as of 2026-11-25 (pairing in arrival order).
@@ -190,3 +195,47 @@ def test_registrations_by_day_keep_each_players_earliest(tmp_path: Path) -> None
     conn.close()
     assert key == ["userId"]
     SQLiteStore(path).close()  # a second open finds nothing to do
+
+
+def test_a_real_counter_saturates_on_sqlite(
+    tmp_path: Path, make_analytics: AnalyticsFactory, clock: FakeClock
+) -> None:
+    """Real amounts, no bound raised: 1,100 batches of one call at 2**53 each take a
+    day's counter, its total and the player's revenue of the day past 2**63 - 1, where
+    SQLite's ``value + excluded.value`` silently became a REAL (and a float no longer
+    counts to the unit). They stop at MAX_COUNTER as INTEGERs, and a last batch's honest
+    payment is stored exactly beside them."""
+    path = tmp_path / "game.db"
+    analytics = make_analytics(f"sqlite:///{path}", forwarders=[])
+    for _ in range(1100):
+        analytics.track("credits.earn", "whale", {"amount": 2**53})
+        analytics.track("stripe.payment", "whale", {"amountCents": 2**53})
+        analytics.flush()
+    analytics.track("stripe.payment", "honest", {"amountCents": 499})
+    analytics.flush()
+    assert 1100 * 2**53 > 2**63 - 1
+    conn = sqlite3.connect(path)
+    stored = conn.execute(
+        f"SELECT field, value, typeof(value) FROM {PREFIX}daily"
+        " WHERE field IN ('creditsEarned', 'stripeRevenue') ORDER BY field"
+    ).fetchall()
+    assert stored == [
+        ("creditsEarned", MAX_COUNTER, "integer"),
+        ("stripeRevenue", MAX_COUNTER, "integer"),
+    ]
+    totals = conn.execute(
+        f"SELECT field, value, typeof(value) FROM {PREFIX}totals"
+        " WHERE field IN ('creditsEarned', 'stripeRevenue') ORDER BY field"
+    ).fetchall()
+    assert totals == stored
+    revenue = conn.execute(
+        f"SELECT userId, revenueCents, typeof(revenueCents) FROM {PREFIX}user_revenue"
+        " ORDER BY userId"
+    ).fetchall()
+    assert revenue == [("honest", 499, "integer"), ("whale", MAX_COUNTER, "integer")]
+    conn.close()
+    stats = analytics.stats()
+    assert (stats["flushed"], stats["flush_failures"], stats["quarantined"]) == (2201, 0, 0)
+    # Both totals, from the 256th batch (which reaches 2**61 exactly) on, and the last
+    # batch's revenue total.
+    assert stats["counters_saturated"] == 2 * (1100 - 255) + 1

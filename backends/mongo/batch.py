@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from gso_analytics.clock import from_ms
 from gso_analytics.counters import MICRO_SUFFIX
-from gso_analytics.deltas import DeltaBuffer
+from gso_analytics.deltas import DeltaBuffer, capped_increments
 from gso_analytics.errors import StoreError
 from gso_analytics.model import ActivityRun, EventRow, Logout, Number, StoredSession
 from gso_analytics.pacing import paced_slices
@@ -452,13 +452,24 @@ class BatchTransaction(Transaction):
         """Revenue per (day, user) as ``$inc`` upserts; first-seen and first-payment days
         as ``$min`` upserts keyed by the user (the earliest day wins, in any order)."""
         driver = pymongo()
-        revenue = [
-            driver.UpdateOne(
-                {"userId": user, "day": day}, {"$inc": {"revenueCents": cents}}, upsert=True
+        if self._revenue:
+            # Read in the transaction, so the $inc stops at the ceiling (a revenue that
+            # passed it would fail every later $inc of the record).
+            found = self._find(
+                "user_revenue",
+                {
+                    "userId": {"$in": sorted({user for _, user in self._revenue})},
+                    "day": {"$in": sorted({day for day, _ in self._revenue})},
+                },
+                {"userId": 1, "day": 1, "revenueCents": 1},
             )
-            for (day, user), cents in sorted(self._revenue.items())
-        ]
-        if revenue:
+            stored = {(doc["day"], doc["userId"]): doc for doc in found}
+            revenue = []
+            for (day, user), cents in sorted(self._revenue.items()):
+                inc, _ = capped_increments(stored.get((day, user)), {"revenueCents": cents})
+                revenue.append(
+                    driver.UpdateOne({"userId": user, "day": day}, {"$inc": inc}, upsert=True)
+                )
             self._c("user_revenue").bulk_write(revenue, ordered=False, session=self.session)
         for name, first_days in sorted(self._first_days.items()):
             ops = [

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from gso_analytics.deltas import capped_increments
+
 from .documents import FIRST_DAYS
 from .options import READ_TIMEOUT_MS, pymongo
 
@@ -69,15 +71,20 @@ def rename_chunk(store: Connection, s: Any, user: str, token: str) -> dict[str, 
         send(name, ops)
         counts[name] = len(docs)
     docs = mine("user_revenue", {"day": 1, "revenueCents": 1})
+    found = store._collection("user_revenue").find(
+        {"userId": token, "day": {"$in": [doc["day"] for doc in docs]}},
+        session=s,
+        max_time_ms=READ_TIMEOUT_MS,
+    )
+    tokens = {doc["day"]: doc for doc in found}
     ops = []
     for doc in docs:
+        merged, _ = capped_increments(
+            tokens.get(doc["day"]), {"revenueCents": doc.get("revenueCents", 0)}
+        )
         ops.append(driver.DeleteOne({"_id": doc["_id"]}))
         ops.append(
-            driver.UpdateOne(
-                {"userId": token, "day": doc["day"]},
-                {"$inc": {"revenueCents": doc.get("revenueCents", 0)}},
-                upsert=True,
-            )
+            driver.UpdateOne({"userId": token, "day": doc["day"]}, {"$inc": merged}, upsert=True)
         )
     send("user_revenue", ops)
     counts["user_revenue"] = len(docs)

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from gso_analytics.clock import from_ms
-from gso_analytics.deltas import add_up, days_with_pending
+from gso_analytics.deltas import add_up, days_with_pending, plus
 from gso_analytics.erasure import UserRecords, read_user_records
 from gso_analytics.model import (
     DailyStats,
@@ -67,26 +67,22 @@ class Reads(Connection):
     def get_month(self, month: str) -> MonthStats:
         check_str(month, "month")
 
-        def read(s: Any) -> dict[str, int]:
+        def read(s: Any) -> dict[str, Number]:
             found = self._find("monthly", {"month": month}, session=s).limit(1)
             doc: Mapping[str, Any] = next(iter(found), {})
             _, pending, _ = add_up(unfolded(self, s, {"monthly": 1}))
-            fields = {k: int(v) for k, v in doc.items() if k not in _NOT_COUNTERS}
-            for field, value in pending.get(month, {}).items():
-                fields[field] = fields.get(field, 0) + int(value)
-            return fields
+            fields = {k: v for k, v in doc.items() if k not in _NOT_COUNTERS}
+            return plus(fields, pending.get(month, {}))
 
-        return MonthStats.from_fields(month, self._snapshot(f"reading month {month}", read))
+        figures = self._snapshot(f"reading month {month}", read)
+        return MonthStats.from_fields(month, {k: int(v) for k, v in figures.items()})
 
     def get_totals(self) -> dict[str, Number]:
         def read(s: Any) -> dict[str, Number]:
             found = self._find("totals", {"_id": TOTALS_ID}, session=s).limit(1)
             doc: Mapping[str, Any] = next(iter(found), {})
             _, _, pending = add_up(unfolded(self, s))
-            totals = {k: v for k, v in doc.items() if k not in _NOT_COUNTERS}
-            for field, value in pending.items():
-                totals[field] = totals.get(field, 0) + value
-            return totals
+            return plus({k: v for k, v in doc.items() if k not in _NOT_COUNTERS}, pending)
 
         return self._snapshot("reading the totals", read)
 

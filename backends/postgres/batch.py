@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from gso_analytics.counters import MAX_COUNTER
 from gso_analytics.deltas import DeltaBuffer
 from gso_analytics.erasure import keyed_hash
 from gso_analytics.model import ActivityRun, EventRow, Logout, Number, StoredSession
@@ -143,7 +144,8 @@ class PgTransaction(Transaction):
             f"INSERT INTO {self.s}.user_revenue (day, user_id, revenue_cents)"
             " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[])"
             " ON CONFLICT (day, user_id) DO UPDATE"
-            " SET revenue_cents = user_revenue.revenue_cents + excluded.revenue_cents",
+            " SET revenue_cents = LEAST(user_revenue.revenue_cents + excluded.revenue_cents,"
+            f" {MAX_COUNTER})",
             (
                 text_array(r[0] for r in rows),
                 text_array(r[1] for r in rows),
@@ -329,7 +331,8 @@ class PgTransaction(Transaction):
             "user_revenue",
             "day, user_id, revenue_cents",
             "(day, user_id) DO UPDATE"
-            " SET revenue_cents = user_revenue.revenue_cents + excluded.revenue_cents",
+            " SET revenue_cents = LEAST(user_revenue.revenue_cents + excluded.revenue_cents,"
+            f" {MAX_COUNTER})",
             user_id,
             token,
         )

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from gso_analytics.deltas import add_up, fold_all, plus
+from gso_analytics.deltas import add_up, fold_all, plus, plus_counting
 
 from .options import psycopg
 from .schema import lock_key
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    from .store import PostgresStore
 
 
 #: Deltas folded per roll-up transaction.
@@ -62,7 +62,7 @@ UPDATE {s}.batches SET folded = true, delta = NULL WHERE id = ANY(%(ids)s::text[
 """
 
 
-def _fold_chunk(store: Connection) -> int | None:
+def _fold_chunk(store: PostgresStore) -> int | None:
     """Fold up to :data:`FOLD_CHUNK` deltas, oldest first, in one transaction; None
     when another process holds the roll-up.
 
@@ -94,7 +94,10 @@ def _fold_chunk(store: Connection) -> int | None:
             daily, monthly, totals = add_up(delta for _, _, delta in deltas)
             now = {kind: {key: value for _, key, value in found[kind]} for kind in found}
             days, months = sorted(daily), sorted(monthly)
-            total = json.dumps(plus(now["total"].get(TOTALS_ID, {}), totals)) if totals else None
+            total, cut = None, 0
+            if totals:
+                summed, cut = plus_counting(now["total"].get(TOTALS_ID, {}), totals)
+                total = json.dumps(summed)
             cur.execute(
                 _WRITE.format(s=s),
                 {
@@ -112,10 +115,11 @@ def _fold_chunk(store: Connection) -> int | None:
                     "ids": [key for _, key, _ in deltas],
                 },
             )
-            return len(deltas)
+        store.count_saturated(cut)
+        return len(deltas)
 
 
-def roll_up(store: Connection) -> int:
+def roll_up(store: PostgresStore) -> int:
     """Fold every delta not folded yet, a chunk per transaction, unless another process
     is folding (:func:`~gso_analytics.deltas.fold_all`: errors logged, not raised)."""
     return fold_all(lambda: _fold_chunk(store), FOLD_CHUNK, store.where)

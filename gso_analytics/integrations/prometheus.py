@@ -153,6 +153,11 @@ HEALTH: Mapping[str, tuple[str, str, str]] = {
         COUNTER,
         "Logouts of this process that ended no session when stored.",
     ),
+    "counters_saturated": (
+        "gso_analytics_counters_saturated",
+        COUNTER,
+        "Increments this process's writes cut at the counters' ceiling of 2**61.",
+    ),
     "flush_interval_s": (
         "gso_analytics_flush_interval_seconds",
         GAUGE,
