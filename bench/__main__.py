@@ -218,8 +218,9 @@ def _postgres(quick: bool) -> dict[str, Any]:
         "*_cpu_ms: this process's CPU time per subject / per half (the server's is not in"
         " it): the part of the cost that does not wait on other load",
         f"round_trips: one flush of {players:,} players x (login, 5 events, logout), the"
-        " statements counted at the driver (the roll-up's lock and read share one round"
-        " trip, a pipeline; BEGIN and COMMIT are not counted)",
+        " statements counted at the driver; 'of which in a pipeline': sent while one was"
+        " open, where a write is waited for with the next statement read, not on its own"
+        " (BEGIN and COMMIT are not counted)",
     ]
     return result
 
