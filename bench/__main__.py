@@ -212,11 +212,15 @@ def _postgres(quick: bool) -> dict[str, Any]:
         return {"skipped": f"failed: {type(exc).__name__}: {exc}"}
     result["notes"] = [
         f"median of {rounds} rounds per size, subjects alternating, each in a fresh schema",
-        "gso_cpu_ms / raw_cpu_ms: this process's CPU time per flush / per COPY (the"
-        " server's is not in it): the part of the cost that does not wait on other load",
+        "gso: track() x N + flush(); raw: N rows built as a logger would + one COPY of"
+        " them (the SQLite section's comparison); flush_over_copy: flush() alone vs the"
+        " COPY of ready rows alone",
+        "*_cpu_ms: this process's CPU time per subject / per half (the server's is not in"
+        " it): the part of the cost that does not wait on other load",
         f"round_trips: one flush of {players:,} players x (login, 5 events, logout), the"
-        " statements counted at the driver (the roll-up's lock and read share one round"
-        " trip, a pipeline; BEGIN and COMMIT are not counted)",
+        " statements counted at the driver; 'of which in a pipeline': sent while one was"
+        " open, where a write is waited for with the next statement read, not on its own"
+        " (BEGIN and COMMIT are not counted)",
     ]
     return result
 
@@ -304,7 +308,7 @@ TITLES: dict[str, tuple[str, Callable[[bool], dict[str, Any]]]] = {
         _mongo,
     ),
     "postgres": (
-        "PostgreSQL: flush() vs a hand-written COPY into the same table; round trips",
+        "PostgreSQL: track() + flush() vs a hand-written COPY into the same table; round trips",
         _postgres,
     ),
     "reads": ("Read cost vs history (SQLite), microseconds per call", _reads),

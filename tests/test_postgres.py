@@ -413,6 +413,40 @@ def test_the_roll_up_folds_each_delta_once_and_waits_for_the_holder(
         assert store.get_totals()["creditsEarned"] == 20
 
 
+@pytest.mark.parametrize(
+    ("table", "when"), [("first_seen", "INSERT"), ("sessions", "INSERT"), ("batches", "UPDATE")]
+)
+def test_a_queued_statement_that_loses_makes_the_whole_part_run_again(
+    store: PostgresStore, table: str, when: str
+) -> None:
+    """A statement queued in the part's pipeline (a first day, the sessions, the part's
+    delta: nothing reads their results) that loses with a serialization failure, here
+    a trigger's on its first run, fails the part at the next statement read, before the
+    ``COPY`` or before the commit: the part rolls back, runs again and is stored once,
+    and the connection serves the next part."""
+    store._write("CREATE SEQUENCE {s}.tries")  # not rolled back with the part
+    store._write(
+        "CREATE FUNCTION {s}.lose_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " IF nextval('{s}.tries') = 1 THEN"
+        " RAISE EXCEPTION 'lost' USING ERRCODE = 'serialization_failure'; END IF;"
+        " RETURN NULL; END $$"
+    )
+    store._write(
+        f"CREATE TRIGGER lose_once AFTER {when} ON {{s}}.{table}"
+        " FOR EACH STATEMENT EXECUTE FUNCTION {s}.lose_once()"
+    )
+    store.apply(player_batch("ann"))
+    assert store._read("SELECT last_value FROM {s}.tries")[0][0] >= 2, "the part ran again"
+    store.apply(player_batch("ben", NOON + timedelta(minutes=5)))
+    day = store.get_day(DAY)
+    assert day is not None and (day["dau"], day["creditsEarned"]) == (2, 10)
+    counts = store._read(
+        "SELECT (SELECT count(*) FROM {s}.events), (SELECT count(*) FROM {s}.sessions),"
+        " (SELECT count(*) FROM {s}.first_seen), (SELECT count(*) FROM {s}.batches)"
+    )[0]
+    assert counts == (4, 2, 2, 2)
+
+
 # -- sessions: each of the walk's and the prune's reads is an index range ------------------
 
 

@@ -17,6 +17,15 @@ So parts of different players share no row and never wait for each other; parts 
 share a player meet at the player's fence, where the later one waits for the earlier
 one's commit and then fails with a serialization failure and runs again on a fresh
 snapshot, before it did any other work.
+
+Round trips: a statement whose result nothing reads (a first day kept, the sessions,
+logout marks and activity runs written, the part's delta) is queued in a pipeline
+(psycopg's pipeline mode) and sent with the next statement that is read, so several
+go in one round trip; the server runs them in order, in the same transaction, and an
+error of a queued one (a serialization failure) is raised by that next statement, or
+before the ``COPY`` (which cannot run in a pipeline) or the commit, so the part still
+commits whole or not at all and runs again. A statement whose row count is read
+waits for the queue (:meth:`PgTransaction._count`); one that fetches rows rides it.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -41,16 +51,63 @@ if TYPE_CHECKING:
 
 
 class PgTransaction(Transaction):
-    """The statements of one transaction on ``cur``'s connection."""
+    """The statements of one transaction on ``conn``. Used as a context manager around
+    the transaction's statements: the pipeline, when one is open, is closed (its
+    statements sent and their errors raised) before the commit."""
 
-    def __init__(self, store: PostgresStore, cur: Any) -> None:
+    def __init__(self, store: PostgresStore, conn: Any) -> None:
         self.store = store
-        self.cur = cur
+        self.conn = conn
+        self._pipeline: Any = None
+        self._stack = ExitStack()
         self.s = store.schema
         self.part_id: str | None = None
         self.duplicate = False
         self.delta = DeltaBuffer()
         self._fenced: set[str] = set()
+
+    def __enter__(self) -> PgTransaction:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._pipeline = None
+        self._stack.__exit__(*exc_info)
+
+    # -- round trips -----------------------------------------------------------------------
+
+    @property
+    def piped(self) -> Any:
+        """A cursor for one statement whose rows are fetched: in the pipeline when one
+        is open (it and the statements queued before it then take one round trip).
+        One cursor per statement: in a pipeline a cursor takes a result whenever it
+        arrives, so one shared with a statement queued before could show that one's."""
+        return self.conn.cursor()
+
+    @property
+    def cur(self) -> Any:
+        """A cursor for one statement that needs the queued ones done first (its row
+        count read, a ``COPY``, SQL of :mod:`.sessions` reading a row count)."""
+        if self._pipeline is not None:
+            self._pipeline = None
+            self._stack.close()  # sends the queue, waits for it, raises its errors
+        return self.conn.cursor()
+
+    def _queued(self) -> Any:
+        """A cursor in a pipeline, for one statement whose result nothing reads: it is
+        sent with the next statement that is read."""
+        if self._pipeline is None:
+            self._pipeline = self._stack.enter_context(self.conn.pipeline())
+        return self.conn.cursor()
+
+    def _queue(self, sql: str, params: Any) -> None:
+        self._queued().execute(sql, params)
+
+    def _count(self, sql: str, params: Any) -> int:
+        """The rows a statement wrote: it and the queue before it in one round trip."""
+        cur = self.piped.execute(sql, params)
+        if self._pipeline is not None:
+            self._pipeline.sync()
+        return int(cur.rowcount)
 
     # -- the part's id, and the players' fences -----------------------------------------
 
@@ -84,7 +141,7 @@ class PgTransaction(Transaction):
         """Write the fences of these players."""
         new = self._unfenced(hashes)
         if new:
-            self.cur.execute(self._fence_sql("new"), {"new": text_array(new)})
+            self._queue(self._fence_sql("new"), {"new": text_array(new)})
 
     def _fence_users(self, users: set[str]) -> None:
         key = self.store._secret(self, create=True)
@@ -94,12 +151,10 @@ class PgTransaction(Transaction):
     # -- (day, user) and (month, user) records, per-player facts ---------------------------
 
     def _add_users(self, table: str, key: str, value: str, users: set[str]) -> int:
-        return int(
-            self.cur.execute(
-                f"INSERT INTO {self.s}.{table} ({key}, user_id)"
-                " SELECT %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
-                (value, text_array(sorted(users))),
-            ).rowcount
+        return self._count(
+            f"INSERT INTO {self.s}.{table} ({key}, user_id)"
+            " SELECT %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
+            (value, text_array(sorted(users))),
         )
 
     def add_day_users(self, day: str, users: set[str]) -> int:
@@ -109,7 +164,7 @@ class PgTransaction(Transaction):
         return self._add_users("month_users", "month", month, users)
 
     def registration_days(self, users: set[str]) -> dict[str, str]:
-        rows = self.cur.execute(
+        rows = self.piped.execute(
             f"SELECT user_id, day FROM {self.s}.new_users WHERE user_id = ANY(%s::text[])",
             (text_array(sorted(users)),),
         )
@@ -119,7 +174,7 @@ class PgTransaction(Transaction):
         """The earlier day kept; a row whose day stays is not written again (a player
         seen in every flush would otherwise leave a dead row version each time)."""
         ordered = sorted(days.items())
-        self.cur.execute(
+        self._queue(
             f"INSERT INTO {self.s}.{table} (user_id, day)"
             " SELECT * FROM unnest(%s::text[], %s::text[])"
             f" ON CONFLICT (user_id) DO UPDATE SET day = excluded.day"
@@ -140,7 +195,7 @@ class PgTransaction(Transaction):
         rows = sorted(
             (day, user, cents) for day, payers in revenue.items() for user, cents in payers.items()
         )
-        self.cur.execute(
+        self._queue(
             f"INSERT INTO {self.s}.user_revenue (day, user_id, revenue_cents)"
             " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[])"
             " ON CONFLICT (day, user_id) DO UPDATE"
@@ -168,12 +223,12 @@ class PgTransaction(Transaction):
             return
         delta = json.dumps(self.delta.document())
         if self.part_id is not None:
-            self.cur.execute(
+            self._queue(
                 f"UPDATE {self.s}.batches SET folded = false, delta = %s WHERE id = %s",
                 (delta, self.part_id),
             )
         else:
-            self.cur.execute(
+            self._queue(
                 f"INSERT INTO {self.s}.batches (id, applied_at, folded, delta)"
                 " VALUES (%s, now(), false, %s)",
                 (f"prune-{uuid.uuid4().hex}", delta),
@@ -186,30 +241,30 @@ class PgTransaction(Transaction):
         tombstones): what the walk reads, another part of one of them cannot change
         before this one commits."""
         self._fence_users(users)
-        return sessions.sessions_since(self.cur, self.s, users, since_ms)
+        return sessions.sessions_since(self.piped, self.s, users, since_ms)
 
     def logouts_since(self, users: set[str], since_ms: int) -> list[Logout]:
-        return sessions.logouts_since(self.cur, self.s, users, since_ms)
+        return sessions.logouts_since(self.piped, self.s, users, since_ms)
 
     def activity_runs(self, user_id: str, first_ms: int, last_ms: int) -> list[ActivityRun]:
-        return sessions.activity_runs(self.cur, self.s, user_id, first_ms, last_ms)
+        return sessions.activity_runs(self.piped, self.s, user_id, first_ms, last_ms)
 
     def save_sessions(self, found: list[StoredSession]) -> None:
         """Fenced: the prune closes idle sessions without reading through a fence."""
         self._fence_users({session.login.user_id for session in found})
-        sessions.save_sessions(self.cur, self.s, found)
+        sessions.save_sessions(self._queued(), self.s, found)
 
     def delete_sessions(self, ids: list[str]) -> None:
-        sessions.delete_sessions(self.cur, self.s, ids)
+        sessions.delete_sessions(self._queued(), self.s, ids)
 
     def insert_logouts(self, logouts: list[Logout]) -> None:
-        sessions.insert_logouts(self.cur, self.s, logouts)
+        sessions.insert_logouts(self._queued(), self.s, logouts)
 
     def insert_activity(self, runs: list[ActivityRun]) -> None:
-        sessions.insert_activity(self.cur, self.s, runs)
+        sessions.insert_activity(self._queued(), self.s, runs)
 
     def open_sessions_before(self, cutoff_ms: int, limit: int) -> list[StoredSession]:
-        return sessions.open_sessions_before(self.cur, self.s, cutoff_ms, limit)
+        return sessions.open_sessions_before(self.piped, self.s, cutoff_ms, limit)
 
     def delete_logouts_before(self, cutoff_ms: int, limit: int) -> int:
         return sessions.delete_logouts_before(self.cur, self.s, cutoff_ms, limit)
@@ -285,7 +340,7 @@ class PgTransaction(Transaction):
             if new != wanted:  # some fenced already by this transaction
                 params["new"], fencing = text_array(new), "new"
             sql = f"WITH fenced AS ({self._fence_sql(fencing)}) {sql}"
-        rows = self.cur.execute(sql, params)
+        rows = self.piped.execute(sql, params)
         return {users[h]: token for h, token in rows}
 
     def add_tombstone(self, key_hash: str, token: str, at: datetime) -> str | None:

@@ -113,8 +113,7 @@ class PostgresStore(Reads, Store):
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
-        with self._transaction("writing") as conn:
-            tx = PgTransaction(self, conn.cursor())
+        with self._transaction("writing") as conn, PgTransaction(self, conn) as tx:
             yield tx
             tx.finish()
 
