@@ -158,8 +158,9 @@ def encode_marks(marks: Iterable[int]) -> bytes:
 _to_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def encode_logins(logins: tuple[tuple[int, str, int], ...]) -> str | None:
-    """An activity run's logins as stores keep them: JSON, or None for none."""
+def encode_logins(logins: tuple[tuple[int, str | int, int], ...]) -> str | None:
+    """An activity run's logins as stores keep them: JSON, or None for none (a store
+    may name a login's process by a number of its own, as SQLite does)."""
     return _to_json(logins) if logins else None
 
 

@@ -192,7 +192,9 @@ class Transaction(ABC):
     def sessions_since(self, users: set[str], since_ms: int) -> list[StoredSession]:
         """The stored sessions of ``users`` whose last mark is at or after ``since_ms``
         (for a frozen one, see :class:`~.model.SessionEnd`, its end), and their open
-        sessions whatever their age (a new mark ends one left open by the clock)."""
+        sessions whatever their age (a new mark ends one left open by the clock). A
+        player has at most one open session, their latest: the walk leaves only its
+        last run open, and reads every session after the one it opens."""
 
     @abstractmethod
     def logouts_since(self, users: set[str], since_ms: int) -> list[Logout]:
