@@ -154,6 +154,8 @@ def _rows(events: list[EventRow]) -> Iterator[tuple[str, str, str, str, str]]:
 
 
 class _SQLiteTransaction(Transaction):
+    session_part = 256  # each write_sessions is a few statements, no round trip
+
     def __init__(self, conn: sqlite3.Connection, prefix: str) -> None:
         self.conn = conn
         self.p = prefix
