@@ -328,7 +328,9 @@ class _SQLiteTransaction(Transaction):
                     r.first_ms,
                     r.last_ms,
                     encode_marks(r.marks),
-                    encode_logins(tuple((ms, origins[o], seq) for ms, o, seq in r.logins)),
+                    encode_logins(tuple([(ms, origins[o], seq) for ms, o, seq in r.logins]))
+                    if r.logins
+                    else None,
                 )
                 for r in paced(runs)
             ],
