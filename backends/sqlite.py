@@ -45,10 +45,20 @@ from gso_analytics.model import (
 )
 from gso_analytics.pacing import Pacer, paced
 from gso_analytics.private_files import create_private
-from gso_analytics.sessions import decode_logins, decode_marks, encode_logins, encode_marks
+from gso_analytics.sessions import decode_marks, encode_logins, encode_marks
 from gso_analytics.store import Store, Transaction, check_ours, total_increments
 
-SCHEMA = """
+#: A logout mark: keyed by player and time (what ``logouts_since`` reads), its process
+#: an ``origins`` number; ``id`` only when it is not ``<origin>-<seq>`` (marks moved
+#: from files of 0.1, see :func:`_upgrade_to_marks`).
+LOGOUTS = """
+CREATE TABLE IF NOT EXISTS {p}logouts (
+    userId TEXT NOT NULL, atMs INTEGER NOT NULL, originId INTEGER NOT NULL,
+    seq INTEGER NOT NULL, id TEXT, PRIMARY KEY (userId, atMs, originId, seq)) WITHOUT ROWID;
+"""
+
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS {p}batches (
     id TEXT PRIMARY KEY, appliedAt TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS {p}batches_at ON {p}batches (appliedAt);
@@ -68,18 +78,15 @@ CREATE TABLE IF NOT EXISTS {p}sessions (
     id TEXT PRIMARY KEY, userId TEXT NOT NULL, username TEXT,
     loginAt TEXT NOT NULL, logoutAt TEXT, durationS INTEGER NOT NULL DEFAULT 0,
     day TEXT NOT NULL, month TEXT NOT NULL, timedOut INTEGER NOT NULL DEFAULT 0,
-    origin TEXT NOT NULL DEFAULT '', seq INTEGER NOT NULL DEFAULT 0,
+    originId INTEGER NOT NULL DEFAULT 0, seq INTEGER NOT NULL DEFAULT 0,
     lastMs INTEGER NOT NULL, frozen INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS {p}origins (
+    id INTEGER PRIMARY KEY, origin TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS {p}activity (
     id INTEGER PRIMARY KEY, userId TEXT NOT NULL, firstMs INTEGER NOT NULL,
     lastMs INTEGER NOT NULL, marks BLOB NOT NULL, logins TEXT);
 CREATE INDEX IF NOT EXISTS {p}activity_user ON {p}activity (userId, lastMs);
 CREATE INDEX IF NOT EXISTS {p}activity_last ON {p}activity (lastMs);
-CREATE TABLE IF NOT EXISTS {p}logouts (
-    id TEXT PRIMARY KEY, userId TEXT NOT NULL, atMs INTEGER NOT NULL, origin TEXT NOT NULL,
-    seq INTEGER NOT NULL) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS {p}logouts_user ON {p}logouts (userId, atMs);
-CREATE INDEX IF NOT EXISTS {p}logouts_at ON {p}logouts (atMs);
 CREATE TABLE IF NOT EXISTS {p}events (
     id INTEGER PRIMARY KEY, ts TEXT NOT NULL, userId TEXT NOT NULL, event TEXT NOT NULL,
     data TEXT NOT NULL, day TEXT NOT NULL);
@@ -106,15 +113,22 @@ CREATE TABLE IF NOT EXISTS {p}meta (
 CREATE TABLE IF NOT EXISTS {p}tombstones (
     hash TEXT PRIMARY KEY, token TEXT NOT NULL, erasedAt TEXT NOT NULL) WITHOUT ROWID;
 """
+    + LOGOUTS
+)
 
 #: Indexes on columns a file from 0.2 gets at its upgrade (made after :func:`_upgrade`).
 #: ``sessions_user`` (userId, loginAt) of 0.2 goes: ``sessions_last`` finds a player's
-#: sessions too, and each new session wrote one index entry more.
+#: sessions too, and each new session wrote one index entry more. So does
+#: ``sessions_open_user`` (userId) of open sessions: a player's open session is their
+#: latest, which ``sessions_last`` finds (see ``sessions_since``). ``logouts_at`` is
+#: made here since the logouts table of earlier files is rebuilt by the upgrade (its
+#: key now serves what ``logouts_user`` did).
 INDEXES = """
 CREATE INDEX IF NOT EXISTS {p}sessions_last ON {p}sessions (userId, lastMs);
 CREATE INDEX IF NOT EXISTS {p}sessions_idle ON {p}sessions (lastMs) WHERE logoutAt IS NULL;
-CREATE INDEX IF NOT EXISTS {p}sessions_open_user ON {p}sessions (userId) WHERE logoutAt IS NULL;
+CREATE INDEX IF NOT EXISTS {p}logouts_at ON {p}logouts (atMs);
 DROP INDEX IF EXISTS {p}sessions_user;
+DROP INDEX IF EXISTS {p}sessions_open_user;
 """
 
 #: Tables whose records a (key, user) pair makes, renamed in place by an erase.
@@ -146,6 +160,8 @@ def _rows(events: list[EventRow]) -> Iterator[tuple[str, str, str, str, str]]:
 
 
 class _SQLiteTransaction(Transaction):
+    session_part = 256  # each write_sessions is a few statements, no round trip
+
     def __init__(self, conn: sqlite3.Connection, prefix: str) -> None:
         self.conn = conn
         self.p = prefix
@@ -233,21 +249,34 @@ class _SQLiteTransaction(Transaction):
 
     def sessions_since(self, users: set[str], since_ms: int) -> list[StoredSession]:
         # One query for the batch: the players as a JSON array, each looked up by the
-        # (userId, lastMs) index.
-        players = json.dumps(sorted(users))
+        # (userId, lastMs) index, from since_ms on and, before it, their latest session
+        # if it is open (a player's only open session is their latest: the walk leaves
+        # only its last run open and reads every session after the one it opens).
         rows = self.conn.execute(
-            f"SELECT {_SESSION_COLUMNS} FROM {self.p}sessions WHERE userId IN"
-            " (SELECT value FROM json_each(?)) AND lastMs >= ?"
-            f" UNION SELECT {_SESSION_COLUMNS} FROM {self.p}sessions WHERE userId IN"
-            " (SELECT value FROM json_each(?)) AND logoutAt IS NULL",
-            (players, since_ms, players),
+            f"SELECT {_SESSION_COLUMNS} FROM {self.p}sessions s {self._origin_of('s')}"
+            " WHERE s.userId IN (SELECT value FROM json_each(?1)) AND s.lastMs >= ?2"
+            f" UNION ALL SELECT {_SESSION_COLUMNS} FROM (SELECT j.value AS userId,"
+            f" (SELECT lastMs FROM {self.p}sessions WHERE userId = j.value"
+            " ORDER BY lastMs DESC LIMIT 1) AS lastMs FROM json_each(?1) j) latest"
+            f" JOIN {self.p}sessions s USING (userId, lastMs) {self._origin_of('s')}"
+            " WHERE latest.lastMs < ?2 AND s.logoutAt IS NULL",
+            (json.dumps(sorted(users)), since_ms),
         )
         return [_stored_session(row) for row in rows]
 
+    def _origin_of(self, table: str) -> str:
+        """The join that names a row's process (rows keep its ``origins`` number)."""
+        return f"JOIN {self.p}origins o ON o.id = {table}.originId"
+
+    def origin_ids(self, origins: set[str]) -> dict[str, int]:
+        """Each process's ``origins`` number, numbering the new ones: a row keeps a
+        small integer instead of the 32 characters of its process's origin."""
+        return _origin_ids(self.conn, self.p, origins)
+
     def logouts_since(self, users: set[str], since_ms: int) -> list[Logout]:
         rows = self.conn.execute(
-            f"SELECT {_LOGOUT_COLUMNS} FROM {self.p}logouts WHERE userId IN"
-            " (SELECT value FROM json_each(?)) AND atMs >= ?",
+            f"SELECT {_LOGOUT_COLUMNS} FROM {self.p}logouts l {self._origin_of('l')}"
+            " WHERE l.userId IN (SELECT value FROM json_each(?)) AND l.atMs >= ?",
             (json.dumps(sorted(users)), since_ms),
         )
         return [Logout(*row) for row in rows]
@@ -257,37 +286,65 @@ class _SQLiteTransaction(Transaction):
             f"SELECT userId, firstMs, lastMs, marks, logins FROM {self.p}activity"
             " WHERE userId = ? AND lastMs >= ? AND firstMs <= ?",
             (user_id, first_ms, last_ms),
+        ).fetchall()
+        logins = [json.loads(text) if text else [] for *_, text in rows]
+        numbered = {o for found in logins for _, o, _ in found if isinstance(o, int)}
+        names = dict(
+            self.conn.execute(
+                f"SELECT id, origin FROM {self.p}origins"
+                " WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(sorted(numbered)),),
+            )
+            if numbered
+            else ()
         )
         return [
-            ActivityRun(u, f, la, decode_marks(m), decode_logins(logins))
-            for u, f, la, m, logins in rows
+            ActivityRun(
+                u,
+                f,
+                la,
+                decode_marks(m),
+                # Records written before origins were numbered name them.
+                tuple((ms, names[o] if isinstance(o, int) else o, seq) for ms, o, seq in found),
+            )
+            for (u, f, la, m, _), found in zip(rows, logins, strict=True)
         ]
 
     def save_sessions(self, sessions: list[StoredSession]) -> None:
+        origins = self.origin_ids({session.login.origin for session in sessions})
         self.conn.executemany(
-            f"INSERT INTO {self.p}sessions ({_SESSION_COLUMNS})"
+            f"INSERT INTO {self.p}sessions ({_SESSION_FIELDS})"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT (id) DO UPDATE SET logoutAt = excluded.logoutAt,"
             " durationS = excluded.durationS, timedOut = excluded.timedOut,"
             " lastMs = excluded.lastMs, username = excluded.username",
-            [_session_row(session) for session in sessions],
+            [_session_row(session, origins) for session in sessions],
         )
 
     def delete_sessions(self, ids: list[str]) -> None:
         self.conn.executemany(f"DELETE FROM {self.p}sessions WHERE id = ?", [(i,) for i in ids])
 
     def insert_logouts(self, logouts: list[Logout]) -> None:
-        self.conn.executemany(
-            f"INSERT INTO {self.p}logouts (id, userId, atMs, origin, seq) VALUES (?, ?, ?, ?, ?)",
-            [(m.id, m.user_id, m.at_ms, m.origin, m.seq) for m in logouts],
+        _insert_logouts(
+            self.conn, self.p, [(m.id, m.user_id, m.at_ms, m.origin, m.seq) for m in logouts]
         )
 
     def insert_activity(self, runs: list[ActivityRun]) -> None:
+        """Each run a row; its logins' origins by their ``origins`` numbers."""
+        origins = self.origin_ids({o for r in runs for _, o, _ in r.logins})
         self.conn.executemany(
             f"INSERT INTO {self.p}activity (userId, firstMs, lastMs, marks, logins)"
             " VALUES (?, ?, ?, ?, ?)",
             [
-                (r.user_id, r.first_ms, r.last_ms, encode_marks(r.marks), encode_logins(r.logins))
+                (
+                    r.user_id,
+                    r.first_ms,
+                    r.last_ms,
+                    encode_marks(r.marks),
+                    encode_logins(tuple([(ms, origins[o], seq) for ms, o, seq in r.logins]))
+                    if r.logins
+                    else None,
+                )
                 for r in paced(runs)
             ],
         )
@@ -312,16 +369,16 @@ class _SQLiteTransaction(Transaction):
 
     def open_sessions_before(self, cutoff_ms: int, limit: int) -> list[StoredSession]:
         rows = self.conn.execute(
-            f"SELECT {_SESSION_COLUMNS} FROM {self.p}sessions"
-            " WHERE logoutAt IS NULL AND lastMs < ? LIMIT ?",
+            f"SELECT {_SESSION_COLUMNS} FROM {self.p}sessions s {self._origin_of('s')}"
+            " WHERE s.logoutAt IS NULL AND s.lastMs < ? LIMIT ?",
             (cutoff_ms, limit),
         ).fetchall()
         return [_stored_session(row) for row in rows]
 
     def delete_logouts_before(self, cutoff_ms: int, limit: int) -> int:
         return self.conn.execute(
-            f"DELETE FROM {self.p}logouts WHERE id IN"
-            f" (SELECT id FROM {self.p}logouts WHERE atMs < ? LIMIT ?)",
+            f"DELETE FROM {self.p}logouts WHERE (userId, atMs, originId, seq) IN"
+            f" (SELECT userId, atMs, originId, seq FROM {self.p}logouts WHERE atMs < ? LIMIT ?)",
             (cutoff_ms, limit),
         ).rowcount
 
@@ -475,7 +532,11 @@ def _upgrade(conn: sqlite3.Connection, prefix: str) -> None:
         return {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
 
     def outdated() -> bool:
-        return "origin" not in columns() or f"{prefix}pending_logouts" in tables()
+        return not {"origin", "originId"} & columns() or f"{prefix}pending_logouts" in tables()
+
+    def origins_per_row() -> bool:
+        logouts = {row[1] for row in conn.execute(f"PRAGMA table_info({prefix}logouts)")}
+        return "origin" in columns() or "originId" not in logouts
 
     def without_totals() -> bool:
         # Counters but no totals: written before the totals existed (every batch since
@@ -493,16 +554,26 @@ def _upgrade(conn: sqlite3.Connection, prefix: str) -> None:
     def without_activity() -> bool:
         return "lastMs" not in columns()
 
-    if not (outdated() or without_totals() or registrations_by_day() or without_activity()):
+    if not (
+        outdated()
+        or without_totals()
+        or registrations_by_day()
+        or without_activity()
+        or origins_per_row()
+    ):
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if origins_per_row():
+            _upgrade_logouts(conn, prefix)
         if outdated():
             _upgrade_to_marks(conn, prefix, columns(), tables())
         if without_activity():
             _upgrade_to_activity(conn, prefix)
         if registrations_by_day():
             _upgrade_registrations(conn, prefix)
+        if "origin" in columns():
+            _upgrade_session_origins(conn, prefix)
         if without_totals():
             conn.execute(
                 f"INSERT INTO {prefix}totals (field, value) SELECT field, SUM(value) FROM"
@@ -519,7 +590,7 @@ def _upgrade(conn: sqlite3.Connection, prefix: str) -> None:
 def _upgrade_to_marks(
     conn: sqlite3.Connection, p: str, columns: set[str], tables: set[str]
 ) -> None:
-    if "origin" not in columns:
+    if not {"origin", "originId"} & columns:
         conn.execute(f"ALTER TABLE {p}sessions ADD COLUMN origin TEXT NOT NULL DEFAULT ''")
         conn.execute(f"ALTER TABLE {p}sessions ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
     relogin = "reloginBy" in columns
@@ -535,10 +606,7 @@ def _upgrade_to_marks(
             for rowid, user, at in rows
         ]
         conn.execute(f"DROP TABLE {p}pending_logouts")
-    conn.executemany(
-        f"INSERT OR IGNORE INTO {p}logouts (id, userId, atMs, origin, seq) VALUES (?,?,?,?,?)",
-        marks,
-    )
+    _insert_logouts(conn, p, marks, "INSERT OR IGNORE")
     if relogin:
         conn.execute(f"DROP INDEX IF EXISTS {p}sessions_relogin")
         conn.execute(f"ALTER TABLE {p}sessions DROP COLUMN reloginBy")
@@ -558,6 +626,33 @@ def _upgrade_to_activity(conn: sqlite3.Connection, p: str) -> None:
             for sid, login, logout in rows
         ],
     )
+
+
+def _upgrade_logouts(conn: sqlite3.Connection, p: str) -> None:
+    """Logout marks of files up to 0.3 (keyed by id, with their process's origin and
+    two indexes) move to the table keyed by player and time, their origin numbered in
+    ``origins``: about a quarter of the bytes per mark."""
+    conn.execute(f"ALTER TABLE {p}logouts RENAME TO {p}logouts_by_id")
+    conn.execute(f"DROP INDEX IF EXISTS {p}logouts_user")
+    conn.execute(f"DROP INDEX IF EXISTS {p}logouts_at")
+    conn.execute(LOGOUTS.format(p=p))
+    rows = conn.execute(f"SELECT id, userId, atMs, origin, seq FROM {p}logouts_by_id").fetchall()
+    _insert_logouts(conn, p, rows)
+    conn.execute(f"DROP TABLE {p}logouts_by_id")
+
+
+def _upgrade_session_origins(conn: sqlite3.Connection, p: str) -> None:
+    """Sessions of files up to 0.3 kept their process's origin on every row; they get
+    its ``origins`` number instead."""
+    conn.execute(
+        f"INSERT OR IGNORE INTO {p}origins (origin) SELECT DISTINCT origin FROM {p}sessions"
+    )
+    conn.execute(f"ALTER TABLE {p}sessions ADD COLUMN originId INTEGER NOT NULL DEFAULT 0")
+    conn.execute(
+        f"UPDATE {p}sessions SET originId ="
+        f" (SELECT id FROM {p}origins o WHERE o.origin = {p}sessions.origin)"
+    )
+    conn.execute(f"ALTER TABLE {p}sessions DROP COLUMN origin")
 
 
 def _upgrade_registrations(conn: sqlite3.Connection, p: str) -> None:
@@ -581,11 +676,50 @@ def _event_record(row: tuple[Any, ...]) -> EventRecord:
     return EventRecord(to_ms(parse_iso_ms(ts)), user_id, event, data, day)
 
 
-_LOGOUT_COLUMNS = "id, userId, atMs, origin, seq"
-_SESSION_COLUMNS = (
-    "id, userId, username, loginAt, logoutAt, durationS, day, month, timedOut, origin, seq,"
+#: A logout's columns as :class:`~gso_analytics.model.Logout` takes them (``l`` the
+#: logouts table, ``o`` its process's row of ``origins``).
+_LOGOUT_COLUMNS = "COALESCE(l.id, o.origin || '-' || l.seq), l.userId, l.atMs, o.origin, l.seq"
+#: A session's columns as stored, and as read (``s`` the sessions table, ``o`` origins).
+_SESSION_FIELDS = (
+    "id, userId, username, loginAt, logoutAt, durationS, day, month, timedOut, originId, seq,"
     " lastMs, frozen"
 )
+_SESSION_COLUMNS = ", ".join(
+    "o.origin" if field == "originId" else f"s.{field}" for field in _SESSION_FIELDS.split(", ")
+)
+
+
+def _origin_ids(conn: sqlite3.Connection, p: str, origins: set[str]) -> dict[str, int]:
+    """The ``origins`` numbers of these processes' origins, numbering the new ones
+    (each process's origin is stored once, not on every session and logout row)."""
+    if not origins:
+        return {}
+    conn.executemany(
+        f"INSERT OR IGNORE INTO {p}origins (origin) VALUES (?)", [(o,) for o in origins]
+    )
+    rows = conn.execute(
+        f"SELECT origin, id FROM {p}origins WHERE origin IN (SELECT value FROM json_each(?))",
+        (json.dumps(sorted(origins)),),
+    )
+    return dict(rows)
+
+
+def _insert_logouts(
+    conn: sqlite3.Connection,
+    p: str,
+    marks: list[tuple[str, str, int, str, int]],
+    insert: str = "INSERT",
+) -> None:
+    """Store logout marks ``(id, userId, atMs, origin, seq)``; an id that is not
+    ``<origin>-<seq>`` (a mark moved from a file of 0.1) is kept as it is."""
+    origins = _origin_ids(conn, p, {origin for _, _, _, origin, _ in marks})
+    conn.executemany(
+        f"{insert} INTO {p}logouts (userId, atMs, originId, seq, id) VALUES (?, ?, ?, ?, ?)",
+        [
+            (user, at, origins[origin], seq, None if mark == f"{origin}-{seq}" else mark)
+            for mark, user, at, origin, seq in marks
+        ],
+    )
 
 
 def _stored_session(row: tuple[Any, ...]) -> StoredSession:
@@ -601,7 +735,7 @@ def _stored_session(row: tuple[Any, ...]) -> StoredSession:
     )
 
 
-def _session_row(session: StoredSession) -> tuple[Any, ...]:
+def _session_row(session: StoredSession, origins: dict[str, int]) -> tuple[Any, ...]:
     login, end = session.login, session.end
     logout = None if end.logout_ms is None else iso_from_ms(end.logout_ms)
     return (
@@ -614,7 +748,7 @@ def _session_row(session: StoredSession) -> tuple[Any, ...]:
         login.day,
         login.month,
         int(end.timed_out),
-        login.origin,
+        origins[login.origin],
         login.seq,
         end.last,
         int(end.frozen),
@@ -893,12 +1027,15 @@ class SQLiteStore(Store):
         return int(found[0][0])
 
     def get_sessions(self, user_id: str) -> list[SessionRecord]:
-        return self._sessions("userId = ? ORDER BY loginAt, origin, seq", (user_id,))
+        return self._sessions(
+            "userId = ? ORDER BY loginAt, (SELECT origin FROM {p}origins WHERE id = originId), seq",
+            (user_id,),
+        )
 
     def get_logouts(self, user_id: str) -> list[Logout]:
         rows = self._read(
-            "SELECT id, userId, atMs, origin, seq FROM {p}logouts WHERE userId = ?"
-            " ORDER BY atMs, origin, seq",
+            f"SELECT {_LOGOUT_COLUMNS} FROM {{p}}logouts l JOIN {{p}}origins o ON o.id = l.originId"
+            " WHERE l.userId = ? ORDER BY l.atMs, o.origin, l.seq",
             (user_id,),
         )
         return [Logout(*row) for row in rows]

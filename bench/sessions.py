@@ -85,12 +85,12 @@ def _raw_seconds(path: Path, players: int) -> float:
     login = START.isoformat(timespec="milliseconds")
     at = (START - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
     sessions = [
-        (f"s{i}-{k}", f"p{i}", None, login, login, 60, "2026-03-02", "2026-03", 0, "o", k, at, 0)
+        (f"s{i}-{k}", f"p{i}", None, login, login, 60, "2026-03-02", "2026-03", 0, 1, k, at, 0)
         for i in range(players)
         for k in (1, 2)
     ]
     activity = [(f"p{i}", at, at + 70_000, bytes(16)) for i in range(players)]
-    logouts = [(f"o{i}-{k}", f"p{i}", 0, "o", k) for i in range(players) for k in (1, 2)]
+    logouts = [(f"p{i}", at, 1, 4 * i + k) for i in range(players) for k in (1, 2)]
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -98,7 +98,7 @@ def _raw_seconds(path: Path, players: int) -> float:
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(
             f"INSERT INTO {PREFIX}sessions (id, userId, username, loginAt, logoutAt, durationS,"
-            " day, month, timedOut, origin, seq, lastMs, frozen)"
+            " day, month, timedOut, originId, seq, lastMs, frozen)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             sessions,
         )
@@ -107,7 +107,7 @@ def _raw_seconds(path: Path, players: int) -> float:
             activity,
         )
         conn.executemany(
-            f"INSERT INTO {PREFIX}logouts (id, userId, atMs, origin, seq) VALUES (?,?,?,?,?)",
+            f"INSERT INTO {PREFIX}logouts (userId, atMs, originId, seq) VALUES (?,?,?,?)",
             logouts,
         )
         conn.execute("COMMIT")

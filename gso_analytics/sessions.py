@@ -26,7 +26,7 @@ batch's earliest mark minus ``idle_timeout`` on, the logouts from there on, and 
 batch's own marks. Only a logout arriving late *inside* a stored span needs the marks
 themselves (the last one before it, the first one after): stores keep each batch's
 activity per player (:class:`~.model.ActivityRun`) for as long as a batch can be
-retried. :func:`plan_sessions` returns the sessions whose state changed and the
+retried. :func:`plan_sessions` yields the sessions whose state changed and the
 difference they make to the day and month figures; applied exactly once per batch, those
 differences make the stored figures equal to the walk over all marks, whatever the order
 the batches arrive in.
@@ -158,8 +158,9 @@ def encode_marks(marks: Iterable[int]) -> bytes:
 _to_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def encode_logins(logins: tuple[tuple[int, str, int], ...]) -> str | None:
-    """An activity run's logins as stores keep them: JSON, or None for none."""
+def encode_logins(logins: tuple[tuple[int, str | int, int], ...]) -> str | None:
+    """An activity run's logins as stores keep them: JSON, or None for none (a store
+    may name a login's process by a number of its own, as SQLite does)."""
     return _to_json(logins) if logins else None
 
 
@@ -188,22 +189,12 @@ def decode_marks(data: bytes) -> tuple[int, ...]:
     return tuple(packed)
 
 
-def activity_runs(batch: FlushBatch) -> list[ActivityRun]:
-    """One run per player, their activity marks and logins: what the store keeps of
-    the batch's activity. (A batch's activity is sorted per player already.)"""
-    logins: dict[str, list[Login]] = {}
-    for login in batch.logins:
-        logins.setdefault(login.user_id, []).append(login)
-    runs = []
-    for user, marks in batch.activity.items():
-        theirs = logins.pop(user, None)
-        if theirs is None:
-            runs.append(ActivityRun(user, marks[0], marks[-1], tuple(marks)))
-        else:
-            runs.append(_with_logins(user, marks, theirs))
-    for user, theirs in logins.items():
-        runs.append(_with_logins(user, [], theirs))
-    return runs
+def _activity_run(user: str, marks: list[int], logins: list[Login] | None) -> ActivityRun:
+    """A player's run, their activity marks and logins: what the store keeps of the
+    batch's activity. (A batch's activity is sorted per player already.)"""
+    if logins is None:
+        return ActivityRun(user, marks[0], marks[-1], tuple(marks))
+    return _with_logins(user, marks, logins)
 
 
 def _with_logins(user: str, marks: list[int], logins: list[Login]) -> ActivityRun:
@@ -229,17 +220,19 @@ def plan_sessions(
     stored: Iterable[StoredSession],
     stored_logouts: Iterable[Logout],
     marks_between: MarksBetween,
-) -> SessionChanges:
-    """Merge a batch's marks into the stored ones and say what changes.
+    part: int = 0,
+) -> Iterator[SessionChanges]:
+    """Merge a batch's marks into the stored ones and say what changes, for ``part``
+    players at a time (0: all of them in one).
 
     ``stored`` holds the stored sessions of the batch's players whose last mark (or
     end, for a frozen one) is at or after their earliest new mark minus
     ``idle_timeout`` (more, later ones are welcome: they are walked unchanged), and
     ``stored_logouts`` their logouts from the earliest of those sessions on. A new
-    logout already stored (the same id) counts as stored.
+    logout already stored (the same id) counts as stored. A player's changes are in one
+    part and depend on no other player's, so the parts may be written one by one.
     """
     idle_ms = batch.idle_timeout_ms
-    changes = SessionChanges(activity=activity_runs(batch))
     logins: defaultdict[str, list[Login]] = defaultdict(list)
     for login in batch.logins:
         logins[login.user_id].append(login)
@@ -253,30 +246,35 @@ def plan_sessions(
     for logout in batch.logouts:
         if logout.id not in logouts.get(logout.user_id, ()):
             new_logouts[logout.user_id].append(logout)
-            changes.logouts.append(logout)
-    players = set(batch.activity) | set(logins) | set(new_logouts)
+    players = sorted(set(batch.activity) | set(logins) | set(new_logouts))
     ids = (f"{batch.id}.{n}" for n in count())  # a new session's id: unique, and cheap
-    for user in paced(sorted(players)):  # a sort and a walk per player
-        before = sessions.get(user, [])
-        added = new_logouts.get(user, [])
-        pieces = _spans(user, before, added, marks_between) if before else []
-        times = batch.activity.get(user, [])
-        if (
-            user in logins
-            or user in logouts
-            or added
-            or any(session.end.frozen for session in before)
-        ):  # a mark at a time
-            pieces += [_Piece(ms, ms, _ACTIVITY) for ms in times]
-            pieces += [_mark(m) for m in logins.get(user, [])]
-            pieces += [_mark(m) for m in logouts.get(user, {}).values()]
-            pieces += [_mark(m, new=True) for m in added]
-        elif times:  # the common case: tracked calls only, taken a run at a time
-            pieces += _runs(times, idle_ms)
-        runs, unmatched = _walk(pieces, idle_ms)
-        changes.unmatched_logouts += unmatched
-        _compare(changes, user, before, runs, batch, ids)
-    return changes
+    part = part or len(players)
+    for first in range(0, len(players), part):
+        changes = SessionChanges()
+        for user in paced(players[first : first + part]):  # a sort and a walk per player
+            before = sessions.get(user, [])
+            added = new_logouts.get(user, [])
+            changes.logouts += added
+            pieces = _spans(user, before, added, marks_between) if before else []
+            times = batch.activity.get(user, [])
+            if times or user in logins:
+                changes.activity.append(_activity_run(user, times, logins.get(user)))
+            if (
+                user in logins
+                or user in logouts
+                or added
+                or any(session.end.frozen for session in before)
+            ):  # a mark at a time
+                pieces += [_Piece(ms, ms, _ACTIVITY) for ms in times]
+                pieces += [_mark(m) for m in logins.get(user, [])]
+                pieces += [_mark(m) for m in logouts.get(user, {}).values()]
+                pieces += [_mark(m, new=True) for m in added]
+            elif times:  # the common case: tracked calls only, taken a run at a time
+                pieces += _runs(times, idle_ms)
+            runs, unmatched = _walk(pieces, idle_ms)
+            changes.unmatched_logouts += unmatched
+            _compare(changes, user, before, runs, batch, ids)
+        yield changes
 
 
 def _spans(

@@ -112,6 +112,8 @@ class _FaultyTransaction:
 
     def __getattr__(self, name: str) -> Any:
         real = getattr(self._tx, name)
+        if not callable(real):  # a setting (session_part), not a statement
+            return real
 
         def call(*args: Any, **kwargs: Any) -> Any:
             result = real(*args, **kwargs)

@@ -46,10 +46,12 @@ import hypothesis
 import pytest
 from conftest import BACKENDS, START, Backend, FakeClock
 from faults import FaultyStore
+from gso_analytics.backends.sqlite import _SQLiteTransaction
 from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
 from gso_analytics import Analytics, SessionRecord, Store, StoreError, open_store
+from gso_analytics.store import Transaction
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SECOND_MS = 1000
@@ -632,6 +634,26 @@ def test_every_interleaving_stores_the_walk(backend: Backend) -> None:
         suppress_health_check=[HealthCheck.too_slow],
         phases=phases,
     )
+    @given(scenario=scenarios())
+    def check(scenario: Scenario) -> None:
+        run_scenario(backend, scenario)
+
+    check()
+
+
+@pytest.mark.parametrize(
+    "backend", [b for b in BACKENDS if b.name in ("memory", "sqlite")], ids=["memory", "sqlite"]
+)
+def test_sessions_written_a_player_at_a_time_store_the_walk(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store may write a batch's sessions a part of its players at a time
+    (``Transaction.session_part``, SQLite 256): with parts of one player, every
+    interleaving still stores exactly the walk."""
+    monkeypatch.setattr(Transaction, "session_part", 1)
+    monkeypatch.setattr(_SQLiteTransaction, "session_part", 1)
+
+    @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(scenario=scenarios())
     def check(scenario: Scenario) -> None:
         run_scenario(backend, scenario)

@@ -37,6 +37,37 @@ CREATE TABLE {p}pending_logouts (
     userId TEXT NOT NULL, logoutAt TEXT NOT NULL, origin TEXT NOT NULL);
 """
 DAY = "'2026-01-30', '2026-01'"
+#: The session tables as written before origins were numbered: each session and logout
+#: row kept its process's origin, logouts were keyed by id with two indexes, and open
+#: sessions had an index of their own.
+PREVIOUS_SCHEMA = """
+CREATE TABLE {p}sessions (
+    id TEXT PRIMARY KEY, userId TEXT NOT NULL, username TEXT,
+    loginAt TEXT NOT NULL, logoutAt TEXT, durationS INTEGER NOT NULL DEFAULT 0,
+    day TEXT NOT NULL, month TEXT NOT NULL, timedOut INTEGER NOT NULL DEFAULT 0,
+    origin TEXT NOT NULL DEFAULT '', seq INTEGER NOT NULL DEFAULT 0,
+    lastMs INTEGER NOT NULL, frozen INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX {p}sessions_day ON {p}sessions (day);
+CREATE INDEX {p}sessions_last ON {p}sessions (userId, lastMs);
+CREATE INDEX {p}sessions_idle ON {p}sessions (lastMs) WHERE logoutAt IS NULL;
+CREATE INDEX {p}sessions_open_user ON {p}sessions (userId) WHERE logoutAt IS NULL;
+CREATE TABLE {p}logouts (
+    id TEXT PRIMARY KEY, userId TEXT NOT NULL, atMs INTEGER NOT NULL, origin TEXT NOT NULL,
+    seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX {p}logouts_user ON {p}logouts (userId, atMs);
+CREATE INDEX {p}logouts_at ON {p}logouts (atMs);
+"""
+
+
+def previous_file(path: Path) -> sqlite3.Connection:
+    """A file with the session tables of :data:`PREVIOUS_SCHEMA` (the others as
+    today's), open for the caller to fill and close."""
+    SQLiteStore(path).close()
+    conn = sqlite3.connect(path)
+    for table in ("sessions", "logouts", "origins"):
+        conn.execute(f"DROP TABLE {PREFIX}{table}")
+    conn.executescript(PREVIOUS_SCHEMA.format(p=PREFIX))
+    return conn
 
 
 def old_file(path: Path) -> None:
@@ -69,13 +100,16 @@ def test_an_old_file_is_upgraded_to_marks_and_keeps_its_sessions(tmp_path: Path)
     conn = sqlite3.connect(path)
     columns = [row[1] for row in conn.execute(f"PRAGMA table_info({PREFIX}sessions)")]
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-    logouts = sorted(conn.execute(f"SELECT id, userId FROM {PREFIX}logouts"))
     conn.close()
-    assert "reloginBy" not in columns and {"origin", "seq"} <= set(columns)
+    assert "reloginBy" not in columns and {"originId", "seq"} <= set(columns)
     assert f"{PREFIX}pending_logouts" not in tables
     assert f"{PREFIX}sessions_relogin" not in tables
     # The logout that closed 'old' and the waiting one; not the second login's end
     # (that login is the next mark) nor the timeout.
+    with SQLiteStore(path) as store:
+        logouts = [
+            (m.id, m.user_id) for u in ("u1", "u3", "u4", "u5") for m in store.get_logouts(u)
+        ]
     assert logouts == [("old-logout", "u1"), ("pending-1", "u3")]
     SQLiteStore(path).close()  # a second open finds nothing to do
 
@@ -106,9 +140,8 @@ def test_a_0_2_file_keeps_its_sessions_and_an_open_one_goes_on(tmp_path: Path) -
     closed is kept as it was, a mark inside it belongs to it and the next one after it
     starts a new session; a session it left open goes on under the activity rules."""
     path = tmp_path / "v02.db"
-    SQLiteStore(path).close()
-    conn = sqlite3.connect(path)
-    for index in ("sessions_last", "sessions_idle"):
+    conn = previous_file(path)
+    for index in ("sessions_last", "sessions_idle", "sessions_open_user"):
         conn.execute(f"DROP INDEX {PREFIX}{index}")
     for column in ("lastMs", "frozen"):
         conn.execute(f"ALTER TABLE {PREFIX}sessions DROP COLUMN {column}")
@@ -139,6 +172,78 @@ def test_a_0_2_file_keeps_its_sessions_and_an_open_one_goes_on(tmp_path: Path) -
     finally:
         analytics.stop()
         analytics.store.close()
+
+
+def test_a_file_whose_rows_kept_their_origin_numbers_it_once(tmp_path: Path) -> None:
+    """A file written before origins were numbered: its sessions and logout marks read
+    back as they were (ids, origins, times), each origin is stored once, the indexes
+    it no longer needs are gone, and new marks walk with the moved ones: a login inside
+    a session its logout closed changes nothing (the logout is found), a logout ends
+    an open session."""
+    path = tmp_path / "previous.db"
+    conn = previous_file(path)
+    process = "5f0c" * 8  # a process's origin: 32 hex digits
+    at = 1769763600000  # 2026-01-30T09:00:00Z
+    for row in (
+        (f"'s1', 'u1', 'ann', '2026-01-30T09:00:00.000Z', NULL, 600, {DAY}, 0, '{process}',"
+         f" 1, {at + 600_000}, 0"),
+        (f"'s2', 'u2', NULL, '2026-01-30T09:00:00.000Z', '2026-01-30T09:05:00.000Z', 300, {DAY},"
+         f" 0, '{process}', 2, {at}, 0"),
+        (f"'s3', 'u3', NULL, '2026-01-30T08:00:00.000Z', '2026-01-30T08:00:00.000Z', 0, {DAY},"
+         f" 1, '', 0, {at - 3_600_000}, 0"),
+    ):  # fmt: skip
+        conn.execute(f"INSERT INTO {PREFIX}sessions VALUES ({row})")
+    conn.execute(
+        f"INSERT INTO {PREFIX}logouts VALUES (?, 'u2', ?, ?, 3)",
+        (f"{process}-3", at + 300_000, process),
+    )
+    conn.execute(
+        f"INSERT INTO {PREFIX}daily VALUES ('2026-01-30', '2026-01', 'sessionCount', 3),"
+        " ('2026-01-30', '2026-01', 'totalSessionS', 900)"
+    )
+    conn.commit()
+    conn.close()
+
+    with SQLiteStore(path) as store:
+        (s1,) = store.get_sessions("u1")
+        assert (s1.session_id, s1.username, s1.duration_s, s1.logout_at) == ("s1", "ann", 600, None)
+        (logout,) = store.get_logouts("u2")
+        assert (logout.id, logout.at_ms, logout.origin, logout.seq) == (
+            f"{process}-3",
+            at + 300_000,
+            process,
+            3,
+        )
+        assert [s.session_id for s in store.get_sessions("u3")] == ["s3"]
+    conn = sqlite3.connect(path)
+    columns = {row[1] for row in conn.execute(f"PRAGMA table_info({PREFIX}sessions)")}
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    origins = sorted(row[0] for row in conn.execute(f"SELECT origin FROM {PREFIX}origins"))
+    (check,) = conn.execute("PRAGMA integrity_check").fetchone()
+    conn.close()
+    assert "origin" not in columns and "originId" in columns
+    assert origins == ["", process]
+    assert not {f"{PREFIX}sessions_open_user", f"{PREFIX}logouts_user"} & names
+    assert f"{PREFIX}logouts_at" in names and check == "ok"
+
+    now = [datetime(2026, 1, 30, 9, 4, tzinfo=UTC)]
+    analytics = Analytics(SQLiteStore(path), flush_interval=3600, clock=lambda: now[0])
+    try:
+        analytics.on_login("u2")  # inside s2, before its moved logout: s2 stays 300 s
+        now[0] = datetime(2026, 1, 30, 9, 12, tzinfo=UTC)
+        analytics.on_logout("u1")  # ends s1 at 09:12
+        analytics.flush()
+        store = analytics.store
+        assert [(s.session_id, s.duration_s) for s in store.get_sessions("u2")] == [("s2", 300)]
+        (s1,) = store.get_sessions("u1")
+        assert (s1.duration_s, s1.logout_at) == (720, now[0])
+        day = store.get_day("2026-01-30")
+        assert day is not None and (day["sessionCount"], day["totalSessionS"]) == (3, 1020)
+        assert store.count_open_sessions() == 0
+    finally:
+        analytics.stop()
+        analytics.store.close()
+    SQLiteStore(path).close()  # a second open finds nothing to do
 
 
 def test_opening_an_up_to_date_file_needs_no_write_lock(tmp_path: Path) -> None:

@@ -270,6 +270,8 @@ class _FailingTransaction:
 
     def __getattr__(self, name: str) -> Any:
         real = getattr(self._tx, name)
+        if not callable(real):  # a setting (session_part), not a write
+            return real
 
         def call(*args: Any, **kwargs: Any) -> Any:
             self.called.append(name)
