@@ -32,7 +32,7 @@ from typing import Any
 from .clock import Clock, DayKeys, from_ms, to_ms, tz_name
 from .counters import NEW_USERS
 from .model import FlushBatch, Login, Logout, Number, new_id
-from .pacing import CHECK_EVERY, Pacer, release
+from .pacing import CHECK_EVERY, Pacer, paced, release
 from .validation import MAX_AMOUNT, FlatData, encode_flat
 
 log = logging.getLogger("gso_analytics")
@@ -303,7 +303,7 @@ class Aggregator:
                         times.append(ms)
                 events.append((ms, user_id, event, text, day))
         release(taken)
-        for user, times in activity.items():
+        for user, times in paced(activity.items(), CHECK_EVERY):  # every player: paced
             times.sort()  # threads append out of order by a few microseconds
             # Active on the days of their marks: a player's marks in a batch lie on
             # one day but around midnight, so a day per player, not per mark.

@@ -49,7 +49,7 @@ import attrs
 
 from .clock import round_half_up
 from .model import ActivityRun, FlushBatch, Login, Logout, SessionEnd, StoredSession
-from .pacing import paced
+from .pacing import CHECK_EVERY, paced
 
 #: The kinds of a piece of a timeline.
 _ACTIVITY, _LOGOUT = 0, 1
@@ -195,7 +195,7 @@ def activity_runs(batch: FlushBatch) -> list[ActivityRun]:
     for login in batch.logins:
         logins.setdefault(login.user_id, []).append(login)
     runs = []
-    for user, marks in batch.activity.items():
+    for user, marks in paced(batch.activity.items(), CHECK_EVERY):  # every player: paced
         theirs = logins.pop(user, None)
         if theirs is None:
             runs.append(ActivityRun(user, marks[0], marks[-1], tuple(marks)))
