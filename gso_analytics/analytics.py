@@ -475,9 +475,9 @@ class Analytics:
                 type(user_id) is str and 0 < len(user_id) <= self._max_id and user_id.isprintable()
             ):
                 user_id = check_name(user_id, "user_id", self._max_id)
-            pairs = 0  # a one- or two-key data taken inline (below), else its snapshot
             snapshot: FlatData | str | None = None
             if data is not None:
+                pairs = 0  # a one- or two-key data taken inline (below), else its snapshot
                 if type(data) is dict and 0 < len(data) <= 2 and self._fast_data:
                     # validation.snapshot_data's check written out for one or two pairs
                     # (its call and loop were a third of the cost here): unpacked at
@@ -524,7 +524,9 @@ class Analytics:
                 if decimal or not (type(amount) is int and 0 <= amount <= MAX_AMOUNT):
                     amount = self._amount(event, amount_key, data, field, decimal)
             buffer = self._aggregator
-            if pairs:
+            if data is None:  # the event without data: no look at its type at all
+                ns = buffer.event(event, user_id, field, amount)
+            elif pairs:
                 # Aggregator.data_event, inline: the same bound and the same call, the
                 # keys and values flat in it.
                 calls = buffer._calls
@@ -539,10 +541,8 @@ class Analytics:
                     )
                 if self._hub is not None:
                     snapshot = ((key, value),) if pairs == 1 else ((key, value), (key2, value2))
-            elif snapshot is None:  # the event without data: no look at its type at all
-                ns = buffer.event(event, user_id, field, amount)
             else:
-                ns = buffer.data_event(event, user_id, snapshot, field, amount)
+                ns = buffer.data_event(event, user_id, snapshot, field, amount)  # type: ignore[arg-type]
             if self._hub is not None:
                 self._hub.submit(ns // 1_000_000, event, user_id, snapshot)
         except ValidationError as exc:
