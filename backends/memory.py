@@ -121,7 +121,7 @@ class _MemoryTransaction(Transaction):
         self._keep_first(self.state.new_users, days)
 
     def _keep_first(self, facts: dict[str, str], first_days: dict[str, str]) -> None:
-        for user, day in first_days.items():
+        for user, day in paced(first_days.items(), CHECK_EVERY):
             if user not in facts or day < facts[user]:
                 self._keep(facts, user)
                 facts[user] = day
@@ -190,7 +190,7 @@ class _MemoryTransaction(Transaction):
         return [r for r in runs if r.first_ms <= last_ms and r.last_ms >= first_ms]
 
     def insert_activity(self, runs: list[ActivityRun]) -> None:
-        for run in runs:
+        for run in paced(runs, CHECK_EVERY):  # every player of a batch: paced
             self._keep(self.state.activity, run.user_id)
             self.state.activity[run.user_id] = [*self.state.activity.get(run.user_id, []), run]
 
@@ -230,7 +230,7 @@ class _MemoryTransaction(Transaction):
 
     def save_sessions(self, sessions: list[StoredSession]) -> None:
         state = self.state
-        for session in sessions:
+        for session in paced(sessions, CHECK_EVERY):  # every player of a batch: paced
             login = session.login
             if login.id not in state.sessions:
                 self._insort(state.logins_by_user, login.user_id, (login.key, login.id))
@@ -245,7 +245,7 @@ class _MemoryTransaction(Transaction):
         self._undo.append(lambda: opened.symmetric_difference_update({session_id}))
 
     def insert_logouts(self, logouts: list[Logout]) -> None:
-        for logout in logouts:
+        for logout in paced(logouts, CHECK_EVERY):
             self._insort(self.state.logouts_by_user, logout.user_id, (logout.key, logout.id))
             self._keep(self.state.logouts, logout.id)
             self.state.logouts[logout.id] = logout

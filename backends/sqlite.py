@@ -144,18 +144,48 @@ _FIRST_DAY_TABLES = ("first_seen", "first_payments", "new_users")
 _IN_CHUNK = 500
 
 
-#: Rows written between two looks at the clock: each costs SQLite about 12 µs, so a
-#: slice ends within 25 µs of its length (with 8, eight rows fell just short of it and
-#: slices ran to ~190 µs: request p99 1.35x without analytics, 1.07-1.29x with 2).
+#: Rows written or read between two looks at the clock: each costs SQLite about 12 µs,
+#: so a slice ends within 25 µs of its length (with 8, eight rows fell just short of it
+#: and slices ran to ~190 µs: request p99 1.35x without analytics, 1.07-1.29x with 2).
 ROWS_PER_LOOK = 2
 
 
+class _PacedCursor(sqlite3.Cursor):
+    """Rows read one by one, a look at the clock before each (see
+    :class:`_PacedConnection`)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__(conn)
+        self._tick = Pacer().tick
+
+    def __next__(self) -> Any:
+        self._tick()
+        return super().__next__()
+
+
+class _PacedConnection(sqlite3.Connection):
+    """The write connection, whose statements run on the flush thread: sqlite3 releases
+    the GIL for each row it writes or reads, but only for a few µs, and a thread woken
+    then mostly finds it taken again for the next row (it waited through whole
+    ``executemany`` calls of a thousand players' rows, 5-20 ms). So every statement's
+    parameters and rows come through the pacer, which hands the GIL over between rows
+    when another thread wants it (see :mod:`~gso_analytics.pacing`)."""
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:
+        return super().executemany(sql, paced(parameters, ROWS_PER_LOOK))
+
+    def cursor(self, factory: Any = _PacedCursor) -> Any:
+        return super().cursor(factory)
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        # sqlite3's own execute makes a plain cursor, not this connection's.
+        cursor: sqlite3.Cursor = self.cursor()
+        return cursor.execute(sql, parameters)
+
+
 def _rows(events: list[EventRow]) -> Iterator[tuple[str, str, str, str, str]]:
-    """The events table's rows, looking at the clock every :data:`ROWS_PER_LOOK`."""
-    tick = Pacer().tick
-    for index, (ts, user, name, data, day) in enumerate(events):
-        if not index % ROWS_PER_LOOK:
-            tick()
+    """The events table's rows, made as the paced ``executemany`` takes them."""
+    for ts, user, name, data, day in events:
         yield iso_from_ms(ts), user, name, data, day
 
 
@@ -867,7 +897,7 @@ class SQLiteStore(Store):
             self._lock = threading.Lock()  # guards the connections
             self._write_lock = threading.Lock()  # held by a transaction; a fork waits for it
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, factory: type[sqlite3.Connection] = sqlite3.Connection) -> sqlite3.Connection:
         if self._closed:
             raise StoreError(f"SQLite store {self.path} is closed")
         try:
@@ -876,6 +906,7 @@ class SQLiteStore(Store):
                 timeout=self.busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,
+                factory=factory,
             )
             conn.execute("PRAGMA synchronous=NORMAL")
             # Deleted and rewritten content is zeroed, not left in free space: a row
@@ -889,7 +920,7 @@ class SQLiteStore(Store):
     def _writer(self) -> sqlite3.Connection:
         """The write connection; called with the write lock held."""
         if self._write_conn is None:
-            self._write_conn = self._open()
+            self._write_conn = self._open(_PacedConnection)
         return self._write_conn
 
     @contextmanager

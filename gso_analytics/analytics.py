@@ -20,11 +20,12 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal
+from math import isfinite
 from typing import Any
 
 import attrs
 
-from .aggregator import ACTIVE_ON, CALL_BYTES, Aggregator, BufferFull
+from .aggregator import ACTIVE_ON, CALL_BYTES, FLAT_EVENT, Aggregator, BufferFull
 from .clock import Clock, DayKeys, from_ms, resolve_tz, round_half_up, to_ms, utc_now
 from .counters import DAILY_FIELDS, CounterRule, CounterSpec, build_counter_map
 from .dead_letters import DeadLetters
@@ -40,12 +41,17 @@ from .outbox import ForwardingHub
 from .store import PSEUDONYM_CHECK, Store, open_store
 from .validation import (
     CENTS_KEY,
+    FAST_LEN,
+    FAST_WORST_BYTES,
     MAX_AMOUNT,
+    PLAIN_KEYS,
+    FlatData,
     Limits,
     check_amount,
     check_cents,
     check_decimal_amount,
     check_name,
+    plain_key,
     snapshot_data,
 )
 
@@ -286,6 +292,8 @@ class Analytics:
         self.limits = limits or Limits()
         self._max_id = self.limits.max_id_length
         self._max_event = self.limits.max_event_length
+        # A small flat dict's JSON fits max_data_bytes whatever it holds: no size to count.
+        self._fast_data = self.limits.max_data_bytes >= FAST_WORST_BYTES
         self._day_keys = DayKeys(self.tz)
         self._aggregator = Aggregator(
             clock,
@@ -467,17 +475,74 @@ class Analytics:
                 type(user_id) is str and 0 < len(user_id) <= self._max_id and user_id.isprintable()
             ):
                 user_id = check_name(user_id, "user_id", self._max_id)
-            snapshot = None if data is None else snapshot_data(data, self.limits)
+            snapshot: FlatData | str | None = None
+            if data is not None:
+                pairs = 0  # a one- or two-key data taken inline (below), else its snapshot
+                if type(data) is dict and 0 < len(data) <= 2 and self._fast_data:
+                    # validation.snapshot_data's check written out for one or two pairs
+                    # (its call and loop were a third of the cost here): unpacked at
+                    # once, which is the snapshot, and checked as unpacked.
+                    try:
+                        if len(data) == 1:
+                            ((key, value),) = data.items()
+                            pairs = 1
+                        else:
+                            (key, value), (key2, value2) = data.items()
+                            pairs = 2
+                    except ValueError:  # resized by another thread since len(): see below
+                        pairs = 0
+                    if pairs == 2 and not (
+                        type(key2) is str
+                        and (key2 in PLAIN_KEYS or plain_key(key2))
+                        and (
+                            ((kind := type(value2)) is int and -(2**63) < value2 < 2**63)
+                            or (kind is str and len(value2) <= FAST_LEN and value2.isascii())
+                            or (kind is float and isfinite(value2))
+                            or kind is bool
+                            or value2 is None
+                        )
+                    ):
+                        pairs = 0
+                    if pairs and not (
+                        type(key) is str
+                        and (key in PLAIN_KEYS or plain_key(key))
+                        and (
+                            ((kind := type(value)) is int and -(2**63) < value < 2**63)
+                            or (kind is str and len(value) <= FAST_LEN and value.isascii())
+                            or (kind is float and isfinite(value))
+                            or kind is bool
+                            or value is None
+                        )
+                    ):
+                        pairs = 0
+                if not pairs:
+                    snapshot = snapshot_data(data, self.limits)
             field, amount_key, decimal = rule
             amount: Number = 1
             if amount_key is not None:
-                amount = data.get(amount_key) if snapshot is not None else None  # type: ignore[union-attr,assignment]
+                amount = data.get(amount_key) if data is not None else None  # type: ignore[assignment]
                 if decimal or not (type(amount) is int and 0 <= amount <= MAX_AMOUNT):
                     amount = self._amount(event, amount_key, data, field, decimal)
-            if snapshot is None:  # the event without data: no look at its type at all
-                ns = self._aggregator.event(event, user_id, field, amount)
+            buffer = self._aggregator
+            if data is None:  # the event without data: no look at its type at all
+                ns = buffer.event(event, user_id, field, amount)
+            elif pairs:
+                # Aggregator.data_event, inline: the same bound and the same call, the
+                # keys and values flat in it.
+                calls = buffer._calls
+                if len(calls) + buffer.backlog >= buffer._limit:
+                    raise BufferFull
+                ns = buffer.now_ns()
+                if pairs == 1:
+                    calls.append((FLAT_EVENT, ns, user_id, event, field, amount, key, value))
+                else:
+                    calls.append(
+                        (FLAT_EVENT, ns, user_id, event, field, amount, key, value, key2, value2)
+                    )
+                if self._hub is not None:
+                    snapshot = ((key, value),) if pairs == 1 else ((key, value), (key2, value2))
             else:
-                ns = self._aggregator.data_event(event, user_id, snapshot, field, amount)
+                ns = buffer.data_event(event, user_id, snapshot, field, amount)  # type: ignore[arg-type]
             if self._hub is not None:
                 self._hub.submit(ns // 1_000_000, event, user_id, snapshot)
         except ValidationError as exc:

@@ -40,8 +40,10 @@ before it looked. The two clock reads are system calls, 1-3 µs here, once per s
 (``python -m bench.tail`` and ``bench/persist.py`` measure the whole).
 
 Store calls that release the GIL for long (socket I/O, SQLite's commit) are left
-whole; SQLite's ``executemany``, which drops it for a few µs per row, pulls its rows
-from a paced generator (:func:`paced`). Between its store calls,
+whole; SQLite, which drops it for a few µs per row, pulls every row it writes from a
+paced generator (:func:`paced`) and hands over every row it reads through a pacer too
+(the SQLite store's write connection): a thousand players' rows in one ``executemany``
+or ``SELECT`` otherwise held a waiting thread off for 5-20 ms. Between its store calls,
 :func:`~gso_analytics.store.apply_batch` ticks too, so steps of a few hundred µs each
 do not add up to one long stretch. Freeing is work as well: a list of 200,000 rows
 dropped at once is freed in one stretch of C code holding the GIL for 10-20 ms;

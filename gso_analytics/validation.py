@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from json.encoder import encode_basestring as _encode_string  # C, ensure_ascii=False
 from typing import Any
@@ -154,29 +154,29 @@ def _check_tree(value: Any, path: str, depth: int, limits: Limits) -> None:
 
 
 #: The fast path of :func:`snapshot_data` takes at most this many keys, each an ASCII
-#: identifier of at most ``_FAST_LEN`` characters, with scalar values (strings ASCII
-#: and at most ``_FAST_LEN`` long). Its worst JSON size, every string character
-#: escaped to 6 bytes, is ``_FAST_WORST_BYTES``: when that fits ``max_data_bytes``,
+#: identifier of at most ``FAST_LEN`` characters, with scalar values (strings ASCII
+#: and at most ``FAST_LEN`` long). Its worst JSON size, every string character
+#: escaped to 6 bytes, is ``FAST_WORST_BYTES``: when that fits ``max_data_bytes``,
 #: such a dict needs no size computation at all.
-_FAST_KEYS = 16
-_FAST_LEN = 64
-_FAST_WORST_BYTES = 2 + _FAST_KEYS * ((_FAST_LEN + 3) + (6 * _FAST_LEN + 2))
+FAST_KEYS = 16
+FAST_LEN = 64
+FAST_WORST_BYTES = 2 + FAST_KEYS * ((FAST_LEN + 3) + (6 * FAST_LEN + 2))
 
 #: Keys already seen to qualify: a game uses a handful, so the request path usually
 #: checks a key with one set lookup. Bounded, never evicted.
-_PLAIN_KEYS: set[str] = set()
+PLAIN_KEYS: set[str] = set()
 _MAX_PLAIN_KEYS = 4096
 
 
-def _plain_key(key: str) -> bool:
-    if not (len(key) <= _FAST_LEN and key.isascii() and key.isidentifier()):
+def plain_key(key: str) -> bool:
+    if not (len(key) <= FAST_LEN and key.isascii() and key.isidentifier()):
         return False
-    if len(_PLAIN_KEYS) < _MAX_PLAIN_KEYS:
-        _PLAIN_KEYS.add(key)
+    if len(PLAIN_KEYS) < _MAX_PLAIN_KEYS:
+        PLAIN_KEYS.add(key)
     return True
 
 
-#: A flat ``data`` as the buffer keeps it: its (key, value) pairs, in order.
+#: A flat ``data`` as the request path snapshots it: its (key, value) pairs, in order.
 FlatData = tuple[tuple[str, Any], ...]
 
 
@@ -185,24 +185,23 @@ def snapshot_data(data: dict[str, Any], limits: Limits) -> FlatData | str:
 
     The common case, a small flat dict of short plain keys and scalar values, is
     checked in one cheap pass over its items, taken as a tuple of pairs (a full
-    snapshot of scalars); its JSON is written later, on the flush thread, by
-    :func:`encode_flat`, and is bounded by ``_FAST_WORST_BYTES``. Anything else takes
-    the full check and is snapshotted as its JSON text.
+    snapshot of scalars, made by one C call: a thread changing the dict meanwhile is
+    wholly in it or out of it); its JSON is written later, on the flush thread, by
+    :func:`encode_flat`, and is bounded by ``FAST_WORST_BYTES``. Anything else takes
+    the full check and is snapshotted as its JSON text. ``Analytics.track`` writes
+    this check out for one- and two-key dicts (a call and a loop were a third of its
+    cost); ``tests/test_encoding.py`` holds every path to ``json.dumps``.
 
-    Pairs of strings and numbers, not a copy of the dict: the cyclic garbage
-    collector stops tracking such tuples, and the buffered call holding them, while a
-    call holding a dict stays tracked until it is flushed (see :mod:`.aggregator`). A
-    minute of buffered calls would otherwise be traversed by every full collection in
-    that minute, each holding the GIL on whichever thread triggers it.
+    Strings and numbers, not a copy of the dict: the cyclic garbage collector stops
+    tracking a buffered call holding them, while a call holding a dict stays tracked
+    until it is flushed (see :mod:`.aggregator`). A minute of buffered calls would
+    otherwise be traversed by every full collection in that minute, each holding the
+    GIL on whichever thread triggers it.
     """
-    if (
-        type(data) is dict
-        and len(data) <= _FAST_KEYS
-        and limits.max_data_bytes >= _FAST_WORST_BYTES
-    ):
+    if type(data) is dict and len(data) <= FAST_KEYS and limits.max_data_bytes >= FAST_WORST_BYTES:
         items = tuple(data.items())
         for key, value in items:
-            if type(key) is not str or (key not in _PLAIN_KEYS and not _plain_key(key)):
+            if type(key) is not str or (key not in PLAIN_KEYS and not plain_key(key)):
                 break
             kind = type(value)
             if kind is int:
@@ -210,7 +209,7 @@ def snapshot_data(data: dict[str, Any], limits: Limits) -> FlatData | str:
                     continue
                 break
             if kind is str:
-                if len(value) <= _FAST_LEN and value.isascii():
+                if len(value) <= FAST_LEN and value.isascii():
                     continue
                 break  # long, or may hold a lone surrogate: the full check decides
             if kind is float:
@@ -224,9 +223,9 @@ def snapshot_data(data: dict[str, Any], limits: Limits) -> FlatData | str:
     return encode_data(data, limits)
 
 
-def encode_flat(data: Iterable[tuple[str, Any]]) -> str:
-    """The compact JSON of the pairs of a dict accepted by :func:`snapshot_data`'s
-    fast path.
+def encode_flat(flat: Sequence[Any]) -> str:
+    """The compact JSON of a dict accepted by the fast path (see :data:`FlatData`),
+    given as its keys and values one after the other, as a buffered call holds them.
 
     Its keys are ASCII identifiers (nothing to escape) and its values plain scalars, so
     the text is assembled directly: about twice as fast as ``json.dumps``, which builds
@@ -234,7 +233,8 @@ def encode_flat(data: Iterable[tuple[str, Any]]) -> str:
     separators=(",", ":"), ensure_ascii=False)``.
     """
     parts = []
-    for key, value in data:
+    pairs = iter(flat)
+    for key, value in zip(pairs, pairs, strict=True):
         kind = type(value)
         if kind is str:
             text = _encode_string(value)

@@ -109,8 +109,8 @@ def test_without_secure_delete_the_erased_text_stays_in_the_file(
 
     original = SQLiteStore._open
 
-    def without(self: SQLiteStore) -> sqlite3.Connection:
-        conn = original(self)
+    def without(self: SQLiteStore, *factory: type[sqlite3.Connection]) -> sqlite3.Connection:
+        conn = original(self, *factory)
         conn.execute("PRAGMA secure_delete = OFF")
         return conn
 

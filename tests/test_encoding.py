@@ -1,9 +1,9 @@
 """The request path's fast data snapshot and the flush's hand-written text writers.
 
-``snapshot_data`` keeps small flat dicts as copies and ``encode_flat`` writes their
-JSON by hand for speed; ``json.dumps`` is the oracle both must agree with.
-``iso_from_ms`` writes event times reusing a cached second's text; date arithmetic
-from the epoch, formatted field by field, is its oracle.
+``track()`` keeps small flat dicts as their keys and values and ``encode_flat`` writes
+their JSON by hand for speed; ``json.dumps`` is the oracle both must agree with, read
+back from the store after a flush. ``iso_from_ms`` writes event times reusing a cached
+second's text; date arithmetic from the epoch, formatted field by field, is its oracle.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gso_analytics import Analytics
 from gso_analytics.clock import iso_from_ms, iso_ms
-from gso_analytics.validation import Limits, encode_flat, snapshot_data
+from gso_analytics.errors import ValidationError
+from gso_analytics.validation import Limits
 
 keys = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,70}", fullmatch=True)
 scalars = st.one_of(
@@ -43,31 +45,55 @@ def oracle(data: dict[str, object]) -> str | None:
     return text if size <= Limits().max_data_bytes else None
 
 
+def stored(data: dict[str, object], limits: Limits | None = None) -> str:
+    """The data text stored for one ``track()`` with ``data``, after a flush (raises
+    :class:`ValidationError` where the call is rejected)."""
+    analytics = Analytics("memory://", forwarders=[], strict=True, limits=limits)
+    try:
+        analytics.track("item.craft", "u1", data)
+        analytics.flush()
+        (event,) = analytics.store.get_events()
+        return event.data
+    finally:
+        analytics.stop()
+
+
 @given(st.dictionaries(keys, scalars, max_size=20))
 def test_snapshot_is_the_same_json_as_json_dumps(data: dict[str, object]) -> None:
-    """Whatever path a dict takes, the text stored is json.dumps's, or it is rejected."""
+    """Whatever path a dict takes (one or two keys, more, or the full check), the text
+    stored is json.dumps's, or the call is rejected."""
     expected = oracle(data)
     try:
-        snapshot = snapshot_data(data, Limits())
-    except ValueError:
+        text = stored(data)
+    except ValidationError:
         assert expected is None
         return
-    assert expected is not None
-    assert (snapshot if isinstance(snapshot, str) else encode_flat(snapshot)) == expected
+    assert text == expected
 
 
 def test_snapshot_is_a_copy() -> None:
     """The caller may reuse its dict after track(): the buffer must not see it change."""
-    data = {"amount": 5, "item": "sword"}
-    snapshot = snapshot_data(data, Limits())
-    data["amount"] = 6
-    assert snapshot == (("amount", 5), ("item", "sword"))
+    for data in ({"amount": 5}, {"amount": 5, "item": "sword"}, dict.fromkeys("abc", 5)):
+        expected = dumps(data)
+        analytics = Analytics("memory://", forwarders=[], strict=True)
+        analytics.track("item.craft", "u1", data)
+        data["amount"] = 6
+        data["more"] = "x"
+        analytics.flush()
+        (event,) = analytics.store.get_events()
+        analytics.stop()
+        assert event.data == expected
 
 
 def test_small_limits_take_the_exact_path() -> None:
     """With max_data_bytes below the fast path's worst case, sizes are computed exactly."""
     limits = Limits(max_data_bytes=40)
-    assert snapshot_data({"a": "x" * 20}, limits) == '{"a":"' + "x" * 20 + '"}'
+    assert stored({"a": "x" * 20}, limits) == '{"a":"' + "x" * 20 + '"}'
+    try:
+        stored({"a": "x" * 40}, limits)
+    except ValidationError:
+        return
+    raise AssertionError("a dict over max_data_bytes was stored")
 
 
 def iso_oracle(ms: int) -> str:
