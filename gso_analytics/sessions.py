@@ -58,6 +58,8 @@ _ACTIVITY, _LOGOUT = 0, 1
 #: calls and touches ``(0, "", 0)``, first; logins and logouts ``(1, origin, seq)``).
 MarkKey = tuple[int, tuple[int, str, int]]
 _FIRST: tuple[int, str, int] = (0, "", 0)
+#: After every mark of its millisecond.
+_LAST: tuple[int, str, int] = (2, "", 0)
 
 #: ``marks_between(user, first_ms, last_ms)``: the player's stored activity marks in
 #: that range as keys, sorted (see :meth:`~gso_analytics.store.Transaction.marks_between`).
@@ -284,7 +286,11 @@ def _spans(
     marks_between: MarksBetween,
 ) -> list[_Piece]:
     """The stored sessions as spans, each split at the new logouts that fall inside it
-    (at or after its start, before its last mark) by its stored marks."""
+    (after its first mark, before its last) by its stored marks.
+
+    A span knows its last mark's millisecond, not its place in it: a logout of that
+    millisecond may come before the last mark (another process's login, by origin) or
+    after it, so it is looked up among the marks like one strictly inside."""
     pieces = []
     for session in sessions:
         start, end = session.login.at_ms, session.end
@@ -297,7 +303,7 @@ def _spans(
         inside = sorted(
             key
             for key in (_key(_mark(m)) for m in new_logouts)
-            if (start, order) < key < (last, _FIRST)
+            if (start, order) < key < (last, _LAST)
         )
         # The session's own marks: none before its first (a mark of its first
         # millisecond may be an earlier session's).

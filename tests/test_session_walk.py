@@ -759,6 +759,49 @@ def test_a_logout_and_another_process_login_of_one_millisecond(
     assert [(minute(s.login_at), minute(s.logout_at)) for s in found] == expected
 
 
+@backends
+@pytest.mark.parametrize(
+    ("logout_origin", "expected"),
+    [
+        # B's logout first: it ends the session at 10, A's login starts one there,
+        # which A's own logout at 11 ends.
+        ("1", [(0, 10), (10, 11)]),
+        # A's login first: the session goes on to B's logout; A's ends nothing.
+        ("3", [(0, 10)]),
+    ],
+    ids=["logout first", "login first"],
+)
+def test_a_late_logout_in_the_millisecond_of_a_sessions_last_login(
+    backend: Backend,
+    store: Store,
+    other_store: Store,
+    clock: FakeClock,
+    logout_origin: str,
+    expected: list[tuple[int, int | None]],
+) -> None:
+    """A (origin "2") logs in at 0, tracks at 5 min, logs in again at 10 min (the
+    session's last mark) and out at 11 min, flushed; B's logout of the 10th minute's
+    millisecond arrives after. The stored span knows its last mark's millisecond, not
+    its place in it: B's logout may fall before that login (found by the hypothesis
+    state machine, which lost the session from 10 to 11)."""
+    a = worker(store, clock)
+    b = worker(other_store, clock)
+    a._aggregator.origin, b._aggregator.origin = "2", logout_origin
+    for minute, kind in [(0, "login"), (5, "event"), (10, "login"), (11, "logout")]:
+        clock.set(at(T0 + minute * MINUTE_MS))
+        call(a, kind, "p")
+    a.flush()
+    clock.set(at(T0 + 10 * MINUTE_MS))
+    b.on_logout("p")
+    b.flush()
+
+    def minute(moment: datetime | None) -> int | None:
+        return None if moment is None else (to_ms(moment) - T0) // MINUTE_MS
+
+    found = sorted(store.get_sessions("p"), key=lambda s: s.login_at)
+    assert [(minute(s.login_at), minute(s.logout_at)) for s in found] == expected
+
+
 # -- two threads of one process ---------------------------------------------------------
 
 
