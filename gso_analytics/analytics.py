@@ -480,20 +480,27 @@ class Analytics:
                 pairs = 0  # a one- or two-key data taken inline (below), else its snapshot
                 if type(data) is dict and 0 < len(data) <= 2 and self._fast_data:
                     # validation.snapshot_data's check written out for one or two pairs
-                    # (its call and loop were a third of the cost here): unpacked at
-                    # once, which is the snapshot, and checked as unpacked.
+                    # (its call and loop were a third of the cost here): the keys and
+                    # their values read once, which is the snapshot, and checked as read.
                     try:
                         if len(data) == 1:
-                            ((key, value),) = data.items()
+                            (key,) = data  # the keys, then the values: no item tuples
                             pairs = 1
                         else:
-                            (key, value), (key2, value2) = data.items()
+                            key, key2 = data
                             pairs = 2
-                    except ValueError:  # resized by another thread since len(): see below
+                        # Exact str keys hash and compare in C: no caller code runs in
+                        # the lookups below.
+                        if type(key) is not str or (pairs == 2 and type(key2) is not str):
+                            pairs = 0
+                        elif pairs == 1:
+                            value = data[key]
+                        else:
+                            value, value2 = data[key], data[key2]
+                    except (ValueError, KeyError):  # changed by another thread: snapshot below
                         pairs = 0
                     if pairs == 2 and not (
-                        type(key2) is str
-                        and (key2 in PLAIN_KEYS or plain_key(key2))
+                        (key2 in PLAIN_KEYS or plain_key(key2))
                         and (
                             ((kind := type(value2)) is int and -(2**63) < value2 < 2**63)
                             or (kind is str and len(value2) <= FAST_LEN and value2.isascii())
@@ -504,8 +511,7 @@ class Analytics:
                     ):
                         pairs = 0
                     if pairs and not (
-                        type(key) is str
-                        and (key in PLAIN_KEYS or plain_key(key))
+                        (key in PLAIN_KEYS or plain_key(key))
                         and (
                             ((kind := type(value)) is int and -(2**63) < value < 2**63)
                             or (kind is str and len(value) <= FAST_LEN and value.isascii())

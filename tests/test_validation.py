@@ -541,6 +541,39 @@ def test_caller_mutating_data_after_track_changes_nothing(
     assert store.get_day("2025-03-14")["creditsEarned"] == 5
 
 
+class _TrappedKey(str):
+    """A data key whose hash is caller code: hashed once, as the dict is built; a
+    lookup by it (which hashes it again) must not happen."""
+
+    hashed = False
+
+    def __hash__(self) -> int:
+        if self.hashed:
+            raise AssertionError("the library looked a value up by a caller's key")
+        self.hashed = True
+        return str.__hash__(self)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{_TrappedKey("step"): 1}, {"tier": 3, _TrappedKey("step"): 1}, {_TrappedKey("s"): 1, "t": 2}],
+    ids=["one key", "second key", "first key"],
+)
+def test_a_str_subclass_data_key_is_refused_before_any_lookup(
+    store: Store, make_analytics: AnalyticsFactory, data: dict[str, Any]
+) -> None:
+    """``track()`` takes one- and two-key dicts inline, by their keys then the values:
+    a key that is not exactly a ``str`` is refused (as the full check refuses it) before
+    any value is looked up by it, and the calls around it are stored."""
+    analytics = make_analytics(store, strict=True)
+    analytics.track("tutorial.step", "u1", {"step": 0, "tier": 1})
+    with pytest.raises(InvalidTypeError, match="must be a string"):
+        analytics.track("tutorial.step", "u1", data)
+    analytics.track("tutorial.step", "u1", {"step": 2})
+    analytics.flush()
+    assert sorted(e.data for e in store.get_events("u1")) == ['{"step":0,"tier":1}', '{"step":2}']
+
+
 @pytest.mark.parametrize(
     "options",
     [
