@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from gso_analytics import Analytics, open_store, pacing
+from gso_analytics.repeating import repeating
 from gso_analytics.store import Store
 
 NONE_A, NONE_B, WITH, OTHER = "none A", "none B", "with", "other process"
@@ -468,16 +469,9 @@ def process_cpu(
     return rows
 
 
-@contextlib.contextmanager
-def _idle_thread() -> Iterator[None]:
-    done = threading.Event()
-    thread = threading.Thread(target=done.wait, name="bench-idle")
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
+def _idle_thread() -> contextlib.AbstractContextManager[None]:
+    """Another thread, asleep while the block runs (it wakes to do nothing hourly)."""
+    return repeating(lambda: None, 3600.0, "bench-idle")
 
 
 #: Ways to let another thread have the GIL, compared by :func:`pauses`.

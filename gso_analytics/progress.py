@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
+from .repeating import repeating
+
 #: The shortest time between two redraws of the line.
 REDRAW_S = 0.1
 #: Characters of the bar drawn for work of a known total.
@@ -84,21 +86,12 @@ class Progress:
         if not self.enabled:
             yield
             return
-        done = threading.Event()
 
         def tick() -> None:
-            while True:
-                self._draw(f"{self.label}... {self._elapsed(time.monotonic())}")
-                if done.wait(1.0):
-                    return
+            self._draw(f"{self.label}... {self._elapsed(time.monotonic())}")
 
-        ticker = threading.Thread(target=tick, name="gso_analytics-progress", daemon=True)
-        ticker.start()
-        try:
+        with repeating(tick, 1.0, "gso_analytics-progress", at_once=True):
             yield
-        finally:
-            done.set()
-            ticker.join()
 
     def close(self) -> None:
         """End the line (on a terminal, once something was drawn), so what the command

@@ -716,78 +716,49 @@ def test_the_pieces_of_a_split_session_keep_their_logins_names(
     ]
 
 
+#: A's calls (origin "2"), in minutes: a tracked call at 12 min after the second login,
+#: or A's own logout at 11, which makes that login the stored session's last mark.
+TRACKED_AFTER = ((0, "login"), (5, "event"), (10, "login"), (12, "event"))
+LOGGED_OUT_AFTER = ((0, "login"), (5, "event"), (10, "login"), (11, "logout"))
+
+
 @backends
 @pytest.mark.parametrize(
-    ("logout_origin", "expected"),
+    ("script", "logout_origin", "expected"),
     [
         # B's logout first in the millisecond: it ends the session, A's login starts one.
-        ("1", [(0, 10), (10, None)]),
+        (TRACKED_AFTER, "1", [(0, 10), (10, None)]),
         # A's login first: it goes on with the session, which B's logout then ends; the
         # tracked call at 12 min starts a session of its own.
-        ("3", [(0, 10), (12, None)]),
+        (TRACKED_AFTER, "3", [(0, 10), (12, None)]),
+        # The login is the stored session's last mark: B's logout first ends the session
+        # at 10, A's login starts one there, which A's own logout at 11 ends (found by
+        # the state machine: the session from 10 to 11 was lost).
+        (LOGGED_OUT_AFTER, "1", [(0, 10), (10, 11)]),
+        # A's login first: the session goes on to B's logout; A's ends nothing.
+        (LOGGED_OUT_AFTER, "3", [(0, 10)]),
     ],
-    ids=["logout first", "login first"],
+    ids=["logout first", "login first", "last mark, logout first", "last mark, login first"],
 )
 def test_a_logout_and_another_process_login_of_one_millisecond(
     backend: Backend,
     store: Store,
     other_store: Store,
     clock: FakeClock,
+    script: tuple[tuple[int, str], ...],
     logout_origin: str,
     expected: list[tuple[int, int | None]],
 ) -> None:
-    """A (origin "2") logs in at 0, tracks at 5 min, logs in again at 10 min and tracks
-    at 12 min, flushed; B logs the player out at 10 min, in the same millisecond as A's
-    second login, and flushes after. Marks of one millisecond from two processes go by
-    the processes' origins, also when the logout reaches the store after the login."""
+    """A (origin "2") plays ``script``, with a second login at 10 min, and flushes; B
+    logs the player out at 10 min, in the same millisecond as A's second login, and
+    flushes after. Marks of one millisecond from two processes go by the processes'
+    origins, also when the logout reaches the store after the login, and when that
+    login is the stored session's last mark (a span knows its last mark's millisecond,
+    not its place in it)."""
     a = worker(store, clock)
     b = worker(other_store, clock)
     a._aggregator.origin, b._aggregator.origin = "2", logout_origin
-    script = [(0, "login"), (5, "event"), (10, "login"), (12, "event")]
     for minute, kind in script:
-        clock.set(at(T0 + minute * MINUTE_MS))
-        call(a, kind, "p")
-    a.flush()
-    clock.set(at(T0 + 10 * MINUTE_MS))
-    b.on_logout("p")
-    b.flush()
-
-    def minute(moment: datetime | None) -> int | None:
-        return None if moment is None else (to_ms(moment) - T0) // MINUTE_MS
-
-    found = sorted(store.get_sessions("p"), key=lambda s: s.login_at)
-    assert [(minute(s.login_at), minute(s.logout_at)) for s in found] == expected
-
-
-@backends
-@pytest.mark.parametrize(
-    ("logout_origin", "expected"),
-    [
-        # B's logout first: it ends the session at 10, A's login starts one there,
-        # which A's own logout at 11 ends.
-        ("1", [(0, 10), (10, 11)]),
-        # A's login first: the session goes on to B's logout; A's ends nothing.
-        ("3", [(0, 10)]),
-    ],
-    ids=["logout first", "login first"],
-)
-def test_a_late_logout_in_the_millisecond_of_a_sessions_last_login(
-    backend: Backend,
-    store: Store,
-    other_store: Store,
-    clock: FakeClock,
-    logout_origin: str,
-    expected: list[tuple[int, int | None]],
-) -> None:
-    """A (origin "2") logs in at 0, tracks at 5 min, logs in again at 10 min (the
-    session's last mark) and out at 11 min, flushed; B's logout of the 10th minute's
-    millisecond arrives after. The stored span knows its last mark's millisecond, not
-    its place in it: B's logout may fall before that login (found by the hypothesis
-    state machine, which lost the session from 10 to 11)."""
-    a = worker(store, clock)
-    b = worker(other_store, clock)
-    a._aggregator.origin, b._aggregator.origin = "2", logout_origin
-    for minute, kind in [(0, "login"), (5, "event"), (10, "login"), (11, "logout")]:
         clock.set(at(T0 + minute * MINUTE_MS))
         call(a, kind, "p")
     a.flush()

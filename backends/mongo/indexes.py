@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -32,6 +31,7 @@ from typing import Any
 import attrs
 
 from gso_analytics.errors import ConfigurationError, StoreError
+from gso_analytics.repeating import repeating
 
 from .connection import Connection
 from .options import READ_TIMEOUT_MS, majority, pymongo
@@ -343,27 +343,20 @@ class Indexes(Connection):
         """Renew the index lease every quarter of it while the block runs: a build on a
         large collection can take longer than the lease, and another process must not
         take it over (and build the same indexes again) meanwhile."""
-        done = threading.Event()
-        period = INDEX_BUILD_LEASE.total_seconds() / 4
+        locks = self._collection("locks").with_options(write_concern=majority())
 
         def renew() -> None:
-            locks = self._collection("locks").with_options(write_concern=majority())
-            while not done.wait(period):
-                try:
-                    locks.update_one(
-                        {"_id": _INDEX_LEASE_ID, "owner": token},
-                        {"$set": {"until": self._server_now() + INDEX_BUILD_LEASE}},
-                    )
-                except pymongo().errors.PyMongoError as exc:
-                    log.warning("gso_analytics: could not renew the index lease (%s)", exc)
+            try:
+                locks.update_one(
+                    {"_id": _INDEX_LEASE_ID, "owner": token},
+                    {"$set": {"until": self._server_now() + INDEX_BUILD_LEASE}},
+                )
+            except pymongo().errors.PyMongoError as exc:
+                log.warning("gso_analytics: could not renew the index lease (%s)", exc)
 
-        renewer = threading.Thread(target=renew, name="gso-analytics-index-lease", daemon=True)
-        renewer.start()
-        try:
+        period = INDEX_BUILD_LEASE.total_seconds() / 4
+        with repeating(renew, period, "gso-analytics-index-lease"):
             yield
-        finally:
-            done.set()
-            renewer.join()
 
     def _create_collections(self) -> None:
         """Every collection exists before the first transaction (module docstring)."""
