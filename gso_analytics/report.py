@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .counters import MAX_COUNTER
 from .kpis import MAU30_DAYS, pooled_rate, ratio
 from .model import DailyStats, Metrics, Number
 
@@ -26,8 +27,10 @@ GAP = "  "
 
 
 def fmt_int(value: Number) -> str:
-    """``1234567`` → ``1,234,567``; amounts may be floats, shown rounded."""
-    return f"{round(value):,}"
+    """``1234567`` → ``1,234,567``; amounts may be floats, shown rounded. A figure at
+    the counters' ceiling reads ``>=`` it: it saturated, its true sum is not stored."""
+    text = f"{round(value):,}"
+    return f">={text}" if value >= MAX_COUNTER else text
 
 
 def fmt_duration(seconds: Number) -> str:
@@ -43,8 +46,13 @@ def fmt_duration(seconds: Number) -> str:
 
 
 def fmt_cents(cents: Number) -> str:
-    """USD cents as dollars: ``123456`` → ``$1,234.56``."""
-    return f"${cents / 100:,.2f}"
+    """USD cents as dollars: ``123456`` → ``$1,234.56``; whole cents exactly (past 2**53
+    a float would round them), a figure at the counters' ceiling as ``>=`` it."""
+    if not isinstance(cents, int):
+        return f"${cents / 100:,.2f}"  # a mean (ARPDAU, ARPPU)
+    dollars, rest = divmod(abs(cents), 100)
+    text = f"{'-' if cents < 0 else ''}${dollars:,}.{rest:02d}"
+    return f">={text}" if cents >= MAX_COUNTER else text
 
 
 def avg_session(day: DailyStats) -> str:

@@ -14,16 +14,20 @@ import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gso_analytics import DAILY_FIELDS, Analytics, ConfigurationError, CounterRule, open_store
 from gso_analytics.cli import main
+from gso_analytics.counters import MAX_COUNTER
 from gso_analytics.demo import plan_demo
-from gso_analytics.report import COLUMNS, fmt_cents, fmt_duration, render_days
+from gso_analytics.report import COLUMNS, fmt_cents, fmt_duration, fmt_int, render_days
 
 ZEROS = dict.fromkeys(DAILY_FIELDS, 0)
 TODAY = "2026-03-12"  # three demo days, all in March: every player is in the MAU
@@ -383,6 +387,21 @@ def test_fmt_duration(seconds: int, text: str) -> None:
 def test_fmt_cents() -> None:
     assert fmt_cents(0) == "$0.00"
     assert fmt_cents(123456) == "$1,234.56"
+    assert fmt_cents(-5) == "-$0.05"
+    assert fmt_cents(1234.5) == "$12.35"  # a mean, rounded
+
+
+@given(st.integers(0, MAX_COUNTER - 1))
+def test_whole_cents_are_shown_exactly(cents: int) -> None:
+    """Past 2**53 cents a float division would round them; Decimal is the oracle."""
+    assert fmt_cents(cents) == f"${Decimal(cents) / 100:,.2f}"
+
+
+def test_saturated_figures_read_at_least() -> None:
+    """A counter at the ceiling has lost what went past it: the report says ">=" it."""
+    assert fmt_int(MAX_COUNTER) == f">={MAX_COUNTER:,}"
+    assert fmt_cents(MAX_COUNTER) == f">=${MAX_COUNTER // 100:,}.{MAX_COUNTER % 100:02d}"
+    assert fmt_int(MAX_COUNTER - 1) == f"{MAX_COUNTER - 1:,}"
 
 
 def test_days_table_fits_100_columns_by_wrapping_whole_sections(
