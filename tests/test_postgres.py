@@ -147,6 +147,15 @@ def test_a_new_connection_forgets_the_records_remembered_as_stored(store: Postgr
     assert day_stats is not None and day_stats["dau"] == 1
 
 
+def test_fence_updates_find_room_on_their_page(store: PostgresStore) -> None:
+    """Half-empty fence pages: a player's fence, updated by each batch part of theirs,
+    is updated in place (HOT, no new index entry) while its page has room."""
+    (options,) = store._read(
+        "SELECT reloptions FROM pg_class WHERE oid = %s::regclass", (f"{store.schema}.fences",)
+    )[0]
+    assert options == ["fillfactor=50"]
+
+
 def store_url(store: PostgresStore) -> str:
     base = pg_server.server_url()
     return f"{base}{'&' if '?' in base else '?'}schema={store.schema}"
