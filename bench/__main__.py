@@ -217,6 +217,10 @@ def _postgres(quick: bool) -> dict[str, Any]:
         " COPY of ready rows alone",
         "*_cpu_ms: this process's CPU time per subject / per half (the server's is not in"
         " it): the part of the cost that does not wait on other load",
+        f"warm: per size one Analytics and one logger's connection, each on its schema,"
+        f" {postgres_section.WARM_FLUSHES} flushes of the same {postgres_section.PLAYERS}"
+        f" players first, then {3 * rounds} timed rounds alternating (the rows above: each"
+        " subject's first flush into an empty schema, every player new)",
         f"round_trips: one flush of {players:,} players x (login, 5 events, logout), the"
         " statements counted at the driver; 'of which in a pipeline': sent while one was"
         " open, where a write is waited for with the next statement read, not on its own"
@@ -332,6 +336,7 @@ def _print_section(name: str, title: str, result: dict[str, Any], seconds: float
         ("activity", "flush CPU per event, with and without activity marks"),
         ("probe", "GIL probe during one flush, us"),
         ("commands", "one flush's commands and written documents (bench.mongo_commands)"),
+        ("warm", "the same players flush after flush (a worker flushing every second)"),
         ("round_trips", "one flush's round trips, by statement"),
     ):
         if result.get(extra):

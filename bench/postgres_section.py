@@ -21,7 +21,10 @@ stored rows, each side's per-event Python inside its clock.
   one ``COPY`` of them in one transaction into the store's own events table
   (partitioned by day, indexed, created by the store).
 
-Both take the time of the real clock. ``gso_over_raw`` (the goal's figure) is the
+Both take the time of the real clock. Those rows are each subject's first flush into
+an empty schema, every player new; the ``warm`` rows (:func:`warm`) compare the same
+two subjects flush after flush over the same players, as a worker flushing every
+second sees them. ``gso_over_raw`` (the goal's figure) is the
 events per second of the whole of each; ``flush_over_copy`` compares the two halves
 that touch the server, ``flush()`` alone against the ``COPY`` of rows built before:
 the harder figure, since ``flush()`` also aggregates and encodes what ``track()`` only
@@ -100,27 +103,50 @@ def _schema_url(base: str, schema: str) -> str:
 Timing = tuple[float, float, float, float]
 
 
-def run_flush(url: str, size: int) -> Timing:
+#: Players of the benchmark's events (``u0`` ... ``u499``, one event each in turn).
+PLAYERS = 500
+#: Flushes of the same players before the warm rounds are timed (:func:`warm`).
+WARM_FLUSHES = 3
+
+
+@contextlib.contextmanager
+def flushing(url: str, size: int) -> Iterator[Analytics]:
+    """An ``Analytics`` on ``url`` whose store has read its erasure secret (once per
+    process, as by an earlier flush), stopped and closed at the end."""
     analytics = Analytics(open_store(url), max_buffered_events=size + 1)
     try:
-        analytics.store.erasure_key()  # read once per process, as by an earlier flush
-        start, cpu = time.perf_counter(), time.process_time()
-        for i in range(size):
-            analytics.track("credits.earn", f"u{i % 500}", {"amount": i % 100})
-        half, half_cpu = time.perf_counter(), time.process_time()
-        analytics.flush()
-        end, end_cpu = time.perf_counter(), time.process_time()
-        store = analytics.store
-        (count,) = store._read("SELECT count(*) FROM {s}.events")[0]  # type: ignore[attr-defined]
-        if count != size:
-            raise AssertionError(f"the flush stored {count} of {size} events")
-        return end - start, end_cpu - cpu, end - half, end_cpu - half_cpu
+        analytics.store.erasure_key()
+        yield analytics
     finally:
         analytics.stop()
         analytics.store.close()
 
 
-def run_raw(url: str, size: int) -> Timing:
+def track_and_flush(analytics: Analytics, size: int, before: int = 0) -> Timing:
+    """``size`` events over :data:`PLAYERS` players, then ``flush()``; checks that the
+    store holds ``before + size`` events."""
+    start, cpu = time.perf_counter(), time.process_time()
+    for i in range(size):
+        analytics.track("credits.earn", f"u{i % PLAYERS}", {"amount": i % 100})
+    half, half_cpu = time.perf_counter(), time.process_time()
+    analytics.flush()
+    end, end_cpu = time.perf_counter(), time.process_time()
+    store = analytics.store
+    (count,) = store._read("SELECT count(*) FROM {s}.events")[0]  # type: ignore[attr-defined]
+    if count != before + size:
+        raise AssertionError(f"the flush stored {count - before} of {size} events")
+    return end - start, end_cpu - cpu, end - half, end_cpu - half_cpu
+
+
+def run_flush(url: str, size: int) -> Timing:
+    with flushing(url, size) as analytics:
+        return track_and_flush(analytics, size)
+
+
+@contextlib.contextmanager
+def copying(url: str) -> Iterator[tuple[Any, str]]:
+    """A connection of its own and the schema of a store made on ``url`` (its events
+    table, today's partition made), for the hand-written logger."""
     import psycopg
     from gso_analytics.backends.postgres import events
 
@@ -129,24 +155,34 @@ def run_raw(url: str, size: int) -> Timing:
     schema = store.schema  # type: ignore[attr-defined]
     store.close()
     with psycopg.connect(url.split("?")[0], autocommit=True) as conn:
-        start, cpu = time.perf_counter(), time.process_time()
-        rows = []
-        for i in range(size):
-            ts = datetime.now(UTC).isoformat()
-            rows.append(
-                (ts, f"u{i % 500}", "credits.earn", json.dumps({"amount": i % 100}), ts[:10])
-            )
-        half, half_cpu = time.perf_counter(), time.process_time()
-        with (
-            conn.transaction(),
-            conn.cursor().copy(
-                f"COPY {schema}.events (ts, user_id, event, data, day) FROM STDIN"
-            ) as copy,
-        ):
-            for row in rows:
-                copy.write_row(row)
-        end, end_cpu = time.perf_counter(), time.process_time()
+        yield conn, schema
+
+
+def rows_and_copy(conn: Any, schema: str, size: int) -> Timing:
+    """The hand-written logger: ``size`` rows as it would build them, one ``COPY``."""
+    start, cpu = time.perf_counter(), time.process_time()
+    rows = []
+    for i in range(size):
+        ts = datetime.now(UTC).isoformat()
+        rows.append(
+            (ts, f"u{i % PLAYERS}", "credits.earn", json.dumps({"amount": i % 100}), ts[:10])
+        )
+    half, half_cpu = time.perf_counter(), time.process_time()
+    with (
+        conn.transaction(),
+        conn.cursor().copy(
+            f"COPY {schema}.events (ts, user_id, event, data, day) FROM STDIN"
+        ) as copy,
+    ):
+        for row in rows:
+            copy.write_row(row)
+    end, end_cpu = time.perf_counter(), time.process_time()
     return end - start, end_cpu - cpu, end - half, end_cpu - half_cpu
+
+
+def run_raw(url: str, size: int) -> Timing:
+    with copying(url) as (conn, schema):
+        return rows_and_copy(conn, schema, size)
 
 
 def persistence(base: str, sizes: tuple[int, ...], rounds: int) -> list[dict[str, object]]:
@@ -160,25 +196,58 @@ def persistence(base: str, sizes: tuple[int, ...], rounds: int) -> list[dict[str
             gso.append(run_flush(_schema_url(base, f"b_{uuid.uuid4().hex[:12]}"), size))
             raw.append(run_raw(_schema_url(base, f"b_{uuid.uuid4().hex[:12]}"), size))
 
-        def rate(runs: list[Timing], at: int) -> float:
-            return statistics.median(size / run[at] for run in runs)  # noqa: B023
+        rows.append(compared(size, gso, raw))
+    return rows
 
-        def cpu_ms(runs: list[Timing], at: int) -> float:
-            return round(statistics.median(run[at] for run in runs) * 1000, 1)
 
-        rows.append(
-            {
-                "events_per_flush": size,
-                "gso_events_per_s": round(rate(gso, 0)),
-                "raw_events_per_s": round(rate(raw, 0)),
-                "gso_over_raw": round(rate(gso, 0) / rate(raw, 0), 2),
-                "flush_over_copy": round(rate(gso, 2) / rate(raw, 2), 2),
-                "gso_cpu_ms": cpu_ms(gso, 1),
-                "raw_cpu_ms": cpu_ms(raw, 1),
-                "flush_cpu_ms": cpu_ms(gso, 3),
-                "copy_cpu_ms": cpu_ms(raw, 3),
-            }
-        )
+def compared(size: int, gso: list[Timing], raw: list[Timing]) -> dict[str, object]:
+    """One row of the comparison: medians of the rounds of each subject."""
+
+    def rate(runs: list[Timing], at: int) -> float:
+        return statistics.median(size / run[at] for run in runs)
+
+    def cpu_ms(runs: list[Timing], at: int) -> float:
+        return round(statistics.median(run[at] for run in runs) * 1000, 1)
+
+    return {
+        "events_per_flush": size,
+        "gso_events_per_s": round(rate(gso, 0)),
+        "raw_events_per_s": round(rate(raw, 0)),
+        "gso_over_raw": round(rate(gso, 0) / rate(raw, 0), 2),
+        "flush_over_copy": round(rate(gso, 2) / rate(raw, 2), 2),
+        "gso_cpu_ms": cpu_ms(gso, 1),
+        "raw_cpu_ms": cpu_ms(raw, 1),
+        "flush_cpu_ms": cpu_ms(gso, 3),
+        "copy_cpu_ms": cpu_ms(raw, 3),
+    }
+
+
+def warm(base: str, sizes: tuple[int, ...], rounds: int) -> list[dict[str, object]]:
+    """The same comparison flush after flush: per size, one ``Analytics`` (and one
+    logger's connection) each on a schema of its own, :data:`WARM_FLUSHES` rounds of
+    each first, then ``rounds`` timed ones, alternating. What a worker flushing every
+    second sees: its players are mostly those of its last flush (their (day, user)
+    records are stored, their sessions open, their fences there) and both tables
+    already hold events. The rows of :func:`persistence` are each subject's first flush
+    into an empty schema, every player new."""
+    import uuid
+
+    rows: list[dict[str, object]] = []
+    for size in sizes:
+        gso: list[Timing] = []
+        raw: list[Timing] = []
+        gso_url = _schema_url(base, f"b_{uuid.uuid4().hex[:12]}")
+        raw_url = _schema_url(base, f"b_{uuid.uuid4().hex[:12]}")
+        with flushing(gso_url, size) as analytics, copying(raw_url) as (conn, schema):
+            for n in range(WARM_FLUSHES + rounds):
+                timed = (
+                    track_and_flush(analytics, size, before=n * size),
+                    rows_and_copy(conn, schema, size),
+                )
+                if n >= WARM_FLUSHES:
+                    gso.append(timed[0])
+                    raw.append(timed[1])
+        rows.append({**compared(size, gso, raw), "flushes_before": WARM_FLUSHES})
     return rows
 
 
@@ -244,5 +313,6 @@ def run(sizes: tuple[int, ...], rounds: int, players: int) -> dict[str, Any]:
     with server() as base:
         return {
             "rows": persistence(base, sizes, rounds),
+            "warm": warm(base, sizes, 3 * rounds),
             "round_trips": round_trips(base, players),
         }

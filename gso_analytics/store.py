@@ -17,7 +17,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from importlib import import_module
 from importlib.metadata import entry_points
@@ -66,12 +66,15 @@ from .sessions import (
     plan_sessions,
     run_keys,
 )
+from .stored_rows import Attempt, StoredRows
 
 T = TypeVar("T")
 
 log = logging.getLogger("gso_analytics")
 #: Guards :attr:`Store.saturated`: the flush thread and the prune job both count.
 _SATURATED_LOCK = threading.Lock()
+#: Guards the creation of a store's :attr:`Store.stored_rows`.
+_STORED_ROWS_LOCK = threading.Lock()
 
 #: The ``meta`` record holding the store's erasure secret.
 ERASURE_SECRET = "erasureSecret"
@@ -520,13 +523,15 @@ class Store(ABC):
         results = []
         for part in batch.parts(self.max_part_players, self.max_part_events, self.max_part_bytes):
 
-            def step(tx: Transaction, part: FlushBatch = part) -> tuple[str, ApplyResult]:
+            def step(tx: Transaction, part: FlushBatch = part) -> tuple[str, Attempt, ApplyResult]:
                 key = self.first_reads(tx)
-                return key, apply_batch(tx, part, key)
+                written = self.stored_rows.attempt()  # afresh: a retry remembers nothing
+                return key, written, apply_batch(tx, part, key, written)
 
-            key, result = self.run_in_transaction(step)
+            with self.forgetting_on_failure():
+                key, written, result = self.run_in_transaction(step)
             results.append(result)
-            self.committed(key)
+            self.committed(key, written)
             self.count_saturated(result.saturated)
         return ApplyResult(
             duplicate=all(r.duplicate for r in results),
@@ -619,10 +624,36 @@ class Store(ABC):
             )
         return key
 
-    def committed(self, key: str) -> None:
-        """After a part's commit: what :meth:`first_reads` read is the store's."""
+    def committed(self, key: str, written: Attempt | None = None) -> None:
+        """After a part's commit: what :meth:`first_reads` read is the store's, and the
+        records the part wrote are stored (see :mod:`.stored_rows`)."""
         self._erasure_key = key
         self._pseudonym_marked = self.pseudonym_check is not None
+        if written is not None:
+            self.stored_rows.remember(written)
+
+    _stored_rows: StoredRows | None = None
+
+    @property
+    def stored_rows(self) -> StoredRows:
+        """The per-player records this store object's committed batches wrote, which
+        later batches skip (:mod:`.stored_rows`)."""
+        if self._stored_rows is None:
+            with _STORED_ROWS_LOCK:
+                if self._stored_rows is None:
+                    self._stored_rows = StoredRows()
+        return self._stored_rows
+
+    @contextlib.contextmanager
+    def forgetting_on_failure(self) -> Iterator[None]:
+        """Around a batch part's transaction (its retries included): when it fails, the
+        store may have lost what it had (a failover), so :attr:`stored_rows` is
+        forgotten."""
+        try:
+            yield
+        except BaseException:
+            self.stored_rows.forget()
+            raise
 
     def check_pseudonym_key(self, check: str | None) -> None:
         """Refuse an export or an erase whose ids would not match the store's: a store
@@ -658,6 +689,7 @@ class Store(ABC):
         and every string of other players' event data equal to the id, the username or
         one of ``also`` (the real id of a pseudonymized store) replaced by the token.
         A batch of that player applied later is renamed by :func:`apply_batch`."""
+        self.stored_rows.forget()  # not needed (see .stored_rows), and simpler to trust
         key_hash = keyed_hash(self.erasure_key(), user_id)
         names = self.mention_names(user_id, also)
         token = new_token()
@@ -888,12 +920,18 @@ def last_expired(now: datetime, event_ttl: timedelta) -> datetime:
     return from_ms(to_ms(now - event_ttl))
 
 
-def apply_batch(tx: Transaction, batch: FlushBatch, erasure_key: str) -> ApplyResult:
+def apply_batch(
+    tx: Transaction, batch: FlushBatch, erasure_key: str, written: Attempt | None = None
+) -> ApplyResult:
     """Translate a batch into :class:`Transaction` calls. Shared by every backend.
 
     Players erased before (a tombstone under ``erasure_key``, the store's secret) are
     renamed to their tokens, and their events dropped, inside the transaction that
-    writes their records: an erase committed before it is always seen."""
+    writes their records: an erase committed before it is always seen. ``written``
+    (:meth:`Store.stored_rows`'s attempt): the (day, user), (month, user) and
+    first-seen records known stored are skipped, after the renaming (see
+    :mod:`.stored_rows`), and those written are collected for after the commit."""
+    rows = Attempt(None) if written is None else written
     created_at = batch.created_at
     if created_at is None:
         raise ValueError("a batch must carry created_at before it is applied")
@@ -918,8 +956,9 @@ def apply_batch(tx: Transaction, batch: FlushBatch, erasure_key: str) -> ApplyRe
         daily[day].update(fields)
     monthly: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
 
-    if batch.day_users:
-        tx.add_first_seen(_first_days(batch.day_users))
+    first_seen = rows.first_seen_days(_first_days(batch.day_users))
+    if first_seen:
+        tx.add_first_seen(first_seen)
         pacer.tick()
     if batch.payments:
         tx.add_user_revenue(batch.payments)
@@ -928,6 +967,9 @@ def apply_batch(tx: Transaction, batch: FlushBatch, erasure_key: str) -> ApplyRe
 
     new_day_users = 0
     for day, users in batch.day_users.items():
+        users = rows.day_users(day, users)
+        if not users:
+            continue
         added = tx.add_day_users(day, users)
         pacer.tick()
         if added:
@@ -938,6 +980,9 @@ def apply_batch(tx: Transaction, batch: FlushBatch, erasure_key: str) -> ApplyRe
             daily[day][NEW_USERS] += moved
         pacer.tick()
     for month, users in batch.month_users.items():
+        users = rows.month_users(month, users)
+        if not users:
+            continue
         added = tx.add_month_users(month, users)
         pacer.tick()
         if added:

@@ -11,6 +11,7 @@ the later one waits, loses (SQLSTATE 40001) and runs again, and both count once.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -121,6 +122,38 @@ def test_a_batch_for_a_dropped_day_makes_the_partition_again(store: PostgresStor
     assert "events_20250314" not in partitions(store)
     store.apply(FlushBatch(created_at=NOON, events=events_on(NOON, 2, "u2")))
     assert [e.user_id for e in store.get_events()] == ["u2", "u2"]
+
+
+def test_a_new_connection_forgets_the_records_remembered_as_stored(store: PostgresStore) -> None:
+    """A connection replaced (its server gone: after a failover, the standby promoted may
+    lack the last commits) makes the store forget what its batches stored, so the next
+    batches write their (day, user) records again (see gso_analytics.stored_rows)."""
+    day = {"2025-03-14": {"u1"}}
+    store.apply(FlushBatch(created_at=NOON, day_users=day, month_users={"2025-03": {"u1"}}))
+    assert store.stored_rows.days == day
+    pool = store._pool_of_this_process()
+    with contextlib.ExitStack() as held:  # every connection of the pool
+        pids = [
+            held.enter_context(pool.connection()).info.backend_pid
+            for _ in range(pool.get_stats()["pool_size"])
+        ]
+    with psycopg.connect(pg_server.server_url(), autocommit=True) as killer:
+        killer.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", (pids,))
+    store.get_day("2025-03-14")  # the pool finds its connections dead and opens another
+    assert len(store.stored_rows) == 0
+    store.apply(FlushBatch(created_at=NOON, day_users=day, month_users={"2025-03": {"u1"}}))
+    assert store.stored_rows.days == day
+    day_stats = store.get_day("2025-03-14")
+    assert day_stats is not None and day_stats["dau"] == 1
+
+
+def test_fence_updates_find_room_on_their_page(store: PostgresStore) -> None:
+    """Half-empty fence pages: a player's fence, updated by each batch part of theirs,
+    is updated in place (HOT, no new index entry) while its page has room."""
+    (options,) = store._read(
+        "SELECT reloptions FROM pg_class WHERE oid = %s::regclass", (f"{store.schema}.fences",)
+    )[0]
+    assert options == ["fillfactor=50"]
 
 
 def store_url(store: PostgresStore) -> str:

@@ -191,7 +191,8 @@ class MongoStore(Reads, Indexes, Store):
             def attempt(part: FlushBatch = part, first: bool = n == 0) -> ApplyResult:
                 return self._apply_part(part, also, plan if first else None, first and bool(also))
 
-            results.append(until_no_conflict(attempt))
+            with self.forgetting_on_failure():
+                results.append(until_no_conflict(attempt))
         return ApplyResult(
             duplicate=all(r.duplicate for r in results),
             new_day_users=sum(r.new_day_users for r in results),
@@ -211,8 +212,9 @@ class MongoStore(Reads, Indexes, Store):
                 also_applied=also, plan=plan, record_plan=record_plan, unerased=unerased
             )
             key = self.first_reads(tx)
-            result = apply_batch(tx, part, key)
-        self.committed(key)
+            written = self.stored_rows.attempt()
+            result = apply_batch(tx, part, key, written)
+        self.committed(key, written)
         if result.duplicate:  # a retry after the commit: its check may not have run
             unerased = {user: keyed_hash(key, user) for user in part.players()}
         self._catch_erasures(unerased)
@@ -232,6 +234,8 @@ class MongoStore(Reads, Indexes, Store):
                     {"_id": {"$in": sorted(users)}}, {"token": 1}, max_time_ms=READ_TIMEOUT_MS
                 )
             )
+        if found:  # the part's records moved: not needed (see .stored_rows), simpler to trust
+            self.stored_rows.forget()
         for doc in found:
             log.info(
                 "gso_analytics: a player was erased while a batch of theirs ran; erasing again"
@@ -262,6 +266,7 @@ class MongoStore(Reads, Indexes, Store):
         :mod:`.erase`). The mentions go before the sessions lose the username: an erase
         cut short is run again, and still finds the username to look for."""
         check_str(user_id, "user_id")
+        self.stored_rows.forget()  # as the shared erase
         key_hash = keyed_hash(self.erasure_key(), user_id)
         token = new_token()
         names = self.mention_names(user_id, also)

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from gso_analytics import conflicts, forking
 from gso_analytics.conflicts import Conflict
 from gso_analytics.errors import StoreError
+from gso_analytics.stored_rows import StoredRows
 
 from .options import Options, pool_class, pool_timeout, psycopg
 
@@ -45,6 +46,9 @@ class NoPartition(Conflict):
 
 class Connection:
     """The pool and what every part of the store does with it."""
+
+    #: The store's (:attr:`gso_analytics.store.Store.stored_rows`).
+    stored_rows: StoredRows
 
     def __init__(self, conninfo: str, where: str, options: Options, replica: str | None) -> None:
         self._conninfo = conninfo
@@ -100,11 +104,19 @@ class Connection:
             timeout=self.options.pool_timeout,
             kwargs={"autocommit": True},
             check=pool.check_connection,
+            configure=self._connected if role == "primary" else None,
             open=False,
             name=f"gso_analytics-{role}-{os.getpid()}",
         )
         opened.open(wait=False)
         return opened
+
+    def _connected(self, conn: Any) -> None:
+        """A new connection to the primary (the pool's ``configure``): it may reach
+        another server than the connection before (after a failover, a standby promoted
+        may lack the last commits), so what the store remembers as stored is forgotten
+        (:mod:`gso_analytics.stored_rows`; a pool grows rarely, so this costs little)."""
+        self.stored_rows.forget()
 
     def close(self) -> None:
         """Close this process's pool; safe to call twice."""
