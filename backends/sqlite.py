@@ -30,16 +30,15 @@ from gso_analytics.counters import MAX_COUNTER
 from gso_analytics.erasure import ErasureReceipt, UserRecords, read_user_records
 from gso_analytics.errors import ConfigurationError, StoreError
 from gso_analytics.model import (
+    ORIGIN,
     ActivityRun,
     DailyStats,
     EventRecord,
     EventRow,
     Heartbeat,
-    Login,
     Logout,
     MonthStats,
     Number,
-    SessionEnd,
     SessionRecord,
     StoredSession,
 )
@@ -309,7 +308,7 @@ class _SQLiteTransaction(Transaction):
             " WHERE l.userId IN (SELECT value FROM json_each(?)) AND l.atMs >= ?",
             (json.dumps(sorted(users)), since_ms),
         )
-        return [Logout(*row) for row in rows]
+        return rows.fetchall()
 
     def activity_runs(self, user_id: str, first_ms: int, last_ms: int) -> list[ActivityRun]:
         rows = self.conn.execute(
@@ -329,7 +328,7 @@ class _SQLiteTransaction(Transaction):
             else ()
         )
         return [
-            ActivityRun(
+            (
                 u,
                 f,
                 la,
@@ -341,7 +340,7 @@ class _SQLiteTransaction(Transaction):
         ]
 
     def save_sessions(self, sessions: list[StoredSession]) -> None:
-        origins = self.origin_ids({session.login.origin for session in sessions})
+        origins = self.origin_ids({session[ORIGIN] for session in sessions})
         self.conn.executemany(
             f"INSERT INTO {self.p}sessions ({_SESSION_FIELDS})"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -355,27 +354,25 @@ class _SQLiteTransaction(Transaction):
         self.conn.executemany(f"DELETE FROM {self.p}sessions WHERE id = ?", [(i,) for i in ids])
 
     def insert_logouts(self, logouts: list[Logout]) -> None:
-        _insert_logouts(
-            self.conn, self.p, [(m.id, m.user_id, m.at_ms, m.origin, m.seq) for m in logouts]
-        )
+        _insert_logouts(self.conn, self.p, logouts)
 
     def insert_activity(self, runs: list[ActivityRun]) -> None:
         """Each run a row; its logins' origins by their ``origins`` numbers."""
-        origins = self.origin_ids({o for r in runs for _, o, _ in r.logins})
+        origins = self.origin_ids({o for *_, logins in runs for _, o, _ in logins})
         self.conn.executemany(
             f"INSERT INTO {self.p}activity (userId, firstMs, lastMs, marks, logins)"
             " VALUES (?, ?, ?, ?, ?)",
             [
                 (
-                    r.user_id,
-                    r.first_ms,
-                    r.last_ms,
-                    encode_marks(r.marks),
-                    encode_logins(tuple([(ms, origins[o], seq) for ms, o, seq in r.logins]))
-                    if r.logins
+                    user,
+                    first,
+                    last,
+                    encode_marks(marks),
+                    encode_logins(tuple([(ms, origins[o], seq) for ms, o, seq in logins]))
+                    if logins
                     else None,
                 )
-                for r in paced(runs)
+                for user, first, last, marks, logins in paced(runs)
             ],
         )
 
@@ -754,34 +751,31 @@ def _insert_logouts(
 
 def _stored_session(row: tuple[Any, ...]) -> StoredSession:
     sid, user, name, login, logout, duration, day, month, timed_out, origin, seq, last, frozen = row
-    return StoredSession(
-        Login(sid, user, to_ms(parse_iso_ms(login)), origin, seq, name, day, month),
-        SessionEnd(
-            None if logout is None else to_ms(parse_iso_ms(logout)),
-            duration,
-            bool(timed_out),
-            None if frozen else last,
-        ),
+    return (
+        *(sid, user, to_ms(parse_iso_ms(login)), origin, seq, name, day, month),
+        None if logout is None else to_ms(parse_iso_ms(logout)),
+        duration,
+        bool(timed_out),
+        None if frozen else last,
     )
 
 
 def _session_row(session: StoredSession, origins: dict[str, int]) -> tuple[Any, ...]:
-    login, end = session.login, session.end
-    logout = None if end.logout_ms is None else iso_from_ms(end.logout_ms)
+    sid, user, at, origin, seq, name, day, month, logout, duration, timed_out, last = session
     return (
-        login.id,
-        login.user_id,
-        login.username,
-        iso_from_ms(login.at_ms),
-        logout,
-        end.duration_s,
-        login.day,
-        login.month,
-        int(end.timed_out),
-        origins[login.origin],
-        login.seq,
-        end.last,
-        int(end.frozen),
+        sid,
+        user,
+        name,
+        iso_from_ms(at),
+        None if logout is None else iso_from_ms(logout),
+        duration,
+        day,
+        month,
+        int(timed_out),
+        origins[origin],
+        seq,
+        logout if last is None else last,  # a frozen session is indexed by its end
+        int(last is None),
     )
 
 
@@ -1064,12 +1058,11 @@ class SQLiteStore(Store):
         )
 
     def get_logouts(self, user_id: str) -> list[Logout]:
-        rows = self._read(
+        return self._read(
             f"SELECT {_LOGOUT_COLUMNS} FROM {{p}}logouts l JOIN {{p}}origins o ON o.id = l.originId"
             " WHERE l.userId = ? ORDER BY l.atMs, o.origin, l.seq",
             (user_id,),
         )
-        return [Logout(*row) for row in rows]
 
     def _sessions(self, where: str, params: tuple[Any, ...]) -> list[SessionRecord]:
         rows = self._read(
