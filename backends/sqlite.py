@@ -194,6 +194,9 @@ class _SQLiteTransaction(Transaction):
     def __init__(self, conn: sqlite3.Connection, prefix: str) -> None:
         self.conn = conn
         self.p = prefix
+        #: The processes' numbers looked up or assigned in this transaction (only in
+        #: it: a number assigned in a transaction rolled back may go to another).
+        self._origins: dict[str, int] = {}
 
     def claim_batch(self, batch_id: str, at: datetime) -> bool:
         cur = self.conn.execute(
@@ -299,8 +302,11 @@ class _SQLiteTransaction(Transaction):
 
     def origin_ids(self, origins: set[str]) -> dict[str, int]:
         """Each process's ``origins`` number, numbering the new ones: a row keeps a
-        small integer instead of the 32 characters of its process's origin."""
-        return _origin_ids(self.conn, self.p, origins)
+        small integer instead of the 32 characters of its process's origin. (Every
+        origin asked for, and perhaps more.)"""
+        if not origins <= self._origins.keys():
+            self._origins.update(_origin_ids(self.conn, self.p, origins))
+        return self._origins
 
     def logouts_since(self, users: set[str], since_ms: int) -> list[Logout]:
         rows = self.conn.execute(
@@ -354,7 +360,8 @@ class _SQLiteTransaction(Transaction):
         self.conn.executemany(f"DELETE FROM {self.p}sessions WHERE id = ?", [(i,) for i in ids])
 
     def insert_logouts(self, logouts: list[Logout]) -> None:
-        _insert_logouts(self.conn, self.p, logouts)
+        origins = self.origin_ids({origin for _, _, _, origin, _ in logouts})
+        _insert_logouts(self.conn, self.p, logouts, origins=origins)
 
     def insert_activity(self, runs: list[ActivityRun]) -> None:
         """Each run a row; its logins' origins by their ``origins`` numbers."""
@@ -736,10 +743,13 @@ def _insert_logouts(
     p: str,
     marks: list[tuple[str, str, int, str, int]],
     insert: str = "INSERT",
+    origins: dict[str, int] | None = None,
 ) -> None:
     """Store logout marks ``(id, userId, atMs, origin, seq)``; an id that is not
-    ``<origin>-<seq>`` (a mark moved from a file of 0.1) is kept as it is."""
-    origins = _origin_ids(conn, p, {origin for _, _, _, origin, _ in marks})
+    ``<origin>-<seq>`` (a mark moved from a file of 0.1) is kept as it is. ``origins``:
+    their processes' numbers, if known."""
+    if origins is None:
+        origins = _origin_ids(conn, p, {origin for _, _, _, origin, _ in marks})
     conn.executemany(
         f"{insert} INTO {p}logouts (userId, atMs, originId, seq, id) VALUES (?, ?, ?, ?, ?)",
         [
