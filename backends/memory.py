@@ -99,6 +99,8 @@ _Entry = tuple[int, str, Any, Any] | Callable[[], None]
 
 
 class _MemoryTransaction(Transaction):
+    session_part = 256  # each write_sessions is a few dict writes (see Transaction's)
+
     def __init__(self, state: _State) -> None:
         self.state = state
         self._undo: list[_Entry] = []
