@@ -272,7 +272,7 @@ def earliest_marks(batch: FlushBatch) -> dict[str, int]:
     """Per player with marks in the batch, the time of the earliest."""
     since: dict[str, int] = {}
     for user, times in batch.activity.items():
-        since[user] = times[0]  # sorted
+        since[user] = min(times)
     marks: list[Login | Logout] = [*batch.logins, *batch.logouts]
     for mark in marks:
         user, at = mark[USER], mark[AT]
