@@ -9,9 +9,8 @@ than a staged copy, so a batch costs what it writes, not the size of the store.
 from __future__ import annotations
 
 import bisect
-import functools
 import threading
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -24,6 +23,11 @@ from gso_analytics.counters import MAX_COUNTER, add_capped
 from gso_analytics.erasure import UserRecords, read_user_records
 from gso_analytics.errors import ConfigurationError
 from gso_analytics.model import (
+    AT,
+    DAY,
+    ID,
+    USER,
+    USERNAME,
     ActivityRun,
     DailyStats,
     EventRecord,
@@ -34,9 +38,22 @@ from gso_analytics.model import (
     Number,
     SessionRecord,
     StoredSession,
+    is_open,
+    last_mark,
+    mark_key,
 )
 from gso_analytics.pacing import CHECK_EVERY, paced, paced_slices
+from gso_analytics.sessions import decode_logins, decode_marks, encode_logins, encode_marks
 from gso_analytics.store import Store, Transaction, total_increments
+
+#: A player's session or logout as their list keeps it, in order: its mark's key
+#: (time, origin, seq) and its id. Records are flat tuples of scalars, which the garbage
+#: collector stops tracking at its first look (a nested tuple may take a collection per
+#: level, long enough to reach the old generation: see ``model.Login``).
+_Placed = tuple[int, str, int, str]
+#: An activity run as kept: ``(user_id, first_ms, last_ms, marks, logins)`` with the
+#: marks and logins encoded as SQLite keeps them (flat, see ``_Placed``).
+_Run = tuple[str, int, int, bytes, str | None]
 
 
 @attrs.define
@@ -58,9 +75,9 @@ class _State:
     # Each player's sessions (by start) and logouts as (key, id), sorted: a batch reads
     # its players' recent ones by bisection, never every session of the store (nor of
     # the player).
-    logins_by_user: dict[str, list[tuple[Any, str]]] = attrs.field(factory=dict)
-    activity: dict[str, list[ActivityRun]] = attrs.field(factory=dict)  # user -> runs
-    logouts_by_user: dict[str, list[tuple[Any, str]]] = attrs.field(factory=dict)
+    logins_by_user: dict[str, list[_Placed]] = attrs.field(factory=dict)
+    activity: dict[str, tuple[_Run, ...]] = attrs.field(factory=dict)  # user -> runs
+    logouts_by_user: dict[str, list[_Placed]] = attrs.field(factory=dict)
     open_ids: set[str] = attrs.field(factory=set)
     events: list[EventRow] = attrs.field(factory=list)  # as flushed: readers build records
     meta: dict[str, str] = attrs.field(factory=dict)  # e.g. "erasureSecret" -> the secret
@@ -69,24 +86,50 @@ class _State:
 
 _MISSING = object()
 
+#: How a per-record undo entry ``(how, name, key, value)`` restores the state's
+#: container ``name``: ``value`` back at ``key`` (or no ``key``, for _MISSING), ``value``
+#: out of or back into the sorted list at ``key``, ``key`` in or out of the set.
+_SET, _UNSORT, _SORT, _TOGGLE = range(4)
+#: A per-record entry names its container instead of holding it, and holds no closure:
+#: a tuple of strings and stored records (tuples, see ``model.Login``) that the garbage
+#: collector stops tracking, where a closure is three or four tracked objects. A flush
+#: writes a few per player, which live until its commit: as closures they reached the
+#: old generation and made a full collection due every few flushes.
+_Entry = tuple[int, str, Any, Any] | Callable[[], None]
+
 
 class _MemoryTransaction(Transaction):
+    session_part = 256  # each write_sessions is a few dict writes (see Transaction's)
+
     def __init__(self, state: _State) -> None:
         self.state = state
-        self._undo: list[Callable[[], None]] = []
+        self._undo: list[_Entry] = []
 
     def rollback(self) -> None:
         """Undo every write of this transaction, newest first."""
+        state = self.state
         while self._undo:
-            self._undo.pop()()
+            entry = self._undo.pop()
+            if callable(entry):  # a whole container's change (see _replace, _add)
+                entry()
+                continue
+            how, name, key, value = entry
+            container = getattr(state, name)
+            if how == _SET:
+                if value is _MISSING:
+                    container.pop(key, None)
+                else:
+                    container[key] = value
+            elif how == _UNSORT:
+                container[key].remove(value)
+            elif how == _SORT:
+                bisect.insort(container[key], value)
+            else:
+                container.symmetric_difference_update({key})
 
-    def _keep(self, mapping: MutableMapping[Any, Any], key: Any) -> None:
-        """Record how to restore ``mapping[key]`` (or its absence) before a write."""
-        old = mapping.get(key, _MISSING)
-        if old is _MISSING:
-            self._undo.append(lambda: mapping.pop(key, None))
-        else:
-            self._undo.append(lambda: mapping.__setitem__(key, old))
+    def _keep(self, name: str, key: Any) -> None:
+        """Record how to restore ``state.<name>[key]`` (or its absence) before a write."""
+        self._undo.append((_SET, name, key, getattr(self.state, name).get(key, _MISSING)))
 
     def _replace(self, name: str, value: Any) -> None:
         """Swap a whole container of the state (deletes build a new one)."""
@@ -97,7 +140,7 @@ class _MemoryTransaction(Transaction):
     def claim_batch(self, batch_id: str, at: datetime) -> bool:
         if batch_id in self.state.batches:
             return False
-        self._keep(self.state.batches, batch_id)
+        self._keep("batches", batch_id)
         self.state.batches[batch_id] = at
         return True
 
@@ -118,29 +161,31 @@ class _MemoryTransaction(Transaction):
         return {user: days[user] for user in users if user in days}
 
     def set_registration_days(self, days: dict[str, str]) -> None:
-        self._keep_first(self.state.new_users, days)
+        self._keep_first("new_users", days)
 
-    def _keep_first(self, facts: dict[str, str], first_days: dict[str, str]) -> None:
+    def _keep_first(self, name: str, first_days: dict[str, str]) -> None:
+        facts: dict[str, str] = getattr(self.state, name)
         for user, day in paced(first_days.items(), CHECK_EVERY):
             if user not in facts or day < facts[user]:
-                self._keep(facts, user)
+                self._keep(name, user)
                 facts[user] = day
 
     def add_first_seen(self, first_days: dict[str, str]) -> None:
-        self._keep_first(self.state.first_seen, first_days)
+        self._keep_first("first_seen", first_days)
 
     def add_first_payments(self, first_days: dict[str, str]) -> None:
-        self._keep_first(self.state.first_payments, first_days)
+        self._keep_first("first_payments", first_days)
 
     def add_user_revenue(self, revenue: dict[str, dict[str, Number]]) -> None:
         records = self.state.user_revenue
         for day, payers in revenue.items():
             for user, cents in payers.items():
-                self._keep(records, (day, user))
+                self._keep("user_revenue", (day, user))
                 records[day, user] = min(records.get((day, user), 0) + cents, MAX_COUNTER)
 
-    def _increment(self, figures: dict[str, Any], key: str, increments: Mapping[str, Any]) -> None:
-        self._keep(figures, key)
+    def _increment(self, name: str, key: str, increments: Mapping[str, Any]) -> None:
+        figures: dict[str, Any] = getattr(self.state, name)
+        self._keep(name, key)
         counters = dict(figures.get(key, {}))  # a new dict: the old one is the undo
         add_capped(counters, increments)
         figures[key] = counters
@@ -149,17 +194,17 @@ class _MemoryTransaction(Transaction):
         totals = self.state.totals
         adding = total_increments(increments)
         for field in adding:
-            self._keep(totals, field)
+            self._keep("totals", field)
         self.saturated += add_capped(totals, adding)
 
     def increment_daily(self, day: str, month: str, increments: dict[str, Number]) -> None:
-        self._keep(self.state.months_of_day, day)
+        self._keep("months_of_day", day)
         self.state.months_of_day[day] = month
-        self._increment(self.state.daily, day, increments)
+        self._increment("daily", day, increments)
         self._add_totals(increments)
 
     def increment_monthly(self, month: str, increments: dict[str, int]) -> None:
-        self._increment(self.state.monthly, month, increments)
+        self._increment("monthly", month, increments)
         self._add_totals(increments)
 
     def sessions_since(self, users: set[str], since_ms: int) -> list[StoredSession]:
@@ -170,10 +215,10 @@ class _MemoryTransaction(Transaction):
             # Sessions do not overlap: those ending at or after since_ms are the ones
             # starting at or after it, and perhaps the one before.
             first = bisect.bisect_left(starts, since_ms, key=_time_of)
-            if first and _last_of(state.sessions[starts[first - 1][1]]) >= since_ms:
+            if first and last_mark(state.sessions[starts[first - 1][-1]]) >= since_ms:
                 first -= 1
-            found += [state.sessions[sid] for _, sid in starts[first:]]
-            found += [state.sessions[sid] for _, sid in starts[:first] if sid in state.open_ids]
+            found += [state.sessions[sid] for *_, sid in starts[first:]]
+            found += [state.sessions[sid] for *_, sid in starts[:first] if sid in state.open_ids]
         return found
 
     def logouts_since(self, users: set[str], since_ms: int) -> list[Logout]:
@@ -182,30 +227,36 @@ class _MemoryTransaction(Transaction):
         for user in paced(users, CHECK_EVERY):
             logouts = state.logouts_by_user.get(user, [])
             first = bisect.bisect_left(logouts, since_ms, key=_time_of)
-            found += [state.logouts[lid] for _, lid in logouts[first:]]
+            found += [state.logouts[lid] for *_, lid in logouts[first:]]
         return found
 
     def activity_runs(self, user_id: str, first_ms: int, last_ms: int) -> list[ActivityRun]:
-        runs = self.state.activity.get(user_id, [])
-        return [r for r in runs if r.first_ms <= last_ms and r.last_ms >= first_ms]
+        runs = self.state.activity.get(user_id, ())
+        return [
+            (user, first, last, decode_marks(marks), decode_logins(logins))
+            for user, first, last, marks, logins in runs
+            if first <= last_ms and last >= first_ms
+        ]
 
     def insert_activity(self, runs: list[ActivityRun]) -> None:
-        for run in paced(runs, CHECK_EVERY):  # every player of a batch: paced
-            self._keep(self.state.activity, run.user_id)
-            self.state.activity[run.user_id] = [*self.state.activity.get(run.user_id, []), run]
+        activity = self.state.activity
+        for user, first, last, marks, logins in paced(runs, CHECK_EVERY):  # every player
+            self._keep("activity", user)
+            run = (user, first, last, encode_marks(marks), encode_logins(logins))
+            activity[user] = (*activity.get(user, ()), run)
 
     def delete_activity_before(self, cutoff_ms: int, limit: int) -> int:
-        kept: dict[str, list[ActivityRun]] = {}
+        kept: dict[str, tuple[_Run, ...]] = {}
         deleted = 0
         for user, runs in self.state.activity.items():
             mine = []
             for run in runs:
-                if run.last_ms < cutoff_ms and deleted < limit:
+                if run[2] < cutoff_ms and deleted < limit:  # its last mark
                     deleted += 1
                 else:
                     mine.append(run)
             if mine:
-                kept[user] = mine
+                kept[user] = tuple(mine)
         if deleted:
             self._replace("activity", kept)
         return deleted
@@ -214,41 +265,40 @@ class _MemoryTransaction(Transaction):
         state = self.state
         for sid in ids:
             session = state.sessions[sid]
-            self._keep(state.sessions, sid)
+            self._keep("sessions", sid)
             del state.sessions[sid]
-            starts = state.logins_by_user[session.login.user_id]
-            item = (session.login.key, sid)
+            starts = state.logins_by_user[session[USER]]
+            item = (*mark_key(session), sid)
             starts.remove(item)
-            self._undo.append(functools.partial(bisect.insort, starts, item))
+            self._undo.append((_SORT, "logins_by_user", session[USER], item))
             if sid in state.open_ids:
                 self._toggle_open(sid)
 
-    def _insort(self, by_user: dict[str, list[tuple[Any, str]]], user: str, item: Any) -> None:
-        marks = by_user.setdefault(user, [])
-        bisect.insort(marks, item)
-        self._undo.append(lambda: marks.remove(item))
+    def _insort(self, name: str, user: str, item: _Placed) -> None:
+        by_user: dict[str, list[_Placed]] = getattr(self.state, name)
+        bisect.insort(by_user.setdefault(user, []), item)
+        self._undo.append((_UNSORT, name, user, item))
 
     def save_sessions(self, sessions: list[StoredSession]) -> None:
         state = self.state
         for session in paced(sessions, CHECK_EVERY):  # every player of a batch: paced
-            login = session.login
-            if login.id not in state.sessions:
-                self._insort(state.logins_by_user, login.user_id, (login.key, login.id))
-            self._keep(state.sessions, login.id)
-            state.sessions[login.id] = session
-            if session.end.open != (login.id in state.open_ids):
-                self._toggle_open(login.id)
+            sid = session[ID]
+            if sid not in state.sessions:
+                self._insort("logins_by_user", session[USER], (*mark_key(session), sid))
+            self._keep("sessions", sid)
+            state.sessions[sid] = session
+            if is_open(session) != (sid in state.open_ids):
+                self._toggle_open(sid)
 
     def _toggle_open(self, session_id: str) -> None:
-        opened = self.state.open_ids
-        opened.symmetric_difference_update({session_id})
-        self._undo.append(lambda: opened.symmetric_difference_update({session_id}))
+        self.state.open_ids.symmetric_difference_update({session_id})
+        self._undo.append((_TOGGLE, "open_ids", session_id, None))
 
     def insert_logouts(self, logouts: list[Logout]) -> None:
         for logout in paced(logouts, CHECK_EVERY):
-            self._insort(self.state.logouts_by_user, logout.user_id, (logout.key, logout.id))
-            self._keep(self.state.logouts, logout.id)
-            self.state.logouts[logout.id] = logout
+            self._insort("logouts_by_user", logout[USER], (*mark_key(logout), logout[ID]))
+            self._keep("logouts", logout[ID])
+            self.state.logouts[logout[ID]] = logout
 
     def insert_events(self, events: list[EventRow]) -> None:
         stream = self.state.events
@@ -272,16 +322,16 @@ class _MemoryTransaction(Transaction):
 
     def open_sessions_before(self, cutoff_ms: int, limit: int) -> list[StoredSession]:
         found = (self.state.sessions[sid] for sid in self.state.open_ids)
-        return [s for s in found if _last_of(s) < cutoff_ms][:limit]
+        return [s for s in found if last_mark(s) < cutoff_ms][:limit]
 
     def delete_logouts_before(self, cutoff_ms: int, limit: int) -> int:
         logouts = self.state.logouts
-        gone = {k for k, m in logouts.items() if m.at_ms < cutoff_ms}
+        gone = {k for k, m in logouts.items() if m[AT] < cutoff_ms}
         gone = set(sorted(gone)[:limit]) if len(gone) > limit else gone
         kept = {k: m for k, m in logouts.items() if k not in gone}
-        by_user: dict[str, list[tuple[Any, str]]] = {}
-        for logout in sorted(kept.values(), key=lambda m: m.key):
-            by_user.setdefault(logout.user_id, []).append((logout.key, logout.id))
+        by_user: dict[str, list[_Placed]] = {}
+        for logout in sorted(kept.values(), key=mark_key):
+            by_user.setdefault(logout[USER], []).append((*mark_key(logout), logout[ID]))
         self._replace("logouts", kept)
         self._replace("logouts_by_user", by_user)
         return len(gone)
@@ -296,7 +346,7 @@ class _MemoryTransaction(Transaction):
 
     def claim_meta(self, key: str, candidate: str) -> str:
         if key not in self.state.meta:
-            self._keep(self.state.meta, key)
+            self._keep("meta", key)
             self.state.meta[key] = candidate
         return self.state.meta[key]
 
@@ -304,7 +354,7 @@ class _MemoryTransaction(Transaction):
         return self.state.meta.get(key)
 
     def set_meta(self, key: str, value: str) -> None:
-        self._keep(self.state.meta, key)
+        self._keep("meta", key)
         self.state.meta[key] = value
 
     def tombstones(self, hashes: Mapping[str, str]) -> dict[str, str]:
@@ -314,7 +364,7 @@ class _MemoryTransaction(Transaction):
     def add_tombstone(self, key_hash: str, token: str, at: datetime) -> str | None:
         if key_hash in self.state.tombstones:
             return self.state.tombstones[key_hash][0]
-        self._keep(self.state.tombstones, key_hash)
+        self._keep("tombstones", key_hash)
         self.state.tombstones[key_hash] = (token, at)
         return None
 
@@ -325,11 +375,12 @@ class _MemoryTransaction(Transaction):
             self._replace(name, (records - mine) | {(key, token) for key, _ in mine})
         return len(mine)
 
-    def _rename_fact(self, facts: dict[str, str], user: str, token: str) -> int:
+    def _rename_fact(self, name: str, user: str, token: str) -> int:
+        facts: dict[str, str] = getattr(self.state, name)
         if user not in facts:
             return 0
-        self._keep(facts, user)
-        self._keep(facts, token)
+        self._keep(name, user)
+        self._keep(name, token)
         day = facts.pop(user)
         facts[token] = min(day, facts.get(token, day))
         return 1
@@ -340,40 +391,40 @@ class _MemoryTransaction(Transaction):
             name: self._rename_records(name, user_id, token)
             for name in ("day_users", "month_users")
         }
-        counts["new_users"] = self._rename_fact(state.new_users, user_id, token)
-        counts["first_seen"] = self._rename_fact(state.first_seen, user_id, token)
-        counts["first_payments"] = self._rename_fact(state.first_payments, user_id, token)
+        counts["new_users"] = self._rename_fact("new_users", user_id, token)
+        counts["first_seen"] = self._rename_fact("first_seen", user_id, token)
+        counts["first_payments"] = self._rename_fact("first_payments", user_id, token)
         revenue = {k: c for k, c in state.user_revenue.items() if k[1] == user_id}
         for (day, user), cents in revenue.items():
-            self._keep(state.user_revenue, (day, user))
-            self._keep(state.user_revenue, (day, token))
+            self._keep("user_revenue", (day, user))
+            self._keep("user_revenue", (day, token))
             del state.user_revenue[day, user]
             merged = state.user_revenue.get((day, token), 0) + cents
             state.user_revenue[day, token] = min(merged, MAX_COUNTER)
         counts["user_revenue"] = len(revenue)
         logins = state.logins_by_user.get(user_id, [])
-        for _, sid in logins:
+        for *_, sid in logins:
             session = state.sessions[sid]
-            self._keep(state.sessions, sid)
-            login = attrs.evolve(session.login, user_id=token, username=None)
-            state.sessions[sid] = attrs.evolve(session, login=login)
+            self._keep("sessions", sid)
+            state.sessions[sid] = (sid, token, *session[AT:USERNAME], None, *session[DAY:])
         counts["sessions"] = len(logins)
         logouts = state.logouts_by_user.get(user_id, [])
-        for _, lid in logouts:
-            self._keep(state.logouts, lid)
-            state.logouts[lid] = attrs.evolve(state.logouts[lid], user_id=token)
+        for *_, lid in logouts:
+            self._keep("logouts", lid)
+            state.logouts[lid] = (lid, token, *state.logouts[lid][AT:])
         counts["logouts"] = len(logouts)
-        runs = state.activity.get(user_id, [])
+        runs = state.activity.get(user_id, ())
         if runs:
-            self._keep(state.activity, user_id)
-            self._keep(state.activity, token)
-            renamed = [attrs.evolve(run, user_id=token) for run in state.activity.pop(user_id)]
-            state.activity[token] = [*state.activity.get(token, []), *renamed]
+            self._keep("activity", user_id)
+            self._keep("activity", token)
+            renamed = [(token, *run[1:]) for run in state.activity.pop(user_id)]
+            state.activity[token] = (*state.activity.get(token, ()), *renamed)
         counts["activity"] = len(runs)
-        for by_user in (state.logins_by_user, state.logouts_by_user):
+        for name in ("logins_by_user", "logouts_by_user"):
+            by_user = getattr(state, name)
             if user_id in by_user:
-                self._keep(by_user, user_id)
-                self._keep(by_user, token)
+                self._keep(name, user_id)
+                self._keep(name, token)
                 marks = sorted(by_user.pop(user_id) + by_user.get(token, []))
                 by_user[token] = marks
         return counts
@@ -399,27 +450,23 @@ class _MemoryTransaction(Transaction):
         self._replace("events", stream)
 
 
-def _time_of(mark: tuple[Any, str]) -> int:
-    return int(mark[0][0])  # (key, id), key = (at_ms, origin, seq)
-
-
-def _last_of(session: StoredSession) -> int:
-    return session.end.last
+def _time_of(mark: _Placed) -> int:
+    return mark[0]
 
 
 def _record(session: StoredSession) -> SessionRecord:
-    login, end = session.login, session.end
+    sid, user, at, _, _, name, day, month, logout, duration, timed_out, last = session
     return SessionRecord(
-        login.id,
-        login.user_id,
-        login.username,
-        from_ms(login.at_ms),
-        None if end.logout_ms is None else from_ms(end.logout_ms),
-        end.duration_s,
-        login.day,
-        login.month,
-        end.timed_out,
-        None if end.last_ms is None else from_ms(end.last_ms),
+        sid,
+        user,
+        name,
+        from_ms(at),
+        None if logout is None else from_ms(logout),
+        duration,
+        day,
+        month,
+        timed_out,
+        None if last is None else from_ms(last),
     )
 
 
@@ -511,18 +558,18 @@ class MemoryStore(Store):
     def count_active_sessions(self, since_ms: int) -> int:
         with self._lock:
             state = self._state
-            return sum(_last_of(state.sessions[sid]) >= since_ms for sid in state.open_ids)
+            return sum(last_mark(state.sessions[sid]) >= since_ms for sid in state.open_ids)
 
     def get_sessions(self, user_id: str) -> list[SessionRecord]:
         with self._lock:
             logins = self._state.logins_by_user.get(user_id, [])
-            found = [self._state.sessions[sid] for _, sid in logins]
+            found = [self._state.sessions[sid] for *_, sid in logins]
         return [_record(s) for s in found]
 
     def get_logouts(self, user_id: str) -> list[Logout]:
         with self._lock:
             marks = self._state.logouts_by_user.get(user_id, [])
-            return [self._state.logouts[mark_id] for _, mark_id in marks]
+            return [self._state.logouts[mark_id] for *_, mark_id in marks]
 
     def get_events(self, user_id: str | None = None, limit: int = 1000) -> list[EventRecord]:
         with self._lock:
@@ -588,9 +635,7 @@ class MemoryStore(Store):
 
     def sessions_between(self, start: str, end: str) -> list[SessionRecord]:
         with self._lock:
-            return [
-                _record(s) for s in self._state.sessions.values() if start <= s.login.day <= end
-            ]
+            return [_record(s) for s in self._state.sessions.values() if start <= s[DAY] <= end]
 
     def events_between(
         self, start: str | None, end: str | None, names: list[str]

@@ -30,16 +30,15 @@ from gso_analytics.counters import MAX_COUNTER
 from gso_analytics.erasure import ErasureReceipt, UserRecords, read_user_records
 from gso_analytics.errors import ConfigurationError, StoreError
 from gso_analytics.model import (
+    ORIGIN,
     ActivityRun,
     DailyStats,
     EventRecord,
     EventRow,
     Heartbeat,
-    Login,
     Logout,
     MonthStats,
     Number,
-    SessionEnd,
     SessionRecord,
     StoredSession,
 )
@@ -195,6 +194,9 @@ class _SQLiteTransaction(Transaction):
     def __init__(self, conn: sqlite3.Connection, prefix: str) -> None:
         self.conn = conn
         self.p = prefix
+        #: The processes' numbers looked up or assigned in this transaction (only in
+        #: it: a number assigned in a transaction rolled back may go to another).
+        self._origins: dict[str, int] = {}
 
     def claim_batch(self, batch_id: str, at: datetime) -> bool:
         cur = self.conn.execute(
@@ -300,8 +302,11 @@ class _SQLiteTransaction(Transaction):
 
     def origin_ids(self, origins: set[str]) -> dict[str, int]:
         """Each process's ``origins`` number, numbering the new ones: a row keeps a
-        small integer instead of the 32 characters of its process's origin."""
-        return _origin_ids(self.conn, self.p, origins)
+        small integer instead of the 32 characters of its process's origin. (Every
+        origin asked for, and perhaps more.)"""
+        if not origins <= self._origins.keys():
+            self._origins.update(_origin_ids(self.conn, self.p, origins))
+        return self._origins
 
     def logouts_since(self, users: set[str], since_ms: int) -> list[Logout]:
         rows = self.conn.execute(
@@ -309,7 +314,7 @@ class _SQLiteTransaction(Transaction):
             " WHERE l.userId IN (SELECT value FROM json_each(?)) AND l.atMs >= ?",
             (json.dumps(sorted(users)), since_ms),
         )
-        return [Logout(*row) for row in rows]
+        return rows.fetchall()
 
     def activity_runs(self, user_id: str, first_ms: int, last_ms: int) -> list[ActivityRun]:
         rows = self.conn.execute(
@@ -329,7 +334,7 @@ class _SQLiteTransaction(Transaction):
             else ()
         )
         return [
-            ActivityRun(
+            (
                 u,
                 f,
                 la,
@@ -341,7 +346,7 @@ class _SQLiteTransaction(Transaction):
         ]
 
     def save_sessions(self, sessions: list[StoredSession]) -> None:
-        origins = self.origin_ids({session.login.origin for session in sessions})
+        origins = self.origin_ids({session[ORIGIN] for session in sessions})
         self.conn.executemany(
             f"INSERT INTO {self.p}sessions ({_SESSION_FIELDS})"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -355,27 +360,26 @@ class _SQLiteTransaction(Transaction):
         self.conn.executemany(f"DELETE FROM {self.p}sessions WHERE id = ?", [(i,) for i in ids])
 
     def insert_logouts(self, logouts: list[Logout]) -> None:
-        _insert_logouts(
-            self.conn, self.p, [(m.id, m.user_id, m.at_ms, m.origin, m.seq) for m in logouts]
-        )
+        origins = self.origin_ids({origin for _, _, _, origin, _ in logouts})
+        _insert_logouts(self.conn, self.p, logouts, origins=origins)
 
     def insert_activity(self, runs: list[ActivityRun]) -> None:
         """Each run a row; its logins' origins by their ``origins`` numbers."""
-        origins = self.origin_ids({o for r in runs for _, o, _ in r.logins})
+        origins = self.origin_ids({o for *_, logins in runs for _, o, _ in logins})
         self.conn.executemany(
             f"INSERT INTO {self.p}activity (userId, firstMs, lastMs, marks, logins)"
             " VALUES (?, ?, ?, ?, ?)",
             [
                 (
-                    r.user_id,
-                    r.first_ms,
-                    r.last_ms,
-                    encode_marks(r.marks),
-                    encode_logins(tuple([(ms, origins[o], seq) for ms, o, seq in r.logins]))
-                    if r.logins
+                    user,
+                    first,
+                    last,
+                    encode_marks(marks),
+                    encode_logins(tuple([(ms, origins[o], seq) for ms, o, seq in logins]))
+                    if logins
                     else None,
                 )
-                for r in paced(runs)
+                for user, first, last, marks, logins in paced(runs)
             ],
         )
 
@@ -739,10 +743,13 @@ def _insert_logouts(
     p: str,
     marks: list[tuple[str, str, int, str, int]],
     insert: str = "INSERT",
+    origins: dict[str, int] | None = None,
 ) -> None:
     """Store logout marks ``(id, userId, atMs, origin, seq)``; an id that is not
-    ``<origin>-<seq>`` (a mark moved from a file of 0.1) is kept as it is."""
-    origins = _origin_ids(conn, p, {origin for _, _, _, origin, _ in marks})
+    ``<origin>-<seq>`` (a mark moved from a file of 0.1) is kept as it is. ``origins``:
+    their processes' numbers, if known."""
+    if origins is None:
+        origins = _origin_ids(conn, p, {origin for _, _, _, origin, _ in marks})
     conn.executemany(
         f"{insert} INTO {p}logouts (userId, atMs, originId, seq, id) VALUES (?, ?, ?, ?, ?)",
         [
@@ -754,34 +761,31 @@ def _insert_logouts(
 
 def _stored_session(row: tuple[Any, ...]) -> StoredSession:
     sid, user, name, login, logout, duration, day, month, timed_out, origin, seq, last, frozen = row
-    return StoredSession(
-        Login(sid, user, to_ms(parse_iso_ms(login)), origin, seq, name, day, month),
-        SessionEnd(
-            None if logout is None else to_ms(parse_iso_ms(logout)),
-            duration,
-            bool(timed_out),
-            None if frozen else last,
-        ),
+    return (
+        *(sid, user, to_ms(parse_iso_ms(login)), origin, seq, name, day, month),
+        None if logout is None else to_ms(parse_iso_ms(logout)),
+        duration,
+        bool(timed_out),
+        None if frozen else last,
     )
 
 
 def _session_row(session: StoredSession, origins: dict[str, int]) -> tuple[Any, ...]:
-    login, end = session.login, session.end
-    logout = None if end.logout_ms is None else iso_from_ms(end.logout_ms)
+    sid, user, at, origin, seq, name, day, month, logout, duration, timed_out, last = session
     return (
-        login.id,
-        login.user_id,
-        login.username,
-        iso_from_ms(login.at_ms),
-        logout,
-        end.duration_s,
-        login.day,
-        login.month,
-        int(end.timed_out),
-        origins[login.origin],
-        login.seq,
-        end.last,
-        int(end.frozen),
+        sid,
+        user,
+        name,
+        iso_from_ms(at),
+        None if logout is None else iso_from_ms(logout),
+        duration,
+        day,
+        month,
+        int(timed_out),
+        origins[origin],
+        seq,
+        logout if last is None else last,  # a frozen session is indexed by its end
+        int(last is None),
     )
 
 
@@ -1064,12 +1068,11 @@ class SQLiteStore(Store):
         )
 
     def get_logouts(self, user_id: str) -> list[Logout]:
-        rows = self._read(
+        return self._read(
             f"SELECT {_LOGOUT_COLUMNS} FROM {{p}}logouts l JOIN {{p}}origins o ON o.id = l.originId"
             " WHERE l.userId = ? ORDER BY l.atMs, o.origin, l.seq",
             (user_id,),
         )
-        return [Logout(*row) for row in rows]
 
     def _sessions(self, where: str, params: tuple[Any, ...]) -> list[SessionRecord]:
         rows = self._read(

@@ -9,10 +9,15 @@ batch); only ``flush()`` is measured, in CPU seconds of the process (the caller'
 thread does the flush; the prune job, which runs every 10 minutes, is left out). Each
 flush is checked: every event stored, the counter exact,
 and with activity one session per player.
+
+``python -m bench.activity --collector``: what the flushes leave to the cyclic
+garbage collector (see :func:`collector`).
 """
 
 from __future__ import annotations
 
+import gc
+import sys
 import tempfile
 import time
 from datetime import timedelta
@@ -89,6 +94,76 @@ def run(
     ]  # fmt: skip
 
 
+def collector(store: str, marks: str, flushes: int = 100) -> dict[str, object]:
+    """The cyclic garbage collector during ``flushes`` one-second flushes of 1,000
+    players (``bench.tail``'s handler: three tracked calls each, and with ``marks``
+    "logins" a login or a logout each, by turns) on a fresh ``store`` ("memory" or
+    "sqlite"): collections per flush by generation, the full ones' milliseconds, and
+    the objects that reached the old generation per flush (counted after each middle
+    collection; a full one runs once their number passes a quarter of the old
+    generation's). The same tracked calls give the same counts, run after run."""
+    with tempfile.TemporaryDirectory(prefix="gso-bench-collector-") as tmp:
+        url = "memory://" if store == "memory" else f"sqlite:///{Path(tmp, 'c.db')}"
+        clock = _Clock(START)
+        analytics = Analytics(
+            open_store(url), clock=clock, forwarders=[], flush_interval=3600,
+            max_buffered_events=100_000, prune_interval=10**9,
+        )  # fmt: skip
+        counts = [0, 0, 0]
+        full_s, promoted, started, old = 0.0, 0, [0.0], [0]
+
+        def watch(phase: str, info: dict[str, int]) -> None:
+            nonlocal full_s, promoted
+            generation = info["generation"]
+            if phase == "start":
+                started[0] = time.perf_counter()
+                if generation == 1:
+                    old[0] = len(gc.get_objects(2))
+                return
+            counts[generation] += 1
+            if generation == 1:
+                promoted += len(gc.get_objects(2)) - old[0]
+            elif generation == 2:
+                full_s += time.perf_counter() - started[0]
+
+        def second(n: int) -> None:
+            for i in range(1000):
+                clock.now = START + timedelta(seconds=n, milliseconds=i)
+                user = f"u{i}"
+                if marks == "logins" and n % 2 == 0:
+                    analytics.on_login(user)
+                analytics.track("dungeon.complete", user)
+                analytics.track("credits.earn", user, {"amount": 5})
+                analytics.track("item.craft", user, {"item": "sword", "n": 1})
+                if marks == "logins" and n % 2:
+                    analytics.on_logout(user)
+            analytics.flush()
+
+        try:
+            second(0)
+            second(1)
+            gc.collect()  # from an empty old generation's backlog
+            gc.callbacks.append(watch)
+            try:
+                for n in range(2, 2 + flushes):
+                    second(n)
+            finally:
+                gc.callbacks.remove(watch)
+        finally:
+            analytics.stop()
+    return {
+        "store": store, "marks": marks, "flushes": flushes,
+        "young": round(counts[0] / flushes, 1), "middle": round(counts[1] / flushes, 2),
+        "full": round(counts[2] / flushes, 2), "full_ms": round(full_s * 1000),
+        "promoted_per_flush": promoted // flushes,
+    }  # fmt: skip
+
+
 if __name__ == "__main__":
-    for row in run():
-        print(row)
+    if sys.argv[1:] == ["--collector"]:  # python -m bench.activity --collector
+        for store in ("memory", "sqlite"):
+            for marks in ("calls", "logins"):
+                print(collector(store, marks))
+    else:
+        for row in run():
+            print(row)

@@ -30,7 +30,7 @@ from typing import Any
 
 from .clock import Clock, DayKeys, from_ms, to_ms, tz_name
 from .counters import NEW_USERS
-from .model import FlushBatch, Login, Logout, Number, new_id
+from .model import FlushBatch, Number, new_id
 from .pacing import CHECK_EVERY, Pacer, paced, release
 from .validation import MAX_AMOUNT, FlatData, encode_flat
 
@@ -232,7 +232,8 @@ class Aggregator:
             tz=tz_name(self.day_keys.tz),
         )
         calls, events, payments = self._calls, batch.events, batch.payments
-        activity, passive = batch.activity, self.passive_events
+        activity: dict[str, list[int]] = {}  # the batch's, as tuples at the end
+        passive = self.passive_events
         marks = self.marks_activity
         day_keys = self.day_keys
         counted_day = ""  # the day whose counters ``counters`` is
@@ -305,6 +306,9 @@ class Aggregator:
         release(taken)
         for user, times in paced(activity.items(), CHECK_EVERY):  # every player: paced
             times.sort()  # threads append out of order by a few microseconds
+            # A tuple of ints, which the collector stops tracking (see model.Login):
+            # a list would reach the old generation during the flush, one per player.
+            batch.activity[user] = tuple(times)
             # Active on the days of their marks: a player's marks in a batch lie on
             # one day but around midnight, so a day per player, not per mark.
             if day_keys(times[0]) == day_keys(times[-1]):
@@ -355,14 +359,14 @@ class Aggregator:
         # no session state. A login is an activity mark that carries the username.
         day, month = self.day_keys(ms)
         seq = next(self._mark_numbers)
-        batch.logins.append(
-            Login(f"{self.origin}-{seq}", user_id, ms, self.origin, seq, username, day, month)
-        )
+        origin = self.origin
+        batch.logins.append((f"{origin}-{seq}", user_id, ms, origin, seq, username, day, month))
         batch.months.setdefault(day, month)  # active that day (as _active, keys known)
         batch.day_users.setdefault(day, set()).add(user_id)
 
     def _add_logout(self, batch: FlushBatch, ms: int, user_id: str) -> None:
         seq = next(self._mark_numbers)
-        batch.logouts.append(Logout(f"{self.origin}-{seq}", user_id, ms, self.origin, seq))
+        origin = self.origin
+        batch.logouts.append((f"{origin}-{seq}", user_id, ms, origin, seq))
         if self.marks_activity:  # active_on="any": a logout is a mark of the day too
             self._active(batch, ms).add(user_id)

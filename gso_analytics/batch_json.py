@@ -14,12 +14,23 @@ from typing import Any
 
 import attrs
 
-from .model import EventRecord, FlushBatch, Login, Logout
+from .model import EventRecord, FlushBatch
 
 #: Bumped when the shape changes; :func:`batch_from_json` refuses what it cannot read,
 #: and reads the formats before it: 1 had no activity marks, registrations nor
 #: timezone (its logins were sessions of their own; they are activity marks now).
 FORMAT = 2
+
+#: A login's and a logout's fields (see :data:`~.model.Login`), as the text names them.
+_LOGIN_FIELDS = ("id", "user_id", "at_ms", "origin", "seq", "username", "day", "month")
+_LOGOUT_FIELDS = _LOGIN_FIELDS[:5]
+
+
+def _mark(fields: dict[str, Any], names: tuple[str, ...]) -> Any:
+    """A login or logout (a tuple) from its fields, all of them and no others."""
+    if set(fields) != set(names):
+        raise ValueError(f"a mark has the fields {names}, not {sorted(fields)}")
+    return tuple(fields[name] for name in names)
 
 
 def batch_to_dict(batch: FlushBatch) -> dict[str, Any]:
@@ -32,8 +43,8 @@ def batch_to_dict(batch: FlushBatch) -> dict[str, Any]:
         "day_users": {key: sorted(users) for key, users in batch.day_users.items()},
         "month_users": {key: sorted(users) for key, users in batch.month_users.items()},
         "new_users": {key: sorted(users) for key, users in batch.new_users.items()},
-        "logins": [attrs.asdict(login) for login in batch.logins],
-        "logouts": [attrs.asdict(logout) for logout in batch.logouts],
+        "logins": [dict(zip(_LOGIN_FIELDS, login, strict=True)) for login in batch.logins],
+        "logouts": [dict(zip(_LOGOUT_FIELDS, logout, strict=True)) for logout in batch.logouts],
         "activity": batch.activity,
         "idle_timeout_ms": batch.idle_timeout_ms,
         "tz": batch.tz,
@@ -55,9 +66,9 @@ def batch_from_dict(data: dict[str, Any]) -> FlushBatch:
         month_users={key: set(users) for key, users in data["month_users"].items()},
         # Absent from files written before it was kept (their registrations were lost).
         new_users={key: set(users) for key, users in data.get("new_users", {}).items()},
-        logins=[Login(**login) for login in data["logins"]],
-        logouts=[Logout(**logout) for logout in data["logouts"]],
-        activity=data.get("activity", {}),
+        logins=[_mark(login, _LOGIN_FIELDS) for login in data["logins"]],
+        logouts=[_mark(logout, _LOGOUT_FIELDS) for logout in data["logouts"]],
+        activity={user: tuple(marks) for user, marks in data.get("activity", {}).items()},
         idle_timeout_ms=data.get("idle_timeout_ms", FlushBatch().idle_timeout_ms),
         tz=data.get("tz", "UTC"),
         events=[EventRecord(**event).row for event in data["events"]],

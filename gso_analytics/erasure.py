@@ -30,7 +30,7 @@ import attrs
 
 from .clock import iso_ms
 from .errors import ConfigurationError
-from .model import FlushBatch, Login, Logout, Number, SessionRecord
+from .model import USER, FlushBatch, Login, Logout, Number, SessionRecord
 
 #: The prefix of the tokens that replace an erased player's id.
 TOKEN_PREFIX = "erased-"
@@ -115,12 +115,14 @@ def rename_users(batch: FlushBatch, names: Mapping[str, str], *, keep_events: bo
         return {names.get(u, u) for u in users}
 
     def login(m: Login) -> Login:
-        if m.user_id not in names:
+        if m[USER] not in names:
             return m
-        return attrs.evolve(m, user_id=names[m.user_id], username=None)
+        sid, user, at, origin, seq, _, day, month = m
+        return (sid, names[user], at, origin, seq, None, day, month)
 
     def logout(m: Logout) -> Logout:
-        return attrs.evolve(m, user_id=names[m.user_id]) if m.user_id in names else m
+        sid, user, at, origin, seq = m
+        return (sid, names[user], at, origin, seq) if user in names else m
 
     events = [
         (ts_ms, names.get(user, user), name, data, day)
@@ -138,7 +140,7 @@ def rename_users(batch: FlushBatch, names: Mapping[str, str], *, keep_events: bo
         activity.setdefault(names.get(user, user), []).extend(marks)
     return attrs.evolve(
         batch,
-        activity={user: sorted(marks) for user, marks in activity.items()},
+        activity={user: tuple(sorted(marks)) for user, marks in activity.items()},
         day_users={k: ids(v) for k, v in batch.day_users.items()},
         month_users={k: ids(v) for k, v in batch.month_users.items()},
         new_users={k: ids(v) for k, v in batch.new_users.items()},

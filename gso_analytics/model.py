@@ -12,7 +12,7 @@ import math
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -28,106 +28,96 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-@attrs.frozen
-class Login:
-    """A login call as flushed, or the first mark of a stored session.
+#: Where a mark's and a session's fields are. Marks, stored sessions and activity runs
+#: are plain tuples of scalars, not objects: the cyclic garbage collector untracks an
+#: exact tuple of untracked values at its first look (a ``NamedTuple`` or attrs instance
+#: stays tracked), so the thousands a flush holds while it walks its players (the
+#: batch's marks, the sessions read back and planned) never reach the old generation
+#: and never make a full collection due, which would run on the flush thread holding
+#: the GIL (10-50 ms: a request's p99.9). A tuple is also several times cheaper to make
+#: than a frozen attrs instance. Read them by these positions, or unpack them.
+ID: Final = 0
+USER: Final = 1
+AT: Final = 2
+ORIGIN: Final = 3
+SEQ: Final = 4
+USERNAME: Final = 5
+DAY: Final = 6
+MONTH: Final = 7
+LOGOUT_AT: Final = 8
+DURATION: Final = 9
+TIMED_OUT: Final = 10
+LAST: Final = 11
 
-    A login is an activity mark that carries a username (see :mod:`.sessions`); a
-    session keeps the mark it started at in this shape (an activity mark has no
-    origin: ``origin`` is empty and ``seq`` 0 there).
+#: A login call as flushed, or the first mark of a stored session:
+#: ``(id, user_id, at_ms, origin, seq, username, day, month)``.
+#:
+#: A login is an activity mark that carries a username (see :mod:`.sessions`); a session
+#: keeps the mark it started at in this shape (an activity mark has no origin: ``origin``
+#: is empty and ``seq`` 0 there). Marks are ordered by :func:`mark_key`, their time in
+#: milliseconds and then the process (``origin``) and its sequence number: one order for
+#: every worker, whatever the order they flush in, and the call order for two calls of
+#: one process in the same millisecond. In a session, ``id`` is the session's id.
+Login = tuple[str, str, int, str, int, str | None, str, str]
 
-    Marks are ordered by :attr:`key`, their time in milliseconds and then the process
-    (``origin``) and its sequence number: one order for every worker, whatever the
-    order they flush in, and the call order for two calls of one process in the same
-    millisecond. ``id`` is the session's id.
-    """
+#: A logout call as flushed, a mark on the player's timeline (see :data:`Login`), its
+#: first five fields in the same places: ``(id, user_id, at_ms, origin, seq)``.
+Logout = tuple[str, str, int, str, int]
 
-    id: str
-    user_id: str
-    at_ms: int
-    origin: str
-    seq: int
-    username: str | None
-    day: str
-    month: str
+#: Where a session stands in the walk of its player's marks:
+#: ``(logout_ms, duration_s, timed_out, last_ms)``.
+#:
+#: ``last_ms`` is its last activity mark; ``logout_ms`` when it ended (its logout, or its
+#: last mark once ``idle_timeout`` passed with no mark: ``timed_out``), None while open;
+#: ``duration_s`` its seconds so far (end, or last mark, minus start). ``last_ms`` is
+#: None only for a session closed by version 0.2 (before activity marks): such a
+#: session is kept as it was (:func:`is_frozen`, see :mod:`.sessions`).
+SessionEnd = tuple[int | None, int, bool, int | None]
 
-    @property
-    def key(self) -> tuple[int, str, int]:
-        return (self.at_ms, self.origin, self.seq)
+#: A session as a store keeps it: its login mark followed by its current end
+#: (``login + end``; fields at :data:`ID` ... :data:`LAST`).
+StoredSession = tuple[
+    str, str, int, str, int, str | None, str, str, int | None, int, bool, int | None
+]
 
-
-@attrs.frozen
-class Logout:
-    """A logout call as flushed: a mark on the player's timeline (see :class:`Login`)."""
-
-    id: str
-    user_id: str
-    at_ms: int
-    origin: str
-    seq: int
-
-    @property
-    def key(self) -> tuple[int, str, int]:
-        return (self.at_ms, self.origin, self.seq)
-
-
-@attrs.frozen
-class ActivityRun:
-    """One player's activity marks (logins included) of one batch part, sorted: what a
-    store keeps so that a logout arriving late inside a stored session can split it
-    at the right marks (see :func:`gso_analytics.sessions.plan_sessions`).
-
-    ``logins`` says which of the marks were logins, as ``(ms, origin, seq)``: their
-    place among a logout's of the same millisecond, and which piece of a split session
-    a login names (no username is kept here: an erased player's would outlive them)."""
-
-    user_id: str
-    first_ms: int
-    last_ms: int
-    marks: tuple[int, ...]
-    logins: tuple[tuple[int, str, int], ...] = ()
-
-
-@attrs.frozen
-class SessionEnd:
-    """Where a session stands in the walk of its player's marks.
-
-    ``last_ms`` is its last activity mark; ``logout_ms`` when it ended (its logout, or
-    its last mark once ``idle_timeout`` passed with no mark: ``timed_out``), None while
-    open; ``duration_s`` its seconds so far (end, or last mark, minus start).
-    ``last_ms`` is None only for a session closed by version 0.2 (before activity
-    marks): such a session is kept as it was (see :mod:`.sessions`).
-    """
-
-    logout_ms: int | None = None
-    duration_s: int = 0
-    timed_out: bool = False
-    last_ms: int | None = None
-
-    @property
-    def open(self) -> bool:
-        return self.logout_ms is None
-
-    @property
-    def last(self) -> int:
-        """Its last mark; a frozen session's end (stores index sessions by it)."""
-        last = self.logout_ms if self.last_ms is None else self.last_ms
-        if last is None:
-            raise ValueError("an open session has a last mark")
-        return last
-
-    @property
-    def frozen(self) -> bool:
-        """A 0.2 session closed before its store was upgraded: never walked again."""
-        return self.last_ms is None
+#: One player's activity marks (logins included) of one batch part, sorted:
+#: ``(user_id, first_ms, last_ms, marks, logins)``, what a store keeps so that a logout
+#: arriving late inside a stored session can split it at the right marks (see
+#: :func:`gso_analytics.sessions.plan_sessions`). ``logins`` says which of the marks were
+#: logins, as ``(ms, origin, seq)``: their place among a logout's of the same
+#: millisecond, and which piece of a split session a login names (no username is kept
+#: here: an erased player's would outlive them).
+ActivityRun = tuple[str, int, int, tuple[int, ...], tuple[tuple[int, str, int], ...]]
 
 
-@attrs.frozen
-class StoredSession:
-    """A session as a store keeps it: its login mark and its current end."""
+def mark_key(mark: Login | Logout | StoredSession) -> tuple[int, str, int]:
+    """A mark's place on its player's timeline (a session's: its first mark's)."""
+    return (mark[AT], mark[ORIGIN], mark[SEQ])
 
-    login: Login
-    end: SessionEnd
+
+def login_of(session: StoredSession) -> Login:
+    return session[:8]
+
+
+def end_of(session: StoredSession) -> SessionEnd:
+    return session[8:]
+
+
+def is_open(session: StoredSession) -> bool:
+    return session[LOGOUT_AT] is None
+
+
+def is_frozen(session: StoredSession) -> bool:
+    """A 0.2 session closed before its store was upgraded: never walked again."""
+    return session[LAST] is None
+
+
+def last_mark(session: StoredSession) -> int:
+    """Its last mark; a frozen session's end (stores index sessions by it)."""
+    last = session[LOGOUT_AT] if session[LAST] is None else session[LAST]
+    if last is None:
+        raise ValueError("an open session has a last mark")
+    return last
 
 
 #: One event as a flush carries it to a store: ``(ts_ms, user_id, event, data, day)``,
@@ -193,7 +183,7 @@ class FlushBatch:
     new_users: dict[str, set[str]] = attrs.field(factory=dict)
     logins: list[Login] = attrs.field(factory=list)
     logouts: list[Logout] = attrs.field(factory=list)
-    activity: dict[str, list[int]] = attrs.field(factory=dict)
+    activity: dict[str, tuple[int, ...]] = attrs.field(factory=dict)
     idle_timeout_ms: int = 30 * 60 * 1000
     tz: str = "UTC"
     events: list[EventRow] = attrs.field(factory=list)  # see EventRow
@@ -215,8 +205,8 @@ class FlushBatch:
             players.update([event[1] for event in events])
         return (
             players
-            | {m.user_id for m in self.logins}
-            | {m.user_id for m in self.logouts}
+            | {m[USER] for m in self.logins}
+            | {m[USER] for m in self.logouts}
             | set(self.activity)
             | {u for users in self.day_users.values() for u in users}
             | {u for users in self.month_users.values() for u in users}
@@ -301,8 +291,8 @@ class FlushBatch:
                 day_users=_only(self.day_users, group),
                 month_users=_only(self.month_users, group),
                 new_users=_only(self.new_users, group),
-                logins=[m for m in self.logins if m.user_id in group],
-                logouts=[m for m in self.logouts if m.user_id in group],
+                logins=[m for m in self.logins if m[USER] in group],
+                logouts=[m for m in self.logouts if m[USER] in group],
                 activity={u: marks for u, marks in self.activity.items() if u in group},
                 idle_timeout_ms=self.idle_timeout_ms,
                 tz=self.tz,

@@ -38,21 +38,47 @@ open at the upgrade goes on under these rules.
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from array import array
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from itertools import count
+from operator import itemgetter
+from typing import Generic, TypeVar
 
 import attrs
 
 from .clock import round_half_up
-from .model import ActivityRun, FlushBatch, Login, Logout, SessionEnd, StoredSession
+from .model import (
+    AT,
+    DAY,
+    DURATION,
+    ID,
+    LAST,
+    LOGOUT_AT,
+    MONTH,
+    ORIGIN,
+    SEQ,
+    TIMED_OUT,
+    USER,
+    USERNAME,
+    ActivityRun,
+    FlushBatch,
+    Login,
+    Logout,
+    SessionEnd,
+    StoredSession,
+    day_keys,
+)
 from .pacing import paced
 
 #: The kinds of a piece of a timeline.
 _ACTIVITY, _LOGOUT = 0, 1
+
+#: A record of a player: a login or logout mark, or a stored session.
+_Mark = TypeVar("_Mark", Login, Logout, StoredSession)
 
 #: Where a mark falls in the walk: its millisecond, then its place in it (tracked
 #: calls and touches ``(0, "", 0)``, first; logins and logouts ``(1, origin, seq)``).
@@ -88,46 +114,46 @@ class SessionChanges:
     def count(self, session: StoredSession, sign: int) -> None:
         """Add (``sign`` 1) or take back (-1) what a session contributes: one session and
         its seconds on its start day, and in its month (behind ``avgSessionMin``)."""
-        start, seconds = session.login, session.end.duration_s
-        self.daily[start.day]["sessionCount"] += sign
-        self.daily[start.day]["totalSessionS"] += sign * seconds
-        self.months[start.day] = start.month
-        self.monthly[start.month]["timedSessions"] += sign
-        self.monthly[start.month]["timedSessionS"] += sign * seconds
+        day, month, seconds = session[DAY], session[MONTH], session[DURATION]
+        daily = self.daily[day]
+        daily["sessionCount"] += sign
+        daily["totalSessionS"] += sign * seconds
+        self.months[day] = month
+        monthly = self.monthly[month]
+        monthly["timedSessions"] += sign
+        monthly["timedSessionS"] += sign * seconds
 
 
-@attrs.define
-class _Piece:
-    """One thing on a player's timeline: a mark, or a stored session walked as a span.
-
-    ``order`` sorts pieces of one millisecond: tracked calls and touches (and spans)
-    first, then logins and logouts in the order their processes made them."""
-
-    at: int
-    last: int
-    kind: int
-    username: str | None = None
-    stored: StoredSession | None = None  # the stored session this span starts
-    new: bool = False  # a logout of this batch (counted when it ends nothing)
-    order: tuple[int, str, int] = (0, "", 0)
+#: One thing on a player's timeline, a mark or a stored session walked as a span:
+#: ``(at, order, last, kind, username, stored, new)``. ``order`` sorts pieces of one
+#: millisecond: tracked calls and touches (and spans) first, then logins and logouts in
+#: the order their processes made them; ``stored`` is the stored session a span starts;
+#: ``new`` marks a logout of this batch (counted when it ends nothing). A tuple: a
+#: player's walk makes one per mark.
+_Piece = tuple[int, tuple[int, str, int], int, int, str | None, StoredSession | None, bool]
+_key = itemgetter(0, 1)  # a piece's MarkKey
 
 
-def _key(piece: _Piece) -> MarkKey:
-    return (piece.at, piece.order)
-
-
-def _order(start: Login) -> tuple[int, str, int]:
+def _order(start: Login | StoredSession) -> tuple[int, str, int]:
     """A session's first mark's place in its millisecond: a login's, or a tracked
     call's (no origin)."""
-    return (1, start.origin, start.seq) if start.origin else _FIRST
+    return (1, start[ORIGIN], start[SEQ]) if start[ORIGIN] else _FIRST
 
 
-def _mark(mark: Login | Logout, new: bool = False) -> _Piece:
-    """A login or logout as a piece, sorted by its process and call at its millisecond."""
-    order = (1, mark.origin, mark.seq)
-    if isinstance(mark, Login):
-        return _Piece(mark.at_ms, mark.at_ms, _ACTIVITY, mark.username, order=order)
-    return _Piece(mark.at_ms, mark.at_ms, _LOGOUT, new=new, order=order)
+def _login(mark: Login) -> _Piece:
+    """A login as a piece, sorted by its process and call at its millisecond."""
+    at = mark[AT]
+    return (at, (1, mark[ORIGIN], mark[SEQ]), at, _ACTIVITY, mark[USERNAME], None, False)
+
+
+def _logout(mark: Logout, new: bool = False) -> _Piece:
+    at = mark[AT]
+    return (at, (1, mark[ORIGIN], mark[SEQ]), at, _LOGOUT, None, None, new)
+
+
+def _span(at: int, last: int) -> _Piece:
+    """Tracked calls (or touches) from ``at`` to ``last`` with no gap over the timeout."""
+    return (at, _FIRST, last, _ACTIVITY, None, None, False)
 
 
 @attrs.define
@@ -162,8 +188,13 @@ _to_json = json.JSONEncoder(separators=(",", ":")).encode
 
 def encode_logins(logins: tuple[tuple[int, str | int, int], ...]) -> str | None:
     """An activity run's logins as stores keep them: JSON, or None for none (a store
-    may name a login's process by a number of its own, as SQLite does)."""
-    return _to_json(logins) if logins else None
+    may name a login's process by a number of its own, as SQLite does: then the text
+    is made directly, as the encoder would make it, a few times faster)."""
+    if not logins:
+        return None
+    if all(type(origin) is int for _, origin, _ in logins):
+        return "[" + ",".join([f"[{ms},{origin},{seq}]" for ms, origin, seq in logins]) + "]"
+    return _to_json(logins)
 
 
 def decode_logins(text: str | None) -> tuple[tuple[int, str, int], ...]:
@@ -173,9 +204,10 @@ def decode_logins(text: str | None) -> tuple[tuple[int, str, int], ...]:
 def run_keys(run: ActivityRun) -> list[MarkKey]:
     """An activity run's marks as walk keys: its logins by their process and call,
     the other marks first in their millisecond."""
-    logins = Counter(ms for ms, _, _ in run.logins)
-    keys = [(ms, (1, origin, seq)) for ms, origin, seq in run.logins]
-    for ms in run.marks:
+    _, _, _, marks, run_logins = run
+    logins = Counter(ms for ms, _, _ in run_logins)
+    keys = [(ms, (1, origin, seq)) for ms, origin, seq in run_logins]
+    for ms in marks:
         if logins[ms]:
             logins[ms] -= 1  # this mark is a login, keyed above
         else:
@@ -191,18 +223,51 @@ def decode_marks(data: bytes) -> tuple[int, ...]:
     return tuple(packed)
 
 
-def _activity_run(user: str, marks: list[int], logins: list[Login] | None) -> ActivityRun:
+class _Grouped(Generic[_Mark]):
+    """Records grouped by player, each player's in their order: one list sorted by
+    player and where each player's are in it (tuples of ints), not a list per player.
+    The groups live for the whole walk, across young collections: a list per player,
+    a tracked object each, would reach the old generation (see ``model.Login``)."""
+
+    def __init__(self, records: Iterable[_Mark]) -> None:
+        self.records: list[_Mark] = sorted(records, key=itemgetter(USER))  # stable: in order
+        self.where: dict[str, tuple[int, int]] = {}
+        where = self.where
+        for n, record in enumerate(self.records):
+            user = record[USER]
+            found = where.get(user)
+            where[user] = (n if found is None else found[0], n + 1)
+
+    def of(self, user: str) -> list[_Mark]:
+        """The player's records (a new list: a slice)."""
+        first, end = self.where.get(user, (0, 0))
+        return self.records[first:end]
+
+
+def _activity_run(user: str, marks: tuple[int, ...], logins: list[Login]) -> ActivityRun:
     """A player's run, their activity marks and logins: what the store keeps of the
     batch's activity. (A batch's activity is sorted per player already.)"""
-    if logins is None:
-        return ActivityRun(user, marks[0], marks[-1], tuple(marks))
-    return _with_logins(user, marks, logins)
+    if not logins:
+        return (user, marks[0], marks[-1], marks, ())
+    times = sorted([*marks, *(login[AT] for login in logins)])
+    keys = tuple(sorted((m[AT], m[ORIGIN], m[SEQ]) for m in logins))
+    return (user, times[0], times[-1], tuple(times), keys)
 
 
-def _with_logins(user: str, marks: list[int], logins: list[Login]) -> ActivityRun:
-    times = sorted([*marks, *(login.at_ms for login in logins)])
-    keys = tuple(sorted((m.at_ms, m.origin, m.seq) for m in logins))
-    return ActivityRun(user, times[0], times[-1], tuple(times), keys)
+def _id_prefix(batch_id: str) -> str:
+    """What a batch's new sessions' ids start with (then ``.`` and a number): its id,
+    the 32 hex digits of :func:`~.model.new_id` as 22 base64url characters (a session's
+    id is in its row and again in the id index; ``<id>:<part>`` keeps its part). An id
+    of another form stays as it is (the library makes none of 22 characters), so two
+    batches' prefixes differ as their ids do."""
+    head, colon, part = batch_id.partition(":")
+    if len(head) == 32 and head == head.lower():  # new_id's (hex has two cases)
+        try:
+            raw = bytes.fromhex(head)
+        except ValueError:
+            return batch_id
+        return base64.urlsafe_b64encode(raw).decode()[:22] + colon + part
+    return batch_id
 
 
 def earliest_marks(batch: FlushBatch) -> dict[str, int]:
@@ -212,8 +277,9 @@ def earliest_marks(batch: FlushBatch) -> dict[str, int]:
         since[user] = min(times)
     marks: list[Login | Logout] = [*batch.logins, *batch.logouts]
     for mark in marks:
-        if mark.at_ms < since.get(mark.user_id, mark.at_ms + 1):
-            since[mark.user_id] = mark.at_ms
+        user, at = mark[USER], mark[AT]
+        if at < since.get(user, at + 1):
+            since[user] = at
     return since
 
 
@@ -235,47 +301,43 @@ def plan_sessions(
     part and depend on no other player's, so the parts may be written one by one.
     """
     idle_ms = batch.idle_timeout_ms
-    logins: defaultdict[str, list[Login]] = defaultdict(list)
-    for login in batch.logins:
-        logins[login.user_id].append(login)
-    sessions: defaultdict[str, list[StoredSession]] = defaultdict(list)
-    for session in stored:
-        sessions[session.login.user_id].append(session)
-    logouts: defaultdict[str, dict[str, Logout]] = defaultdict(dict)
-    for logout in stored_logouts:
-        logouts[logout.user_id][logout.id] = logout
-    new_logouts: defaultdict[str, list[Logout]] = defaultdict(list)
-    for logout in batch.logouts:
-        if logout.id not in logouts.get(logout.user_id, ()):
-            new_logouts[logout.user_id].append(logout)
-    players = sorted(set(batch.activity) | set(logins) | set(new_logouts))
-    ids = (f"{batch.id}.{n}" for n in count())  # a new session's id: unique, and cheap
+    stored_logouts = list(stored_logouts)
+    stored_ids = {(m[USER], m[ID]) for m in stored_logouts}
+    logins = _Grouped(batch.logins)
+    sessions = _Grouped(stored)
+    logouts = _Grouped(stored_logouts)
+    new_logouts = _Grouped(m for m in batch.logouts if (m[USER], m[ID]) not in stored_ids)
+    players = sorted(set(batch.activity) | set(logins.where) | set(new_logouts.where))
+    prefix = _id_prefix(batch.id)
+    ids = (f"{prefix}.{n}" for n in count())  # a new session's id: unique, and cheap
+    day_of = day_keys(batch.tz)
     part = part or len(players)
     for first in range(0, len(players), part):
         changes = SessionChanges()
         for user in paced(players[first : first + part]):  # a sort and a walk per player
-            before = sessions.get(user, [])
-            added = new_logouts.get(user, [])
+            before = sessions.of(user)
+            added = new_logouts.of(user)
             changes.logouts += added
             pieces = _spans(user, before, added, marks_between) if before else []
-            times = batch.activity.get(user, [])
-            if times or user in logins:
-                changes.activity.append(_activity_run(user, times, logins.get(user)))
+            times = batch.activity.get(user, ())
+            its_logins = logins.of(user)
+            if times or its_logins:
+                changes.activity.append(_activity_run(user, times, its_logins))
             if (
-                user in logins
-                or user in logouts
+                its_logins
+                or user in logouts.where
                 or added
-                or any(session.end.frozen for session in before)
+                or any(session[LAST] is None for session in before)  # a frozen one
             ):  # a mark at a time
-                pieces += [_Piece(ms, ms, _ACTIVITY) for ms in times]
-                pieces += [_mark(m) for m in logins.get(user, [])]
-                pieces += [_mark(m) for m in logouts.get(user, {}).values()]
-                pieces += [_mark(m, new=True) for m in added]
+                pieces += [_span(ms, ms) for ms in times]
+                pieces += [_login(m) for m in its_logins]
+                pieces += [_logout(m) for m in logouts.of(user)]
+                pieces += [_logout(m, new=True) for m in added]
             elif times:  # the common case: tracked calls only, taken a run at a time
                 pieces += _runs(times, idle_ms)
             runs, unmatched = _walk(pieces, idle_ms)
             changes.unmatched_logouts += unmatched
-            _compare(changes, user, before, runs, batch, ids)
+            _compare(changes, user, before, runs, day_of, ids)
         yield changes
 
 
@@ -291,18 +353,18 @@ def _spans(
     A span knows its last mark's millisecond, not its place in it: a logout of that
     millisecond may come before the last mark (another process's login, by origin) or
     after it, so it is looked up among the marks like one strictly inside."""
-    pieces = []
+    pieces: list[_Piece] = []
     for session in sessions:
-        start, end = session.login.at_ms, session.end
-        if end.frozen:
-            assert end.logout_ms is not None  # a frozen session is a closed one
-            pieces.append(_Piece(start, end.logout_ms, _ACTIVITY, stored=session))
+        start, last = session[AT], session[LAST]
+        if last is None:  # a frozen session is a closed one, walked as a wall
+            end = session[LOGOUT_AT]
+            assert end is not None
+            pieces.append((start, _FIRST, end, _ACTIVITY, None, session, False))
             continue
-        last, order = end.last_ms, _order(session.login)
-        assert last is not None
+        order = _order(session)
         inside = sorted(
             key
-            for key in (_key(_mark(m)) for m in new_logouts)
+            for key in (_key(_logout(m)) for m in new_logouts)
             if (start, order) < key < (last, _LAST)
         )
         # The session's own marks: none before its first (a mark of its first
@@ -313,9 +375,7 @@ def _spans(
             else []
         )
         if not stored_marks:  # nothing inside, or its marks are no longer kept
-            pieces.append(
-                _Piece(start, last, _ACTIVITY, session.login.username, session, order=order)
-            )
+            pieces.append((start, order, last, _ACTIVITY, session[USERNAME], session, False))
             continue
         segments: list[list[MarkKey]] = [[]]
         for key in stored_marks:
@@ -329,33 +389,34 @@ def _spans(
             # logins' name); one of tracked calls only has none.
             named = any(place[0] for _, place in segment)
             pieces.append(
-                _Piece(
+                (
                     segment[0][0],
+                    segment[0][1],
                     segment[-1][0],
                     _ACTIVITY,
-                    session.login.username if named else None,
+                    session[USERNAME] if named else None,
                     session if first else None,
-                    order=segment[0][1],
+                    False,
                 )
             )
     return pieces
 
 
-def _runs(times: list[int], idle_ms: int) -> list[_Piece]:
+def _runs(times: tuple[int, ...], idle_ms: int) -> list[_Piece]:
     """A player's sorted activity marks, with no login or logout near them, as spans:
     runs with no gap over ``idle_ms``, so the walk takes a run in one step instead of
     a mark at a time (a flush carries dozens of marks per player, and this loop is what
     each costs)."""
     if times[-1] - times[0] <= idle_ms:  # sorted: no gap can be longer than the whole
-        return [_Piece(times[0], times[-1], _ACTIVITY)]
+        return [_span(times[0], times[-1])]
     pieces = []
     start = previous = times[0]
     for ms in times:
         if ms - previous > idle_ms:
-            pieces.append(_Piece(start, previous, _ACTIVITY))
+            pieces.append(_span(start, previous))
             start = ms
         previous = ms
-    pieces.append(_Piece(start, previous, _ACTIVITY))
+    pieces.append(_span(start, previous))
     return pieces
 
 
@@ -366,33 +427,35 @@ def _walk(pieces: list[_Piece], idle_ms: int) -> tuple[list[_Run], int]:
     run: _Run | None = None
     wall = -1  # the end of the last frozen session: marks up to it belong to it
     unmatched = 0
-    for piece in sorted(pieces, key=_key) if len(pieces) > 1 else pieces:
-        if piece.stored is not None and piece.stored.end.frozen:
+    if len(pieces) > 1:
+        pieces.sort(key=_key)  # stable: pieces of one key keep their order
+    for at, order, last, kind, username, stored, new in pieces:
+        if stored is not None and stored[LAST] is None:  # frozen
             if run is not None:
                 run.end, run.timed_out = run.last, True
                 runs.append(run)
                 run = None
-            runs.append(_Run(piece.at, piece.last, None, kept=piece.stored))
-            wall = max(wall, piece.last)
+            runs.append(_Run(at, last, None, kept=stored))
+            wall = max(wall, last)
             continue
-        if piece.at <= wall:
+        if at <= wall:
             continue
-        if run is not None and piece.at - run.last > idle_ms:
+        if run is not None and at - run.last > idle_ms:
             run.end, run.timed_out = run.last, True
             runs.append(run)
             run = None
-        if piece.kind == _LOGOUT:
+        if kind == _LOGOUT:
             if run is not None:
-                run.end = piece.at
+                run.end = at
                 runs.append(run)
                 run = None
-            elif piece.new:
+            elif new:
                 unmatched += 1
         elif run is None:
-            run = _Run(piece.at, piece.last, piece.username, order=piece.order)
+            run = _Run(at, last, username, order=order)
         else:
-            run.last = max(run.last, piece.last)
-            run.username = run.username or piece.username
+            run.last = max(run.last, last)
+            run.username = run.username or username
     if run is not None:
         runs.append(run)
     return runs, unmatched
@@ -403,44 +466,42 @@ def _compare(
     user: str,
     before: list[StoredSession],
     runs: list[_Run],
-    batch: FlushBatch,
+    day_of: Callable[[int], tuple[str, str]],
     ids: Iterator[str],
 ) -> None:
     """Record what differs between the stored sessions and the walk's, by start."""
     # By start: a session's first mark and its place in its millisecond (a login
     # after a logout of the same millisecond starts a second session there).
-    old = {(s.login.at_ms, _order(s.login)): s for s in before}
+    old = {(s[AT], _order(s)): s for s in before}
     for run in runs:
         if run.kept is not None:
-            old.pop((run.start, _order(run.kept.login)), None)
+            old.pop((run.start, _order(run.kept)), None)
             continue
         previous = old.pop((run.start, run.order), None)
         end = _end(run, previous)
         if previous is not None:
-            start = previous.login
-            if previous.end == end and start.username == run.username:
+            if previous[LOGOUT_AT:] == end and previous[USERNAME] == run.username:
                 continue
-            if start.username != run.username:  # its logins' name (a split may drop it)
-                start = attrs.evolve(start, username=run.username)
             changes.count(previous, -1)
+            # Its logins' name (a split may drop it).
+            session = (*previous[:USERNAME], run.username, *previous[DAY:LOGOUT_AT], *end)
         else:
-            day, month = batch.day_of(run.start)
+            day, month = day_of(run.start)
             _, origin, seq = run.order
-            start = Login(next(ids), user, run.start, origin, seq, run.username, day, month)
-        session = StoredSession(start, end)
+            session = (next(ids), user, run.start, origin, seq, run.username, day, month, *end)
         changes.sessions.append(session)
         changes.count(session, 1)
     for gone in old.values():  # merged into an earlier session
-        changes.deleted.append(gone.login.id)
+        changes.deleted.append(gone[ID])
         changes.count(gone, -1)
 
 
 def _end(run: _Run, previous: StoredSession | None) -> SessionEnd:
     if run.end is not None:
-        return SessionEnd(run.end, seconds(run.start, run.end), run.timed_out, run.last)
-    if previous is not None and previous.end.timed_out and previous.end.last_ms == run.last:
-        return previous.end  # closed by the clock already: time only moves forward
-    return SessionEnd(None, seconds(run.start, run.last), False, run.last)
+        return (run.end, seconds(run.start, run.end), run.timed_out, run.last)
+    if previous is not None and previous[TIMED_OUT] and previous[LAST] == run.last:
+        return previous[LOGOUT_AT:]  # closed by the clock already: time only moves forward
+    return (None, seconds(run.start, run.last), False, run.last)
 
 
 def close_idle(stale: Iterable[StoredSession]) -> SessionChanges:
@@ -448,8 +509,5 @@ def close_idle(stale: Iterable[StoredSession]) -> SessionChanges:
     ``idle_timeout`` ago ended there, as a later mark would end them. Their seconds
     were counted already: no figure changes."""
     return SessionChanges(
-        sessions=[
-            StoredSession(s.login, attrs.evolve(s.end, logout_ms=s.end.last_ms, timed_out=True))
-            for s in stale
-        ]
+        sessions=[(*s[:LOGOUT_AT], s[LAST], s[DURATION], True, s[LAST]) for s in stale]
     )

@@ -43,6 +43,7 @@ from .erasure import (
 )
 from .errors import ConfigurationError
 from .model import (
+    AT,
     ActivityRun,
     ApplyResult,
     DailyStats,
@@ -782,7 +783,7 @@ class Store(ABC):
             "sessions": [session_export(s) for s in self.get_sessions(user_id)],
             # The marks sessions are computed from: a logout is a record of the player's
             # too, kept a while after its session closed.
-            "logouts": [iso_from_ms(m.at_ms) for m in self.get_logouts(user_id)],
+            "logouts": [iso_from_ms(m[AT]) for m in self.get_logouts(user_id)],
             # And the times of the player's activity, kept as long as logouts.
             "activity": [iso_from_ms(ms) for ms in self.activity_marks(user_id)],
             "events": [event_export(e) for e in self.get_events(user_id, limit=EXPORT_EVENT_LIMIT)],
@@ -1017,7 +1018,7 @@ def _session_window(tx: Transaction, batch: FlushBatch) -> tuple[list[StoredSess
     since = earliest_marks(batch)
     users = set(since)
     sessions = tx.sessions_since(users, min(since.values()) - batch.idle_timeout_ms)
-    first = min([s.login.at_ms for s in sessions], default=min(since.values()))
+    first = min([s[AT] for s in sessions], default=min(since.values()))
     return sessions, tx.logouts_since(users, min(first, min(since.values())))
 
 

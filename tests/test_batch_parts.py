@@ -12,7 +12,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gso_analytics.model import FlushBatch, Login, Logout, event_bytes
+from gso_analytics.model import FlushBatch, event_bytes
 
 DAY, MONTH = "2025-03-14", "2025-03"
 
@@ -27,18 +27,18 @@ def batches(draw: st.DrawFn) -> FlushBatch:
             data = "x" * draw(st.integers(0, 300))
             events.append((ts, user, "credits.earn", f'{{"d":"{data}"}}', DAY))
     logins = [
-        Login(f"s{n}", user, n, "w", n, None, DAY, MONTH)
+        (f"s{n}", user, n, "w", n, None, DAY, MONTH)
         for n, user in enumerate(
             draw(st.lists(st.sampled_from(players), max_size=8)) if players else []
         )
     ]
     logouts = [
-        Logout(f"o{n}", user, 100 + n, "w", n)
+        (f"o{n}", user, 100 + n, "w", n)
         for n, user in enumerate(
             draw(st.lists(st.sampled_from(players), max_size=8)) if players else []
         )
     ]
-    active = {m.user_id for m in logins}
+    active = {m[1] for m in logins}  # their players
     return FlushBatch(
         id="b",
         counters={DAY: {"creditsEarned": len(events)}},
@@ -73,13 +73,13 @@ def test_parts_hold_the_batch_once_within_their_bounds(
     # Each player's marks and records in one part only, with at most max_players each.
     owners: dict[str, int] = {}
     for n, part in enumerate(parts):
-        marked = {m.user_id for m in (*part.logins, *part.logouts)}
+        marked = {m[1] for m in (*part.logins, *part.logouts)}  # their players
         recorded = set().union(*part.day_users.values(), *part.payments.values())
         assert len(marked | recorded) <= max_players
         for user in marked | recorded:
             assert owners.setdefault(user, n) == n, user
-    assert sorted(m.id for p in parts for m in p.logins) == sorted(m.id for m in batch.logins)
-    assert sorted(m.id for p in parts for m in p.logouts) == sorted(m.id for m in batch.logouts)
+    assert sorted(m for p in parts for m in p.logins) == sorted(batch.logins)
+    assert sorted(m for p in parts for m in p.logouts) == sorted(batch.logouts)
     assert sum(len(p.new_users.get(DAY, ())) for p in parts) == len(batch.new_users.get(DAY, ()))
     # The day counters (not per player) go with the first part only.
     assert parts[0].counters == batch.counters

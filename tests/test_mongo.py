@@ -42,7 +42,7 @@ from gso_analytics import (
     open_store,
 )
 from gso_analytics.clock import to_ms
-from gso_analytics.model import EventRecord, Login, Logout
+from gso_analytics.model import EventRecord
 from gso_analytics.store import store_class
 
 STORE_URL_ENV = "GSO_TEST_STORE_URL"
@@ -1328,8 +1328,8 @@ def test_real_mongodb_when_configured() -> None:
             months={day: month},
             day_users={day: {"u1"}},
             month_users={month: {"u1"}},
-            logins=[Login("o-1", "u1", to_ms(NOW), "o", 1, "alice", day, month)],
-            logouts=[Logout("o-2", "u1", to_ms(NOW) + 30_000, "o", 2)],
+            logins=[("o-1", "u1", to_ms(NOW), "o", 1, "alice", day, month)],
+            logouts=[("o-2", "u1", to_ms(NOW) + 30_000, "o", 2)],
             events=[EventRecord(to_ms(NOW), "u1", "credits.earn", '{"amount":5}', day).row],
         )
         assert not store.apply(batch).duplicate

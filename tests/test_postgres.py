@@ -25,7 +25,7 @@ import pytest
 from gso_analytics import ConfigurationError, StoreError, open_store
 from gso_analytics.clock import to_ms
 from gso_analytics.conflicts import Backoff
-from gso_analytics.model import FlushBatch, Login, Logout
+from gso_analytics.model import FlushBatch
 from gso_analytics.store import apply_batch
 
 psycopg = pytest.importorskip("psycopg")
@@ -226,8 +226,8 @@ def test_a_role_without_create_opens_a_schema_made_by_pg_init(url: str) -> None:
 def player_batch(user: str, at: datetime = NOON) -> FlushBatch:
     """A login and logout, activity and a counter: a batch that touches every per-player
     record and the day's figures."""
-    login = Login(f"{user}-{to_ms(at)}", user, to_ms(at), "w", 1, user, DAY, "2025-03")
-    logout = Logout(f"{user}-{to_ms(at)}-out", user, to_ms(at) + 60_000, "w", 2)
+    login = (f"{user}-{to_ms(at)}", user, to_ms(at), "w", 1, user, DAY, "2025-03")
+    logout = (f"{user}-{to_ms(at)}-out", user, to_ms(at) + 60_000, "w", 2)
     return FlushBatch(
         created_at=at,
         counters={DAY: {"creditsEarned": 5}},
@@ -346,8 +346,8 @@ def test_a_login_and_its_logout_in_two_concurrent_batches_make_one_closed_sessio
     mark, a new session). Each would see the other's mark missing: the login would stay
     open for ever. Both write erin's fence, so the later one waits, loses, and its walk
     then sees the logout and closes the session."""
-    login = Login("erin-s", "erin", to_ms(NOON), "a", 1, "erin", DAY, "2025-03")
-    logout = Logout("erin-o", "erin", to_ms(NOON) + 90_000, "b", 1)
+    login = ("erin-s", "erin", to_ms(NOON), "a", 1, "erin", DAY, "2025-03")
+    logout = ("erin-o", "erin", to_ms(NOON) + 90_000, "b", 1)
     with open_store(url) as other:
         other.apply(FlushBatch(created_at=NOON, events=events_on(NOON, 1, "warm")))
         held = Held(store, FlushBatch(created_at=NOON, logouts=[logout]))

@@ -108,7 +108,9 @@ def test_an_old_file_is_upgraded_to_marks_and_keeps_its_sessions(tmp_path: Path)
     # (that login is the next mark) nor the timeout.
     with SQLiteStore(path) as store:
         logouts = [
-            (m.id, m.user_id) for u in ("u1", "u3", "u4", "u5") for m in store.get_logouts(u)
+            m[:2]
+            for u in ("u1", "u3", "u4", "u5")
+            for m in store.get_logouts(u)  # id, user
         ]
     assert logouts == [("old-logout", "u1"), ("pending-1", "u3")]
     SQLiteStore(path).close()  # a second open finds nothing to do
@@ -208,7 +210,7 @@ def test_a_file_whose_rows_kept_their_origin_numbers_it_once(tmp_path: Path) -> 
         (s1,) = store.get_sessions("u1")
         assert (s1.session_id, s1.username, s1.duration_s, s1.logout_at) == ("s1", "ann", 600, None)
         (logout,) = store.get_logouts("u2")
-        assert (logout.id, logout.at_ms, logout.origin, logout.seq) == (
+        assert (logout[0], logout[2], logout[3], logout[4]) == (  # id, at, origin, seq
             f"{process}-3",
             at + 300_000,
             process,

@@ -137,8 +137,8 @@ def make_batch(clock_at: datetime) -> FlushBatch:
         months={day: month},
         day_users={day: {"u1"}},
         month_users={month: {"u1"}},
-        logins=[Login("a-1", "u1", to_ms(clock_at), "a", 1, "alice", day, month)],
-        logouts=[Logout("a-2", "u1", to_ms(clock_at) + 90_000, "a", 2)],
+        logins=[("a-1", "u1", to_ms(clock_at), "a", 1, "alice", day, month)],
+        logouts=[("a-2", "u1", to_ms(clock_at) + 90_000, "a", 2)],
         events=[EventRecord(to_ms(clock_at), "u1", "credits.earn", '{"amount":50}', day).row],
     )
 
@@ -643,10 +643,10 @@ def test_late_logouts_end_the_session_they_fall_in(store: Store, clock: FakeCloc
     t0 = to_ms(clock.now)
 
     def login(origin: str, seq: int, at_s: int) -> Login:
-        return Login(f"{origin}-{seq}", "u1", t0 + at_s * 1000, origin, seq, None, day, month)
+        return (f"{origin}-{seq}", "u1", t0 + at_s * 1000, origin, seq, None, day, month)
 
     def logout(origin: str, seq: int, at_s: int) -> Logout:
-        return Logout(f"{origin}-{seq}", "u1", t0 + at_s * 1000, origin, seq)
+        return (f"{origin}-{seq}", "u1", t0 + at_s * 1000, origin, seq)
 
     store.apply(
         FlushBatch(

@@ -36,7 +36,7 @@ from gso_analytics.clock import from_ms
 from gso_analytics.counters import MICRO_SUFFIX
 from gso_analytics.deltas import DeltaBuffer, capped_increments
 from gso_analytics.errors import StoreError
-from gso_analytics.model import ActivityRun, EventRow, Logout, Number, StoredSession
+from gso_analytics.model import ID, USER, ActivityRun, EventRow, Logout, Number, StoredSession
 from gso_analytics.pacing import paced_slices
 from gso_analytics.store import Transaction
 
@@ -261,8 +261,8 @@ class BatchTransaction(Transaction):
 
     def save_sessions(self, sessions: list[StoredSession]) -> None:
         for session in sessions:
-            self._sessions[session.login.id] = session_doc(session)
-            self._fenced.add(session.login.user_id)
+            self._sessions[session[ID]] = session_doc(session)
+            self._fenced.add(session[USER])
 
     def delete_sessions(self, ids: list[str]) -> None:
         for session_id in ids:

@@ -12,11 +12,10 @@ from gso_analytics.model import (
     ActivityRun,
     EventRecord,
     EventRow,
-    Login,
     Logout,
-    SessionEnd,
     SessionRecord,
     StoredSession,
+    last_mark,
 )
 from gso_analytics.sessions import decode_logins, decode_marks, encode_logins, encode_marks
 
@@ -95,61 +94,58 @@ def session_record(doc: Mapping[str, Any]) -> SessionRecord:
 
 def stored_session(doc: Mapping[str, Any]) -> StoredSession:
     logout = doc.get("logoutAt")
-    return StoredSession(
-        Login(
-            doc["_id"],
-            doc["userId"],
-            to_ms(aware(doc["loginAt"])),
-            doc.get("origin", ""),
-            doc.get("seq", 0),
-            doc.get("username"),
-            doc["day"],
-            doc["month"],
-        ),
-        SessionEnd(
-            None if logout is None else to_ms(aware(logout)),
-            int(doc.get("durationS", 0)),
-            bool(doc.get("timedOut", False)),
-            None if doc.get("frozen") else to_ms(aware(doc["lastAt"])),
-        ),
+    return (
+        doc["_id"],
+        doc["userId"],
+        to_ms(aware(doc["loginAt"])),
+        doc.get("origin", ""),
+        doc.get("seq", 0),
+        doc.get("username"),
+        doc["day"],
+        doc["month"],
+        None if logout is None else to_ms(aware(logout)),
+        int(doc.get("durationS", 0)),
+        bool(doc.get("timedOut", False)),
+        None if doc.get("frozen") else to_ms(aware(doc["lastAt"])),
     )
 
 
 def session_doc(session: StoredSession) -> dict[str, Any]:
-    login, end = session.login, session.end
+    sid, user, at, origin, seq, name, day, month, logout, duration, timed_out, last = session
     return {
-        "_id": login.id,
-        "userId": login.user_id,
-        "username": login.username,
-        "loginAt": from_ms(login.at_ms),
-        "logoutAt": None if end.logout_ms is None else from_ms(end.logout_ms),
-        "durationS": end.duration_s,
-        "day": login.day,
-        "month": login.month,
-        "timedOut": end.timed_out,
-        "open": end.open,
-        "origin": login.origin,
-        "seq": login.seq,
+        "_id": sid,
+        "userId": user,
+        "username": name,
+        "loginAt": from_ms(at),
+        "logoutAt": None if logout is None else from_ms(logout),
+        "durationS": duration,
+        "day": day,
+        "month": month,
+        "timedOut": timed_out,
+        "open": logout is None,
+        "origin": origin,
+        "seq": seq,
         # A frozen (0.2) session's end stands for its last mark in the range reads.
-        "lastAt": from_ms(end.last),
-        "frozen": end.frozen,
+        "lastAt": from_ms(last_mark(session)),
+        "frozen": last is None,
     }
 
 
 def activity_doc(run: ActivityRun) -> dict[str, Any]:
+    user, first, last, marks, logins = run
     doc = {
-        "userId": run.user_id,
-        "firstAt": from_ms(run.first_ms),
-        "lastAt": from_ms(run.last_ms),
-        "marks": encode_marks(run.marks),
+        "userId": user,
+        "firstAt": from_ms(first),
+        "lastAt": from_ms(last),
+        "marks": encode_marks(marks),
     }
-    if run.logins:
-        doc["logins"] = encode_logins(run.logins)
+    if logins:
+        doc["logins"] = encode_logins(logins)
     return doc
 
 
 def activity_run(doc: Mapping[str, Any]) -> ActivityRun:
-    return ActivityRun(
+    return (
         doc["userId"],
         to_ms(aware(doc["firstAt"])),
         to_ms(aware(doc["lastAt"])),
@@ -159,14 +155,9 @@ def activity_run(doc: Mapping[str, Any]) -> ActivityRun:
 
 
 def logout_mark(doc: Mapping[str, Any]) -> Logout:
-    return Logout(doc["_id"], doc["userId"], to_ms(aware(doc["at"])), doc["origin"], doc["seq"])
+    return (doc["_id"], doc["userId"], to_ms(aware(doc["at"])), doc["origin"], doc["seq"])
 
 
 def logout_doc(logout: Logout) -> dict[str, Any]:
-    return {
-        "_id": logout.id,
-        "userId": logout.user_id,
-        "at": from_ms(logout.at_ms),
-        "origin": logout.origin,
-        "seq": logout.seq,
-    }
+    mark_id, user, at, origin, seq = logout
+    return {"_id": mark_id, "userId": user, "at": from_ms(at), "origin": origin, "seq": seq}

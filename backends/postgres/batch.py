@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from gso_analytics.counters import MAX_COUNTER
 from gso_analytics.deltas import DeltaBuffer
 from gso_analytics.erasure import keyed_hash
-from gso_analytics.model import ActivityRun, EventRow, Logout, Number, StoredSession
+from gso_analytics.model import USER, ActivityRun, EventRow, Logout, Number, StoredSession
 from gso_analytics.store import Transaction
 
 from . import events, sessions
@@ -251,7 +251,7 @@ class PgTransaction(Transaction):
 
     def save_sessions(self, found: list[StoredSession]) -> None:
         """Fenced: the prune closes idle sessions without reading through a fence."""
-        self._fence_users({session.login.user_id for session in found})
+        self._fence_users({session[USER] for session in found})
         sessions.save_sessions(self._queued(), self.s, found)
 
     def delete_sessions(self, ids: list[str]) -> None:

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from gso_analytics.clock import from_ms, iso_from_ms, to_ms
-from gso_analytics.model import ActivityRun, Login, Logout, SessionEnd, StoredSession
+from gso_analytics.model import ID, ActivityRun, Logout, StoredSession, last_mark
 from gso_analytics.sessions import decode_logins, decode_marks, encode_logins, encode_marks
 
 from .arrays import text_array
@@ -32,17 +32,18 @@ RECORD_COLUMNS = (
 
 def stored_session(row: tuple[Any, ...]) -> StoredSession:
     sid, user, name, login, logout, duration, day, month, timed_out, origin, seq, last, frozen = row
-    return StoredSession(
-        Login(sid, user, to_ms(login), origin, seq, name, day, month),
-        SessionEnd(
-            None if logout is None else to_ms(logout), duration, timed_out, None if frozen else last
-        ),
+    return (
+        *(sid, user, to_ms(login), origin, seq, name, day, month),
+        None if logout is None else to_ms(logout),
+        duration,
+        timed_out,
+        None if frozen else last,
     )
 
 
 def logout_mark(row: tuple[Any, ...]) -> Logout:
     sid, user, at, origin, seq = row
-    return Logout(sid, user, to_ms(at), origin, seq)
+    return (sid, user, to_ms(at), origin, seq)
 
 
 def sessions_since(cur: Any, s: str, users: set[str], since_ms: int) -> list[StoredSession]:
@@ -73,8 +74,7 @@ def activity_runs(cur: Any, s: str, user_id: str, first_ms: int, last_ms: int) -
         (user_id, first_ms, last_ms),
     )
     return [
-        ActivityRun(u, f, la, decode_marks(bytes(m)), decode_logins(logins))
-        for u, f, la, m, logins in rows
+        (u, f, la, decode_marks(bytes(m)), decode_logins(logins)) for u, f, la, m, logins in rows
     ]
 
 
@@ -93,31 +93,33 @@ def _iso(ms: int | None) -> str | None:
     return None if ms is None else iso_from_ms(ms)
 
 
+def _session_json(session: StoredSession) -> dict[str, Any]:
+    sid, user, at, origin, seq, name, day, month, logout, duration, timed_out, last = session
+    return {
+        "id": sid,
+        "user_id": user,
+        "username": name,
+        "login_at": iso_from_ms(at),
+        "logout_at": _iso(logout),
+        "duration_s": duration,
+        "day": day,
+        "month": month,
+        "timed_out": timed_out,
+        "origin": origin,
+        "seq": seq,
+        "last_ms": last_mark(session),
+        "frozen": last is None,
+    }
+
+
 def save_sessions(cur: Any, s: str, sessions: list[StoredSession]) -> None:
     """One statement for the part's sessions. An id appears once: ``ON CONFLICT DO
     UPDATE`` may not touch a row twice in one statement, and the walk's later decision
     about a session is its last."""
-    latest = {session.login.id: session for session in sessions}
+    latest = {session[ID]: session for session in sessions}
     if not latest:
         return
-    rows = [
-        {
-            "id": session.login.id,
-            "user_id": session.login.user_id,
-            "username": session.login.username,
-            "login_at": iso_from_ms(session.login.at_ms),
-            "logout_at": _iso(session.end.logout_ms),
-            "duration_s": session.end.duration_s,
-            "day": session.login.day,
-            "month": session.login.month,
-            "timed_out": session.end.timed_out,
-            "origin": session.login.origin,
-            "seq": session.login.seq,
-            "last_ms": session.end.last,
-            "frozen": session.end.frozen,
-        }
-        for session in latest.values()
-    ]
+    rows = [_session_json(session) for session in latest.values()]
     cur.execute(
         f"INSERT INTO {s}.sessions ({SESSION_COLUMNS}) SELECT {SESSION_COLUMNS}"
         f" FROM json_to_recordset(%s::json) AS r({SESSION_RECORD})"
@@ -135,14 +137,8 @@ def delete_sessions(cur: Any, s: str, ids: list[str]) -> None:
 def insert_logouts(cur: Any, s: str, logouts: list[Logout]) -> None:
     """One statement, the marks as one JSON parameter (see :data:`SESSION_RECORD`)."""
     rows = [
-        {
-            "id": m.id,
-            "user_id": m.user_id,
-            "at": iso_from_ms(m.at_ms),
-            "origin": m.origin,
-            "seq": m.seq,
-        }
-        for m in logouts
+        {"id": mark_id, "user_id": user, "at": iso_from_ms(at), "origin": origin, "seq": seq}
+        for mark_id, user, at, origin, seq in logouts
     ]
     cur.execute(
         f"INSERT INTO {s}.logouts ({LOGOUT_COLUMNS}) SELECT {LOGOUT_COLUMNS}"
@@ -158,13 +154,13 @@ def insert_activity(cur: Any, s: str, runs: list[ActivityRun]) -> None:
     :func:`~gso_analytics.sessions.encode_logins` writes them)."""
     rows = [
         {
-            "user_id": r.user_id,
-            "first_ms": r.first_ms,
-            "last_ms": r.last_ms,
-            "marks": encode_marks(r.marks).hex(),
-            "logins": encode_logins(r.logins),
+            "user_id": user,
+            "first_ms": first,
+            "last_ms": last,
+            "marks": encode_marks(marks).hex(),
+            "logins": encode_logins(logins),
         }
-        for r in runs
+        for user, first, last, marks, logins in runs
     ]
     cur.execute(
         f"INSERT INTO {s}.activity (user_id, first_ms, last_ms, marks, logins)"
