@@ -397,7 +397,7 @@ KPI_SECTIONS: tuple[KpiSection, ...] = (
     ),
     KpiSection(
         "sessions",
-        "Sessions (by login day; timed-out sessions left out of the durations)",
+        "Sessions (by start day; ended by a logout or after idle_timeout, all in the durations)",
         (
             _day(),
             _counter_column("sessions", "Sessions"),
@@ -414,7 +414,7 @@ KPI_SECTIONS: tuple[KpiSection, ...] = (
                 total=lambda rows, doc: _per_dau(rows, doc, play=True),
             ),
             KpiColumn("medianSessionS", "Median", fmt_maybe_duration),
-            _counter_column("orphanedSessions", "Timed out"),
+            _counter_column("orphanedSessions", "Ended idle"),
         ),
         activity=("sessions",),
     ),
