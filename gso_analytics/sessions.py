@@ -72,7 +72,7 @@ from .model import (
     StoredSession,
     day_keys,
 )
-from .pacing import paced
+from .pacing import CHECK_EVERY, Pacer, paced
 
 #: The kinds of a piece of a timeline.
 _ACTIVITY, _LOGOUT = 0, 1
@@ -233,7 +233,10 @@ class _Grouped(Generic[_Mark]):
         self.records: list[_Mark] = sorted(records, key=itemgetter(USER))  # stable: in order
         self.where: dict[str, tuple[int, int]] = {}
         where = self.where
+        pacer = Pacer()  # thousands of records: waiting threads let in between slices
         for n, record in enumerate(self.records):
+            if not n % CHECK_EVERY:
+                pacer.tick()
             user = record[USER]
             found = where.get(user)
             where[user] = (n if found is None else found[0], n + 1)
@@ -273,7 +276,7 @@ def _id_prefix(batch_id: str) -> str:
 def earliest_marks(batch: FlushBatch) -> dict[str, int]:
     """Per player with marks in the batch, the time of the earliest."""
     since: dict[str, int] = {}
-    for user, times in batch.activity.items():
+    for user, times in paced(batch.activity.items(), CHECK_EVERY):
         since[user] = min(times)
     marks: list[Login | Logout] = [*batch.logins, *batch.logouts]
     for mark in marks:

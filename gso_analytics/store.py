@@ -958,6 +958,7 @@ def apply_batch(
     monthly: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
 
     first_seen = rows.first_seen_days(_first_days(batch.day_users))
+    pacer.tick()  # every step ticks, also one that found nothing to write
     if first_seen:
         tx.add_first_seen(first_seen)
         pacer.tick()
@@ -969,6 +970,7 @@ def apply_batch(
     new_day_users = 0
     for day, users in batch.day_users.items():
         users = rows.day_users(day, users)
+        pacer.tick()
         if not users:
             continue
         added = tx.add_day_users(day, users)
@@ -982,6 +984,7 @@ def apply_batch(
         pacer.tick()
     for month, users in batch.month_users.items():
         users = rows.month_users(month, users)
+        pacer.tick()
         if not users:
             continue
         added = tx.add_month_users(month, users)
@@ -1016,6 +1019,7 @@ def _session_window(tx: Transaction, batch: FlushBatch) -> tuple[list[StoredSess
     earliest new mark minus ``idle_timeout`` (one bound for the batch, whose marks lie
     within a flush interval or so; a player's earlier sessions walk unchanged)."""
     since = earliest_marks(batch)
+    Pacer().tick()
     users = set(since)
     sessions = tx.sessions_since(users, min(since.values()) - batch.idle_timeout_ms)
     first = min([s[AT] for s in sessions], default=min(since.values()))
