@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pg_server
 import pytest
 
-from gso_analytics import ConfigurationError, StoreError, open_store
+from gso_analytics import Analytics, ConfigurationError, StoreError, open_store
 from gso_analytics.clock import to_ms
 from gso_analytics.conflicts import Backoff
 from gso_analytics.model import FlushBatch
@@ -154,6 +154,36 @@ def test_fence_updates_find_room_on_their_page(store: PostgresStore) -> None:
         "SELECT reloptions FROM pg_class WHERE oid = %s::regclass", (f"{store.schema}.fences",)
     )[0]
     assert options == ["fillfactor=50"]
+
+
+def test_an_open_sessions_updates_are_hot(url: str) -> None:
+    """Flush after flush an open session's row changes only in its last mark and
+    seconds, which no index holds, and its page has room: every such update is HOT (no
+    new entry in any of the table's indexes). Counted by the server's statistics, which
+    a connection reports when it closes."""
+    now = [NOON]
+    analytics = Analytics(open_store(url), clock=lambda: now[0])
+    try:
+        for _ in range(5):
+            for player in range(20):
+                analytics.track("dungeon.complete", f"u{player}")
+            analytics.flush()
+            now[0] += timedelta(seconds=1)
+        schema = analytics.store.schema
+    finally:
+        analytics.stop()
+        analytics.store.close()
+    with psycopg.connect(pg_server.server_url(), autocommit=True) as conn:
+        for _ in range(100):  # the closed connections' statistics arrive as they exit
+            updated, hot = conn.execute(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+                " WHERE schemaname = %s AND relname = 'sessions'",
+                (schema,),
+            ).fetchone()
+            if updated >= 80:
+                break
+            time.sleep(0.1)
+    assert (updated, hot) == (80, 80)
 
 
 def store_url(store: PostgresStore) -> str:
@@ -513,17 +543,17 @@ def test_the_session_reads_are_index_ranges(store: PostgresStore) -> None:
     store.apply(player_batch("gina"))
     s, users = store.schema, {"gina", "hal"}
     expected = [
-        (lambda c: pg_sessions.sessions_since(c, s, users, 0), ["sessions_last", "open_user"]),
+        (lambda c: pg_sessions.sessions_since(c, s, users, 0), ["sessions_user"]),
         (lambda c: pg_sessions.logouts_since(c, s, users, 0), ["logouts_user"]),
         # A player's sessions (get_sessions, an erase): the walk's index, no other.
         (
             lambda c: pg_sessions.user_sessions(c, s, "user_id = %s ORDER BY login_at", ("gina",)),
-            ["sessions_last"],
+            ["sessions_user"],
         ),
         (lambda c: pg_sessions.activity_runs(c, s, "gina", 0, 1), ["activity_user"]),
-        (lambda c: pg_sessions.open_sessions_before(c, s, 1, 10), ["sessions_idle"]),
+        (lambda c: pg_sessions.open_sessions_before(c, s, 1, 10), ["sessions_open"]),
         (lambda c: pg_sessions.delete_activity_before(c, s, 1, 10), ["activity_last"]),
-        (lambda c: c.execute(pg_sessions.COUNT_ACTIVE.format(s=s), (1,)), ["sessions_idle"]),
+        (lambda c: c.execute(pg_sessions.COUNT_ACTIVE.format(s=s), (1,)), ["sessions_open"]),
         # An erase's look for mentions in (ts, id) order: each day's copy of events_ts.
         (lambda c: pg_events.events_after(c, s, None, ['"gina"'], 10), ["_ts_id_idx"]),
     ]

@@ -3,10 +3,11 @@ the players' sessions, logout marks and activity runs read for the walk, what th
 walk decided, the prune's idle sessions and old marks. All of the store's session SQL
 is here.
 
-A session is found by its last activity mark (``last_ms``, epoch milliseconds, the
-walk's values): the walk reads a player's sessions from a moment on through
-``(user_id, last_ms)``, and the prune finds the idle ones through a partial index on
-``last_ms`` of the open ones."""
+A session is found by what it keeps from its start: the walk reads a player's
+sessions from a moment on through ``(user_id, login_at)``, the prune and the count of
+active sessions look among the open ones (a partial index on ``login_at``). Its last
+activity mark (``last_ms``, epoch milliseconds, the walk's values) is in no index, so
+the update that moves it, every flush of an open session, is a HOT one."""
 
 from __future__ import annotations
 
@@ -47,14 +48,19 @@ def logout_mark(row: tuple[Any, ...]) -> Logout:
 
 
 def sessions_since(cur: Any, s: str, users: set[str], since_ms: int) -> list[StoredSession]:
-    """One query for the part: each player's sessions by ``(user_id, last_ms)`` from
-    ``since_ms`` on, and their open ones (``sessions_open_user``) whatever their age."""
+    """One query for the part: per player, the sessions that start at or after
+    ``since_ms`` and the latest one that starts before it, kept if it reaches
+    ``since_ms`` or is open. A player's sessions do not overlap (the walk's), so no
+    earlier one can reach it, and their only open session is their latest. Both are
+    ranges of ``sessions_user`` (player, login time), which never changes: a row's
+    last mark, which moves every flush, is in no index (its update stays HOT)."""
     rows = cur.execute(
-        f"SELECT {SESSION_COLUMNS} FROM {s}.sessions"
-        " WHERE user_id = ANY(%(users)s::text[]) AND last_ms >= %(since)s"
-        f" UNION SELECT {SESSION_COLUMNS} FROM {s}.sessions"
-        " WHERE user_id = ANY(%(users)s::text[]) AND logout_at IS NULL",
-        {"users": text_array(sorted(users)), "since": since_ms},
+        f"SELECT found.* FROM unnest(%(users)s::text[]) AS p(player) CROSS JOIN LATERAL"
+        f" (SELECT {SESSION_COLUMNS} FROM {s}.sessions WHERE user_id = p.player"
+        f" AND login_at >= coalesce((SELECT max(login_at) FROM {s}.sessions"
+        " WHERE user_id = p.player AND login_at < %(at)s), %(at)s)"
+        " AND (login_at >= %(at)s OR last_ms >= %(since)s OR logout_at IS NULL)) AS found",
+        {"users": text_array(sorted(users)), "since": since_ms, "at": from_ms(since_ms)},
     )
     return [stored_session(row) for row in rows]
 
@@ -174,8 +180,8 @@ def insert_activity(cur: Any, s: str, runs: list[ActivityRun]) -> None:
 def open_sessions_before(cur: Any, s: str, cutoff_ms: int, limit: int) -> list[StoredSession]:
     rows = cur.execute(
         f"SELECT {SESSION_COLUMNS} FROM {s}.sessions"
-        " WHERE logout_at IS NULL AND last_ms < %s LIMIT %s",
-        (cutoff_ms, limit),
+        " WHERE logout_at IS NULL AND login_at < %s AND last_ms < %s LIMIT %s",
+        (from_ms(cutoff_ms), cutoff_ms, limit),
     )
     return [stored_session(row) for row in rows]
 
@@ -208,7 +214,7 @@ def user_sessions(cur: Any, s: str, where: str, params: Any) -> list[Any]:
     return rows
 
 
-#: The open sessions with a mark at or after a moment (the partial index), for
+#: The open sessions (their partial index) with a mark at or after a moment, for
 #: :meth:`~gso_analytics.store.Store.count_active_sessions`.
 COUNT_ACTIVE = "SELECT count(*) FROM {s}.sessions WHERE logout_at IS NULL AND last_ms >= %s"
 
