@@ -769,6 +769,52 @@ def test_custom_counters_end_up_in_the_daily_dict(
     assert analytics.get_metrics().to_dict()["today"]["goldLooted"] == 125
 
 
+#: Players of :func:`test_sessions_since_is_the_sessions_reaching_the_moment`, fresh
+#: for each example (the store is the test's, shared by its examples).
+_SINCE_PLAYERS = iter(range(10**9))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.lists(  # per player: (gap before, length) of each session, the last one maybe open
+        st.tuples(
+            st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), max_size=4),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    st.integers(0, 40),
+)
+def test_sessions_since_is_the_sessions_reaching_the_moment(
+    store: Store, players: list[tuple[list[tuple[int, int]], bool]], since_s: int
+) -> None:
+    """What the walk reads of a batch's players: every stored session whose last mark is
+    at or after the moment, and the open one whatever its age; no other. Sessions of a
+    player follow each other (one may start in the millisecond the last ended), as the
+    walk stores them; the moment falls before, inside, between and after them. The
+    oracle is the definition over the sessions written."""
+    base = to_ms(datetime(2025, 3, 14, 12, tzinfo=UTC))
+    written: list[Any] = []
+    for runs, last_open in players:
+        user, at = f"since-{next(_SINCE_PLAYERS)}", base
+        for n, (gap, length) in enumerate(runs):
+            login = at + gap * 1000
+            last = login + length * 1000
+            open_ = last_open and n == len(runs) - 1
+            written.append(
+                (f"{user}-{n}", user, login, "w", n, None, "2025-03-14", "2025-03")
+                + ((None, 0, False, last) if open_ else (last, length, False, last))
+            )
+            at = last
+    since = base + since_s * 1000
+    users = {session[1] for session in written} | {f"since-{next(_SINCE_PLAYERS)}"}
+    store.run_in_transaction(lambda tx: tx.save_sessions(written))
+    found = store.run_in_transaction(lambda tx: tx.sessions_since(users, since))
+    expected = [s for s in written if s[8] is None or s[11] >= since]
+    assert sorted(found) == sorted(expected)
+
+
 GOLD = {"gold.loot": CounterRule("goldLooted", "amount", decimal=True)}
 
 
