@@ -186,15 +186,15 @@ def _pairs(*items: tuple[str, str]) -> str:
 def render_today(metrics: Metrics, today: str) -> str:
     """The ``get_metrics()`` snapshot, headed by the day it is about.
 
-    "Avg session" is ``avgSessionMin`` (this month's seconds over its sessions);
-    "Avg session today" the day's ``totalSessionS / sessionCount``, as in the table: one
+    "Avg session, month" is ``avgSessionMin`` (this month's seconds over its sessions,
+    named so beside the day's figures); "Avg session today" the day's ``totalSessionS / sessionCount``, as in the table: one
     rule over two periods (docs/concepts.md, "Play sessions").
     """
     day = metrics.today or DailyStats(today, today[:7])
     rows = [
         (("DAU", fmt_int(metrics.dau)), ("MAU", fmt_int(metrics.mau))),
         (
-            ("Avg session", f"{metrics.avg_session_min} min"),
+            ("Avg session, month", f"{metrics.avg_session_min} min"),
             ("Active sessions", fmt_int(metrics.active_sessions)),
         ),
         (("Sessions today", fmt_int(day["sessionCount"])), ("Avg session today", avg_session(day))),

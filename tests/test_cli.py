@@ -84,7 +84,7 @@ def assert_lively(figures: dict[str, str]) -> None:
     for label in (
         "DAU",
         "MAU",
-        "Avg session",
+        "Avg session, month",
         "Active sessions",
         "Sessions today",
         "New players",
