@@ -187,8 +187,9 @@ def render_today(metrics: Metrics, today: str) -> str:
     """The ``get_metrics()`` snapshot, headed by the day it is about.
 
     "Avg session, month" is ``avgSessionMin`` (this month's seconds over its sessions,
-    named so beside the day's figures); "Avg session today" the day's ``totalSessionS / sessionCount``, as in the table: one
-    rule over two periods (docs/concepts.md, "Play sessions").
+    named so beside the day's figures); "Avg session today" the day's
+    ``totalSessionS / sessionCount``, as in the table: one rule over two periods
+    (docs/concepts.md, "Play sessions").
     """
     day = metrics.today or DailyStats(today, today[:7])
     rows = [
