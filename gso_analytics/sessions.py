@@ -283,7 +283,7 @@ def earliest_marks(batch: FlushBatch) -> dict[str, int]:
     """Per player with marks in the batch, the time of the earliest."""
     since: dict[str, int] = {}
     for user, times in paced(batch.activity.items(), CHECK_EVERY):
-        since[user] = min(times)
+        since[user] = times[0]  # sorted
     marks: list[Login | Logout] = [*batch.logins, *batch.logouts]
     for mark in marks:
         user, at = mark[USER], mark[AT]
@@ -336,7 +336,7 @@ def plan_sessions(
                 its_logins
                 or user in logouts.where
                 or added
-                or any(session[LAST] is None for session in before)  # a frozen one
+                or (before and any(session[LAST] is None for session in before))  # frozen
             ):  # a mark at a time
                 pieces += [_span(ms, ms) for ms in times]
                 pieces += [_login(m) for m in its_logins]
@@ -481,7 +481,7 @@ def _compare(
     """Record what differs between the stored sessions and the walk's, by start."""
     # By start: a session's first mark and its place in its millisecond (a login
     # after a logout of the same millisecond starts a second session there).
-    old = {(s[AT], _order(s)): s for s in before}
+    old = {(s[AT], _order(s)): s for s in before} if before else {}
     for run in runs:
         if run.kept is not None:
             old.pop((run.start, _order(run.kept)), None)
