@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from itertools import chain
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -206,8 +207,11 @@ class _SQLiteTransaction(Transaction):
         return cur.rowcount == 1
 
     def _add_users(self, table: str, key: str, users: set[str]) -> int:
-        cur = self.conn.executemany(
-            f"INSERT OR IGNORE INTO {self.p}{table} VALUES (?, ?)", [(key, u) for u in users]
+        # The players as one JSON array, a statement for all: a row's own bind, step
+        # and reset through sqlite3 cost more than its insert (see _NULL_IF_0).
+        cur = self.conn.execute(
+            f"INSERT OR IGNORE INTO {self.p}{table} SELECT ?, value FROM json_each(?)",
+            (key, json.dumps(sorted(users))),
         )
         return cur.rowcount
 
@@ -225,10 +229,10 @@ class _SQLiteTransaction(Transaction):
         self._keep_first("new_users", days)
 
     def _keep_first(self, table: str, first_days: dict[str, str]) -> None:
-        self.conn.executemany(
-            f"INSERT INTO {self.p}{table} (userId, day) VALUES (?, ?)"
-            " ON CONFLICT (userId) DO UPDATE SET day = min(day, excluded.day)",
-            sorted(first_days.items()),
+        self.conn.execute(
+            f"INSERT INTO {self.p}{table} (userId, day) SELECT key, value FROM json_each(?)"
+            " WHERE true ON CONFLICT (userId) DO UPDATE SET day = min(day, excluded.day)",
+            (json.dumps(dict(sorted(first_days.items()))),),
         )
 
     def add_first_seen(self, first_days: dict[str, str]) -> None:
@@ -347,9 +351,10 @@ class _SQLiteTransaction(Transaction):
 
     def save_sessions(self, sessions: list[StoredSession]) -> None:
         origins = self.origin_ids({session[ORIGIN] for session in sessions})
-        self.conn.executemany(
-            f"INSERT INTO {self.p}sessions ({_SESSION_FIELDS})"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+        _insert_rows(
+            self.conn,
+            f"INSERT INTO {self.p}sessions ({_SESSION_FIELDS}) VALUES ",
+            f"(?,?,{_NULL_IF_0},?,{_NULL_IF_0},?,?,?,?,?,?,?,?)",
             " ON CONFLICT (id) DO UPDATE SET logoutAt = excluded.logoutAt,"
             " durationS = excluded.durationS, timedOut = excluded.timedOut,"
             " lastMs = excluded.lastMs, username = excluded.username",
@@ -366,18 +371,20 @@ class _SQLiteTransaction(Transaction):
     def insert_activity(self, runs: list[ActivityRun]) -> None:
         """Each run a row; its logins' origins by their ``origins`` numbers."""
         origins = self.origin_ids({o for *_, logins in runs for _, o, _ in logins})
-        self.conn.executemany(
-            f"INSERT INTO {self.p}activity (userId, firstMs, lastMs, marks, logins)"
-            " VALUES (?, ?, ?, ?, ?)",
+        _insert_rows(
+            self.conn,
+            f"INSERT INTO {self.p}activity (userId, firstMs, lastMs, marks, logins) VALUES ",
+            f"(?, ?, ?, ?, {_NULL_IF_0})",
+            "",
             [
                 (
                     user,
                     first,
                     last,
-                    encode_marks(marks),
+                    bytearray(encode_marks(marks)),  # bound as is, see _NULL_IF_0
                     encode_logins(tuple([(ms, origins[o], seq) for ms, o, seq in logins]))
                     if logins
-                    else None,
+                    else 0,
                 )
                 for user, first, last, marks, logins in paced(runs)
             ],
@@ -718,6 +725,12 @@ _SESSION_FIELDS = (
     "id, userId, username, loginAt, logoutAt, durationS, day, month, timedOut, originId, seq,"
     " lastMs, frozen"
 )
+#: A parameter that may be NULL, bound as the integer 0 for NULL (where the column
+#: only ever holds text): sqlite3 binds str, int, float and bytearray as they are, but
+#: looks every other value (None, bytes) up among its adapters first, and that failed
+#: lookup formats an AttributeError's message (~4,000 instructions a value, a tenth
+#: of a player's activity record). So rows carry 0 for NULL and bytearray for bytes.
+_NULL_IF_0 = "NULLIF(?, 0)"
 _SESSION_COLUMNS = ", ".join(
     "o.origin" if field == "originId" else f"s.{field}" for field in _SESSION_FIELDS.split(", ")
 )
@@ -750,13 +763,42 @@ def _insert_logouts(
     their processes' numbers, if known."""
     if origins is None:
         origins = _origin_ids(conn, p, {origin for _, _, _, origin, _ in marks})
-    conn.executemany(
-        f"{insert} INTO {p}logouts (userId, atMs, originId, seq, id) VALUES (?, ?, ?, ?, ?)",
+    _insert_rows(
+        conn,
+        f"{insert} INTO {p}logouts (userId, atMs, originId, seq, id) VALUES ",
+        f"(?, ?, ?, ?, {_NULL_IF_0})",
+        "",
         [
-            (user, at, origins[origin], seq, None if mark == f"{origin}-{seq}" else mark)
+            (user, at, origins[origin], seq, 0 if mark == f"{origin}-{seq}" else mark)
             for mark, user, at, origin, seq in marks
         ],
     )
+
+
+#: Rows per multi-row ``INSERT`` (see :func:`_insert_rows`): 13 parameters a session
+#: row, 416 a statement, below the 999 of SQLite builds older than 3.32.
+ROWS_PER_INSERT = 32
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, head: str, row: str, tail: str, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """``head`` + ``row`` + ``tail`` for each of ``rows``, :data:`ROWS_PER_INSERT` rows a
+    statement (``VALUES (...), (...), ...``, the same SQL for every full chunk; the rest
+    one by one). Why: through sqlite3 a row of its own costs a bind, a step (the GIL
+    released and taken again), a reset and a statement's start and end, about 7,000
+    instructions beside its ~14,000 of inserting (a player's activity record and session
+    row in a flush of ~25 events each). The pacer looks between chunks; sqlite3 runs
+    each chunk's step without the GIL, so waiting threads run meanwhile."""
+    full = len(rows) - len(rows) % ROWS_PER_INSERT
+    if full:
+        sql = head + ",".join([row] * ROWS_PER_INSERT) + tail
+        pacer = Pacer()
+        for start in range(0, full, ROWS_PER_INSERT):
+            pacer.tick()
+            conn.execute(sql, list(chain.from_iterable(rows[start : start + ROWS_PER_INSERT])))
+    if full < len(rows):
+        conn.executemany(head + row + tail, rows[full:])
 
 
 def _stored_session(row: tuple[Any, ...]) -> StoredSession:
@@ -775,9 +817,9 @@ def _session_row(session: StoredSession, origins: dict[str, int]) -> tuple[Any, 
     return (
         sid,
         user,
-        name,
+        0 if name is None else name,  # NULL, see _NULL_IF_0
         iso_from_ms(at),
-        None if logout is None else iso_from_ms(logout),
+        0 if logout is None else iso_from_ms(logout),
         duration,
         day,
         month,

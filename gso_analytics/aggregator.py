@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -232,9 +232,12 @@ class Aggregator:
             tz=tz_name(self.day_keys.tz),
         )
         calls, events, payments = self._calls, batch.events, batch.payments
-        activity: dict[str, list[int]] = {}  # the batch's, as tuples at the end
+        # The batch's activity, as tuples at the end; with no passive events (the
+        # default) an event's mark is one append (a missing player's list made in C).
+        activity: defaultdict[str, list[int]] = defaultdict(list)
         passive = self.passive_events
         marks = self.marks_activity
+        all_marks = marks and not passive
         day_keys = self.day_keys
         counted_day = ""  # the day whose counters ``counters`` is
         counters: dict[str, Number] = {}
@@ -277,7 +280,7 @@ class Aggregator:
                     elif kind == _LOGOUT:
                         self._add_logout(batch, ms, call[2])
                     elif marks:  # a touch: activity only
-                        activity.setdefault(call[2], []).append(ms)
+                        activity[call[2]].append(ms)
                     continue
                 ms = ns // 1_000_000
                 day, month = day_keys(ms)
@@ -296,23 +299,27 @@ class Aggregator:
                     if event == PAYMENT_EVENT:
                         payers = payments.setdefault(day, {})
                         payers[user_id] = payers.get(user_id, 0) + amount
-                if marks and event not in passive:
-                    times = activity.get(user_id)
-                    if times is None:
-                        activity[user_id] = [ms]
-                    else:
-                        times.append(ms)
+                if all_marks or (marks and event not in passive):
+                    activity[user_id].append(ms)
                 events.append((ms, user_id, event, text, day))
         release(taken)
+        batch_activity = batch.activity
+        today: set[str] = set()  # the active players of the last day met,
+        day_start = day_end = 0  # [day_start, day_end) in milliseconds
         for user, times in paced(activity.items(), CHECK_EVERY):  # every player: paced
             times.sort()  # threads append out of order by a few microseconds
             # A tuple of ints, which the collector stops tracking (see model.Login):
             # a list would reach the old generation during the flush, one per player.
-            batch.activity[user] = tuple(times)
+            batch_activity[user] = tuple(times)
             # Active on the days of their marks: a player's marks in a batch lie on
-            # one day but around midnight, so a day per player, not per mark.
-            if day_keys(times[0]) == day_keys(times[-1]):
-                self._active(batch, times[0]).add(user)
+            # one day but around midnight, so a day per player, not per mark, and the
+            # day's set found again only when a player's day differs.
+            if day_start <= times[0] and times[-1] < day_end:
+                today.add(user)
+            elif day_keys(times[0]) == day_keys(times[-1]):
+                day_start, day_end, _, _ = day_keys.bounds(times[0])
+                today = self._active(batch, times[0])
+                today.add(user)
             else:
                 for ms in times:
                     self._active(batch, ms).add(user)

@@ -13,10 +13,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 from gso_analytics.backends.sqlite import SQLiteStore
 
 from gso_analytics import Analytics, FlushBatch
 from gso_analytics.counters import MAX_COUNTER
+from gso_analytics.model import LOGOUT_AT, USERNAME, StoredSession
 
 if TYPE_CHECKING:
     from conftest import AnalyticsFactory, FakeClock
@@ -346,3 +348,54 @@ def test_a_real_counter_saturates_on_sqlite(
     # Both totals, from the 256th batch (which reaches 2**61 exactly) on, and the last
     # batch's revenue total.
     assert stats["counters_saturated"] == 2 * (1100 - 255) + 1
+
+
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 65])
+def test_rows_written_many_a_statement_read_back_as_given(tmp_path: Path, n: int) -> None:
+    """Sessions, activity runs and logout marks go 32 rows a statement (the rest one by
+    one) with NULLs bound as 0 and marks as a bytearray: each reads back as given, NULLs
+    included (no username, no logout, no logins, a logout id of the usual form), in the
+    SQL NULL the queries test, and a session saved twice in one call keeps its second
+    state, as one row after another would."""
+    origin = "a" * 32
+    sessions: list[StoredSession] = [
+        (
+            *(f"s{i}", f"u{i}", 1_000 * i, origin if i % 2 else "", i % 2 * i),
+            None if i % 3 else f"name{i}",
+            *("2026-03-02", "2026-03"),
+            *((None, 0, False) if i % 2 else (1_000 * i + 700, 1, i % 4 == 0)),
+            1_000 * i + 600,
+        )
+        for i in range(n)
+    ]
+    again = (*sessions[0][:LOGOUT_AT], 900, 1, True, 600)
+    runs = [
+        (f"u{i}", 1_000 * i, 1_000 * i + 600, (1_000 * i, 1_000 * i + 600), ())
+        if i % 2
+        else (f"u{i}", 1_000 * i, 1_000 * i, (1_000 * i,), ((1_000 * i, origin, i),))
+        for i in range(n)
+    ]
+    logouts = [
+        (f"{origin}-{i}" if i % 2 else f"moved-{i}", f"u{i}", 1_000 * i + 700, origin, i)
+        for i in range(n)
+    ]
+    store = SQLiteStore(tmp_path / "rows.db")
+    with store.transaction() as tx:
+        tx.save_sessions([*sessions, again])
+        tx.insert_activity(runs)
+        tx.insert_logouts(logouts)
+    users = {f"u{i}" for i in range(n)}
+    with store.transaction() as tx:
+        assert sorted(tx.sessions_since(users, 0)) == sorted([again, *sessions[1:]])
+        assert [r for i in range(n) for r in tx.activity_runs(f"u{i}", 0, 10**9)] == runs
+        assert sorted(tx.logouts_since(users, 0)) == sorted(logouts)
+    assert store.count_open_sessions() == n // 2
+    conn = sqlite3.connect(tmp_path / "rows.db")
+    nulls = conn.execute(
+        f"SELECT (SELECT count(*) FROM {PREFIX}sessions WHERE username IS NULL),"
+        f" (SELECT count(*) FROM {PREFIX}activity WHERE logins IS NULL),"
+        f" (SELECT count(*) FROM {PREFIX}logouts WHERE id IS NULL)"
+    ).fetchone()
+    conn.close()
+    store.close()
+    assert nulls == (sum(1 for s in [again, *sessions[1:]] if s[USERNAME] is None), n // 2, n // 2)
