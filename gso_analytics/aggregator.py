@@ -55,6 +55,10 @@ _EVENT, FLAT_EVENT, _LOGIN, _LOGOUT, _TOUCH = 0, 1, 2, 3, 4
 #: only logins (the seed's definitions).
 ACTIVE_ON = ("any", "login")
 
+#: A player's activity marks in one batch kept as a tuple, one copy per mark, up to
+#: this many; the rest in a list (see :meth:`Aggregator.swap`).
+MARKS_IN_TUPLE = 32
+
 
 #: What a buffered call weighs in the byte bound (``max_buffered_bytes``) before its
 #: data: its tuple, stamp, ids and a small flat ``data`` (measured with tracemalloc:
@@ -232,7 +236,13 @@ class Aggregator:
             tz=tz_name(self.day_keys.tz),
         )
         calls, events, payments = self._calls, batch.events, batch.payments
-        activity: dict[str, list[int]] = {}  # the batch's, as tuples at the end
+        # A player's marks of the batch as a tuple grown by one each (a list would
+        # be tracked by the collector and, alive for the whole swap, reach the old
+        # generation at a middle collection during it: 280 lists a flush of 1,000
+        # players here, most of what made full collections due); past
+        # MARKS_IN_TUPLE marks, in a list (a few heavy players: no quadratic copies).
+        activity: dict[str, tuple[int, ...]] = {}
+        heavy: dict[str, list[int]] = {}
         passive = self.passive_events
         marks = self.marks_activity
         day_keys = self.day_keys
@@ -277,7 +287,7 @@ class Aggregator:
                     elif kind == _LOGOUT:
                         self._add_logout(batch, ms, call[2])
                     elif marks:  # a touch: activity only
-                        activity.setdefault(call[2], []).append(ms)
+                        self._mark(activity, heavy, call[2], ms)
                     continue
                 ms = ns // 1_000_000
                 day, month = day_keys(ms)
@@ -296,19 +306,22 @@ class Aggregator:
                     if event == PAYMENT_EVENT:
                         payers = payments.setdefault(day, {})
                         payers[user_id] = payers.get(user_id, 0) + amount
-                if marks and event not in passive:
+                if marks and event not in passive:  # _mark, written out (per event)
                     times = activity.get(user_id)
                     if times is None:
-                        activity[user_id] = [ms]
+                        activity[user_id] = (ms,)
+                    elif len(times) < MARKS_IN_TUPLE:
+                        activity[user_id] = times + (ms,)  # noqa: RUF005 (no list)
                     else:
-                        times.append(ms)
+                        heavy.setdefault(user_id, []).append(ms)
                 events.append((ms, user_id, event, text, day))
         release(taken)
         for user, times in paced(activity.items(), CHECK_EVERY):  # every player: paced
-            times.sort()  # threads append out of order by a few microseconds
-            # A tuple of ints, which the collector stops tracking (see model.Login):
-            # a list would reach the old generation during the flush, one per player.
-            batch.activity[user] = tuple(times)
+            more = heavy.get(user)
+            # Sorted: threads append out of order by a few microseconds. A tuple of
+            # ints, which the collector stops tracking (see model.Login).
+            times = tuple(sorted(times if more is None else times + tuple(more)))
+            batch.activity[user] = times
             # Active on the days of their marks: a player's marks in a batch lie on
             # one day but around midnight, so a day per player, not per mark.
             if day_keys(times[0]) == day_keys(times[-1]):
@@ -352,6 +365,19 @@ class Aggregator:
         day, month = self.day_keys(ms)
         batch.months.setdefault(day, month)
         return batch.day_users.setdefault(day, set())
+
+    @staticmethod
+    def _mark(
+        activity: dict[str, tuple[int, ...]], heavy: dict[str, list[int]], user: str, ms: int
+    ) -> None:
+        """Add an activity mark of ``user`` to the swap's (see there: a tuple while short)."""
+        times = activity.get(user)
+        if times is None:
+            activity[user] = (ms,)
+        elif len(times) < MARKS_IN_TUPLE:
+            activity[user] = times + (ms,)  # noqa: RUF005 (no list)
+        else:
+            heavy.setdefault(user, []).append(ms)
 
     def _add_login(self, batch: FlushBatch, ms: int, user_id: str, username: str | None) -> None:
         # No pairing here: which session a mark starts, extends or ends is the store's
