@@ -19,7 +19,9 @@ infinite for the round), what the pacing buys and what it costs. p50/p99/p99.9/m
 are taken per round; the table gives their medians over rounds and the ratio of each
 arm to ``none A``. ``cpu_us_per_event`` is the process CPU of an arm with analytics
 beyond ``none A``'s (medians over rounds), per tracked event: ``track()``, the flush
-and its pauses.
+and its pauses. ``flush_cpu_us_per_event`` is the CPU of the process's other threads
+(the flush thread's, its final flush included) per tracked event, measured directly:
+what pacing changes, without a noisy ``none A`` subtracted from a round of requests.
 
 GIL probe: a thread sleeps 100 us in a loop and records by how much each sleep
 overslept (how long it waited for the GIL after waking), while another thread runs one
@@ -219,18 +221,30 @@ def latency(
     with tempfile.TemporaryDirectory() as tmp, _stores(stores, Path(tmp)) as factories:
         for name, store in factories.items():
             samples: dict[str, dict[str, list[int]]] = {
-                arm: {q: [] for q in [*(q for q, _ in QUANTILES), "cpu"]} for arm in arms
+                arm: {q: [] for q in [*(q for q, _ in QUANTILES), "cpu", "flush"]} for arm in arms
             }
             _round(WITH, store, iterations, rate, min(seconds, 1.0), flush_interval)  # warm-up
+            gc.collect()
             for index in range(rounds):
                 shift = index % len(arms)
                 for arm in arms[shift:] + arms[:shift]:
                     cpu = time.process_time_ns()  # the final flush in, the fork's out
+                    own = time.thread_time_ns()
                     latencies = _round(arm, store, iterations, rate, seconds, flush_interval)
                     samples[arm]["cpu"].append(time.process_time_ns() - cpu)
+                    # The other threads' CPU: the flush thread's, its final flush in
+                    # (an ended thread's time stays in the process's).
+                    others = samples[arm]["cpu"][-1] - (time.thread_time_ns() - own)
+                    samples[arm]["flush"].append(others)
                     ordered = sorted(latencies)
                     for q, at in QUANTILES:
                         samples[arm][q].append(_quantile(ordered, at))
+                    # Off the clock, in every arm: the with arms' read-back (9,000 event
+                    # records, tracked, most reaching the old generation) made a full
+                    # collection due every round or two, which then ran in a later
+                    # round of any arm (15-20 ms: its p99.9). Each round starts from a
+                    # collected heap; the flush's own objects still count within it.
+                    gc.collect()
             medians = {
                 arm: {q: statistics.median(v) for q, v in per.items()}
                 for arm, per in samples.items()
@@ -242,6 +256,7 @@ def latency(
                 if arm in (WITH, UNPACED):
                     beyond = medians[arm]["cpu"] - medians[NONE_A]["cpu"]
                     row["cpu_us_per_event"] = round(beyond / events / 1e3, 2)
+                    row["flush_cpu_us_per_event"] = round(medians[arm]["flush"] / events / 1e3, 2)
                 rows.append(row)
             if unpaced:
                 rows.append(
@@ -256,6 +271,9 @@ def latency(
                             (medians[WITH]["cpu"] - medians[NONE_A]["cpu"])
                             / (medians[UNPACED]["cpu"] - medians[NONE_A]["cpu"]),
                             2,
+                        ),
+                        "x_flush_cpu_per_event": round(
+                            medians[WITH]["flush"] / medians[UNPACED]["flush"], 3
                         ),
                     }
                 )
