@@ -22,6 +22,10 @@ beyond ``none A``'s (medians over rounds), per tracked event: ``track()``, the f
 and its pauses. ``flush_cpu_us_per_event`` is the CPU of the process's other threads
 (the flush thread's, its final flush included) per tracked event, measured directly:
 what pacing changes, without a noisy ``none A`` subtracted from a round of requests.
+``looks`` and ``pauses`` are the pacer's per ``with`` round, and ``pacing_cpu_pct`` what
+they cost at their unit costs measured in the same run (a look, a pause with nobody
+waiting) against the flush's CPU: an account of the pacing's CPU that the machine's
+noise moves far less than a ratio of two rounds' CPU times.
 
 GIL probe: a thread sleeps 100 us in a loop and records by how much each sleep
 overslept (how long it waited for the GIL after waking), while another thread runs one
@@ -49,6 +53,7 @@ import statistics
 import tempfile
 import threading
 import time
+import types
 import unittest.mock
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -160,6 +165,53 @@ def _other_process(
     analytics.store.close()
 
 
+#: The pacer's looks and pauses in the current ``with`` round (see :func:`_counting`).
+PACING = {"looks": 0, "pauses": 0}
+
+
+@contextlib.contextmanager
+def _counting() -> Iterator[None]:
+    """Count the pacer's looks (reads of the other threads' CPU) and pauses: with their
+    unit costs (:func:`_unit_costs`) an account of what pacing costs in CPU, steadier
+    on a shared machine than the difference of two rounds' CPU times."""
+    PACING.update(looks=0, pauses=0)
+    look = pacing.others_cpu_ns
+
+    def counted_look() -> int:
+        PACING["looks"] += 1
+        return look()
+
+    def counted_pause(seconds: float) -> None:
+        PACING["pauses"] += 1
+        time.sleep(seconds)
+
+    clock = types.SimpleNamespace(
+        perf_counter=time.perf_counter,
+        sleep=counted_pause,
+        thread_time_ns=time.thread_time_ns,
+        process_time_ns=time.process_time_ns,
+    )
+    with (
+        unittest.mock.patch.object(pacing, "others_cpu_ns", counted_look),
+        unittest.mock.patch.object(pacing, "time", clock),
+    ):
+        yield
+
+
+def _unit_costs(n: int = 2_000) -> tuple[float, float]:
+    """CPU ns of one look and of one pause with nobody waiting, here and now."""
+    start = time.thread_time_ns()
+    for _ in range(n):
+        pacing.others_cpu_ns()
+    look = (time.thread_time_ns() - start) / n
+    with _idle_thread():
+        start = time.thread_time_ns()
+        for _ in range(n // 4):
+            time.sleep(0)
+        pause = (time.thread_time_ns() - start) / (n // 4)
+    return look, pause
+
+
 def _round(
     arm: str,
     store: Callable[[], Store],
@@ -187,7 +239,7 @@ def _round(
     ).start()
     never = unittest.mock.patch.object(pacing, "SLICE_S", float("inf"))
     try:
-        with never if arm == UNPACED else contextlib.nullcontext():
+        with never if arm == UNPACED else _counting():
             latencies = serve(_handler(analytics, iterations), rate, seconds)
             analytics.stop()  # the final flush: unpaced too
         stored = len(analytics.store.get_events(limit=10**8))
@@ -221,10 +273,12 @@ def latency(
     with tempfile.TemporaryDirectory() as tmp, _stores(stores, Path(tmp)) as factories:
         for name, store in factories.items():
             samples: dict[str, dict[str, list[int]]] = {
-                arm: {q: [] for q in [*(q for q, _ in QUANTILES), "cpu", "flush"]} for arm in arms
+                arm: {q: [] for q in [*(q for q, _ in QUANTILES), "cpu", "flush", *PACING]}
+                for arm in arms
             }
             _round(WITH, store, iterations, rate, min(seconds, 1.0), flush_interval)  # warm-up
             gc.collect()
+            look_ns, pause_ns = _unit_costs()
             for index in range(rounds):
                 shift = index % len(arms)
                 for arm in arms[shift:] + arms[:shift]:
@@ -236,6 +290,8 @@ def latency(
                     # (an ended thread's time stays in the process's).
                     others = samples[arm]["cpu"][-1] - (time.thread_time_ns() - own)
                     samples[arm]["flush"].append(others)
+                    for count in PACING:  # this round's when it was a with round
+                        samples[arm][count].append(PACING[count] if arm == WITH else 0)
                     ordered = sorted(latencies)
                     for q, at in QUANTILES:
                         samples[arm][q].append(_quantile(ordered, at))
@@ -257,6 +313,12 @@ def latency(
                     beyond = medians[arm]["cpu"] - medians[NONE_A]["cpu"]
                     row["cpu_us_per_event"] = round(beyond / events / 1e3, 2)
                     row["flush_cpu_us_per_event"] = round(medians[arm]["flush"] / events / 1e3, 2)
+                if arm == WITH:
+                    looks, pauses = medians[arm]["looks"], medians[arm]["pauses"]
+                    row["looks"], row["pauses"] = round(looks), round(pauses)
+                    # what they cost, by their unit costs, against the flush's CPU
+                    paid = looks * look_ns + pauses * pause_ns
+                    row["pacing_cpu_pct"] = round(100 * paid / medians[arm]["flush"], 1)
                 rows.append(row)
             if unpaced:
                 rows.append(
