@@ -55,10 +55,6 @@ _EVENT, FLAT_EVENT, _LOGIN, _LOGOUT, _TOUCH = 0, 1, 2, 3, 4
 #: only logins (the seed's definitions).
 ACTIVE_ON = ("any", "login")
 
-#: A player's activity marks in one batch kept as a tuple, one copy per mark, up to
-#: this many; the rest in a list (see :meth:`Aggregator.swap`).
-MARKS_IN_TUPLE = 32
-
 
 #: What a buffered call weighs in the byte bound (``max_buffered_bytes``) before its
 #: data: its tuple, stamp, ids and a small flat ``data`` (measured with tracemalloc:
@@ -236,13 +232,16 @@ class Aggregator:
             tz=tz_name(self.day_keys.tz),
         )
         calls, events, payments = self._calls, batch.events, batch.payments
-        # A player's marks of the batch as a tuple grown by one each (a list would
-        # be tracked by the collector and, alive for the whole swap, reach the old
-        # generation at a middle collection during it: 280 lists a flush of 1,000
-        # players here, most of what made full collections due); past
-        # MARKS_IN_TUPLE marks, in a list (a few heavy players: no quadratic copies).
-        activity: dict[str, tuple[int, ...]] = {}
-        heavy: dict[str, list[int]] = {}
+        # The batch's activity marks as one chain per player through flat lists of
+        # ints: no object per player. A list per player, alive for the whole swap, was
+        # tracked by the collector and reached the old generation at a middle
+        # collection during it (280 lists a flush of 1,000 players here, most of what
+        # made full collections due). marks_ms[i] is a mark's time, marks_prev[i] the
+        # index of the same player's previous mark (-1: none), last_mark[user] their
+        # latest's.
+        marks_ms: list[int] = []
+        marks_prev: list[int] = []
+        last_mark: dict[str, int] = {}
         passive = self.passive_events
         marks = self.marks_activity
         day_keys = self.day_keys
@@ -287,7 +286,9 @@ class Aggregator:
                     elif kind == _LOGOUT:
                         self._add_logout(batch, ms, call[2])
                     elif marks:  # a touch: activity only
-                        self._mark(activity, heavy, call[2], ms)
+                        marks_prev.append(last_mark.get(call[2], -1))
+                        last_mark[call[2]] = len(marks_ms)
+                        marks_ms.append(ms)
                     continue
                 ms = ns // 1_000_000
                 day, month = day_keys(ms)
@@ -306,22 +307,20 @@ class Aggregator:
                     if event == PAYMENT_EVENT:
                         payers = payments.setdefault(day, {})
                         payers[user_id] = payers.get(user_id, 0) + amount
-                if marks and event not in passive:  # _mark, written out (per event)
-                    times = activity.get(user_id)
-                    if times is None:
-                        activity[user_id] = (ms,)
-                    elif len(times) < MARKS_IN_TUPLE:
-                        activity[user_id] = times + (ms,)  # noqa: RUF005 (no list)
-                    else:
-                        heavy.setdefault(user_id, []).append(ms)
+                if marks and event not in passive:
+                    marks_prev.append(last_mark.get(user_id, -1))
+                    last_mark[user_id] = len(marks_ms)
+                    marks_ms.append(ms)
                 events.append((ms, user_id, event, text, day))
         release(taken)
-        for user, times in paced(activity.items(), CHECK_EVERY):  # every player: paced
-            more = heavy.get(user)
-            # Sorted: threads append out of order by a few microseconds. A tuple of
-            # ints, which the collector stops tracking (see model.Login).
-            times = tuple(sorted(times if more is None else times + tuple(more)))
-            batch.activity[user] = times
+        for user, at in paced(last_mark.items(), CHECK_EVERY):  # every player: paced
+            chain = []
+            while at >= 0:
+                chain.append(marks_ms[at])
+                at = marks_prev[at]
+            chain.sort()  # threads append out of order by a few microseconds
+            # A tuple of ints, which the collector stops tracking (see model.Login).
+            batch.activity[user] = times = tuple(chain)
             # Active on the days of their marks: a player's marks in a batch lie on
             # one day but around midnight, so a day per player, not per mark.
             if day_keys(times[0]) == day_keys(times[-1]):
@@ -365,19 +364,6 @@ class Aggregator:
         day, month = self.day_keys(ms)
         batch.months.setdefault(day, month)
         return batch.day_users.setdefault(day, set())
-
-    @staticmethod
-    def _mark(
-        activity: dict[str, tuple[int, ...]], heavy: dict[str, list[int]], user: str, ms: int
-    ) -> None:
-        """Add an activity mark of ``user`` to the swap's (see there: a tuple while short)."""
-        times = activity.get(user)
-        if times is None:
-            activity[user] = (ms,)
-        elif len(times) < MARKS_IN_TUPLE:
-            activity[user] = times + (ms,)  # noqa: RUF005 (no list)
-        else:
-            heavy.setdefault(user, []).append(ms)
 
     def _add_login(self, batch: FlushBatch, ms: int, user_id: str, username: str | None) -> None:
         # No pairing here: which session a mark starts, extends or ends is the store's

@@ -99,9 +99,8 @@ def test_the_swap_keeps_no_tracked_object_per_player_while_it_runs(
     """A middle collection during the swap moves whatever tracked objects are alive to
     the old generation, and a full collection runs once those pass a quarter of it: a
     list of activity marks per player, alive for the whole swap, was most of what a
-    flush sent there. Tuples of numbers the collector untracks at its first look;
-    counted here at every look of the swap's pacer, nothing but tuples may grow with
-    the players."""
+    flush sent there. Counted at every look of the swap's pacer, nothing but tuples
+    (which the collector untracks at its first look) may grow with the players."""
     players = 1_000
     aggregator = Aggregator(None, DayKeys(UTC), 3 * players + 1)
     for i in range(3 * players):
@@ -123,13 +122,13 @@ def test_the_swap_keeps_no_tracked_object_per_player_while_it_runs(
 @given(
     st.lists(
         st.tuples(st.integers(0, 3), st.integers(0, 5_000), st.sampled_from("etp")),
-        max_size=3 * aggregator_module.MARKS_IN_TUPLE,
+        max_size=80,
     )
 )
 def test_the_swap_keeps_every_activity_mark_sorted(calls: list[tuple[int, int, str]]) -> None:
     """A player's marks of a batch (tracked calls but passive ones, and touches), in
-    whatever order the threads stamped them, more than ``MARKS_IN_TUPLE`` of them too:
-    all of them, sorted, against a plain grouping."""
+    whatever order the threads stamped them: all of them, sorted, against a plain
+    grouping."""
     start = datetime(2026, 12, 6, 12, tzinfo=UTC)
     now = [start]
     aggregator = Aggregator(
