@@ -23,9 +23,10 @@ and its pauses. ``flush_cpu_us_per_event`` is the CPU of the process's other thr
 (the flush thread's, its final flush included) per tracked event, measured directly:
 what pacing changes, without a noisy ``none A`` subtracted from a round of requests.
 ``looks`` and ``pauses`` are the pacer's per ``with`` round, and ``pacing_cpu_pct`` what
-they cost at their unit costs measured in the same run (a look, a pause with nobody
-waiting) against the flush's CPU: an account of the pacing's CPU that the machine's
-noise moves far less than a ratio of two rounds' CPU times.
+they cost (the pauses' CPU as paid, the looks' at a look's cost measured in the same
+run) against the flush's CPU: an account of the pacing's own CPU that the machine's
+noise moves far less than a ratio of two rounds' CPU times (what it leaves out: the
+flush's work running slower after a request ran in between, its caches cold).
 
 GIL probe: a thread sleeps 100 us in a loop and records by how much each sleep
 overslept (how long it waited for the GIL after waking), while another thread runs one
@@ -166,15 +167,17 @@ def _other_process(
 
 
 #: The pacer's looks and pauses in the current ``with`` round (see :func:`_counting`).
-PACING = {"looks": 0, "pauses": 0}
+PACING = {"looks": 0, "pauses": 0, "pause_ns": 0}
 
 
 @contextlib.contextmanager
 def _counting() -> Iterator[None]:
-    """Count the pacer's looks (reads of the other threads' CPU) and pauses: with their
-    unit costs (:func:`_unit_costs`) an account of what pacing costs in CPU, steadier
+    """Count the pacer's looks (reads of the other threads' CPU) and pauses, and the
+    pauses' CPU as paid (a pause that let a request in costs about twice one that
+    found nobody: the flush thread blocks again to take the GIL back): with a look's
+    unit cost (:func:`_look_ns`), an account of what pacing costs in CPU, steadier
     on a shared machine than the difference of two rounds' CPU times."""
-    PACING.update(looks=0, pauses=0)
+    PACING.update(looks=0, pauses=0, pause_ns=0)
     look = pacing.others_cpu_ns
 
     def counted_look() -> int:
@@ -183,7 +186,9 @@ def _counting() -> Iterator[None]:
 
     def counted_pause(seconds: float) -> None:
         PACING["pauses"] += 1
-        time.sleep(seconds)
+        cpu = time.thread_time_ns()
+        time.sleep(seconds)  # and taking the GIL back: after a request, if one ran
+        PACING["pause_ns"] += time.thread_time_ns() - cpu
 
     clock = types.SimpleNamespace(
         perf_counter=time.perf_counter,
@@ -198,18 +203,12 @@ def _counting() -> Iterator[None]:
         yield
 
 
-def _unit_costs(n: int = 2_000) -> tuple[float, float]:
-    """CPU ns of one look and of one pause with nobody waiting, here and now."""
+def _look_ns(n: int = 2_000) -> float:
+    """CPU ns of one look (the two clock reads), here and now."""
     start = time.thread_time_ns()
     for _ in range(n):
         pacing.others_cpu_ns()
-    look = (time.thread_time_ns() - start) / n
-    with _idle_thread():
-        start = time.thread_time_ns()
-        for _ in range(n // 4):
-            time.sleep(0)
-        pause = (time.thread_time_ns() - start) / (n // 4)
-    return look, pause
+    return (time.thread_time_ns() - start) / n
 
 
 def _round(
@@ -278,7 +277,7 @@ def latency(
             }
             _round(WITH, store, iterations, rate, min(seconds, 1.0), flush_interval)  # warm-up
             gc.collect()
-            look_ns, pause_ns = _unit_costs()
+            look_ns = _look_ns()
             for index in range(rounds):
                 shift = index % len(arms)
                 for arm in arms[shift:] + arms[:shift]:
@@ -316,8 +315,8 @@ def latency(
                 if arm == WITH:
                     looks, pauses = medians[arm]["looks"], medians[arm]["pauses"]
                     row["looks"], row["pauses"] = round(looks), round(pauses)
-                    # what they cost, by their unit costs, against the flush's CPU
-                    paid = looks * look_ns + pauses * pause_ns
+                    # what they cost against the flush's CPU
+                    paid = looks * look_ns + medians[arm]["pause_ns"]
                     row["pacing_cpu_pct"] = round(100 * paid / medians[arm]["flush"], 1)
                 rows.append(row)
             if unpaced:
