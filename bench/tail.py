@@ -19,7 +19,14 @@ infinite for the round), what the pacing buys and what it costs. p50/p99/p99.9/m
 are taken per round; the table gives their medians over rounds and the ratio of each
 arm to ``none A``. ``cpu_us_per_event`` is the process CPU of an arm with analytics
 beyond ``none A``'s (medians over rounds), per tracked event: ``track()``, the flush
-and its pauses.
+and its pauses. ``flush_cpu_us_per_event`` is the CPU of the process's other threads
+(the flush thread's, its final flush included) per tracked event, measured directly:
+what pacing changes, without a noisy ``none A`` subtracted from a round of requests.
+``looks`` and ``pauses`` are the pacer's per ``with`` round, and ``pacing_cpu_pct`` what
+they cost (the pauses' CPU as paid, the looks' at a look's cost measured in the same
+run) against the flush's CPU: an account of the pacing's own CPU that the machine's
+noise moves far less than a ratio of two rounds' CPU times (what it leaves out: the
+flush's work running slower after a request ran in between, its caches cold).
 
 GIL probe: a thread sleeps 100 us in a loop and records by how much each sleep
 overslept (how long it waited for the GIL after waking), while another thread runs one
@@ -47,6 +54,7 @@ import statistics
 import tempfile
 import threading
 import time
+import types
 import unittest.mock
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -158,6 +166,51 @@ def _other_process(
     analytics.store.close()
 
 
+#: The pacer's looks and pauses in the current ``with`` round (see :func:`_counting`).
+PACING = {"looks": 0, "pauses": 0, "pause_ns": 0}
+
+
+@contextlib.contextmanager
+def _counting() -> Iterator[None]:
+    """Count the pacer's looks (reads of the other threads' CPU) and pauses, and the
+    pauses' CPU as paid (a pause that let a request in costs about twice one that
+    found nobody: the flush thread blocks again to take the GIL back): with a look's
+    unit cost (:func:`_look_ns`), an account of what pacing costs in CPU, steadier
+    on a shared machine than the difference of two rounds' CPU times."""
+    PACING.update(looks=0, pauses=0, pause_ns=0)
+    look = pacing.others_cpu_ns
+
+    def counted_look() -> int:
+        PACING["looks"] += 1
+        return look()
+
+    def counted_pause(seconds: float) -> None:
+        PACING["pauses"] += 1
+        cpu = time.thread_time_ns()
+        time.sleep(seconds)  # and taking the GIL back: after a request, if one ran
+        PACING["pause_ns"] += time.thread_time_ns() - cpu
+
+    clock = types.SimpleNamespace(
+        perf_counter=time.perf_counter,
+        sleep=counted_pause,
+        thread_time_ns=time.thread_time_ns,
+        process_time_ns=time.process_time_ns,
+    )
+    with (
+        unittest.mock.patch.object(pacing, "others_cpu_ns", counted_look),
+        unittest.mock.patch.object(pacing, "time", clock),
+    ):
+        yield
+
+
+def _look_ns(n: int = 2_000) -> float:
+    """CPU ns of one look (the two clock reads), here and now."""
+    start = time.thread_time_ns()
+    for _ in range(n):
+        pacing.others_cpu_ns()
+    return (time.thread_time_ns() - start) / n
+
+
 def _round(
     arm: str,
     store: Callable[[], Store],
@@ -185,7 +238,7 @@ def _round(
     ).start()
     never = unittest.mock.patch.object(pacing, "SLICE_S", float("inf"))
     try:
-        with never if arm == UNPACED else contextlib.nullcontext():
+        with never if arm == UNPACED else _counting():
             latencies = serve(_handler(analytics, iterations), rate, seconds)
             analytics.stop()  # the final flush: unpaced too
         stored = len(analytics.store.get_events(limit=10**8))
@@ -219,18 +272,34 @@ def latency(
     with tempfile.TemporaryDirectory() as tmp, _stores(stores, Path(tmp)) as factories:
         for name, store in factories.items():
             samples: dict[str, dict[str, list[int]]] = {
-                arm: {q: [] for q in [*(q for q, _ in QUANTILES), "cpu"]} for arm in arms
+                arm: {q: [] for q in [*(q for q, _ in QUANTILES), "cpu", "flush", *PACING]}
+                for arm in arms
             }
             _round(WITH, store, iterations, rate, min(seconds, 1.0), flush_interval)  # warm-up
+            gc.collect()
+            look_ns = _look_ns()
             for index in range(rounds):
                 shift = index % len(arms)
                 for arm in arms[shift:] + arms[:shift]:
                     cpu = time.process_time_ns()  # the final flush in, the fork's out
+                    own = time.thread_time_ns()
                     latencies = _round(arm, store, iterations, rate, seconds, flush_interval)
                     samples[arm]["cpu"].append(time.process_time_ns() - cpu)
+                    # The other threads' CPU: the flush thread's, its final flush in
+                    # (an ended thread's time stays in the process's).
+                    others = samples[arm]["cpu"][-1] - (time.thread_time_ns() - own)
+                    samples[arm]["flush"].append(others)
+                    for count in PACING:  # this round's when it was a with round
+                        samples[arm][count].append(PACING[count] if arm == WITH else 0)
                     ordered = sorted(latencies)
                     for q, at in QUANTILES:
                         samples[arm][q].append(_quantile(ordered, at))
+                    # Off the clock, in every arm: the with arms' read-back (9,000 event
+                    # records, tracked, most reaching the old generation) made a full
+                    # collection due every round or two, which then ran in a later
+                    # round of any arm (15-20 ms: its p99.9). Each round starts from a
+                    # collected heap; the flush's own objects still count within it.
+                    gc.collect()
             medians = {
                 arm: {q: statistics.median(v) for q, v in per.items()}
                 for arm, per in samples.items()
@@ -242,6 +311,13 @@ def latency(
                 if arm in (WITH, UNPACED):
                     beyond = medians[arm]["cpu"] - medians[NONE_A]["cpu"]
                     row["cpu_us_per_event"] = round(beyond / events / 1e3, 2)
+                    row["flush_cpu_us_per_event"] = round(medians[arm]["flush"] / events / 1e3, 2)
+                if arm == WITH:
+                    looks, pauses = medians[arm]["looks"], medians[arm]["pauses"]
+                    row["looks"], row["pauses"] = round(looks), round(pauses)
+                    # what they cost against the flush's CPU
+                    paid = looks * look_ns + medians[arm]["pause_ns"]
+                    row["pacing_cpu_pct"] = round(100 * paid / medians[arm]["flush"], 1)
                 rows.append(row)
             if unpaced:
                 rows.append(
@@ -256,6 +332,9 @@ def latency(
                             (medians[WITH]["cpu"] - medians[NONE_A]["cpu"])
                             / (medians[UNPACED]["cpu"] - medians[NONE_A]["cpu"]),
                             2,
+                        ),
+                        "x_flush_cpu_per_event": round(
+                            medians[WITH]["flush"] / medians[UNPACED]["flush"], 3
                         ),
                     }
                 )

@@ -17,15 +17,18 @@ import threading
 import time
 import types
 from collections.abc import Iterator
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gso_analytics import Analytics, FlushBatch, open_store, pacing
+from gso_analytics import aggregator as aggregator_module
 from gso_analytics.aggregator import Aggregator
-from gso_analytics.clock import DayKeys
+from gso_analytics.clock import DayKeys, to_ms
 
 CALLS = 3_000
 
@@ -88,6 +91,61 @@ def test_a_batch_holds_no_tracked_object_per_event() -> None:
     gc.collect()
     assert len(batch.events) == CALLS
     assert not any(gc.is_tracked(event) for event in batch.events)
+
+
+def test_the_swap_keeps_no_tracked_object_per_player_while_it_runs(
+    collector_paused: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A middle collection during the swap moves whatever tracked objects are alive to
+    the old generation, and a full collection runs once those pass a quarter of it: a
+    list of activity marks per player, alive for the whole swap, was most of what a
+    flush sent there. Counted at every look of the swap's pacer, nothing but tuples
+    (which the collector untracks at its first look) may grow with the players."""
+    players = 1_000
+    aggregator = Aggregator(None, DayKeys(UTC), 3 * players + 1)
+    for i in range(3 * players):
+        aggregator.data_event("credits.earn", f"u{i % players}", (("amount", i),), None, 0)
+    baseline = sum(1 for o in gc.get_objects(0) if type(o) is not tuple)
+    seen: list[int] = []
+
+    class Counting(pacing.Pacer):
+        def tick(self) -> None:
+            seen.append(sum(1 for o in gc.get_objects(0) if type(o) is not tuple))
+
+    monkeypatch.setattr(aggregator_module, "Pacer", Counting)
+    batch = aggregator.swap()
+    assert len(batch.activity) == players and len(seen) > 3 * players // pacing.CHECK_EVERY
+    assert max(seen) - baseline < players // 20, f"{max(seen) - baseline} objects"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.integers(0, 5_000), st.sampled_from("etp")),
+        max_size=80,
+    )
+)
+def test_the_swap_keeps_every_activity_mark_sorted(calls: list[tuple[int, int, str]]) -> None:
+    """A player's marks of a batch (tracked calls but passive ones, and touches), in
+    whatever order the threads stamped them: all of them, sorted, against a plain
+    grouping."""
+    start = datetime(2026, 12, 6, 12, tzinfo=UTC)
+    now = [start]
+    aggregator = Aggregator(
+        lambda: now[0], DayKeys(UTC), len(calls) + 1, passive_events=frozenset({"paid"})
+    )
+    expected: dict[str, list[int]] = {}
+    for player, ms, kind in calls:
+        now[0] = start + timedelta(milliseconds=ms)
+        user = f"u{player}"
+        if kind == "t":
+            aggregator.touch(user)
+        else:
+            aggregator.event("paid" if kind == "p" else "played", user, None, 0)
+        if kind != "p":
+            expected.setdefault(user, []).append(to_ms(now[0]))
+    batch = aggregator.swap()
+    assert batch.activity == {user: tuple(sorted(times)) for user, times in expected.items()}
 
 
 @pytest.fixture
