@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -232,16 +232,9 @@ class Aggregator:
             tz=tz_name(self.day_keys.tz),
         )
         calls, events, payments = self._calls, batch.events, batch.payments
-        # The batch's activity marks as one chain per player through flat lists of
-        # ints: no object per player. A list per player, alive for the whole swap, was
-        # tracked by the collector and reached the old generation at a middle
-        # collection during it (280 lists a flush of 1,000 players here, most of what
-        # made full collections due). marks_ms[i] is a mark's time, marks_prev[i] the
-        # index of the same player's previous mark (-1: none), last_mark[user] their
-        # latest's.
-        marks_ms: list[int] = []
-        marks_prev: list[int] = []
-        last_mark: dict[str, int] = {}
+        # The batch's activity, as tuples at the end; with no passive events (the
+        # default) an event's mark is one append (a missing player's list made in C).
+        activity: defaultdict[str, list[int]] = defaultdict(list)
         passive = self.passive_events
         marks = self.marks_activity
         all_marks = marks and not passive
@@ -287,9 +280,7 @@ class Aggregator:
                     elif kind == _LOGOUT:
                         self._add_logout(batch, ms, call[2])
                     elif marks:  # a touch: activity only
-                        marks_prev.append(last_mark.get(call[2], -1))
-                        last_mark[call[2]] = len(marks_ms)
-                        marks_ms.append(ms)
+                        activity[call[2]].append(ms)
                     continue
                 ms = ns // 1_000_000
                 day, month = day_keys(ms)
@@ -309,22 +300,17 @@ class Aggregator:
                         payers = payments.setdefault(day, {})
                         payers[user_id] = payers.get(user_id, 0) + amount
                 if all_marks or (marks and event not in passive):
-                    marks_prev.append(last_mark.get(user_id, -1))
-                    last_mark[user_id] = len(marks_ms)
-                    marks_ms.append(ms)
+                    activity[user_id].append(ms)
                 events.append((ms, user_id, event, text, day))
         release(taken)
         batch_activity = batch.activity
         today: set[str] = set()  # the active players of the last day met,
         day_start = day_end = 0  # [day_start, day_end) in milliseconds
-        for user, at in paced(last_mark.items(), CHECK_EVERY):  # every player: paced
-            chain = []
-            while at >= 0:
-                chain.append(marks_ms[at])
-                at = marks_prev[at]
-            chain.sort()  # threads append out of order by a few microseconds
-            # A tuple of ints, which the collector stops tracking (see model.Login).
-            batch_activity[user] = times = tuple(chain)
+        for user, times in paced(activity.items(), CHECK_EVERY):  # every player: paced
+            times.sort()  # threads append out of order by a few microseconds
+            # A tuple of ints, which the collector stops tracking (see model.Login):
+            # a list would reach the old generation during the flush, one per player.
+            batch_activity[user] = tuple(times)
             # Active on the days of their marks: a player's marks in a batch lie on
             # one day but around midnight, so a day per player, not per mark, and the
             # day's set found again only when a player's day differs.

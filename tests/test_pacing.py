@@ -26,7 +26,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gso_analytics import Analytics, FlushBatch, open_store, pacing
-from gso_analytics import aggregator as aggregator_module
 from gso_analytics.aggregator import Aggregator
 from gso_analytics.clock import DayKeys, to_ms
 
@@ -91,31 +90,6 @@ def test_a_batch_holds_no_tracked_object_per_event() -> None:
     gc.collect()
     assert len(batch.events) == CALLS
     assert not any(gc.is_tracked(event) for event in batch.events)
-
-
-def test_the_swap_keeps_no_tracked_object_per_player_while_it_runs(
-    collector_paused: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A middle collection during the swap moves whatever tracked objects are alive to
-    the old generation, and a full collection runs once those pass a quarter of it: a
-    list of activity marks per player, alive for the whole swap, was most of what a
-    flush sent there. Counted at every look of the swap's pacer, nothing but tuples
-    (which the collector untracks at its first look) may grow with the players."""
-    players = 1_000
-    aggregator = Aggregator(None, DayKeys(UTC), 3 * players + 1)
-    for i in range(3 * players):
-        aggregator.data_event("credits.earn", f"u{i % players}", (("amount", i),), None, 0)
-    baseline = sum(1 for o in gc.get_objects(0) if type(o) is not tuple)
-    seen: list[int] = []
-
-    class Counting(pacing.Pacer):
-        def tick(self) -> None:
-            seen.append(sum(1 for o in gc.get_objects(0) if type(o) is not tuple))
-
-    monkeypatch.setattr(aggregator_module, "Pacer", Counting)
-    batch = aggregator.swap()
-    assert len(batch.activity) == players and len(seen) > 3 * players // pacing.CHECK_EVERY
-    assert max(seen) - baseline < players // 20, f"{max(seen) - baseline} objects"
 
 
 @settings(max_examples=60, deadline=None)
