@@ -166,7 +166,7 @@ def _sqlite(quick: bool) -> dict[str, Any]:
         "notes": [
             f"{n:,} events, best of 3, alternating",
             f"activity: flush CPU per event of {active_players:,} players x {per_player} events,"
-            " with and without activity marks; best of 3",
+            " with and without activity marks; best of 9",
             f"sessions: a login-heavy flush of {players:,} players x 4 marks (login, logout,"
             f" reconnect, logout); 'history': each player has {history} sessions already;"
             " best of 3",
