@@ -30,6 +30,11 @@ END_OF_LAST_DAY = time(21, 0)
 #: Relative chance of logging in at each local hour: quiet nights, an evening peak.
 HOUR_WEIGHTS = (2, 1, 1, 1, 1, 2, 3, 4, 5, 5, 5, 6, 7, 6, 6, 7, 8, 10, 12, 14, 14, 12, 8, 4)
 
+#: Share of sessions that end without a logout (a crash, a closed tab, a lost phone
+#: connection): they end at their last mark once ``idle_timeout`` has passed, and the
+#: report counts them as "Ended idle".
+CRASH_SHARE = 0.08
+
 #: Gem packs a paying player buys: (gems, price in USD cents), and how often.
 GEM_PACKS = ((100, 99), (550, 499), (1200, 999), (2500, 1999))
 GEM_PACK_WEIGHTS = (40, 35, 18, 7)
@@ -234,7 +239,7 @@ class _Planner:
             if at >= min(logout, self.end):
                 break
             yield from self._gameplay(at, player)
-        if logout < self.end:
+        if logout < self.end and self.rng.random() >= CRASH_SHARE:
             yield self._action(logout, "logout", player)
 
     def _day(self, day: int) -> list[Action]:
