@@ -9,11 +9,12 @@ holding the GIL about 1% of the time, about 1% of the requests meet it: exactly 
 has run :data:`SLICE_S`, the pacer pauses with ``time.sleep(0)``. A request thread
 then waits about a slice, 0.1 ms, instead of up to 5 ms.
 
-The pause must last long enough for the waiting thread to wake and take the GIL: a
-release that returns at once (``os.sched_yield()``, a ``select`` with no timeout, a
-C call that drops the GIL for a few µs) hands nothing over, the releasing thread takes
-the GIL back first, and the waiter, signalled but too late each time, starved for
-0.2-0.6 s in a 2 s loop measured here. ``time.sleep(0)`` on Linux sleeps for the
+The pause must last long enough for the waiting thread to wake and take the GIL: to
+a thread blocked on the GIL (on another CPU), a release that returns at once
+(``os.sched_yield()``, a ``select`` with no timeout, a C call that drops the GIL for a
+few µs) hands nothing over, the releasing thread takes the GIL back first, and the
+waiter, signalled but too late each time, starved for 0.2-0.6 s in a 2 s loop
+measured here. ``time.sleep(0)`` on Linux sleeps for the
 timer slack (about 50 µs since Python 3.11, which uses ``clock_nanosleep``), and the
 waiter takes the GIL at nearly every pause (``python -m bench.tail`` probes it). With
 no waiter the pause costs that wall time and a system call: measured here, in a
@@ -39,6 +40,21 @@ that releases it) read as wanting it: the flush then pauses every slice, as it d
 before it looked. The two clock reads are system calls, 1-3 µs here, once per slice
 (``python -m bench.tail`` and ``bench/persist.py`` measure the whole).
 
+A thread that has not run yet cannot be seen. When a request thread wakes, the
+kernel may queue it on the CPU where the flush thread runs (it packs threads onto
+fewer CPUs; a busy server has no idle CPU), and there it waits for the flush thread's
+time slice to end: on a kernel with the EEVDF scheduler (Linux 6.6 and later) a woken
+thread no longer preempts at once, and a slice is 0.7-3 ms (1.4 ms on this 2-CPU
+machine). Such a thread has neither run nor wanted the GIL, its CPU time has not
+moved, and a pacer that only looked let it wait: the slowest 1% of requests beside a
+flush waited about 1 ms, while the flush looked every 0.1 ms and saw nobody. So at a
+look that sees nobody move, the pacer lends its CPU with ``os.sched_yield()``: the
+call releases the GIL and lets the kernel run a thread queued for this CPU, which
+takes the GIL at once, runs its request, and gives the CPU back when it sleeps again.
+With nobody queued it returns in 0.6 µs (no timer is set: nothing traps to the
+hypervisor), against 18 µs of CPU for a pause. It cannot replace the pause: a thread
+on another CPU, waiting for the GIL, wakes too slowly to take it in 0.6 µs.
+
 Store calls that release the GIL for long (socket I/O, SQLite's commit) are left
 whole; SQLite, which drops it for a few µs per row, pulls every row it writes from a
 paced generator (:func:`paced`) and hands over every row it reads through a pacer too
@@ -53,6 +69,7 @@ interval, the collector's thresholds, enabled or not) are left as they are.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -72,6 +89,11 @@ CHECK_EVERY = 32
 #: clock reads differ by the few hundred ns between them (as they are ordered, only
 #: ever upward) and by an interrupt counted on either side, rarely.
 MOVED_NS = 2_000
+
+
+#: Gives this thread's CPU to a thread queued for it, the GIL released meanwhile
+#: (not on Windows, where Python has no ``sched_yield``).
+_lend_cpu = getattr(os, "sched_yield", lambda: None)
 
 
 def others_cpu_ns() -> int:
@@ -98,7 +120,8 @@ class Pacer:
 
     def tick(self) -> None:
         """Called between items (every item where each is costly, else every
-        :data:`CHECK_EVERY`): let waiting threads in if this slice has run long enough."""
+        :data:`CHECK_EVERY`): once this slice has run long enough, let a thread waiting
+        for the GIL in (a pause), or else one waiting for this CPU (a lend)."""
         now = time.perf_counter()
         if now - self._since >= SLICE_S:
             # No other thread, nobody to let in: a flush() called with the flush thread
@@ -109,6 +132,8 @@ class Pacer:
                 _looked.others = others  # not read again after the pause: see above
                 if last is None or others - last > MOVED_NS:
                     time.sleep(0)  # releases the GIL: a waiting thread takes it now
+                else:
+                    _lend_cpu()  # a thread queued for this CPU runs now: see above
             self._since = time.perf_counter()
 
 
