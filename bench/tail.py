@@ -22,9 +22,10 @@ beyond ``none A``'s (medians over rounds), per tracked event: ``track()``, the f
 and its pauses. ``flush_cpu_us_per_event`` is the CPU of the process's other threads
 (the flush thread's, its final flush included) per tracked event, measured directly:
 what pacing changes, without a noisy ``none A`` subtracted from a round of requests.
-``looks`` and ``pauses`` are the pacer's per ``with`` round, and ``pacing_cpu_pct`` what
-they cost (the pauses' CPU as paid, the looks' at a look's cost measured in the same
-run) against the flush's CPU: an account of the pacing's own CPU that the machine's
+``looks``, ``pauses`` and ``lends`` are the pacer's per ``with`` round (``lent``: the
+lends during which another thread ran, 20 us or more), and ``pacing_cpu_pct`` what
+they cost (the pauses' and lends' CPU as paid, the looks' at a look's cost measured
+in the same run) against the flush's CPU: an account of the pacing's own CPU that the machine's
 noise moves far less than a ratio of two rounds' CPU times (what it leaves out: the
 flush's work running slower after a request ran in between, its caches cold).
 
@@ -166,19 +167,20 @@ def _other_process(
     analytics.store.close()
 
 
-#: The pacer's looks and pauses in the current ``with`` round (see :func:`_counting`).
-PACING = {"looks": 0, "pauses": 0, "pause_ns": 0}
+#: The pacer's looks, pauses and lends in the current ``with`` round (see
+#: :func:`_counting`).
+PACING = {"looks": 0, "pauses": 0, "lends": 0, "lent": 0, "pause_ns": 0}
 
 
 @contextlib.contextmanager
 def _counting() -> Iterator[None]:
-    """Count the pacer's looks (reads of the other threads' CPU) and pauses, and the
-    pauses' CPU as paid (a pause that let a request in costs about twice one that
+    """Count the pacer's looks (reads of the other threads' CPU), pauses and lends,
+    and their CPU as paid (a pause that let a request in costs about twice one that
     found nobody: the flush thread blocks again to take the GIL back): with a look's
     unit cost (:func:`_look_ns`), an account of what pacing costs in CPU, steadier
     on a shared machine than the difference of two rounds' CPU times."""
-    PACING.update(looks=0, pauses=0, pause_ns=0)
-    look = pacing.others_cpu_ns
+    PACING.update(looks=0, pauses=0, lends=0, lent=0, pause_ns=0)
+    look, lend = pacing.others_cpu_ns, pacing._lend_cpu
 
     def counted_look() -> int:
         PACING["looks"] += 1
@@ -190,6 +192,13 @@ def _counting() -> Iterator[None]:
         time.sleep(seconds)  # and taking the GIL back: after a request, if one ran
         PACING["pause_ns"] += time.thread_time_ns() - cpu
 
+    def counted_lend() -> None:
+        PACING["lends"] += 1
+        cpu, wall = time.thread_time_ns(), time.perf_counter_ns()
+        lend()
+        PACING["lent"] += time.perf_counter_ns() - wall >= 20_000
+        PACING["pause_ns"] += time.thread_time_ns() - cpu
+
     clock = types.SimpleNamespace(
         perf_counter=time.perf_counter,
         sleep=counted_pause,
@@ -198,6 +207,7 @@ def _counting() -> Iterator[None]:
     )
     with (
         unittest.mock.patch.object(pacing, "others_cpu_ns", counted_look),
+        unittest.mock.patch.object(pacing, "_lend_cpu", counted_lend),
         unittest.mock.patch.object(pacing, "time", clock),
     ):
         yield
@@ -313,8 +323,9 @@ def latency(
                     row["cpu_us_per_event"] = round(beyond / events / 1e3, 2)
                     row["flush_cpu_us_per_event"] = round(medians[arm]["flush"] / events / 1e3, 2)
                 if arm == WITH:
-                    looks, pauses = medians[arm]["looks"], medians[arm]["pauses"]
-                    row["looks"], row["pauses"] = round(looks), round(pauses)
+                    looks = medians[arm]["looks"]
+                    for count in ("looks", "pauses", "lends", "lent"):
+                        row[count] = round(medians[arm][count])
                     # what they cost against the flush's CPU
                     paid = looks * look_ns + medians[arm]["pause_ns"]
                     row["pacing_cpu_pct"] = round(100 * paid / medians[arm]["flush"], 1)

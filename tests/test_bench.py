@@ -117,6 +117,7 @@ def test_tail_section_runs_every_arm_and_the_probe() -> None:
     ):
         assert row in done.stdout
     assert "Garbage" in done.stdout
+    assert "lends" in done.stdout and "lent" in done.stdout  # the pacer's account
     assert done.stdout.count("sqlite") >= 8  # 4 arms + 3 ratios + the probe row
 
 
