@@ -25,9 +25,10 @@ what pacing changes, without a noisy ``none A`` subtracted from a round of reque
 ``looks``, ``pauses`` and ``lends`` are the pacer's per ``with`` round (``lent``: the
 lends during which another thread ran, 20 us or more), and ``pacing_cpu_pct`` what
 they cost (the pauses' and lends' CPU as paid, the looks' at a look's cost measured
-in the same run) against the flush's CPU: an account of the pacing's own CPU that the machine's
-noise moves far less than a ratio of two rounds' CPU times (what it leaves out: the
-flush's work running slower after a request ran in between, its caches cold).
+in the same run) against the flush's CPU: an account of the pacing's own CPU that
+the machine's noise moves far less than a ratio of two rounds' CPU times (what it
+leaves out: the flush's work running slower after a request ran in between, its
+caches cold).
 
 GIL probe: a thread sleeps 100 us in a loop and records by how much each sleep
 overslept (how long it waited for the GIL after waking), while another thread runs one

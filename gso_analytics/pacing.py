@@ -14,11 +14,11 @@ a thread blocked on the GIL (on another CPU), a release that returns at once
 (``os.sched_yield()``, a ``select`` with no timeout, a C call that drops the GIL for a
 few µs) hands nothing over, the releasing thread takes the GIL back first, and the
 waiter, signalled but too late each time, starved for 0.2-0.6 s in a 2 s loop
-measured here. ``time.sleep(0)`` on Linux sleeps for the
-timer slack (about 50 µs since Python 3.11, which uses ``clock_nanosleep``), and the
-waiter takes the GIL at nearly every pause (``python -m bench.tail`` probes it). With
-no waiter the pause costs that wall time and a system call: measured here, in a
-virtual machine where setting a timer traps to the hypervisor, 80 µs and 24 µs of CPU,
+measured here. ``time.sleep(0)`` on Linux sleeps for the timer slack (about 50 µs
+since Python 3.11, which uses ``clock_nanosleep``), and the waiter takes the GIL at
+nearly every pause (``python -m bench.tail`` probes it). With no waiter the pause
+costs that wall time and a system call: measured here, in a virtual machine where
+setting a timer traps to the hypervisor, 80 µs and 24 µs of CPU,
 about 13 pauses per 1,000 events flushed (a few µs of CPU on bare metal). No pause is
 taken when no other thread exists (a script flushing by hand).
 
