@@ -1,6 +1,7 @@
 """``python -m bench.tail [--rate 1000] [--work-us 150] [--stores memory,sqlite]
-[--seconds 4] [--rounds 4] [--flush-interval 1] [--floor] [--probe-events 200000]``: what a request
-thread feels while the flush thread works, the tail of the latency distribution.
+[--seconds 4] [--rounds 4] [--flush-interval 1] [--floor] [--unpaced] [--runq]
+[--probe-events 200000]``: what a request thread feels while the flush thread works,
+the tail of the latency distribution.
 
 Latency: one request thread serves open-loop arrivals, ``rate`` per second on a fixed
 schedule, each ``work_us`` of pure-Python work plus three ``track()`` calls (one plain,
@@ -28,7 +29,11 @@ they cost (the pauses' and lends' CPU as paid, the looks' at a look's cost measu
 in the same run) against the flush's CPU: an account of the pacing's own CPU that
 the machine's noise moves far less than a ratio of two rounds' CPU times (what it
 leaves out: the flush's work running slower after a request ran in between, its
-caches cold).
+caches cold). With ``--runq`` (Linux), ``slow_wait_us`` and ``slow_runq_us``: the
+slowest 1% of requests' mean wait (start minus due) and, of it, their mean run-queue
+delay, the time the request thread was runnable but not running (waiting for a CPU,
+which no pacing of the GIL gives it; the rest was the GIL, its sleep's own lateness
+or the request before it).
 
 GIL probe: a thread sleeps 100 us in a loop and records by how much each sleep
 overslept (how long it waited for the GIL after waking), while another thread runs one
@@ -70,6 +75,9 @@ NONE_A, NONE_B, WITH, OTHER = "none A", "none B", "with", "other process"
 UNPACED = "with, unpaced"
 QUANTILES = (("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999), ("max", 1.0))
 PROBE_SLEEP_NS = 100_000
+#: With ``--runq``: the slowest 1% of requests' mean wait, and of it their mean
+#: run-queue delay (see :func:`serve`).
+SLOWEST = ("slow_wait", "slow_runq")
 
 
 def _quantile(ordered: list[int], q: float) -> int:
@@ -111,20 +119,44 @@ def _handler(analytics: Analytics | None, iterations: int) -> Callable[[int], No
     return handle
 
 
-def serve(handle: Callable[[int], None], rate: float, seconds: float) -> list[int]:
-    """Open loop: request i is due at ``start + i / rate``; returns latencies in ns."""
+def _runq_ns(schedstat: int) -> int:
+    """The ns a thread has spent runnable but not running, waiting for a CPU: the
+    second figure of its ``/proc/thread-self/schedstat`` (Linux), open as ``schedstat``."""
+    return int(os.pread(schedstat, 64, 0).split()[1])
+
+
+def serve(
+    handle: Callable[[int], None],
+    rate: float,
+    seconds: float,
+    waits: list[tuple[int, int]] | None = None,
+) -> list[int]:
+    """Open loop: request i is due at ``start + i / rate``; returns latencies in ns.
+    With ``waits``, each request's wait (its start minus its due time) and the part of
+    it the thread spent waiting for a CPU (its run-queue delay), in ns, appended there:
+    the rest was its sleep's own lateness, the GIL, or the request before it."""
     period = 1e9 / rate
     count = int(rate * seconds)
     latencies = []
     clock = time.perf_counter_ns
-    start = clock() + 1_000_000
-    for i in range(count):
-        due = start + int(i * period)
-        ahead = due - clock()
-        if ahead > 0:
-            time.sleep(ahead / 1e9)
-        handle(i)
-        latencies.append(clock() - due)
+    schedstat = -1 if waits is None else os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+    queued = 0
+    try:
+        start = clock() + 1_000_000
+        for i in range(count):
+            due = start + int(i * period)
+            if waits is not None:
+                queued = _runq_ns(schedstat)
+            ahead = due - clock()
+            if ahead > 0:
+                time.sleep(ahead / 1e9)
+            if waits is not None:
+                waits.append((clock() - due, _runq_ns(schedstat) - queued))
+            handle(i)
+            latencies.append(clock() - due)
+    finally:
+        if waits is not None:
+            os.close(schedstat)
     return latencies
 
 
@@ -229,6 +261,7 @@ def _round(
     rate: float,
     seconds: float,
     flush_interval: float,
+    waits: list[tuple[int, int]] | None = None,
 ) -> list[int]:
     if arm == OTHER:
         context = multiprocessing.get_context("fork")
@@ -239,18 +272,18 @@ def _round(
         other.start()
         ready.wait()
         try:
-            return serve(_handler(None, iterations), rate, seconds)
+            return serve(_handler(None, iterations), rate, seconds, waits)
         finally:
             other.join()
     if arm not in (WITH, UNPACED):
-        return serve(_handler(None, iterations), rate, seconds)
+        return serve(_handler(None, iterations), rate, seconds, waits)
     analytics = Analytics(
         store(), flush_interval=flush_interval, max_buffered_events=10**7, forwarders=[]
     ).start()
     never = unittest.mock.patch.object(pacing, "SLICE_S", float("inf"))
     try:
         with never if arm == UNPACED else _counting():
-            latencies = serve(_handler(analytics, iterations), rate, seconds)
+            latencies = serve(_handler(analytics, iterations), rate, seconds, waits)
             analytics.stop()  # the final flush: unpaced too
         stored = len(analytics.store.get_events(limit=10**8))
     finally:
@@ -270,8 +303,12 @@ def latency(
     flush_interval: float,
     floor: bool = False,
     unpaced: bool = False,
+    runq: bool = False,
 ) -> list[dict[str, object]]:
     """One row per store and arm: medians over rounds of each round's quantiles, in us.
+    With ``runq``, also what the slowest 1% of requests waited (``slow_wait_us``, their
+    mean start minus due time) and how much of it for a CPU (``slow_runq_us``, their
+    mean run-queue delay: runnable, not running; see :func:`serve`).
 
     With ``floor``, a fourth arm serves without analytics while another process does
     the ``with`` arm's analytics work: what the machine alone (CPUs shared with that
@@ -283,7 +320,9 @@ def latency(
     with tempfile.TemporaryDirectory() as tmp, _stores(stores, Path(tmp)) as factories:
         for name, store in factories.items():
             samples: dict[str, dict[str, list[int]]] = {
-                arm: {q: [] for q in [*(q for q, _ in QUANTILES), "cpu", "flush", *PACING]}
+                arm: {
+                    q: [] for q in [*(q for q, _ in QUANTILES), "cpu", "flush", *PACING, *SLOWEST]
+                }
                 for arm in arms
             }
             _round(WITH, store, iterations, rate, min(seconds, 1.0), flush_interval)  # warm-up
@@ -294,7 +333,8 @@ def latency(
                 for arm in arms[shift:] + arms[:shift]:
                     cpu = time.process_time_ns()  # the final flush in, the fork's out
                     own = time.thread_time_ns()
-                    latencies = _round(arm, store, iterations, rate, seconds, flush_interval)
+                    waits: list[tuple[int, int]] | None = [] if runq else None
+                    latencies = _round(arm, store, iterations, rate, seconds, flush_interval, waits)
                     samples[arm]["cpu"].append(time.process_time_ns() - cpu)
                     # The other threads' CPU: the flush thread's, its final flush in
                     # (an ended thread's time stays in the process's).
@@ -305,6 +345,11 @@ def latency(
                     ordered = sorted(latencies)
                     for q, at in QUANTILES:
                         samples[arm][q].append(_quantile(ordered, at))
+                    if waits is not None:
+                        p99 = _quantile(ordered, 0.99)
+                        slow = [w for w, ns in zip(waits, latencies, strict=True) if ns >= p99]
+                        for index, key in enumerate(SLOWEST):
+                            samples[arm][key].append(statistics.mean(w[index] for w in slow))
                     # Off the clock, in every arm: the with arms' read-back (9,000 event
                     # records, tracked, most reaching the old generation) made a full
                     # collection due every round or two, which then ran in a later
@@ -312,13 +357,15 @@ def latency(
                     # collected heap; the flush's own objects still count within it.
                     gc.collect()
             medians = {
-                arm: {q: statistics.median(v) for q, v in per.items()}
+                arm: {q: statistics.median(v) for q, v in per.items() if v}
                 for arm, per in samples.items()
             }
             events = 3 * int(rate * seconds)
             for arm in arms:
                 row: dict[str, object] = {"store": name, "arm": arm}
                 row.update({f"{q}_us": round(medians[arm][q] / 1e3) for q, _ in QUANTILES})
+                if runq:
+                    row.update({f"{key}_us": round(medians[arm][key] / 1e3) for key in SLOWEST})
                 if arm in (WITH, UNPACED):
                     beyond = medians[arm]["cpu"] - medians[NONE_A]["cpu"]
                     row["cpu_us_per_event"] = round(beyond / events / 1e3, 2)
@@ -638,6 +685,11 @@ def main(argv: list[str] | None = None) -> int:
         help="another arm: with analytics, the flush never pausing (what pacing buys, costs)",
     )
     parser.add_argument(
+        "--runq",
+        action="store_true",
+        help="what the slowest 1%% of requests waited, and how much of it for a CPU (Linux)",
+    )
+    parser.add_argument(
         "--skip",
         action="append",
         default=[],
@@ -656,6 +708,7 @@ def main(argv: list[str] | None = None) -> int:
             args.flush_interval,
             floor=args.floor,
             unpaced=args.unpaced,
+            runq=args.runq,
         )
         print(table("Request latency, us (medians over rounds)", rows), flush=True)
     if "loop" not in args.skip:  # the asyncio arm: see bench.tail_loop

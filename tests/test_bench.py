@@ -101,6 +101,7 @@ def test_tail_section_runs_every_arm_and_the_probe() -> None:
             "--probe-rounds",
             "1",
             "--floor",
+            "--runq",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -118,6 +119,7 @@ def test_tail_section_runs_every_arm_and_the_probe() -> None:
         assert row in done.stdout
     assert "Garbage" in done.stdout
     assert "lends" in done.stdout and "lent" in done.stdout  # the pacer's account
+    assert "slow_runq_us" in done.stdout  # what the slowest requests waited for
     assert done.stdout.count("sqlite") >= 8  # 4 arms + 3 ratios + the probe row
 
 
