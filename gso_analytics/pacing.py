@@ -52,8 +52,9 @@ look that sees nobody move, the pacer lends its CPU with ``os.sched_yield()``: t
 call releases the GIL and lets the kernel run a thread queued for this CPU, which
 takes the GIL at once, runs its request, and gives the CPU back when it sleeps again.
 With nobody queued it returns in 0.6 µs (no timer is set: nothing traps to the
-hypervisor), against 18 µs of CPU for a pause. It cannot replace the pause: a thread
-on another CPU, waiting for the GIL, wakes too slowly to take it in 0.6 µs.
+hypervisor), against the 17-24 µs of CPU a pause takes here. It cannot replace the
+pause: a thread on another CPU, waiting for the GIL, wakes too slowly to take it in
+0.6 µs.
 
 Store calls that release the GIL for long (socket I/O, SQLite's commit) are left
 whole; SQLite, which drops it for a few µs per row, pulls every row it writes from a
