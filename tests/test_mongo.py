@@ -39,6 +39,7 @@ from gso_analytics import (
     InvalidTypeError,
     StoreError,
     ValidationError,
+    conflicts,
     open_store,
 )
 from gso_analytics.clock import to_ms
@@ -983,28 +984,57 @@ def test_a_commit_that_ran_out_of_max_commit_time_is_not_sent_again(
     assert other.commits == 1
 
 
+class _VirtualClock:
+    """The retry loops' clock (:mod:`gso_analytics.conflicts`), moved by their sleeps
+    and by 1 ms a reading (so a loop that stopped sleeping still ends): what a loop does
+    within its budget then does not depend on how fast this machine runs the attempts
+    (a stall of the test process before the first sleep once left a real 0.2 s budget
+    spent after one attempt)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        self.now += 0.001
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
 def test_commit_and_conflict_retries_stop_within_their_budget(
     mongo_store: MongoStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(mongo_connection, "TRANSIENT_RETRY_S", 0.2)
-    session = _FlakyCommits(*[_commit_error(91) for _ in range(10_000)])
-    started = time.monotonic()
-    with pytest.raises(pymongo.errors.OperationFailure):
-        mongo_store._commit(session)
-    assert time.monotonic() - started < 1
-    assert 2 <= session.commits < 100  # backed off, not a busy loop
-    attempts: list[int] = []
+    budget = 0.2
+    monkeypatch.setattr(mongo_connection, "TRANSIENT_RETRY_S", budget)
+    for retried in ("commit", "conflict"):
+        clock = _VirtualClock()
+        monkeypatch.setattr(conflicts, "time", clock)
+        if retried == "commit":
+            session = _FlakyCommits(*[_commit_error(91) for _ in range(10_000)])
+            with pytest.raises(pymongo.errors.OperationFailure):
+                mongo_store._commit(session)
+            attempts = session.commits
+        else:
+            tried: list[int] = []
 
-    def conflicting(self: Any, *args: Any) -> Any:
-        attempts.append(1)
-        raise mongo_connection.Conflict("injected write conflict")
+            def conflicting(self: Any, *args: Any, tried: list[int] = tried) -> Any:
+                tried.append(1)
+                raise mongo_connection.Conflict("injected write conflict")
 
-    monkeypatch.setattr(MongoStore, "_apply_part", conflicting)
-    started = time.monotonic()
-    with pytest.raises(StoreError, match="injected write conflict"):
-        mongo_store.apply(FlushBatch(created_at=NOW))
-    assert time.monotonic() - started < 1
-    assert 2 <= len(attempts) < 100
+            monkeypatch.setattr(MongoStore, "_apply_part", conflicting)
+            with pytest.raises(StoreError, match="injected write conflict"):
+                mongo_store.apply(FlushBatch(created_at=NOW))
+            attempts = len(tried)
+        # Backed off (each wait at least the one before: the delay doubles and the
+        # jitter takes at most half of it), not a busy loop, given up within the budget.
+        assert 2 <= attempts < 100
+        assert len(clock.sleeps) == attempts - 1
+        assert clock.sleeps[0] < 0.01
+        assert all(b >= a for a, b in zip(clock.sleeps, clock.sleeps[1:], strict=False))
+        assert sum(clock.sleeps) < budget
 
 
 # -- exactly once under failures ----------------------------------------------------------
