@@ -1004,37 +1004,40 @@ class _VirtualClock:
         self.now += seconds
 
 
+def _assert_backed_off(clock: _VirtualClock, attempts: int, budget: float) -> None:
+    """Backed off (each wait at least the one before: the delay doubles and the jitter
+    takes at most half of it), not a busy loop, and given up within the budget."""
+    assert 2 <= attempts < 100
+    assert len(clock.sleeps) == attempts - 1
+    assert clock.sleeps[0] < 0.01
+    assert all(b >= a for a, b in zip(clock.sleeps, clock.sleeps[1:], strict=False))
+    assert sum(clock.sleeps) < budget
+
+
 def test_commit_and_conflict_retries_stop_within_their_budget(
     mongo_store: MongoStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     budget = 0.2
     monkeypatch.setattr(mongo_connection, "TRANSIENT_RETRY_S", budget)
-    for retried in ("commit", "conflict"):
-        clock = _VirtualClock()
-        monkeypatch.setattr(conflicts, "time", clock)
-        if retried == "commit":
-            session = _FlakyCommits(*[_commit_error(91) for _ in range(10_000)])
-            with pytest.raises(pymongo.errors.OperationFailure):
-                mongo_store._commit(session)
-            attempts = session.commits
-        else:
-            tried: list[int] = []
+    clock = _VirtualClock()
+    monkeypatch.setattr(conflicts, "time", clock)
+    session = _FlakyCommits(*[_commit_error(91) for _ in range(10_000)])
+    with pytest.raises(pymongo.errors.OperationFailure):
+        mongo_store._commit(session)
+    _assert_backed_off(clock, session.commits, budget)
 
-            def conflicting(self: Any, *args: Any, tried: list[int] = tried) -> Any:
-                tried.append(1)
-                raise mongo_connection.Conflict("injected write conflict")
+    attempts: list[int] = []
 
-            monkeypatch.setattr(MongoStore, "_apply_part", conflicting)
-            with pytest.raises(StoreError, match="injected write conflict"):
-                mongo_store.apply(FlushBatch(created_at=NOW))
-            attempts = len(tried)
-        # Backed off (each wait at least the one before: the delay doubles and the
-        # jitter takes at most half of it), not a busy loop, given up within the budget.
-        assert 2 <= attempts < 100
-        assert len(clock.sleeps) == attempts - 1
-        assert clock.sleeps[0] < 0.01
-        assert all(b >= a for a, b in zip(clock.sleeps, clock.sleeps[1:], strict=False))
-        assert sum(clock.sleeps) < budget
+    def conflicting(self: Any, *args: Any) -> Any:
+        attempts.append(1)
+        raise mongo_connection.Conflict("injected write conflict")
+
+    monkeypatch.setattr(MongoStore, "_apply_part", conflicting)
+    clock = _VirtualClock()
+    monkeypatch.setattr(conflicts, "time", clock)
+    with pytest.raises(StoreError, match="injected write conflict"):
+        mongo_store.apply(FlushBatch(created_at=NOW))
+    _assert_backed_off(clock, len(attempts), budget)
 
 
 # -- exactly once under failures ----------------------------------------------------------
